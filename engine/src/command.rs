@@ -1,0 +1,127 @@
+//! The commands a shard applies. Every command here may change state and carries the
+//! client's request id; reads go through `Shard::query_*` instead.
+
+use crate::ids::{BuyerId, RequestId, ReservationId, SkuId};
+
+/// Hold `qty` units of `sku` for `buyer` for `ttl_ms`.
+///
+/// A reservation is one line today. Multi-SKU carts will add lines kept in a side table of
+/// the shard, so that the common one-line reservation stays small.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reserve {
+    /// The client's id for this request; retries reuse it.
+    pub request: RequestId,
+    /// Who the units are held for.
+    pub buyer: BuyerId,
+    /// What is held.
+    pub sku: SkuId,
+    /// How many units, 1..=`RESERVE_QTY_MAX`.
+    pub qty: u32,
+    /// How long the hold lasts without a confirm, 1..=`TTL_MS_MAX`.
+    pub ttl_ms: u64,
+}
+
+/// When a SKU may be reserved: from `opens_at_ms` (inclusive) until `closes_at_ms`
+/// (exclusive). `None` leaves that side open.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SaleWindow {
+    /// The first millisecond at which reserves are taken.
+    pub opens_at_ms: Option<u64>,
+    /// The first millisecond at which reserves are refused again.
+    pub closes_at_ms: Option<u64>,
+}
+
+/// A state-changing request to one shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Hold units for a buyer (see [`Reserve`]).
+    Reserve(Reserve),
+    /// Payment succeeded: the held units become sold.
+    Confirm {
+        /// The client's id for this request.
+        request: RequestId,
+        /// The reservation to confirm.
+        reservation: ReservationId,
+    },
+    /// The buyer or a compensating saga gives the units back.
+    Cancel {
+        /// The client's id for this request.
+        request: RequestId,
+        /// The reservation to cancel.
+        reservation: ReservationId,
+    },
+    /// Admin: set a SKU's total stock, creating the SKU if it is new.
+    SetStock {
+        /// The client's id for this request.
+        request: RequestId,
+        /// The SKU to set.
+        sku: SkuId,
+        /// The new total; refused when below what is already reserved plus sold.
+        total: u64,
+    },
+    /// Admin: add to (restock) or take from (correction) a SKU's available stock.
+    AdjustStock {
+        /// The client's id for this request.
+        request: RequestId,
+        /// The SKU to adjust.
+        sku: SkuId,
+        /// Units to add; a negative delta that would drive `available` below zero is refused.
+        delta: i64,
+    },
+    /// Admin: set or clear the most units one buyer may hold plus buy of a SKU.
+    SetBuyerLimit {
+        /// The client's id for this request.
+        request: RequestId,
+        /// The SKU to limit.
+        sku: SkuId,
+        /// The limit; `None` removes it. Refused when a buyer already holds more.
+        limit: Option<u32>,
+    },
+    /// Admin: set when a SKU may be reserved.
+    SetSaleWindow {
+        /// The client's id for this request.
+        request: RequestId,
+        /// The SKU whose window is set.
+        sku: SkuId,
+        /// The window; refused when it opens at or after it closes.
+        window: SaleWindow,
+    },
+}
+
+/// What decides the shard that must apply a command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteKey {
+    /// The shard owning this SKU.
+    Sku(SkuId),
+    /// The shard that made this reservation.
+    Reservation(ReservationId),
+}
+
+impl Command {
+    /// The client's request id.
+    pub fn request(&self) -> RequestId {
+        match *self {
+            Command::Reserve(Reserve { request, .. })
+            | Command::Confirm { request, .. }
+            | Command::Cancel { request, .. }
+            | Command::SetStock { request, .. }
+            | Command::AdjustStock { request, .. }
+            | Command::SetBuyerLimit { request, .. }
+            | Command::SetSaleWindow { request, .. } => request,
+        }
+    }
+
+    /// What routes this command to its shard.
+    pub fn route_key(&self) -> RouteKey {
+        match *self {
+            Command::Reserve(Reserve { sku, .. })
+            | Command::SetStock { sku, .. }
+            | Command::AdjustStock { sku, .. }
+            | Command::SetBuyerLimit { sku, .. }
+            | Command::SetSaleWindow { sku, .. } => RouteKey::Sku(sku),
+            Command::Confirm { reservation, .. } | Command::Cancel { reservation, .. } => {
+                RouteKey::Reservation(reservation)
+            }
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! What the shard remembers of answers it gave, so that a retried request id gets its first
+//! answer and changes nothing.
+//!
+//! Two stores with different promises:
+//! - `answers`: every request that changed state. Part of the durable state (snapshotted,
+//!   rebuilt by replay), bounded by count and age, evicted oldest first. Eviction happens only
+//!   when a new answer is remembered, so replay evicts exactly what the live run evicted.
+//! - `rejections`: requests that changed nothing (sold out, limit exceeded, ...). A fixed-size
+//!   direct-mapped cache in memory only: a newer colliding rejection or a restart forgets one,
+//!   and then a retry is decided afresh. That is safe because the first attempt had no effect.
+
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap;
+
+use crate::ids::RequestId;
+use crate::limits::ShardConfig;
+use crate::outcome::Outcome;
+
+#[derive(Debug)]
+pub(crate) struct Dedup {
+    pub(crate) answers: FxHashMap<RequestId, Outcome>,
+    /// Requests in `answers`, oldest first, with when they were answered.
+    pub(crate) order: VecDeque<(RequestId, u64)>,
+    rejections: Box<[Option<(RequestId, Outcome)>]>,
+}
+
+impl Dedup {
+    pub(crate) fn new(config: &ShardConfig) -> Dedup {
+        Dedup {
+            answers: FxHashMap::default(),
+            order: VecDeque::new(),
+            rejections: vec![None; config.rejection_cache_slots].into_boxed_slice(),
+        }
+    }
+
+    fn rejection_slot(&self, request: RequestId) -> usize {
+        // Fibonacci hashing: the top bits of a multiply by 2^64/phi spread even consecutive
+        // ids over distinct slots.
+        let folded = (request.0 as u64) ^ ((request.0 >> 64) as u64);
+        let hashed = folded.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let slot_bits = self.rejections.len().trailing_zeros();
+        if slot_bits == 0 {
+            return 0;
+        }
+        (hashed >> (64 - slot_bits)) as usize
+    }
+
+    pub(crate) fn lookup(&self, request: RequestId) -> Option<Outcome> {
+        if let Some(outcome) = self.answers.get(&request) {
+            return Some(*outcome);
+        }
+        match self.rejections[self.rejection_slot(request)] {
+            Some((seen, outcome)) if seen == request => Some(outcome),
+            _ => None,
+        }
+    }
+
+    /// Remembers the answer to a state-changing request, evicting what is past retention.
+    pub(crate) fn remember_change(
+        &mut self,
+        request: RequestId,
+        outcome: Outcome,
+        now_ms: u64,
+        config: &ShardConfig,
+    ) {
+        let previous = self.answers.insert(request, outcome);
+        assert!(previous.is_none(), "request {request:?} answered twice");
+        self.order.push_back((request, now_ms));
+        while let Some(&(oldest, answered_at_ms)) = self.order.front() {
+            let too_many = self.order.len() > config.dedup_entries_max;
+            let too_old = answered_at_ms.saturating_add(config.dedup_retention_ms) <= now_ms;
+            if !(too_many || too_old) {
+                break;
+            }
+            self.order.pop_front();
+            self.answers.remove(&oldest);
+        }
+    }
+
+    /// Remembers, best effort, the answer to a request that changed nothing.
+    pub(crate) fn remember_rejection(&mut self, request: RequestId, outcome: Outcome) {
+        let slot = self.rejection_slot(request);
+        self.rejections[slot] = Some((request, outcome));
+    }
+
+    /// Rebuilds the durable store from its eviction order (snapshot restore).
+    pub(crate) fn restore(&mut self, order: VecDeque<(RequestId, u64)>, outcomes: Vec<Outcome>) {
+        debug_assert_eq!(order.len(), outcomes.len());
+        self.answers = order
+            .iter()
+            .map(|&(request, _)| request)
+            .zip(outcomes)
+            .collect();
+        self.order = order;
+    }
+}

@@ -1,0 +1,142 @@
+//! The engine's one error type: broken bytes (records, snapshots) and broken invariants.
+//! Business results are never errors; they are `Outcome`s.
+
+use crate::command::Command;
+use crate::ids::{BuyerId, ReservationId, SkuId};
+
+/// Why decoding, replay or an invariant check failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    /// The bytes end inside a record or snapshot.
+    #[error("{what} truncated at byte {offset}")]
+    Truncated {
+        /// What was being read.
+        what: &'static str,
+        /// Where the bytes ran out.
+        offset: usize,
+    },
+    /// A record starts with a tag this build does not know.
+    #[error("unknown record tag {tag} at byte {offset}")]
+    UnknownRecordTag {
+        /// The tag read.
+        tag: u8,
+        /// Where the record starts.
+        offset: usize,
+    },
+    /// A field holds a value outside its range.
+    #[error("field {field} holds invalid value {value}")]
+    InvalidField {
+        /// The field's name.
+        field: &'static str,
+        /// The value read.
+        value: u64,
+    },
+    /// The bytes are not a shard snapshot.
+    #[error("not a shard snapshot (bad magic)")]
+    NotASnapshot,
+    /// The snapshot format version is not one this build reads.
+    #[error("snapshot format version {version} is not supported (this build reads {supported})")]
+    UnsupportedVersion {
+        /// The version found.
+        version: u16,
+        /// The version this build reads.
+        supported: u16,
+    },
+    /// The snapshot belongs to another shard.
+    #[error("snapshot of shard {found} offered to shard {expected}")]
+    WrongShard {
+        /// The shard restoring.
+        expected: u16,
+        /// The shard that wrote the snapshot.
+        found: u16,
+    },
+    /// The snapshot ends with bytes that belong to nothing.
+    #[error("{count} trailing bytes after the snapshot")]
+    TrailingBytes {
+        /// How many.
+        count: usize,
+    },
+    /// A logged command changed nothing on replay: the log does not fit the state it is
+    /// replayed onto.
+    #[error("logged command at {at_ms} ms changed nothing on replay: {command:?}")]
+    ReplayNoEffect {
+        /// The command's logged time.
+        at_ms: u64,
+        /// The command.
+        command: Command,
+    },
+    /// A logged tick expired a different number of reservations on replay.
+    #[error("logged tick at {at_ms} ms expired {logged}, replay expired {replayed}")]
+    ReplayTickMismatch {
+        /// The tick's logged time.
+        at_ms: u64,
+        /// Expiries the log says happened.
+        logged: u32,
+        /// Expiries the replay produced.
+        replayed: u32,
+    },
+    /// Invariant 1: available + reserved + sold != total.
+    #[error(
+        "sku {sku:?}: available {available} + reserved {reserved} + sold {sold} != total {total}"
+    )]
+    Conservation {
+        /// The SKU.
+        sku: SkuId,
+        /// Its total.
+        total: u64,
+        /// Its available units.
+        available: u64,
+        /// Its reserved units.
+        reserved: u64,
+        /// Its sold units.
+        sold: u64,
+    },
+    /// A SKU's reserved count differs from the sum over its live reservations.
+    #[error("sku {sku:?}: reserved {recorded} but live reservations hold {counted}")]
+    ReservedMismatch {
+        /// The SKU.
+        sku: SkuId,
+        /// The SKU's reserved count.
+        recorded: u64,
+        /// The sum over live reservations.
+        counted: u64,
+    },
+    /// A SKU's per-buyer accounting differs from reserved + sold.
+    #[error("sku {sku:?}: buyers hold+bought {taken_sum} but reserved+sold is {committed}")]
+    TakenMismatch {
+        /// The SKU.
+        sku: SkuId,
+        /// The sum of per-buyer taken counts.
+        taken_sum: u64,
+        /// reserved + sold.
+        committed: u64,
+    },
+    /// Invariant 2: a buyer holds plus bought more than the SKU's limit.
+    #[error("sku {sku:?}: buyer {buyer:?} took {taken}, above the limit {limit}")]
+    BuyerOverLimit {
+        /// The SKU.
+        sku: SkuId,
+        /// The buyer.
+        buyer: BuyerId,
+        /// What the buyer holds plus bought.
+        taken: u64,
+        /// The limit.
+        limit: u32,
+    },
+    /// The reservation bookkeeping disagrees with itself (live count, ended list, ids).
+    #[error("reservation bookkeeping broken at {reservation:?}: {detail}")]
+    ReservationBookkeeping {
+        /// The reservation concerned, if one.
+        reservation: Option<ReservationId>,
+        /// What disagrees.
+        detail: &'static str,
+    },
+    /// The remembered answers disagree with their eviction order.
+    #[error("dedup bookkeeping broken: {answers} answers, {ordered} in eviction order")]
+    DedupBookkeeping {
+        /// Entries in the answer map.
+        answers: usize,
+        /// Entries in the eviction order.
+        ordered: usize,
+    },
+}

@@ -1,0 +1,163 @@
+//! Identifiers, and the one place that decides which shard owns what.
+//!
+//! Routing lives here, in the pure crate, so that the runtime, the client library and the
+//! tests all agree on it by construction.
+
+use std::fmt;
+
+/// A stock-keeping unit: one product variant whose stock the engine holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SkuId(pub u64);
+
+/// The buyer on whose behalf a reservation is made; per-buyer limits count against it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BuyerId(pub u64);
+
+/// A client-chosen id carried by every mutating request. Retrying with the same id is safe:
+/// the engine answers with the first outcome and changes nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(pub u128);
+
+/// The index of a shard: a single-threaded owner of a subset of SKUs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ShardId(pub u16);
+
+/// A reservation, named by the shard that made it and a per-shard sequence number.
+///
+/// The owning shard sits in the top 16 bits so that confirm and cancel route without a lookup;
+/// the low 48 bits are the shard's sequence, which never repeats (2^48 reservations per shard).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReservationId(pub u64);
+
+impl ReservationId {
+    /// Bits of the id that hold the per-shard sequence number.
+    pub const SEQ_BITS: u32 = 48;
+    /// The largest sequence number a shard may issue.
+    pub const SEQ_MAX: u64 = (1 << Self::SEQ_BITS) - 1;
+
+    /// Builds the id of reservation `seq` made by `shard`.
+    pub fn new(shard: ShardId, seq: u64) -> ReservationId {
+        assert!(
+            seq <= Self::SEQ_MAX,
+            "reservation sequence {seq} exceeds 48 bits"
+        );
+        ReservationId((u64::from(shard.0) << Self::SEQ_BITS) | seq)
+    }
+
+    /// The shard that made this reservation (and alone can end it).
+    pub fn shard(self) -> ShardId {
+        ShardId((self.0 >> Self::SEQ_BITS) as u16)
+    }
+
+    /// The per-shard sequence number.
+    pub fn seq(self) -> u64 {
+        self.0 & Self::SEQ_MAX
+    }
+}
+
+impl fmt::Debug for ReservationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "R{}.{}", self.shard().0, self.seq())
+    }
+}
+
+impl fmt::Display for ReservationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// Which shard owns a SKU or a reservation, for a fixed number of shards.
+///
+/// The mapping is part of the durable state: the SKUs a shard's log describes must hash to
+/// that shard again after a restart, so the runtime refuses to start with a different count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShardMap {
+    shard_count: u16,
+}
+
+impl ShardMap {
+    /// The most shards one process may run.
+    pub const SHARDS_MAX: u16 = 1024;
+
+    /// A map over `shard_count` shards; panics when the count is 0 or above [`Self::SHARDS_MAX`].
+    pub fn new(shard_count: u16) -> ShardMap {
+        assert!(
+            (1..=Self::SHARDS_MAX).contains(&shard_count),
+            "shard count {shard_count} outside 1..={}",
+            Self::SHARDS_MAX
+        );
+        ShardMap { shard_count }
+    }
+
+    /// How many shards the map spreads over.
+    pub fn shard_count(&self) -> u16 {
+        self.shard_count
+    }
+
+    /// The shard that owns `sku`.
+    pub fn shard_of_sku(&self, sku: SkuId) -> ShardId {
+        // SKU ids are often sequential; mix them first so neighbours spread evenly, then map
+        // the 64-bit hash onto 0..count with a multiply instead of a division.
+        let mixed = mix64(sku.0);
+        let index = (u128::from(mixed) * u128::from(self.shard_count)) >> 64;
+        ShardId(index as u16)
+    }
+
+    /// The shard that made `reservation`, or `None` for an id no shard of this map could have
+    /// issued (a forged or corrupted id).
+    pub fn shard_of_reservation(&self, reservation: ReservationId) -> Option<ShardId> {
+        let shard = reservation.shard();
+        (shard.0 < self.shard_count).then_some(shard)
+    }
+}
+
+/// The splitmix64 finaliser: a cheap bijective mixer with good avalanche.
+fn mix64(mut x: u64) -> u64 {
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 27;
+    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reservation_id_round_trips_shard_and_seq() {
+        let id = ReservationId::new(ShardId(1023), ReservationId::SEQ_MAX);
+        assert_eq!(id.shard(), ShardId(1023));
+        assert_eq!(id.seq(), ReservationId::SEQ_MAX);
+        assert_eq!(format!("{id}"), format!("R1023.{}", ReservationId::SEQ_MAX));
+    }
+
+    #[test]
+    fn skus_spread_over_all_shards() {
+        let map = ShardMap::new(8);
+        let mut counts = [0u32; 8];
+        for sku in 0..80_000 {
+            counts[usize::from(map.shard_of_sku(SkuId(sku)).0)] += 1;
+        }
+        for count in counts {
+            assert!(
+                (9_000..11_000).contains(&count),
+                "uneven spread: {counts:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn forged_reservation_shard_is_refused() {
+        let map = ShardMap::new(2);
+        assert_eq!(
+            map.shard_of_reservation(ReservationId::new(ShardId(1), 5)),
+            Some(ShardId(1))
+        );
+        assert_eq!(
+            map.shard_of_reservation(ReservationId::new(ShardId(2), 5)),
+            None
+        );
+    }
+}

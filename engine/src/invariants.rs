@@ -1,0 +1,127 @@
+//! The full invariant check: run on recovery, and after every step in the simulation tests.
+//! `apply` checks the touched SKU in O(1); this checks everything in O(state).
+
+use rustc_hash::FxHashMap;
+
+use crate::error::EngineError;
+use crate::ids::SkuId;
+use crate::outcome::ReservationState;
+use crate::shard::Shard;
+
+impl Shard {
+    /// Verifies every invariant of the shard's state.
+    ///
+    /// 1. `available + reserved + sold == total` for every SKU (none negative: unsigned, and
+    ///    every subtraction in the engine is checked);
+    /// 2. no buyer holds plus bought more than the SKU's limit, and the per-buyer counts add up
+    ///    to reserved + sold;
+    /// 3. a SKU's reserved count is the sum over its live reservations;
+    /// 4. reservation bookkeeping: live count, ended list and ids agree.
+    pub fn check_invariants(&self) -> Result<(), EngineError> {
+        let mut held_by_sku: FxHashMap<SkuId, u64> = FxHashMap::default();
+        let mut live = 0usize;
+        for (&id, r) in &self.reservations {
+            if id.shard() != self.id || id.seq() == 0 || id.seq() >= self.reservation_seq_next {
+                return Err(bookkeeping(Some(id), "id not issued by this shard"));
+            }
+            if !self.skus.contains_key(&r.sku) {
+                return Err(bookkeeping(Some(id), "reservation of an unknown SKU"));
+            }
+            if r.state == ReservationState::Held {
+                live += 1;
+                *held_by_sku.entry(r.sku).or_insert(0) += u64::from(r.qty);
+            }
+        }
+        if live != self.reservations_live {
+            return Err(bookkeeping(
+                None,
+                "live count differs from held reservations",
+            ));
+        }
+        if self.ended.len() + live != self.reservations.len() {
+            return Err(bookkeeping(
+                None,
+                "ended list differs from ended reservations",
+            ));
+        }
+        for &(id, _) in &self.ended {
+            match self.reservations.get(&id) {
+                Some(r) if r.state != ReservationState::Held => {}
+                _ => {
+                    return Err(bookkeeping(
+                        Some(id),
+                        "ended list names a reservation not ended",
+                    ))
+                }
+            }
+        }
+        // Each held reservation has one expiry entry; entries of reservations that ended early
+        // stay until popped or compacted, and are counted.
+        if self.expiries.len() != live + self.expiries_stale {
+            return Err(bookkeeping(
+                None,
+                "expiry entries differ from held plus stale",
+            ));
+        }
+        for (&sku_id, sku) in &self.skus {
+            check_sku(sku_id, sku, held_by_sku.get(&sku_id).copied().unwrap_or(0))?;
+        }
+        let (answers, ordered) = (self.dedup.answers.len(), self.dedup.order.len());
+        if answers != ordered {
+            return Err(EngineError::DedupBookkeeping { answers, ordered });
+        }
+        Ok(())
+    }
+}
+
+fn check_sku(sku_id: SkuId, sku: &crate::shard::SkuState, held: u64) -> Result<(), EngineError> {
+    let sum = sku
+        .available
+        .checked_add(sku.reserved)
+        .and_then(|s| s.checked_add(sku.sold));
+    if sum != Some(sku.total) {
+        return Err(EngineError::Conservation {
+            sku: sku_id,
+            total: sku.total,
+            available: sku.available,
+            reserved: sku.reserved,
+            sold: sku.sold,
+        });
+    }
+    if held != sku.reserved {
+        return Err(EngineError::ReservedMismatch {
+            sku: sku_id,
+            recorded: sku.reserved,
+            counted: held,
+        });
+    }
+    let taken_sum: u64 = sku.taken.values().sum();
+    if taken_sum != sku.reserved + sku.sold || sku.taken.values().any(|&t| t == 0) {
+        return Err(EngineError::TakenMismatch {
+            sku: sku_id,
+            taken_sum,
+            committed: sku.reserved + sku.sold,
+        });
+    }
+    if let Some(limit) = sku.buyer_limit {
+        if let Some((&buyer, &taken)) = sku.taken.iter().find(|(_, &t)| t > u64::from(limit)) {
+            return Err(EngineError::BuyerOverLimit {
+                sku: sku_id,
+                buyer,
+                taken,
+                limit,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn bookkeeping(
+    reservation: Option<crate::ids::ReservationId>,
+    detail: &'static str,
+) -> EngineError {
+    EngineError::ReservationBookkeeping {
+        reservation,
+        detail,
+    }
+}

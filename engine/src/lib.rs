@@ -1,0 +1,40 @@
+//! flashstock's engine: the pure, deterministic state machine that owns stock.
+//!
+//! No IO, no clock, no threads, no randomness: time comes in as `now_ms`, ids come in with the
+//! commands, and the same records replayed into an empty shard rebuild the same state. That is
+//! what makes the simulation tests possible, and what the write-ahead log relies on.
+//!
+//! Map of the modules:
+//! - [`ids`]: SKU, buyer, request, reservation and shard ids, and [`ShardMap`], the one place
+//!   that decides which shard owns a SKU or a reservation.
+//! - [`command`]: the state-changing commands ([`Command`]).
+//! - [`outcome`]: what a command did ([`Outcome`]), and the read views.
+//! - [`limits`]: every bound the engine enforces, and [`ShardConfig`].
+//! - [`shard`]: [`Shard`], with `apply`, `tick`, `replay` and the queries.
+//! - [`record`]: log records, their encoding, and the sinks `apply` writes them to.
+//! - `snapshot` and `invariants`: `Shard::encode_snapshot`, `Shard::restore`, `Shard::digest`
+//!   and `Shard::check_invariants`.
+//! - `dedup`: what is remembered of earlier answers, so retries are idempotent.
+//! - [`error`]: [`EngineError`], for broken bytes and broken invariants.
+
+pub mod command;
+pub mod error;
+pub mod ids;
+pub mod limits;
+pub mod outcome;
+pub mod record;
+pub mod shard;
+
+mod codec;
+mod dedup;
+mod invariants;
+mod snapshot;
+
+pub use command::{Command, Reserve, RouteKey, SaleWindow};
+pub use error::EngineError;
+pub use ids::{BuyerId, RequestId, ReservationId, ShardId, ShardMap, SkuId};
+pub use limits::{ShardConfig, RESERVE_QTY_MAX, STOCK_TOTAL_MAX, TICK_EXPIRIES_MAX, TTL_MS_MAX};
+pub use outcome::{Outcome, ReservationState, ReservationView, SkuView};
+pub use record::{decode_records, DiscardLog, EncodedLog, LogSink, Record, RECORD_BYTES_MAX};
+pub use shard::Shard;
+pub use snapshot::SNAPSHOT_VERSION;

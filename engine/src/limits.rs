@@ -1,0 +1,79 @@
+//! Every bound the engine enforces, as named constants, and the per-shard configuration.
+//!
+//! A limit on everything: a request can never make the engine do unbounded work or hold
+//! unbounded memory.
+
+/// The most units one reservation may hold. Larger requests get `Outcome::InvalidQuantity`.
+pub const RESERVE_QTY_MAX: u32 = 10_000;
+
+/// The longest time-to-live of a reservation (24 hours). Longer requests get `InvalidTtl`.
+pub const TTL_MS_MAX: u64 = 24 * 60 * 60 * 1000;
+
+/// The most units of one SKU (about 1.1e12): keeps every sum of counts far from overflow.
+pub const STOCK_TOTAL_MAX: u64 = 1 << 40;
+
+/// The most reservations one `tick` expires; the rest wait for the next tick, so a mass
+/// expiry never stalls a shard for longer than one bounded step.
+pub const TICK_EXPIRIES_MAX: u32 = 65_536;
+
+const _: () = assert!((RESERVE_QTY_MAX as u64) < STOCK_TOTAL_MAX);
+const _: () = assert!(STOCK_TOTAL_MAX.checked_mul(4).is_some());
+const _: () = assert!(TTL_MS_MAX < u64::MAX / 4);
+
+/// Per-shard bounds and retentions. Every field is a limit on memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShardConfig {
+    /// The most SKUs one shard holds; `set_stock` of a new SKU beyond it is refused.
+    pub skus_max: usize,
+    /// The most reservations held at once by one shard; reserves beyond it are refused.
+    pub reservations_live_max: usize,
+    /// How long the answer to a state-changing request is remembered for retries.
+    pub dedup_retention_ms: u64,
+    /// The most remembered answers to state-changing requests; the oldest go first.
+    pub dedup_entries_max: usize,
+    /// Slots of the best-effort cache of answers to requests that changed nothing (sold out,
+    /// limit exceeded...). A power of two; a colliding newer answer evicts an older one.
+    pub rejection_cache_slots: usize,
+    /// How long an ended reservation is remembered, so that a late confirm or cancel gets
+    /// "already confirmed" / "expired" rather than "unknown reservation".
+    pub ended_retention_ms: u64,
+    /// The most ended reservations remembered; the oldest go first.
+    pub ended_entries_max: usize,
+}
+
+impl Default for ShardConfig {
+    fn default() -> Self {
+        ShardConfig {
+            skus_max: 4_000_000,
+            reservations_live_max: 4_000_000,
+            dedup_retention_ms: 15 * 60 * 1000,
+            dedup_entries_max: 2_000_000,
+            rejection_cache_slots: 1 << 16,
+            ended_retention_ms: 15 * 60 * 1000,
+            ended_entries_max: 1_000_000,
+        }
+    }
+}
+
+impl ShardConfig {
+    /// Panics when a field is out of range; called once when a shard is built.
+    pub fn validate(&self) {
+        assert!(self.skus_max > 0, "skus_max must be positive");
+        assert!(
+            self.reservations_live_max > 0,
+            "reservations_live_max must be positive"
+        );
+        assert!(
+            self.dedup_entries_max > 0,
+            "dedup_entries_max must be positive"
+        );
+        assert!(
+            self.rejection_cache_slots.is_power_of_two(),
+            "rejection_cache_slots must be a power of two"
+        );
+        assert!(
+            self.ended_entries_max > 0,
+            "ended_entries_max must be positive"
+        );
+    }
+}

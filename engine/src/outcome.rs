@@ -1,0 +1,156 @@
+//! Outcomes: what applying a command did. Business results such as "sold out" are values
+//! here, not errors; errors are for broken input bytes and broken invariants.
+
+use crate::ids::{BuyerId, ReservationId, SkuId};
+
+/// The answer to one command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The units are held until `expires_at_ms` unless confirmed or cancelled first.
+    Reserved {
+        /// The new reservation; confirm and cancel name it.
+        reservation: ReservationId,
+        /// When the hold lapses on its own.
+        expires_at_ms: u64,
+    },
+    /// Fewer than the requested units are available.
+    SoldOut {
+        /// Units available when the request was decided.
+        available: u64,
+    },
+    /// The buyer would hold plus have bought more than the SKU's per-buyer limit.
+    LimitExceeded {
+        /// Units the buyer holds plus has bought already.
+        taken: u64,
+        /// The SKU's per-buyer limit.
+        limit: u32,
+    },
+    /// The SKU's sale window has not opened yet.
+    SaleNotOpen {
+        /// When it opens.
+        opens_at_ms: u64,
+    },
+    /// The SKU's sale window has closed.
+    SaleClosed {
+        /// When it closed.
+        closed_at_ms: u64,
+    },
+    /// No stock was ever set for this SKU.
+    UnknownSku,
+    /// The quantity is 0 or above the maximum.
+    InvalidQuantity {
+        /// The largest quantity one reservation may hold.
+        qty_max: u32,
+    },
+    /// The time-to-live is 0 or above the maximum.
+    InvalidTtl {
+        /// The longest time-to-live accepted.
+        ttl_ms_max: u64,
+    },
+    /// The shard already holds as many live reservations as it may.
+    TooManyReservations {
+        /// The shard's bound on live reservations.
+        live_max: u64,
+    },
+    /// The reservation is confirmed: its units are sold.
+    Confirmed,
+    /// The reservation is cancelled: its units are available again.
+    Cancelled,
+    /// The reservation was already confirmed (by an earlier request).
+    AlreadyConfirmed,
+    /// The reservation was already cancelled (by an earlier request).
+    AlreadyCancelled,
+    /// The reservation's time-to-live passed before it was confirmed or cancelled; its units
+    /// went back to available and are never resurrected.
+    Expired,
+    /// No such reservation: never made, made by another shard, or ended long enough ago to be
+    /// forgotten (see `ShardConfig::ended_retention_ms`).
+    UnknownReservation,
+    /// The SKU's stock now stands at these figures.
+    StockChanged {
+        /// Total units.
+        total: u64,
+        /// Units available to reserve.
+        available: u64,
+    },
+    /// `set_stock` would put the total below what is already reserved plus sold.
+    StockBelowCommitted {
+        /// Units reserved plus sold.
+        committed: u64,
+    },
+    /// `adjust_stock` would drive available below zero.
+    InsufficientAvailable {
+        /// Units available now.
+        available: u64,
+    },
+    /// The resulting total would exceed the per-SKU maximum.
+    StockOutOfRange {
+        /// The largest total a SKU may have.
+        total_max: u64,
+    },
+    /// The shard already holds as many SKUs as it may.
+    TooManySkus {
+        /// The shard's bound on SKUs.
+        skus_max: u64,
+    },
+    /// The per-buyer limit is set (or cleared).
+    LimitSet,
+    /// The new limit is below what some buyer already holds plus has bought.
+    LimitBelowHoldings {
+        /// The most any buyer holds plus has bought.
+        taken_max: u64,
+    },
+    /// The sale window is set.
+    WindowSet,
+    /// The window opens at or after it closes.
+    InvalidWindow,
+}
+
+/// Where a reservation is in its life. It leaves `Held` exactly once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReservationState {
+    /// Units are held.
+    Held,
+    /// Units are sold.
+    Confirmed,
+    /// Units went back to available on request.
+    Cancelled,
+    /// Units went back to available when the time-to-live passed.
+    Expired,
+}
+
+/// A read of one SKU's stock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SkuView {
+    /// The SKU read.
+    pub sku: SkuId,
+    /// Total units.
+    pub total: u64,
+    /// Units that may be reserved.
+    pub available: u64,
+    /// Units held by live reservations.
+    pub reserved: u64,
+    /// Units sold.
+    pub sold: u64,
+    /// The per-buyer limit, if any.
+    pub buyer_limit: Option<u32>,
+    /// When the SKU may be reserved.
+    pub window: crate::command::SaleWindow,
+}
+
+/// A read of one reservation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReservationView {
+    /// The reservation read.
+    pub reservation: ReservationId,
+    /// Who it is held for.
+    pub buyer: BuyerId,
+    /// What it holds.
+    pub sku: SkuId,
+    /// How many units.
+    pub qty: u32,
+    /// When it lapses if still held.
+    pub expires_at_ms: u64,
+    /// Where it is in its life.
+    pub state: ReservationState,
+}

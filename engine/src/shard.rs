@@ -1,0 +1,541 @@
+//! `Shard`: the state machine that owns the stock of the SKUs hashed to it.
+//!
+//! `apply(command, now_ms, log)` decides, changes state, and emits the records that let
+//! `replay` rebuild the same state. Nothing here reads a clock or does IO: time is an argument,
+//! and a shard's clock never runs backwards (an earlier `now_ms` is read as the latest seen).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+
+use rustc_hash::FxHashMap;
+
+use crate::command::{Command, Reserve, SaleWindow};
+use crate::dedup::Dedup;
+use crate::error::EngineError;
+use crate::ids::{BuyerId, ReservationId, ShardId, SkuId};
+use crate::limits::{ShardConfig, RESERVE_QTY_MAX, STOCK_TOTAL_MAX, TICK_EXPIRIES_MAX, TTL_MS_MAX};
+use crate::outcome::{Outcome, ReservationState, ReservationView, SkuView};
+use crate::record::{LogSink, Record};
+
+/// One SKU's stock. `available + reserved + sold == total` always.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct SkuState {
+    pub(crate) total: u64,
+    pub(crate) available: u64,
+    pub(crate) reserved: u64,
+    pub(crate) sold: u64,
+    pub(crate) buyer_limit: Option<u32>,
+    pub(crate) window: SaleWindow,
+    /// Units each buyer holds plus has bought. Kept whether or not a limit is set, so that a
+    /// limit set mid-sale counts what was taken before it. Buyers at zero are removed.
+    pub(crate) taken: FxHashMap<BuyerId, u64>,
+}
+
+/// One reservation, 32 bytes: it is the bulk of a busy shard's memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Reservation {
+    pub(crate) buyer: BuyerId,
+    pub(crate) sku: SkuId,
+    pub(crate) expires_at_ms: u64,
+    pub(crate) qty: u32,
+    pub(crate) state: ReservationState,
+}
+
+const _: () = assert!(std::mem::size_of::<Reservation>() == 32);
+
+/// The stock state machine of one shard.
+#[derive(Debug)]
+pub struct Shard {
+    pub(crate) id: ShardId,
+    pub(crate) config: ShardConfig,
+    pub(crate) clock_ms: u64,
+    pub(crate) reservation_seq_next: u64,
+    pub(crate) skus: FxHashMap<SkuId, SkuState>,
+    /// Live reservations and ended ones still remembered (see `ended`).
+    pub(crate) reservations: FxHashMap<ReservationId, Reservation>,
+    pub(crate) reservations_live: usize,
+    /// Ended reservations still remembered, oldest first, with when they ended.
+    pub(crate) ended: VecDeque<(ReservationId, u64)>,
+    /// Expiry times of live reservations, earliest first. Entries of reservations that ended
+    /// early are left in place (counted in `expiries_stale`) and skipped when popped; the heap
+    /// is rebuilt when they outnumber the live ones, so memory stays within twice the live set.
+    pub(crate) expiries: BinaryHeap<Reverse<(u64, ReservationId)>>,
+    pub(crate) expiries_stale: usize,
+    pub(crate) dedup: Dedup,
+}
+
+/// What one step did, before the answer is remembered and logged.
+enum Step {
+    /// The state changed; the command must be logged.
+    Changed(Outcome),
+    /// Nothing changed.
+    Unchanged(Outcome),
+}
+
+impl Shard {
+    /// An empty shard.
+    pub fn new(id: ShardId, config: ShardConfig) -> Shard {
+        config.validate();
+        Shard {
+            id,
+            config,
+            clock_ms: 0,
+            reservation_seq_next: 1,
+            skus: FxHashMap::default(),
+            reservations: FxHashMap::default(),
+            reservations_live: 0,
+            ended: VecDeque::new(),
+            expiries: BinaryHeap::new(),
+            expiries_stale: 0,
+            dedup: Dedup::new(&config),
+        }
+    }
+
+    /// This shard's id.
+    pub fn id(&self) -> ShardId {
+        self.id
+    }
+
+    /// The latest time this shard has seen.
+    pub fn clock_ms(&self) -> u64 {
+        self.clock_ms
+    }
+
+    /// How many reservations are held right now.
+    pub fn reservations_live(&self) -> usize {
+        self.reservations_live
+    }
+
+    /// How many SKUs this shard holds.
+    pub fn sku_count(&self) -> usize {
+        self.skus.len()
+    }
+
+    /// The earliest time at which a `tick` may have something to expire.
+    pub fn next_expiry_ms(&self) -> Option<u64> {
+        self.expiries.peek().map(|Reverse((at_ms, _))| *at_ms)
+    }
+
+    /// Applies `command` at `now_ms`, emitting a record to `log` when the state changed.
+    pub fn apply(&mut self, command: &Command, now_ms: u64, log: &mut impl LogSink) -> Outcome {
+        let now_ms = self.advance_clock(now_ms);
+        let request = command.request();
+        if let Some(first) = self.dedup.lookup(request) {
+            return first;
+        }
+        let outcome = match self.decide(command, now_ms) {
+            Step::Changed(outcome) => {
+                log.push(&Record::Apply {
+                    at_ms: now_ms,
+                    command: *command,
+                });
+                self.dedup
+                    .remember_change(request, outcome, now_ms, &self.config);
+                outcome
+            }
+            Step::Unchanged(outcome) => {
+                self.dedup.remember_rejection(request, outcome);
+                outcome
+            }
+        };
+        #[cfg(debug_assertions)]
+        self.assert_touched(command);
+        outcome
+    }
+
+    /// Expires reservations whose time-to-live has passed (at most `TICK_EXPIRIES_MAX` per
+    /// call), emitting one record when any expired. Returns how many expired.
+    pub fn tick(&mut self, now_ms: u64, log: &mut impl LogSink) -> u32 {
+        let now_ms = self.advance_clock(now_ms);
+        let expired = self.expire_due(now_ms, TICK_EXPIRIES_MAX);
+        if expired > 0 {
+            log.push(&Record::Tick {
+                at_ms: now_ms,
+                expired,
+            });
+        }
+        expired
+    }
+
+    /// Re-applies one logged record through the same decisions as `apply` and `tick`. Fails
+    /// when the record does not do on replay what it did when it was logged.
+    pub fn replay(&mut self, record: &Record) -> Result<(), EngineError> {
+        match *record {
+            Record::Apply { at_ms, command } => {
+                let now_ms = self.advance_clock(at_ms);
+                let request = command.request();
+                let step = match self.dedup.lookup(request) {
+                    Some(outcome) => Step::Unchanged(outcome),
+                    None => self.decide(&command, now_ms),
+                };
+                let Step::Changed(outcome) = step else {
+                    return Err(EngineError::ReplayNoEffect { at_ms, command });
+                };
+                self.dedup
+                    .remember_change(request, outcome, now_ms, &self.config);
+                Ok(())
+            }
+            Record::Tick { at_ms, expired } => {
+                let now_ms = self.advance_clock(at_ms);
+                let replayed = self.expire_due(now_ms, expired);
+                if replayed != expired {
+                    return Err(EngineError::ReplayTickMismatch {
+                        at_ms,
+                        logged: expired,
+                        replayed,
+                    });
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Reads one SKU.
+    pub fn query_sku(&self, sku: SkuId) -> Option<SkuView> {
+        self.skus.get(&sku).map(|s| SkuView {
+            sku,
+            total: s.total,
+            available: s.available,
+            reserved: s.reserved,
+            sold: s.sold,
+            buyer_limit: s.buyer_limit,
+            window: s.window,
+        })
+    }
+
+    /// Reads one reservation, live or remembered after its end.
+    pub fn query_reservation(&self, reservation: ReservationId) -> Option<ReservationView> {
+        self.reservations
+            .get(&reservation)
+            .map(|r| ReservationView {
+                reservation,
+                buyer: r.buyer,
+                sku: r.sku,
+                qty: r.qty,
+                expires_at_ms: r.expires_at_ms,
+                state: r.state,
+            })
+    }
+
+    /// Every SKU of the shard, in no particular order.
+    pub fn skus(&self) -> impl Iterator<Item = SkuView> + '_ {
+        self.skus.keys().filter_map(|&sku| self.query_sku(sku))
+    }
+
+    fn advance_clock(&mut self, now_ms: u64) -> u64 {
+        self.clock_ms = self.clock_ms.max(now_ms);
+        self.clock_ms
+    }
+
+    fn decide(&mut self, command: &Command, now_ms: u64) -> Step {
+        match *command {
+            Command::Reserve(ref reserve) => self.reserve(reserve, now_ms),
+            Command::Confirm { reservation, .. } => {
+                self.end_on_request(reservation, ReservationState::Confirmed, now_ms)
+            }
+            Command::Cancel { reservation, .. } => {
+                self.end_on_request(reservation, ReservationState::Cancelled, now_ms)
+            }
+            Command::SetStock { sku, total, .. } => self.set_stock(sku, total),
+            Command::AdjustStock { sku, delta, .. } => self.adjust_stock(sku, delta),
+            Command::SetBuyerLimit { sku, limit, .. } => self.set_buyer_limit(sku, limit),
+            Command::SetSaleWindow { sku, window, .. } => self.set_sale_window(sku, window),
+        }
+    }
+
+    fn reserve(&mut self, r: &Reserve, now_ms: u64) -> Step {
+        if r.qty == 0 || r.qty > RESERVE_QTY_MAX {
+            return Step::Unchanged(Outcome::InvalidQuantity {
+                qty_max: RESERVE_QTY_MAX,
+            });
+        }
+        if r.ttl_ms == 0 || r.ttl_ms > TTL_MS_MAX {
+            return Step::Unchanged(Outcome::InvalidTtl {
+                ttl_ms_max: TTL_MS_MAX,
+            });
+        }
+        let Some(sku) = self.skus.get_mut(&r.sku) else {
+            return Step::Unchanged(Outcome::UnknownSku);
+        };
+        if let Some(refusal) = window_refusal(&sku.window, now_ms) {
+            return Step::Unchanged(refusal);
+        }
+        let qty = u64::from(r.qty);
+        if let Some(limit) = sku.buyer_limit {
+            let taken = sku.taken.get(&r.buyer).copied().unwrap_or(0);
+            if taken + qty > u64::from(limit) {
+                return Step::Unchanged(Outcome::LimitExceeded { taken, limit });
+            }
+        }
+        if sku.available < qty {
+            return Step::Unchanged(Outcome::SoldOut {
+                available: sku.available,
+            });
+        }
+        if self.reservations_live >= self.config.reservations_live_max {
+            let live_max = self.config.reservations_live_max as u64;
+            return Step::Unchanged(Outcome::TooManyReservations { live_max });
+        }
+        sku.available -= qty;
+        sku.reserved += qty;
+        *sku.taken.entry(r.buyer).or_insert(0) += qty;
+
+        let reservation = ReservationId::new(self.id, self.reservation_seq_next);
+        self.reservation_seq_next += 1;
+        let expires_at_ms = now_ms + r.ttl_ms;
+        let held = Reservation {
+            buyer: r.buyer,
+            sku: r.sku,
+            expires_at_ms,
+            qty: r.qty,
+            state: ReservationState::Held,
+        };
+        let previous = self.reservations.insert(reservation, held);
+        assert!(
+            previous.is_none(),
+            "reservation id {reservation} issued twice"
+        );
+        self.expiries.push(Reverse((expires_at_ms, reservation)));
+        self.reservations_live += 1;
+        Step::Changed(Outcome::Reserved {
+            reservation,
+            expires_at_ms,
+        })
+    }
+
+    /// Confirm or cancel. A reservation past its time-to-live expires instead: a late confirm
+    /// never resurrects units that were promised back to the pool.
+    fn end_on_request(
+        &mut self,
+        reservation: ReservationId,
+        wanted: ReservationState,
+        now_ms: u64,
+    ) -> Step {
+        let found = self
+            .reservations
+            .get(&reservation)
+            .filter(|_| reservation.shard() == self.id);
+        let Some(held) = found else {
+            return Step::Unchanged(Outcome::UnknownReservation);
+        };
+        match held.state {
+            ReservationState::Confirmed => Step::Unchanged(Outcome::AlreadyConfirmed),
+            ReservationState::Cancelled => Step::Unchanged(Outcome::AlreadyCancelled),
+            ReservationState::Expired => Step::Unchanged(Outcome::Expired),
+            ReservationState::Held if now_ms >= held.expires_at_ms => {
+                self.end_reservation(reservation, ReservationState::Expired, now_ms);
+                self.expiries_stale += 1;
+                self.compact_expiries_if_stale();
+                Step::Changed(Outcome::Expired)
+            }
+            ReservationState::Held => {
+                self.end_reservation(reservation, wanted, now_ms);
+                self.expiries_stale += 1;
+                self.compact_expiries_if_stale();
+                Step::Changed(match wanted {
+                    ReservationState::Confirmed => Outcome::Confirmed,
+                    _ => Outcome::Cancelled,
+                })
+            }
+        }
+    }
+
+    /// Moves a held reservation to its final state, exactly once.
+    fn end_reservation(&mut self, id: ReservationId, end: ReservationState, now_ms: u64) {
+        debug_assert_ne!(end, ReservationState::Held);
+        let r = self
+            .reservations
+            .get_mut(&id)
+            .expect("ending a known reservation");
+        assert_eq!(
+            r.state,
+            ReservationState::Held,
+            "reservation {id} ends twice"
+        );
+        r.state = end;
+        let (sku_id, buyer, qty) = (r.sku, r.buyer, u64::from(r.qty));
+        let sku = self
+            .skus
+            .get_mut(&sku_id)
+            .expect("a reservation's SKU exists");
+        sku.reserved = sku
+            .reserved
+            .checked_sub(qty)
+            .expect("reserved never goes negative");
+        if end == ReservationState::Confirmed {
+            sku.sold += qty;
+        } else {
+            sku.available += qty;
+            let taken = sku
+                .taken
+                .get_mut(&buyer)
+                .expect("a holding buyer is counted");
+            *taken = taken.checked_sub(qty).expect("taken never goes negative");
+            if *taken == 0 {
+                sku.taken.remove(&buyer);
+            }
+        }
+        self.reservations_live -= 1;
+        self.ended.push_back((id, now_ms));
+        while let Some(&(oldest, ended_at_ms)) = self.ended.front() {
+            let too_many = self.ended.len() > self.config.ended_entries_max;
+            let too_old = ended_at_ms.saturating_add(self.config.ended_retention_ms) <= now_ms;
+            if !(too_many || too_old) {
+                break;
+            }
+            self.ended.pop_front();
+            self.reservations.remove(&oldest);
+        }
+    }
+
+    fn expire_due(&mut self, now_ms: u64, expiries_max: u32) -> u32 {
+        let mut expired = 0;
+        while expired < expiries_max {
+            let Some(&Reverse((at_ms, id))) = self.expiries.peek() else {
+                break;
+            };
+            if at_ms > now_ms {
+                break;
+            }
+            self.expiries.pop();
+            let held = self
+                .reservations
+                .get(&id)
+                .is_some_and(|r| r.state == ReservationState::Held && r.expires_at_ms == at_ms);
+            if held {
+                self.end_reservation(id, ReservationState::Expired, now_ms);
+                expired += 1;
+            } else {
+                self.expiries_stale -= 1;
+            }
+        }
+        expired
+    }
+
+    fn compact_expiries_if_stale(&mut self) {
+        if self.expiries_stale > 1024 && self.expiries_stale > self.reservations_live {
+            self.rebuild_expiries();
+        }
+    }
+
+    pub(crate) fn rebuild_expiries(&mut self) {
+        self.expiries = self
+            .reservations
+            .iter()
+            .filter(|(_, r)| r.state == ReservationState::Held)
+            .map(|(&id, r)| Reverse((r.expires_at_ms, id)))
+            .collect();
+        self.expiries_stale = 0;
+    }
+
+    fn set_stock(&mut self, sku_id: SkuId, total: u64) -> Step {
+        if total > STOCK_TOTAL_MAX {
+            return Step::Unchanged(Outcome::StockOutOfRange {
+                total_max: STOCK_TOTAL_MAX,
+            });
+        }
+        if !self.skus.contains_key(&sku_id) && self.skus.len() >= self.config.skus_max {
+            return Step::Unchanged(Outcome::TooManySkus {
+                skus_max: self.config.skus_max as u64,
+            });
+        }
+        let sku = self.skus.entry(sku_id).or_default();
+        let committed = sku.reserved + sku.sold;
+        if total < committed {
+            return Step::Unchanged(Outcome::StockBelowCommitted { committed });
+        }
+        sku.total = total;
+        sku.available = total - committed;
+        Step::Changed(Outcome::StockChanged {
+            total,
+            available: sku.available,
+        })
+    }
+
+    fn adjust_stock(&mut self, sku_id: SkuId, delta: i64) -> Step {
+        let Some(sku) = self.skus.get_mut(&sku_id) else {
+            return Step::Unchanged(Outcome::UnknownSku);
+        };
+        let Some(available) = sku.available.checked_add_signed(delta) else {
+            return Step::Unchanged(Outcome::InsufficientAvailable {
+                available: sku.available,
+            });
+        };
+        match sku.total.checked_add_signed(delta) {
+            Some(total) if total <= STOCK_TOTAL_MAX => {
+                sku.total = total;
+                sku.available = available;
+                Step::Changed(Outcome::StockChanged { total, available })
+            }
+            _ => Step::Unchanged(Outcome::StockOutOfRange {
+                total_max: STOCK_TOTAL_MAX,
+            }),
+        }
+    }
+
+    fn set_buyer_limit(&mut self, sku_id: SkuId, limit: Option<u32>) -> Step {
+        let Some(sku) = self.skus.get_mut(&sku_id) else {
+            return Step::Unchanged(Outcome::UnknownSku);
+        };
+        if let Some(limit) = limit {
+            // A scan of the SKU's buyers: admin commands are rare, and a limit below what
+            // someone already holds would break invariant 2 the moment it is set.
+            let taken_max = sku.taken.values().copied().max().unwrap_or(0);
+            if taken_max > u64::from(limit) {
+                return Step::Unchanged(Outcome::LimitBelowHoldings { taken_max });
+            }
+        }
+        sku.buyer_limit = limit;
+        Step::Changed(Outcome::LimitSet)
+    }
+
+    fn set_sale_window(&mut self, sku_id: SkuId, window: SaleWindow) -> Step {
+        let Some(sku) = self.skus.get_mut(&sku_id) else {
+            return Step::Unchanged(Outcome::UnknownSku);
+        };
+        if let (Some(opens), Some(closes)) = (window.opens_at_ms, window.closes_at_ms) {
+            if opens >= closes {
+                return Step::Unchanged(Outcome::InvalidWindow);
+            }
+        }
+        sku.window = window;
+        Step::Changed(Outcome::WindowSet)
+    }
+
+    /// Checks, after every apply in debug and test builds, the invariants of the SKU the
+    /// command touched: the O(1) half of `check_invariants`.
+    #[cfg(debug_assertions)]
+    fn assert_touched(&self, command: &Command) {
+        let sku_id = match command.route_key() {
+            crate::command::RouteKey::Sku(sku) => Some(sku),
+            crate::command::RouteKey::Reservation(id) => self.reservations.get(&id).map(|r| r.sku),
+        };
+        let Some(sku) = sku_id.and_then(|id| self.skus.get(&id)) else {
+            return;
+        };
+        assert_eq!(
+            sku.available + sku.reserved + sku.sold,
+            sku.total,
+            "conservation broken by {command:?}"
+        );
+        if let (Command::Reserve(r), Some(limit)) = (command, sku.buyer_limit) {
+            let taken = sku.taken.get(&r.buyer).copied().unwrap_or(0);
+            assert!(
+                taken <= u64::from(limit),
+                "buyer limit broken by {command:?}"
+            );
+        }
+    }
+}
+
+fn window_refusal(window: &SaleWindow, now_ms: u64) -> Option<Outcome> {
+    if let Some(opens_at_ms) = window.opens_at_ms {
+        if now_ms < opens_at_ms {
+            return Some(Outcome::SaleNotOpen { opens_at_ms });
+        }
+    }
+    match window.closes_at_ms {
+        Some(closed_at_ms) if now_ms >= closed_at_ms => Some(Outcome::SaleClosed { closed_at_ms }),
+        _ => None,
+    }
+}

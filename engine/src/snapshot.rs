@@ -1,0 +1,253 @@
+//! Snapshots: a canonical encoding of a shard's durable state, and its restore.
+//!
+//! Canonical (SKUs, buyers and reservations sorted) so that two shards in the same state encode
+//! to the same bytes: `digest` is a hash of this encoding and is how tests compare a replayed
+//! shard with the live one. The rejection cache is not part of it (see `dedup`).
+
+use std::collections::VecDeque;
+
+use crate::codec::{Reader, Writer};
+use crate::command::SaleWindow;
+use crate::dedup::Dedup;
+use crate::error::EngineError;
+use crate::ids::{BuyerId, RequestId, ReservationId, ShardId, SkuId};
+use crate::limits::ShardConfig;
+use crate::outcome::{Outcome, ReservationState};
+use crate::shard::{Reservation, Shard, SkuState};
+
+const SNAPSHOT_MAGIC: u32 = u32::from_le_bytes(*b"FSSN");
+/// Where the clock sits in a snapshot: after magic, version and shard id.
+const CLOCK_FIELD: std::ops::Range<usize> = 8..16;
+/// The snapshot format this build writes and reads.
+pub const SNAPSHOT_VERSION: u16 = 1;
+
+impl Shard {
+    /// Appends the canonical encoding of the shard's durable state to `out`.
+    pub fn encode_snapshot(&self, out: &mut Vec<u8>) {
+        let mut w = Writer { bytes: out };
+        w.u32(SNAPSHOT_MAGIC);
+        w.u16(SNAPSHOT_VERSION);
+        w.u16(self.id.0);
+        w.u64(self.clock_ms);
+        w.u64(self.reservation_seq_next);
+
+        let mut skus: Vec<_> = self.skus.iter().collect();
+        skus.sort_unstable_by_key(|(id, _)| **id);
+        w.u64(skus.len() as u64);
+        for (id, sku) in skus {
+            encode_sku(&mut w, *id, sku);
+        }
+
+        let mut reservations: Vec<_> = self.reservations.iter().collect();
+        reservations.sort_unstable_by_key(|(id, _)| **id);
+        w.u64(reservations.len() as u64);
+        for (id, r) in reservations {
+            w.u64(id.0);
+            w.u64(r.buyer.0);
+            w.u64(r.sku.0);
+            w.u64(r.expires_at_ms);
+            w.u32(r.qty);
+            w.u8(state_code(r.state));
+        }
+
+        w.u64(self.ended.len() as u64);
+        for &(id, ended_at_ms) in &self.ended {
+            w.u64(id.0);
+            w.u64(ended_at_ms);
+        }
+
+        w.u64(self.dedup.order.len() as u64);
+        for &(request, answered_at_ms) in &self.dedup.order {
+            w.u128(request.0);
+            w.u64(answered_at_ms);
+            encode_answer(&mut w, self.dedup.answers[&request]);
+        }
+    }
+
+    /// A 64-bit FNV-1a hash of the canonical snapshot without the clock: equal digests, equal
+    /// durable state.
+    ///
+    /// The clock is left out because commands that change nothing (never logged) advance it
+    /// too, so a replay can end at an earlier clock than the live run. That is harmless: the
+    /// runtime feeds a recovered shard the wall clock, which is later still.
+    pub fn digest(&self) -> u64 {
+        let mut bytes = Vec::new();
+        self.encode_snapshot(&mut bytes);
+        let without_clock = bytes[..CLOCK_FIELD.start]
+            .iter()
+            .chain(&bytes[CLOCK_FIELD.end..]);
+        without_clock.fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        })
+    }
+
+    /// Rebuilds shard `id` from a snapshot and verifies every invariant before returning it.
+    pub fn restore(id: ShardId, config: ShardConfig, bytes: &[u8]) -> Result<Shard, EngineError> {
+        let mut r = Reader::new(bytes, "snapshot");
+        if r.u32()? != SNAPSHOT_MAGIC {
+            return Err(EngineError::NotASnapshot);
+        }
+        let version = r.u16()?;
+        if version != SNAPSHOT_VERSION {
+            return Err(EngineError::UnsupportedVersion {
+                version,
+                supported: SNAPSHOT_VERSION,
+            });
+        }
+        let found = r.u16()?;
+        if found != id.0 {
+            return Err(EngineError::WrongShard {
+                expected: id.0,
+                found,
+            });
+        }
+        let mut shard = Shard::new(id, config);
+        shard.clock_ms = r.u64()?;
+        shard.reservation_seq_next = r.u64()?;
+        for _ in 0..r.count(8 * 4)? {
+            let (sku_id, sku) = decode_sku(&mut r)?;
+            shard.skus.insert(sku_id, sku);
+        }
+        for _ in 0..r.count(8 * 4 + 5)? {
+            let id = ReservationId(r.u64()?);
+            let reservation = Reservation {
+                buyer: BuyerId(r.u64()?),
+                sku: SkuId(r.u64()?),
+                expires_at_ms: r.u64()?,
+                qty: r.u32()?,
+                state: decode_state(r.u8()?)?,
+            };
+            if reservation.state == ReservationState::Held {
+                shard.reservations_live += 1;
+            }
+            shard.reservations.insert(id, reservation);
+        }
+        for _ in 0..r.count(16)? {
+            shard.ended.push_back((ReservationId(r.u64()?), r.u64()?));
+        }
+        let answers = r.count(16 + 8 + 17)?;
+        let mut order = VecDeque::with_capacity(answers);
+        let mut outcomes = Vec::with_capacity(answers);
+        for _ in 0..answers {
+            order.push_back((RequestId(r.u128()?), r.u64()?));
+            outcomes.push(decode_answer(&mut r)?);
+        }
+        if r.remaining() != 0 {
+            return Err(EngineError::TrailingBytes {
+                count: r.remaining(),
+            });
+        }
+        shard.dedup = Dedup::new(&config);
+        shard.dedup.restore(order, outcomes);
+        shard.rebuild_expiries();
+        shard.check_invariants()?;
+        Ok(shard)
+    }
+}
+
+fn encode_sku(w: &mut Writer<'_>, id: SkuId, sku: &SkuState) {
+    w.u64(id.0);
+    w.u64(sku.total);
+    w.u64(sku.available);
+    w.u64(sku.reserved);
+    w.u64(sku.sold);
+    w.opt_u32(sku.buyer_limit);
+    w.opt_u64(sku.window.opens_at_ms);
+    w.opt_u64(sku.window.closes_at_ms);
+    let mut taken: Vec<_> = sku.taken.iter().collect();
+    taken.sort_unstable_by_key(|(buyer, _)| **buyer);
+    w.u64(taken.len() as u64);
+    for (buyer, units) in taken {
+        w.u64(buyer.0);
+        w.u64(*units);
+    }
+}
+
+fn decode_sku(r: &mut Reader<'_>) -> Result<(SkuId, SkuState), EngineError> {
+    let id = SkuId(r.u64()?);
+    let mut sku = SkuState {
+        total: r.u64()?,
+        available: r.u64()?,
+        reserved: r.u64()?,
+        sold: r.u64()?,
+        buyer_limit: r.opt_u32("buyer limit flag")?,
+        window: SaleWindow {
+            opens_at_ms: r.opt_u64("window open flag")?,
+            closes_at_ms: r.opt_u64("window close flag")?,
+        },
+        taken: Default::default(),
+    };
+    for _ in 0..r.count(16)? {
+        sku.taken.insert(BuyerId(r.u64()?), r.u64()?);
+    }
+    Ok((id, sku))
+}
+
+fn state_code(state: ReservationState) -> u8 {
+    match state {
+        ReservationState::Held => 0,
+        ReservationState::Confirmed => 1,
+        ReservationState::Cancelled => 2,
+        ReservationState::Expired => 3,
+    }
+}
+
+fn decode_state(code: u8) -> Result<ReservationState, EngineError> {
+    Ok(match code {
+        0 => ReservationState::Held,
+        1 => ReservationState::Confirmed,
+        2 => ReservationState::Cancelled,
+        3 => ReservationState::Expired,
+        value => {
+            return Err(EngineError::InvalidField {
+                field: "reservation state",
+                value: value.into(),
+            })
+        }
+    })
+}
+
+/// Only outcomes of state-changing requests are remembered durably, so only those encode.
+fn encode_answer(w: &mut Writer<'_>, outcome: Outcome) {
+    let (tag, a, b) = match outcome {
+        Outcome::Reserved {
+            reservation,
+            expires_at_ms,
+        } => (1, reservation.0, expires_at_ms),
+        Outcome::Confirmed => (2, 0, 0),
+        Outcome::Cancelled => (3, 0, 0),
+        Outcome::Expired => (4, 0, 0),
+        Outcome::StockChanged { total, available } => (5, total, available),
+        Outcome::LimitSet => (6, 0, 0),
+        Outcome::WindowSet => (7, 0, 0),
+        other => unreachable!("{other:?} never changes state, so it is never remembered"),
+    };
+    w.u8(tag);
+    w.u64(a);
+    w.u64(b);
+}
+
+fn decode_answer(r: &mut Reader<'_>) -> Result<Outcome, EngineError> {
+    let (tag, a, b) = (r.u8()?, r.u64()?, r.u64()?);
+    Ok(match tag {
+        1 => Outcome::Reserved {
+            reservation: ReservationId(a),
+            expires_at_ms: b,
+        },
+        2 => Outcome::Confirmed,
+        3 => Outcome::Cancelled,
+        4 => Outcome::Expired,
+        5 => Outcome::StockChanged {
+            total: a,
+            available: b,
+        },
+        6 => Outcome::LimitSet,
+        7 => Outcome::WindowSet,
+        value => {
+            return Err(EngineError::InvalidField {
+                field: "answer tag",
+                value: value.into(),
+            })
+        }
+    })
+}
