@@ -1,0 +1,168 @@
+//! The stored form of a batch: a 32-byte header, then the records.
+//!
+//! ```text
+//! offset  size  field
+//!      0     4  magic "FSWB"
+//!      4     2  format version (1)
+//!      6     2  log id
+//!      8     8  first record sequence number (also the key, big-endian)
+//!     16     4  record count
+//!     20     4  record bytes
+//!     24     4  zero (reserved)
+//!     28     4  CRC-32 of bytes 0..28 and of the records
+//! ```
+
+use std::fmt;
+
+use crate::LogId;
+
+const MAGIC: u32 = u32::from_le_bytes(*b"FSWB");
+const VERSION: u16 = 1;
+
+/// Bytes of a batch header.
+pub const BATCH_HEADER_BYTES: usize = 32;
+
+/// The most record bytes one batch may hold.
+///
+/// sled 0.34 writes any value larger than a quarter of its segment (128 KiB by default) to a
+/// separate blob file that it never fsyncs; batches stay well under that so every byte goes
+/// through sled's log, which our sync covers.
+pub const BATCH_RECORDS_BYTES_MAX: usize = 64 * 1024 - BATCH_HEADER_BYTES;
+
+/// A validated batch, borrowed from its stored bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchRef<'a> {
+    /// The first record's sequence number.
+    pub first_seq: u64,
+    /// How many records the batch holds.
+    pub record_count: u32,
+    /// The encoded records.
+    pub records: &'a [u8],
+}
+
+impl BatchRef<'_> {
+    /// The sequence number after the batch's last record.
+    pub fn end_seq(&self) -> u64 {
+        self.first_seq + u64::from(self.record_count)
+    }
+}
+
+/// What makes a stored batch invalid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchDefect {
+    /// Shorter than its header, or than the record bytes its header announces.
+    Short,
+    /// The magic is wrong.
+    Magic,
+    /// The version is not one this build reads.
+    Version(u16),
+    /// The header names another log or another sequence number than its key.
+    Misplaced,
+    /// The checksum does not match.
+    Checksum,
+}
+
+impl fmt::Display for BatchDefect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BatchDefect::Short => write!(f, "shorter than its header says"),
+            BatchDefect::Magic => write!(f, "bad magic"),
+            BatchDefect::Version(v) => write!(f, "unknown format version {v}"),
+            BatchDefect::Misplaced => write!(f, "header names another log or position"),
+            BatchDefect::Checksum => write!(f, "checksum mismatch"),
+        }
+    }
+}
+
+/// Encodes a batch into `out` (cleared first).
+pub fn encode(log: LogId, first_seq: u64, record_count: u32, records: &[u8], out: &mut Vec<u8>) {
+    assert!(
+        records.len() <= BATCH_RECORDS_BYTES_MAX,
+        "caller checks the batch size"
+    );
+    out.clear();
+    out.reserve(BATCH_HEADER_BYTES + records.len());
+    out.extend_from_slice(&MAGIC.to_le_bytes());
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&log.to_le_bytes());
+    out.extend_from_slice(&first_seq.to_le_bytes());
+    out.extend_from_slice(&record_count.to_le_bytes());
+    out.extend_from_slice(&(records.len() as u32).to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    let crc = checksum(&out[..28], records);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(records);
+    debug_assert_eq!(out.len(), BATCH_HEADER_BYTES + records.len());
+}
+
+/// Validates the stored bytes of the batch keyed `key_seq` in `log`.
+pub fn decode(log: LogId, key_seq: u64, bytes: &[u8]) -> Result<BatchRef<'_>, BatchDefect> {
+    let header = bytes.get(..BATCH_HEADER_BYTES).ok_or(BatchDefect::Short)?;
+    let u16_at = |at: usize| u16::from_le_bytes([header[at], header[at + 1]]);
+    let u32_at = |at: usize| u32::from_le_bytes(header[at..at + 4].try_into().unwrap());
+    let u64_at = |at: usize| u64::from_le_bytes(header[at..at + 8].try_into().unwrap());
+    if u32_at(0) != MAGIC {
+        return Err(BatchDefect::Magic);
+    }
+    if u16_at(4) != VERSION {
+        return Err(BatchDefect::Version(u16_at(4)));
+    }
+    if u16_at(6) != log || u64_at(8) != key_seq {
+        return Err(BatchDefect::Misplaced);
+    }
+    let records = &bytes[BATCH_HEADER_BYTES..];
+    if records.len() != u32_at(20) as usize {
+        return Err(BatchDefect::Short);
+    }
+    if u32_at(24) != 0 || checksum(&header[..28], records) != u32_at(28) {
+        return Err(BatchDefect::Checksum);
+    }
+    Ok(BatchRef {
+        first_seq: key_seq,
+        record_count: u32_at(16),
+        records,
+    })
+}
+
+/// The record count of a stored batch, read from its header without validating the records
+/// (truncation only needs to know where a batch ends).
+pub fn record_count_of(bytes: &[u8]) -> Option<u32> {
+    bytes
+        .get(16..20)
+        .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+}
+
+fn checksum(header: &[u8], records: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(header);
+    hasher.update(records);
+    hasher.finalize()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_round_trips_and_any_flipped_bit_is_caught() {
+        let records: Vec<u8> = (0..200u8).collect();
+        let mut bytes = Vec::new();
+        encode(3, 77, 4, &records, &mut bytes);
+        let batch = decode(3, 77, &bytes).unwrap();
+        assert_eq!(
+            (batch.first_seq, batch.record_count, batch.records),
+            (77, 4, &records[..])
+        );
+        assert_eq!(batch.end_seq(), 81);
+        for bit in 0..bytes.len() * 8 {
+            let mut damaged = bytes.clone();
+            damaged[bit / 8] ^= 1 << (bit % 8);
+            assert!(
+                decode(3, 77, &damaged).is_err(),
+                "bit {bit} flipped unnoticed"
+            );
+        }
+        assert_eq!(decode(3, 77, &bytes[..40]), Err(BatchDefect::Short));
+        assert_eq!(decode(4, 77, &bytes), Err(BatchDefect::Misplaced));
+    }
+}

@@ -1,0 +1,231 @@
+//! `MemWal`: the log in memory, for tests, with the faults a disk can produce.
+//!
+//! Clones share one store, so a test can hand one clone to the runtime and keep another to
+//! inject faults and to "restart" from what survived. Stored values use the same batch format
+//! as `SledWal`, so torn and flipped batches are caught by the same checks.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::batch::{self, BATCH_RECORDS_BYTES_MAX};
+use crate::{BatchRef, LogId, ReplaySummary, Snapshot, VisitError, Wal, WalError};
+
+#[derive(Debug, Default)]
+struct Store {
+    batches: BTreeMap<(LogId, u64), Vec<u8>>,
+    /// Appended since the last sync: what a crash may lose.
+    unsynced: Vec<(LogId, u64)>,
+    next_seq: BTreeMap<LogId, u64>,
+    snapshots: BTreeMap<LogId, Snapshot>,
+    meta: BTreeMap<String, Vec<u8>>,
+    fail_syncs: u32,
+    syncs: u64,
+}
+
+/// An in-memory [`Wal`] with fault injection. Cheap to clone; clones share the store.
+#[derive(Clone, Debug, Default)]
+pub struct MemWal {
+    store: Arc<Mutex<Store>>,
+}
+
+impl MemWal {
+    /// An empty store.
+    pub fn new() -> MemWal {
+        MemWal::default()
+    }
+
+    fn store(&self) -> MutexGuard<'_, Store> {
+        self.store
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A crash: batches appended since the last sync are gone.
+    pub fn lose_unsynced(&self) {
+        let mut store = self.store();
+        for key in std::mem::take(&mut store.unsynced) {
+            store.batches.remove(&key);
+        }
+        store.next_seq.clear();
+    }
+
+    /// A torn write: the last batch of `log` keeps only its first `keep_bytes` bytes.
+    pub fn tear_last_batch(&self, log: LogId, keep_bytes: usize) {
+        let mut store = self.store();
+        let last = store
+            .batches
+            .range_mut((log, 0)..=(log, u64::MAX))
+            .next_back();
+        let (_, bytes) = last.expect("a batch to tear");
+        bytes.truncate(keep_bytes);
+    }
+
+    /// Bit rot: flips one bit of the stored batch of `log` starting at `seq`.
+    pub fn flip_bit(&self, log: LogId, seq: u64, bit: usize) {
+        let mut store = self.store();
+        let bytes = store
+            .batches
+            .get_mut(&(log, seq))
+            .expect("a batch at that seq");
+        bytes[bit / 8] ^= 1 << (bit % 8);
+    }
+
+    /// Makes the next `count` syncs fail, as a full or failing disk would.
+    pub fn fail_next_syncs(&self, count: u32) {
+        self.store().fail_syncs = count;
+    }
+
+    /// First sequence numbers of the batches stored for `log`.
+    pub fn batch_seqs(&self, log: LogId) -> Vec<u64> {
+        self.store()
+            .batches
+            .range((log, 0)..=(log, u64::MAX))
+            .map(|(&(_, seq), _)| seq)
+            .collect()
+    }
+
+    /// How many syncs succeeded.
+    pub fn sync_count(&self) -> u64 {
+        self.store().syncs
+    }
+}
+
+impl Wal for MemWal {
+    fn append(
+        &mut self,
+        log: LogId,
+        first_seq: u64,
+        record_count: u32,
+        records: &[u8],
+    ) -> Result<(), WalError> {
+        if records.len() > BATCH_RECORDS_BYTES_MAX {
+            return Err(WalError::BatchTooLarge {
+                bytes: records.len(),
+                max: BATCH_RECORDS_BYTES_MAX,
+            });
+        }
+        let mut store = self.store();
+        if let Some(&expected) = store.next_seq.get(&log) {
+            if expected != first_seq {
+                return Err(WalError::OutOfOrder {
+                    log,
+                    expected,
+                    found: first_seq,
+                });
+            }
+        }
+        let mut value = Vec::new();
+        batch::encode(log, first_seq, record_count, records, &mut value);
+        store.batches.insert((log, first_seq), value);
+        store.unsynced.push((log, first_seq));
+        store
+            .next_seq
+            .insert(log, first_seq + u64::from(record_count));
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), WalError> {
+        let mut store = self.store();
+        if store.fail_syncs > 0 {
+            store.fail_syncs -= 1;
+            return Err(WalError::InjectedFault("sync failed"));
+        }
+        store.unsynced.clear();
+        store.syncs += 1;
+        Ok(())
+    }
+
+    fn replay(
+        &mut self,
+        log: LogId,
+        from_seq: u64,
+        visit: &mut dyn FnMut(BatchRef<'_>) -> Result<(), VisitError>,
+    ) -> Result<ReplaySummary, WalError> {
+        let mut store = self.store();
+        let mut summary = ReplaySummary {
+            next_seq: from_seq,
+            ..ReplaySummary::default()
+        };
+        let keys: Vec<u64> = store
+            .batches
+            .range((log, from_seq)..=(log, u64::MAX))
+            .map(|(&(_, s), _)| s)
+            .collect();
+        for (index, &key_seq) in keys.iter().enumerate() {
+            let bytes = &store.batches[&(log, key_seq)];
+            let batch = match batch::decode(log, key_seq, bytes) {
+                Ok(batch) => batch,
+                Err(_) if index + 1 == keys.len() => {
+                    store.batches.remove(&(log, key_seq));
+                    summary.dropped_tail = Some(key_seq);
+                    break;
+                }
+                Err(defect) => {
+                    return Err(WalError::Corrupt {
+                        log,
+                        seq: key_seq,
+                        defect,
+                    })
+                }
+            };
+            if batch.first_seq != summary.next_seq {
+                return Err(WalError::Gap {
+                    log,
+                    expected: summary.next_seq,
+                    found: batch.first_seq,
+                });
+            }
+            visit(batch).map_err(|source| WalError::Visit {
+                log,
+                seq: key_seq,
+                source,
+            })?;
+            summary.batches += 1;
+            summary.records += u64::from(batch.record_count);
+            summary.next_seq = batch.end_seq();
+        }
+        store.next_seq.insert(log, summary.next_seq);
+        Ok(summary)
+    }
+
+    fn write_snapshot(&mut self, log: LogId, seq: u64, state: &[u8]) -> Result<(), WalError> {
+        self.store().snapshots.insert(
+            log,
+            Snapshot {
+                seq,
+                state: state.to_vec(),
+            },
+        );
+        Ok(())
+    }
+
+    fn latest_snapshot(&self, log: LogId) -> Result<Option<Snapshot>, WalError> {
+        Ok(self.store().snapshots.get(&log).cloned())
+    }
+
+    fn truncate_below(&mut self, log: LogId, seq: u64) -> Result<(), WalError> {
+        let mut store = self.store();
+        let doomed: Vec<(LogId, u64)> = store
+            .batches
+            .range((log, 0)..(log, seq))
+            .filter(|(&(_, first), bytes)| {
+                let count = batch::record_count_of(bytes).unwrap_or(u32::MAX);
+                first.saturating_add(u64::from(count)) <= seq
+            })
+            .map(|(&key, _)| key)
+            .collect();
+        for key in doomed {
+            store.batches.remove(&key);
+        }
+        Ok(())
+    }
+
+    fn read_meta(&self, key: &str) -> Result<Option<Vec<u8>>, WalError> {
+        Ok(self.store().meta.get(key).cloned())
+    }
+
+    fn write_meta(&mut self, key: &str, value: &[u8]) -> Result<(), WalError> {
+        self.store().meta.insert(key.to_owned(), value.to_vec());
+        Ok(())
+    }
+}

@@ -1,0 +1,353 @@
+//! `SledWal`: the production log on sled 0.34.
+//!
+//! Layout: tree `log.<id>` maps a batch's first sequence number (big-endian, so sled's order is
+//! log order) to the batch; tree `snap.<id>` holds snapshot chunks keyed by (seq, chunk index);
+//! tree `meta` holds each log's latest complete snapshot header and store-wide values.
+//!
+//! Blobs: see [`SLED_SEGMENT_BYTES`]; a test asserts `blobs/` stays empty under load.
+//!
+//! Durability: sled's `flush` writes its buffers with `pwrite` and `sync_file_range`, which
+//! reaches neither the drive's cache nor the file's metadata. `sync` therefore follows it with
+//! `fdatasync` of sled's data file, which does both; sled keeps everything but blobs in that
+//! one file, and batches and snapshot chunks are kept small enough never to become blobs.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use crate::batch::{self, BATCH_RECORDS_BYTES_MAX};
+use crate::{BatchRef, LogId, ReplaySummary, Snapshot, VisitError, Wal, WalError};
+
+/// Bytes per stored snapshot chunk: the same bound as a batch.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 60 * 1024;
+
+/// sled's segment size. sled writes any log item above a quarter of a segment to a blob file
+/// it never fsyncs, and a leaf node is one item holding up to 17 values (leaves split by count,
+/// not size). With 8 MiB segments the threshold is 2 MiB, above 17 full 64 KiB batches.
+pub const SLED_SEGMENT_BYTES: usize = 8 << 20;
+
+const _: () = assert!(17 * (BATCH_RECORDS_BYTES_MAX + 64) < SLED_SEGMENT_BYTES / 4 - 64);
+const _: () = assert!(17 * (SNAPSHOT_CHUNK_BYTES + 64) < SLED_SEGMENT_BYTES / 4 - 64);
+
+/// How to open a [`SledWal`].
+#[derive(Clone, Debug)]
+pub struct SledWalConfig {
+    /// The directory sled keeps its files in.
+    pub path: PathBuf,
+    /// sled's page cache, in bytes.
+    pub cache_bytes: u64,
+    /// Whether `sync` also fdatasyncs sled's data file (it must, for real durability; turning
+    /// it off exists only to measure what it costs).
+    pub fdatasync: bool,
+}
+
+impl SledWalConfig {
+    /// The defaults for a store in `path`.
+    pub fn new(path: impl Into<PathBuf>) -> SledWalConfig {
+        SledWalConfig {
+            path: path.into(),
+            cache_bytes: 256 << 20,
+            fdatasync: true,
+        }
+    }
+}
+
+/// A write-ahead log in sled. See the module documentation for layout and durability.
+#[derive(Debug)]
+pub struct SledWal {
+    db: sled::Db,
+    meta: sled::Tree,
+    logs: Vec<Option<(sled::Tree, sled::Tree)>>,
+    next_seq: Vec<Option<u64>>,
+    data_file: Option<(PathBuf, File)>,
+    scratch: Vec<u8>,
+}
+
+impl SledWal {
+    /// Opens (or creates) the store described by `config`.
+    pub fn open(config: &SledWalConfig) -> Result<SledWal, WalError> {
+        let db = sled::Config::new()
+            .path(&config.path)
+            .cache_capacity(config.cache_bytes)
+            .mode(sled::Mode::HighThroughput)
+            .segment_size(SLED_SEGMENT_BYTES)
+            // We sync explicitly after each group commit; sled's own timer would only add
+            // background fsyncs competing with ours.
+            .flush_every_ms(None)
+            .open()?;
+        let data_file = if config.fdatasync {
+            let path = config.path.join("db");
+            let file = File::open(&path).map_err(|source| io_error("open", &path, source))?;
+            // The data file's directory entry must be durable too: sync the directory once.
+            let dir = File::open(&config.path)
+                .map_err(|source| io_error("open", &config.path, source))?;
+            dir.sync_all()
+                .map_err(|source| io_error("fsync", &config.path, source))?;
+            Some((path, file))
+        } else {
+            None
+        };
+        let meta = db.open_tree("meta")?;
+        Ok(SledWal {
+            db,
+            meta,
+            logs: Vec::new(),
+            next_seq: Vec::new(),
+            data_file,
+            scratch: Vec::new(),
+        })
+    }
+
+    /// Bytes sled says the store occupies on disk.
+    pub fn size_on_disk_bytes(&self) -> Result<u64, WalError> {
+        Ok(self.db.size_on_disk()?)
+    }
+
+    fn trees(&mut self, log: LogId) -> Result<&(sled::Tree, sled::Tree), WalError> {
+        let index = usize::from(log);
+        if self.logs.len() <= index {
+            self.logs.resize_with(index + 1, || None);
+            self.next_seq.resize(index + 1, None);
+        }
+        if self.logs[index].is_none() {
+            let batches = self.db.open_tree(format!("log.{log}"))?;
+            let chunks = self.db.open_tree(format!("snap.{log}"))?;
+            self.logs[index] = Some((batches, chunks));
+        }
+        Ok(self.logs[index].as_ref().expect("opened above"))
+    }
+
+    fn flush_and_sync(&self) -> Result<(), WalError> {
+        self.db.flush()?;
+        if let Some((path, file)) = &self.data_file {
+            file.sync_data()
+                .map_err(|source| io_error("fdatasync", path, source))?;
+        }
+        Ok(())
+    }
+}
+
+fn io_error(action: &'static str, path: &Path, source: std::io::Error) -> WalError {
+    WalError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn snapshot_meta_key(log: LogId) -> String {
+    format!("snapshot.{log}")
+}
+
+impl Wal for SledWal {
+    fn append(
+        &mut self,
+        log: LogId,
+        first_seq: u64,
+        record_count: u32,
+        records: &[u8],
+    ) -> Result<(), WalError> {
+        if records.len() > BATCH_RECORDS_BYTES_MAX {
+            return Err(WalError::BatchTooLarge {
+                bytes: records.len(),
+                max: BATCH_RECORDS_BYTES_MAX,
+            });
+        }
+        let batches = self.trees(log)?.0.clone();
+        let index = usize::from(log);
+        if let Some(expected) = self.next_seq[index] {
+            if expected != first_seq {
+                return Err(WalError::OutOfOrder {
+                    log,
+                    expected,
+                    found: first_seq,
+                });
+            }
+        }
+        let mut value = std::mem::take(&mut self.scratch);
+        batch::encode(log, first_seq, record_count, records, &mut value);
+        let stored = batches.insert(first_seq.to_be_bytes(), value.as_slice());
+        self.scratch = value;
+        stored?;
+        self.next_seq[index] = Some(first_seq + u64::from(record_count));
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), WalError> {
+        self.flush_and_sync()
+    }
+
+    fn replay(
+        &mut self,
+        log: LogId,
+        from_seq: u64,
+        visit: &mut dyn FnMut(BatchRef<'_>) -> Result<(), VisitError>,
+    ) -> Result<ReplaySummary, WalError> {
+        let batches = self.trees(log)?.0.clone();
+        let mut summary = ReplaySummary {
+            next_seq: from_seq,
+            ..ReplaySummary::default()
+        };
+        let mut entries = batches.range(from_seq.to_be_bytes()..).peekable();
+        while let Some(entry) = entries.next() {
+            let (key, value) = entry?;
+            let key_seq = key
+                .as_ref()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .unwrap_or(u64::MAX);
+            let batch = match batch::decode(log, key_seq, &value) {
+                Ok(batch) => batch,
+                Err(defect) if entries.peek().is_none() => {
+                    // A damaged last batch was never acknowledged: its sync did not finish.
+                    tracing::warn!(log, seq = key_seq, %defect, "dropping torn tail batch");
+                    batches.remove(&key)?;
+                    self.flush_and_sync()?;
+                    summary.dropped_tail = Some(key_seq);
+                    break;
+                }
+                Err(defect) => {
+                    return Err(WalError::Corrupt {
+                        log,
+                        seq: key_seq,
+                        defect,
+                    })
+                }
+            };
+            if batch.first_seq != summary.next_seq {
+                return Err(WalError::Gap {
+                    log,
+                    expected: summary.next_seq,
+                    found: batch.first_seq,
+                });
+            }
+            visit(batch).map_err(|source| WalError::Visit {
+                log,
+                seq: batch.first_seq,
+                source,
+            })?;
+            summary.batches += 1;
+            summary.records += u64::from(batch.record_count);
+            summary.next_seq = batch.end_seq();
+        }
+        self.next_seq[usize::from(log)] = Some(summary.next_seq);
+        Ok(summary)
+    }
+
+    fn write_snapshot(&mut self, log: LogId, seq: u64, state: &[u8]) -> Result<(), WalError> {
+        let chunks = self.trees(log)?.1.clone();
+        let chunk_count = state.chunks(SNAPSHOT_CHUNK_BYTES).count() as u32;
+        for (index, chunk) in state.chunks(SNAPSHOT_CHUNK_BYTES).enumerate() {
+            chunks.insert(chunk_key(seq, index as u32), chunk)?;
+        }
+        // Chunks first, durably; only then the header that makes the snapshot visible. A crash
+        // in between leaves the previous snapshot in force.
+        self.flush_and_sync()?;
+        let header = SnapshotHeader {
+            seq,
+            len: state.len() as u64,
+            chunk_count,
+            crc: crc32fast::hash(state),
+        };
+        self.meta
+            .insert(snapshot_meta_key(log), header.encode().as_slice())?;
+        self.flush_and_sync()?;
+        for key in chunks.range(..chunk_key(seq, 0)).keys() {
+            chunks.remove(key?)?;
+        }
+        Ok(())
+    }
+
+    fn latest_snapshot(&self, log: LogId) -> Result<Option<Snapshot>, WalError> {
+        let Some(raw) = self.meta.get(snapshot_meta_key(log))? else {
+            return Ok(None);
+        };
+        let header = SnapshotHeader::decode(&raw).ok_or(WalError::CorruptSnapshot {
+            log,
+            seq: 0,
+            detail: "header unreadable",
+        })?;
+        let corrupt = |detail| WalError::CorruptSnapshot {
+            log,
+            seq: header.seq,
+            detail,
+        };
+        let chunks = self.db.open_tree(format!("snap.{log}"))?;
+        let mut state = Vec::with_capacity(header.len as usize);
+        for index in 0..header.chunk_count {
+            let chunk = chunks
+                .get(chunk_key(header.seq, index))?
+                .ok_or(corrupt("chunk missing"))?;
+            state.extend_from_slice(&chunk);
+        }
+        if state.len() as u64 != header.len || crc32fast::hash(&state) != header.crc {
+            return Err(corrupt("checksum or length mismatch"));
+        }
+        Ok(Some(Snapshot {
+            seq: header.seq,
+            state,
+        }))
+    }
+
+    fn truncate_below(&mut self, log: LogId, seq: u64) -> Result<(), WalError> {
+        let batches = self.trees(log)?.0.clone();
+        for entry in batches.range(..seq.to_be_bytes()) {
+            let (key, value) = entry?;
+            let first_seq = key
+                .as_ref()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .unwrap_or(u64::MAX);
+            let count = batch::record_count_of(&value).unwrap_or(u32::MAX);
+            if first_seq.saturating_add(u64::from(count)) <= seq {
+                batches.remove(key)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn read_meta(&self, key: &str) -> Result<Option<Vec<u8>>, WalError> {
+        Ok(self.meta.get(format!("user.{key}"))?.map(|v| v.to_vec()))
+    }
+
+    fn write_meta(&mut self, key: &str, value: &[u8]) -> Result<(), WalError> {
+        self.meta.insert(format!("user.{key}"), value)?;
+        self.flush_and_sync()
+    }
+}
+
+fn chunk_key(seq: u64, index: u32) -> [u8; 12] {
+    let mut key = [0u8; 12];
+    key[..8].copy_from_slice(&seq.to_be_bytes());
+    key[8..].copy_from_slice(&index.to_be_bytes());
+    key
+}
+
+/// The header that makes a snapshot visible once all its chunks are durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SnapshotHeader {
+    pub(crate) seq: u64,
+    pub(crate) len: u64,
+    pub(crate) chunk_count: u32,
+    pub(crate) crc: u32,
+}
+
+impl SnapshotHeader {
+    pub(crate) fn encode(&self) -> [u8; 24] {
+        let mut out = [0u8; 24];
+        out[..8].copy_from_slice(&self.seq.to_le_bytes());
+        out[8..16].copy_from_slice(&self.len.to_le_bytes());
+        out[16..20].copy_from_slice(&self.chunk_count.to_le_bytes());
+        out[20..].copy_from_slice(&self.crc.to_le_bytes());
+        out
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Option<SnapshotHeader> {
+        let bytes: &[u8; 24] = bytes.try_into().ok()?;
+        Some(SnapshotHeader {
+            seq: u64::from_le_bytes(bytes[..8].try_into().ok()?),
+            len: u64::from_le_bytes(bytes[8..16].try_into().ok()?),
+            chunk_count: u32::from_le_bytes(bytes[16..20].try_into().ok()?),
+            crc: u32::from_le_bytes(bytes[20..].try_into().ok()?),
+        })
+    }
+}
