@@ -1,1 +1,40 @@
-//! placeholder
+//! flashstock's runtime: the only place that wires threads, the clock and the log to the pure
+//! engine.
+//!
+//! ```text
+//! Handle ──try_send──► shard actor (one thread per shard, bounded inbox)
+//!                        │ applies a batch of jobs to its `Shard`
+//!                        ▼
+//!                      durability thread: appends every waiting batch, one sync, then
+//!                      releases the batch's replies (group commit); snapshots, truncation
+//! ```
+//! While the durability thread syncs one group, the actors already apply the next batch.
+//!
+//! Map of the modules:
+//! - [`config`]: [`RuntimeConfig`], every knob and its default.
+//! - [`clock`]: [`Clock`], with [`SystemClock`] and the [`ManualClock`] tests drive.
+//! - [`handle`]: [`Handle`], the async API the network layer and tests call.
+//! - [`runtime`]: [`Runtime`], start (with recovery) and graceful shutdown.
+//! - `actor`, `durability`, `recovery`: the shard loop, the group-commit loop, and rebuilding
+//!   shards from the latest snapshot plus the log.
+//! - [`demo`]: the demo flash sale the `flashstock-demo` binary runs, with its audit.
+//! - [`error`]: [`RuntimeError`], the one error type.
+
+pub mod clock;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod handle;
+pub mod runtime;
+
+mod actor;
+mod durability;
+mod recovery;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::RuntimeConfig;
+pub use durability::DurabilityStats;
+pub use error::RuntimeError;
+pub use handle::Handle;
+pub use recovery::RecoveryReport;
+pub use runtime::Runtime;

@@ -1,0 +1,175 @@
+//! The shard actor: one thread that owns one `Shard`, drains its inbox in batches, applies
+//! them, and hands the batch's records and replies to the durability thread.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use flashstock_engine::{
+    Command, EncodedLog, Outcome, ReservationId, ReservationView, Shard, SkuId, SkuView,
+};
+use tokio::sync::oneshot;
+
+use crate::clock::Clock;
+use crate::config::RuntimeConfig;
+use crate::durability::WalJob;
+use crate::error::RuntimeError;
+
+/// Where an actor sends a job's answer. Answers leave only once everything the actor applied
+/// before them is durable, so no reader ever sees an effect that a crash could undo.
+pub(crate) type Reply = oneshot::Sender<Result<Answer, RuntimeError>>;
+
+/// A request to a shard actor.
+#[derive(Debug)]
+pub(crate) enum Job {
+    Apply {
+        command: Command,
+        reply: Reply,
+    },
+    QuerySku {
+        sku: SkuId,
+        reply: Reply,
+    },
+    QueryReservation {
+        reservation: ReservationId,
+        reply: Reply,
+    },
+    ListSkus {
+        reply: Reply,
+    },
+    /// Finish the current step, snapshot, and exit.
+    Stop,
+}
+
+/// What a job produced.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    Outcome(Outcome),
+    Sku(Option<SkuView>),
+    Reservation(Option<ReservationView>),
+    Skus(Vec<SkuView>),
+}
+
+pub(crate) struct Actor {
+    pub(crate) shard: Shard,
+    pub(crate) inbox: Receiver<Job>,
+    pub(crate) durable: Sender<WalJob>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) config: RuntimeConfig,
+    /// The sequence number of the next record this shard logs.
+    pub(crate) next_seq: u64,
+    pub(crate) records_since_snapshot: u64,
+    pub(crate) last_snapshot_ms: u64,
+}
+
+impl Actor {
+    pub(crate) fn run(mut self) {
+        let tick = Duration::from_millis(self.config.tick_interval_ms);
+        loop {
+            let first = match self.inbox.recv_timeout(tick) {
+                Ok(job) => Some(job),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            if self.step(first) {
+                break;
+            }
+        }
+        let now_ms = self.clock.now_ms();
+        self.snapshot(now_ms, self.config.snapshot_on_shutdown);
+        tracing::debug!(
+            shard = self.shard.id().0,
+            next_seq = self.next_seq,
+            "shard actor stopped"
+        );
+    }
+
+    /// Applies up to `batch_jobs_max` jobs and due expiries at one instant, then hands the
+    /// records and replies on. Returns true when a `Stop` was taken.
+    fn step(&mut self, first: Option<Job>) -> bool {
+        let now_ms = self.clock.now_ms();
+        let mut log = EncodedLog::default();
+        let mut replies = Vec::new();
+        let mut stop = false;
+        let mut next = first;
+        while let Some(job) = next.take() {
+            match job {
+                Job::Stop => {
+                    stop = true;
+                    break;
+                }
+                job => replies.push(self.answer(job, now_ms, &mut log)),
+            }
+            if replies.len() >= self.config.batch_jobs_max {
+                break;
+            }
+            next = self.inbox.try_recv().ok();
+        }
+        if self
+            .shard
+            .next_expiry_ms()
+            .is_some_and(|due_ms| due_ms <= now_ms)
+        {
+            self.shard.tick(now_ms, &mut log);
+        }
+        if !replies.is_empty() || log.record_count > 0 {
+            let record_count = log.record_count;
+            let commit = WalJob::Commit {
+                log: self.shard.id().0,
+                first_seq: self.next_seq,
+                record_count,
+                records: log.bytes,
+                replies,
+            };
+            self.next_seq += u64::from(record_count);
+            self.records_since_snapshot += u64::from(record_count);
+            // Blocks when the durability thread is behind: the inbox then fills, and callers
+            // are told `Overloaded` instead of queueing without bound.
+            if self.durable.send(commit).is_err() {
+                return true;
+            }
+        }
+        self.snapshot(now_ms, false);
+        stop
+    }
+
+    fn answer(&mut self, job: Job, now_ms: u64, log: &mut EncodedLog) -> (Reply, Answer) {
+        match job {
+            Job::Apply { command, reply } => (
+                reply,
+                Answer::Outcome(self.shard.apply(&command, now_ms, log)),
+            ),
+            Job::QuerySku { sku, reply } => (reply, Answer::Sku(self.shard.query_sku(sku))),
+            Job::QueryReservation { reservation, reply } => (
+                reply,
+                Answer::Reservation(self.shard.query_reservation(reservation)),
+            ),
+            Job::ListSkus { reply } => (reply, Answer::Skus(self.shard.skus().collect())),
+            Job::Stop => unreachable!("handled by the caller"),
+        }
+    }
+
+    /// Snapshots when enough records or time have passed (or `force`, at shutdown), at a batch
+    /// boundary: the snapshot covers exactly the records below `next_seq`.
+    fn snapshot(&mut self, now_ms: u64, force: bool) {
+        if self.records_since_snapshot == 0 {
+            return;
+        }
+        let by_count = self.records_since_snapshot >= self.config.snapshot_every_records;
+        let by_time = now_ms.saturating_sub(self.last_snapshot_ms) >= self.config.snapshot_every_ms;
+        if !(force || by_count || by_time) {
+            return;
+        }
+        let mut state = Vec::new();
+        self.shard.encode_snapshot(&mut state);
+        let job = WalJob::Snapshot {
+            log: self.shard.id().0,
+            seq: self.next_seq,
+            state,
+        };
+        if self.durable.send(job).is_ok() {
+            self.records_since_snapshot = 0;
+            self.last_snapshot_ms = now_ms;
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! The runtime's knobs. Every queue and batch is bounded.
+
+use flashstock_engine::{ShardConfig, RECORD_BYTES_MAX};
+use flashstock_wal::BATCH_RECORDS_BYTES_MAX;
+
+/// How many jobs one actor step may take: each logs at most one record, plus one tick record,
+/// and the whole step must fit one WAL batch.
+pub const BATCH_JOBS_LIMIT: usize = (BATCH_RECORDS_BYTES_MAX - RECORD_BYTES_MAX) / RECORD_BYTES_MAX;
+
+/// How the runtime is built.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// Shard actors (threads). Part of the durable layout: a store refuses another count.
+    pub shard_count: u16,
+    /// Jobs an actor's inbox holds; a request to a full inbox is answered `Overloaded` at once.
+    pub inbox_capacity: usize,
+    /// Jobs an actor applies per step, at most [`BATCH_JOBS_LIMIT`].
+    pub batch_jobs_max: usize,
+    /// How often an idle actor wakes to expire reservations.
+    pub tick_interval_ms: u64,
+    /// Batches waiting for the durability thread; actors block beyond it, and their inboxes
+    /// then fill and refuse work.
+    pub durability_queue_batches: usize,
+    /// A shard snapshots after this many records...
+    pub snapshot_every_records: u64,
+    /// ...or after this long with at least one new record.
+    pub snapshot_every_ms: u64,
+    /// Whether a graceful shutdown snapshots every shard, so the next start replays nothing.
+    pub snapshot_on_shutdown: bool,
+    /// The engine's per-shard bounds.
+    pub shard: ShardConfig,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        RuntimeConfig {
+            shard_count: cores.clamp(1, 64) as u16,
+            inbox_capacity: 64 * 1024,
+            batch_jobs_max: 1024,
+            tick_interval_ms: 10,
+            durability_queue_batches: 64,
+            snapshot_every_records: 1_000_000,
+            snapshot_every_ms: 60_000,
+            snapshot_on_shutdown: true,
+            shard: ShardConfig::default(),
+        }
+    }
+}
+
+impl RuntimeConfig {
+    /// Panics when a knob is out of range; called when the runtime starts.
+    pub fn validate(&self) {
+        assert!(self.shard_count >= 1, "shard_count must be at least 1");
+        assert!(
+            self.inbox_capacity >= 1,
+            "inbox_capacity must be at least 1"
+        );
+        assert!(
+            (1..=BATCH_JOBS_LIMIT).contains(&self.batch_jobs_max),
+            "batch_jobs_max must be in 1..={BATCH_JOBS_LIMIT} so a step fits one WAL batch"
+        );
+        assert!(
+            self.tick_interval_ms >= 1,
+            "tick_interval_ms must be at least 1"
+        );
+        assert!(
+            self.durability_queue_batches >= 1,
+            "durability_queue_batches must be >= 1"
+        );
+        assert!(
+            self.snapshot_every_records >= 1,
+            "snapshot_every_records must be >= 1"
+        );
+        self.shard.validate();
+    }
+}

@@ -1,0 +1,234 @@
+//! `Handle`: the async API to the shard actors. Cheap to clone; every clone talks to the same
+//! runtime. The network layer calls this; so do the tests and the demo.
+
+use std::sync::Arc;
+
+use crossbeam_channel::{Sender, TrySendError};
+use flashstock_engine::{
+    BuyerId, Command, Outcome, RequestId, ReservationId, ReservationView, Reserve, RouteKey,
+    SaleWindow, ShardId, ShardMap, SkuId, SkuView,
+};
+use tokio::sync::oneshot;
+
+use crate::actor::{Answer, Job, Reply};
+use crate::durability::Failure;
+use crate::error::RuntimeError;
+
+/// A way in to a running [`crate::Runtime`].
+#[derive(Clone, Debug)]
+pub struct Handle {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) inboxes: Vec<Sender<Job>>,
+    pub(crate) map: ShardMap,
+    pub(crate) failure: Arc<Failure>,
+}
+
+impl Handle {
+    pub(crate) fn new(shared: Shared) -> Handle {
+        Handle {
+            shared: Arc::new(shared),
+        }
+    }
+
+    pub(crate) fn inboxes(&self) -> &[Sender<Job>] {
+        &self.shared.inboxes
+    }
+
+    /// Which shard owns what.
+    pub fn shard_map(&self) -> ShardMap {
+        self.shared.map
+    }
+
+    /// Applies any state-changing command; the answer arrives once its effect is durable.
+    pub async fn apply(&self, command: Command) -> Result<Outcome, RuntimeError> {
+        let shard = match command.route_key() {
+            RouteKey::Sku(sku) => self.shared.map.shard_of_sku(sku),
+            RouteKey::Reservation(reservation) => {
+                match self.shared.map.shard_of_reservation(reservation) {
+                    Some(shard) => shard,
+                    // No shard of ours could have issued it.
+                    None => return Ok(Outcome::UnknownReservation),
+                }
+            }
+        };
+        match self
+            .ask(shard, |reply| Job::Apply { command, reply })
+            .await?
+        {
+            Answer::Outcome(outcome) => Ok(outcome),
+            other => unreachable!("apply answered {other:?}"),
+        }
+    }
+
+    /// Holds `qty` units of `sku` for `buyer` for `ttl_ms`.
+    pub async fn reserve(
+        &self,
+        request: RequestId,
+        buyer: BuyerId,
+        sku: SkuId,
+        qty: u32,
+        ttl_ms: u64,
+    ) -> Result<Outcome, RuntimeError> {
+        self.apply(Command::Reserve(Reserve {
+            request,
+            buyer,
+            sku,
+            qty,
+            ttl_ms,
+        }))
+        .await
+    }
+
+    /// Turns a held reservation into a sale.
+    pub async fn confirm(
+        &self,
+        request: RequestId,
+        reservation: ReservationId,
+    ) -> Result<Outcome, RuntimeError> {
+        self.apply(Command::Confirm {
+            request,
+            reservation,
+        })
+        .await
+    }
+
+    /// Gives a held reservation's units back.
+    pub async fn cancel(
+        &self,
+        request: RequestId,
+        reservation: ReservationId,
+    ) -> Result<Outcome, RuntimeError> {
+        self.apply(Command::Cancel {
+            request,
+            reservation,
+        })
+        .await
+    }
+
+    /// Admin: sets a SKU's total stock, creating the SKU if new.
+    pub async fn set_stock(
+        &self,
+        request: RequestId,
+        sku: SkuId,
+        total: u64,
+    ) -> Result<Outcome, RuntimeError> {
+        self.apply(Command::SetStock {
+            request,
+            sku,
+            total,
+        })
+        .await
+    }
+
+    /// Admin: adds `delta` units to a SKU's stock (negative to remove).
+    pub async fn adjust_stock(
+        &self,
+        request: RequestId,
+        sku: SkuId,
+        delta: i64,
+    ) -> Result<Outcome, RuntimeError> {
+        self.apply(Command::AdjustStock {
+            request,
+            sku,
+            delta,
+        })
+        .await
+    }
+
+    /// Admin: sets or clears a SKU's per-buyer limit.
+    pub async fn set_buyer_limit(
+        &self,
+        request: RequestId,
+        sku: SkuId,
+        limit: Option<u32>,
+    ) -> Result<Outcome, RuntimeError> {
+        self.apply(Command::SetBuyerLimit {
+            request,
+            sku,
+            limit,
+        })
+        .await
+    }
+
+    /// Admin: sets when a SKU may be reserved.
+    pub async fn set_sale_window(
+        &self,
+        request: RequestId,
+        sku: SkuId,
+        window: SaleWindow,
+    ) -> Result<Outcome, RuntimeError> {
+        self.apply(Command::SetSaleWindow {
+            request,
+            sku,
+            window,
+        })
+        .await
+    }
+
+    /// Reads a SKU's stock.
+    pub async fn query_sku(&self, sku: SkuId) -> Result<Option<SkuView>, RuntimeError> {
+        let shard = self.shared.map.shard_of_sku(sku);
+        match self
+            .ask(shard, |reply| Job::QuerySku { sku, reply })
+            .await?
+        {
+            Answer::Sku(view) => Ok(view),
+            other => unreachable!("query_sku answered {other:?}"),
+        }
+    }
+
+    /// Reads a reservation, live or recently ended.
+    pub async fn query_reservation(
+        &self,
+        reservation: ReservationId,
+    ) -> Result<Option<ReservationView>, RuntimeError> {
+        let Some(shard) = self.shared.map.shard_of_reservation(reservation) else {
+            return Ok(None);
+        };
+        match self
+            .ask(shard, |reply| Job::QueryReservation { reservation, reply })
+            .await?
+        {
+            Answer::Reservation(view) => Ok(view),
+            other => unreachable!("query_reservation answered {other:?}"),
+        }
+    }
+
+    /// Reads every SKU of every shard (for audits; cost grows with the SKU count).
+    pub async fn list_skus(&self) -> Result<Vec<SkuView>, RuntimeError> {
+        let mut all = Vec::new();
+        for shard in 0..self.shared.map.shard_count() {
+            match self
+                .ask(ShardId(shard), |reply| Job::ListSkus { reply })
+                .await?
+            {
+                Answer::Skus(views) => all.extend(views),
+                other => unreachable!("list_skus answered {other:?}"),
+            }
+        }
+        all.sort_unstable_by_key(|view| view.sku);
+        Ok(all)
+    }
+
+    async fn ask(
+        &self,
+        shard: ShardId,
+        job: impl FnOnce(Reply) -> Job,
+    ) -> Result<Answer, RuntimeError> {
+        if let Some(reason) = self.shared.failure.reason() {
+            return Err(RuntimeError::WalFailed { reason });
+        }
+        let (reply, answer) = oneshot::channel();
+        match self.shared.inboxes[usize::from(shard.0)].try_send(job(reply)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(RuntimeError::Overloaded { shard: shard.0 }),
+            Err(TrySendError::Disconnected(_)) => return Err(RuntimeError::ShuttingDown),
+        }
+        // A dropped reply means the actor stopped before answering.
+        answer.await.map_err(|_| RuntimeError::ShuttingDown)?
+    }
+}

@@ -1,0 +1,180 @@
+//! `Runtime`: recovers the shards, starts the actors and the durability thread, and stops
+//! them gracefully.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::bounded;
+use flashstock_engine::{ShardId, ShardMap};
+use flashstock_wal::{SledWal, SledWalConfig, Wal};
+
+use crate::actor::{Actor, Job};
+use crate::clock::Clock;
+use crate::config::RuntimeConfig;
+use crate::durability::{Durability, DurabilityStats, Failure};
+use crate::error::RuntimeError;
+use crate::handle::{Handle, Shared};
+use crate::recovery::{recover_shard, RecoveryReport};
+
+const SHARD_COUNT_KEY: &str = "shard_count";
+
+/// The running shard actors and durability thread. Dropping it shuts down gracefully too.
+#[derive(Debug)]
+pub struct Runtime {
+    handle: Handle,
+    actors: Vec<JoinHandle<()>>,
+    durability: Option<JoinHandle<()>>,
+    recovery: Vec<RecoveryReport>,
+    stats: Arc<DurabilityStats>,
+}
+
+impl Runtime {
+    /// Opens the sled log in `data_dir/wal` and starts on it.
+    pub fn open(
+        data_dir: &Path,
+        config: RuntimeConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Runtime, RuntimeError> {
+        let wal = SledWal::open(&SledWalConfig::new(data_dir.join("wal")))?;
+        Runtime::start(config, wal, clock)
+    }
+
+    /// Recovers every shard from `wal`, then starts the actors and the durability thread.
+    pub fn start<W: Wal + 'static>(
+        config: RuntimeConfig,
+        mut wal: W,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Runtime, RuntimeError> {
+        config.validate();
+        check_layout(&mut wal, config.shard_count)?;
+        let mut shards = Vec::with_capacity(usize::from(config.shard_count));
+        let mut recovery = Vec::with_capacity(shards.capacity());
+        for id in 0..config.shard_count {
+            let (shard, report) = recover_shard(&mut wal, ShardId(id), config.shard)?;
+            tracing::info!(
+                shard = id,
+                snapshot_seq = ?report.snapshot_seq,
+                records = report.records,
+                dropped_tail = ?report.dropped_tail,
+                elapsed_us = report.elapsed_us,
+                "shard recovered"
+            );
+            shards.push((shard, report.next_seq));
+            recovery.push(report);
+        }
+
+        let queue = config.durability_queue_batches * usize::from(config.shard_count);
+        let (durable_tx, durable_rx) = bounded(queue);
+        let failure = Arc::new(Failure::default());
+        let stats = Arc::new(DurabilityStats::default());
+        let durability = Durability {
+            wal,
+            jobs: durable_rx,
+            failure: failure.clone(),
+            stats: stats.clone(),
+        };
+        let durability = spawn("flashstock-wal".to_owned(), move || durability.run())?;
+
+        let mut inboxes = Vec::with_capacity(shards.len());
+        let mut actors = Vec::with_capacity(shards.len());
+        let now_ms = clock.now_ms();
+        for (shard, next_seq) in shards {
+            let (inbox_tx, inbox_rx) = bounded(config.inbox_capacity);
+            let name = format!("flashstock-shard-{}", shard.id().0);
+            let actor = Actor {
+                shard,
+                inbox: inbox_rx,
+                durable: durable_tx.clone(),
+                clock: clock.clone(),
+                config: config.clone(),
+                next_seq,
+                records_since_snapshot: 0,
+                last_snapshot_ms: now_ms,
+            };
+            actors.push(spawn(name, move || actor.run())?);
+            inboxes.push(inbox_tx);
+        }
+        let map = ShardMap::new(config.shard_count);
+        let handle = Handle::new(Shared {
+            inboxes,
+            map,
+            failure,
+        });
+        Ok(Runtime {
+            handle,
+            actors,
+            durability: Some(durability),
+            recovery,
+            stats,
+        })
+    }
+
+    /// A handle for making requests.
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+
+    /// What recovery found, per shard.
+    pub fn recovery(&self) -> &[RecoveryReport] {
+        &self.recovery
+    }
+
+    /// Group-commit counters.
+    pub fn durability_stats(&self) -> &DurabilityStats {
+        &self.stats
+    }
+
+    /// Stops taking work, lets every actor finish its step and snapshot, waits until the log
+    /// has made everything durable, and joins every thread.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        for inbox in self.handle.inboxes() {
+            // Blocks while the inbox is full; fails only if the actor is already gone.
+            let _ = inbox.send(Job::Stop);
+        }
+        for actor in self.actors.drain(..) {
+            if actor.join().is_err() {
+                tracing::error!("a shard actor panicked");
+            }
+        }
+        // Every actor has dropped its sender, so the durability thread drains and exits.
+        if let Some(durability) = self.durability.take() {
+            if durability.join().is_err() {
+                tracing::error!("the durability thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn check_layout<W: Wal>(wal: &mut W, configured: u16) -> Result<(), RuntimeError> {
+    match wal.read_meta(SHARD_COUNT_KEY)? {
+        None => wal.write_meta(SHARD_COUNT_KEY, &configured.to_le_bytes())?,
+        Some(bytes) => {
+            let stored = bytes.try_into().map(u16::from_le_bytes).unwrap_or(0);
+            if stored != configured {
+                return Err(RuntimeError::ShardCountMismatch { stored, configured });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn spawn(
+    name: String,
+    body: impl FnOnce() + Send + 'static,
+) -> Result<JoinHandle<()>, RuntimeError> {
+    std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(body)
+        .map_err(|source| RuntimeError::Spawn { what: name, source })
+}
