@@ -1,1 +1,57 @@
-//! placeholder
+//! Helpers shared by flashstock's integration tests and the crash-test child process.
+//!
+//! - [`Rng`]: a tiny seeded generator, so every random choice a test makes replays from the
+//!   seed it prints.
+//! - [`states`]: the text form of reservation states the child prints and the parent parses.
+
+/// SplitMix64: small, fast, and good enough to pick test inputs from a seed.
+#[derive(Clone, Debug)]
+pub struct Rng {
+    state: u64,
+}
+
+impl Rng {
+    /// A generator that replays from `seed`.
+    pub fn new(seed: u64) -> Rng {
+        Rng { state: seed }
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `range` (which must not be empty).
+    pub fn below(&mut self, bound: u64) -> u64 {
+        assert!(bound > 0);
+        self.next_u64() % bound
+    }
+
+    /// A seed from the time, for runs that should differ; tests print it so a failure replays.
+    pub fn seed_from_time() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+    }
+}
+
+/// The text form of reservation states shared by the crash child and its parent.
+pub mod states {
+    use flashstock_engine::ReservationState;
+
+    /// One word per state.
+    pub fn name(state: Option<ReservationState>) -> &'static str {
+        match state {
+            Some(ReservationState::Held) => "held",
+            Some(ReservationState::Confirmed) => "confirmed",
+            Some(ReservationState::Cancelled) => "cancelled",
+            Some(ReservationState::Expired) => "expired",
+            None => "missing",
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! The process the crash test kills with SIGKILL.
+//!
+//! `crash-child load <data_dir> <seed>`: recovers the runtime from the sled log in `data_dir`,
+//! creates the test SKUs if they are new, prints `READY`, then runs reserve / confirm / cancel
+//! traffic from 32 tasks forever, printing one line per acknowledged effect *after* the answer
+//! arrived: `R <reservation> <sku> <qty>`, `C <reservation>`, `X <reservation>`.
+//!
+//! `crash-child verify <data_dir> <ids_file>`: recovers (which checks every invariant), prints
+//! `S <sku> <total> <available> <reserved> <sold>` per SKU and `<reservation> <state>` for each
+//! id in `ids_file`, then shuts down gracefully.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use flashstock_engine::{BuyerId, Outcome, RequestId, ReservationId, SkuId};
+use flashstock_server::{Handle, Runtime, RuntimeConfig, SystemClock};
+use flashstock_tests::{states, Rng};
+
+const SKUS: [u64; 4] = [11, 12, 13, 14];
+const UNITS_PER_SKU: u64 = 1_000_000;
+
+fn config() -> RuntimeConfig {
+    RuntimeConfig {
+        shard_count: 2,
+        // Small, so that kills land during and between snapshots too.
+        snapshot_every_records: 3_000,
+        snapshot_every_ms: 200,
+        ..RuntimeConfig::default()
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let usage = "usage: crash-child load <data_dir> <seed> | verify <data_dir> <ids_file>";
+    let (mode, data_dir, extra) = match args.as_slice() {
+        [_, mode, dir, extra] => (mode.as_str(), Path::new(dir), extra.as_str()),
+        _ => panic!("{usage}"),
+    };
+    let runtime = match Runtime::open(data_dir, config(), Arc::new(SystemClock)) {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("recovery failed: {err}");
+            std::process::exit(3);
+        }
+    };
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build();
+    let tokio = tokio.expect("a tokio runtime");
+    match mode {
+        "load" => tokio.block_on(load(
+            runtime.handle(),
+            extra.parse().expect("a numeric seed"),
+        )),
+        "verify" => tokio.block_on(verify(runtime.handle(), Path::new(extra))),
+        _ => panic!("{usage}"),
+    }
+    runtime.shutdown();
+}
+
+fn say(line: String) {
+    // One write per line, so a kill leaves at most one partial line, which the parent drops.
+    let mut out = std::io::stdout().lock();
+    out.write_all(line.as_bytes())
+        .and_then(|()| out.flush())
+        .expect("stdout");
+}
+
+async fn load(handle: Handle, seed: u64) {
+    for (index, sku) in SKUS.iter().enumerate() {
+        if handle
+            .query_sku(SkuId(*sku))
+            .await
+            .expect("query")
+            .is_none()
+        {
+            let request = RequestId((u128::from(seed) << 64) | index as u128);
+            handle
+                .set_stock(request, SkuId(*sku), UNITS_PER_SKU)
+                .await
+                .expect("set stock");
+        }
+    }
+    say("READY\n".to_owned());
+    let mut tasks = Vec::new();
+    for task in 0..32u64 {
+        let handle = handle.clone();
+        tasks.push(tokio::spawn(
+            async move { traffic(handle, seed, task).await },
+        ));
+    }
+    for task in tasks {
+        task.await.expect("traffic task");
+    }
+}
+
+async fn traffic(handle: Handle, seed: u64, task: u64) {
+    let mut rng = Rng::new(seed ^ (task << 48));
+    let mut counter = 1_000u64;
+    let mut next_request = || {
+        counter += 1;
+        RequestId((u128::from(seed) << 64) | (u128::from(task) << 40) | u128::from(counter))
+    };
+    loop {
+        let sku = SKUS[rng.below(SKUS.len() as u64) as usize];
+        let qty = 1 + rng.below(3) as u32;
+        let buyer = BuyerId(rng.next_u64());
+        let outcome = handle
+            .reserve(next_request(), buyer, SkuId(sku), qty, 600_000)
+            .await;
+        let Ok(Outcome::Reserved { reservation, .. }) = outcome else {
+            continue;
+        };
+        say(format!("R {} {sku} {qty}\n", reservation.0));
+        match rng.below(3) {
+            0 => {
+                if let Ok(Outcome::Confirmed) = handle.confirm(next_request(), reservation).await {
+                    say(format!("C {}\n", reservation.0));
+                }
+            }
+            1 => {
+                if let Ok(Outcome::Cancelled) = handle.cancel(next_request(), reservation).await {
+                    say(format!("X {}\n", reservation.0));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+async fn verify(handle: Handle, ids_file: &Path) {
+    let mut out = String::new();
+    for view in handle.list_skus().await.expect("list skus") {
+        let line = format!(
+            "S {} {} {} {} {}\n",
+            view.sku.0, view.total, view.available, view.reserved, view.sold
+        );
+        out.push_str(&line);
+    }
+    let ids = std::fs::read_to_string(ids_file).expect("the ids file");
+    for id in ids.lines().filter(|l| !l.is_empty()) {
+        let reservation = ReservationId(id.parse().expect("a numeric reservation id"));
+        let view = handle
+            .query_reservation(reservation)
+            .await
+            .expect("query reservation");
+        out.push_str(&format!("{id} {}\n", states::name(view.map(|v| v.state))));
+    }
+    say(out);
+}

@@ -1,0 +1,416 @@
+//! The runtime end to end, in process: shard actors, group commit, recovery.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use flashstock_engine::{BuyerId, Outcome, RequestId, ReservationState, SkuId, SkuView};
+use flashstock_server::{Handle, ManualClock, Runtime, RuntimeConfig, RuntimeError, SystemClock};
+use flashstock_wal::{BatchRef, LogId, MemWal, ReplaySummary, Snapshot, VisitError, Wal, WalError};
+
+static NEXT_REQUEST: AtomicU64 = AtomicU64::new(1);
+
+fn request() -> RequestId {
+    RequestId(u128::from(NEXT_REQUEST.fetch_add(1, Ordering::Relaxed)))
+}
+
+fn config(shards: u16) -> RuntimeConfig {
+    RuntimeConfig {
+        shard_count: shards,
+        tick_interval_ms: 2,
+        ..RuntimeConfig::default()
+    }
+}
+
+async fn stock(handle: &Handle, sku: u64, total: u64) {
+    let outcome = handle
+        .set_stock(request(), SkuId(sku), total)
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, Outcome::StockChanged { .. }),
+        "{outcome:?}"
+    );
+}
+
+async fn view(handle: &Handle, sku: u64) -> SkuView {
+    handle
+        .query_sku(SkuId(sku))
+        .await
+        .unwrap()
+        .expect("a known sku")
+}
+
+fn counts(v: &SkuView) -> (u64, u64, u64, u64) {
+    (v.total, v.available, v.reserved, v.sold)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_tasks_race_for_a_hundred_units() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = Runtime::open(dir.path(), config(2), Arc::new(SystemClock)).unwrap();
+    let handle = runtime.handle();
+    stock(&handle, 1, 100).await;
+    let tasks: Vec<_> = (0..1000u64)
+        .map(|buyer| {
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                handle
+                    .reserve(request(), BuyerId(buyer), SkuId(1), 1, 60_000)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let (mut reserved, mut sold_out) = (0, 0);
+    for task in tasks {
+        match task.await.unwrap() {
+            Outcome::Reserved { .. } => reserved += 1,
+            Outcome::SoldOut { available: 0 } => sold_out += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((reserved, sold_out), (100, 900));
+    assert_eq!(counts(&view(&handle, 1).await), (100, 0, 100, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_buyer_with_limit_one_gets_exactly_one_of_two_hundred() {
+    let runtime = Runtime::start(config(2), MemWal::new(), Arc::new(SystemClock)).unwrap();
+    let handle = runtime.handle();
+    stock(&handle, 2, 1_000).await;
+    handle
+        .set_buyer_limit(request(), SkuId(2), Some(1))
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                handle
+                    .reserve(request(), BuyerId(42), SkuId(2), 1, 60_000)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut reserved = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Outcome::Reserved { .. } => reserved += 1,
+            Outcome::LimitExceeded { taken: 1, limit: 1 } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(reserved, 1);
+    assert_eq!(counts(&view(&handle, 2).await), (1_000, 999, 1, 0));
+}
+
+async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn expiry_returns_units_and_ended_reservations_answer_once() {
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let runtime = Runtime::start(config(2), MemWal::new(), clock.clone()).unwrap();
+    let handle = runtime.handle();
+    stock(&handle, 3, 10).await;
+
+    let Outcome::Reserved {
+        reservation: lapsing,
+        ..
+    } = handle
+        .reserve(request(), BuyerId(1), SkuId(3), 4, 1_000)
+        .await
+        .unwrap()
+    else {
+        panic!("expected a reservation")
+    };
+    assert_eq!(counts(&view(&handle, 3).await), (10, 6, 4, 0));
+    clock.advance(1_000);
+    wait_for("the tick to expire the hold", async || {
+        view(&handle, 3).await.available == 10
+    })
+    .await;
+    assert_eq!(
+        handle.confirm(request(), lapsing).await.unwrap(),
+        Outcome::Expired
+    );
+    let state = handle
+        .query_reservation(lapsing)
+        .await
+        .unwrap()
+        .unwrap()
+        .state;
+    assert_eq!(state, ReservationState::Expired);
+    assert_eq!(
+        counts(&view(&handle, 3).await),
+        (10, 10, 0, 0),
+        "expired units stay released"
+    );
+
+    let Outcome::Reserved { reservation, .. } = handle
+        .reserve(request(), BuyerId(2), SkuId(3), 2, 60_000)
+        .await
+        .unwrap()
+    else {
+        panic!("expected a reservation")
+    };
+    assert_eq!(
+        handle.cancel(request(), reservation).await.unwrap(),
+        Outcome::Cancelled
+    );
+    assert_eq!(
+        handle.cancel(request(), reservation).await.unwrap(),
+        Outcome::AlreadyCancelled
+    );
+    assert_eq!(
+        counts(&view(&handle, 3).await),
+        (10, 10, 0, 0),
+        "one cancel, one effect"
+    );
+
+    // A retried request id gets its first answer back, and nothing more happens.
+    let retried = request();
+    let first = handle
+        .reserve(retried, BuyerId(3), SkuId(3), 1, 60_000)
+        .await
+        .unwrap();
+    let again = handle
+        .reserve(retried, BuyerId(3), SkuId(3), 1, 60_000)
+        .await
+        .unwrap();
+    assert_eq!(first, again);
+    assert_eq!(counts(&view(&handle, 3).await), (10, 9, 1, 0));
+}
+
+/// Runs a little traffic over several shards; returns the state a restart must reproduce.
+async fn traffic(handle: &Handle) -> Vec<SkuView> {
+    for sku in 10..20 {
+        stock(handle, sku, 50).await;
+    }
+    for round in 0..40u64 {
+        let sku = SkuId(10 + round % 10);
+        if let Outcome::Reserved { reservation, .. } = handle
+            .reserve(request(), BuyerId(round), sku, 2, 60_000)
+            .await
+            .unwrap()
+        {
+            if round % 3 == 0 {
+                handle.confirm(request(), reservation).await.unwrap();
+            } else if round % 3 == 1 {
+                handle.cancel(request(), reservation).await.unwrap();
+            }
+        }
+    }
+    handle.list_skus().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_restart_recovers_from_a_snapshot_plus_the_log_tail() {
+    let wal = MemWal::new();
+    let config = RuntimeConfig {
+        snapshot_every_records: 25,
+        snapshot_on_shutdown: false,
+        ..config(2)
+    };
+    let before = {
+        let runtime = Runtime::start(config.clone(), wal.clone(), Arc::new(SystemClock)).unwrap();
+        let before = traffic(&runtime.handle()).await;
+        runtime.shutdown();
+        before
+    };
+    let runtime = Runtime::start(config, wal.clone(), Arc::new(SystemClock)).unwrap();
+    for report in runtime.recovery() {
+        assert!(
+            report.snapshot_seq.is_some(),
+            "shard {} had a snapshot: {report:?}",
+            report.shard
+        );
+        assert!(report.records > 0, "and a tail to replay: {report:?}");
+        assert!(wal.batch_seqs(report.shard)[0] >= report.snapshot_seq.unwrap() - 25);
+    }
+    assert_eq!(runtime.handle().list_skus().await.unwrap(), before);
+}
+
+#[tokio::test]
+async fn a_torn_tail_is_dropped_and_mid_log_corruption_is_refused() {
+    let wal = MemWal::new();
+    let config = RuntimeConfig {
+        snapshot_on_shutdown: false,
+        ..config(1)
+    };
+    {
+        let runtime = Runtime::start(config.clone(), wal.clone(), Arc::new(SystemClock)).unwrap();
+        let handle = runtime.handle();
+        stock(&handle, 30, 5).await;
+        stock(&handle, 31, 5).await;
+        stock(&handle, 30, 7).await; // the last batch: torn below
+        runtime.shutdown();
+    }
+    let seqs = wal.batch_seqs(0);
+    wal.tear_last_batch(0, 40);
+    {
+        let runtime = Runtime::start(config.clone(), wal.clone(), Arc::new(SystemClock)).unwrap();
+        assert_eq!(
+            runtime.recovery()[0].dropped_tail,
+            Some(*seqs.last().unwrap())
+        );
+        assert_eq!(
+            view(&runtime.handle(), 30).await.total,
+            5,
+            "the torn batch is gone"
+        );
+        assert_eq!(
+            view(&runtime.handle(), 31).await.total,
+            5,
+            "the batches before it are not"
+        );
+        stock(&runtime.handle(), 32, 1).await;
+        runtime.shutdown();
+    }
+    wal.flip_bit(0, seqs[1], 8 * 45);
+    let err = Runtime::start(config, wal, Arc::new(SystemClock)).unwrap_err();
+    assert!(
+        matches!(&err, RuntimeError::Recovery { shard: 0, source: WalError::Corrupt { seq, .. } } if *seq == seqs[1]),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains(&format!("batch at record {}", seqs[1])),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_store_refuses_another_shard_count() {
+    let wal = MemWal::new();
+    drop(Runtime::start(config(2), wal.clone(), Arc::new(SystemClock)).unwrap());
+    let err = Runtime::start(config(3), wal, Arc::new(SystemClock)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RuntimeError::ShardCountMismatch {
+                stored: 2,
+                configured: 3
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_sync_stops_acknowledging_and_loses_nothing_acknowledged() {
+    let wal = MemWal::new();
+    {
+        let runtime = Runtime::start(config(1), wal.clone(), Arc::new(SystemClock)).unwrap();
+        let handle = runtime.handle();
+        stock(&handle, 40, 10).await;
+        wal.fail_next_syncs(1);
+        let err = handle
+            .set_stock(request(), SkuId(40), 99)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RuntimeError::WalFailed { .. }), "{err}");
+        let err = handle.query_sku(SkuId(40)).await.unwrap_err();
+        assert!(
+            matches!(err, RuntimeError::WalFailed { .. }),
+            "fail-stop: {err}"
+        );
+        runtime.shutdown();
+    }
+    wal.lose_unsynced();
+    let runtime = Runtime::start(config(1), wal, Arc::new(SystemClock)).unwrap();
+    assert_eq!(
+        view(&runtime.handle(), 40).await.total,
+        10,
+        "the acknowledged stock survived"
+    );
+}
+
+/// A log whose syncs wait until the test opens the gate: it stands for a slow disk.
+#[derive(Clone)]
+struct GatedWal {
+    inner: MemWal,
+    open: Arc<Mutex<bool>>,
+}
+
+impl Wal for GatedWal {
+    fn append(&mut self, log: LogId, seq: u64, count: u32, records: &[u8]) -> Result<(), WalError> {
+        self.inner.append(log, seq, count, records)
+    }
+    fn sync(&mut self) -> Result<(), WalError> {
+        while !*self.open.lock().unwrap() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.inner.sync()
+    }
+    fn replay(
+        &mut self,
+        log: LogId,
+        from: u64,
+        visit: &mut dyn FnMut(BatchRef<'_>) -> Result<(), VisitError>,
+    ) -> Result<ReplaySummary, WalError> {
+        self.inner.replay(log, from, visit)
+    }
+    fn write_snapshot(&mut self, log: LogId, seq: u64, state: &[u8]) -> Result<(), WalError> {
+        self.inner.write_snapshot(log, seq, state)
+    }
+    fn latest_snapshot(&self, log: LogId) -> Result<Option<Snapshot>, WalError> {
+        self.inner.latest_snapshot(log)
+    }
+    fn truncate_below(&mut self, log: LogId, seq: u64) -> Result<(), WalError> {
+        self.inner.truncate_below(log, seq)
+    }
+    fn read_meta(&self, key: &str) -> Result<Option<Vec<u8>>, WalError> {
+        self.inner.read_meta(key)
+    }
+    fn write_meta(&mut self, key: &str, value: &[u8]) -> Result<(), WalError> {
+        self.inner.write_meta(key, value)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_inbox_answers_overloaded_at_once_and_nothing_is_lost() {
+    let open = Arc::new(Mutex::new(false));
+    let wal = GatedWal {
+        inner: MemWal::new(),
+        open: open.clone(),
+    };
+    let config = RuntimeConfig {
+        inbox_capacity: 4,
+        durability_queue_batches: 1,
+        batch_jobs_max: 1,
+        ..config(1)
+    };
+    let runtime = Runtime::start(config, wal, Arc::new(SystemClock)).unwrap();
+    let handle = runtime.handle();
+    // With syncs stalled, at most a few requests fit in the pipeline; the rest are refused.
+    let tasks: Vec<_> = (0..50u64)
+        .map(|sku| {
+            let handle = handle.clone();
+            tokio::spawn(async move { (sku, handle.set_stock(request(), SkuId(sku), 5).await) })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    *open.lock().unwrap() = true;
+    let mut accepted = Vec::new();
+    let mut overloaded = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            (sku, Ok(Outcome::StockChanged { .. })) => accepted.push(sku),
+            (_, Err(RuntimeError::Overloaded { shard: 0 })) => overloaded += 1,
+            (_, other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(overloaded > 0, "a stalled log must push back");
+    assert!(!accepted.is_empty(), "what fit in the pipeline is served");
+    for sku in accepted {
+        assert_eq!(view(&handle, sku).await.total, 5);
+    }
+}
