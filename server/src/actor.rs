@@ -77,11 +77,7 @@ impl Actor {
         }
         let now_ms = self.clock.now_ms();
         self.snapshot(now_ms, self.config.snapshot_on_shutdown);
-        tracing::debug!(
-            shard = self.shard.id().0,
-            next_seq = self.next_seq,
-            "shard actor stopped"
-        );
+        tracing::debug!(shard = self.shard.id().0, next_seq = self.next_seq, "shard actor stopped");
     }
 
     /// Applies up to `batch_jobs_max` jobs and due expiries at one instant, then hands the
@@ -105,11 +101,7 @@ impl Actor {
             }
             next = self.inbox.try_recv().ok();
         }
-        if self
-            .shard
-            .next_expiry_ms()
-            .is_some_and(|due_ms| due_ms <= now_ms)
-        {
+        if self.shard.next_expiry_ms().is_some_and(|due_ms| due_ms <= now_ms) {
             self.shard.tick(now_ms, &mut log);
         }
         if !replies.is_empty() || log.record_count > 0 {
@@ -135,15 +127,13 @@ impl Actor {
 
     fn answer(&mut self, job: Job, now_ms: u64, log: &mut EncodedLog) -> (Reply, Answer) {
         match job {
-            Job::Apply { command, reply } => (
-                reply,
-                Answer::Outcome(self.shard.apply(&command, now_ms, log)),
-            ),
+            Job::Apply { command, reply } => {
+                (reply, Answer::Outcome(self.shard.apply(&command, now_ms, log)))
+            }
             Job::QuerySku { sku, reply } => (reply, Answer::Sku(self.shard.query_sku(sku))),
-            Job::QueryReservation { reservation, reply } => (
-                reply,
-                Answer::Reservation(self.shard.query_reservation(reservation)),
-            ),
+            Job::QueryReservation { reservation, reply } => {
+                (reply, Answer::Reservation(self.shard.query_reservation(reservation)))
+            }
             Job::ListSkus { reply } => (reply, Answer::Skus(self.shard.skus().collect())),
             Job::Stop => unreachable!("handled by the caller"),
         }
@@ -162,11 +152,7 @@ impl Actor {
         }
         let mut state = Vec::new();
         self.shard.encode_snapshot(&mut state);
-        let job = WalJob::Snapshot {
-            log: self.shard.id().0,
-            seq: self.next_seq,
-            state,
-        };
+        let job = WalJob::Snapshot { log: self.shard.id().0, seq: self.next_seq, state };
         if self.durable.send(job).is_ok() {
             self.records_since_snapshot = 0;
             self.last_snapshot_ms = now_ms;

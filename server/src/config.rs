@@ -33,9 +33,7 @@ pub struct RuntimeConfig {
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        let cores = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2);
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         RuntimeConfig {
             shard_count: cores.clamp(1, 64) as u16,
             inbox_capacity: 64 * 1024,
@@ -54,26 +52,14 @@ impl RuntimeConfig {
     /// Panics when a knob is out of range; called when the runtime starts.
     pub fn validate(&self) {
         assert!(self.shard_count >= 1, "shard_count must be at least 1");
-        assert!(
-            self.inbox_capacity >= 1,
-            "inbox_capacity must be at least 1"
-        );
+        assert!(self.inbox_capacity >= 1, "inbox_capacity must be at least 1");
         assert!(
             (1..=BATCH_JOBS_LIMIT).contains(&self.batch_jobs_max),
             "batch_jobs_max must be in 1..={BATCH_JOBS_LIMIT} so a step fits one WAL batch"
         );
-        assert!(
-            self.tick_interval_ms >= 1,
-            "tick_interval_ms must be at least 1"
-        );
-        assert!(
-            self.durability_queue_batches >= 1,
-            "durability_queue_batches must be >= 1"
-        );
-        assert!(
-            self.snapshot_every_records >= 1,
-            "snapshot_every_records must be >= 1"
-        );
+        assert!(self.tick_interval_ms >= 1, "tick_interval_ms must be at least 1");
+        assert!(self.durability_queue_batches >= 1, "durability_queue_batches must be >= 1");
+        assert!(self.snapshot_every_records >= 1, "snapshot_every_records must be >= 1");
         self.shard.validate();
     }
 }

@@ -75,11 +75,7 @@ pub async fn run(
     options: DemoOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<DemoReport, RuntimeError> {
-    let runtime = Runtime::open(
-        &options.data_dir,
-        options.runtime.clone(),
-        Arc::new(SystemClock),
-    )?;
+    let runtime = Runtime::open(&options.data_dir, options.runtime.clone(), Arc::new(SystemClock))?;
     let handle = runtime.handle();
     let sku = SkuId(SystemClock.now_ms_for_ids());
     let request = RequestCounter::new(sku);
@@ -93,29 +89,15 @@ pub async fn run(
     let (confirmed, cancelled) = checkout(&handle, &options, &race.winners, &request).await?;
     let live = handle.query_sku(sku).await?.expect("the demo SKU exists");
     let stats = runtime.durability_stats();
-    let (syncs, records) = (
-        stats.syncs.load(Ordering::Relaxed),
-        stats.records.load(Ordering::Relaxed),
-    );
+    let (syncs, records) =
+        (stats.syncs.load(Ordering::Relaxed), stats.records.load(Ordering::Relaxed));
     runtime.shutdown();
 
-    let restarted = Runtime::open(
-        &options.data_dir,
-        options.runtime.clone(),
-        Arc::new(SystemClock),
-    )?;
-    let recovered = restarted
-        .handle()
-        .query_sku(sku)
-        .await?
-        .expect("the demo SKU survives");
+    let restarted =
+        Runtime::open(&options.data_dir, options.runtime.clone(), Arc::new(SystemClock))?;
+    let recovered = restarted.handle().query_sku(sku).await?.expect("the demo SKU survives");
     let recovery_records = restarted.recovery().iter().map(|r| r.records).sum();
-    let recovery_us = restarted
-        .recovery()
-        .iter()
-        .map(|r| r.elapsed_us)
-        .max()
-        .unwrap_or(0);
+    let recovery_us = restarted.recovery().iter().map(|r| r.elapsed_us).max().unwrap_or(0);
     restarted.shutdown();
 
     let mut report = DemoReport {
@@ -170,9 +152,7 @@ async fn race(
                     break;
                 }
                 let sent = Instant::now();
-                let outcome = handle
-                    .reserve(request.next(), BuyerId(buyer), sku, 1, ttl_ms)
-                    .await;
+                let outcome = handle.reserve(request.next(), BuyerId(buyer), sku, 1, ttl_ms).await;
                 latency.saturating_record(sent.elapsed().as_micros() as u64);
                 match outcome {
                     Ok(Outcome::Reserved { reservation, .. }) => winners.push(reservation),
@@ -222,12 +202,8 @@ async fn checkout(
     let next = Arc::new(AtomicU64::new(0));
     let mut workers = Vec::new();
     for _ in 0..options.concurrency.min(winners.len()).max(1) {
-        let (handle, request, winners, next) = (
-            handle.clone(),
-            request.clone(),
-            winners.clone(),
-            next.clone(),
-        );
+        let (handle, request, winners, next) =
+            (handle.clone(), request.clone(), winners.clone(), next.clone());
         let confirm_percent = options.confirm_percent;
         workers.push(tokio::spawn(async move {
             let (mut confirmed, mut cancelled) = (0u64, 0u64);
@@ -270,37 +246,22 @@ fn audit(report: &DemoReport, options: &DemoOptions) -> Vec<String> {
         live.available + live.reserved + live.sold == live.total,
         format!("conservation: {live:?}"),
     );
-    check(
-        live.total == options.units,
-        format!("total {} != units {}", live.total, options.units),
-    );
+    check(live.total == options.units, format!("total {} != units {}", live.total, options.units));
     check(
         report.reserved <= options.units,
-        format!(
-            "oversold: {} reserved of {}",
-            report.reserved, options.units
-        ),
+        format!("oversold: {} reserved of {}", report.reserved, options.units),
     );
     if report.other == 0 && options.buyers >= options.units {
         check(
             report.reserved == options.units,
-            format!(
-                "undersold: {} reserved of {}",
-                report.reserved, options.units
-            ),
+            format!("undersold: {} reserved of {}", report.reserved, options.units),
         );
     }
     check(
         live.sold == report.confirmed,
-        format!(
-            "sold {} != confirms acknowledged {}",
-            live.sold, report.confirmed
-        ),
+        format!("sold {} != confirms acknowledged {}", live.sold, report.confirmed),
     );
-    check(
-        live.reserved == 0,
-        format!("{} units still held after checkout", live.reserved),
-    );
+    check(live.reserved == 0, format!("{} units still held after checkout", live.reserved));
     check(
         report.confirmed + report.cancelled == report.reserved,
         "a winner neither paid nor cancelled".into(),
@@ -321,10 +282,7 @@ struct RequestCounter {
 
 impl RequestCounter {
     fn new(sku: SkuId) -> RequestCounter {
-        RequestCounter {
-            prefix: u128::from(sku.0) << 64,
-            next: Arc::new(AtomicU64::new(0)),
-        }
+        RequestCounter { prefix: u128::from(sku.0) << 64, next: Arc::new(AtomicU64::new(0)) }
     }
 
     fn next(&self) -> RequestId {
@@ -365,10 +323,7 @@ pub fn render(report: &DemoReport, options: &DemoOptions) -> String {
         report.reserved, report.sold_out, report.other
     );
     out += &format!("latency:  p50 {p50} us, p99 {p99} us, p99.9 {p999} us, max {max} us\n");
-    out += &format!(
-        "checkout: confirmed {}, cancelled {}\n",
-        report.confirmed, report.cancelled
-    );
+    out += &format!("checkout: confirmed {}, cancelled {}\n", report.confirmed, report.cancelled);
     out += &format!(
         "wal:      {} records in {} group-commit syncs ({:.1} records/sync)\n",
         report.records,

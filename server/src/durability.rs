@@ -30,11 +30,7 @@ pub(crate) enum WalJob {
         replies: Vec<(Reply, Answer)>,
     },
     /// A shard snapshot covering the records below `seq`.
-    Snapshot {
-        log: LogId,
-        seq: u64,
-        state: Vec<u8>,
-    },
+    Snapshot { log: LogId, seq: u64, state: Vec<u8> },
 }
 
 /// Set once the log fails; read by handles to refuse work at once.
@@ -49,12 +45,7 @@ impl Failure {
         if !self.failed.load(Ordering::Acquire) {
             return None;
         }
-        Some(
-            self.reason
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
-        )
+        Some(self.reason.lock().unwrap_or_else(|p| p.into_inner()).clone())
     }
 
     fn set(&self, reason: String) {
@@ -109,9 +100,7 @@ impl<W: Wal> Durability<W> {
                     for (reply, answer) in replies {
                         let answer = match &durable {
                             Ok(()) => Ok(answer),
-                            Err(reason) => Err(RuntimeError::WalFailed {
-                                reason: reason.clone(),
-                            }),
+                            Err(reason) => Err(RuntimeError::WalFailed { reason: reason.clone() }),
                         };
                         // The caller may have given up waiting; that is its business.
                         let _ = reply.send(answer);
@@ -131,14 +120,7 @@ impl<W: Wal> Durability<W> {
         }
         let mut appended = false;
         for job in group {
-            if let WalJob::Commit {
-                log,
-                first_seq,
-                record_count,
-                records,
-                ..
-            } = job
-            {
+            if let WalJob::Commit { log, first_seq, record_count, records, .. } = job {
                 if *record_count == 0 {
                     continue;
                 }
@@ -147,9 +129,7 @@ impl<W: Wal> Durability<W> {
                 }
                 appended = true;
                 self.stats.batches.fetch_add(1, Ordering::Relaxed);
-                self.stats
-                    .records
-                    .fetch_add(u64::from(*record_count), Ordering::Relaxed);
+                self.stats.records.fetch_add(u64::from(*record_count), Ordering::Relaxed);
             }
         }
         if appended {
@@ -159,9 +139,7 @@ impl<W: Wal> Durability<W> {
             }
             let sync_us = started.elapsed().as_micros() as u64;
             self.stats.syncs.fetch_add(1, Ordering::Relaxed);
-            self.stats
-                .sync_us_total
-                .fetch_add(sync_us, Ordering::Relaxed);
+            self.stats.sync_us_total.fetch_add(sync_us, Ordering::Relaxed);
         }
         Ok(())
     }

@@ -29,9 +29,7 @@ pub(crate) struct Shared {
 
 impl Handle {
     pub(crate) fn new(shared: Shared) -> Handle {
-        Handle {
-            shared: Arc::new(shared),
-        }
+        Handle { shared: Arc::new(shared) }
     }
 
     pub(crate) fn inboxes(&self) -> &[Sender<Job>] {
@@ -55,10 +53,7 @@ impl Handle {
                 }
             }
         };
-        match self
-            .ask(shard, |reply| Job::Apply { command, reply })
-            .await?
-        {
+        match self.ask(shard, |reply| Job::Apply { command, reply }).await? {
             Answer::Outcome(outcome) => Ok(outcome),
             other => unreachable!("apply answered {other:?}"),
         }
@@ -73,14 +68,7 @@ impl Handle {
         qty: u32,
         ttl_ms: u64,
     ) -> Result<Outcome, RuntimeError> {
-        self.apply(Command::Reserve(Reserve {
-            request,
-            buyer,
-            sku,
-            qty,
-            ttl_ms,
-        }))
-        .await
+        self.apply(Command::Reserve(Reserve { request, buyer, sku, qty, ttl_ms })).await
     }
 
     /// Turns a held reservation into a sale.
@@ -89,11 +77,7 @@ impl Handle {
         request: RequestId,
         reservation: ReservationId,
     ) -> Result<Outcome, RuntimeError> {
-        self.apply(Command::Confirm {
-            request,
-            reservation,
-        })
-        .await
+        self.apply(Command::Confirm { request, reservation }).await
     }
 
     /// Gives a held reservation's units back.
@@ -102,11 +86,7 @@ impl Handle {
         request: RequestId,
         reservation: ReservationId,
     ) -> Result<Outcome, RuntimeError> {
-        self.apply(Command::Cancel {
-            request,
-            reservation,
-        })
-        .await
+        self.apply(Command::Cancel { request, reservation }).await
     }
 
     /// Admin: sets a SKU's total stock, creating the SKU if new.
@@ -116,12 +96,7 @@ impl Handle {
         sku: SkuId,
         total: u64,
     ) -> Result<Outcome, RuntimeError> {
-        self.apply(Command::SetStock {
-            request,
-            sku,
-            total,
-        })
-        .await
+        self.apply(Command::SetStock { request, sku, total }).await
     }
 
     /// Admin: adds `delta` units to a SKU's stock (negative to remove).
@@ -131,12 +106,7 @@ impl Handle {
         sku: SkuId,
         delta: i64,
     ) -> Result<Outcome, RuntimeError> {
-        self.apply(Command::AdjustStock {
-            request,
-            sku,
-            delta,
-        })
-        .await
+        self.apply(Command::AdjustStock { request, sku, delta }).await
     }
 
     /// Admin: sets or clears a SKU's per-buyer limit.
@@ -146,12 +116,7 @@ impl Handle {
         sku: SkuId,
         limit: Option<u32>,
     ) -> Result<Outcome, RuntimeError> {
-        self.apply(Command::SetBuyerLimit {
-            request,
-            sku,
-            limit,
-        })
-        .await
+        self.apply(Command::SetBuyerLimit { request, sku, limit }).await
     }
 
     /// Admin: sets when a SKU may be reserved.
@@ -161,21 +126,13 @@ impl Handle {
         sku: SkuId,
         window: SaleWindow,
     ) -> Result<Outcome, RuntimeError> {
-        self.apply(Command::SetSaleWindow {
-            request,
-            sku,
-            window,
-        })
-        .await
+        self.apply(Command::SetSaleWindow { request, sku, window }).await
     }
 
     /// Reads a SKU's stock.
     pub async fn query_sku(&self, sku: SkuId) -> Result<Option<SkuView>, RuntimeError> {
         let shard = self.shared.map.shard_of_sku(sku);
-        match self
-            .ask(shard, |reply| Job::QuerySku { sku, reply })
-            .await?
-        {
+        match self.ask(shard, |reply| Job::QuerySku { sku, reply }).await? {
             Answer::Sku(view) => Ok(view),
             other => unreachable!("query_sku answered {other:?}"),
         }
@@ -189,10 +146,7 @@ impl Handle {
         let Some(shard) = self.shared.map.shard_of_reservation(reservation) else {
             return Ok(None);
         };
-        match self
-            .ask(shard, |reply| Job::QueryReservation { reservation, reply })
-            .await?
-        {
+        match self.ask(shard, |reply| Job::QueryReservation { reservation, reply }).await? {
             Answer::Reservation(view) => Ok(view),
             other => unreachable!("query_reservation answered {other:?}"),
         }
@@ -202,10 +156,7 @@ impl Handle {
     pub async fn list_skus(&self) -> Result<Vec<SkuView>, RuntimeError> {
         let mut all = Vec::new();
         for shard in 0..self.shared.map.shard_count() {
-            match self
-                .ask(ShardId(shard), |reply| Job::ListSkus { reply })
-                .await?
-            {
+            match self.ask(ShardId(shard), |reply| Job::ListSkus { reply }).await? {
                 Answer::Skus(views) => all.extend(views),
                 other => unreachable!("list_skus answered {other:?}"),
             }

@@ -35,19 +35,12 @@ pub(crate) fn recover_shard<W: Wal>(
     config: ShardConfig,
 ) -> Result<(Shard, RecoveryReport), RuntimeError> {
     let started = Instant::now();
-    let recovery = |source| RuntimeError::Recovery {
-        shard: id.0,
-        source,
-    };
+    let recovery = |source| RuntimeError::Recovery { shard: id.0, source };
     let snapshot = wal.latest_snapshot(id.0).map_err(recovery)?;
     let (mut shard, from_seq) = match &snapshot {
         Some(snapshot) => {
             let shard = Shard::restore(id, config, &snapshot.state).map_err(|err| {
-                recovery(WalError::Visit {
-                    log: id.0,
-                    seq: snapshot.seq,
-                    source: Box::new(err),
-                })
+                recovery(WalError::Visit { log: id.0, seq: snapshot.seq, source: Box::new(err) })
             })?;
             (shard, snapshot.seq)
         }
@@ -72,10 +65,7 @@ pub(crate) fn recover_shard<W: Wal>(
         .map_err(recovery)?;
     shard
         .check_invariants()
-        .map_err(|source| RuntimeError::RecoveredInvariant {
-            shard: id.0,
-            source,
-        })?;
+        .map_err(|source| RuntimeError::RecoveredInvariant { shard: id.0, source })?;
     let report = RecoveryReport {
         shard: id.0,
         snapshot_seq: snapshot.map(|s| s.seq),

@@ -68,12 +68,8 @@ impl Runtime {
         let (durable_tx, durable_rx) = bounded(queue);
         let failure = Arc::new(Failure::default());
         let stats = Arc::new(DurabilityStats::default());
-        let durability = Durability {
-            wal,
-            jobs: durable_rx,
-            failure: failure.clone(),
-            stats: stats.clone(),
-        };
+        let durability =
+            Durability { wal, jobs: durable_rx, failure: failure.clone(), stats: stats.clone() };
         let durability = spawn("flashstock-wal".to_owned(), move || durability.run())?;
 
         let mut inboxes = Vec::with_capacity(shards.len());
@@ -96,18 +92,8 @@ impl Runtime {
             inboxes.push(inbox_tx);
         }
         let map = ShardMap::new(config.shard_count);
-        let handle = Handle::new(Shared {
-            inboxes,
-            map,
-            failure,
-        });
-        Ok(Runtime {
-            handle,
-            actors,
-            durability: Some(durability),
-            recovery,
-            stats,
-        })
+        let handle = Handle::new(Shared { inboxes, map, failure });
+        Ok(Runtime { handle, actors, durability: Some(durability), recovery, stats })
     }
 
     /// A handle for making requests.

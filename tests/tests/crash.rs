@@ -26,11 +26,8 @@ struct Acknowledged {
 
 impl Acknowledged {
     fn take(&mut self, line: &str) {
-        let fields: Vec<u64> = line
-            .split_whitespace()
-            .skip(1)
-            .map(|f| f.parse().expect("a number"))
-            .collect();
+        let fields: Vec<u64> =
+            line.split_whitespace().skip(1).map(|f| f.parse().expect("a number")).collect();
         match (line.as_bytes()[0], fields.as_slice()) {
             (b'R', [id, sku, qty]) => {
                 self.reserved.insert(*id, (*sku, *qty));
@@ -65,9 +62,7 @@ fn load_and_kill(dir: &Path, seed: u64, rng: &mut Rng) -> Vec<String> {
         // One kill in five lands at start-up: during recovery, or while SKUs are created.
         std::thread::sleep(Duration::from_millis(rng.below(150)));
     } else {
-        let ready = lines_rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the child starts");
+        let ready = lines_rx.recv_timeout(Duration::from_secs(60)).expect("the child starts");
         assert_eq!(ready, "READY");
         std::thread::sleep(Duration::from_millis(100 + rng.below(600)));
     }
@@ -87,11 +82,7 @@ fn verify(dir: &Path, ids: &[u64]) -> (Vec<[u64; 5]>, HashMap<u64, String>) {
         .stderr(Stdio::inherit())
         .output()
         .expect("run the verifier");
-    assert!(
-        output.status.success(),
-        "recovery failed: {:?}",
-        output.status
-    );
+    assert!(output.status.success(), "recovery failed: {:?}", output.status);
     let mut skus = Vec::new();
     let mut states = HashMap::new();
     for line in String::from_utf8(output.stdout).unwrap().lines() {
@@ -133,16 +124,10 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
             );
         }
         for id in &acked.confirmed {
-            assert_eq!(
-                states[id], "confirmed",
-                "cycle {cycle}: acknowledged confirm of {id} lost"
-            );
+            assert_eq!(states[id], "confirmed", "cycle {cycle}: acknowledged confirm of {id} lost");
         }
         for id in &acked.cancelled {
-            assert_eq!(
-                states[id], "cancelled",
-                "cycle {cycle}: acknowledged cancel of {id} lost"
-            );
+            assert_eq!(states[id], "cancelled", "cycle {cycle}: acknowledged cancel of {id} lost");
         }
         let mut confirmed_units: HashMap<u64, u64> = HashMap::new();
         for id in &acked.confirmed {
@@ -156,10 +141,7 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
                 "cycle {cycle}: sku {sku} conservation"
             );
             let floor = confirmed_units.get(sku).copied().unwrap_or(0);
-            assert!(
-                *sold >= floor,
-                "cycle {cycle}: sku {sku} sold {sold} < acknowledged {floor}"
-            );
+            assert!(*sold >= floor, "cycle {cycle}: sku {sku} sold {sold} < acknowledged {floor}");
         }
     }
     println!(
@@ -169,12 +151,6 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         acked.confirmed.len(),
         acked.cancelled.len()
     );
-    assert!(
-        kills_under_load >= 10,
-        "most kills must land while effects are being acknowledged"
-    );
-    assert!(
-        acked.confirmed.len() > 100 && acked.cancelled.len() > 100,
-        "the load did real work"
-    );
+    assert!(kills_under_load >= 10, "most kills must land while effects are being acknowledged");
+    assert!(acked.confirmed.len() > 100 && acked.cancelled.len() > 100, "the load did real work");
 }

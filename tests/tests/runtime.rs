@@ -15,30 +15,16 @@ fn request() -> RequestId {
 }
 
 fn config(shards: u16) -> RuntimeConfig {
-    RuntimeConfig {
-        shard_count: shards,
-        tick_interval_ms: 2,
-        ..RuntimeConfig::default()
-    }
+    RuntimeConfig { shard_count: shards, tick_interval_ms: 2, ..RuntimeConfig::default() }
 }
 
 async fn stock(handle: &Handle, sku: u64, total: u64) {
-    let outcome = handle
-        .set_stock(request(), SkuId(sku), total)
-        .await
-        .unwrap();
-    assert!(
-        matches!(outcome, Outcome::StockChanged { .. }),
-        "{outcome:?}"
-    );
+    let outcome = handle.set_stock(request(), SkuId(sku), total).await.unwrap();
+    assert!(matches!(outcome, Outcome::StockChanged { .. }), "{outcome:?}");
 }
 
 async fn view(handle: &Handle, sku: u64) -> SkuView {
-    handle
-        .query_sku(SkuId(sku))
-        .await
-        .unwrap()
-        .expect("a known sku")
+    handle.query_sku(SkuId(sku)).await.unwrap().expect("a known sku")
 }
 
 fn counts(v: &SkuView) -> (u64, u64, u64, u64) {
@@ -55,10 +41,7 @@ async fn a_thousand_tasks_race_for_a_hundred_units() {
         .map(|buyer| {
             let handle = handle.clone();
             tokio::spawn(async move {
-                handle
-                    .reserve(request(), BuyerId(buyer), SkuId(1), 1, 60_000)
-                    .await
-                    .unwrap()
+                handle.reserve(request(), BuyerId(buyer), SkuId(1), 1, 60_000).await.unwrap()
             })
         })
         .collect();
@@ -79,18 +62,12 @@ async fn one_buyer_with_limit_one_gets_exactly_one_of_two_hundred() {
     let runtime = Runtime::start(config(2), MemWal::new(), Arc::new(SystemClock)).unwrap();
     let handle = runtime.handle();
     stock(&handle, 2, 1_000).await;
-    handle
-        .set_buyer_limit(request(), SkuId(2), Some(1))
-        .await
-        .unwrap();
+    handle.set_buyer_limit(request(), SkuId(2), Some(1)).await.unwrap();
     let tasks: Vec<_> = (0..200)
         .map(|_| {
             let handle = handle.clone();
             tokio::spawn(async move {
-                handle
-                    .reserve(request(), BuyerId(42), SkuId(2), 1, 60_000)
-                    .await
-                    .unwrap()
+                handle.reserve(request(), BuyerId(42), SkuId(2), 1, 60_000).await.unwrap()
             })
         })
         .collect();
@@ -121,70 +98,32 @@ async fn expiry_returns_units_and_ended_reservations_answer_once() {
     let handle = runtime.handle();
     stock(&handle, 3, 10).await;
 
-    let Outcome::Reserved {
-        reservation: lapsing,
-        ..
-    } = handle
-        .reserve(request(), BuyerId(1), SkuId(3), 4, 1_000)
-        .await
-        .unwrap()
+    let Outcome::Reserved { reservation: lapsing, .. } =
+        handle.reserve(request(), BuyerId(1), SkuId(3), 4, 1_000).await.unwrap()
     else {
         panic!("expected a reservation")
     };
     assert_eq!(counts(&view(&handle, 3).await), (10, 6, 4, 0));
     clock.advance(1_000);
-    wait_for("the tick to expire the hold", async || {
-        view(&handle, 3).await.available == 10
-    })
-    .await;
-    assert_eq!(
-        handle.confirm(request(), lapsing).await.unwrap(),
-        Outcome::Expired
-    );
-    let state = handle
-        .query_reservation(lapsing)
-        .await
-        .unwrap()
-        .unwrap()
-        .state;
+    wait_for("the tick to expire the hold", async || view(&handle, 3).await.available == 10).await;
+    assert_eq!(handle.confirm(request(), lapsing).await.unwrap(), Outcome::Expired);
+    let state = handle.query_reservation(lapsing).await.unwrap().unwrap().state;
     assert_eq!(state, ReservationState::Expired);
-    assert_eq!(
-        counts(&view(&handle, 3).await),
-        (10, 10, 0, 0),
-        "expired units stay released"
-    );
+    assert_eq!(counts(&view(&handle, 3).await), (10, 10, 0, 0), "expired units stay released");
 
-    let Outcome::Reserved { reservation, .. } = handle
-        .reserve(request(), BuyerId(2), SkuId(3), 2, 60_000)
-        .await
-        .unwrap()
+    let Outcome::Reserved { reservation, .. } =
+        handle.reserve(request(), BuyerId(2), SkuId(3), 2, 60_000).await.unwrap()
     else {
         panic!("expected a reservation")
     };
-    assert_eq!(
-        handle.cancel(request(), reservation).await.unwrap(),
-        Outcome::Cancelled
-    );
-    assert_eq!(
-        handle.cancel(request(), reservation).await.unwrap(),
-        Outcome::AlreadyCancelled
-    );
-    assert_eq!(
-        counts(&view(&handle, 3).await),
-        (10, 10, 0, 0),
-        "one cancel, one effect"
-    );
+    assert_eq!(handle.cancel(request(), reservation).await.unwrap(), Outcome::Cancelled);
+    assert_eq!(handle.cancel(request(), reservation).await.unwrap(), Outcome::AlreadyCancelled);
+    assert_eq!(counts(&view(&handle, 3).await), (10, 10, 0, 0), "one cancel, one effect");
 
     // A retried request id gets its first answer back, and nothing more happens.
     let retried = request();
-    let first = handle
-        .reserve(retried, BuyerId(3), SkuId(3), 1, 60_000)
-        .await
-        .unwrap();
-    let again = handle
-        .reserve(retried, BuyerId(3), SkuId(3), 1, 60_000)
-        .await
-        .unwrap();
+    let first = handle.reserve(retried, BuyerId(3), SkuId(3), 1, 60_000).await.unwrap();
+    let again = handle.reserve(retried, BuyerId(3), SkuId(3), 1, 60_000).await.unwrap();
     assert_eq!(first, again);
     assert_eq!(counts(&view(&handle, 3).await), (10, 9, 1, 0));
 }
@@ -196,10 +135,8 @@ async fn traffic(handle: &Handle) -> Vec<SkuView> {
     }
     for round in 0..40u64 {
         let sku = SkuId(10 + round % 10);
-        if let Outcome::Reserved { reservation, .. } = handle
-            .reserve(request(), BuyerId(round), sku, 2, 60_000)
-            .await
-            .unwrap()
+        if let Outcome::Reserved { reservation, .. } =
+            handle.reserve(request(), BuyerId(round), sku, 2, 60_000).await.unwrap()
         {
             if round % 3 == 0 {
                 handle.confirm(request(), reservation).await.unwrap();
@@ -214,11 +151,8 @@ async fn traffic(handle: &Handle) -> Vec<SkuView> {
 #[tokio::test]
 async fn a_restart_recovers_from_a_snapshot_plus_the_log_tail() {
     let wal = MemWal::new();
-    let config = RuntimeConfig {
-        snapshot_every_records: 25,
-        snapshot_on_shutdown: false,
-        ..config(2)
-    };
+    let config =
+        RuntimeConfig { snapshot_every_records: 25, snapshot_on_shutdown: false, ..config(2) };
     let before = {
         let runtime = Runtime::start(config.clone(), wal.clone(), Arc::new(SystemClock)).unwrap();
         let before = traffic(&runtime.handle()).await;
@@ -227,11 +161,7 @@ async fn a_restart_recovers_from_a_snapshot_plus_the_log_tail() {
     };
     let runtime = Runtime::start(config, wal.clone(), Arc::new(SystemClock)).unwrap();
     for report in runtime.recovery() {
-        assert!(
-            report.snapshot_seq.is_some(),
-            "shard {} had a snapshot: {report:?}",
-            report.shard
-        );
+        assert!(report.snapshot_seq.is_some(), "shard {} had a snapshot: {report:?}", report.shard);
         assert!(report.records > 0, "and a tail to replay: {report:?}");
         assert!(wal.batch_seqs(report.shard)[0] >= report.snapshot_seq.unwrap() - 25);
     }
@@ -241,10 +171,7 @@ async fn a_restart_recovers_from_a_snapshot_plus_the_log_tail() {
 #[tokio::test]
 async fn a_torn_tail_is_dropped_and_mid_log_corruption_is_refused() {
     let wal = MemWal::new();
-    let config = RuntimeConfig {
-        snapshot_on_shutdown: false,
-        ..config(1)
-    };
+    let config = RuntimeConfig { snapshot_on_shutdown: false, ..config(1) };
     {
         let runtime = Runtime::start(config.clone(), wal.clone(), Arc::new(SystemClock)).unwrap();
         let handle = runtime.handle();
@@ -257,20 +184,9 @@ async fn a_torn_tail_is_dropped_and_mid_log_corruption_is_refused() {
     wal.tear_last_batch(0, 40);
     {
         let runtime = Runtime::start(config.clone(), wal.clone(), Arc::new(SystemClock)).unwrap();
-        assert_eq!(
-            runtime.recovery()[0].dropped_tail,
-            Some(*seqs.last().unwrap())
-        );
-        assert_eq!(
-            view(&runtime.handle(), 30).await.total,
-            5,
-            "the torn batch is gone"
-        );
-        assert_eq!(
-            view(&runtime.handle(), 31).await.total,
-            5,
-            "the batches before it are not"
-        );
+        assert_eq!(runtime.recovery()[0].dropped_tail, Some(*seqs.last().unwrap()));
+        assert_eq!(view(&runtime.handle(), 30).await.total, 5, "the torn batch is gone");
+        assert_eq!(view(&runtime.handle(), 31).await.total, 5, "the batches before it are not");
         stock(&runtime.handle(), 32, 1).await;
         runtime.shutdown();
     }
@@ -280,11 +196,7 @@ async fn a_torn_tail_is_dropped_and_mid_log_corruption_is_refused() {
         matches!(&err, RuntimeError::Recovery { shard: 0, source: WalError::Corrupt { seq, .. } } if *seq == seqs[1]),
         "{err}"
     );
-    assert!(
-        err.to_string()
-            .contains(&format!("batch at record {}", seqs[1])),
-        "{err}"
-    );
+    assert!(err.to_string().contains(&format!("batch at record {}", seqs[1])), "{err}");
 }
 
 #[tokio::test]
@@ -292,16 +204,7 @@ async fn a_store_refuses_another_shard_count() {
     let wal = MemWal::new();
     drop(Runtime::start(config(2), wal.clone(), Arc::new(SystemClock)).unwrap());
     let err = Runtime::start(config(3), wal, Arc::new(SystemClock)).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            RuntimeError::ShardCountMismatch {
-                stored: 2,
-                configured: 3
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, RuntimeError::ShardCountMismatch { stored: 2, configured: 3 }), "{err}");
 }
 
 #[tokio::test]
@@ -312,25 +215,15 @@ async fn a_failed_sync_stops_acknowledging_and_loses_nothing_acknowledged() {
         let handle = runtime.handle();
         stock(&handle, 40, 10).await;
         wal.fail_next_syncs(1);
-        let err = handle
-            .set_stock(request(), SkuId(40), 99)
-            .await
-            .unwrap_err();
+        let err = handle.set_stock(request(), SkuId(40), 99).await.unwrap_err();
         assert!(matches!(err, RuntimeError::WalFailed { .. }), "{err}");
         let err = handle.query_sku(SkuId(40)).await.unwrap_err();
-        assert!(
-            matches!(err, RuntimeError::WalFailed { .. }),
-            "fail-stop: {err}"
-        );
+        assert!(matches!(err, RuntimeError::WalFailed { .. }), "fail-stop: {err}");
         runtime.shutdown();
     }
     wal.lose_unsynced();
     let runtime = Runtime::start(config(1), wal, Arc::new(SystemClock)).unwrap();
-    assert_eq!(
-        view(&runtime.handle(), 40).await.total,
-        10,
-        "the acknowledged stock survived"
-    );
+    assert_eq!(view(&runtime.handle(), 40).await.total, 10, "the acknowledged stock survived");
 }
 
 /// A log whose syncs wait until the test opens the gate: it stands for a slow disk.
@@ -378,10 +271,7 @@ impl Wal for GatedWal {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_inbox_answers_overloaded_at_once_and_nothing_is_lost() {
     let open = Arc::new(Mutex::new(false));
-    let wal = GatedWal {
-        inner: MemWal::new(),
-        open: open.clone(),
-    };
+    let wal = GatedWal { inner: MemWal::new(), open: open.clone() };
     let config = RuntimeConfig {
         inbox_capacity: 4,
         durability_queue_batches: 1,

@@ -76,10 +76,7 @@ impl fmt::Display for BatchDefect {
 
 /// Encodes a batch into `out` (cleared first).
 pub fn encode(log: LogId, first_seq: u64, record_count: u32, records: &[u8], out: &mut Vec<u8>) {
-    assert!(
-        records.len() <= BATCH_RECORDS_BYTES_MAX,
-        "caller checks the batch size"
-    );
+    assert!(records.len() <= BATCH_RECORDS_BYTES_MAX, "caller checks the batch size");
     out.clear();
     out.reserve(BATCH_HEADER_BYTES + records.len());
     out.extend_from_slice(&MAGIC.to_le_bytes());
@@ -117,19 +114,13 @@ pub fn decode(log: LogId, key_seq: u64, bytes: &[u8]) -> Result<BatchRef<'_>, Ba
     if u32_at(24) != 0 || checksum(&header[..28], records) != u32_at(28) {
         return Err(BatchDefect::Checksum);
     }
-    Ok(BatchRef {
-        first_seq: key_seq,
-        record_count: u32_at(16),
-        records,
-    })
+    Ok(BatchRef { first_seq: key_seq, record_count: u32_at(16), records })
 }
 
 /// The record count of a stored batch, read from its header without validating the records
 /// (truncation only needs to know where a batch ends).
 pub fn record_count_of(bytes: &[u8]) -> Option<u32> {
-    bytes
-        .get(16..20)
-        .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+    bytes.get(16..20).map(|b| u32::from_le_bytes(b.try_into().unwrap()))
 }
 
 fn checksum(header: &[u8], records: &[u8]) -> u32 {
@@ -149,18 +140,12 @@ mod tests {
         let mut bytes = Vec::new();
         encode(3, 77, 4, &records, &mut bytes);
         let batch = decode(3, 77, &bytes).unwrap();
-        assert_eq!(
-            (batch.first_seq, batch.record_count, batch.records),
-            (77, 4, &records[..])
-        );
+        assert_eq!((batch.first_seq, batch.record_count, batch.records), (77, 4, &records[..]));
         assert_eq!(batch.end_seq(), 81);
         for bit in 0..bytes.len() * 8 {
             let mut damaged = bytes.clone();
             damaged[bit / 8] ^= 1 << (bit % 8);
-            assert!(
-                decode(3, 77, &damaged).is_err(),
-                "bit {bit} flipped unnoticed"
-            );
+            assert!(decode(3, 77, &damaged).is_err(), "bit {bit} flipped unnoticed");
         }
         assert_eq!(decode(3, 77, &bytes[..40]), Err(BatchDefect::Short));
         assert_eq!(decode(4, 77, &bytes), Err(BatchDefect::Misplaced));

@@ -35,9 +35,7 @@ impl MemWal {
     }
 
     fn store(&self) -> MutexGuard<'_, Store> {
-        self.store
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.store.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// A crash: batches appended since the last sync are gone.
@@ -52,10 +50,7 @@ impl MemWal {
     /// A torn write: the last batch of `log` keeps only its first `keep_bytes` bytes.
     pub fn tear_last_batch(&self, log: LogId, keep_bytes: usize) {
         let mut store = self.store();
-        let last = store
-            .batches
-            .range_mut((log, 0)..=(log, u64::MAX))
-            .next_back();
+        let last = store.batches.range_mut((log, 0)..=(log, u64::MAX)).next_back();
         let (_, bytes) = last.expect("a batch to tear");
         bytes.truncate(keep_bytes);
     }
@@ -63,10 +58,7 @@ impl MemWal {
     /// Bit rot: flips one bit of the stored batch of `log` starting at `seq`.
     pub fn flip_bit(&self, log: LogId, seq: u64, bit: usize) {
         let mut store = self.store();
-        let bytes = store
-            .batches
-            .get_mut(&(log, seq))
-            .expect("a batch at that seq");
+        let bytes = store.batches.get_mut(&(log, seq)).expect("a batch at that seq");
         bytes[bit / 8] ^= 1 << (bit % 8);
     }
 
@@ -77,11 +69,7 @@ impl MemWal {
 
     /// First sequence numbers of the batches stored for `log`.
     pub fn batch_seqs(&self, log: LogId) -> Vec<u64> {
-        self.store()
-            .batches
-            .range((log, 0)..=(log, u64::MAX))
-            .map(|(&(_, seq), _)| seq)
-            .collect()
+        self.store().batches.range((log, 0)..=(log, u64::MAX)).map(|(&(_, seq), _)| seq).collect()
     }
 
     /// How many syncs succeeded.
@@ -107,20 +95,14 @@ impl Wal for MemWal {
         let mut store = self.store();
         if let Some(&expected) = store.next_seq.get(&log) {
             if expected != first_seq {
-                return Err(WalError::OutOfOrder {
-                    log,
-                    expected,
-                    found: first_seq,
-                });
+                return Err(WalError::OutOfOrder { log, expected, found: first_seq });
             }
         }
         let mut value = Vec::new();
         batch::encode(log, first_seq, record_count, records, &mut value);
         store.batches.insert((log, first_seq), value);
         store.unsynced.push((log, first_seq));
-        store
-            .next_seq
-            .insert(log, first_seq + u64::from(record_count));
+        store.next_seq.insert(log, first_seq + u64::from(record_count));
         Ok(())
     }
 
@@ -142,15 +124,9 @@ impl Wal for MemWal {
         visit: &mut dyn FnMut(BatchRef<'_>) -> Result<(), VisitError>,
     ) -> Result<ReplaySummary, WalError> {
         let mut store = self.store();
-        let mut summary = ReplaySummary {
-            next_seq: from_seq,
-            ..ReplaySummary::default()
-        };
-        let keys: Vec<u64> = store
-            .batches
-            .range((log, from_seq)..=(log, u64::MAX))
-            .map(|(&(_, s), _)| s)
-            .collect();
+        let mut summary = ReplaySummary { next_seq: from_seq, ..ReplaySummary::default() };
+        let keys: Vec<u64> =
+            store.batches.range((log, from_seq)..=(log, u64::MAX)).map(|(&(_, s), _)| s).collect();
         for (index, &key_seq) in keys.iter().enumerate() {
             let bytes = &store.batches[&(log, key_seq)];
             let batch = match batch::decode(log, key_seq, bytes) {
@@ -160,13 +136,7 @@ impl Wal for MemWal {
                     summary.dropped_tail = Some(key_seq);
                     break;
                 }
-                Err(defect) => {
-                    return Err(WalError::Corrupt {
-                        log,
-                        seq: key_seq,
-                        defect,
-                    })
-                }
+                Err(defect) => return Err(WalError::Corrupt { log, seq: key_seq, defect }),
             };
             if batch.first_seq != summary.next_seq {
                 return Err(WalError::Gap {
@@ -175,11 +145,7 @@ impl Wal for MemWal {
                     found: batch.first_seq,
                 });
             }
-            visit(batch).map_err(|source| WalError::Visit {
-                log,
-                seq: key_seq,
-                source,
-            })?;
+            visit(batch).map_err(|source| WalError::Visit { log, seq: key_seq, source })?;
             summary.batches += 1;
             summary.records += u64::from(batch.record_count);
             summary.next_seq = batch.end_seq();
@@ -189,13 +155,7 @@ impl Wal for MemWal {
     }
 
     fn write_snapshot(&mut self, log: LogId, seq: u64, state: &[u8]) -> Result<(), WalError> {
-        self.store().snapshots.insert(
-            log,
-            Snapshot {
-                seq,
-                state: state.to_vec(),
-            },
-        );
+        self.store().snapshots.insert(log, Snapshot { seq, state: state.to_vec() });
         Ok(())
     }
 

@@ -43,11 +43,7 @@ pub struct SledWalConfig {
 impl SledWalConfig {
     /// The defaults for a store in `path`.
     pub fn new(path: impl Into<PathBuf>) -> SledWalConfig {
-        SledWalConfig {
-            path: path.into(),
-            cache_bytes: 256 << 20,
-            fdatasync: true,
-        }
+        SledWalConfig { path: path.into(), cache_bytes: 256 << 20, fdatasync: true }
     }
 }
 
@@ -80,8 +76,7 @@ impl SledWal {
             // The data file's directory entry must be durable too: sync the directory once.
             let dir = File::open(&config.path)
                 .map_err(|source| io_error("open", &config.path, source))?;
-            dir.sync_all()
-                .map_err(|source| io_error("fsync", &config.path, source))?;
+            dir.sync_all().map_err(|source| io_error("fsync", &config.path, source))?;
             Some((path, file))
         } else {
             None
@@ -119,19 +114,14 @@ impl SledWal {
     fn flush_and_sync(&self) -> Result<(), WalError> {
         self.db.flush()?;
         if let Some((path, file)) = &self.data_file {
-            file.sync_data()
-                .map_err(|source| io_error("fdatasync", path, source))?;
+            file.sync_data().map_err(|source| io_error("fdatasync", path, source))?;
         }
         Ok(())
     }
 }
 
 fn io_error(action: &'static str, path: &Path, source: std::io::Error) -> WalError {
-    WalError::Io {
-        action,
-        path: path.to_path_buf(),
-        source,
-    }
+    WalError::Io { action, path: path.to_path_buf(), source }
 }
 
 fn snapshot_meta_key(log: LogId) -> String {
@@ -156,11 +146,7 @@ impl Wal for SledWal {
         let index = usize::from(log);
         if let Some(expected) = self.next_seq[index] {
             if expected != first_seq {
-                return Err(WalError::OutOfOrder {
-                    log,
-                    expected,
-                    found: first_seq,
-                });
+                return Err(WalError::OutOfOrder { log, expected, found: first_seq });
             }
         }
         let mut value = std::mem::take(&mut self.scratch);
@@ -183,18 +169,11 @@ impl Wal for SledWal {
         visit: &mut dyn FnMut(BatchRef<'_>) -> Result<(), VisitError>,
     ) -> Result<ReplaySummary, WalError> {
         let batches = self.trees(log)?.0.clone();
-        let mut summary = ReplaySummary {
-            next_seq: from_seq,
-            ..ReplaySummary::default()
-        };
+        let mut summary = ReplaySummary { next_seq: from_seq, ..ReplaySummary::default() };
         let mut entries = batches.range(from_seq.to_be_bytes()..).peekable();
         while let Some(entry) = entries.next() {
             let (key, value) = entry?;
-            let key_seq = key
-                .as_ref()
-                .try_into()
-                .map(u64::from_be_bytes)
-                .unwrap_or(u64::MAX);
+            let key_seq = key.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(u64::MAX);
             let batch = match batch::decode(log, key_seq, &value) {
                 Ok(batch) => batch,
                 Err(defect) if entries.peek().is_none() => {
@@ -205,13 +184,7 @@ impl Wal for SledWal {
                     summary.dropped_tail = Some(key_seq);
                     break;
                 }
-                Err(defect) => {
-                    return Err(WalError::Corrupt {
-                        log,
-                        seq: key_seq,
-                        defect,
-                    })
-                }
+                Err(defect) => return Err(WalError::Corrupt { log, seq: key_seq, defect }),
             };
             if batch.first_seq != summary.next_seq {
                 return Err(WalError::Gap {
@@ -220,11 +193,7 @@ impl Wal for SledWal {
                     found: batch.first_seq,
                 });
             }
-            visit(batch).map_err(|source| WalError::Visit {
-                log,
-                seq: batch.first_seq,
-                source,
-            })?;
+            visit(batch).map_err(|source| WalError::Visit { log, seq: batch.first_seq, source })?;
             summary.batches += 1;
             summary.records += u64::from(batch.record_count);
             summary.next_seq = batch.end_seq();
@@ -248,8 +217,7 @@ impl Wal for SledWal {
             chunk_count,
             crc: crc32fast::hash(state),
         };
-        self.meta
-            .insert(snapshot_meta_key(log), header.encode().as_slice())?;
+        self.meta.insert(snapshot_meta_key(log), header.encode().as_slice())?;
         self.flush_and_sync()?;
         for key in chunks.range(..chunk_key(seq, 0)).keys() {
             chunks.remove(key?)?;
@@ -266,37 +234,25 @@ impl Wal for SledWal {
             seq: 0,
             detail: "header unreadable",
         })?;
-        let corrupt = |detail| WalError::CorruptSnapshot {
-            log,
-            seq: header.seq,
-            detail,
-        };
+        let corrupt = |detail| WalError::CorruptSnapshot { log, seq: header.seq, detail };
         let chunks = self.db.open_tree(format!("snap.{log}"))?;
         let mut state = Vec::with_capacity(header.len as usize);
         for index in 0..header.chunk_count {
-            let chunk = chunks
-                .get(chunk_key(header.seq, index))?
-                .ok_or(corrupt("chunk missing"))?;
+            let chunk =
+                chunks.get(chunk_key(header.seq, index))?.ok_or(corrupt("chunk missing"))?;
             state.extend_from_slice(&chunk);
         }
         if state.len() as u64 != header.len || crc32fast::hash(&state) != header.crc {
             return Err(corrupt("checksum or length mismatch"));
         }
-        Ok(Some(Snapshot {
-            seq: header.seq,
-            state,
-        }))
+        Ok(Some(Snapshot { seq: header.seq, state }))
     }
 
     fn truncate_below(&mut self, log: LogId, seq: u64) -> Result<(), WalError> {
         let batches = self.trees(log)?.0.clone();
         for entry in batches.range(..seq.to_be_bytes()) {
             let (key, value) = entry?;
-            let first_seq = key
-                .as_ref()
-                .try_into()
-                .map(u64::from_be_bytes)
-                .unwrap_or(u64::MAX);
+            let first_seq = key.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(u64::MAX);
             let count = batch::record_count_of(&value).unwrap_or(u32::MAX);
             if first_seq.saturating_add(u64::from(count)) <= seq {
                 batches.remove(key)?;

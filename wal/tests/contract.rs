@@ -25,50 +25,23 @@ fn contract(mut wal: impl Wal) {
     append_batches(&mut wal, 0, 0, 4);
     append_batches(&mut wal, 1, 0, 2);
     let batches = replayed(&mut wal, 0, 0).unwrap();
-    assert_eq!(
-        batches.iter().map(|b| b.0).collect::<Vec<_>>(),
-        vec![0, 3, 6, 9]
-    );
+    assert_eq!(batches.iter().map(|b| b.0).collect::<Vec<_>>(), vec![0, 3, 6, 9]);
     assert_eq!(batches[1].1[0], 3, "records come back as written");
-    assert_eq!(
-        replayed(&mut wal, 1, 0).unwrap().len(),
-        2,
-        "logs are separate"
-    );
+    assert_eq!(replayed(&mut wal, 1, 0).unwrap().len(), 2, "logs are separate");
 
     // Appends must be contiguous.
     let err = wal.append(0, 13, 1, b"x").unwrap_err();
-    assert!(
-        matches!(
-            err,
-            WalError::OutOfOrder {
-                log: 0,
-                expected: 12,
-                found: 13
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, WalError::OutOfOrder { log: 0, expected: 12, found: 13 }), "{err}");
     let too_big = vec![0u8; BATCH_RECORDS_BYTES_MAX + 1];
-    assert!(matches!(
-        wal.append(0, 12, 1, &too_big),
-        Err(WalError::BatchTooLarge { .. })
-    ));
+    assert!(matches!(wal.append(0, 12, 1, &too_big), Err(WalError::BatchTooLarge { .. })));
 
     // Snapshot at 6, truncate below it: replay from 6 sees the rest, nothing below survives.
     wal.write_snapshot(0, 6, b"state at six").unwrap();
     wal.truncate_below(0, 6).unwrap();
     let snapshot = wal.latest_snapshot(0).unwrap().unwrap();
+    assert_eq!((snapshot.seq, snapshot.state.as_slice()), (6, &b"state at six"[..]));
     assert_eq!(
-        (snapshot.seq, snapshot.state.as_slice()),
-        (6, &b"state at six"[..])
-    );
-    assert_eq!(
-        replayed(&mut wal, 0, 6)
-            .unwrap()
-            .iter()
-            .map(|b| b.0)
-            .collect::<Vec<_>>(),
+        replayed(&mut wal, 0, 6).unwrap().iter().map(|b| b.0).collect::<Vec<_>>(),
         vec![6, 9]
     );
     assert_eq!(
@@ -82,13 +55,8 @@ fn contract(mut wal: impl Wal) {
     assert_eq!(replayed(&mut wal, 0, 9).unwrap().len(), 1);
 
     // A visitor's refusal stops the replay with the batch named.
-    let err = wal
-        .replay(0, 9, &mut |_| Err("does not fit".into()))
-        .unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "log 0: replay of the batch at record 9 failed: does not fit"
-    );
+    let err = wal.replay(0, 9, &mut |_| Err("does not fit".into())).unwrap_err();
+    assert_eq!(err.to_string(), "log 0: replay of the batch at record 9 failed: does not fit");
 
     wal.write_meta("shard_count", &[2, 0]).unwrap();
     assert_eq!(wal.read_meta("shard_count").unwrap(), Some(vec![2, 0]));
@@ -112,11 +80,7 @@ fn memory_log_faults_are_caught_by_replay() {
     append_batches(&mut wal, 0, 0, 3);
     wal.append(0, 9, 3, &[1; 30]).unwrap();
     wal.lose_unsynced();
-    assert_eq!(
-        wal.batch_seqs(0),
-        vec![0, 3, 6],
-        "the unsynced batch is lost"
-    );
+    assert_eq!(wal.batch_seqs(0), vec![0, 3, 6], "the unsynced batch is lost");
 
     wal.tear_last_batch(0, 20);
     let mut seen = 0;
@@ -126,10 +90,7 @@ fn memory_log_faults_are_caught_by_replay() {
             Ok(())
         })
         .unwrap();
-    assert_eq!(
-        (seen, summary.dropped_tail, summary.next_seq),
-        (2, Some(6), 6)
-    );
+    assert_eq!((seen, summary.dropped_tail, summary.next_seq), (2, Some(6), 6));
 
     append_batches(&mut wal, 0, 6, 2);
     wal.flip_bit(0, 3, 8 * 40);
@@ -146,11 +107,7 @@ fn memory_log_faults_are_caught_by_replay() {
 
 fn corrupt_in_sled(dir: &std::path::Path, log: u16, seq: u64, damage: impl FnOnce(&mut Vec<u8>)) {
     let segment_bytes = flashstock_wal::sled_wal::SLED_SEGMENT_BYTES;
-    let db = sled::Config::new()
-        .path(dir)
-        .segment_size(segment_bytes)
-        .open()
-        .unwrap();
+    let db = sled::Config::new().path(dir).segment_size(segment_bytes).open().unwrap();
     let tree = db.open_tree(format!("log.{log}")).unwrap();
     let mut value = tree.get(seq.to_be_bytes()).unwrap().unwrap().to_vec();
     damage(&mut value);
@@ -170,23 +127,14 @@ fn sled_log_survives_reopen_drops_a_torn_tail_and_refuses_mid_log_corruption() {
     {
         let mut wal = SledWal::open(&config).unwrap();
         let summary = wal.replay(0, 0, &mut |_| Ok(())).unwrap();
-        assert_eq!(
-            (summary.batches, summary.dropped_tail, summary.next_seq),
-            (4, Some(12), 12)
-        );
+        assert_eq!((summary.batches, summary.dropped_tail, summary.next_seq), (4, Some(12), 12));
         append_batches(&mut wal, 0, 12, 1);
     }
     corrupt_in_sled(dir.path(), 0, 6, |v| v[40] ^= 0x10);
     let mut wal = SledWal::open(&config).unwrap();
     let err = replayed(&mut wal, 0, 0).unwrap_err();
-    assert!(
-        matches!(err, WalError::Corrupt { log: 0, seq: 6, .. }),
-        "{err}"
-    );
-    assert!(
-        err.to_string().contains("batch at record 6 is corrupt"),
-        "{err}"
-    );
+    assert!(matches!(err, WalError::Corrupt { log: 0, seq: 6, .. }), "{err}");
+    assert!(err.to_string().contains("batch at record 6 is corrupt"), "{err}");
 }
 
 #[test]
@@ -210,10 +158,7 @@ fn sled_snapshots_are_chunked_and_nothing_falls_into_unsynced_blobs() {
 
     let blobs = dir.path().join("blobs");
     let blob_count = std::fs::read_dir(&blobs).map(|d| d.count()).unwrap_or(0);
-    assert_eq!(
-        blob_count, 0,
-        "sled wrote values to blobs/, which it never fsyncs"
-    );
+    assert_eq!(blob_count, 0, "sled wrote values to blobs/, which it never fsyncs");
     let wal = SledWal::open(&config).unwrap();
     assert_eq!(wal.latest_snapshot(0).unwrap().unwrap().state, state);
 }

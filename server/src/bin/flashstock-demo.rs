@@ -44,10 +44,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let options = DemoOptions {
         data_dir: args.data_dir,
-        runtime: RuntimeConfig {
-            shard_count: args.shards,
-            ..RuntimeConfig::default()
-        },
+        runtime: RuntimeConfig { shard_count: args.shards, ..RuntimeConfig::default() },
         units: args.units,
         buyers: args.buyers,
         concurrency: args.concurrency,
@@ -58,9 +55,7 @@ fn main() -> anyhow::Result<()> {
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    let report = tokio
-        .block_on(demo::run(options.clone(), shutdown))
-        .context("demo flash sale")?;
+    let report = tokio.block_on(demo::run(options.clone(), shutdown)).context("demo flash sale")?;
     print!("{}", demo::render(&report, &options));
     if !report.failures.is_empty() {
         std::process::exit(1);

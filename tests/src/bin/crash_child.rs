@@ -44,16 +44,10 @@ fn main() {
             std::process::exit(3);
         }
     };
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build();
+    let tokio = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build();
     let tokio = tokio.expect("a tokio runtime");
     match mode {
-        "load" => tokio.block_on(load(
-            runtime.handle(),
-            extra.parse().expect("a numeric seed"),
-        )),
+        "load" => tokio.block_on(load(runtime.handle(), extra.parse().expect("a numeric seed"))),
         "verify" => tokio.block_on(verify(runtime.handle(), Path::new(extra))),
         _ => panic!("{usage}"),
     }
@@ -63,33 +57,21 @@ fn main() {
 fn say(line: String) {
     // One write per line, so a kill leaves at most one partial line, which the parent drops.
     let mut out = std::io::stdout().lock();
-    out.write_all(line.as_bytes())
-        .and_then(|()| out.flush())
-        .expect("stdout");
+    out.write_all(line.as_bytes()).and_then(|()| out.flush()).expect("stdout");
 }
 
 async fn load(handle: Handle, seed: u64) {
     for (index, sku) in SKUS.iter().enumerate() {
-        if handle
-            .query_sku(SkuId(*sku))
-            .await
-            .expect("query")
-            .is_none()
-        {
+        if handle.query_sku(SkuId(*sku)).await.expect("query").is_none() {
             let request = RequestId((u128::from(seed) << 64) | index as u128);
-            handle
-                .set_stock(request, SkuId(*sku), UNITS_PER_SKU)
-                .await
-                .expect("set stock");
+            handle.set_stock(request, SkuId(*sku), UNITS_PER_SKU).await.expect("set stock");
         }
     }
     say("READY\n".to_owned());
     let mut tasks = Vec::new();
     for task in 0..32u64 {
         let handle = handle.clone();
-        tasks.push(tokio::spawn(
-            async move { traffic(handle, seed, task).await },
-        ));
+        tasks.push(tokio::spawn(async move { traffic(handle, seed, task).await }));
     }
     for task in tasks {
         task.await.expect("traffic task");
@@ -107,9 +89,7 @@ async fn traffic(handle: Handle, seed: u64, task: u64) {
         let sku = SKUS[rng.below(SKUS.len() as u64) as usize];
         let qty = 1 + rng.below(3) as u32;
         let buyer = BuyerId(rng.next_u64());
-        let outcome = handle
-            .reserve(next_request(), buyer, SkuId(sku), qty, 600_000)
-            .await;
+        let outcome = handle.reserve(next_request(), buyer, SkuId(sku), qty, 600_000).await;
         let Ok(Outcome::Reserved { reservation, .. }) = outcome else {
             continue;
         };
@@ -142,10 +122,7 @@ async fn verify(handle: Handle, ids_file: &Path) {
     let ids = std::fs::read_to_string(ids_file).expect("the ids file");
     for id in ids.lines().filter(|l| !l.is_empty()) {
         let reservation = ReservationId(id.parse().expect("a numeric reservation id"));
-        let view = handle
-            .query_reservation(reservation)
-            .await
-            .expect("query reservation");
+        let view = handle.query_reservation(reservation).await.expect("query reservation");
         out.push_str(&format!("{id} {}\n", states::name(view.map(|v| v.state))));
     }
     say(out);
