@@ -45,11 +45,7 @@ pub(crate) struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     pub(crate) fn new(bytes: &'a [u8], what: &'static str) -> Reader<'a> {
-        Reader {
-            bytes,
-            offset: 0,
-            what,
-        }
+        Reader { bytes, offset: 0, what }
     }
 
     pub(crate) fn offset(&self) -> usize {
@@ -63,10 +59,7 @@ impl<'a> Reader<'a> {
     fn take<const N: usize>(&mut self) -> Result<[u8; N], EngineError> {
         let end = self.offset + N;
         let Some(slice) = self.bytes.get(self.offset..end) else {
-            return Err(EngineError::Truncated {
-                what: self.what,
-                offset: self.offset,
-            });
+            return Err(EngineError::Truncated { what: self.what, offset: self.offset });
         };
         self.offset = end;
         Ok(slice.try_into().expect("slice of length N"))
@@ -94,10 +87,7 @@ impl<'a> Reader<'a> {
         match self.u8()? {
             0 => Ok(false),
             1 => Ok(true),
-            value => Err(EngineError::InvalidField {
-                field,
-                value: u64::from(value),
-            }),
+            value => Err(EngineError::InvalidField { field, value: u64::from(value) }),
         }
     }
     pub(crate) fn opt_u64(&mut self, field: &'static str) -> Result<Option<u64>, EngineError> {
@@ -117,10 +107,7 @@ impl<'a> Reader<'a> {
         let count = self.u64()?;
         let fits = (self.remaining() / entry_bytes_min.max(1)) as u64;
         if count > fits {
-            return Err(EngineError::InvalidField {
-                field: "entry count",
-                value: count,
-            });
+            return Err(EngineError::InvalidField { field: "entry count", value: count });
         }
         Ok(count as usize)
     }

@@ -37,10 +37,7 @@ impl ReservationId {
 
     /// Builds the id of reservation `seq` made by `shard`.
     pub fn new(shard: ShardId, seq: u64) -> ReservationId {
-        assert!(
-            seq <= Self::SEQ_MAX,
-            "reservation sequence {seq} exceeds 48 bits"
-        );
+        assert!(seq <= Self::SEQ_MAX, "reservation sequence {seq} exceeds 48 bits");
         ReservationId((u64::from(shard.0) << Self::SEQ_BITS) | seq)
     }
 
@@ -141,23 +138,14 @@ mod tests {
             counts[usize::from(map.shard_of_sku(SkuId(sku)).0)] += 1;
         }
         for count in counts {
-            assert!(
-                (9_000..11_000).contains(&count),
-                "uneven spread: {counts:?}"
-            );
+            assert!((9_000..11_000).contains(&count), "uneven spread: {counts:?}");
         }
     }
 
     #[test]
     fn forged_reservation_shard_is_refused() {
         let map = ShardMap::new(2);
-        assert_eq!(
-            map.shard_of_reservation(ReservationId::new(ShardId(1), 5)),
-            Some(ShardId(1))
-        );
-        assert_eq!(
-            map.shard_of_reservation(ReservationId::new(ShardId(2), 5)),
-            None
-        );
+        assert_eq!(map.shard_of_reservation(ReservationId::new(ShardId(1), 5)), Some(ShardId(1)));
+        assert_eq!(map.shard_of_reservation(ReservationId::new(ShardId(2), 5)), None);
     }
 }

@@ -20,7 +20,7 @@ impl Shard {
     pub fn check_invariants(&self) -> Result<(), EngineError> {
         let mut held_by_sku: FxHashMap<SkuId, u64> = FxHashMap::default();
         let mut live = 0usize;
-        for (&id, r) in &self.reservations {
+        for (id, r) in self.reservations.iter() {
             if id.shard() != self.id || id.seq() == 0 || id.seq() >= self.reservation_seq_next {
                 return Err(bookkeeping(Some(id), "id not issued by this shard"));
             }
@@ -33,35 +33,21 @@ impl Shard {
             }
         }
         if live != self.reservations_live {
-            return Err(bookkeeping(
-                None,
-                "live count differs from held reservations",
-            ));
+            return Err(bookkeeping(None, "live count differs from held reservations"));
         }
         if self.ended.len() + live != self.reservations.len() {
-            return Err(bookkeeping(
-                None,
-                "ended list differs from ended reservations",
-            ));
+            return Err(bookkeeping(None, "ended list differs from ended reservations"));
         }
         for &(id, _) in &self.ended {
-            match self.reservations.get(&id) {
+            match self.reservations.get(id) {
                 Some(r) if r.state != ReservationState::Held => {}
-                _ => {
-                    return Err(bookkeeping(
-                        Some(id),
-                        "ended list names a reservation not ended",
-                    ))
-                }
+                _ => return Err(bookkeeping(Some(id), "ended list names a reservation not ended")),
             }
         }
         // Each held reservation has one expiry entry; entries of reservations that ended early
         // stay until popped or compacted, and are counted.
         if self.expiries.len() != live + self.expiries_stale {
-            return Err(bookkeeping(
-                None,
-                "expiry entries differ from held plus stale",
-            ));
+            return Err(bookkeeping(None, "expiry entries differ from held plus stale"));
         }
         for (&sku_id, sku) in &self.skus {
             check_sku(sku_id, sku, held_by_sku.get(&sku_id).copied().unwrap_or(0))?;
@@ -75,10 +61,7 @@ impl Shard {
 }
 
 fn check_sku(sku_id: SkuId, sku: &crate::shard::SkuState, held: u64) -> Result<(), EngineError> {
-    let sum = sku
-        .available
-        .checked_add(sku.reserved)
-        .and_then(|s| s.checked_add(sku.sold));
+    let sum = sku.available.checked_add(sku.reserved).and_then(|s| s.checked_add(sku.sold));
     if sum != Some(sku.total) {
         return Err(EngineError::Conservation {
             sku: sku_id,
@@ -105,12 +88,7 @@ fn check_sku(sku_id: SkuId, sku: &crate::shard::SkuState, held: u64) -> Result<(
     }
     if let Some(limit) = sku.buyer_limit {
         if let Some((&buyer, &taken)) = sku.taken.iter().find(|(_, &t)| t > u64::from(limit)) {
-            return Err(EngineError::BuyerOverLimit {
-                sku: sku_id,
-                buyer,
-                taken,
-                limit,
-            });
+            return Err(EngineError::BuyerOverLimit { sku: sku_id, buyer, taken, limit });
         }
     }
     Ok(())
@@ -120,8 +98,5 @@ fn bookkeeping(
     reservation: Option<crate::ids::ReservationId>,
     detail: &'static str,
 ) -> EngineError {
-    EngineError::ReservationBookkeeping {
-        reservation,
-        detail,
-    }
+    EngineError::ReservationBookkeeping { reservation, detail }
 }

@@ -15,6 +15,7 @@
 //! - `snapshot` and `invariants`: `Shard::encode_snapshot`, `Shard::restore`, `Shard::digest`
 //!   and `Shard::check_invariants`.
 //! - `dedup`: what is remembered of earlier answers, so retries are idempotent.
+//! - `table`: the reservation table, a ring indexed by sequence number.
 //! - [`error`]: [`EngineError`], for broken bytes and broken invariants.
 
 pub mod command;
@@ -29,6 +30,7 @@ mod codec;
 mod dedup;
 mod invariants;
 mod snapshot;
+mod table;
 
 pub use command::{Command, Reserve, RouteKey, SaleWindow};
 pub use error::EngineError;

@@ -59,21 +59,12 @@ impl ShardConfig {
     /// Panics when a field is out of range; called once when a shard is built.
     pub fn validate(&self) {
         assert!(self.skus_max > 0, "skus_max must be positive");
-        assert!(
-            self.reservations_live_max > 0,
-            "reservations_live_max must be positive"
-        );
-        assert!(
-            self.dedup_entries_max > 0,
-            "dedup_entries_max must be positive"
-        );
+        assert!(self.reservations_live_max > 0, "reservations_live_max must be positive");
+        assert!(self.dedup_entries_max > 0, "dedup_entries_max must be positive");
         assert!(
             self.rejection_cache_slots.is_power_of_two(),
             "rejection_cache_slots must be a power of two"
         );
-        assert!(
-            self.ended_entries_max > 0,
-            "ended_entries_max must be positive"
-        );
+        assert!(self.ended_entries_max > 0, "ended_entries_max must be positive");
     }
 }

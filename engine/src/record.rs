@@ -152,10 +152,7 @@ impl Record {
 /// Decodes records encoded back to back, yielding an error (and then nothing) at the first
 /// malformed one.
 pub fn decode_records(bytes: &[u8]) -> RecordDecoder<'_> {
-    RecordDecoder {
-        reader: Reader::new(bytes, "record"),
-        failed: false,
-    }
+    RecordDecoder { reader: Reader::new(bytes, "record"), failed: false }
 }
 
 /// Iterator returned by [`decode_records`].
@@ -166,9 +163,7 @@ pub struct RecordDecoder<'a> {
 
 impl std::fmt::Debug for RecordDecoder<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RecordDecoder")
-            .field("offset", &self.reader.offset())
-            .finish()
+        f.debug_struct("RecordDecoder").field("offset", &self.reader.offset()).finish()
     }
 }
 
@@ -190,10 +185,7 @@ fn decode_one(r: &mut Reader<'_>) -> Result<Record, EngineError> {
     let tag = r.u8()?;
     let at_ms = r.u64()?;
     if tag == TAG_TICK {
-        return Ok(Record::Tick {
-            at_ms,
-            expired: r.u32()?,
-        });
+        return Ok(Record::Tick { at_ms, expired: r.u32()? });
     }
     let request = RequestId(r.u128()?);
     let command = match tag {
@@ -204,24 +196,10 @@ fn decode_one(r: &mut Reader<'_>) -> Result<Record, EngineError> {
             qty: r.u32()?,
             ttl_ms: r.u64()?,
         }),
-        TAG_CONFIRM => Command::Confirm {
-            request,
-            reservation: ReservationId(r.u64()?),
-        },
-        TAG_CANCEL => Command::Cancel {
-            request,
-            reservation: ReservationId(r.u64()?),
-        },
-        TAG_SET_STOCK => Command::SetStock {
-            request,
-            sku: SkuId(r.u64()?),
-            total: r.u64()?,
-        },
-        TAG_ADJUST_STOCK => Command::AdjustStock {
-            request,
-            sku: SkuId(r.u64()?),
-            delta: r.i64()?,
-        },
+        TAG_CONFIRM => Command::Confirm { request, reservation: ReservationId(r.u64()?) },
+        TAG_CANCEL => Command::Cancel { request, reservation: ReservationId(r.u64()?) },
+        TAG_SET_STOCK => Command::SetStock { request, sku: SkuId(r.u64()?), total: r.u64()? },
+        TAG_ADJUST_STOCK => Command::AdjustStock { request, sku: SkuId(r.u64()?), delta: r.i64()? },
         TAG_SET_BUYER_LIMIT => Command::SetBuyerLimit {
             request,
             sku: SkuId(r.u64()?),
@@ -248,61 +226,22 @@ mod tests {
         let request = RequestId(u128::MAX - 7);
         let sku = SkuId(42);
         let commands = [
-            Command::Reserve(Reserve {
-                request,
-                buyer: BuyerId(9),
-                sku,
-                qty: 3,
-                ttl_ms: 500,
-            }),
-            Command::Confirm {
-                request,
-                reservation: ReservationId(77),
-            },
-            Command::Cancel {
-                request,
-                reservation: ReservationId(78),
-            },
-            Command::SetStock {
-                request,
-                sku,
-                total: 1 << 39,
-            },
-            Command::AdjustStock {
-                request,
-                sku,
-                delta: -5,
-            },
-            Command::SetBuyerLimit {
-                request,
-                sku,
-                limit: Some(2),
-            },
-            Command::SetBuyerLimit {
-                request,
-                sku,
-                limit: None,
-            },
+            Command::Reserve(Reserve { request, buyer: BuyerId(9), sku, qty: 3, ttl_ms: 500 }),
+            Command::Confirm { request, reservation: ReservationId(77) },
+            Command::Cancel { request, reservation: ReservationId(78) },
+            Command::SetStock { request, sku, total: 1 << 39 },
+            Command::AdjustStock { request, sku, delta: -5 },
+            Command::SetBuyerLimit { request, sku, limit: Some(2) },
+            Command::SetBuyerLimit { request, sku, limit: None },
             Command::SetSaleWindow {
                 request,
                 sku,
-                window: SaleWindow {
-                    opens_at_ms: Some(10),
-                    closes_at_ms: None,
-                },
+                window: SaleWindow { opens_at_ms: Some(10), closes_at_ms: None },
             },
         ];
-        let mut records: Vec<Record> = commands
-            .iter()
-            .map(|&command| Record::Apply {
-                at_ms: 123,
-                command,
-            })
-            .collect();
-        records.push(Record::Tick {
-            at_ms: 456,
-            expired: 3,
-        });
+        let mut records: Vec<Record> =
+            commands.iter().map(|&command| Record::Apply { at_ms: 123, command }).collect();
+        records.push(Record::Tick { at_ms: 456, expired: 3 });
         records
     }
 
@@ -330,9 +269,6 @@ mod tests {
         bad[0] = 99;
         let result: Vec<_> = decode_records(&bad).collect();
         assert_eq!(result.len(), 1, "decoding stops at the first error");
-        assert!(matches!(
-            result[0],
-            Err(EngineError::UnknownRecordTag { tag: 99, offset: 0 })
-        ));
+        assert!(matches!(result[0], Err(EngineError::UnknownRecordTag { tag: 99, offset: 0 })));
     }
 }

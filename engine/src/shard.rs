@@ -16,6 +16,7 @@ use crate::ids::{BuyerId, ReservationId, ShardId, SkuId};
 use crate::limits::{ShardConfig, RESERVE_QTY_MAX, STOCK_TOTAL_MAX, TICK_EXPIRIES_MAX, TTL_MS_MAX};
 use crate::outcome::{Outcome, ReservationState, ReservationView, SkuView};
 use crate::record::{LogSink, Record};
+use crate::table::ReservationTable;
 
 /// One SKU's stock. `available + reserved + sold == total` always.
 #[derive(Clone, Debug, Default)]
@@ -52,7 +53,7 @@ pub struct Shard {
     pub(crate) reservation_seq_next: u64,
     pub(crate) skus: FxHashMap<SkuId, SkuState>,
     /// Live reservations and ended ones still remembered (see `ended`).
-    pub(crate) reservations: FxHashMap<ReservationId, Reservation>,
+    pub(crate) reservations: ReservationTable,
     pub(crate) reservations_live: usize,
     /// Ended reservations still remembered, oldest first, with when they ended.
     pub(crate) ended: VecDeque<(ReservationId, u64)>,
@@ -82,7 +83,7 @@ impl Shard {
             clock_ms: 0,
             reservation_seq_next: 1,
             skus: FxHashMap::default(),
-            reservations: FxHashMap::default(),
+            reservations: ReservationTable::new(id, 1),
             reservations_live: 0,
             ended: VecDeque::new(),
             expiries: BinaryHeap::new(),
@@ -125,12 +126,8 @@ impl Shard {
         }
         let outcome = match self.decide(command, now_ms) {
             Step::Changed(outcome) => {
-                log.push(&Record::Apply {
-                    at_ms: now_ms,
-                    command: *command,
-                });
-                self.dedup
-                    .remember_change(request, outcome, now_ms, &self.config);
+                log.push(&Record::Apply { at_ms: now_ms, command: *command });
+                self.dedup.remember_change(request, outcome, now_ms, &self.config);
                 outcome
             }
             Step::Unchanged(outcome) => {
@@ -149,10 +146,7 @@ impl Shard {
         let now_ms = self.advance_clock(now_ms);
         let expired = self.expire_due(now_ms, TICK_EXPIRIES_MAX);
         if expired > 0 {
-            log.push(&Record::Tick {
-                at_ms: now_ms,
-                expired,
-            });
+            log.push(&Record::Tick { at_ms: now_ms, expired });
         }
         expired
     }
@@ -171,8 +165,7 @@ impl Shard {
                 let Step::Changed(outcome) = step else {
                     return Err(EngineError::ReplayNoEffect { at_ms, command });
                 };
-                self.dedup
-                    .remember_change(request, outcome, now_ms, &self.config);
+                self.dedup.remember_change(request, outcome, now_ms, &self.config);
                 Ok(())
             }
             Record::Tick { at_ms, expired } => {
@@ -205,16 +198,14 @@ impl Shard {
 
     /// Reads one reservation, live or remembered after its end.
     pub fn query_reservation(&self, reservation: ReservationId) -> Option<ReservationView> {
-        self.reservations
-            .get(&reservation)
-            .map(|r| ReservationView {
-                reservation,
-                buyer: r.buyer,
-                sku: r.sku,
-                qty: r.qty,
-                expires_at_ms: r.expires_at_ms,
-                state: r.state,
-            })
+        self.reservations.get(reservation).map(|r| ReservationView {
+            reservation,
+            buyer: r.buyer,
+            sku: r.sku,
+            qty: r.qty,
+            expires_at_ms: r.expires_at_ms,
+            state: r.state,
+        })
     }
 
     /// Every SKU of the shard, in no particular order.
@@ -245,14 +236,10 @@ impl Shard {
 
     fn reserve(&mut self, r: &Reserve, now_ms: u64) -> Step {
         if r.qty == 0 || r.qty > RESERVE_QTY_MAX {
-            return Step::Unchanged(Outcome::InvalidQuantity {
-                qty_max: RESERVE_QTY_MAX,
-            });
+            return Step::Unchanged(Outcome::InvalidQuantity { qty_max: RESERVE_QTY_MAX });
         }
         if r.ttl_ms == 0 || r.ttl_ms > TTL_MS_MAX {
-            return Step::Unchanged(Outcome::InvalidTtl {
-                ttl_ms_max: TTL_MS_MAX,
-            });
+            return Step::Unchanged(Outcome::InvalidTtl { ttl_ms_max: TTL_MS_MAX });
         }
         let Some(sku) = self.skus.get_mut(&r.sku) else {
             return Step::Unchanged(Outcome::UnknownSku);
@@ -268,9 +255,7 @@ impl Shard {
             }
         }
         if sku.available < qty {
-            return Step::Unchanged(Outcome::SoldOut {
-                available: sku.available,
-            });
+            return Step::Unchanged(Outcome::SoldOut { available: sku.available });
         }
         if self.reservations_live >= self.config.reservations_live_max {
             let live_max = self.config.reservations_live_max as u64;
@@ -290,17 +275,10 @@ impl Shard {
             qty: r.qty,
             state: ReservationState::Held,
         };
-        let previous = self.reservations.insert(reservation, held);
-        assert!(
-            previous.is_none(),
-            "reservation id {reservation} issued twice"
-        );
+        self.reservations.insert(reservation, held);
         self.expiries.push(Reverse((expires_at_ms, reservation)));
         self.reservations_live += 1;
-        Step::Changed(Outcome::Reserved {
-            reservation,
-            expires_at_ms,
-        })
+        Step::Changed(Outcome::Reserved { reservation, expires_at_ms })
     }
 
     /// Confirm or cancel. A reservation past its time-to-live expires instead: a late confirm
@@ -311,10 +289,7 @@ impl Shard {
         wanted: ReservationState,
         now_ms: u64,
     ) -> Step {
-        let found = self
-            .reservations
-            .get(&reservation)
-            .filter(|_| reservation.shard() == self.id);
+        let found = self.reservations.get(reservation);
         let Some(held) = found else {
             return Step::Unchanged(Outcome::UnknownReservation);
         };
@@ -343,33 +318,17 @@ impl Shard {
     /// Moves a held reservation to its final state, exactly once.
     fn end_reservation(&mut self, id: ReservationId, end: ReservationState, now_ms: u64) {
         debug_assert_ne!(end, ReservationState::Held);
-        let r = self
-            .reservations
-            .get_mut(&id)
-            .expect("ending a known reservation");
-        assert_eq!(
-            r.state,
-            ReservationState::Held,
-            "reservation {id} ends twice"
-        );
+        let r = self.reservations.get_mut(id).expect("ending a known reservation");
+        assert_eq!(r.state, ReservationState::Held, "reservation {id} ends twice");
         r.state = end;
         let (sku_id, buyer, qty) = (r.sku, r.buyer, u64::from(r.qty));
-        let sku = self
-            .skus
-            .get_mut(&sku_id)
-            .expect("a reservation's SKU exists");
-        sku.reserved = sku
-            .reserved
-            .checked_sub(qty)
-            .expect("reserved never goes negative");
+        let sku = self.skus.get_mut(&sku_id).expect("a reservation's SKU exists");
+        sku.reserved = sku.reserved.checked_sub(qty).expect("reserved never goes negative");
         if end == ReservationState::Confirmed {
             sku.sold += qty;
         } else {
             sku.available += qty;
-            let taken = sku
-                .taken
-                .get_mut(&buyer)
-                .expect("a holding buyer is counted");
+            let taken = sku.taken.get_mut(&buyer).expect("a holding buyer is counted");
             *taken = taken.checked_sub(qty).expect("taken never goes negative");
             if *taken == 0 {
                 sku.taken.remove(&buyer);
@@ -384,7 +343,7 @@ impl Shard {
                 break;
             }
             self.ended.pop_front();
-            self.reservations.remove(&oldest);
+            self.reservations.remove(oldest);
         }
     }
 
@@ -400,7 +359,7 @@ impl Shard {
             self.expiries.pop();
             let held = self
                 .reservations
-                .get(&id)
+                .get(id)
                 .is_some_and(|r| r.state == ReservationState::Held && r.expires_at_ms == at_ms);
             if held {
                 self.end_reservation(id, ReservationState::Expired, now_ms);
@@ -423,21 +382,17 @@ impl Shard {
             .reservations
             .iter()
             .filter(|(_, r)| r.state == ReservationState::Held)
-            .map(|(&id, r)| Reverse((r.expires_at_ms, id)))
+            .map(|(id, r)| Reverse((r.expires_at_ms, id)))
             .collect();
         self.expiries_stale = 0;
     }
 
     fn set_stock(&mut self, sku_id: SkuId, total: u64) -> Step {
         if total > STOCK_TOTAL_MAX {
-            return Step::Unchanged(Outcome::StockOutOfRange {
-                total_max: STOCK_TOTAL_MAX,
-            });
+            return Step::Unchanged(Outcome::StockOutOfRange { total_max: STOCK_TOTAL_MAX });
         }
         if !self.skus.contains_key(&sku_id) && self.skus.len() >= self.config.skus_max {
-            return Step::Unchanged(Outcome::TooManySkus {
-                skus_max: self.config.skus_max as u64,
-            });
+            return Step::Unchanged(Outcome::TooManySkus { skus_max: self.config.skus_max as u64 });
         }
         let sku = self.skus.entry(sku_id).or_default();
         let committed = sku.reserved + sku.sold;
@@ -446,10 +401,7 @@ impl Shard {
         }
         sku.total = total;
         sku.available = total - committed;
-        Step::Changed(Outcome::StockChanged {
-            total,
-            available: sku.available,
-        })
+        Step::Changed(Outcome::StockChanged { total, available: sku.available })
     }
 
     fn adjust_stock(&mut self, sku_id: SkuId, delta: i64) -> Step {
@@ -457,9 +409,7 @@ impl Shard {
             return Step::Unchanged(Outcome::UnknownSku);
         };
         let Some(available) = sku.available.checked_add_signed(delta) else {
-            return Step::Unchanged(Outcome::InsufficientAvailable {
-                available: sku.available,
-            });
+            return Step::Unchanged(Outcome::InsufficientAvailable { available: sku.available });
         };
         match sku.total.checked_add_signed(delta) {
             Some(total) if total <= STOCK_TOTAL_MAX => {
@@ -467,9 +417,7 @@ impl Shard {
                 sku.available = available;
                 Step::Changed(Outcome::StockChanged { total, available })
             }
-            _ => Step::Unchanged(Outcome::StockOutOfRange {
-                total_max: STOCK_TOTAL_MAX,
-            }),
+            _ => Step::Unchanged(Outcome::StockOutOfRange { total_max: STOCK_TOTAL_MAX }),
         }
     }
 
@@ -508,7 +456,7 @@ impl Shard {
     fn assert_touched(&self, command: &Command) {
         let sku_id = match command.route_key() {
             crate::command::RouteKey::Sku(sku) => Some(sku),
-            crate::command::RouteKey::Reservation(id) => self.reservations.get(&id).map(|r| r.sku),
+            crate::command::RouteKey::Reservation(id) => self.reservations.get(id).map(|r| r.sku),
         };
         let Some(sku) = sku_id.and_then(|id| self.skus.get(&id)) else {
             return;
@@ -520,10 +468,7 @@ impl Shard {
         );
         if let (Command::Reserve(r), Some(limit)) = (command, sku.buyer_limit) {
             let taken = sku.taken.get(&r.buyer).copied().unwrap_or(0);
-            assert!(
-                taken <= u64::from(limit),
-                "buyer limit broken by {command:?}"
-            );
+            assert!(taken <= u64::from(limit), "buyer limit broken by {command:?}");
         }
     }
 }

@@ -14,6 +14,7 @@ use crate::ids::{BuyerId, RequestId, ReservationId, ShardId, SkuId};
 use crate::limits::ShardConfig;
 use crate::outcome::{Outcome, ReservationState};
 use crate::shard::{Reservation, Shard, SkuState};
+use crate::table::ReservationTable;
 
 const SNAPSHOT_MAGIC: u32 = u32::from_le_bytes(*b"FSSN");
 /// Where the clock sits in a snapshot: after magic, version and shard id.
@@ -39,7 +40,7 @@ impl Shard {
         }
 
         let mut reservations: Vec<_> = self.reservations.iter().collect();
-        reservations.sort_unstable_by_key(|(id, _)| **id);
+        reservations.sort_unstable_by_key(|(id, _)| *id);
         w.u64(reservations.len() as u64);
         for (id, r) in reservations {
             w.u64(id.0);
@@ -58,7 +59,7 @@ impl Shard {
 
         w.u64(self.dedup.order.len() as u64);
         for &(request, answered_at_ms) in &self.dedup.order {
-            w.u128(request.0);
+            w.u128(RequestId::from(request).0);
             w.u64(answered_at_ms);
             encode_answer(&mut w, self.dedup.answers[&request]);
         }
@@ -73,9 +74,7 @@ impl Shard {
     pub fn digest(&self) -> u64 {
         let mut bytes = Vec::new();
         self.encode_snapshot(&mut bytes);
-        let without_clock = bytes[..CLOCK_FIELD.start]
-            .iter()
-            .chain(&bytes[CLOCK_FIELD.end..]);
+        let without_clock = bytes[..CLOCK_FIELD.start].iter().chain(&bytes[CLOCK_FIELD.end..]);
         without_clock.fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
             (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
         })
@@ -89,17 +88,11 @@ impl Shard {
         }
         let version = r.u16()?;
         if version != SNAPSHOT_VERSION {
-            return Err(EngineError::UnsupportedVersion {
-                version,
-                supported: SNAPSHOT_VERSION,
-            });
+            return Err(EngineError::UnsupportedVersion { version, supported: SNAPSHOT_VERSION });
         }
         let found = r.u16()?;
         if found != id.0 {
-            return Err(EngineError::WrongShard {
-                expected: id.0,
-                found,
-            });
+            return Err(EngineError::WrongShard { expected: id.0, found });
         }
         let mut shard = Shard::new(id, config);
         shard.clock_ms = r.u64()?;
@@ -108,7 +101,8 @@ impl Shard {
             let (sku_id, sku) = decode_sku(&mut r)?;
             shard.skus.insert(sku_id, sku);
         }
-        for _ in 0..r.count(8 * 4 + 5)? {
+        let mut reservations = Vec::with_capacity(r.count(8 * 4 + 5)?);
+        for _ in 0..reservations.capacity() {
             let id = ReservationId(r.u64()?);
             let reservation = Reservation {
                 buyer: BuyerId(r.u64()?),
@@ -117,6 +111,17 @@ impl Shard {
                 qty: r.u32()?,
                 state: decode_state(r.u8()?)?,
             };
+            let in_order =
+                reservations.last().is_none_or(|&(last, _): &(ReservationId, _)| last < id);
+            if id.shard() != shard.id || id.seq() == 0 || !in_order {
+                return Err(EngineError::InvalidField { field: "reservation id", value: id.0 });
+            }
+            reservations.push((id, reservation));
+        }
+        // The table's ring starts at the oldest reservation remembered.
+        let first_seq = reservations.first().map_or(shard.reservation_seq_next, |(id, _)| id.seq());
+        shard.reservations = ReservationTable::new(id, first_seq);
+        for (id, reservation) in reservations {
             if reservation.state == ReservationState::Held {
                 shard.reservations_live += 1;
             }
@@ -129,13 +134,11 @@ impl Shard {
         let mut order = VecDeque::with_capacity(answers);
         let mut outcomes = Vec::with_capacity(answers);
         for _ in 0..answers {
-            order.push_back((RequestId(r.u128()?), r.u64()?));
+            order.push_back((RequestId(r.u128()?).into(), r.u64()?));
             outcomes.push(decode_answer(&mut r)?);
         }
         if r.remaining() != 0 {
-            return Err(EngineError::TrailingBytes {
-                count: r.remaining(),
-            });
+            return Err(EngineError::TrailingBytes { count: r.remaining() });
         }
         shard.dedup = Dedup::new(&config);
         shard.dedup.restore(order, outcomes);
@@ -210,10 +213,7 @@ fn decode_state(code: u8) -> Result<ReservationState, EngineError> {
 /// Only outcomes of state-changing requests are remembered durably, so only those encode.
 fn encode_answer(w: &mut Writer<'_>, outcome: Outcome) {
     let (tag, a, b) = match outcome {
-        Outcome::Reserved {
-            reservation,
-            expires_at_ms,
-        } => (1, reservation.0, expires_at_ms),
+        Outcome::Reserved { reservation, expires_at_ms } => (1, reservation.0, expires_at_ms),
         Outcome::Confirmed => (2, 0, 0),
         Outcome::Cancelled => (3, 0, 0),
         Outcome::Expired => (4, 0, 0),
@@ -230,24 +230,15 @@ fn encode_answer(w: &mut Writer<'_>, outcome: Outcome) {
 fn decode_answer(r: &mut Reader<'_>) -> Result<Outcome, EngineError> {
     let (tag, a, b) = (r.u8()?, r.u64()?, r.u64()?);
     Ok(match tag {
-        1 => Outcome::Reserved {
-            reservation: ReservationId(a),
-            expires_at_ms: b,
-        },
+        1 => Outcome::Reserved { reservation: ReservationId(a), expires_at_ms: b },
         2 => Outcome::Confirmed,
         3 => Outcome::Cancelled,
         4 => Outcome::Expired,
-        5 => Outcome::StockChanged {
-            total: a,
-            available: b,
-        },
+        5 => Outcome::StockChanged { total: a, available: b },
         6 => Outcome::LimitSet,
         7 => Outcome::WindowSet,
         value => {
-            return Err(EngineError::InvalidField {
-                field: "answer tag",
-                value: value.into(),
-            })
+            return Err(EngineError::InvalidField { field: "answer tag", value: value.into() })
         }
     })
 }

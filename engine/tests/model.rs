@@ -60,10 +60,7 @@ struct Model {
 
 impl Model {
     fn new() -> Model {
-        Model {
-            seq_next: 1,
-            ..Model::default()
-        }
+        Model { seq_next: 1, ..Model::default() }
     }
 
     fn apply(&mut self, command: &Command, now_ms: u64) -> Outcome {
@@ -101,20 +98,10 @@ impl Model {
             Command::Cancel { reservation, .. } => self.end(reservation, false, now),
             Command::SetStock { sku, total, .. } => {
                 if total > STOCK_TOTAL_MAX {
-                    return (
-                        Outcome::StockOutOfRange {
-                            total_max: STOCK_TOTAL_MAX,
-                        },
-                        false,
-                    );
+                    return (Outcome::StockOutOfRange { total_max: STOCK_TOTAL_MAX }, false);
                 }
                 if !self.skus.contains_key(&sku.0) && self.skus.len() >= c.skus_max {
-                    return (
-                        Outcome::TooManySkus {
-                            skus_max: c.skus_max as u64,
-                        },
-                        false,
-                    );
+                    return (Outcome::TooManySkus { skus_max: c.skus_max as u64 }, false);
                 }
                 let s = self.skus.entry(sku.0).or_default();
                 let committed = s.reserved + s.sold;
@@ -123,13 +110,7 @@ impl Model {
                 }
                 s.total = total;
                 s.available = total - committed;
-                (
-                    Outcome::StockChanged {
-                        total,
-                        available: s.available,
-                    },
-                    true,
-                )
+                (Outcome::StockChanged { total, available: s.available }, true)
             }
             Command::AdjustStock { sku, delta, .. } => {
                 let Some(s) = self.skus.get_mut(&sku.0) else {
@@ -138,30 +119,14 @@ impl Model {
                 let available = s.available as i128 + delta as i128;
                 let total = s.total as i128 + delta as i128;
                 if available < 0 {
-                    return (
-                        Outcome::InsufficientAvailable {
-                            available: s.available,
-                        },
-                        false,
-                    );
+                    return (Outcome::InsufficientAvailable { available: s.available }, false);
                 }
                 if total > STOCK_TOTAL_MAX as i128 {
-                    return (
-                        Outcome::StockOutOfRange {
-                            total_max: STOCK_TOTAL_MAX,
-                        },
-                        false,
-                    );
+                    return (Outcome::StockOutOfRange { total_max: STOCK_TOTAL_MAX }, false);
                 }
                 s.available = available as u64;
                 s.total = total as u64;
-                (
-                    Outcome::StockChanged {
-                        total: s.total,
-                        available: s.available,
-                    },
-                    true,
-                )
+                (Outcome::StockChanged { total: s.total, available: s.available }, true)
             }
             Command::SetBuyerLimit { sku, limit, .. } => {
                 let Some(s) = self.skus.get_mut(&sku.0) else {
@@ -191,26 +156,12 @@ impl Model {
 
     fn reserve(&mut self, r: Reserve, now: u64) -> (Outcome, bool) {
         if r.qty == 0 || r.qty > RESERVE_QTY_MAX {
-            return (
-                Outcome::InvalidQuantity {
-                    qty_max: RESERVE_QTY_MAX,
-                },
-                false,
-            );
+            return (Outcome::InvalidQuantity { qty_max: RESERVE_QTY_MAX }, false);
         }
         if r.ttl_ms == 0 || r.ttl_ms > TTL_MS_MAX {
-            return (
-                Outcome::InvalidTtl {
-                    ttl_ms_max: TTL_MS_MAX,
-                },
-                false,
-            );
+            return (Outcome::InvalidTtl { ttl_ms_max: TTL_MS_MAX }, false);
         }
-        let live = self
-            .reservations
-            .values()
-            .filter(|r| r.state == ReservationState::Held)
-            .count();
+        let live = self.reservations.values().filter(|r| r.state == ReservationState::Held).count();
         let Some(s) = self.skus.get_mut(&r.sku.0) else {
             return (Outcome::UnknownSku, false);
         };
@@ -225,18 +176,11 @@ impl Model {
             return (Outcome::LimitExceeded { taken, limit }, false);
         }
         if s.available < u64::from(r.qty) {
-            return (
-                Outcome::SoldOut {
-                    available: s.available,
-                },
-                false,
-            );
+            return (Outcome::SoldOut { available: s.available }, false);
         }
         if live >= config().reservations_live_max {
             return (
-                Outcome::TooManyReservations {
-                    live_max: config().reservations_live_max as u64,
-                },
+                Outcome::TooManyReservations { live_max: config().reservations_live_max as u64 },
                 false,
             );
         }
@@ -254,13 +198,7 @@ impl Model {
             state: ReservationState::Held,
         };
         self.reservations.insert(id.0, held);
-        (
-            Outcome::Reserved {
-                reservation: id,
-                expires_at_ms,
-            },
-            true,
-        )
+        (Outcome::Reserved { reservation: id, expires_at_ms }, true)
     }
 
     fn end(&mut self, id: ReservationId, confirm: bool, now: u64) -> (Outcome, bool) {
@@ -358,38 +296,14 @@ impl Model {
 /// has produced so far, so that most of them name real reservations and requests.
 #[derive(Clone, Debug)]
 enum Op {
-    Reserve {
-        buyer: u64,
-        sku: u64,
-        qty: u32,
-        ttl_ms: u64,
-    },
-    Confirm {
-        pick: usize,
-    },
-    Cancel {
-        pick: usize,
-    },
-    SetStock {
-        sku: u64,
-        total: u64,
-    },
-    Adjust {
-        sku: u64,
-        delta: i64,
-    },
-    Limit {
-        sku: u64,
-        limit: Option<u32>,
-    },
-    Window {
-        sku: u64,
-        opens: Option<u64>,
-        closes: Option<u64>,
-    },
-    Retry {
-        pick: usize,
-    },
+    Reserve { buyer: u64, sku: u64, qty: u32, ttl_ms: u64 },
+    Confirm { pick: usize },
+    Cancel { pick: usize },
+    SetStock { sku: u64, total: u64 },
+    Adjust { sku: u64, delta: i64 },
+    Limit { sku: u64, limit: Option<u32> },
+    Window { sku: u64, opens: Option<u64>, closes: Option<u64> },
+    Retry { pick: usize },
     Tick,
 }
 
@@ -446,12 +360,7 @@ impl Run {
             }
         };
         Some(match *op {
-            Op::Reserve {
-                buyer,
-                sku,
-                qty,
-                ttl_ms,
-            } => Command::Reserve(Reserve {
+            Op::Reserve { buyer, sku, qty, ttl_ms } => Command::Reserve(Reserve {
                 request: request(),
                 buyer: BuyerId(buyer),
                 sku: SkuId(sku),
@@ -466,28 +375,19 @@ impl Run {
                 request: request(),
                 reservation: pick_reservation(pick, &self.issued),
             },
-            Op::SetStock { sku, total } => Command::SetStock {
-                request: request(),
-                sku: SkuId(sku),
-                total,
-            },
-            Op::Adjust { sku, delta } => Command::AdjustStock {
-                request: request(),
-                sku: SkuId(sku),
-                delta,
-            },
-            Op::Limit { sku, limit } => Command::SetBuyerLimit {
-                request: request(),
-                sku: SkuId(sku),
-                limit,
-            },
+            Op::SetStock { sku, total } => {
+                Command::SetStock { request: request(), sku: SkuId(sku), total }
+            }
+            Op::Adjust { sku, delta } => {
+                Command::AdjustStock { request: request(), sku: SkuId(sku), delta }
+            }
+            Op::Limit { sku, limit } => {
+                Command::SetBuyerLimit { request: request(), sku: SkuId(sku), limit }
+            }
             Op::Window { sku, opens, closes } => Command::SetSaleWindow {
                 request: request(),
                 sku: SkuId(sku),
-                window: SaleWindow {
-                    opens_at_ms: opens,
-                    closes_at_ms: closes,
-                },
+                window: SaleWindow { opens_at_ms: opens, closes_at_ms: closes },
             },
             Op::Retry { pick } if !self.sent.is_empty() => self.sent[pick % self.sent.len()],
             Op::Retry { .. } | Op::Tick => return None,
@@ -497,32 +397,15 @@ impl Run {
     fn agree(&self) {
         self.shard.check_invariants().expect("engine invariants");
         for sku in 0..4 {
-            assert_eq!(
-                self.shard.query_sku(SkuId(sku)),
-                self.model.sku_view(sku),
-                "sku {sku}"
-            );
+            assert_eq!(self.shard.query_sku(SkuId(sku)), self.model.sku_view(sku), "sku {sku}");
         }
-        for id in self
-            .issued
-            .iter()
-            .map(|r| r.0)
-            .chain(self.model.reservations.keys().copied())
-        {
+        for id in self.issued.iter().map(|r| r.0).chain(self.model.reservations.keys().copied()) {
             let id = ReservationId(id);
-            assert_eq!(
-                self.shard.query_reservation(id),
-                self.model.reservation_view(id.0),
-                "{id}"
-            );
+            assert_eq!(self.shard.query_reservation(id), self.model.reservation_view(id.0), "{id}");
         }
         assert_eq!(
             self.shard.reservations_live(),
-            self.model
-                .reservations
-                .values()
-                .filter(|r| r.state == ReservationState::Held)
-                .count()
+            self.model.reservations.values().filter(|r| r.state == ReservationState::Held).count()
         );
     }
 }

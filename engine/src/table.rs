@@ -1,0 +1,210 @@
+//! `ReservationTable`: a shard's reservations, indexed by their sequence number.
+//!
+//! A shard issues reservation sequence numbers in order, so most lookups are an index into a
+//! ring that starts at the oldest reservation still remembered: no hashing, 32 bytes a slot.
+//! Ended-and-forgotten reservations leave empty slots, trimmed from the front as it empties.
+//! A reservation that outlives its neighbours by far (a long hold among short ones) would pin
+//! the ring's front and keep every slot behind it; once empty slots outnumber full ones, the
+//! oldest are moved to an overflow map so the ring can advance. Each entry moves at most once,
+//! so the cost stays O(1) amortised and memory within about twice the entries held.
+
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap;
+
+use crate::ids::{ReservationId, ShardId};
+use crate::shard::Reservation;
+
+/// Below this many slots the ring is never compacted: small rings are cheap either way.
+const RING_SLOTS_COMPACT_MIN: usize = 1024;
+
+#[derive(Debug)]
+pub(crate) struct ReservationTable {
+    shard: ShardId,
+    /// The sequence number of `ring[0]`.
+    base_seq: u64,
+    ring: VecDeque<Option<Reservation>>,
+    /// Full slots in `ring`.
+    ring_entries: usize,
+    /// Reservations older than `base_seq` that are still remembered.
+    overflow: FxHashMap<u64, Reservation>,
+}
+
+impl ReservationTable {
+    pub(crate) fn new(shard: ShardId, first_seq: u64) -> ReservationTable {
+        ReservationTable {
+            shard,
+            base_seq: first_seq,
+            ring: VecDeque::new(),
+            ring_entries: 0,
+            overflow: FxHashMap::default(),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.ring_entries + self.overflow.len()
+    }
+
+    fn seq_of(&self, id: ReservationId) -> Option<u64> {
+        (id.shard() == self.shard).then_some(id.seq())
+    }
+
+    pub(crate) fn get(&self, id: ReservationId) -> Option<&Reservation> {
+        let seq = self.seq_of(id)?;
+        if seq < self.base_seq {
+            return self.overflow.get(&seq);
+        }
+        self.ring.get((seq - self.base_seq) as usize)?.as_ref()
+    }
+
+    pub(crate) fn get_mut(&mut self, id: ReservationId) -> Option<&mut Reservation> {
+        let seq = self.seq_of(id)?;
+        if seq < self.base_seq {
+            return self.overflow.get_mut(&seq);
+        }
+        self.ring.get_mut((seq - self.base_seq) as usize)?.as_mut()
+    }
+
+    /// Stores `reservation` under `id`, which must be new. Issued ids arrive in order and land
+    /// at the back of the ring; a restore may leave gaps, which stay empty.
+    pub(crate) fn insert(&mut self, id: ReservationId, reservation: Reservation) {
+        assert_eq!(id.shard(), self.shard, "reservation {id} stored in the wrong shard");
+        let seq = id.seq();
+        if seq < self.base_seq {
+            let previous = self.overflow.insert(seq, reservation);
+            assert!(previous.is_none(), "reservation {id} stored twice");
+            return;
+        }
+        let index = (seq - self.base_seq) as usize;
+        if index >= self.ring.len() {
+            self.ring.resize(index + 1, None);
+        }
+        assert!(self.ring[index].is_none(), "reservation {id} stored twice");
+        self.ring[index] = Some(reservation);
+        self.ring_entries += 1;
+    }
+
+    pub(crate) fn remove(&mut self, id: ReservationId) -> Option<Reservation> {
+        let seq = self.seq_of(id)?;
+        if seq < self.base_seq {
+            return self.overflow.remove(&seq);
+        }
+        let removed = self.ring.get_mut((seq - self.base_seq) as usize)?.take();
+        if removed.is_some() {
+            self.ring_entries -= 1;
+            self.trim();
+        }
+        removed
+    }
+
+    /// Drops empty slots from the front; moves stragglers to the overflow map when the ring is
+    /// mostly empty.
+    fn trim(&mut self) {
+        loop {
+            while let Some(None) = self.ring.front() {
+                self.ring.pop_front();
+                self.base_seq += 1;
+            }
+            let mostly_empty =
+                self.ring.len() > RING_SLOTS_COMPACT_MIN && self.ring.len() > 2 * self.ring_entries;
+            if !mostly_empty {
+                return;
+            }
+            if let Some(Some(straggler)) = self.ring.pop_front() {
+                self.overflow.insert(self.base_seq, straggler);
+                self.ring_entries -= 1;
+            }
+            self.base_seq += 1;
+        }
+    }
+
+    /// Every reservation held, in no particular order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (ReservationId, &Reservation)> + '_ {
+        let ring = self.ring.iter().enumerate().filter_map(move |(index, slot)| {
+            let seq = self.base_seq + index as u64;
+            slot.as_ref().map(|r| (ReservationId::new(self.shard, seq), r))
+        });
+        let overflow =
+            self.overflow.iter().map(move |(&seq, r)| (ReservationId::new(self.shard, seq), r));
+        ring.chain(overflow)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{BuyerId, SkuId};
+    use crate::outcome::ReservationState;
+
+    fn reservation(qty: u32) -> Reservation {
+        Reservation {
+            buyer: BuyerId(1),
+            sku: SkuId(2),
+            expires_at_ms: 3,
+            qty,
+            state: ReservationState::Held,
+        }
+    }
+
+    #[test]
+    fn a_long_lived_straggler_moves_to_overflow_and_the_ring_advances() {
+        let shard = ShardId(5);
+        let mut table = ReservationTable::new(shard, 1);
+        let id = |seq| ReservationId::new(shard, seq);
+        for seq in 1..=10_000 {
+            table.insert(id(seq), reservation(seq as u32));
+        }
+        // Everything but the first reservation ends: it must not pin 10,000 slots.
+        for seq in 2..=10_000 {
+            assert_eq!(table.remove(id(seq)).unwrap().qty, seq as u32);
+        }
+        assert!(table.ring.len() <= RING_SLOTS_COMPACT_MIN + 1, "ring kept {}", table.ring.len());
+        assert_eq!(table.len(), 1);
+        assert_eq!(table.get(id(1)).unwrap().qty, 1);
+        table.insert(id(10_001), reservation(7));
+        assert_eq!(table.iter().count(), 2);
+        assert_eq!(table.remove(id(1)).unwrap().qty, 1);
+        assert!(table.get(id(1)).is_none());
+        assert!(table.get(ReservationId::new(ShardId(6), 10_001)).is_none(), "foreign shard");
+        assert_eq!(table.get(id(10_001)).unwrap().qty, 7);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Random issue/remove sequences long enough to compact the ring, checked against a
+        /// sorted map.
+        #[test]
+        fn the_table_behaves_like_a_map(
+            ops in proptest::collection::vec((0u8..10, proptest::prelude::any::<usize>()), 500..5_000)
+        ) {
+            let shard = ShardId(1);
+            let mut table = ReservationTable::new(shard, 1);
+            let mut model = std::collections::BTreeMap::new();
+            let mut next_seq = 1u64;
+            for (kind, pick) in ops {
+                if kind < 6 || model.is_empty() {
+                    let id = ReservationId::new(shard, next_seq);
+                    table.insert(id, reservation(next_seq as u32));
+                    model.insert(next_seq, next_seq as u32);
+                    next_seq += 1;
+                } else {
+                    // Mostly remove recent entries, so old ones linger as stragglers.
+                    let keys: Vec<u64> = model.keys().copied().collect();
+                    let seq = keys[keys.len() - 1 - pick % keys.len().min(50)];
+                    let removed = table.remove(ReservationId::new(shard, seq)).map(|r| r.qty);
+                    proptest::prop_assert_eq!(removed, model.remove(&seq));
+                }
+            }
+            proptest::prop_assert_eq!(table.len(), model.len());
+            for seq in 1..next_seq {
+                let got = table.get(ReservationId::new(shard, seq)).map(|r| r.qty);
+                proptest::prop_assert_eq!(got, model.get(&seq).copied(), "seq {}", seq);
+            }
+            let mut listed: Vec<u64> = table.iter().map(|(id, _)| id.seq()).collect();
+            listed.sort_unstable();
+            proptest::prop_assert_eq!(listed, model.keys().copied().collect::<Vec<_>>());
+            proptest::prop_assert!(table.ring.len() <= 2 * table.ring_entries + RING_SLOTS_COMPACT_MIN + 1);
+        }
+    }
+}
