@@ -39,7 +39,7 @@ pub(crate) struct Dedup {
     pub(crate) answers: FxHashMap<RequestKey, Outcome>,
     /// Requests in `answers`, oldest first, with when they were answered.
     pub(crate) order: VecDeque<(RequestKey, u64)>,
-    rejections: Box<[Option<(RequestId, Outcome)>]>,
+    rejections: Box<[Option<(RequestKey, Outcome)>]>,
 }
 
 impl Dedup {
@@ -68,7 +68,7 @@ impl Dedup {
             return Some(*outcome);
         }
         match self.rejections[self.rejection_slot(request)] {
-            Some((seen, outcome)) if seen == request => Some(outcome),
+            Some((seen, outcome)) if seen == RequestKey::from(request) => Some(outcome),
             _ => None,
         }
     }
@@ -99,7 +99,7 @@ impl Dedup {
     /// Remembers, best effort, the answer to a request that changed nothing.
     pub(crate) fn remember_rejection(&mut self, request: RequestId, outcome: Outcome) {
         let slot = self.rejection_slot(request);
-        self.rejections[slot] = Some((request, outcome));
+        self.rejections[slot] = Some((request.into(), outcome));
     }
 
     /// Rebuilds the durable store from its eviction order (snapshot restore).

@@ -16,6 +16,7 @@
 //!   and `Shard::check_invariants`.
 //! - `dedup`: what is remembered of earlier answers, so retries are idempotent.
 //! - `table`: the reservation table, a ring indexed by sequence number.
+//! - `expiry`: the expiry queue, a FIFO for in-order deadlines plus a heap for the rest.
 //! - [`error`]: [`EngineError`], for broken bytes and broken invariants.
 
 pub mod command;
@@ -28,6 +29,7 @@ pub mod shard;
 
 mod codec;
 mod dedup;
+mod expiry;
 mod invariants;
 mod snapshot;
 mod table;

@@ -4,14 +4,14 @@
 //! `replay` rebuild the same state. Nothing here reads a clock or does IO: time is an argument,
 //! and a shard's clock never runs backwards (an earlier `now_ms` is read as the latest seen).
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::VecDeque;
 
 use rustc_hash::FxHashMap;
 
 use crate::command::{Command, Reserve, SaleWindow};
 use crate::dedup::Dedup;
 use crate::error::EngineError;
+use crate::expiry::ExpiryQueue;
 use crate::ids::{BuyerId, ReservationId, ShardId, SkuId};
 use crate::limits::{ShardConfig, RESERVE_QTY_MAX, STOCK_TOTAL_MAX, TICK_EXPIRIES_MAX, TTL_MS_MAX};
 use crate::outcome::{Outcome, ReservationState, ReservationView, SkuView};
@@ -58,9 +58,9 @@ pub struct Shard {
     /// Ended reservations still remembered, oldest first, with when they ended.
     pub(crate) ended: VecDeque<(ReservationId, u64)>,
     /// Expiry times of live reservations, earliest first. Entries of reservations that ended
-    /// early are left in place (counted in `expiries_stale`) and skipped when popped; the heap
-    /// is rebuilt when they outnumber the live ones, so memory stays within twice the live set.
-    pub(crate) expiries: BinaryHeap<Reverse<(u64, ReservationId)>>,
+    /// early are left in place (counted in `expiries_stale`) and skipped when popped; the queue
+    /// is compacted when they outnumber the live ones, so memory stays within twice the live set.
+    pub(crate) expiries: ExpiryQueue,
     pub(crate) expiries_stale: usize,
     pub(crate) dedup: Dedup,
 }
@@ -86,7 +86,7 @@ impl Shard {
             reservations: ReservationTable::new(id, 1),
             reservations_live: 0,
             ended: VecDeque::new(),
-            expiries: BinaryHeap::new(),
+            expiries: ExpiryQueue::default(),
             expiries_stale: 0,
             dedup: Dedup::new(&config),
         }
@@ -114,7 +114,7 @@ impl Shard {
 
     /// The earliest time at which a `tick` may have something to expire.
     pub fn next_expiry_ms(&self) -> Option<u64> {
-        self.expiries.peek().map(|Reverse((at_ms, _))| *at_ms)
+        self.expiries.peek().map(|(at_ms, _)| at_ms)
     }
 
     /// Applies `command` at `now_ms`, emitting a record to `log` when the state changed.
@@ -276,7 +276,7 @@ impl Shard {
             state: ReservationState::Held,
         };
         self.reservations.insert(reservation, held);
-        self.expiries.push(Reverse((expires_at_ms, reservation)));
+        self.expiries.push(expires_at_ms, reservation);
         self.reservations_live += 1;
         Step::Changed(Outcome::Reserved { reservation, expires_at_ms })
     }
@@ -350,7 +350,7 @@ impl Shard {
     fn expire_due(&mut self, now_ms: u64, expiries_max: u32) -> u32 {
         let mut expired = 0;
         while expired < expiries_max {
-            let Some(&Reverse((at_ms, id))) = self.expiries.peek() else {
+            let Some((at_ms, id)) = self.expiries.peek() else {
                 break;
             };
             if at_ms > now_ms {
@@ -371,19 +371,35 @@ impl Shard {
         expired
     }
 
+    /// Drops stale expiry entries once they outnumber live ones. The cost is the heap's size,
+    /// which is then at most twice the stale count, so it is O(1) per ended reservation; the
+    /// table is never walked here (it also holds up to `ended_entries_max` ended ones).
     fn compact_expiries_if_stale(&mut self) {
         if self.expiries_stale > 1024 && self.expiries_stale > self.reservations_live {
-            self.rebuild_expiries();
+            let reservations = &self.reservations;
+            self.expiries.retain(|at_ms, id| {
+                reservations
+                    .get(id)
+                    .is_some_and(|r| r.state == ReservationState::Held && r.expires_at_ms == at_ms)
+            });
+            self.expiries_stale = 0;
+            debug_assert_eq!(self.expiries.len(), self.reservations_live);
         }
     }
 
+    /// Builds the expiry heap from the table (restore only).
     pub(crate) fn rebuild_expiries(&mut self) {
-        self.expiries = self
+        let mut held: Vec<(u64, ReservationId)> = self
             .reservations
             .iter()
             .filter(|(_, r)| r.state == ReservationState::Held)
-            .map(|(id, r)| Reverse((r.expires_at_ms, id)))
+            .map(|(id, r)| (r.expires_at_ms, id))
             .collect();
+        held.sort_unstable();
+        self.expiries = ExpiryQueue::default();
+        for (at_ms, id) in held {
+            self.expiries.push(at_ms, id);
+        }
         self.expiries_stale = 0;
     }
 
