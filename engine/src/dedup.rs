@@ -74,16 +74,20 @@ impl Dedup {
     }
 
     /// Remembers the answer to a state-changing request, evicting what is past retention.
+    /// Returns false, remembering nothing, when the request already has an answer.
+    #[must_use]
     pub(crate) fn remember_change(
         &mut self,
         request: RequestId,
         outcome: Outcome,
         now_ms: u64,
         config: &ShardConfig,
-    ) {
+    ) -> bool {
         let key = RequestKey::from(request);
-        let previous = self.answers.insert(key, outcome);
-        assert!(previous.is_none(), "request {request:?} answered twice");
+        match self.answers.entry(key) {
+            std::collections::hash_map::Entry::Occupied(_) => return false,
+            std::collections::hash_map::Entry::Vacant(slot) => slot.insert(outcome),
+        };
         self.order.push_back((key, now_ms));
         while let Some(&(oldest, answered_at_ms)) = self.order.front() {
             let too_many = self.order.len() > config.dedup_entries_max;
@@ -94,6 +98,7 @@ impl Dedup {
             self.order.pop_front();
             self.answers.remove(&oldest);
         }
+        true
     }
 
     /// Remembers, best effort, the answer to a request that changed nothing.

@@ -127,7 +127,8 @@ impl Shard {
         let outcome = match self.decide(command, now_ms) {
             Step::Changed(outcome) => {
                 log.push(&Record::Apply { at_ms: now_ms, command: *command });
-                self.dedup.remember_change(request, outcome, now_ms, &self.config);
+                let fresh = self.dedup.remember_change(request, outcome, now_ms, &self.config);
+                assert!(fresh, "request {request:?} was looked up unanswered just above");
                 outcome
             }
             Step::Unchanged(outcome) => {
@@ -152,20 +153,21 @@ impl Shard {
     }
 
     /// Re-applies one logged record through the same decisions as `apply` and `tick`. Fails
-    /// when the record does not do on replay what it did when it was logged.
+    /// when the record does not do on replay what it did when it was logged; the shard may
+    /// then be half-changed and must be discarded (recovery stops).
     pub fn replay(&mut self, record: &Record) -> Result<(), EngineError> {
         match *record {
             Record::Apply { at_ms, command } => {
                 let now_ms = self.advance_clock(at_ms);
-                let request = command.request();
-                let step = match self.dedup.lookup(request) {
-                    Some(outcome) => Step::Unchanged(outcome),
-                    None => self.decide(&command, now_ms),
-                };
-                let Step::Changed(outcome) = step else {
+                // No dedup lookup first: the record exists because the live run found no
+                // earlier answer, and remembering the answer detects a duplicate anyway.
+                let Step::Changed(outcome) = self.decide(&command, now_ms) else {
                     return Err(EngineError::ReplayNoEffect { at_ms, command });
                 };
-                self.dedup.remember_change(request, outcome, now_ms, &self.config);
+                let request = command.request();
+                if !self.dedup.remember_change(request, outcome, now_ms, &self.config) {
+                    return Err(EngineError::ReplayNoEffect { at_ms, command });
+                }
                 Ok(())
             }
             Record::Tick { at_ms, expired } => {
