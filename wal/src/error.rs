@@ -80,6 +80,14 @@ pub enum WalError {
         /// The visitor's error.
         source: crate::VisitError,
     },
+    /// `discard_tail` named a batch that is not the log's last.
+    #[error("log {log}: the batch at record {seq} is not the last batch; refusing to discard it")]
+    NotTheTail {
+        /// The log.
+        log: LogId,
+        /// The batch named.
+        seq: u64,
+    },
     /// A fault injected into the in-memory log by a test.
     #[error("injected fault: {0}")]
     InjectedFault(&'static str),

@@ -14,8 +14,8 @@
 //! The contract both implementations keep, and the tests check:
 //! - `append` then `sync`: once `sync` returns, the batch survives a crash;
 //! - `replay` visits batches in order from a sequence number, refuses a gap or a corrupt batch
-//!   in the middle of the log with an error naming its sequence number, and drops a corrupt
-//!   *last* batch (a torn write that was never acknowledged);
+//!   in the middle of the log with an error naming its sequence number, and reports a corrupt
+//!   *last* batch (a torn write that was never acknowledged), which `discard_tail` removes;
 //! - `write_snapshot` is durable when it returns, and `truncate_below` never removes a batch
 //!   holding a record at or above the given sequence number.
 
@@ -50,15 +50,20 @@ pub struct ReplaySummary {
     pub records: u64,
     /// The sequence number the next append must start at.
     pub next_seq: u64,
-    /// The first sequence number of a torn last batch that was dropped, if any.
-    pub dropped_tail: Option<u64>,
+    /// The first sequence number of a damaged last batch, if any: a write whose sync never
+    /// finished, so never acknowledged. It was not visited; remove it with
+    /// [`Wal::discard_tail`] before appending.
+    pub torn_tail: Option<u64>,
 }
 
 /// The error a replay visitor may return; it is wrapped in [`WalError::Visit`].
 pub type VisitError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A store of per-shard logs and snapshots.
-pub trait Wal: Send {
+///
+/// Reads take `&self` so that shards can be recovered in parallel; writes take `&mut self` and
+/// come from one thread (the runtime's durability thread).
+pub trait Wal: Send + Sync {
     /// Appends the batch of `record_count` encoded records starting at `first_seq`. Not
     /// durable until [`Wal::sync`] returns.
     fn append(
@@ -72,13 +77,18 @@ pub trait Wal: Send {
     /// Makes every appended batch durable.
     fn sync(&mut self) -> Result<(), WalError>;
 
-    /// Visits, in order, every batch of `log` from record `from_seq` on.
+    /// Visits, in order, every batch of `log` from record `from_seq` on. A damaged last batch
+    /// is reported in [`ReplaySummary::torn_tail`], not visited; a damaged batch before the
+    /// last one is an error.
     fn replay(
-        &mut self,
+        &self,
         log: LogId,
         from_seq: u64,
         visit: &mut dyn FnMut(BatchRef<'_>) -> Result<(), VisitError>,
     ) -> Result<ReplaySummary, WalError>;
+
+    /// Removes the torn last batch `replay` reported, so appends can continue from `seq`.
+    fn discard_tail(&mut self, log: LogId, seq: u64) -> Result<(), WalError>;
 
     /// Stores a snapshot of `log`'s shard covering records below `seq`; durable on return.
     fn write_snapshot(&mut self, log: LogId, seq: u64, state: &[u8]) -> Result<(), WalError>;

@@ -93,6 +93,17 @@ impl Wal for MemWal {
             });
         }
         let mut store = self.store();
+        if !store.next_seq.contains_key(&log) {
+            // First append since a (simulated) restart: continue from what is stored.
+            let stored_end = store.batches.range((log, 0)..=(log, u64::MAX)).next_back().map(
+                |(&(_, first), bytes)| {
+                    first.saturating_add(u64::from(batch::record_count_of(bytes).unwrap_or(0)))
+                },
+            );
+            if let Some(end) = stored_end {
+                store.next_seq.insert(log, end);
+            }
+        }
         if let Some(&expected) = store.next_seq.get(&log) {
             if expected != first_seq {
                 return Err(WalError::OutOfOrder { log, expected, found: first_seq });
@@ -118,22 +129,19 @@ impl Wal for MemWal {
     }
 
     fn replay(
-        &mut self,
+        &self,
         log: LogId,
         from_seq: u64,
         visit: &mut dyn FnMut(BatchRef<'_>) -> Result<(), VisitError>,
     ) -> Result<ReplaySummary, WalError> {
-        let mut store = self.store();
+        let store = self.store();
         let mut summary = ReplaySummary { next_seq: from_seq, ..ReplaySummary::default() };
-        let keys: Vec<u64> =
-            store.batches.range((log, from_seq)..=(log, u64::MAX)).map(|(&(_, s), _)| s).collect();
-        for (index, &key_seq) in keys.iter().enumerate() {
-            let bytes = &store.batches[&(log, key_seq)];
+        let mut batches = store.batches.range((log, from_seq)..=(log, u64::MAX)).peekable();
+        while let Some((&(_, key_seq), bytes)) = batches.next() {
             let batch = match batch::decode(log, key_seq, bytes) {
                 Ok(batch) => batch,
-                Err(_) if index + 1 == keys.len() => {
-                    store.batches.remove(&(log, key_seq));
-                    summary.dropped_tail = Some(key_seq);
+                Err(_) if batches.peek().is_none() => {
+                    summary.torn_tail = Some(key_seq);
                     break;
                 }
                 Err(defect) => return Err(WalError::Corrupt { log, seq: key_seq, defect }),
@@ -150,8 +158,18 @@ impl Wal for MemWal {
             summary.records += u64::from(batch.record_count);
             summary.next_seq = batch.end_seq();
         }
-        store.next_seq.insert(log, summary.next_seq);
         Ok(summary)
+    }
+
+    fn discard_tail(&mut self, log: LogId, seq: u64) -> Result<(), WalError> {
+        let mut store = self.store();
+        let last = store.batches.range((log, 0)..=(log, u64::MAX)).next_back().map(|(k, _)| k.1);
+        if last != Some(seq) {
+            return Err(WalError::NotTheTail { log, seq });
+        }
+        store.batches.remove(&(log, seq));
+        store.next_seq.insert(log, seq);
+        Ok(())
     }
 
     fn write_snapshot(&mut self, log: LogId, seq: u64, state: &[u8]) -> Result<(), WalError> {

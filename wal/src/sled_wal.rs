@@ -103,9 +103,11 @@ impl SledWal {
             self.logs.resize_with(index + 1, || None);
             self.next_seq.resize(index + 1, None);
         }
+        // (next_seq grows with logs: both are indexed by log id.)
         if self.logs[index].is_none() {
             let batches = self.db.open_tree(format!("log.{log}"))?;
             let chunks = self.db.open_tree(format!("snap.{log}"))?;
+            // (Opened by name: this method takes &self, and sled hands back the same tree.)
             self.logs[index] = Some((batches, chunks));
         }
         Ok(self.logs[index].as_ref().expect("opened above"))
@@ -144,6 +146,10 @@ impl Wal for SledWal {
         }
         let batches = self.trees(log)?.0.clone();
         let index = usize::from(log);
+        if self.next_seq[index].is_none() {
+            // First append since opening: continue from what is stored, if anything.
+            self.next_seq[index] = stored_end(&batches)?;
+        }
         if let Some(expected) = self.next_seq[index] {
             if expected != first_seq {
                 return Err(WalError::OutOfOrder { log, expected, found: first_seq });
@@ -163,12 +169,12 @@ impl Wal for SledWal {
     }
 
     fn replay(
-        &mut self,
+        &self,
         log: LogId,
         from_seq: u64,
         visit: &mut dyn FnMut(BatchRef<'_>) -> Result<(), VisitError>,
     ) -> Result<ReplaySummary, WalError> {
-        let batches = self.trees(log)?.0.clone();
+        let batches = self.db.open_tree(format!("log.{log}"))?;
         let mut summary = ReplaySummary { next_seq: from_seq, ..ReplaySummary::default() };
         let mut entries = batches.range(from_seq.to_be_bytes()..).peekable();
         while let Some(entry) = entries.next() {
@@ -178,10 +184,8 @@ impl Wal for SledWal {
                 Ok(batch) => batch,
                 Err(defect) if entries.peek().is_none() => {
                     // A damaged last batch was never acknowledged: its sync did not finish.
-                    tracing::warn!(log, seq = key_seq, %defect, "dropping torn tail batch");
-                    batches.remove(&key)?;
-                    self.flush_and_sync()?;
-                    summary.dropped_tail = Some(key_seq);
+                    tracing::warn!(log, seq = key_seq, %defect, "torn tail batch found");
+                    summary.torn_tail = Some(key_seq);
                     break;
                 }
                 Err(defect) => return Err(WalError::Corrupt { log, seq: key_seq, defect }),
@@ -198,8 +202,19 @@ impl Wal for SledWal {
             summary.records += u64::from(batch.record_count);
             summary.next_seq = batch.end_seq();
         }
-        self.next_seq[usize::from(log)] = Some(summary.next_seq);
         Ok(summary)
+    }
+
+    fn discard_tail(&mut self, log: LogId, seq: u64) -> Result<(), WalError> {
+        let batches = self.trees(log)?.0.clone();
+        let last = batches.last()?.map(|(key, _)| key);
+        if last.as_deref() != Some(&seq.to_be_bytes()[..]) {
+            return Err(WalError::NotTheTail { log, seq });
+        }
+        batches.remove(seq.to_be_bytes())?;
+        self.flush_and_sync()?;
+        self.next_seq[usize::from(log)] = Some(seq);
+        Ok(())
     }
 
     fn write_snapshot(&mut self, log: LogId, seq: u64, state: &[u8]) -> Result<(), WalError> {
@@ -236,6 +251,7 @@ impl Wal for SledWal {
         })?;
         let corrupt = |detail| WalError::CorruptSnapshot { log, seq: header.seq, detail };
         let chunks = self.db.open_tree(format!("snap.{log}"))?;
+        // (Opened by name: this method takes &self, and sled hands back the same tree.)
         let mut state = Vec::with_capacity(header.len as usize);
         for index in 0..header.chunk_count {
             let chunk =
@@ -269,6 +285,13 @@ impl Wal for SledWal {
         self.meta.insert(format!("user.{key}"), value)?;
         self.flush_and_sync()
     }
+}
+
+/// Where the stored log ends: the last batch's first sequence number plus its record count.
+fn stored_end(batches: &sled::Tree) -> Result<Option<u64>, WalError> {
+    let Some((key, value)) = batches.last()? else { return Ok(None) };
+    let first_seq = key.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(u64::MAX);
+    Ok(batch::record_count_of(&value).map(|count| first_seq.saturating_add(u64::from(count))))
 }
 
 fn chunk_key(seq: u64, index: u32) -> [u8; 12] {

@@ -12,7 +12,7 @@ fn append_batches(wal: &mut impl Wal, log: u16, first_seq: u64, count: u64) {
     wal.sync().unwrap();
 }
 
-fn replayed(wal: &mut impl Wal, log: u16, from_seq: u64) -> Result<Vec<(u64, Vec<u8>)>, WalError> {
+fn replayed(wal: &impl Wal, log: u16, from_seq: u64) -> Result<Vec<(u64, Vec<u8>)>, WalError> {
     let mut seen = Vec::new();
     wal.replay(log, from_seq, &mut |batch| {
         seen.push((batch.first_seq, batch.records.to_vec()));
@@ -24,10 +24,10 @@ fn replayed(wal: &mut impl Wal, log: u16, from_seq: u64) -> Result<Vec<(u64, Vec
 fn contract(mut wal: impl Wal) {
     append_batches(&mut wal, 0, 0, 4);
     append_batches(&mut wal, 1, 0, 2);
-    let batches = replayed(&mut wal, 0, 0).unwrap();
+    let batches = replayed(&wal, 0, 0).unwrap();
     assert_eq!(batches.iter().map(|b| b.0).collect::<Vec<_>>(), vec![0, 3, 6, 9]);
     assert_eq!(batches[1].1[0], 3, "records come back as written");
-    assert_eq!(replayed(&mut wal, 1, 0).unwrap().len(), 2, "logs are separate");
+    assert_eq!(replayed(&wal, 1, 0).unwrap().len(), 2, "logs are separate");
 
     // Appends must be contiguous.
     let err = wal.append(0, 13, 1, b"x").unwrap_err();
@@ -40,19 +40,16 @@ fn contract(mut wal: impl Wal) {
     wal.truncate_below(0, 6).unwrap();
     let snapshot = wal.latest_snapshot(0).unwrap().unwrap();
     assert_eq!((snapshot.seq, snapshot.state.as_slice()), (6, &b"state at six"[..]));
+    assert_eq!(replayed(&wal, 0, 6).unwrap().iter().map(|b| b.0).collect::<Vec<_>>(), vec![6, 9]);
     assert_eq!(
-        replayed(&mut wal, 0, 6).unwrap().iter().map(|b| b.0).collect::<Vec<_>>(),
-        vec![6, 9]
-    );
-    assert_eq!(
-        replayed(&mut wal, 0, 0).unwrap_err().to_string(),
+        replayed(&wal, 0, 0).unwrap_err().to_string(),
         "log 0: records missing, expected a batch at 0, found one at 6"
     );
     assert_eq!(wal.latest_snapshot(1).unwrap(), None);
 
     // Truncation never removes a batch that holds a record at or above the bound.
     wal.truncate_below(0, 10).unwrap();
-    assert_eq!(replayed(&mut wal, 0, 9).unwrap().len(), 1);
+    assert_eq!(replayed(&wal, 0, 9).unwrap().len(), 1);
 
     // A visitor's refusal stops the replay with the batch named.
     let err = wal.replay(0, 9, &mut |_| Err("does not fit".into())).unwrap_err();
@@ -90,11 +87,16 @@ fn memory_log_faults_are_caught_by_replay() {
             Ok(())
         })
         .unwrap();
-    assert_eq!((seen, summary.dropped_tail, summary.next_seq), (2, Some(6), 6));
+    assert_eq!((seen, summary.torn_tail, summary.next_seq), (2, Some(6), 6));
+    let err = wal.append(0, 6, 3, &[0; 30]).unwrap_err();
+    assert!(matches!(err, WalError::OutOfOrder { expected: 9, .. }), "{err}");
+    let err = wal.discard_tail(0, 3).unwrap_err();
+    assert!(matches!(err, WalError::NotTheTail { log: 0, seq: 3 }), "{err}");
+    wal.discard_tail(0, 6).unwrap();
 
     append_batches(&mut wal, 0, 6, 2);
     wal.flip_bit(0, 3, 8 * 40);
-    let err = replayed(&mut wal, 0, 0).unwrap_err();
+    let err = replayed(&wal, 0, 0).unwrap_err();
     assert_eq!(
         err.to_string(),
         "log 0: batch at record 3 is corrupt (checksum mismatch) and is not the last batch"
@@ -127,12 +129,13 @@ fn sled_log_survives_reopen_drops_a_torn_tail_and_refuses_mid_log_corruption() {
     {
         let mut wal = SledWal::open(&config).unwrap();
         let summary = wal.replay(0, 0, &mut |_| Ok(())).unwrap();
-        assert_eq!((summary.batches, summary.dropped_tail, summary.next_seq), (4, Some(12), 12));
+        assert_eq!((summary.batches, summary.torn_tail, summary.next_seq), (4, Some(12), 12));
+        wal.discard_tail(0, 12).unwrap();
         append_batches(&mut wal, 0, 12, 1);
     }
     corrupt_in_sled(dir.path(), 0, 6, |v| v[40] ^= 0x10);
-    let mut wal = SledWal::open(&config).unwrap();
-    let err = replayed(&mut wal, 0, 0).unwrap_err();
+    let wal = SledWal::open(&config).unwrap();
+    let err = replayed(&wal, 0, 0).unwrap_err();
     assert!(matches!(err, WalError::Corrupt { log: 0, seq: 6, .. }), "{err}");
     assert!(err.to_string().contains("batch at record 6 is corrupt"), "{err}");
 }
