@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use flashstock_bench::{records, shards};
-use flashstock_engine::decode_records;
+use flashstock_engine::{
+    decode_records, Command, EncodedLog, RequestId, Shard, ShardId, ShardMap, SkuId,
+};
 use flashstock_server::{Runtime, RuntimeConfig, SystemClock};
 use flashstock_wal::{SledWal, SledWalConfig, Wal};
 
@@ -16,7 +18,7 @@ const RECORDS: u32 = 1_000_000;
 
 fn replay(c: &mut Criterion) {
     let mut live = shards::stocked(1, 1 << 40, shards::roomy());
-    let log = records::reserve_confirm(&mut live, 0, RECORDS);
+    let log = records::reserve_confirm(&mut live, 0, 0, RECORDS);
     let mut group = c.benchmark_group("replay");
     group.sample_size(10).measurement_time(Duration::from_secs(20));
     group.throughput(Throughput::Elements(u64::from(RECORDS)));
@@ -39,48 +41,52 @@ fn replay(c: &mut Criterion) {
     restart_once();
 }
 
-/// Writes 1M records through the WAL the way the runtime does, then times one full restart.
+/// Writes 1M records per shard (2 shards) through the WAL the way the runtime does, then times
+/// one full restart: snapshot lookup, sled reads, decode, replay and invariant checks, with the
+/// shards recovered in parallel.
 fn restart_once() {
+    const SHARDS: u16 = 2;
     let dir = tempfile::tempdir().unwrap();
-    let config = RuntimeConfig { shard_count: 1, ..RuntimeConfig::default() };
+    let config = RuntimeConfig { shard_count: SHARDS, ..RuntimeConfig::default() };
+    // Let the runtime create the store (its layout record) so the restart is a real one.
+    drop(Runtime::open(dir.path(), config.clone(), Arc::new(SystemClock)).unwrap());
     {
-        // Let the runtime create the store (layout, SKU) so the restart is a real one.
-        let runtime = Runtime::open(dir.path(), config.clone(), Arc::new(SystemClock)).unwrap();
-        drop(runtime);
-    }
-    let wal_dir = dir.path().join("wal");
-    {
-        let mut wal = SledWal::open(&SledWalConfig::new(&wal_dir)).unwrap();
-        let mut shard = flashstock_engine::Shard::new(flashstock_engine::ShardId(0), config.shard);
-        let mut seq = wal.replay(0, 0, &mut |_| Ok(())).unwrap().next_seq;
-        let stock = flashstock_engine::Command::SetStock {
-            request: flashstock_engine::RequestId(7),
-            sku: flashstock_engine::SkuId(0),
-            total: 1 << 40,
-        };
-        let mut first = flashstock_engine::EncodedLog::default();
-        shard.apply(&stock, 1, &mut first);
-        wal.append(0, seq, first.record_count, &first.bytes).unwrap();
-        seq += 1;
-        let mut n = 0;
-        while seq < u64::from(RECORDS) {
-            let batch = records::reserve_confirm(&mut shard, n, 1_000);
-            n += 800;
-            wal.append(0, seq, batch.record_count, &batch.bytes).unwrap();
-            seq += u64::from(batch.record_count);
+        let mut wal = SledWal::open(&SledWalConfig::new(dir.path().join("wal"))).unwrap();
+        let map = ShardMap::new(SHARDS);
+        for log in 0..SHARDS {
+            let sku = (0..).find(|&sku| map.shard_of_sku(SkuId(sku)) == ShardId(log)).unwrap();
+            let mut shard = Shard::new(ShardId(log), config.shard);
+            let mut first = EncodedLog::default();
+            let stock =
+                Command::SetStock { request: RequestId(7), sku: SkuId(sku), total: 1 << 40 };
+            shard.apply(&stock, 1, &mut first);
+            let mut seq = wal.replay(log, 0, &mut |_| Ok(())).unwrap().next_seq;
+            wal.append(log, seq, first.record_count, &first.bytes).unwrap();
+            seq += 1;
+            let mut n = 0;
+            while seq < u64::from(RECORDS) {
+                let batch = records::reserve_confirm(&mut shard, sku, n, 1_000);
+                n += 800;
+                wal.append(log, seq, batch.record_count, &batch.bytes).unwrap();
+                seq += u64::from(batch.record_count);
+            }
         }
         wal.sync().unwrap();
     }
     let started = Instant::now();
     let runtime = Runtime::open(dir.path(), config, Arc::new(SystemClock)).unwrap();
     let elapsed = started.elapsed();
-    let report = &runtime.recovery()[0];
+    let records: u64 = runtime.recovery().iter().map(|r| r.records).sum();
+    let per_shard: Vec<String> = runtime
+        .recovery()
+        .iter()
+        .map(|r| format!("shard {} {:.0} ms", r.shard, r.elapsed_us as f64 / 1e3))
+        .collect();
     println!(
-        "restart from sled: {} records replayed in {:.0} ms ({:.2} M records/s), replay alone {} ms",
-        report.records,
+        "restart from sled: {records} records over {SHARDS} shards in {:.0} ms = {:.2} M records/s ({})",
         elapsed.as_secs_f64() * 1e3,
-        report.records as f64 / elapsed.as_secs_f64() / 1e6,
-        report.elapsed_us / 1_000
+        records as f64 / elapsed.as_secs_f64() / 1e6,
+        per_shard.join(", ")
     );
 }
 

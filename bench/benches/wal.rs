@@ -10,7 +10,7 @@ use flashstock_wal::{SledWal, SledWalConfig, Wal};
 
 fn append_sync(c: &mut Criterion) {
     let mut shard = shards::stocked(1, 1 << 40, shards::roomy());
-    let batch = records::reserve_confirm(&mut shard, 0, 1_000);
+    let batch = records::reserve_confirm(&mut shard, 0, 0, 1_000);
     let mut group = c.benchmark_group("wal");
     group.sample_size(20).measurement_time(Duration::from_secs(10));
     for (name, batches_per_sync) in [("append_sync_1k", 1u64), ("append_sync_4x1k", 4)] {

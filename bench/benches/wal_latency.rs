@@ -16,7 +16,7 @@ fn main() {
         return; // nothing to list; `cargo test --benches` only checks it runs
     }
     let mut shard = shards::stocked(1, 1 << 40, shards::roomy());
-    let batch = records::reserve_confirm(&mut shard, 0, 1_000);
+    let batch = records::reserve_confirm(&mut shard, 0, 0, 1_000);
     println!("batch: {} records, {} bytes", batch.record_count, batch.bytes.len());
     for fdatasync in [true, false] {
         let dir = tempfile::tempdir().unwrap();

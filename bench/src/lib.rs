@@ -65,14 +65,14 @@ pub mod records {
 
     use crate::commands;
 
-    /// Encodes `count` records of a reserve-then-confirm workload on `shard` (which must have
-    /// SKU 0 in stock), starting at step `from`.
-    pub fn reserve_confirm(shard: &mut Shard, from: u64, count: u32) -> EncodedLog {
+    /// Encodes `count` records of a reserve-then-confirm workload on `sku` of `shard` (which
+    /// must have it in stock), starting at step `from`.
+    pub fn reserve_confirm(shard: &mut Shard, sku: u64, from: u64, count: u32) -> EncodedLog {
         let mut log = EncodedLog::default();
         let mut n = from;
         while log.record_count < count {
             let now_ms = 1_000 + n / 1_000;
-            let outcome = shard.apply(&commands::reserve(n, 0, 600_000), now_ms, &mut log);
+            let outcome = shard.apply(&commands::reserve(n, sku, 600_000), now_ms, &mut log);
             if let Outcome::Reserved { reservation, .. } = outcome {
                 if log.record_count < count && n % 2 == 0 {
                     shard.apply(&commands::confirm(n, reservation), now_ms, &mut log);

@@ -29,8 +29,32 @@ pub struct RecoveryReport {
     pub elapsed_us: u64,
 }
 
-pub(crate) fn recover_shard<W: Wal>(
+/// Recovers every shard, each on its own thread (their logs are independent, and a restart is
+/// what an operator waits for), then discards torn tails so appends can continue.
+pub(crate) fn recover_shards<W: Wal>(
     wal: &mut W,
+    shard_count: u16,
+    config: ShardConfig,
+) -> Result<Vec<(Shard, RecoveryReport)>, RuntimeError> {
+    let shared: &W = wal;
+    let recovered: Vec<_> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..shard_count)
+            .map(|id| scope.spawn(move || recover_shard(shared, ShardId(id), config)))
+            .collect();
+        workers.into_iter().map(|w| w.join().expect("a recovery thread panicked")).collect()
+    });
+    let recovered = recovered.into_iter().collect::<Result<Vec<_>, _>>()?;
+    for (_, report) in &recovered {
+        if let Some(seq) = report.dropped_tail {
+            let recovery = |source| RuntimeError::Recovery { shard: report.shard, source };
+            wal.discard_tail(report.shard, seq).map_err(recovery)?;
+        }
+    }
+    Ok(recovered)
+}
+
+fn recover_shard<W: Wal>(
+    wal: &W,
     id: ShardId,
     config: ShardConfig,
 ) -> Result<(Shard, RecoveryReport), RuntimeError> {
@@ -72,7 +96,7 @@ pub(crate) fn recover_shard<W: Wal>(
         batches: summary.batches,
         records: summary.records,
         next_seq: summary.next_seq,
-        dropped_tail: summary.dropped_tail,
+        dropped_tail: summary.torn_tail,
         reservations_live: shard.reservations_live(),
         elapsed_us: started.elapsed().as_micros() as u64,
     };

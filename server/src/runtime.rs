@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::bounded;
-use flashstock_engine::{ShardId, ShardMap};
+use flashstock_engine::ShardMap;
 use flashstock_wal::{SledWal, SledWalConfig, Wal};
 
 use crate::actor::{Actor, Job};
@@ -15,7 +15,7 @@ use crate::config::RuntimeConfig;
 use crate::durability::{Durability, DurabilityStats, Failure};
 use crate::error::RuntimeError;
 use crate::handle::{Handle, Shared};
-use crate::recovery::{recover_shard, RecoveryReport};
+use crate::recovery::{recover_shards, RecoveryReport};
 
 const SHARD_COUNT_KEY: &str = "shard_count";
 
@@ -50,10 +50,9 @@ impl Runtime {
         check_layout(&mut wal, config.shard_count)?;
         let mut shards = Vec::with_capacity(usize::from(config.shard_count));
         let mut recovery = Vec::with_capacity(shards.capacity());
-        for id in 0..config.shard_count {
-            let (shard, report) = recover_shard(&mut wal, ShardId(id), config.shard)?;
+        for (shard, report) in recover_shards(&mut wal, config.shard_count, config.shard)? {
             tracing::info!(
-                shard = id,
+                shard = report.shard,
                 snapshot_seq = ?report.snapshot_seq,
                 records = report.records,
                 dropped_tail = ?report.dropped_tail,

@@ -244,12 +244,15 @@ impl Wal for GatedWal {
         self.inner.sync()
     }
     fn replay(
-        &mut self,
+        &self,
         log: LogId,
         from: u64,
         visit: &mut dyn FnMut(BatchRef<'_>) -> Result<(), VisitError>,
     ) -> Result<ReplaySummary, WalError> {
         self.inner.replay(log, from, visit)
+    }
+    fn discard_tail(&mut self, log: LogId, seq: u64) -> Result<(), WalError> {
+        self.inner.discard_tail(log, seq)
     }
     fn write_snapshot(&mut self, log: LogId, seq: u64, state: &[u8]) -> Result<(), WalError> {
         self.inner.write_snapshot(log, seq, state)
