@@ -61,13 +61,14 @@ pub type VisitError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A store of per-shard logs and snapshots.
 ///
-/// Reads take `&self` so that shards can be recovered in parallel; writes take `&mut self` and
-/// come from one thread (the runtime's durability thread).
+/// Every method takes `&self`, as sled's do: shards recover in parallel, and snapshots are
+/// written by their own thread while the durability thread appends. Appends and syncs come
+/// from one thread.
 pub trait Wal: Send + Sync {
     /// Appends the batch of `record_count` encoded records starting at `first_seq`. Not
     /// durable until [`Wal::sync`] returns.
     fn append(
-        &mut self,
+        &self,
         log: LogId,
         first_seq: u64,
         record_count: u32,
@@ -75,7 +76,7 @@ pub trait Wal: Send + Sync {
     ) -> Result<(), WalError>;
 
     /// Makes every appended batch durable.
-    fn sync(&mut self) -> Result<(), WalError>;
+    fn sync(&self) -> Result<(), WalError>;
 
     /// Visits, in order, every batch of `log` from record `from_seq` on. A damaged last batch
     /// is reported in [`ReplaySummary::torn_tail`], not visited; a damaged batch before the
@@ -88,20 +89,20 @@ pub trait Wal: Send + Sync {
     ) -> Result<ReplaySummary, WalError>;
 
     /// Removes the torn last batch `replay` reported, so appends can continue from `seq`.
-    fn discard_tail(&mut self, log: LogId, seq: u64) -> Result<(), WalError>;
+    fn discard_tail(&self, log: LogId, seq: u64) -> Result<(), WalError>;
 
     /// Stores a snapshot of `log`'s shard covering records below `seq`; durable on return.
-    fn write_snapshot(&mut self, log: LogId, seq: u64, state: &[u8]) -> Result<(), WalError>;
+    fn write_snapshot(&self, log: LogId, seq: u64, state: &[u8]) -> Result<(), WalError>;
 
     /// The latest complete snapshot of `log`, if any.
     fn latest_snapshot(&self, log: LogId) -> Result<Option<Snapshot>, WalError>;
 
     /// Removes the batches of `log` whose records all lie below `seq`.
-    fn truncate_below(&mut self, log: LogId, seq: u64) -> Result<(), WalError>;
+    fn truncate_below(&self, log: LogId, seq: u64) -> Result<(), WalError>;
 
     /// Reads a small store-wide value (layout facts such as the shard count).
     fn read_meta(&self, key: &str) -> Result<Option<Vec<u8>>, WalError>;
 
     /// Writes a small store-wide value; durable on return.
-    fn write_meta(&mut self, key: &str, value: &[u8]) -> Result<(), WalError>;
+    fn write_meta(&self, key: &str, value: &[u8]) -> Result<(), WalError>;
 }

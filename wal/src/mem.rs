@@ -80,7 +80,7 @@ impl MemWal {
 
 impl Wal for MemWal {
     fn append(
-        &mut self,
+        &self,
         log: LogId,
         first_seq: u64,
         record_count: u32,
@@ -117,7 +117,7 @@ impl Wal for MemWal {
         Ok(())
     }
 
-    fn sync(&mut self) -> Result<(), WalError> {
+    fn sync(&self) -> Result<(), WalError> {
         let mut store = self.store();
         if store.fail_syncs > 0 {
             store.fail_syncs -= 1;
@@ -161,7 +161,7 @@ impl Wal for MemWal {
         Ok(summary)
     }
 
-    fn discard_tail(&mut self, log: LogId, seq: u64) -> Result<(), WalError> {
+    fn discard_tail(&self, log: LogId, seq: u64) -> Result<(), WalError> {
         let mut store = self.store();
         let last = store.batches.range((log, 0)..=(log, u64::MAX)).next_back().map(|(k, _)| k.1);
         if last != Some(seq) {
@@ -172,7 +172,7 @@ impl Wal for MemWal {
         Ok(())
     }
 
-    fn write_snapshot(&mut self, log: LogId, seq: u64, state: &[u8]) -> Result<(), WalError> {
+    fn write_snapshot(&self, log: LogId, seq: u64, state: &[u8]) -> Result<(), WalError> {
         self.store().snapshots.insert(log, Snapshot { seq, state: state.to_vec() });
         Ok(())
     }
@@ -181,7 +181,7 @@ impl Wal for MemWal {
         Ok(self.store().snapshots.get(&log).cloned())
     }
 
-    fn truncate_below(&mut self, log: LogId, seq: u64) -> Result<(), WalError> {
+    fn truncate_below(&self, log: LogId, seq: u64) -> Result<(), WalError> {
         let mut store = self.store();
         let doomed: Vec<(LogId, u64)> = store
             .batches
@@ -202,7 +202,7 @@ impl Wal for MemWal {
         Ok(self.store().meta.get(key).cloned())
     }
 
-    fn write_meta(&mut self, key: &str, value: &[u8]) -> Result<(), WalError> {
+    fn write_meta(&self, key: &str, value: &[u8]) -> Result<(), WalError> {
         self.store().meta.insert(key.to_owned(), value.to_vec());
         Ok(())
     }

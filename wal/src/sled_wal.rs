@@ -13,6 +13,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use crate::batch::{self, BATCH_RECORDS_BYTES_MAX};
 use crate::{BatchRef, LogId, ReplaySummary, Snapshot, VisitError, Wal, WalError};
@@ -52,10 +53,47 @@ impl SledWalConfig {
 pub struct SledWal {
     db: sled::Db,
     meta: sled::Tree,
-    logs: Vec<Option<(sled::Tree, sled::Tree)>>,
-    next_seq: Vec<Option<u64>>,
+    /// The appender's bookkeeping. Appends come from one thread, so the lock is uncontended;
+    /// it exists because every method takes `&self` (sled's own API does too).
+    appender: Mutex<Appender>,
     data_file: Option<(PathBuf, File)>,
+}
+
+#[derive(Debug, Default)]
+struct Appender {
+    /// Each log's batch tree, opened on first use.
+    batches: Vec<Option<sled::Tree>>,
+    /// Where each log's next batch must start, once known.
+    next_seq: Vec<Option<u64>>,
+    /// A reused buffer for encoding batches.
     scratch: Vec<u8>,
+}
+
+impl Appender {
+    fn slot(
+        &mut self,
+        db: &sled::Db,
+        log: LogId,
+    ) -> Result<(sled::Tree, &mut Option<u64>), WalError> {
+        let index = usize::from(log);
+        if self.batches.len() <= index {
+            self.batches.resize_with(index + 1, || None);
+            self.next_seq.resize(index + 1, None);
+        }
+        if self.batches[index].is_none() {
+            self.batches[index] = Some(db.open_tree(batch_tree(log))?);
+        }
+        let tree = self.batches[index].clone().expect("opened above");
+        Ok((tree, &mut self.next_seq[index]))
+    }
+}
+
+fn batch_tree(log: LogId) -> String {
+    format!("log.{log}")
+}
+
+fn chunk_tree(log: LogId) -> String {
+    format!("snap.{log}")
 }
 
 impl SledWal {
@@ -82,14 +120,7 @@ impl SledWal {
             None
         };
         let meta = db.open_tree("meta")?;
-        Ok(SledWal {
-            db,
-            meta,
-            logs: Vec::new(),
-            next_seq: Vec::new(),
-            data_file,
-            scratch: Vec::new(),
-        })
+        Ok(SledWal { db, meta, appender: Mutex::new(Appender::default()), data_file })
     }
 
     /// Bytes sled says the store occupies on disk.
@@ -97,20 +128,8 @@ impl SledWal {
         Ok(self.db.size_on_disk()?)
     }
 
-    fn trees(&mut self, log: LogId) -> Result<&(sled::Tree, sled::Tree), WalError> {
-        let index = usize::from(log);
-        if self.logs.len() <= index {
-            self.logs.resize_with(index + 1, || None);
-            self.next_seq.resize(index + 1, None);
-        }
-        // (next_seq grows with logs: both are indexed by log id.)
-        if self.logs[index].is_none() {
-            let batches = self.db.open_tree(format!("log.{log}"))?;
-            let chunks = self.db.open_tree(format!("snap.{log}"))?;
-            // (Opened by name: this method takes &self, and sled hands back the same tree.)
-            self.logs[index] = Some((batches, chunks));
-        }
-        Ok(self.logs[index].as_ref().expect("opened above"))
+    fn appender(&self) -> std::sync::MutexGuard<'_, Appender> {
+        self.appender.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn flush_and_sync(&self) -> Result<(), WalError> {
@@ -132,7 +151,7 @@ fn snapshot_meta_key(log: LogId) -> String {
 
 impl Wal for SledWal {
     fn append(
-        &mut self,
+        &self,
         log: LogId,
         first_seq: u64,
         record_count: u32,
@@ -144,27 +163,30 @@ impl Wal for SledWal {
                 max: BATCH_RECORDS_BYTES_MAX,
             });
         }
-        let batches = self.trees(log)?.0.clone();
-        let index = usize::from(log);
-        if self.next_seq[index].is_none() {
+        let mut appender = self.appender();
+        let Appender { scratch, .. } = &mut *appender;
+        let mut value = std::mem::take(scratch);
+        let (batches, next_seq) = appender.slot(&self.db, log)?;
+        if next_seq.is_none() {
             // First append since opening: continue from what is stored, if anything.
-            self.next_seq[index] = stored_end(&batches)?;
+            *next_seq = stored_end(&batches)?;
         }
-        if let Some(expected) = self.next_seq[index] {
+        if let Some(expected) = *next_seq {
             if expected != first_seq {
                 return Err(WalError::OutOfOrder { log, expected, found: first_seq });
             }
         }
-        let mut value = std::mem::take(&mut self.scratch);
         batch::encode(log, first_seq, record_count, records, &mut value);
         let stored = batches.insert(first_seq.to_be_bytes(), value.as_slice());
-        self.scratch = value;
+        if stored.is_ok() {
+            *next_seq = Some(first_seq + u64::from(record_count));
+        }
+        appender.scratch = value;
         stored?;
-        self.next_seq[index] = Some(first_seq + u64::from(record_count));
         Ok(())
     }
 
-    fn sync(&mut self) -> Result<(), WalError> {
+    fn sync(&self) -> Result<(), WalError> {
         self.flush_and_sync()
     }
 
@@ -174,7 +196,7 @@ impl Wal for SledWal {
         from_seq: u64,
         visit: &mut dyn FnMut(BatchRef<'_>) -> Result<(), VisitError>,
     ) -> Result<ReplaySummary, WalError> {
-        let batches = self.db.open_tree(format!("log.{log}"))?;
+        let batches = self.db.open_tree(batch_tree(log))?;
         let mut summary = ReplaySummary { next_seq: from_seq, ..ReplaySummary::default() };
         let mut entries = batches.range(from_seq.to_be_bytes()..).peekable();
         while let Some(entry) = entries.next() {
@@ -205,20 +227,21 @@ impl Wal for SledWal {
         Ok(summary)
     }
 
-    fn discard_tail(&mut self, log: LogId, seq: u64) -> Result<(), WalError> {
-        let batches = self.trees(log)?.0.clone();
+    fn discard_tail(&self, log: LogId, seq: u64) -> Result<(), WalError> {
+        let mut appender = self.appender();
+        let (batches, next_seq) = appender.slot(&self.db, log)?;
         let last = batches.last()?.map(|(key, _)| key);
         if last.as_deref() != Some(&seq.to_be_bytes()[..]) {
             return Err(WalError::NotTheTail { log, seq });
         }
         batches.remove(seq.to_be_bytes())?;
         self.flush_and_sync()?;
-        self.next_seq[usize::from(log)] = Some(seq);
+        *next_seq = Some(seq);
         Ok(())
     }
 
-    fn write_snapshot(&mut self, log: LogId, seq: u64, state: &[u8]) -> Result<(), WalError> {
-        let chunks = self.trees(log)?.1.clone();
+    fn write_snapshot(&self, log: LogId, seq: u64, state: &[u8]) -> Result<(), WalError> {
+        let chunks = self.db.open_tree(chunk_tree(log))?;
         let chunk_count = state.chunks(SNAPSHOT_CHUNK_BYTES).count() as u32;
         for (index, chunk) in state.chunks(SNAPSHOT_CHUNK_BYTES).enumerate() {
             chunks.insert(chunk_key(seq, index as u32), chunk)?;
@@ -250,8 +273,7 @@ impl Wal for SledWal {
             detail: "header unreadable",
         })?;
         let corrupt = |detail| WalError::CorruptSnapshot { log, seq: header.seq, detail };
-        let chunks = self.db.open_tree(format!("snap.{log}"))?;
-        // (Opened by name: this method takes &self, and sled hands back the same tree.)
+        let chunks = self.db.open_tree(chunk_tree(log))?;
         let mut state = Vec::with_capacity(header.len as usize);
         for index in 0..header.chunk_count {
             let chunk =
@@ -264,8 +286,8 @@ impl Wal for SledWal {
         Ok(Some(Snapshot { seq: header.seq, state }))
     }
 
-    fn truncate_below(&mut self, log: LogId, seq: u64) -> Result<(), WalError> {
-        let batches = self.trees(log)?.0.clone();
+    fn truncate_below(&self, log: LogId, seq: u64) -> Result<(), WalError> {
+        let batches = self.db.open_tree(batch_tree(log))?;
         for entry in batches.range(..seq.to_be_bytes()) {
             let (key, value) = entry?;
             let first_seq = key.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(u64::MAX);
@@ -281,7 +303,7 @@ impl Wal for SledWal {
         Ok(self.meta.get(format!("user.{key}"))?.map(|v| v.to_vec()))
     }
 
-    fn write_meta(&mut self, key: &str, value: &[u8]) -> Result<(), WalError> {
+    fn write_meta(&self, key: &str, value: &[u8]) -> Result<(), WalError> {
         self.meta.insert(format!("user.{key}"), value)?;
         self.flush_and_sync()
     }

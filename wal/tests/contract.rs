@@ -3,7 +3,7 @@
 use flashstock_wal::{MemWal, SledWal, SledWalConfig, Wal, WalError, BATCH_RECORDS_BYTES_MAX};
 
 /// Appends `count` batches of three 10-byte records to `log`, starting at `first_seq`.
-fn append_batches(wal: &mut impl Wal, log: u16, first_seq: u64, count: u64) {
+fn append_batches(wal: &impl Wal, log: u16, first_seq: u64, count: u64) {
     for batch in 0..count {
         let seq = first_seq + batch * 3;
         let records: Vec<u8> = (0..30).map(|i| (seq as u8).wrapping_add(i)).collect();
@@ -21,9 +21,9 @@ fn replayed(wal: &impl Wal, log: u16, from_seq: u64) -> Result<Vec<(u64, Vec<u8>
     Ok(seen)
 }
 
-fn contract(mut wal: impl Wal) {
-    append_batches(&mut wal, 0, 0, 4);
-    append_batches(&mut wal, 1, 0, 2);
+fn contract(wal: impl Wal) {
+    append_batches(&wal, 0, 0, 4);
+    append_batches(&wal, 1, 0, 2);
     let batches = replayed(&wal, 0, 0).unwrap();
     assert_eq!(batches.iter().map(|b| b.0).collect::<Vec<_>>(), vec![0, 3, 6, 9]);
     assert_eq!(batches[1].1[0], 3, "records come back as written");
@@ -73,8 +73,8 @@ fn sled_log_keeps_the_contract() {
 
 #[test]
 fn memory_log_faults_are_caught_by_replay() {
-    let mut wal = MemWal::new();
-    append_batches(&mut wal, 0, 0, 3);
+    let wal = MemWal::new();
+    append_batches(&wal, 0, 0, 3);
     wal.append(0, 9, 3, &[1; 30]).unwrap();
     wal.lose_unsynced();
     assert_eq!(wal.batch_seqs(0), vec![0, 3, 6], "the unsynced batch is lost");
@@ -94,7 +94,7 @@ fn memory_log_faults_are_caught_by_replay() {
     assert!(matches!(err, WalError::NotTheTail { log: 0, seq: 3 }), "{err}");
     wal.discard_tail(0, 6).unwrap();
 
-    append_batches(&mut wal, 0, 6, 2);
+    append_batches(&wal, 0, 6, 2);
     wal.flip_bit(0, 3, 8 * 40);
     let err = replayed(&wal, 0, 0).unwrap_err();
     assert_eq!(
@@ -122,16 +122,16 @@ fn sled_log_survives_reopen_drops_a_torn_tail_and_refuses_mid_log_corruption() {
     let dir = tempfile::tempdir().unwrap();
     let config = SledWalConfig::new(dir.path());
     {
-        let mut wal = SledWal::open(&config).unwrap();
-        append_batches(&mut wal, 0, 0, 5);
+        let wal = SledWal::open(&config).unwrap();
+        append_batches(&wal, 0, 0, 5);
     }
     corrupt_in_sled(dir.path(), 0, 12, |v| v.truncate(v.len() - 4));
     {
-        let mut wal = SledWal::open(&config).unwrap();
+        let wal = SledWal::open(&config).unwrap();
         let summary = wal.replay(0, 0, &mut |_| Ok(())).unwrap();
         assert_eq!((summary.batches, summary.torn_tail, summary.next_seq), (4, Some(12), 12));
         wal.discard_tail(0, 12).unwrap();
-        append_batches(&mut wal, 0, 12, 1);
+        append_batches(&wal, 0, 12, 1);
     }
     corrupt_in_sled(dir.path(), 0, 6, |v| v[40] ^= 0x10);
     let wal = SledWal::open(&config).unwrap();
@@ -144,7 +144,7 @@ fn sled_log_survives_reopen_drops_a_torn_tail_and_refuses_mid_log_corruption() {
 fn sled_snapshots_are_chunked_and_nothing_falls_into_unsynced_blobs() {
     let dir = tempfile::tempdir().unwrap();
     let config = SledWalConfig::new(dir.path());
-    let mut wal = SledWal::open(&config).unwrap();
+    let wal = SledWal::open(&config).unwrap();
     // Benchmark-sized: 300 full batches (~19 MB) and a 3 MB snapshot.
     let records = vec![0x5a; BATCH_RECORDS_BYTES_MAX];
     for batch in 0..300u64 {
