@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 
 use crate::clock::Clock;
 use crate::config::RuntimeConfig;
-use crate::durability::WalJob;
+use crate::durability::{Commit, SnapshotJob};
 use crate::error::RuntimeError;
 
 /// Where an actor sends a job's answer. Answers leave only once everything the actor applied
@@ -53,12 +53,17 @@ pub(crate) enum Answer {
 pub(crate) struct Actor {
     pub(crate) shard: Shard,
     pub(crate) inbox: Receiver<Job>,
-    pub(crate) durable: Sender<WalJob>,
+    pub(crate) durable: Sender<Commit>,
+    pub(crate) snapshots: Sender<SnapshotJob>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) config: RuntimeConfig,
     /// The sequence number of the next record this shard logs.
     pub(crate) next_seq: u64,
     pub(crate) records_since_snapshot: u64,
+    /// Log bytes written since the last snapshot, and that snapshot's size: a snapshot is due
+    /// only once the log behind it has grown as large as the snapshot itself.
+    pub(crate) log_bytes_since_snapshot: u64,
+    pub(crate) last_snapshot_bytes: u64,
     pub(crate) last_snapshot_ms: u64,
 }
 
@@ -106,7 +111,8 @@ impl Actor {
         }
         if !replies.is_empty() || log.record_count > 0 {
             let record_count = log.record_count;
-            let commit = WalJob::Commit {
+            let record_bytes = log.bytes.len() as u64;
+            let commit = Commit {
                 log: self.shard.id().0,
                 first_seq: self.next_seq,
                 record_count,
@@ -115,6 +121,7 @@ impl Actor {
             };
             self.next_seq += u64::from(record_count);
             self.records_since_snapshot += u64::from(record_count);
+            self.log_bytes_since_snapshot += record_bytes;
             // Blocks when the durability thread is behind: the inbox then fills, and callers
             // are told `Overloaded` instead of queueing without bound.
             if self.durable.send(commit).is_err() {
@@ -139,22 +146,36 @@ impl Actor {
         }
     }
 
-    /// Snapshots when enough records or time have passed (or `force`, at shutdown), at a batch
-    /// boundary: the snapshot covers exactly the records below `next_seq`.
+    /// Snapshots at a batch boundary (the snapshot covers exactly the records below
+    /// `next_seq`) when `force`d at shutdown, or when enough records or time have passed *and*
+    /// the log written since the last snapshot is at least as large as it. The second rule
+    /// bounds snapshot writes by log writes, and recovery by about twice the state: a shard
+    /// holding much state is not rewritten whole every million records.
     fn snapshot(&mut self, now_ms: u64, force: bool) {
         if self.records_since_snapshot == 0 {
             return;
         }
         let by_count = self.records_since_snapshot >= self.config.snapshot_every_records;
         let by_time = now_ms.saturating_sub(self.last_snapshot_ms) >= self.config.snapshot_every_ms;
-        if !(force || by_count || by_time) {
+        let log_caught_up = self.log_bytes_since_snapshot >= self.last_snapshot_bytes;
+        if !(force || ((by_count || by_time) && log_caught_up)) {
             return;
         }
         let mut state = Vec::new();
         self.shard.encode_snapshot(&mut state);
-        let job = WalJob::Snapshot { log: self.shard.id().0, seq: self.next_seq, state };
-        if self.durable.send(job).is_ok() {
+        let snapshot_bytes = state.len() as u64;
+        let job = SnapshotJob { log: self.shard.id().0, seq: self.next_seq, state };
+        // The snapshot thread still writing the previous one: skip this one rather than wait,
+        // and try again after the next step. A final snapshot at shutdown waits.
+        let sent = if force {
+            self.snapshots.send(job).is_ok()
+        } else {
+            self.snapshots.try_send(job).is_ok()
+        };
+        if sent {
             self.records_since_snapshot = 0;
+            self.log_bytes_since_snapshot = 0;
+            self.last_snapshot_bytes = snapshot_bytes;
             self.last_snapshot_ms = now_ms;
         }
     }

@@ -21,9 +21,11 @@ pub struct RuntimeConfig {
     /// Batches waiting for the durability thread; actors block beyond it, and their inboxes
     /// then fill and refuse work.
     pub durability_queue_batches: usize,
-    /// A shard snapshots after this many records...
+    /// A shard snapshots after this many records, or after `snapshot_every_ms` with at least
+    /// one new record, provided the log written since its last snapshot is at least as large
+    /// as that snapshot (so snapshots never cost more writes than the log itself).
     pub snapshot_every_records: u64,
-    /// ...or after this long with at least one new record.
+    /// See `snapshot_every_records`.
     pub snapshot_every_ms: u64,
     /// Whether a graceful shutdown snapshots every shard, so the next start replays nothing.
     pub snapshot_on_shutdown: bool,

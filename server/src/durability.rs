@@ -1,13 +1,19 @@
-//! The durability thread: group commit. It takes every batch waiting, appends each to its
-//! shard's log, syncs once, and only then releases the batches' replies. Snapshots are written
-//! after the records they cover are durable, and the log below them is truncated.
+//! The durability thread and the snapshot thread.
+//!
+//! Durability is group commit: take every batch waiting, append each to its shard's log, sync
+//! once, and only then release the batches' replies. It then publishes, per log, the sequence
+//! number below which every record is durable.
+//!
+//! Snapshots are written by their own thread, so that writing a large one never holds up a
+//! commit: it waits until the records a snapshot covers are durable, writes it (durable on
+//! return), then truncates the log below it.
 //!
 //! A failed append or sync is final: the batch's effects are in memory but not durable, so the
 //! runtime stops acknowledging anything (fail-stop) until a restart recovers what is durable.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use flashstock_wal::{LogId, Wal};
@@ -15,22 +21,25 @@ use flashstock_wal::{LogId, Wal};
 use crate::actor::{Answer, Reply};
 use crate::error::RuntimeError;
 
-/// The most jobs one group commit takes.
+/// The most actor steps one group commit takes.
 const GROUP_JOBS_MAX: usize = 1024;
 
-/// Work for the durability thread.
+/// One actor step: its records (possibly none) and the replies they gate.
 #[derive(Debug)]
-pub(crate) enum WalJob {
-    /// One actor step: its records (possibly none) and the replies they gate.
-    Commit {
-        log: LogId,
-        first_seq: u64,
-        record_count: u32,
-        records: Vec<u8>,
-        replies: Vec<(Reply, Answer)>,
-    },
-    /// A shard snapshot covering the records below `seq`.
-    Snapshot { log: LogId, seq: u64, state: Vec<u8> },
+pub(crate) struct Commit {
+    pub(crate) log: LogId,
+    pub(crate) first_seq: u64,
+    pub(crate) record_count: u32,
+    pub(crate) records: Vec<u8>,
+    pub(crate) replies: Vec<(Reply, Answer)>,
+}
+
+/// A shard snapshot covering the records below `seq`.
+#[derive(Debug)]
+pub(crate) struct SnapshotJob {
+    pub(crate) log: LogId,
+    pub(crate) seq: u64,
+    pub(crate) state: Vec<u8>,
 }
 
 /// Set once the log fails; read by handles to refuse work at once.
@@ -54,7 +63,7 @@ impl Failure {
     }
 }
 
-/// Counters of the group commit, for reports and benchmarks.
+/// Counters of the group commit and the snapshots, for reports and benchmarks.
 #[derive(Debug, Default)]
 pub struct DurabilityStats {
     /// Syncs performed.
@@ -69,21 +78,25 @@ pub struct DurabilityStats {
     pub sync_us_total: AtomicU64,
 }
 
+/// Per log, the sequence number below which every record is durable.
+pub(crate) type DurableEnds = Arc<[AtomicU64]>;
+
 pub(crate) struct Durability<W> {
-    pub(crate) wal: W,
-    pub(crate) jobs: Receiver<WalJob>,
+    pub(crate) wal: Arc<W>,
+    pub(crate) commits: Receiver<Commit>,
+    pub(crate) durable_ends: DurableEnds,
     pub(crate) failure: Arc<Failure>,
     pub(crate) stats: Arc<DurabilityStats>,
 }
 
 impl<W: Wal> Durability<W> {
-    pub(crate) fn run(mut self) {
+    pub(crate) fn run(self) {
         let mut group = Vec::with_capacity(GROUP_JOBS_MAX);
-        while let Ok(first) = self.jobs.recv() {
+        while let Ok(first) = self.commits.recv() {
             group.push(first);
             while group.len() < GROUP_JOBS_MAX {
-                match self.jobs.try_recv() {
-                    Ok(job) => group.push(job),
+                match self.commits.try_recv() {
+                    Ok(commit) => group.push(commit),
                     Err(_) => break,
                 }
             }
@@ -92,45 +105,37 @@ impl<W: Wal> Durability<W> {
         tracing::debug!("durability thread stopped");
     }
 
-    fn commit(&mut self, group: &mut Vec<WalJob>) {
+    fn commit(&self, group: &mut Vec<Commit>) {
         let durable = self.append_and_sync(group);
-        for job in group.drain(..) {
-            match job {
-                WalJob::Commit { replies, .. } => {
-                    for (reply, answer) in replies {
-                        let answer = match &durable {
-                            Ok(()) => Ok(answer),
-                            Err(reason) => Err(RuntimeError::WalFailed { reason: reason.clone() }),
-                        };
-                        // The caller may have given up waiting; that is its business.
-                        let _ = reply.send(answer);
-                    }
-                }
-                WalJob::Snapshot { log, seq, state } if durable.is_ok() => {
-                    self.write_snapshot(log, seq, &state);
-                }
-                WalJob::Snapshot { .. } => {}
+        for commit in group.drain(..) {
+            if durable.is_ok() && commit.record_count > 0 {
+                let end = commit.first_seq + u64::from(commit.record_count);
+                self.durable_ends[usize::from(commit.log)].store(end, Ordering::Release);
+            }
+            for (reply, answer) in commit.replies {
+                let answer = match &durable {
+                    Ok(()) => Ok(answer),
+                    Err(reason) => Err(RuntimeError::WalFailed { reason: reason.clone() }),
+                };
+                // The caller may have given up waiting; that is its business.
+                let _ = reply.send(answer);
             }
         }
     }
 
-    fn append_and_sync(&mut self, group: &[WalJob]) -> Result<(), String> {
+    fn append_and_sync(&self, group: &[Commit]) -> Result<(), String> {
         if let Some(reason) = self.failure.reason() {
             return Err(reason);
         }
         let mut appended = false;
-        for job in group {
-            if let WalJob::Commit { log, first_seq, record_count, records, .. } = job {
-                if *record_count == 0 {
-                    continue;
-                }
-                if let Err(err) = self.wal.append(*log, *first_seq, *record_count, records) {
-                    return Err(self.fail(format!("append to log {log}: {err}")));
-                }
-                appended = true;
-                self.stats.batches.fetch_add(1, Ordering::Relaxed);
-                self.stats.records.fetch_add(u64::from(*record_count), Ordering::Relaxed);
+        for commit in group.iter().filter(|c| c.record_count > 0) {
+            let Commit { log, first_seq, record_count, records, .. } = commit;
+            if let Err(err) = self.wal.append(*log, *first_seq, *record_count, records) {
+                return Err(self.fail(format!("append to log {log}: {err}")));
             }
+            appended = true;
+            self.stats.batches.fetch_add(1, Ordering::Relaxed);
+            self.stats.records.fetch_add(u64::from(*record_count), Ordering::Relaxed);
         }
         if appended {
             let started = Instant::now();
@@ -149,18 +154,59 @@ impl<W: Wal> Durability<W> {
         self.failure.set(reason.clone());
         reason
     }
+}
 
-    fn write_snapshot(&mut self, log: LogId, seq: u64, state: &[u8]) {
+pub(crate) struct Snapshotter<W> {
+    pub(crate) wal: Arc<W>,
+    pub(crate) jobs: Receiver<SnapshotJob>,
+    pub(crate) durable_ends: DurableEnds,
+    pub(crate) failure: Arc<Failure>,
+    pub(crate) stats: Arc<DurabilityStats>,
+}
+
+impl<W: Wal> Snapshotter<W> {
+    pub(crate) fn run(self) {
+        while let Ok(job) = self.jobs.recv() {
+            if self.wait_until_durable(&job) {
+                self.write(&job);
+            }
+        }
+        tracing::debug!("snapshot thread stopped");
+    }
+
+    /// Waits until every record the snapshot covers is durable; false if the log failed first
+    /// (those records never will be, so the snapshot must not be written).
+    fn wait_until_durable(&self, job: &SnapshotJob) -> bool {
+        let durable_end = &self.durable_ends[usize::from(job.log)];
+        while durable_end.load(Ordering::Acquire) < job.seq {
+            if self.failure.reason().is_some() {
+                return false;
+            }
+            // Snapshots are rare and commits take about a millisecond: polling is enough.
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+
+    fn write(&self, job: &SnapshotJob) {
         // A failed snapshot loses nothing: the log still holds every record, and the previous
         // snapshot stays in force. Report it and carry on.
-        let written = self.wal.write_snapshot(log, seq, state);
-        let truncated = written.and_then(|()| self.wal.truncate_below(log, seq));
-        match truncated {
+        let started = Instant::now();
+        let written = self.wal.write_snapshot(job.log, job.seq, &job.state);
+        match written.and_then(|()| self.wal.truncate_below(job.log, job.seq)) {
             Ok(()) => {
                 self.stats.snapshots.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(log, seq, bytes = state.len(), "snapshot written");
+                tracing::debug!(
+                    log = job.log,
+                    seq = job.seq,
+                    bytes = job.state.len(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "snapshot written"
+                );
             }
-            Err(err) => tracing::warn!(log, seq, %err, "snapshot failed; the log is kept"),
+            Err(err) => {
+                tracing::warn!(log = job.log, seq = job.seq, %err, "snapshot failed; the log is kept")
+            }
         }
     }
 }

@@ -6,17 +6,22 @@
 //!                        │ applies a batch of jobs to its `Shard`
 //!                        ▼
 //!                      durability thread: appends every waiting batch, one sync, then
-//!                      releases the batch's replies (group commit); snapshots, truncation
+//!                      releases the batch's replies (group commit)
+//!                        │ durable ends, per shard
+//!                        ▼
+//!                      snapshot thread: writes a shard's snapshot once the records it covers
+//!                      are durable, then truncates the log below it
 //! ```
-//! While the durability thread syncs one group, the actors already apply the next batch.
+//! While the durability thread syncs one group, the actors already apply the next batch; a large
+//! snapshot being written never holds up a commit.
 //!
 //! Map of the modules:
 //! - [`config`]: [`RuntimeConfig`], every knob and its default.
 //! - [`clock`]: [`Clock`], with [`SystemClock`] and the [`ManualClock`] tests drive.
 //! - [`handle`]: [`Handle`], the async API the network layer and tests call.
 //! - [`runtime`]: [`Runtime`], start (with recovery) and graceful shutdown.
-//! - `actor`, `durability`, `recovery`: the shard loop, the group-commit loop, and rebuilding
-//!   shards from the latest snapshot plus the log.
+//! - `actor`, `durability`, `recovery`: the shard loop; the group-commit and snapshot threads;
+//!   rebuilding shards (in parallel) from the latest snapshot plus the log.
 //! - [`demo`]: the demo flash sale the `flashstock-demo` binary runs, with its audit.
 //! - [`error`]: [`RuntimeError`], the one error type.
 

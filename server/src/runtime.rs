@@ -2,6 +2,7 @@
 //! them gracefully.
 
 use std::path::Path;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -12,7 +13,7 @@ use flashstock_wal::{SledWal, SledWalConfig, Wal};
 use crate::actor::{Actor, Job};
 use crate::clock::Clock;
 use crate::config::RuntimeConfig;
-use crate::durability::{Durability, DurabilityStats, Failure};
+use crate::durability::{Durability, DurabilityStats, DurableEnds, Failure, Snapshotter};
 use crate::error::RuntimeError;
 use crate::handle::{Handle, Shared};
 use crate::recovery::{recover_shards, RecoveryReport};
@@ -25,6 +26,7 @@ pub struct Runtime {
     handle: Handle,
     actors: Vec<JoinHandle<()>>,
     durability: Option<JoinHandle<()>>,
+    snapshotter: Option<JoinHandle<()>>,
     recovery: Vec<RecoveryReport>,
     stats: Arc<DurabilityStats>,
 }
@@ -43,14 +45,14 @@ impl Runtime {
     /// Recovers every shard from `wal`, then starts the actors and the durability thread.
     pub fn start<W: Wal + 'static>(
         config: RuntimeConfig,
-        mut wal: W,
+        wal: W,
         clock: Arc<dyn Clock>,
     ) -> Result<Runtime, RuntimeError> {
         config.validate();
-        check_layout(&mut wal, config.shard_count)?;
+        check_layout(&wal, config.shard_count)?;
         let mut shards = Vec::with_capacity(usize::from(config.shard_count));
         let mut recovery = Vec::with_capacity(shards.capacity());
-        for (shard, report) in recover_shards(&mut wal, config.shard_count, config.shard)? {
+        for (shard, report) in recover_shards(&wal, config.shard_count, config.shard)? {
             tracing::info!(
                 shard = report.shard,
                 snapshot_seq = ?report.snapshot_seq,
@@ -63,13 +65,31 @@ impl Runtime {
             recovery.push(report);
         }
 
+        let wal = Arc::new(wal);
+        let durable_ends: DurableEnds =
+            shards.iter().map(|(_, next_seq)| AtomicU64::new(*next_seq)).collect();
         let queue = config.durability_queue_batches * usize::from(config.shard_count);
         let (durable_tx, durable_rx) = bounded(queue);
+        // One snapshot waiting per shard at most; actors skip a snapshot rather than queue more.
+        let (snapshot_tx, snapshot_rx) = bounded(usize::from(config.shard_count));
         let failure = Arc::new(Failure::default());
         let stats = Arc::new(DurabilityStats::default());
-        let durability =
-            Durability { wal, jobs: durable_rx, failure: failure.clone(), stats: stats.clone() };
+        let durability = Durability {
+            wal: wal.clone(),
+            commits: durable_rx,
+            durable_ends: durable_ends.clone(),
+            failure: failure.clone(),
+            stats: stats.clone(),
+        };
         let durability = spawn("flashstock-wal".to_owned(), move || durability.run())?;
+        let snapshotter = Snapshotter {
+            wal,
+            jobs: snapshot_rx,
+            durable_ends,
+            failure: failure.clone(),
+            stats: stats.clone(),
+        };
+        let snapshotter = spawn("flashstock-snapshot".to_owned(), move || snapshotter.run())?;
 
         let mut inboxes = Vec::with_capacity(shards.len());
         let mut actors = Vec::with_capacity(shards.len());
@@ -81,10 +101,13 @@ impl Runtime {
                 shard,
                 inbox: inbox_rx,
                 durable: durable_tx.clone(),
+                snapshots: snapshot_tx.clone(),
                 clock: clock.clone(),
                 config: config.clone(),
                 next_seq,
                 records_since_snapshot: 0,
+                log_bytes_since_snapshot: 0,
+                last_snapshot_bytes: 0,
                 last_snapshot_ms: now_ms,
             };
             actors.push(spawn(name, move || actor.run())?);
@@ -92,7 +115,14 @@ impl Runtime {
         }
         let map = ShardMap::new(config.shard_count);
         let handle = Handle::new(Shared { inboxes, map, failure });
-        Ok(Runtime { handle, actors, durability: Some(durability), recovery, stats })
+        Ok(Runtime {
+            handle,
+            actors,
+            durability: Some(durability),
+            snapshotter: Some(snapshotter),
+            recovery,
+            stats,
+        })
     }
 
     /// A handle for making requests.
@@ -132,6 +162,12 @@ impl Runtime {
                 tracing::error!("the durability thread panicked");
             }
         }
+        // The snapshot thread drains last: its final jobs wait for the commits above.
+        if let Some(snapshotter) = self.snapshotter.take() {
+            if snapshotter.join().is_err() {
+                tracing::error!("the snapshot thread panicked");
+            }
+        }
     }
 }
 
@@ -141,7 +177,7 @@ impl Drop for Runtime {
     }
 }
 
-fn check_layout<W: Wal>(wal: &mut W, configured: u16) -> Result<(), RuntimeError> {
+fn check_layout<W: Wal>(wal: &W, configured: u16) -> Result<(), RuntimeError> {
     match wal.read_meta(SHARD_COUNT_KEY)? {
         None => wal.write_meta(SHARD_COUNT_KEY, &configured.to_le_bytes())?,
         Some(bytes) => {

@@ -234,10 +234,10 @@ struct GatedWal {
 }
 
 impl Wal for GatedWal {
-    fn append(&mut self, log: LogId, seq: u64, count: u32, records: &[u8]) -> Result<(), WalError> {
+    fn append(&self, log: LogId, seq: u64, count: u32, records: &[u8]) -> Result<(), WalError> {
         self.inner.append(log, seq, count, records)
     }
-    fn sync(&mut self) -> Result<(), WalError> {
+    fn sync(&self) -> Result<(), WalError> {
         while !*self.open.lock().unwrap() {
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -251,22 +251,22 @@ impl Wal for GatedWal {
     ) -> Result<ReplaySummary, WalError> {
         self.inner.replay(log, from, visit)
     }
-    fn discard_tail(&mut self, log: LogId, seq: u64) -> Result<(), WalError> {
+    fn discard_tail(&self, log: LogId, seq: u64) -> Result<(), WalError> {
         self.inner.discard_tail(log, seq)
     }
-    fn write_snapshot(&mut self, log: LogId, seq: u64, state: &[u8]) -> Result<(), WalError> {
+    fn write_snapshot(&self, log: LogId, seq: u64, state: &[u8]) -> Result<(), WalError> {
         self.inner.write_snapshot(log, seq, state)
     }
     fn latest_snapshot(&self, log: LogId) -> Result<Option<Snapshot>, WalError> {
         self.inner.latest_snapshot(log)
     }
-    fn truncate_below(&mut self, log: LogId, seq: u64) -> Result<(), WalError> {
+    fn truncate_below(&self, log: LogId, seq: u64) -> Result<(), WalError> {
         self.inner.truncate_below(log, seq)
     }
     fn read_meta(&self, key: &str) -> Result<Option<Vec<u8>>, WalError> {
         self.inner.read_meta(key)
     }
-    fn write_meta(&mut self, key: &str, value: &[u8]) -> Result<(), WalError> {
+    fn write_meta(&self, key: &str, value: &[u8]) -> Result<(), WalError> {
         self.inner.write_meta(key, value)
     }
 }
