@@ -28,9 +28,11 @@ fn replay(c: &mut Criterion) {
             for _ in 0..iters {
                 let mut shard = shards::stocked(1, 1 << 40, shards::roomy());
                 let started = Instant::now();
+                shard.begin_replay();
                 for record in decode_records(&log.bytes) {
                     shard.replay(&record.unwrap()).unwrap();
                 }
+                shard.finish_replay().unwrap();
                 elapsed += started.elapsed();
                 black_box(shard.reservations_live());
             }
@@ -51,7 +53,7 @@ fn restart_once() {
     // Let the runtime create the store (its layout record) so the restart is a real one.
     drop(Runtime::open(dir.path(), config.clone(), Arc::new(SystemClock)).unwrap());
     {
-        let mut wal = SledWal::open(&SledWalConfig::new(dir.path().join("wal"))).unwrap();
+        let wal = SledWal::open(&SledWalConfig::new(dir.path().join("wal"))).unwrap();
         let map = ShardMap::new(SHARDS);
         for log in 0..SHARDS {
             let sku = (0..).find(|&sku| map.shard_of_sku(SkuId(sku)) == ShardId(log)).unwrap();
@@ -73,21 +75,32 @@ fn restart_once() {
         }
         wal.sync().unwrap();
     }
-    let started = Instant::now();
-    let runtime = Runtime::open(dir.path(), config, Arc::new(SystemClock)).unwrap();
-    let elapsed = started.elapsed();
-    let records: u64 = runtime.recovery().iter().map(|r| r.records).sum();
-    let per_shard: Vec<String> = runtime
-        .recovery()
-        .iter()
-        .map(|r| format!("shard {} {:.0} ms", r.shard, r.elapsed_us as f64 / 1e3))
+    // Three restarts from the same log (no shutdown snapshot, so each replays everything);
+    // the median is reported, the machine being noisy.
+    let config = RuntimeConfig { snapshot_on_shutdown: false, ..config };
+    let mut runs: Vec<(f64, String)> = (0..3)
+        .map(|_| {
+            let started = Instant::now();
+            let runtime = Runtime::open(dir.path(), config.clone(), Arc::new(SystemClock)).unwrap();
+            let elapsed = started.elapsed();
+            let records: u64 = runtime.recovery().iter().map(|r| r.records).sum();
+            assert!(records >= 2 * u64::from(RECORDS), "every record is replayed: {records}");
+            let per_shard: Vec<String> = runtime
+                .recovery()
+                .iter()
+                .map(|r| format!("shard {} {:.0} ms", r.shard, r.elapsed_us as f64 / 1e3))
+                .collect();
+            let rate = records as f64 / elapsed.as_secs_f64() / 1e6;
+            let line = format!(
+                "{records} records over {SHARDS} shards in {:.0} ms = {rate:.2} M records/s ({})",
+                elapsed.as_secs_f64() * 1e3,
+                per_shard.join(", ")
+            );
+            (rate, line)
+        })
         .collect();
-    println!(
-        "restart from sled: {records} records over {SHARDS} shards in {:.0} ms = {:.2} M records/s ({})",
-        elapsed.as_secs_f64() * 1e3,
-        records as f64 / elapsed.as_secs_f64() / 1e6,
-        per_shard.join(", ")
-    );
+    runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    println!("restart from sled, median of 3: {}", runs[1].1);
 }
 
 criterion_group!(benches, replay);

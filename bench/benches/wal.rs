@@ -15,7 +15,7 @@ fn append_sync(c: &mut Criterion) {
     group.sample_size(20).measurement_time(Duration::from_secs(10));
     for (name, batches_per_sync) in [("append_sync_1k", 1u64), ("append_sync_4x1k", 4)] {
         let dir = tempfile::tempdir().unwrap();
-        let mut wal = SledWal::open(&SledWalConfig::new(dir.path())).unwrap();
+        let wal = SledWal::open(&SledWalConfig::new(dir.path())).unwrap();
         let mut seq = 0u64;
         group.throughput(Throughput::Elements(1_000 * batches_per_sync));
         group.bench_function(name, |b| {

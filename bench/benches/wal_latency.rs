@@ -21,7 +21,7 @@ fn main() {
     for fdatasync in [true, false] {
         let dir = tempfile::tempdir().unwrap();
         let config = SledWalConfig { fdatasync, ..SledWalConfig::new(dir.path()) };
-        let mut wal = SledWal::open(&config).unwrap();
+        let wal = SledWal::open(&config).unwrap();
         let mut sync_us = Histogram::<u64>::new(3).unwrap();
         let started = Instant::now();
         for commit in 0..COMMITS {

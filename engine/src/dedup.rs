@@ -40,6 +40,8 @@ pub(crate) struct Dedup {
     /// Requests in `answers`, oldest first, with when they were answered.
     pub(crate) order: VecDeque<(RequestKey, u64)>,
     rejections: Box<[Option<(RequestKey, Outcome)>]>,
+    /// During recovery: answers in log order, built into `answers` once at the end.
+    pending: Option<Vec<(RequestKey, u64, Outcome)>>,
 }
 
 impl Dedup {
@@ -48,6 +50,7 @@ impl Dedup {
             answers: FxHashMap::default(),
             order: VecDeque::new(),
             rejections: vec![None; config.rejection_cache_slots].into_boxed_slice(),
+            pending: None,
         }
     }
 
@@ -84,6 +87,10 @@ impl Dedup {
         config: &ShardConfig,
     ) -> bool {
         let key = RequestKey::from(request);
+        if let Some(pending) = &mut self.pending {
+            pending.push((key, now_ms, outcome));
+            return true;
+        }
         match self.answers.entry(key) {
             std::collections::hash_map::Entry::Occupied(_) => return false,
             std::collections::hash_map::Entry::Vacant(slot) => slot.insert(outcome),
@@ -99,6 +106,43 @@ impl Dedup {
             self.answers.remove(&oldest);
         }
         true
+    }
+
+    /// Starts collecting answers in log order instead of remembering each at once (recovery).
+    pub(crate) fn begin_bulk(&mut self) {
+        self.pending = Some(Vec::new());
+    }
+
+    /// Builds the answers collected since `begin_bulk`, exactly as remembering them one by one
+    /// would have left them, or names a request answered twice.
+    ///
+    /// Answers are remembered at non-decreasing times and evicted oldest first, by count and by
+    /// age, at each insert; so what survives a sequence of inserts is the suffix of answers
+    /// younger than the retention at the last insert, and at most the last `dedup_entries_max`
+    /// of them. Only those are inserted, into a map sized once.
+    pub(crate) fn finish_bulk(&mut self, config: &ShardConfig) -> Result<(), RequestId> {
+        let Some(pending) = self.pending.take() else { return Ok(()) };
+        let Some(&(_, last_ms, _)) = pending.last() else { return Ok(()) };
+        let old = std::mem::take(&mut self.order);
+        let mut old_answers = std::mem::take(&mut self.answers);
+        let mut all: Vec<(RequestKey, u64, Option<Outcome>)> =
+            old.into_iter().map(|(key, at_ms)| (key, at_ms, None)).collect();
+        all.extend(pending.into_iter().map(|(key, at_ms, outcome)| (key, at_ms, Some(outcome))));
+        let by_count = all.len().saturating_sub(config.dedup_entries_max);
+        let by_age = all.partition_point(|&(_, at_ms, _)| {
+            at_ms.saturating_add(config.dedup_retention_ms) <= last_ms
+        });
+        let kept = &all[by_count.max(by_age)..];
+        self.answers = FxHashMap::with_capacity_and_hasher(kept.len(), Default::default());
+        self.order = VecDeque::with_capacity(kept.len());
+        for &(key, at_ms, outcome) in kept {
+            let outcome = outcome.or_else(|| old_answers.remove(&key)).expect("an answer");
+            if self.answers.insert(key, outcome).is_some() {
+                return Err(key.into());
+            }
+            self.order.push_back((key, at_ms));
+        }
+        Ok(())
     }
 
     /// Remembers, best effort, the answer to a request that changed nothing.

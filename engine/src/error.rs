@@ -65,6 +65,12 @@ pub enum EngineError {
         /// The command.
         command: Command,
     },
+    /// The log answers one request twice while its first answer was still remembered.
+    #[error("request {request:?} is answered twice in the log")]
+    ReplayDuplicateRequest {
+        /// The request.
+        request: crate::ids::RequestId,
+    },
     /// A logged tick expired a different number of reservations on replay.
     #[error("logged tick at {at_ms} ms expired {logged}, replay expired {replayed}")]
     ReplayTickMismatch {

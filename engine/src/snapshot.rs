@@ -25,6 +25,14 @@ pub const SNAPSHOT_VERSION: u16 = 1;
 impl Shard {
     /// Appends the canonical encoding of the shard's durable state to `out`.
     pub fn encode_snapshot(&self, out: &mut Vec<u8>) {
+        // Sized up front: a large shard encodes to hundreds of MB, and growing by doubling
+        // would copy it several times over while the shard waits.
+        let estimate = 24
+            + self.skus.len() * 80
+            + self.reservations.len() * 37
+            + self.ended.len() * 16
+            + self.dedup.order.len() * 41;
+        out.reserve(estimate);
         let mut w = Writer { bytes: out };
         w.u32(SNAPSHOT_MAGIC);
         w.u16(SNAPSHOT_VERSION);

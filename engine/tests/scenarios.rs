@@ -355,3 +355,20 @@ fn a_corrupt_snapshot_fails_its_invariant_check() {
     let err = Shard::restore(ShardId(0), ShardConfig::default(), &snapshot).unwrap_err();
     assert!(matches!(err, EngineError::Conservation { .. }), "{err}");
 }
+
+#[test]
+fn bulk_replay_refuses_a_request_answered_twice() {
+    let mut f = Fixture::with_stock(20);
+    f.reserved(1, 2, 100, 2);
+    // A log in which the same reserve appears twice, as no live run would write it.
+    let mut log = f.log.clone();
+    let Record::Apply { command, .. } = f.log[1] else { panic!("a reserve record") };
+    log.push(Record::Apply { at_ms: 3, command });
+    let mut replayed = Shard::new(ShardId(0), ShardConfig::default());
+    replayed.begin_replay();
+    for record in &log {
+        replayed.replay(record).unwrap();
+    }
+    let err = replayed.finish_replay().unwrap_err();
+    assert_eq!(err, EngineError::ReplayDuplicateRequest { request: command.request() });
+}

@@ -32,14 +32,13 @@ pub struct RecoveryReport {
 /// Recovers every shard, each on its own thread (their logs are independent, and a restart is
 /// what an operator waits for), then discards torn tails so appends can continue.
 pub(crate) fn recover_shards<W: Wal>(
-    wal: &mut W,
+    wal: &W,
     shard_count: u16,
     config: ShardConfig,
 ) -> Result<Vec<(Shard, RecoveryReport)>, RuntimeError> {
-    let shared: &W = wal;
     let recovered: Vec<_> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..shard_count)
-            .map(|id| scope.spawn(move || recover_shard(shared, ShardId(id), config)))
+            .map(|id| scope.spawn(move || recover_shard(wal, ShardId(id), config)))
             .collect();
         workers.into_iter().map(|w| w.join().expect("a recovery thread panicked")).collect()
     });
@@ -70,6 +69,7 @@ fn recover_shard<W: Wal>(
         }
         None => (Shard::new(id, config), 0),
     };
+    shard.begin_replay();
     let summary = wal
         .replay(id.0, from_seq, &mut |batch| {
             let mut replayed = 0u32;
@@ -88,7 +88,8 @@ fn recover_shard<W: Wal>(
         })
         .map_err(recovery)?;
     shard
-        .check_invariants()
+        .finish_replay()
+        .and_then(|()| shard.check_invariants())
         .map_err(|source| RuntimeError::RecoveredInvariant { shard: id.0, source })?;
     let report = RecoveryReport {
         shard: id.0,
