@@ -14,7 +14,7 @@
 
 use std::fmt;
 
-use crate::LogId;
+use crate::{LogId, ReplaySummary, VisitError, WalError};
 
 const MAGIC: u32 = u32::from_le_bytes(*b"FSWB");
 const VERSION: u16 = 1;
@@ -115,6 +115,40 @@ pub fn decode(log: LogId, key_seq: u64, bytes: &[u8]) -> Result<BatchRef<'_>, Ba
         return Err(BatchDefect::Checksum);
     }
     Ok(BatchRef { first_seq: key_seq, record_count: u32_at(16), records })
+}
+
+/// Replays stored batches `(key seq, bytes)` in key order: the one place that decides what a
+/// torn tail, mid-log corruption and a gap are, for every `Wal` implementation.
+pub(crate) fn replay_stored<B: AsRef<[u8]>>(
+    log: LogId,
+    from_seq: u64,
+    stored: impl Iterator<Item = Result<(u64, B), WalError>>,
+    visit: &mut dyn FnMut(BatchRef<'_>) -> Result<(), VisitError>,
+) -> Result<ReplaySummary, WalError> {
+    let mut summary = ReplaySummary { next_seq: from_seq, ..ReplaySummary::default() };
+    let mut stored = stored.peekable();
+    while let Some(entry) = stored.next() {
+        let (key_seq, bytes) = entry?;
+        let batch = match decode(log, key_seq, bytes.as_ref()) {
+            Ok(batch) => batch,
+            Err(defect) if stored.peek().is_none() => {
+                // A damaged last batch was never acknowledged: its sync did not finish.
+                tracing::warn!(log, seq = key_seq, %defect, "torn tail batch found");
+                summary.torn_tail = Some(key_seq);
+                break;
+            }
+            Err(defect) => return Err(WalError::Corrupt { log, seq: key_seq, defect }),
+        };
+        if batch.first_seq != summary.next_seq {
+            let (expected, found) = (summary.next_seq, batch.first_seq);
+            return Err(WalError::Gap { log, expected, found });
+        }
+        visit(batch).map_err(|source| WalError::Visit { log, seq: batch.first_seq, source })?;
+        summary.batches += 1;
+        summary.records += u64::from(batch.record_count);
+        summary.next_seq = batch.end_seq();
+    }
+    Ok(summary)
 }
 
 /// The record count of a stored batch, read from its header without validating the records

@@ -11,6 +11,12 @@ pub enum WalError {
     /// sled failed (IO error, or corruption of its own files).
     #[error("sled: {0}")]
     Sled(#[from] sled::Error),
+    /// Another process holds the store open (sled's file lock).
+    #[error("the store at {path} is in use by another process")]
+    Locked {
+        /// The store's directory.
+        path: PathBuf,
+    },
     /// A file operation outside sled failed (the fdatasync after a flush, say).
     #[error("{action} {path}: {source}")]
     Io {

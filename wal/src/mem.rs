@@ -135,30 +135,9 @@ impl Wal for MemWal {
         visit: &mut dyn FnMut(BatchRef<'_>) -> Result<(), VisitError>,
     ) -> Result<ReplaySummary, WalError> {
         let store = self.store();
-        let mut summary = ReplaySummary { next_seq: from_seq, ..ReplaySummary::default() };
-        let mut batches = store.batches.range((log, from_seq)..=(log, u64::MAX)).peekable();
-        while let Some((&(_, key_seq), bytes)) = batches.next() {
-            let batch = match batch::decode(log, key_seq, bytes) {
-                Ok(batch) => batch,
-                Err(_) if batches.peek().is_none() => {
-                    summary.torn_tail = Some(key_seq);
-                    break;
-                }
-                Err(defect) => return Err(WalError::Corrupt { log, seq: key_seq, defect }),
-            };
-            if batch.first_seq != summary.next_seq {
-                return Err(WalError::Gap {
-                    log,
-                    expected: summary.next_seq,
-                    found: batch.first_seq,
-                });
-            }
-            visit(batch).map_err(|source| WalError::Visit { log, seq: key_seq, source })?;
-            summary.batches += 1;
-            summary.records += u64::from(batch.record_count);
-            summary.next_seq = batch.end_seq();
-        }
-        Ok(summary)
+        let stored = store.batches.range((log, from_seq)..=(log, u64::MAX));
+        let stored = stored.map(|(&(_, key_seq), bytes)| Ok((key_seq, bytes)));
+        batch::replay_stored(log, from_seq, stored, visit)
     }
 
     fn discard_tail(&self, log: LogId, seq: u64) -> Result<(), WalError> {

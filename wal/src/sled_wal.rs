@@ -14,6 +14,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::batch::{self, BATCH_RECORDS_BYTES_MAX};
 use crate::{BatchRef, LogId, ReplaySummary, Snapshot, VisitError, Wal, WalError};
@@ -99,15 +100,7 @@ fn chunk_tree(log: LogId) -> String {
 impl SledWal {
     /// Opens (or creates) the store described by `config`.
     pub fn open(config: &SledWalConfig) -> Result<SledWal, WalError> {
-        let db = sled::Config::new()
-            .path(&config.path)
-            .cache_capacity(config.cache_bytes)
-            .mode(sled::Mode::HighThroughput)
-            .segment_size(SLED_SEGMENT_BYTES)
-            // We sync explicitly after each group commit; sled's own timer would only add
-            // background fsyncs competing with ours.
-            .flush_every_ms(None)
-            .open()?;
+        let db = open_db(config)?;
         let data_file = if config.fdatasync {
             let path = config.path.join("db");
             let file = File::open(&path).map_err(|source| io_error("open", &path, source))?;
@@ -138,6 +131,35 @@ impl SledWal {
             file.sync_data().map_err(|source| io_error("fdatasync", path, source))?;
         }
         Ok(())
+    }
+}
+
+/// How long `open` waits for sled's file lock. A store just closed in this process can hold
+/// it for a moment while sled's background threads wind down; another process holding it past
+/// this is reported as `WalError::Locked`.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+fn open_db(config: &SledWalConfig) -> Result<sled::Db, WalError> {
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        let opened = sled::Config::new()
+            .path(&config.path)
+            .cache_capacity(config.cache_bytes)
+            .mode(sled::Mode::HighThroughput)
+            .segment_size(SLED_SEGMENT_BYTES)
+            // We sync explicitly after each group commit; sled's own timer would only add
+            // background fsyncs competing with ours.
+            .flush_every_ms(None)
+            .open();
+        match opened {
+            Err(sled::Error::Io(err)) if err.to_string().contains("could not acquire lock") => {
+                if Instant::now() >= deadline {
+                    return Err(WalError::Locked { path: config.path.clone() });
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return Ok(other?),
+        }
     }
 }
 
@@ -197,34 +219,12 @@ impl Wal for SledWal {
         visit: &mut dyn FnMut(BatchRef<'_>) -> Result<(), VisitError>,
     ) -> Result<ReplaySummary, WalError> {
         let batches = self.db.open_tree(batch_tree(log))?;
-        let mut summary = ReplaySummary { next_seq: from_seq, ..ReplaySummary::default() };
-        let mut entries = batches.range(from_seq.to_be_bytes()..).peekable();
-        while let Some(entry) = entries.next() {
+        let stored = batches.range(from_seq.to_be_bytes()..).map(|entry| {
             let (key, value) = entry?;
             let key_seq = key.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(u64::MAX);
-            let batch = match batch::decode(log, key_seq, &value) {
-                Ok(batch) => batch,
-                Err(defect) if entries.peek().is_none() => {
-                    // A damaged last batch was never acknowledged: its sync did not finish.
-                    tracing::warn!(log, seq = key_seq, %defect, "torn tail batch found");
-                    summary.torn_tail = Some(key_seq);
-                    break;
-                }
-                Err(defect) => return Err(WalError::Corrupt { log, seq: key_seq, defect }),
-            };
-            if batch.first_seq != summary.next_seq {
-                return Err(WalError::Gap {
-                    log,
-                    expected: summary.next_seq,
-                    found: batch.first_seq,
-                });
-            }
-            visit(batch).map_err(|source| WalError::Visit { log, seq: batch.first_seq, source })?;
-            summary.batches += 1;
-            summary.records += u64::from(batch.record_count);
-            summary.next_seq = batch.end_seq();
-        }
-        Ok(summary)
+            Ok((key_seq, value))
+        });
+        batch::replay_stored(log, from_seq, stored, visit)
     }
 
     fn discard_tail(&self, log: LogId, seq: u64) -> Result<(), WalError> {

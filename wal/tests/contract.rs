@@ -109,7 +109,12 @@ fn memory_log_faults_are_caught_by_replay() {
 
 fn corrupt_in_sled(dir: &std::path::Path, log: u16, seq: u64, damage: impl FnOnce(&mut Vec<u8>)) {
     let segment_bytes = flashstock_wal::sled_wal::SLED_SEGMENT_BYTES;
-    let db = sled::Config::new().path(dir).segment_size(segment_bytes).open().unwrap();
+    let db = sled::Config::new()
+        .path(dir)
+        .segment_size(segment_bytes)
+        .flush_every_ms(None)
+        .open()
+        .unwrap();
     let tree = db.open_tree(format!("log.{log}")).unwrap();
     let mut value = tree.get(seq.to_be_bytes()).unwrap().unwrap().to_vec();
     damage(&mut value);
@@ -164,4 +169,23 @@ fn sled_snapshots_are_chunked_and_nothing_falls_into_unsynced_blobs() {
     assert_eq!(blob_count, 0, "sled wrote values to blobs/, which it never fsyncs");
     let wal = SledWal::open(&config).unwrap();
     assert_eq!(wal.latest_snapshot(0).unwrap().unwrap().state, state);
+}
+
+#[test]
+fn a_store_held_by_another_process_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SledWalConfig::new(dir.path());
+    drop(SledWal::open(&config).unwrap());
+    // Another process holding the store looks, to us, like an exclusive lock on sled's file.
+    let held = std::fs::File::open(dir.path().join("db")).unwrap();
+    fs2_lock(&held);
+    let err = SledWal::open(&config).unwrap_err();
+    assert!(matches!(err, WalError::Locked { .. }), "{err}");
+    assert!(err.to_string().ends_with("is in use by another process"), "{err}");
+}
+
+/// Takes the exclusive flock(2) sled takes, through another open file description, as another
+/// process would.
+fn fs2_lock(file: &std::fs::File) {
+    fs2::FileExt::try_lock_exclusive(file).expect("the store is closed, so the lock is free");
 }
