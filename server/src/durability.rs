@@ -76,6 +76,8 @@ pub struct DurabilityStats {
     pub snapshots: AtomicU64,
     /// Total time spent in sync, in microseconds.
     pub sync_us_total: AtomicU64,
+    /// The slowest sync, in microseconds: every reply of its group waited that long.
+    pub sync_us_max: AtomicU64,
 }
 
 /// Per log, the sequence number below which every record is durable.
@@ -145,6 +147,7 @@ impl<W: Wal> Durability<W> {
             let sync_us = started.elapsed().as_micros() as u64;
             self.stats.syncs.fetch_add(1, Ordering::Relaxed);
             self.stats.sync_us_total.fetch_add(sync_us, Ordering::Relaxed);
+            self.stats.sync_us_max.fetch_max(sync_us, Ordering::Relaxed);
         }
         Ok(())
     }
