@@ -8,6 +8,7 @@ use crate::ids::{BuyerId, RequestId, ReservationId, SkuId};
 /// A reservation is one line today. Multi-SKU carts will add lines kept in a side table of
 /// the shard, so that the common one-line reservation stays small.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "rkyv", derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize))]
 pub struct Reserve {
     /// The client's id for this request; retries reuse it.
     pub request: RequestId,
@@ -24,6 +25,7 @@ pub struct Reserve {
 /// When a SKU may be reserved: from `opens_at_ms` (inclusive) until `closes_at_ms`
 /// (exclusive). `None` leaves that side open.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "rkyv", derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize))]
 pub struct SaleWindow {
     /// The first millisecond at which reserves are taken.
     pub opens_at_ms: Option<u64>,
@@ -33,6 +35,7 @@ pub struct SaleWindow {
 
 /// A state-changing request to one shard.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "rkyv", derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize))]
 pub enum Command {
     /// Hold units for a buyer (see [`Reserve`]).
     Reserve(Reserve),

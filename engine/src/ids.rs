@@ -7,15 +7,18 @@ use std::fmt;
 
 /// A stock-keeping unit: one product variant whose stock the engine holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "rkyv", derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize))]
 pub struct SkuId(pub u64);
 
 /// The buyer on whose behalf a reservation is made; per-buyer limits count against it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "rkyv", derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize))]
 pub struct BuyerId(pub u64);
 
 /// A client-chosen id carried by every mutating request. Retrying with the same id is safe:
 /// the engine answers with the first outcome and changes nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "rkyv", derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize))]
 pub struct RequestId(pub u128);
 
 /// The index of a shard: a single-threaded owner of a subset of SKUs.
@@ -27,6 +30,7 @@ pub struct ShardId(pub u16);
 /// The owning shard sits in the top 16 bits so that confirm and cancel route without a lookup;
 /// the low 48 bits are the shard's sequence, which never repeats (2^48 reservations per shard).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "rkyv", derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize))]
 pub struct ReservationId(pub u64);
 
 impl ReservationId {

@@ -5,6 +5,7 @@ use crate::ids::{BuyerId, ReservationId, SkuId};
 
 /// The answer to one command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "rkyv", derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize))]
 pub enum Outcome {
     /// The units are held until `expires_at_ms` unless confirmed or cancelled first.
     Reserved {
@@ -108,6 +109,7 @@ pub enum Outcome {
 
 /// Where a reservation is in its life. It leaves `Held` exactly once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "rkyv", derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize))]
 pub enum ReservationState {
     /// Units are held.
     Held,
@@ -121,6 +123,7 @@ pub enum ReservationState {
 
 /// A read of one SKU's stock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "rkyv", derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize))]
 pub struct SkuView {
     /// The SKU read.
     pub sku: SkuId,
@@ -140,6 +143,7 @@ pub struct SkuView {
 
 /// A read of one reservation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "rkyv", derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize))]
 pub struct ReservationView {
     /// The reservation read.
     pub reservation: ReservationId,
