@@ -1,5 +1,6 @@
 //! The runtime round trip: handle → shard actor → group-committed sled WAL → reply, with 2
-//! shards and 1,024 reserves in flight from tokio tasks. Every answer is durable.
+//! shards and 1,024 or 4,096 reserves in flight from tokio tasks. Every answer is durable, so
+//! by Little's law throughput is the requests in flight over the time one group commit takes.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,7 +9,6 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use flashstock_engine::{BuyerId, Outcome, RequestId, SkuId};
 use flashstock_server::{Runtime, RuntimeConfig, SystemClock};
 
-const IN_FLIGHT: u64 = 1_024;
 const SKUS: u64 = 64;
 
 fn round_trip(c: &mut Criterion) {
@@ -26,40 +26,43 @@ fn round_trip(c: &mut Criterion) {
     let mut group = c.benchmark_group("runtime");
     group.sample_size(10).measurement_time(Duration::from_secs(20));
     group.throughput(Throughput::Elements(100_000));
-    group.bench_function("reserve_2_shards_1024_in_flight", |b| {
-        b.iter_custom(|iters| {
-            let total = iters * 100_000;
-            let first = next;
-            next += total;
-            let started = Instant::now();
-            tokio.block_on(async {
-                let tasks: Vec<_> = (0..IN_FLIGHT)
-                    .map(|task| {
-                        let handle = handle.clone();
-                        tokio::spawn(async move {
-                            let mut n = first + task;
-                            while n < first + total {
-                                // Short holds, expired by the actors' ticks, keep memory flat.
-                                let sku = SkuId(n % SKUS);
-                                let outcome = handle
-                                    .reserve(RequestId(u128::from(n)), BuyerId(n), sku, 1, 2_000)
-                                    .await;
-                                assert!(
-                                    matches!(outcome, Ok(Outcome::Reserved { .. })),
-                                    "{outcome:?}"
-                                );
-                                n += IN_FLIGHT;
-                            }
+    for in_flight in [1_024u64, 4_096] {
+        let name = format!("reserve_2_shards_{in_flight}_in_flight");
+        group.bench_function(name.as_str(), |b| {
+            b.iter_custom(|iters| {
+                let total = iters * 100_000;
+                let first = next;
+                next += total;
+                let started = Instant::now();
+                tokio.block_on(async {
+                    let tasks: Vec<_> = (0..in_flight)
+                        .map(|task| {
+                            let handle = handle.clone();
+                            tokio::spawn(async move {
+                                let mut n = first + task;
+                                while n < first + total {
+                                    // Short holds, expired by the actors' ticks, keep memory flat.
+                                    let (request, buyer) = (RequestId(u128::from(n)), BuyerId(n));
+                                    let sku = SkuId(n % SKUS);
+                                    let outcome =
+                                        handle.reserve(request, buyer, sku, 1, 2_000).await;
+                                    assert!(
+                                        matches!(outcome, Ok(Outcome::Reserved { .. })),
+                                        "{outcome:?}"
+                                    );
+                                    n += in_flight;
+                                }
+                            })
                         })
-                    })
-                    .collect();
-                for task in tasks {
-                    task.await.unwrap();
-                }
-            });
-            started.elapsed()
-        })
-    });
+                        .collect();
+                    for task in tasks {
+                        task.await.unwrap();
+                    }
+                });
+                started.elapsed()
+            })
+        });
+    }
     group.finish();
     let stats = runtime.durability_stats();
     let syncs = stats.syncs.load(std::sync::atomic::Ordering::Relaxed).max(1);

@@ -1,4 +1,25 @@
-//! flashstock's wire protocol: sans-IO framing of rkyv-archived messages over QUIC streams.
+//! flashstock's wire protocol, sans IO: bytes in, messages out, and back.
 //!
-//! Empty until the QUIC issue lands; the engine core (issue 2) is reached in-process through
-//! `flashstock_server::Handle` meanwhile.
+//! No sockets here. The QUIC transport (in the server and the client library) reads bytes off
+//! a stream, pushes them into a [`FrameDecoder`], and writes what [`FrameEncoder`] produces.
+//!
+//! Map of the modules:
+//! - [`frame`]: the 20-byte frame header, [`FrameEncoder`] and [`FrameDecoder`] (which says
+//!   "need more bytes" for partial input, and enforces the frame size limit before buffering).
+//! - [`message`]: what frames carry: the hello handshake, batches of requests (engine commands
+//!   and queries) and of replies, and connection errors.
+//! - [`error`]: [`FrameError`], the one error type.
+//!
+//! A frame's payload is an rkyv archive of a [`Message`], checked with bytecheck (on an aligned
+//! copy) before any field is read.
+
+pub mod error;
+pub mod frame;
+pub mod message;
+
+pub use error::FrameError;
+pub use frame::{
+    Decoded, Frame, FrameDecoder, FrameEncoder, FRAME_BYTES_MAX_DEFAULT, HEADER_BYTES,
+    PROTOCOL_VERSION, SUPPORTED_VERSIONS,
+};
+pub use message::{ConnectionError, ErrorCode, Message, Refusal, Reply, Request, Role};

@@ -1,0 +1,280 @@
+//! Frames end to end: round trips of every message, any split of the byte stream, arbitrary
+//! bytes (never a panic, never more memory than one frame), and each kind of bad input.
+
+use flashstock_engine::{
+    BuyerId, Command, Outcome, RequestId, ReservationId, ReservationState, ReservationView,
+    Reserve, SaleWindow, ShardId, SkuId, SkuView,
+};
+use flashstock_protocol::{
+    ConnectionError, Decoded, ErrorCode, Frame, FrameDecoder, FrameEncoder, FrameError, Message,
+    Refusal, Reply, Request, Role, FRAME_BYTES_MAX_DEFAULT, HEADER_BYTES, SUPPORTED_VERSIONS,
+};
+use proptest::prelude::*;
+
+fn command() -> impl Strategy<Value = Command> {
+    let request = any::<u128>().prop_map(RequestId);
+    let sku = any::<u64>().prop_map(SkuId);
+    let reservation = any::<u64>().prop_map(ReservationId);
+    prop_oneof![
+        (request.clone(), any::<u64>(), sku.clone(), any::<u32>(), any::<u64>()).prop_map(
+            |(request, buyer, sku, qty, ttl_ms)| {
+                Command::Reserve(Reserve { request, buyer: BuyerId(buyer), sku, qty, ttl_ms })
+            }
+        ),
+        (request.clone(), reservation.clone())
+            .prop_map(|(request, reservation)| Command::Confirm { request, reservation }),
+        (request.clone(), reservation)
+            .prop_map(|(request, reservation)| Command::Cancel { request, reservation }),
+        (request.clone(), sku.clone(), any::<u64>())
+            .prop_map(|(request, sku, total)| Command::SetStock { request, sku, total }),
+        (request.clone(), sku.clone(), any::<i64>())
+            .prop_map(|(request, sku, delta)| Command::AdjustStock { request, sku, delta }),
+        (request.clone(), sku.clone(), any::<Option<u32>>())
+            .prop_map(|(request, sku, limit)| Command::SetBuyerLimit { request, sku, limit }),
+        (request, sku, any::<Option<u64>>(), any::<Option<u64>>()).prop_map(
+            |(request, sku, opens_at_ms, closes_at_ms)| Command::SetSaleWindow {
+                request,
+                sku,
+                window: SaleWindow { opens_at_ms, closes_at_ms },
+            }
+        ),
+    ]
+}
+
+fn outcome() -> impl Strategy<Value = Outcome> {
+    prop_oneof![
+        (any::<u64>(), any::<u64>()).prop_map(|(r, expires_at_ms)| Outcome::Reserved {
+            reservation: ReservationId(r),
+            expires_at_ms
+        }),
+        any::<u64>().prop_map(|available| Outcome::SoldOut { available }),
+        (any::<u64>(), any::<u32>())
+            .prop_map(|(taken, limit)| Outcome::LimitExceeded { taken, limit }),
+        any::<u64>().prop_map(|opens_at_ms| Outcome::SaleNotOpen { opens_at_ms }),
+        Just(Outcome::UnknownSku),
+        Just(Outcome::Confirmed),
+        Just(Outcome::AlreadyCancelled),
+        Just(Outcome::Expired),
+        Just(Outcome::UnknownReservation),
+        (any::<u64>(), any::<u64>())
+            .prop_map(|(total, available)| Outcome::StockChanged { total, available }),
+        any::<u64>().prop_map(|taken_max| Outcome::LimitBelowHoldings { taken_max }),
+    ]
+}
+
+fn reply() -> impl Strategy<Value = Reply> {
+    let sku_view = (any::<u64>(), any::<[u64; 4]>(), any::<Option<u32>>(), any::<Option<u64>>())
+        .prop_map(|(sku, [total, available, reserved, sold], buyer_limit, opens_at_ms)| SkuView {
+            sku: SkuId(sku),
+            total,
+            available,
+            reserved,
+            sold,
+            buyer_limit,
+            window: SaleWindow { opens_at_ms, closes_at_ms: None },
+        });
+    let reservation_view = (any::<u64>(), any::<u64>(), any::<u32>(), 0u8..4).prop_map(
+        |(id, expires_at_ms, qty, state)| ReservationView {
+            reservation: ReservationId::new(ShardId(1), id & ReservationId::SEQ_MAX),
+            buyer: BuyerId(id ^ 7),
+            sku: SkuId(id >> 3),
+            qty,
+            expires_at_ms,
+            state: [
+                ReservationState::Held,
+                ReservationState::Confirmed,
+                ReservationState::Cancelled,
+                ReservationState::Expired,
+            ][usize::from(state)],
+        },
+    );
+    prop_oneof![
+        outcome().prop_map(Reply::Outcome),
+        proptest::option::of(sku_view).prop_map(Reply::Sku),
+        proptest::option::of(reservation_view).prop_map(Reply::Reservation),
+        prop_oneof![
+            Just(Refusal::Overloaded),
+            Just(Refusal::PermissionDenied),
+            Just(Refusal::ShuttingDown),
+            Just(Refusal::Unavailable)
+        ]
+        .prop_map(Reply::Refused),
+    ]
+}
+
+fn message() -> impl Strategy<Value = Message> {
+    let request = prop_oneof![
+        command().prop_map(Request::Apply),
+        any::<u64>().prop_map(|s| Request::QuerySku(SkuId(s))),
+        any::<u64>().prop_map(|r| Request::QueryReservation(ReservationId(r))),
+    ];
+    prop_oneof![
+        (proptest::option::of(".{0,40}"), ".{0,20}")
+            .prop_map(|(token, client_name)| Message::Hello { token, client_name }),
+        (
+            prop_oneof![Just(Role::Service), Just(Role::Admin), Just(Role::Consumer)],
+            any::<u32>(),
+            any::<u32>()
+        )
+            .prop_map(|(role, frame_bytes_max, in_flight_max)| Message::Welcome {
+                role,
+                frame_bytes_max,
+                in_flight_max
+            }),
+        proptest::collection::vec(request, 0..64).prop_map(Message::Requests),
+        proptest::collection::vec(reply(), 0..64).prop_map(Message::Replies),
+        (".{0,60}", proptest::collection::vec(any::<u8>(), 0..4)).prop_map(
+            |(detail, supported_versions)| {
+                Message::Error(ConnectionError {
+                    code: ErrorCode::MalformedFrame,
+                    detail,
+                    supported_versions,
+                })
+            }
+        ),
+    ]
+}
+
+fn encode_all(frames: &[(u64, Message)]) -> Vec<u8> {
+    let mut encoder = FrameEncoder::new(FRAME_BYTES_MAX_DEFAULT);
+    let mut bytes = Vec::new();
+    for (correlation, message) in frames {
+        encoder.encode(*correlation, message, &mut bytes).unwrap();
+    }
+    bytes
+}
+
+/// Pushes `bytes` in chunks of the given sizes, decoding after each push.
+fn decode_chunked(bytes: &[u8], chunks: &[usize]) -> Result<Vec<Frame>, FrameError> {
+    let mut decoder = FrameDecoder::new(FRAME_BYTES_MAX_DEFAULT);
+    let mut frames = Vec::new();
+    let mut at = 0;
+    let mut sizes = chunks.iter().copied().cycle();
+    while at < bytes.len() {
+        let size = sizes.next().unwrap_or(bytes.len()).clamp(1, bytes.len() - at);
+        decoder.push(&bytes[at..at + size]);
+        at += size;
+        while let Decoded::Frame(frame) = decoder.decode()? {
+            frames.push(frame);
+        }
+    }
+    assert_eq!(decoder.buffered_bytes(), 0, "every byte belongs to a frame");
+    Ok(frames)
+}
+
+proptest! {
+    #[test]
+    fn every_message_round_trips_through_any_split_of_the_stream(
+        messages in proptest::collection::vec((any::<u64>(), message()), 1..8),
+        chunks in proptest::collection::vec(1usize..300, 1..8),
+    ) {
+        let bytes = encode_all(&messages);
+        let frames = decode_chunked(&bytes, &chunks).unwrap();
+        let decoded: Vec<(u64, Message)> =
+            frames.into_iter().map(|f| (f.correlation, f.message)).collect();
+        prop_assert_eq!(decoded, messages);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_and_never_buffer_more_than_a_frame(
+        garbage in proptest::collection::vec(any::<u8>(), 0..4_096),
+        valid_header in any::<bool>(),
+        announced in any::<u32>(),
+        chunk in 1usize..512,
+    ) {
+        let limit = 64 * 1024;
+        let mut decoder = FrameDecoder::new(limit);
+        let mut bytes = Vec::new();
+        if valid_header {
+            // A well-formed header announcing any length, followed by garbage.
+            bytes.extend_from_slice(b"FSTK");
+            bytes.extend_from_slice(&[1, 0, 0, 0]);
+            bytes.extend_from_slice(&announced.to_le_bytes());
+            bytes.extend_from_slice(&7u64.to_le_bytes());
+        }
+        bytes.extend_from_slice(&garbage);
+        for piece in bytes.chunks(chunk) {
+            decoder.push(piece);
+            loop {
+                match decoder.decode() {
+                    Ok(Decoded::Frame(_)) => continue,
+                    Ok(Decoded::NeedMore { .. }) => break,
+                    Err(err) if !err.is_fatal() => continue,
+                    Err(_) => break,
+                }
+            }
+            prop_assert!(decoder.buffered_bytes() <= HEADER_BYTES + limit as usize + chunk);
+        }
+    }
+}
+
+fn decode_one(bytes: &[u8]) -> Result<Decoded, FrameError> {
+    let mut decoder = FrameDecoder::new(FRAME_BYTES_MAX_DEFAULT);
+    decoder.push(bytes);
+    decoder.decode()
+}
+
+#[test]
+fn partial_input_says_how_much_more_it_needs() {
+    let bytes = encode_all(&[(9, Message::Requests(vec![Request::QuerySku(SkuId(3))]))]);
+    assert_eq!(decode_one(&bytes[..5]).unwrap(), Decoded::NeedMore { bytes: HEADER_BYTES - 5 });
+    let missing = 3;
+    assert_eq!(
+        decode_one(&bytes[..bytes.len() - missing]).unwrap(),
+        Decoded::NeedMore { bytes: missing }
+    );
+}
+
+#[test]
+fn bad_input_gets_typed_errors() {
+    let good = encode_all(&[(1, Message::Requests(vec![Request::QuerySku(SkuId(3))]))]);
+
+    let mut garbage = good.clone();
+    garbage[..4].copy_from_slice(b"GET ");
+    assert!(matches!(decode_one(&garbage), Err(FrameError::BadMagic { .. })));
+
+    let mut future = good.clone();
+    future[4] = 9;
+    let err = decode_one(&future).unwrap_err();
+    assert_eq!(err, FrameError::UnsupportedVersion { found: 9, supported: SUPPORTED_VERSIONS });
+    assert!(err.to_string().contains("supported: [1]"), "{err}");
+
+    // An oversized length is refused from the header alone, before any payload arrives.
+    let mut huge = good[..HEADER_BYTES].to_vec();
+    huge[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+    let err = decode_one(&huge).unwrap_err();
+    assert!(matches!(err, FrameError::FrameTooLarge { bytes, .. } if bytes == u64::from(u32::MAX)));
+    assert!(err.is_fatal());
+
+    let mut reserved = good.clone();
+    reserved[6] = 1;
+    assert_eq!(decode_one(&reserved).unwrap_err(), FrameError::ReservedBitsSet);
+}
+
+#[test]
+fn a_payload_failing_validation_is_reported_and_the_stream_stays_in_step() {
+    let mut bytes = encode_all(&[(5, Message::Requests(vec![Request::QuerySku(SkuId(3))]))]);
+    let payload_end = bytes.len();
+    for byte in &mut bytes[HEADER_BYTES..payload_end] {
+        *byte = 0xff;
+    }
+    let next = encode_all(&[(6, Message::Hello { token: None, client_name: "ok".into() })]);
+    bytes.extend_from_slice(&next);
+    let mut decoder = FrameDecoder::new(FRAME_BYTES_MAX_DEFAULT);
+    decoder.push(&bytes);
+    let err = decoder.decode().unwrap_err();
+    assert!(matches!(err, FrameError::InvalidPayload { correlation: 5, .. }), "{err}");
+    assert!(!err.is_fatal());
+    let Decoded::Frame(frame) = decoder.decode().unwrap() else { panic!("the next frame") };
+    assert_eq!(frame.correlation, 6);
+}
+
+#[test]
+fn the_encoder_refuses_a_frame_above_the_peers_limit() {
+    let big = Message::Requests(vec![Request::QuerySku(SkuId(1)); 10_000]);
+    let mut encoder = FrameEncoder::new(64 * 1024);
+    let mut out = Vec::new();
+    let err = encoder.encode(1, &big, &mut out).unwrap_err();
+    assert!(matches!(err, FrameError::FrameTooLarge { limit: 65_536, .. }), "{err}");
+    assert!(out.is_empty(), "nothing is appended");
+}
