@@ -41,12 +41,16 @@ pub(crate) enum Job {
     Stop,
 }
 
-/// What a job produced.
-#[derive(Debug)]
-pub(crate) enum Answer {
+/// What a request produced, once durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// A command's outcome.
     Outcome(Outcome),
+    /// A SKU read.
     Sku(Option<SkuView>),
+    /// A reservation read.
     Reservation(Option<ReservationView>),
+    /// Every SKU of a shard.
     Skus(Vec<SkuView>),
 }
 

@@ -43,17 +43,7 @@ impl Handle {
 
     /// Applies any state-changing command; the answer arrives once its effect is durable.
     pub async fn apply(&self, command: Command) -> Result<Outcome, RuntimeError> {
-        let shard = match command.route_key() {
-            RouteKey::Sku(sku) => self.shared.map.shard_of_sku(sku),
-            RouteKey::Reservation(reservation) => {
-                match self.shared.map.shard_of_reservation(reservation) {
-                    Some(shard) => shard,
-                    // No shard of ours could have issued it.
-                    None => return Ok(Outcome::UnknownReservation),
-                }
-            }
-        };
-        match self.ask(shard, |reply| Job::Apply { command, reply }).await? {
+        match self.submit_command(command)?.await? {
             Answer::Outcome(outcome) => Ok(outcome),
             other => unreachable!("apply answered {other:?}"),
         }
@@ -170,16 +160,85 @@ impl Handle {
         shard: ShardId,
         job: impl FnOnce(Reply) -> Job,
     ) -> Result<Answer, RuntimeError> {
+        self.send(shard, job)?.await
+    }
+
+    /// Sends a job without waiting: the returned [`Pending`] resolves once its answer is
+    /// durable. A batch is submitted whole before any answer is awaited, so its requests reach
+    /// the shards together and share group commits.
+    fn send(
+        &self,
+        shard: ShardId,
+        job: impl FnOnce(Reply) -> Job,
+    ) -> Result<Pending, RuntimeError> {
         if let Some(reason) = self.shared.failure.reason() {
             return Err(RuntimeError::WalFailed { reason });
         }
         let (reply, answer) = oneshot::channel();
         match self.shared.inboxes[usize::from(shard.0)].try_send(job(reply)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => return Err(RuntimeError::Overloaded { shard: shard.0 }),
-            Err(TrySendError::Disconnected(_)) => return Err(RuntimeError::ShuttingDown),
+            Ok(()) => Ok(Pending { answer }),
+            Err(TrySendError::Full(_)) => Err(RuntimeError::Overloaded { shard: shard.0 }),
+            Err(TrySendError::Disconnected(_)) => Err(RuntimeError::ShuttingDown),
         }
+    }
+
+    /// Submits a state-changing command without waiting for its answer.
+    pub fn submit_command(&self, command: Command) -> Result<Pending, RuntimeError> {
+        let shard = match command.route_key() {
+            RouteKey::Sku(sku) => self.shared.map.shard_of_sku(sku),
+            RouteKey::Reservation(reservation) => {
+                match self.shared.map.shard_of_reservation(reservation) {
+                    Some(shard) => shard,
+                    None => {
+                        return Ok(Pending::ready(Answer::Outcome(Outcome::UnknownReservation)))
+                    }
+                }
+            }
+        };
+        self.send(shard, |reply| Job::Apply { command, reply })
+    }
+
+    /// Submits a SKU read without waiting for its answer.
+    pub fn submit_query_sku(&self, sku: SkuId) -> Result<Pending, RuntimeError> {
+        self.send(self.shared.map.shard_of_sku(sku), |reply| Job::QuerySku { sku, reply })
+    }
+
+    /// Submits a reservation read without waiting for its answer.
+    pub fn submit_query_reservation(
+        &self,
+        reservation: ReservationId,
+    ) -> Result<Pending, RuntimeError> {
+        let Some(shard) = self.shared.map.shard_of_reservation(reservation) else {
+            return Ok(Pending::ready(Answer::Reservation(None)));
+        };
+        self.send(shard, |reply| Job::QueryReservation { reservation, reply })
+    }
+}
+
+/// An answer on its way: resolves once everything applied before it is durable.
+#[derive(Debug)]
+pub struct Pending {
+    answer: oneshot::Receiver<Result<Answer, RuntimeError>>,
+}
+
+impl Pending {
+    fn ready(answer: Answer) -> Pending {
+        let (reply, receiver) = oneshot::channel();
+        let _ = reply.send(Ok(answer));
+        Pending { answer: receiver }
+    }
+}
+
+impl std::future::Future for Pending {
+    type Output = Result<Answer, RuntimeError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
         // A dropped reply means the actor stopped before answering.
-        answer.await.map_err(|_| RuntimeError::ShuttingDown)?
+        std::pin::Pin::new(&mut self.answer)
+            .poll(cx)
+            .map(|received| received.unwrap_or(Err(RuntimeError::ShuttingDown)))
     }
 }
