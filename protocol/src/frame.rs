@@ -19,6 +19,10 @@ use rkyv::util::AlignedVec;
 use crate::error::FrameError;
 use crate::message::{ArchivedMessage, Message};
 
+/// The ALPN protocol id of flashstock over QUIC. A peer offering anything else is refused in
+/// the TLS handshake.
+pub const ALPN: &[u8] = b"flashstock/1";
+
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u8 = 1;
 /// Every protocol version this build speaks.

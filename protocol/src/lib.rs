@@ -19,7 +19,7 @@ pub mod message;
 
 pub use error::FrameError;
 pub use frame::{
-    Decoded, Frame, FrameDecoder, FrameEncoder, FRAME_BYTES_MAX_DEFAULT, HEADER_BYTES,
+    Decoded, Frame, FrameDecoder, FrameEncoder, ALPN, FRAME_BYTES_MAX_DEFAULT, HEADER_BYTES,
     PROTOCOL_VERSION, SUPPORTED_VERSIONS,
 };
 pub use message::{ConnectionError, ErrorCode, Message, Refusal, Reply, Request, Role};

@@ -110,3 +110,30 @@ pub enum ErrorCode {
     /// Too many connections.
     TooManyConnections,
 }
+
+impl ErrorCode {
+    /// The QUIC application error code a connection closed for this reason carries.
+    pub fn as_u32(self) -> u32 {
+        match self {
+            ErrorCode::UnsupportedVersion => 1,
+            ErrorCode::MalformedFrame => 2,
+            ErrorCode::FrameTooLarge => 3,
+            ErrorCode::Unauthenticated => 4,
+            ErrorCode::UnexpectedMessage => 5,
+            ErrorCode::TooManyConnections => 6,
+        }
+    }
+
+    /// The reason behind a QUIC application error code, if it is one of ours.
+    pub fn from_u32(code: u32) -> Option<ErrorCode> {
+        Some(match code {
+            1 => ErrorCode::UnsupportedVersion,
+            2 => ErrorCode::MalformedFrame,
+            3 => ErrorCode::FrameTooLarge,
+            4 => ErrorCode::Unauthenticated,
+            5 => ErrorCode::UnexpectedMessage,
+            6 => ErrorCode::TooManyConnections,
+            _ => return None,
+        })
+    }
+}

@@ -47,6 +47,30 @@ pub enum RuntimeError {
     /// The log could not be opened or its layout read.
     #[error("the write-ahead log: {0}")]
     Wal(#[from] flashstock_wal::WalError),
+    /// A TLS certificate or key could not be generated, read or used.
+    #[error("TLS material at {path}: {detail}")]
+    Tls {
+        /// The file concerned.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        detail: String,
+    },
+    /// A configuration file (tokens, server config) could not be read, written or parsed.
+    #[error("configuration {path}: {detail}")]
+    Config {
+        /// The file concerned.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The listening socket could not be opened.
+    #[error("listening on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// A thread could not be started.
     #[error("spawning {what}: {source}")]
     Spawn {

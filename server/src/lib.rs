@@ -22,6 +22,7 @@
 //! - [`runtime`]: [`Runtime`], start (with recovery) and graceful shutdown.
 //! - `actor`, `durability`, `recovery`: the shard loop; the group-commit and snapshot threads;
 //!   rebuilding shards (in parallel) from the latest snapshot plus the log.
+//! - [`net`]: the QUIC listener: TLS, authentication, sessions.
 //! - [`demo`]: the demo flash sale the `flashstock-demo` binary runs, with its audit.
 //! - [`error`]: [`RuntimeError`], the one error type.
 
@@ -30,16 +31,18 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod handle;
+pub mod net;
 pub mod runtime;
 
 mod actor;
 mod durability;
 mod recovery;
 
+pub use actor::Answer;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::RuntimeConfig;
 pub use durability::DurabilityStats;
 pub use error::RuntimeError;
-pub use handle::Handle;
+pub use handle::{Handle, Pending};
 pub use recovery::RecoveryReport;
 pub use runtime::Runtime;

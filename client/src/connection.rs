@@ -1,0 +1,187 @@
+//! One authenticated QUIC connection carrying pipelined request batches.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use flashstock_protocol::{
+    Decoded, FrameDecoder, FrameEncoder, Message, Reply, Request, Role, FRAME_BYTES_MAX_DEFAULT,
+};
+use tokio::sync::{oneshot, Mutex};
+
+use crate::error::ClientError;
+use crate::tls::ClientTls;
+
+type Waiting = Arc<DashMap<u64, oneshot::Sender<Result<Message, Arc<ClientError>>>>>;
+
+/// An authenticated connection. Calls from many tasks pipeline over one stream.
+#[derive(Debug)]
+pub struct Connection {
+    connection: quinn::Connection,
+    _endpoint: quinn::Endpoint,
+    send: Mutex<(quinn::SendStream, FrameEncoder)>,
+    waiting: Waiting,
+    next_correlation: AtomicU64,
+    role: Role,
+    in_flight_max: u32,
+}
+
+impl Connection {
+    /// Connects to `addr` (certificate checked against `server_name`), and authenticates.
+    pub async fn connect(
+        addr: SocketAddr,
+        server_name: &str,
+        tls: &ClientTls,
+        token: Option<&str>,
+    ) -> Result<Connection, ClientError> {
+        let bind: SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
+            .parse()
+            .expect("a wildcard address");
+        let mut endpoint =
+            quinn::Endpoint::client(bind).map_err(|err| ClientError::Setup(err.to_string()))?;
+        endpoint.set_default_client_config(tls.quinn_config());
+        let connection = endpoint.connect(addr, server_name)?.await?;
+        let (send, recv) = connection.open_bi().await?;
+        let waiting: Waiting = Arc::new(DashMap::new());
+        tokio::spawn(read_replies(recv, waiting.clone()));
+        let mut client = Connection {
+            connection,
+            _endpoint: endpoint,
+            send: Mutex::new((send, FrameEncoder::new(FRAME_BYTES_MAX_DEFAULT))),
+            waiting,
+            next_correlation: AtomicU64::new(1),
+            role: Role::Service,
+            in_flight_max: 0,
+        };
+        let hello = Message::Hello {
+            token: token.map(str::to_owned),
+            client_name: format!("flashstock-client/{}", env!("CARGO_PKG_VERSION")),
+        };
+        match client.exchange(hello).await? {
+            Message::Welcome { role, in_flight_max, .. } => {
+                client.role = role;
+                client.in_flight_max = in_flight_max;
+                Ok(client)
+            }
+            other => Err(ClientError::Unexpected(format!("{other:?} in answer to Hello"))),
+        }
+    }
+
+    /// The role the server granted.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Requests the server lets this connection have in flight.
+    pub fn in_flight_max(&self) -> u32 {
+        self.in_flight_max
+    }
+
+    /// Sends a batch and waits for its replies, one per request, in order.
+    pub async fn call(&self, requests: Vec<Request>) -> Result<Vec<Reply>, ClientError> {
+        let count = requests.len();
+        match self.exchange(Message::Requests(requests)).await? {
+            Message::Replies(replies) if replies.len() == count => Ok(replies),
+            other => {
+                Err(ClientError::Unexpected(format!("{other:?} in answer to {count} requests")))
+            }
+        }
+    }
+
+    /// Closes the connection.
+    pub fn close(&self) {
+        self.connection.close(0u32.into(), b"client done");
+    }
+
+    async fn exchange(&self, message: Message) -> Result<Message, ClientError> {
+        let correlation = self.next_correlation.fetch_add(1, Ordering::Relaxed);
+        let (answered, answer) = oneshot::channel();
+        self.waiting.insert(correlation, answered);
+        let mut frame = Vec::new();
+        {
+            let mut send = self.send.lock().await;
+            let (stream, encoder) = &mut *send;
+            if let Err(err) = encoder.encode(correlation, &message, &mut frame) {
+                self.waiting.remove(&correlation);
+                return Err(err.into());
+            }
+            if let Err(err) = stream.write_all(&frame).await {
+                self.waiting.remove(&correlation);
+                return Err(self.closed_reason().unwrap_or(err.into()));
+            }
+        }
+        match answer.await {
+            Ok(Ok(Message::Error(error))) => Err(ClientError::Rejected {
+                code: error.code,
+                detail: error.detail,
+                supported_versions: error.supported_versions,
+            }),
+            Ok(Ok(message)) => Ok(message),
+            Ok(Err(_)) | Err(_) => Err(self.closed_reason().unwrap_or(ClientError::Closed)),
+        }
+    }
+
+    /// Why the connection closed, if the server said.
+    fn closed_reason(&self) -> Option<ClientError> {
+        let reason = self.connection.close_reason()?;
+        if let quinn::ConnectionError::ApplicationClosed(close) = &reason {
+            let code = u32::try_from(close.error_code.into_inner()).ok();
+            if let Some(code) = code.and_then(flashstock_protocol::ErrorCode::from_u32) {
+                let detail = String::from_utf8_lossy(&close.reason).into_owned();
+                return Some(ClientError::Rejected {
+                    code,
+                    detail,
+                    supported_versions: Vec::new(),
+                });
+            }
+        }
+        Some(ClientError::Connection(reason))
+    }
+}
+
+/// Reads frames and hands each to the call waiting for its correlation id. A connection
+/// error frame (correlation 0) or the end of the stream fails every call still waiting.
+async fn read_replies(mut recv: quinn::RecvStream, waiting: Waiting) {
+    let mut decoder = FrameDecoder::new(u32::MAX);
+    let failure = loop {
+        let chunk = match recv.read_chunk(64 * 1024, true).await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break ClientError::Closed,
+            Err(err) => break ClientError::Unexpected(err.to_string()),
+        };
+        decoder.push(&chunk.bytes);
+        let mut failed = None;
+        loop {
+            match decoder.decode() {
+                Ok(Decoded::NeedMore { .. }) => break,
+                Ok(Decoded::Frame(frame)) if frame.correlation == 0 => {
+                    // A connection-level error: every waiting call gets it.
+                    for key in waiting.iter().map(|e| *e.key()).collect::<Vec<_>>() {
+                        if let Some((_, call)) = waiting.remove(&key) {
+                            let _ = call.send(Ok(frame.message.clone()));
+                        }
+                    }
+                }
+                Ok(Decoded::Frame(frame)) => {
+                    if let Some((_, call)) = waiting.remove(&frame.correlation) {
+                        let _ = call.send(Ok(frame.message));
+                    }
+                }
+                Err(err) => {
+                    failed = Some(ClientError::Protocol(err));
+                    break;
+                }
+            }
+        }
+        if let Some(err) = failed {
+            break err;
+        }
+    };
+    let failure = Arc::new(failure);
+    for key in waiting.iter().map(|e| *e.key()).collect::<Vec<_>>() {
+        if let Some((_, call)) = waiting.remove(&key) {
+            let _ = call.send(Err(failure.clone()));
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! flashstock's client library: how order services reach the server.
+//!
+//! Map of the modules:
+//! - [`tls`]: [`ClientTls`], which certificate the client trusts (the server's self-signed
+//!   certificate file, or a CA); the only way to skip verification is loudly named and meant
+//!   for local tests.
+//! - [`connection`]: [`Connection`]: one QUIC connection, authenticated with a bearer token,
+//!   carrying pipelined request batches on a long-lived stream; replies are matched to calls
+//!   by correlation id and may arrive in any order.
+//! - [`error`]: [`ClientError`], the one error type.
+
+pub mod connection;
+pub mod error;
+pub mod tls;
+
+pub use connection::Connection;
+pub use error::ClientError;
+pub use tls::ClientTls;

@@ -1,0 +1,336 @@
+//! The QUIC listener and its sessions: one task per connection, one per stream.
+//!
+//! A connection authenticates once (`Hello` → `Welcome`) on any stream; after that every stream
+//! carries pipelined `Requests` frames. Each batch is submitted to the shards whole, then its
+//! replies are awaited and written back as one `Replies` frame with the same correlation id;
+//! batches finish in any order. A per-connection semaphore caps requests in flight: when it is
+//! exhausted the stream is simply not read, and QUIC flow control pushes back on the client.
+//!
+//! Bad input closes only the connection that sent it, after an `Error` frame saying why, and
+//! with the same reason as the QUIC application close code.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use flashstock_protocol::{
+    ConnectionError, Decoded, ErrorCode, Frame, FrameDecoder, FrameEncoder, FrameError, Message,
+    Refusal, Reply, Request, Role, SUPPORTED_VERSIONS,
+};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::net::auth::{permits, Authenticator};
+use crate::{Answer, Handle, RuntimeError};
+
+/// Bytes read from a stream at a time.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Encoded frames waiting to be written on one stream.
+const WRITE_QUEUE_FRAMES: usize = 256;
+
+/// Limits of the network layer.
+#[derive(Clone, Copy, Debug)]
+pub struct NetLimits {
+    /// The largest frame payload accepted.
+    pub frame_bytes_max: u32,
+    /// Connections served at once; more are refused.
+    pub connections_max: usize,
+    /// Requests one connection may have in flight.
+    pub in_flight_max: u32,
+    /// How long a shutdown waits for sessions to finish what they took.
+    pub drain_timeout_ms: u64,
+}
+
+struct Shared {
+    handle: Handle,
+    auth: Authenticator,
+    limits: NetLimits,
+    connections: AtomicUsize,
+    stopping: watch::Receiver<bool>,
+}
+
+/// Serves `endpoint` until `shutdown` completes; then stops accepting, lets every session
+/// finish the requests it took (up to `drain_timeout_ms`), and closes the endpoint.
+pub async fn serve(
+    endpoint: quinn::Endpoint,
+    handle: Handle,
+    auth: Authenticator,
+    limits: NetLimits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let (stop, stopping) = watch::channel(false);
+    let shared =
+        Arc::new(Shared { handle, auth, limits, connections: AtomicUsize::new(0), stopping });
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                if shared.connections.load(Ordering::Acquire) >= limits.connections_max {
+                    tracing::warn!(remote = %incoming.remote_address(), "connection limit reached; refused");
+                    incoming.refuse();
+                    continue;
+                }
+                shared.connections.fetch_add(1, Ordering::AcqRel);
+                connections.spawn(run_connection(incoming, shared.clone()));
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            () = &mut shutdown => break,
+        }
+    }
+    tracing::info!("shutting down: no new connections; draining sessions");
+    endpoint.set_server_config(None);
+    let _ = stop.send(true);
+    let drain = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_millis(limits.drain_timeout_ms), drain).await.is_err() {
+        tracing::warn!("sessions still busy after the drain timeout; closing them");
+        connections.abort_all();
+    }
+    endpoint.close(0u32.into(), b"server shutting down");
+    endpoint.wait_idle().await;
+}
+
+struct Session {
+    connection: quinn::Connection,
+    role: OnceLock<Role>,
+    in_flight: Arc<Semaphore>,
+    shared: Arc<Shared>,
+}
+
+async fn run_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
+    let _count = ConnectionCount(shared.clone());
+    let remote = incoming.remote_address();
+    let connection = match incoming.await {
+        Ok(connection) => connection,
+        Err(err) => {
+            // Wrong ALPN, failed TLS handshake, a client that went away.
+            tracing::info!(%remote, %err, "handshake failed");
+            return;
+        }
+    };
+    let in_flight = Arc::new(Semaphore::new(shared.limits.in_flight_max as usize));
+    let session = Arc::new(Session { connection, role: OnceLock::new(), in_flight, shared });
+    let mut streams = JoinSet::new();
+    let mut stopping = session.shared.stopping.clone();
+    loop {
+        tokio::select! {
+            stream = session.connection.accept_bi() => match stream {
+                Ok((send, recv)) => { streams.spawn(run_stream(session.clone(), send, recv)); }
+                Err(_) => break,
+            },
+            _ = stopping.changed() => break,
+        }
+    }
+    while streams.join_next().await.is_some() {}
+    session.connection.close(0u32.into(), b"bye");
+}
+
+struct ConnectionCount(Arc<Shared>);
+
+impl Drop for ConnectionCount {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Why a session ends its connection.
+struct Close {
+    code: ErrorCode,
+    detail: String,
+}
+
+async fn run_stream(session: Arc<Session>, send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    let (frames, queued) = mpsc::channel(WRITE_QUEUE_FRAMES);
+    let writer = tokio::spawn(write_frames(send, queued));
+    let mut decoder = FrameDecoder::new(session.shared.limits.frame_bytes_max);
+    let mut batches = JoinSet::new();
+    let mut stopping = session.shared.stopping.clone();
+    let mut close = None;
+    'read: loop {
+        let chunk = tokio::select! {
+            chunk = recv.read_chunk(READ_CHUNK_BYTES, true) => chunk,
+            _ = stopping.changed() => break 'read,
+        };
+        match chunk {
+            Ok(Some(chunk)) => decoder.push(&chunk.bytes),
+            Ok(None) | Err(_) => break 'read,
+        }
+        loop {
+            let decoded = decoder.decode();
+            let taken = match decoded {
+                Ok(Decoded::NeedMore { .. }) => break,
+                Ok(Decoded::Frame(frame)) => session.take(frame, &frames, &mut batches).await,
+                Err(err) => Err(close_for(&err)),
+            };
+            if let Err(reason) = taken {
+                close = Some(reason);
+                break 'read;
+            }
+        }
+    }
+    while batches.join_next().await.is_some() {}
+    if let Some(Close { code, detail }) = &close {
+        tracing::info!(remote = %session.connection.remote_address(), ?code, %detail, "closing connection");
+        let supported_versions = if *code == ErrorCode::UnsupportedVersion {
+            SUPPORTED_VERSIONS.to_vec()
+        } else {
+            Vec::new()
+        };
+        let error = ConnectionError { code: *code, detail: detail.clone(), supported_versions };
+        let _ = frames.send(encode(0, &Message::Error(error))).await;
+    }
+    drop(frames);
+    let _ = writer.await;
+    if let Some(Close { code, detail }) = close {
+        session.connection.close(code.as_u32().into(), detail.as_bytes());
+    }
+}
+
+fn close_for(err: &FrameError) -> Close {
+    let code = match err {
+        FrameError::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
+        FrameError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
+        _ => ErrorCode::MalformedFrame,
+    };
+    Close { code, detail: err.to_string() }
+}
+
+impl Session {
+    async fn take(
+        self: &Arc<Self>,
+        frame: Frame,
+        frames: &mpsc::Sender<Vec<u8>>,
+        batches: &mut JoinSet<()>,
+    ) -> Result<(), Close> {
+        match frame.message {
+            Message::Hello { token, client_name } => {
+                let Some(role) = self.shared.auth.authenticate(token.as_deref()) else {
+                    let detail = "missing or unknown bearer token".to_owned();
+                    return Err(Close { code: ErrorCode::Unauthenticated, detail });
+                };
+                if *self.role.get_or_init(|| role) != role {
+                    let detail = "a connection authenticates once".to_owned();
+                    return Err(Close { code: ErrorCode::UnexpectedMessage, detail });
+                }
+                tracing::debug!(client = %client_name, ?role, "authenticated");
+                let limits = self.shared.limits;
+                let welcome = Message::Welcome {
+                    role,
+                    frame_bytes_max: limits.frame_bytes_max,
+                    in_flight_max: limits.in_flight_max,
+                };
+                let _ = frames.send(encode(frame.correlation, &welcome)).await;
+                Ok(())
+            }
+            Message::Requests(batch) => {
+                let Some(&role) = self.role.get() else {
+                    let detail = "send Hello with credentials first".to_owned();
+                    return Err(Close { code: ErrorCode::Unauthenticated, detail });
+                };
+                // Waiting here stops this stream being read: backpressure, not buffering.
+                let wanted = batch.len().clamp(1, self.shared.limits.in_flight_max as usize);
+                let permit = self.in_flight.clone().acquire_many_owned(wanted as u32).await;
+                let permit = permit.expect("the semaphore is never closed");
+                let (session, frames) = (self.clone(), frames.clone());
+                batches.spawn(async move {
+                    session.answer(frame.correlation, batch, role, permit, frames).await
+                });
+                Ok(())
+            }
+            other => {
+                let detail = format!("a client does not send {}", message_name(&other));
+                Err(Close { code: ErrorCode::UnexpectedMessage, detail })
+            }
+        }
+    }
+
+    async fn answer(
+        &self,
+        correlation: u64,
+        batch: Vec<Request>,
+        role: Role,
+        permit: OwnedSemaphorePermit,
+        frames: mpsc::Sender<Vec<u8>>,
+    ) {
+        let replies = dispatch(&self.shared.handle, role, &batch).await;
+        drop(permit);
+        let _ = frames.send(encode(correlation, &Message::Replies(replies))).await;
+    }
+}
+
+/// Submits every request of a batch before awaiting any answer, so they reach the shards
+/// together and share group commits.
+async fn dispatch(handle: &Handle, role: Role, batch: &[Request]) -> Vec<Reply> {
+    let submitted: Vec<Result<crate::Pending, Reply>> = batch
+        .iter()
+        .map(|request| {
+            if !permits(role, request) {
+                return Err(Reply::Refused(Refusal::PermissionDenied));
+            }
+            let pending = match *request {
+                Request::Apply(command) => handle.submit_command(command),
+                Request::QuerySku(sku) => handle.submit_query_sku(sku),
+                Request::QueryReservation(id) => handle.submit_query_reservation(id),
+            };
+            pending.map_err(refusal)
+        })
+        .collect();
+    let mut replies = Vec::with_capacity(submitted.len());
+    for pending in submitted {
+        replies.push(match pending {
+            Ok(pending) => match pending.await {
+                Ok(Answer::Outcome(outcome)) => Reply::Outcome(outcome),
+                Ok(Answer::Sku(view)) => Reply::Sku(view),
+                Ok(Answer::Reservation(view)) => Reply::Reservation(view),
+                Ok(Answer::Skus(_)) => unreachable!("no request lists SKUs"),
+                Err(err) => refusal(err),
+            },
+            Err(refused) => refused,
+        });
+    }
+    replies
+}
+
+fn refusal(err: RuntimeError) -> Reply {
+    Reply::Refused(match err {
+        RuntimeError::Overloaded { .. } => Refusal::Overloaded,
+        RuntimeError::ShuttingDown => Refusal::ShuttingDown,
+        _ => Refusal::Unavailable,
+    })
+}
+
+fn encode(correlation: u64, message: &Message) -> Vec<u8> {
+    // Server frames are bounded by what the client sent (one reply per request), and the
+    // client's limit is at least the protocol default.
+    let mut out = Vec::new();
+    let mut encoder = FrameEncoder::new(u32::MAX);
+    encoder.encode(correlation, message, &mut out).expect("no limit to exceed");
+    out
+}
+
+fn message_name(message: &Message) -> &'static str {
+    match message {
+        Message::Hello { .. } => "Hello",
+        Message::Welcome { .. } => "Welcome",
+        Message::Requests(_) => "Requests",
+        Message::Replies(_) => "Replies",
+        Message::Error(_) => "Error",
+    }
+}
+
+/// Writes queued frames, coalescing whatever is waiting into one write; then finishes the
+/// stream and gives the peer a moment to read it all before the connection may close.
+async fn write_frames(mut send: quinn::SendStream, mut queued: mpsc::Receiver<Vec<u8>>) {
+    while let Some(mut bytes) = queued.recv().await {
+        while let Ok(more) = queued.try_recv() {
+            bytes.extend_from_slice(&more);
+        }
+        if send.write_all(&bytes).await.is_err() {
+            return;
+        }
+    }
+    let _ = send.finish();
+    let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+}

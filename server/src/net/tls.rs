@@ -1,0 +1,105 @@
+//! TLS for the QUIC listener: TLS 1.3 only, ring as the one crypto provider (chosen explicitly,
+//! so no process-wide default is ever needed), ALPN `flashstock/1`.
+//!
+//! The embedded default is a self-signed certificate for `localhost` and `127.0.0.1`, generated
+//! on first start in `<data dir>/tls/` and reused after; clients trust that file.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::QuicServerConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::error::RuntimeError;
+
+/// Where a server's certificate chain and key live.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    /// PEM certificate chain, leaf first.
+    pub cert_path: PathBuf,
+    /// PEM private key.
+    pub key_path: PathBuf,
+}
+
+/// The crypto provider every TLS config here is built with.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The self-signed certificate in `<dir>/tls/`, generated if absent.
+pub fn ensure_self_signed(dir: &Path) -> Result<TlsFiles, RuntimeError> {
+    let tls_dir = dir.join("tls");
+    let files = TlsFiles { cert_path: tls_dir.join("cert.pem"), key_path: tls_dir.join("key.pem") };
+    if files.cert_path.exists() && files.key_path.exists() {
+        return Ok(files);
+    }
+    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let generated = rcgen::generate_simple_self_signed(names)
+        .map_err(|err| tls_error(&files.cert_path, err.to_string()))?;
+    std::fs::create_dir_all(&tls_dir).map_err(|err| tls_error(&tls_dir, err.to_string()))?;
+    write_private(&files.key_path, generated.signing_key.serialize_pem().as_bytes())?;
+    std::fs::write(&files.cert_path, generated.cert.pem())
+        .map_err(|err| tls_error(&files.cert_path, err.to_string()))?;
+    tracing::info!(
+        cert = %files.cert_path.display(),
+        "generated a self-signed TLS certificate; clients must trust this file"
+    );
+    Ok(files)
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), RuntimeError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|err| tls_error(path, err.to_string()))?;
+    file.write_all(bytes).map_err(|err| tls_error(path, err.to_string()))
+}
+
+/// Limits the QUIC transport enforces per connection.
+#[derive(Clone, Copy, Debug)]
+pub struct TransportLimits {
+    /// Bidirectional streams a client may have open at once.
+    pub streams_max: u32,
+    /// A connection silent this long is closed.
+    pub idle_timeout_ms: u64,
+}
+
+/// The quinn server configuration: the certificate, TLS 1.3 only, the ALPN, the limits.
+pub fn server_config(
+    files: &TlsFiles,
+    limits: TransportLimits,
+) -> Result<quinn::ServerConfig, RuntimeError> {
+    let certs = CertificateDer::pem_file_iter(&files.cert_path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|err| tls_error(&files.cert_path, err.to_string()))?;
+    let key = PrivateKeyDer::from_pem_file(&files.key_path)
+        .map_err(|err| tls_error(&files.key_path, err.to_string()))?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .and_then(|builder| builder.with_no_client_auth().with_single_cert(certs, key))
+        .map_err(|err| tls_error(&files.cert_path, err.to_string()))?;
+    tls.alpn_protocols = vec![flashstock_protocol::ALPN.to_vec()];
+    let crypto = QuicServerConfig::try_from(tls)
+        .map_err(|err| tls_error(&files.cert_path, err.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_concurrent_bidi_streams(limits.streams_max.into());
+    transport.max_concurrent_uni_streams(0u8.into());
+    let idle = Duration::from_millis(limits.idle_timeout_ms);
+    transport.max_idle_timeout(Some(idle.try_into().map_err(|_| {
+        tls_error(&files.cert_path, format!("idle timeout {idle:?} out of range"))
+    })?));
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
+fn tls_error(path: &Path, detail: String) -> RuntimeError {
+    RuntimeError::Tls { path: path.to_path_buf(), detail }
+}
