@@ -23,11 +23,13 @@
 //! - `actor`, `durability`, `recovery`: the shard loop; the group-commit and snapshot threads;
 //!   rebuilding shards (in parallel) from the latest snapshot plus the log.
 //! - [`net`]: the QUIC listener: TLS, authentication, sessions.
+//! - [`daemon`]: the `flashstockd` settings (file, environment, flags) and `run`.
 //! - [`demo`]: the demo flash sale the `flashstock-demo` binary runs, with its audit.
 //! - [`error`]: [`RuntimeError`], the one error type.
 
 pub mod clock;
 pub mod config;
+pub mod daemon;
 pub mod demo;
 pub mod error;
 pub mod handle;

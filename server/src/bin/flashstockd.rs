@@ -1,0 +1,114 @@
+//! `flashstockd`: the flashstock server. Parses its configuration, then calls
+//! `flashstock_server::daemon::run` until SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use flashstock_server::daemon::{self, Settings};
+
+/// The flashstock server: flash-sale stock over QUIC, durable before it answers.
+///
+/// Settings come from defaults, then `--config FILE` (TOML, same names with underscores),
+/// then environment variables, then flags. On first start it generates a self-signed TLS
+/// certificate (`<data-dir>/tls/cert.pem`, which clients trust) and admin and service tokens
+/// (`<data-dir>/tokens.toml`).
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// A TOML settings file.
+    #[arg(long, env = "FLASHSTOCK_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where to listen [default: 127.0.0.1:7400].
+    #[arg(long, env = "FLASHSTOCK_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// The data directory: write-ahead log, TLS material, tokens [default: ./flashstock-data].
+    #[arg(long, env = "FLASHSTOCK_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Shard actors (threads) [default: cores]; fixed for the life of a data directory.
+    #[arg(long, env = "FLASHSTOCK_SHARDS")]
+    shards: Option<u16>,
+    /// Records between snapshots of a shard [default: 1000000].
+    #[arg(long, env = "FLASHSTOCK_SNAPSHOT_EVERY_RECORDS")]
+    snapshot_every_records: Option<u64>,
+    /// Milliseconds between snapshots of a busy shard [default: 60000].
+    #[arg(long, env = "FLASHSTOCK_SNAPSHOT_EVERY_MS")]
+    snapshot_every_ms: Option<u64>,
+    /// The largest frame payload accepted, in bytes [default: 1048576].
+    #[arg(long, env = "FLASHSTOCK_FRAME_BYTES_MAX")]
+    frame_bytes_max: Option<u32>,
+    /// Connections served at once [default: 1024].
+    #[arg(long, env = "FLASHSTOCK_CONNECTIONS_MAX")]
+    connections_max: Option<usize>,
+    /// Requests one connection may have in flight [default: 16384].
+    #[arg(long, env = "FLASHSTOCK_IN_FLIGHT_MAX")]
+    in_flight_max: Option<u32>,
+    /// Streams one connection may open [default: 64].
+    #[arg(long, env = "FLASHSTOCK_STREAMS_MAX")]
+    streams_max: Option<u32>,
+    /// Milliseconds of silence before a connection is closed [default: 30000].
+    #[arg(long, env = "FLASHSTOCK_IDLE_TIMEOUT_MS")]
+    idle_timeout_ms: Option<u64>,
+    /// A PEM certificate chain to serve instead of the generated self-signed one.
+    #[arg(long, env = "FLASHSTOCK_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "FLASHSTOCK_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// A tokens file (`admin = "..."` / `service = "..."` / `consumer = "..."` lines).
+    #[arg(long, env = "FLASHSTOCK_TOKENS_FILE")]
+    tokens_file: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let from_file = match &args.config {
+        Some(path) => Settings::from_file(path)?,
+        None => Settings::default(),
+    };
+    let settings = from_file.overridden_by(Settings {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        shards: args.shards,
+        snapshot_every_records: args.snapshot_every_records,
+        snapshot_every_ms: args.snapshot_every_ms,
+        frame_bytes_max: args.frame_bytes_max,
+        connections_max: args.connections_max,
+        in_flight_max: args.in_flight_max,
+        streams_max: args.streams_max,
+        idle_timeout_ms: args.idle_timeout_ms,
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
+        tokens_file: args.tokens_file,
+    });
+    let tokio = tokio::runtime::Runtime::new().context("starting tokio")?;
+    tokio.block_on(daemon::run(
+        settings,
+        |listen, cert, tokens| {
+            // One machine-readable line for scripts and tests, besides the log.
+            println!(
+                "flashstockd listening on {listen} cert {} tokens {}",
+                cert.display(),
+                tokens.display()
+            );
+        },
+        shutdown_signal(),
+    ))?;
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).expect("a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}

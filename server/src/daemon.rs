@@ -1,0 +1,149 @@
+//! The server daemon's configuration and its `run`: open the log, recover, listen on QUIC,
+//! serve until told to stop, drain, flush, return.
+//!
+//! Configuration comes from defaults, then a TOML file, then environment variables and
+//! command-line flags (the binary merges them; see `flashstockd --help`).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::net::{self, Authenticator, NetLimits, TlsFiles, TransportLimits};
+use crate::{Runtime, RuntimeConfig, RuntimeError, SystemClock};
+
+/// The default listen address.
+pub const LISTEN_DEFAULT: &str = "127.0.0.1:7400";
+
+/// Every setting of the daemon, each optional so that file, environment and flags can layer.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Where to listen (default 127.0.0.1:7400).
+    pub listen: Option<SocketAddr>,
+    /// The data directory: log, TLS material, tokens (default ./flashstock-data).
+    pub data_dir: Option<PathBuf>,
+    /// Shard actors (default: cores). Fixed for the life of a data directory.
+    pub shards: Option<u16>,
+    /// Records between snapshots (default 1,000,000).
+    pub snapshot_every_records: Option<u64>,
+    /// Milliseconds between snapshots (default 60,000).
+    pub snapshot_every_ms: Option<u64>,
+    /// The largest frame payload accepted, in bytes (default 1 MiB).
+    pub frame_bytes_max: Option<u32>,
+    /// Connections served at once (default 1,024).
+    pub connections_max: Option<usize>,
+    /// Requests one connection may have in flight (default 16,384).
+    pub in_flight_max: Option<u32>,
+    /// Streams one connection may open (default 64).
+    pub streams_max: Option<u32>,
+    /// Milliseconds of silence before a connection is closed (default 30,000).
+    pub idle_timeout_ms: Option<u64>,
+    /// A PEM certificate chain to serve instead of the generated self-signed one.
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// A tokens file (`admin = "..."`, `service = "..."`, `consumer = "..."` lines) instead of
+    /// the generated `<data dir>/tokens.toml`.
+    pub tokens_file: Option<PathBuf>,
+}
+
+impl Settings {
+    /// Reads a TOML settings file; unknown keys are an error, not silently ignored.
+    pub fn from_file(path: &Path) -> Result<Settings, RuntimeError> {
+        let error = |detail: String| RuntimeError::Config { path: path.to_path_buf(), detail };
+        let text = std::fs::read_to_string(path).map_err(|err| error(err.to_string()))?;
+        toml::from_str(&text).map_err(|err| error(err.to_string()))
+    }
+
+    /// `self`, with every setting `over` has taking its place.
+    pub fn overridden_by(self, over: Settings) -> Settings {
+        Settings {
+            listen: over.listen.or(self.listen),
+            data_dir: over.data_dir.or(self.data_dir),
+            shards: over.shards.or(self.shards),
+            snapshot_every_records: over.snapshot_every_records.or(self.snapshot_every_records),
+            snapshot_every_ms: over.snapshot_every_ms.or(self.snapshot_every_ms),
+            frame_bytes_max: over.frame_bytes_max.or(self.frame_bytes_max),
+            connections_max: over.connections_max.or(self.connections_max),
+            in_flight_max: over.in_flight_max.or(self.in_flight_max),
+            streams_max: over.streams_max.or(self.streams_max),
+            idle_timeout_ms: over.idle_timeout_ms.or(self.idle_timeout_ms),
+            tls_cert: over.tls_cert.or(self.tls_cert),
+            tls_key: over.tls_key.or(self.tls_key),
+            tokens_file: over.tokens_file.or(self.tokens_file),
+        }
+    }
+}
+
+/// What `run` did, for the binary to report.
+#[derive(Clone, Debug)]
+pub struct Served {
+    /// The address it listened on.
+    pub listen: SocketAddr,
+}
+
+/// Runs the daemon until `shutdown` completes. `on_listening` is told the bound address, the
+/// certificate and the tokens file once the server accepts connections.
+pub async fn run(
+    settings: Settings,
+    on_listening: impl FnOnce(SocketAddr, &Path, &Path),
+    shutdown: impl Future<Output = ()>,
+) -> Result<Served, RuntimeError> {
+    let data_dir = settings.data_dir.clone().unwrap_or_else(|| PathBuf::from("flashstock-data"));
+    let defaults = RuntimeConfig::default();
+    let runtime_config = RuntimeConfig {
+        shard_count: settings.shards.unwrap_or(defaults.shard_count),
+        snapshot_every_records: settings
+            .snapshot_every_records
+            .unwrap_or(defaults.snapshot_every_records),
+        snapshot_every_ms: settings.snapshot_every_ms.unwrap_or(defaults.snapshot_every_ms),
+        ..defaults
+    };
+    let runtime = Runtime::open(&data_dir, runtime_config, Arc::new(SystemClock))?;
+    let tls = match (settings.tls_cert, settings.tls_key) {
+        (Some(cert_path), Some(key_path)) => TlsFiles { cert_path, key_path },
+        (None, None) => net::ensure_self_signed(&data_dir)?,
+        _ => {
+            let detail = "tls_cert and tls_key go together".to_owned();
+            return Err(RuntimeError::Config { path: data_dir, detail });
+        }
+    };
+    let (auth, tokens_path) = match settings.tokens_file {
+        Some(path) => (Authenticator::new(net::auth::read_tokens_file(&path)?), path),
+        None => Authenticator::ensure_default(&data_dir)?,
+    };
+    let transport = TransportLimits {
+        streams_max: settings.streams_max.unwrap_or(64),
+        idle_timeout_ms: settings.idle_timeout_ms.unwrap_or(30_000),
+    };
+    let limits = NetLimits {
+        frame_bytes_max: settings
+            .frame_bytes_max
+            .unwrap_or(flashstock_protocol::FRAME_BYTES_MAX_DEFAULT),
+        connections_max: settings.connections_max.unwrap_or(1_024),
+        in_flight_max: settings.in_flight_max.unwrap_or(16_384),
+        drain_timeout_ms: 10_000,
+    };
+    let listen =
+        settings.listen.unwrap_or_else(|| LISTEN_DEFAULT.parse().expect("a valid address"));
+    let endpoint = quinn::Endpoint::server(net::server_config(&tls, transport)?, listen)
+        .map_err(|source| RuntimeError::Bind { addr: listen, source })?;
+    let bound =
+        endpoint.local_addr().map_err(|source| RuntimeError::Bind { addr: listen, source })?;
+    tracing::info!(
+        listen = %bound,
+        data_dir = %data_dir.display(),
+        cert = %tls.cert_path.display(),
+        tokens = %tokens_path.display(),
+        "flashstockd serving"
+    );
+    on_listening(bound, &tls.cert_path, &tokens_path);
+    net::serve(endpoint, runtime.handle(), auth, limits, shutdown).await;
+    // Every session has drained: flush the log and stop the shards.
+    runtime.shutdown();
+    tracing::info!("flashstockd stopped; the log is flushed");
+    Ok(Served { listen: bound })
+}

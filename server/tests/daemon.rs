@@ -1,0 +1,127 @@
+//! The `flashstockd` binary as an operator runs it: it generates its TLS certificate and
+//! tokens, serves over QUIC, stops cleanly on SIGTERM (exit 0, log flushed), and a restart
+//! on the same data directory finds every acknowledged effect.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use flashstock_client::{ClientTls, Connection};
+use flashstock_engine::{BuyerId, Command as Apply, Outcome, RequestId, Reserve, SkuId};
+use flashstock_protocol::{Reply, Request};
+
+struct Daemon {
+    child: Child,
+    addr: SocketAddr,
+    cert: PathBuf,
+    tokens: PathBuf,
+}
+
+fn start(data_dir: &Path, extra: &[&str]) -> Daemon {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flashstockd"))
+        .args(["--listen", "127.0.0.1:0", "--shards", "2", "--data-dir"])
+        .arg(data_dir)
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start flashstockd");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    // "flashstockd listening on ADDR cert PATH tokens PATH"
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(&words[..3], ["flashstockd", "listening", "on"], "{line}");
+    Daemon {
+        child,
+        addr: words[3].parse().unwrap(),
+        cert: PathBuf::from(words[5]),
+        tokens: PathBuf::from(words[7]),
+    }
+}
+
+fn token(tokens: &Path, role: &str) -> String {
+    let text = std::fs::read_to_string(tokens).unwrap();
+    let line = text.lines().find(|l| l.starts_with(role)).unwrap();
+    line.split('"').nth(1).unwrap().to_owned()
+}
+
+async fn connect(daemon: &Daemon, role: &str) -> Connection {
+    let tls = ClientTls::trust_pem_file(&daemon.cert).unwrap();
+    Connection::connect(daemon.addr, "localhost", &tls, Some(&token(&daemon.tokens, role)))
+        .await
+        .unwrap()
+}
+
+async fn outcome(connection: &Connection, command: Apply) -> Outcome {
+    match connection.call(vec![Request::Apply(command)]).await.unwrap().remove(0) {
+        Reply::Outcome(outcome) => outcome,
+        other => panic!("expected an outcome, got {other:?}"),
+    }
+}
+
+fn terminate(mut daemon: Daemon) {
+    let pid = daemon.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = daemon.child.wait().unwrap();
+    assert!(status.success(), "SIGTERM must end in a clean exit, got {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flashstockd_serves_stops_cleanly_and_restarts_with_its_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start(dir.path(), &[]);
+    assert!(
+        daemon.cert.starts_with(dir.path()) && daemon.cert.exists(),
+        "self-signed cert generated"
+    );
+    let admin = connect(&daemon, "admin").await;
+    let service = connect(&daemon, "service").await;
+    let stock = Apply::SetStock { request: RequestId(1), sku: SkuId(3), total: 5 };
+    assert!(matches!(outcome(&admin, stock).await, Outcome::StockChanged { .. }));
+    let reserve = Apply::Reserve(Reserve {
+        request: RequestId(2),
+        buyer: BuyerId(9),
+        sku: SkuId(3),
+        qty: 2,
+        ttl_ms: 600_000,
+    });
+    let Outcome::Reserved { reservation, .. } = outcome(&service, reserve).await else {
+        panic!("a reservation")
+    };
+    assert_eq!(
+        outcome(&service, Apply::Confirm { request: RequestId(3), reservation }).await,
+        Outcome::Confirmed
+    );
+    terminate(daemon);
+
+    let daemon = start(dir.path(), &[]);
+    let service = connect(&daemon, "service").await;
+    let replies = service.call(vec![Request::QuerySku(SkuId(3))]).await.unwrap();
+    let Reply::Sku(Some(view)) = replies[0] else { panic!("the SKU survives") };
+    assert_eq!((view.total, view.available, view.sold), (5, 3, 2));
+    // The same request id after a restart still gets its first answer.
+    let replies = service
+        .call(vec![Request::Apply(Apply::Confirm { request: RequestId(3), reservation })])
+        .await
+        .unwrap();
+    assert_eq!(replies[0], Reply::Outcome(Outcome::Confirmed));
+    terminate(daemon);
+}
+
+#[test]
+fn a_config_file_with_an_unknown_setting_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("flashstock.toml");
+    std::fs::write(&config, "listen = \"127.0.0.1:0\"\nshard_count = 4\n").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_flashstockd"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("unknown field `shard_count`"), "{stderr}");
+}
