@@ -23,10 +23,12 @@ fn start(data_dir: &Path, extra: &[&str]) -> Daemon {
         .args(["--listen", "127.0.0.1:0", "--shards", "2", "--data-dir"])
         .arg(data_dir)
         .args(extra)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .expect("start flashstockd");
+    // Logs go to stderr (at info here, on purpose): stdout carries only this one line.
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     // "flashstockd listening on ADDR cert PATH tokens PATH"
