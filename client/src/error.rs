@@ -37,4 +37,45 @@ pub enum ClientError {
     /// The connection ended before the call was answered.
     #[error("the connection closed before the call was answered")]
     Closed,
+    /// The connection carrying the call was lost; the call may or may not have been applied,
+    /// so retrying with the same request id is the safe next step (the client does so).
+    #[error("connection lost: {detail}")]
+    ConnectionLost {
+        /// What happened to it.
+        detail: String,
+    },
+    /// No answer within the call's deadline (all retries included). The request may have been
+    /// applied: retry it with the same request id to learn its outcome.
+    #[error("no answer within the deadline of {deadline_ms} ms")]
+    Timeout {
+        /// The deadline.
+        deadline_ms: u64,
+    },
+    /// The circuit breaker is open after repeated failures: failing fast instead of waiting.
+    #[error("circuit open after repeated failures; retry in {retry_after_ms} ms")]
+    CircuitOpen {
+        /// When a probe call will be let through.
+        retry_after_ms: u64,
+    },
+    /// The server kept refusing the call (overloaded or shutting down) through every retry.
+    #[error("the server refused the call: {refusal:?}")]
+    Refused {
+        /// Its last refusal.
+        refusal: flashstock_protocol::Refusal,
+    },
+}
+
+impl ClientError {
+    /// Whether a new connection might fare better (the transport failed, not the request).
+    pub fn is_transport(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Connect(_)
+                | ClientError::Connection(_)
+                | ClientError::Write(_)
+                | ClientError::Closed
+                | ClientError::ConnectionLost { .. }
+                | ClientError::Timeout { .. }
+        )
+    }
 }

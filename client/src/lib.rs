@@ -1,6 +1,10 @@
 //! flashstock's client library: how order services reach the server.
 //!
 //! Map of the modules:
+//! - [`client`]: [`Client`] and [`ClientConfig`]: the API order services call (reserve,
+//!   confirm, cancel, queries, admin calls, `reserve_many`), pipelined and automatically
+//!   batched, with per-call deadlines, reconnects, retries that reuse the request id, and a
+//!   circuit breaker ([`breaker`]).
 //! - [`tls`]: [`ClientTls`], which certificate the client trusts (the server's self-signed
 //!   certificate file, or a CA); the only way to skip verification is loudly named and meant
 //!   for local tests.
@@ -9,10 +13,13 @@
 //!   by correlation id and may arrive in any order.
 //! - [`error`]: [`ClientError`], the one error type.
 
+pub mod breaker;
+pub mod client;
 pub mod connection;
 pub mod error;
 pub mod tls;
 
+pub use client::{Client, ClientConfig};
 pub use connection::Connection;
 pub use error::ClientError;
 pub use tls::ClientTls;

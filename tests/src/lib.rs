@@ -3,6 +3,11 @@
 //! - [`Rng`]: a tiny seeded generator, so every random choice a test makes replays from the
 //!   seed it prints.
 //! - [`states`]: the text form of reservation states the child prints and the parent parses.
+//! - [`server`]: [`server::TestServer`], an in-process server on loopback QUIC.
+//! - [`proxy`]: [`proxy::UdpProxy`], a forwarder that can black-hole either direction.
+
+pub mod proxy;
+pub mod server;
 
 /// SplitMix64: small, fast, and good enough to pick test inputs from a seed.
 #[derive(Clone, Debug)]

@@ -2,90 +2,21 @@
 //! and every kind of bad input, each followed by a check that a well-behaved client on another
 //! connection is still served and that no stock changed.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flashstock_client::{ClientError, ClientTls, Connection};
+use flashstock_client::{ClientError, Connection};
 use flashstock_engine::{
     BuyerId, Command, Outcome, RequestId, ReservationState, Reserve, SkuId, SkuView,
 };
 use flashstock_protocol::{ErrorCode, Refusal, Reply, Request, Role, ALPN};
-use flashstock_server::net::{self, Authenticator, NetLimits, TransportLimits};
-use flashstock_server::{Runtime, RuntimeConfig, SystemClock};
+use flashstock_tests::server::TestServer;
 
 static NEXT_REQUEST: AtomicU64 = AtomicU64::new(1);
 
 fn request() -> RequestId {
     RequestId(u128::from(NEXT_REQUEST.fetch_add(1, Ordering::Relaxed)))
-}
-
-struct TestServer {
-    addr: SocketAddr,
-    cert: PathBuf,
-    admin_token: String,
-    service_token: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    serving: Option<tokio::task::JoinHandle<()>>,
-    runtime: Option<Runtime>,
-    _dir: tempfile::TempDir,
-}
-
-impl TestServer {
-    async fn start() -> TestServer {
-        let dir = tempfile::tempdir().unwrap();
-        let config = RuntimeConfig { shard_count: 2, ..RuntimeConfig::default() };
-        let runtime = Runtime::open(dir.path(), config, Arc::new(SystemClock)).unwrap();
-        let files = net::ensure_self_signed(dir.path()).unwrap();
-        let (auth, tokens_path) = Authenticator::ensure_default(dir.path()).unwrap();
-        let tokens = net::auth::read_tokens_file(&tokens_path).unwrap();
-        let token = |role| tokens.iter().find(|(_, r)| *r == role).unwrap().0.clone();
-        let limits = TransportLimits { streams_max: 16, idle_timeout_ms: 30_000 };
-        let server_config = net::server_config(&files, limits).unwrap();
-        let endpoint =
-            quinn::Endpoint::server(server_config, "127.0.0.1:0".parse().unwrap()).unwrap();
-        let addr = endpoint.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel();
-        let net_limits = NetLimits {
-            frame_bytes_max: 1 << 20,
-            connections_max: 64,
-            in_flight_max: 4_096,
-            drain_timeout_ms: 5_000,
-        };
-        let handle = runtime.handle();
-        let serving = tokio::spawn(async move {
-            net::serve(endpoint, handle, auth, net_limits, async {
-                let _ = stopped.await;
-            })
-            .await
-        });
-        TestServer {
-            addr,
-            cert: files.cert_path,
-            admin_token: token(Role::Admin),
-            service_token: token(Role::Service),
-            stop: Some(stop),
-            serving: Some(serving),
-            runtime: Some(runtime),
-            _dir: dir,
-        }
-    }
-
-    fn tls(&self) -> ClientTls {
-        ClientTls::trust_pem_file(&self.cert).unwrap()
-    }
-
-    async fn connect(&self, token: &str) -> Connection {
-        Connection::connect(self.addr, "localhost", &self.tls(), Some(token)).await.unwrap()
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.serving.take().unwrap().await.unwrap();
-        self.runtime.take().unwrap().shutdown();
-    }
 }
 
 async fn one(connection: &Connection, request: Request) -> Reply {
@@ -120,7 +51,8 @@ fn reserve(buyer: u64, sku: u64, ttl_ms: u64) -> Command {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_full_lifecycle_over_quic() {
-    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_at(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
     let admin = server.connect(&server.admin_token).await;
     let service = server.connect(&server.service_token).await;
     assert_eq!((admin.role(), service.role()), (Role::Admin, Role::Service));
@@ -172,7 +104,8 @@ async fn the_full_lifecycle_over_quic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_tasks_over_eight_connections_race_for_a_hundred_units() {
-    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_at(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
     let admin = server.connect(&server.admin_token).await;
     apply(&admin, Command::SetStock { request: request(), sku: SkuId(5), total: 100 }).await;
     let mut connections = Vec::new();
@@ -200,11 +133,12 @@ async fn a_thousand_tasks_over_eight_connections_race_for_a_hundred_units() {
 }
 
 /// Starts a server with stock on SKU 7 and a well-behaved admin connection.
-async fn server_with_stock() -> (TestServer, Connection) {
-    let server = TestServer::start().await;
+async fn server_with_stock() -> (tempfile::TempDir, TestServer, Connection) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_at(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
     let admin = server.connect(&server.admin_token).await;
     apply(&admin, Command::SetStock { request: request(), sku: SkuId(7), total: 50 }).await;
-    (server, admin)
+    (dir, server, admin)
 }
 
 /// After bad input elsewhere: the good connection is still served and stock is unchanged.
@@ -254,7 +188,7 @@ fn header(version: u8, payload_bytes: u32) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_closes_only_the_offending_connection() {
-    let (server, admin) = server_with_stock().await;
+    let (_dir, server, admin) = server_with_stock().await;
 
     // Garbage bytes after the handshake.
     let (connection, mut send, _recv) = raw_stream(&server, true).await;
@@ -313,7 +247,7 @@ async fn bad_input_closes_only_the_offending_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_credentials_roles_and_alpn_are_refused() {
-    let (server, admin) = server_with_stock().await;
+    let (_dir, server, admin) = server_with_stock().await;
     let tls = server.tls();
 
     for token in [None, Some("not-a-token")] {

@@ -1,0 +1,397 @@
+//! `Client`: the API order services call. Pipelined, automatically batched, with deadlines,
+//! reconnects, retries that reuse the request id, and a circuit breaker.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use flashstock_engine::{
+    BuyerId, Command, Outcome, RequestId, ReservationId, ReservationView, Reserve, SaleWindow,
+    SkuId, SkuView,
+};
+use flashstock_protocol::{Refusal, Reply, Request};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::breaker::Breaker;
+use crate::connection::Connection;
+use crate::error::ClientError;
+use crate::tls::ClientTls;
+
+/// How a [`Client`] connects and behaves.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// The server.
+    pub addr: SocketAddr,
+    /// The name its certificate is checked against.
+    pub server_name: String,
+    /// Which certificates to trust.
+    pub tls: ClientTls,
+    /// The bearer token, if the server wants one.
+    pub token: Option<String>,
+    /// QUIC connections calls are spread over (default 1).
+    pub connections: usize,
+    /// The most requests one batch frame carries (default 256).
+    pub batch_requests_max: usize,
+    /// A call's deadline, all attempts included (default 5 s).
+    pub call_timeout: Duration,
+    /// One attempt's deadline (default 2 s); after it the connection is replaced.
+    pub attempt_timeout: Duration,
+    /// Retries after the first attempt (default 3), each with the same request id.
+    pub retries_max: u32,
+    /// The first retry's delay, doubled for each next one (default 10 ms).
+    pub retry_backoff: Duration,
+    /// Consecutive transport failures that open the circuit (default 5).
+    pub breaker_failures_max: u32,
+    /// How long an open circuit fails calls fast (default 1 s).
+    pub breaker_open_for: Duration,
+}
+
+impl ClientConfig {
+    /// The defaults for a server at `addr`.
+    pub fn new(addr: SocketAddr, server_name: &str, tls: ClientTls, token: Option<&str>) -> Self {
+        ClientConfig {
+            addr,
+            server_name: server_name.to_owned(),
+            tls,
+            token: token.map(str::to_owned),
+            connections: 1,
+            batch_requests_max: 256,
+            call_timeout: Duration::from_secs(5),
+            attempt_timeout: Duration::from_secs(2),
+            retries_max: 3,
+            retry_backoff: Duration::from_millis(10),
+            breaker_failures_max: 5,
+            breaker_open_for: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A flashstock client. Cheap to clone; clones share connections, batching and the breaker.
+///
+/// ```no_run
+/// # async fn checkout() -> Result<(), flashstock_client::ClientError> {
+/// use flashstock_client::{Client, ClientConfig, ClientTls};
+/// use flashstock_engine::{BuyerId, Outcome, SkuId};
+///
+/// let tls = ClientTls::trust_pem_file("flashstock-data/tls/cert.pem".as_ref())?;
+/// let config = ClientConfig::new("127.0.0.1:7400".parse().unwrap(), "localhost", tls, Some("<token>"));
+/// let client = Client::connect(config).await?;
+/// if let Outcome::Reserved { reservation, .. } =
+///     client.reserve(BuyerId(42), SkuId(7), 1, 15 * 60 * 1000).await?
+/// {
+///     // ... take the payment, then:
+///     client.confirm(reservation).await?;
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: ClientConfig,
+    links: Vec<tokio::sync::Mutex<Option<Arc<Link>>>>,
+    next_link: AtomicUsize,
+    breaker: Breaker,
+    /// Request ids: a random prefix per client, a counter per request.
+    id_prefix: u64,
+    id_counter: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Link {
+    connection: Arc<Connection>,
+    calls: mpsc::Sender<Call>,
+    broken: Arc<AtomicBool>,
+}
+
+#[derive(Debug)]
+struct Call {
+    request: Request,
+    reply: oneshot::Sender<Result<Reply, ClientError>>,
+}
+
+impl Client {
+    /// Connects (every connection, so bad addresses or credentials show at once).
+    pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
+        let mut prefix = [0u8; 8];
+        rustls::crypto::ring::default_provider()
+            .secure_random
+            .fill(&mut prefix)
+            .map_err(|_| ClientError::Setup("no secure random source".into()))?;
+        let breaker = Breaker::new(config.breaker_failures_max, config.breaker_open_for);
+        let links = (0..config.connections.max(1)).map(|_| tokio::sync::Mutex::new(None)).collect();
+        let inner = Inner {
+            config,
+            links,
+            next_link: AtomicUsize::new(0),
+            breaker,
+            id_prefix: u64::from_le_bytes(prefix),
+            id_counter: AtomicU64::new(1),
+        };
+        let client = Client { inner: Arc::new(inner) };
+        for index in 0..client.inner.links.len() {
+            client.link(index).await?;
+        }
+        Ok(client)
+    }
+
+    /// A fresh request id, unique to this client.
+    pub fn request_id(&self) -> RequestId {
+        let counter = self.inner.id_counter.fetch_add(1, Ordering::Relaxed);
+        RequestId((u128::from(self.inner.id_prefix) << 64) | u128::from(counter))
+    }
+
+    /// Holds `qty` units of `sku` for `buyer` for `ttl_ms`.
+    pub async fn reserve(
+        &self,
+        buyer: BuyerId,
+        sku: SkuId,
+        qty: u32,
+        ttl_ms: u64,
+    ) -> Result<Outcome, ClientError> {
+        let request = self.request_id();
+        self.apply(Command::Reserve(Reserve { request, buyer, sku, qty, ttl_ms })).await
+    }
+
+    /// Turns a held reservation into a sale.
+    pub async fn confirm(&self, reservation: ReservationId) -> Result<Outcome, ClientError> {
+        self.apply(Command::Confirm { request: self.request_id(), reservation }).await
+    }
+
+    /// Gives a held reservation's units back.
+    pub async fn cancel(&self, reservation: ReservationId) -> Result<Outcome, ClientError> {
+        self.apply(Command::Cancel { request: self.request_id(), reservation }).await
+    }
+
+    /// Admin: sets a SKU's total stock.
+    pub async fn set_stock(&self, sku: SkuId, total: u64) -> Result<Outcome, ClientError> {
+        self.apply(Command::SetStock { request: self.request_id(), sku, total }).await
+    }
+
+    /// Admin: adds (or with a negative delta, removes) units.
+    pub async fn adjust_stock(&self, sku: SkuId, delta: i64) -> Result<Outcome, ClientError> {
+        self.apply(Command::AdjustStock { request: self.request_id(), sku, delta }).await
+    }
+
+    /// Admin: sets or clears the per-buyer limit.
+    pub async fn set_buyer_limit(
+        &self,
+        sku: SkuId,
+        limit: Option<u32>,
+    ) -> Result<Outcome, ClientError> {
+        self.apply(Command::SetBuyerLimit { request: self.request_id(), sku, limit }).await
+    }
+
+    /// Admin: sets when a SKU may be reserved.
+    pub async fn set_sale_window(
+        &self,
+        sku: SkuId,
+        window: SaleWindow,
+    ) -> Result<Outcome, ClientError> {
+        self.apply(Command::SetSaleWindow { request: self.request_id(), sku, window }).await
+    }
+
+    /// Reads a SKU.
+    pub async fn query_sku(&self, sku: SkuId) -> Result<Option<SkuView>, ClientError> {
+        match self.call(Request::QuerySku(sku)).await? {
+            Reply::Sku(view) => Ok(view),
+            other => Err(ClientError::Unexpected(format!("{other:?} for a SKU query"))),
+        }
+    }
+
+    /// Reads a reservation.
+    pub async fn query_reservation(
+        &self,
+        id: ReservationId,
+    ) -> Result<Option<ReservationView>, ClientError> {
+        match self.call(Request::QueryReservation(id)).await? {
+            Reply::Reservation(view) => Ok(view),
+            other => Err(ClientError::Unexpected(format!("{other:?} for a reservation query"))),
+        }
+    }
+
+    /// Many reserves at once: they travel together and come back in order.
+    pub async fn reserve_many(
+        &self,
+        reserves: impl IntoIterator<Item = (BuyerId, SkuId, u32, u64)>,
+    ) -> Vec<Result<Outcome, ClientError>> {
+        let calls: Vec<_> = reserves
+            .into_iter()
+            .map(|(buyer, sku, qty, ttl_ms)| {
+                let request = self.request_id();
+                let client = self.clone();
+                tokio::spawn(async move {
+                    client
+                        .apply(Command::Reserve(Reserve { request, buyer, sku, qty, ttl_ms }))
+                        .await
+                })
+            })
+            .collect();
+        let mut outcomes = Vec::with_capacity(calls.len());
+        for call in calls {
+            outcomes.push(
+                call.await.unwrap_or_else(|err| Err(ClientError::Unexpected(err.to_string()))),
+            );
+        }
+        outcomes
+    }
+
+    /// Applies any command; the command's own request id is reused by every retry.
+    pub async fn apply(&self, command: Command) -> Result<Outcome, ClientError> {
+        match self.call(Request::Apply(command)).await? {
+            Reply::Outcome(outcome) => Ok(outcome),
+            other => Err(ClientError::Unexpected(format!("{other:?} for a command"))),
+        }
+    }
+
+    /// Sends one request, retrying transport failures and refusals within the deadline.
+    pub async fn call(&self, request: Request) -> Result<Reply, ClientError> {
+        let config = &self.inner.config;
+        let deadline = Instant::now() + config.call_timeout;
+        let deadline_ms = config.call_timeout.as_millis() as u64;
+        let mut backoff = config.retry_backoff;
+        let mut attempt = 0;
+        loop {
+            if let Err(refused) = self.inner.breaker.allow() {
+                let retry_after_ms = refused.retry_after.as_millis() as u64;
+                return Err(ClientError::CircuitOpen { retry_after_ms });
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let limit = remaining.min(config.attempt_timeout);
+            let index =
+                self.inner.next_link.fetch_add(1, Ordering::Relaxed) % self.inner.links.len();
+            let failure = match tokio::time::timeout(limit, self.attempt(index, request)).await {
+                Ok(Ok(Reply::Refused(refusal))) => {
+                    // It answered: the server is alive, just not taking this now.
+                    self.inner.breaker.succeeded();
+                    ClientError::Refused { refusal }
+                }
+                Ok(Ok(reply)) => {
+                    self.inner.breaker.succeeded();
+                    return Ok(reply);
+                }
+                Ok(Err(err)) if err.is_transport() => {
+                    self.inner.breaker.failed();
+                    err
+                }
+                Ok(Err(err)) => return Err(err),
+                Err(_elapsed) => {
+                    // No answer in time: do not trust that connection again.
+                    self.inner.breaker.failed();
+                    self.drop_link(index).await;
+                    ClientError::Timeout { deadline_ms }
+                }
+            };
+            attempt += 1;
+            let permanent =
+                matches!(failure, ClientError::Refused { refusal: Refusal::PermissionDenied });
+            if permanent || attempt > config.retries_max || Instant::now() >= deadline {
+                return Err(failure);
+            }
+            tracing::debug!(attempt, %failure, "retrying with the same request id");
+            tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now())))
+                .await;
+            backoff *= 2;
+        }
+    }
+
+    async fn attempt(&self, index: usize, request: Request) -> Result<Reply, ClientError> {
+        let link = self.link(index).await?;
+        let (reply, answer) = oneshot::channel();
+        let lost = || ClientError::ConnectionLost { detail: "the batcher stopped".into() };
+        link.calls.send(Call { request, reply }).await.map_err(|_| lost())?;
+        answer.await.map_err(|_| lost())?
+    }
+
+    /// The connection in slot `index`, (re)connected if it is missing or broken.
+    async fn link(&self, index: usize) -> Result<Arc<Link>, ClientError> {
+        let mut slot = self.inner.links[index].lock().await;
+        if let Some(link) = slot.as_ref() {
+            if !link.broken.load(Ordering::Acquire) {
+                return Ok(link.clone());
+            }
+            link.connection.close();
+        }
+        let config = &self.inner.config;
+        let connection = Arc::new(
+            Connection::connect(
+                config.addr,
+                &config.server_name,
+                &config.tls,
+                config.token.as_deref(),
+            )
+            .await?,
+        );
+        let (calls, queued) = mpsc::channel(config.batch_requests_max * 4);
+        let broken = Arc::new(AtomicBool::new(false));
+        tokio::spawn(batch_calls(
+            connection.clone(),
+            queued,
+            config.batch_requests_max,
+            broken.clone(),
+        ));
+        let link = Arc::new(Link { connection, calls, broken });
+        *slot = Some(link.clone());
+        Ok(link)
+    }
+
+    /// Marks the connection in slot `index` broken, so the next call there opens a new one.
+    async fn drop_link(&self, index: usize) {
+        if let Some(link) = self.inner.links[index].lock().await.as_ref() {
+            link.broken.store(true, Ordering::Release);
+        }
+    }
+
+    /// Closes every connection.
+    pub async fn close(&self) {
+        for slot in &self.inner.links {
+            if let Some(link) = slot.lock().await.take() {
+                link.connection.close();
+            }
+        }
+    }
+}
+
+/// Coalesces calls waiting on one connection into batch frames; each batch is awaited in its
+/// own task, so batches pipeline.
+async fn batch_calls(
+    connection: Arc<Connection>,
+    mut queued: mpsc::Receiver<Call>,
+    batch_max: usize,
+    broken: Arc<AtomicBool>,
+) {
+    while let Some(first) = queued.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < batch_max {
+            match queued.try_recv() {
+                Ok(call) => batch.push(call),
+                Err(_) => break,
+            }
+        }
+        let (connection, broken) = (connection.clone(), broken.clone());
+        tokio::spawn(async move {
+            let (requests, replies): (Vec<Request>, Vec<_>) =
+                batch.into_iter().map(|call| (call.request, call.reply)).unzip();
+            match connection.call(requests).await {
+                Ok(answers) => {
+                    for (reply, answer) in replies.into_iter().zip(answers) {
+                        let _ = reply.send(Ok(answer));
+                    }
+                }
+                Err(err) => {
+                    broken.store(true, Ordering::Release);
+                    let detail = err.to_string();
+                    for reply in replies {
+                        let _ =
+                            reply.send(Err(ClientError::ConnectionLost { detail: detail.clone() }));
+                    }
+                }
+            }
+        });
+    }
+}

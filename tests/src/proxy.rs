@@ -1,0 +1,60 @@
+//! A UDP forwarder between a QUIC client and server that can black-hole either direction:
+//! how the tests lose replies and drop connections for real.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::net::UdpSocket;
+
+/// A running forwarder. Clients connect to `addr`.
+#[derive(Debug)]
+pub struct UdpProxy {
+    /// Where clients send.
+    pub addr: SocketAddr,
+    /// Drop packets from the server to clients.
+    pub drop_to_client: Arc<AtomicBool>,
+    /// Drop packets from clients to the server.
+    pub drop_to_server: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl UdpProxy {
+    /// Forwards between clients and `server`.
+    pub async fn start(server: SocketAddr) -> UdpProxy {
+        let front = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let back = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        back.connect(server).await.unwrap();
+        let addr = front.local_addr().unwrap();
+        let drop_to_client = Arc::new(AtomicBool::new(false));
+        let drop_to_server = Arc::new(AtomicBool::new(false));
+        let (to_client, to_server) = (drop_to_client.clone(), drop_to_server.clone());
+        let task = tokio::spawn(async move {
+            let mut client: Option<SocketAddr> = None;
+            let (mut from_client, mut from_server) = (vec![0u8; 65_536], vec![0u8; 65_536]);
+            loop {
+                tokio::select! {
+                    Ok((len, peer)) = front.recv_from(&mut from_client) => {
+                        // The latest client wins: a reconnecting client gets a new port.
+                        client = Some(peer);
+                        if !to_server.load(Ordering::Acquire) {
+                            let _ = back.send(&from_client[..len]).await;
+                        }
+                    }
+                    Ok(len) = back.recv(&mut from_server) => {
+                        if let (Some(peer), false) = (client, to_client.load(Ordering::Acquire)) {
+                            let _ = front.send_to(&from_server[..len], peer).await;
+                        }
+                    }
+                }
+            }
+        });
+        UdpProxy { addr, drop_to_client, drop_to_server, task }
+    }
+}
+
+impl Drop for UdpProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,83 @@
+//! An in-process flashstock server on loopback QUIC, for tests: the real runtime on a sled
+//! log, the real listener, its generated certificate and tokens.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use flashstock_client::{ClientTls, Connection};
+use flashstock_protocol::Role;
+use flashstock_server::net::{self, Authenticator, NetLimits, TransportLimits};
+use flashstock_server::{Runtime, RuntimeConfig, SystemClock};
+
+/// A running server. `stop` shuts it down gracefully; dropping it without does not flush.
+#[derive(Debug)]
+pub struct TestServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its self-signed certificate.
+    pub cert: PathBuf,
+    /// A token granting `Role::Admin`.
+    pub admin_token: String,
+    /// A token granting `Role::Service`.
+    pub service_token: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    serving: Option<tokio::task::JoinHandle<()>>,
+    runtime: Option<Runtime>,
+}
+
+impl TestServer {
+    /// Starts a server on `data_dir`, listening on `addr` (port 0 for any).
+    pub async fn start_at(data_dir: &Path, addr: SocketAddr) -> TestServer {
+        let config = RuntimeConfig { shard_count: 2, ..RuntimeConfig::default() };
+        let runtime = Runtime::open(data_dir, config, Arc::new(SystemClock)).unwrap();
+        let files = net::ensure_self_signed(data_dir).unwrap();
+        let (auth, tokens_path) = Authenticator::ensure_default(data_dir).unwrap();
+        let tokens = net::auth::read_tokens_file(&tokens_path).unwrap();
+        let token = |role| tokens.iter().find(|(_, r)| *r == role).unwrap().0.clone();
+        let limits = TransportLimits { streams_max: 16, idle_timeout_ms: 30_000 };
+        let server_config = net::server_config(&files, limits).unwrap();
+        let endpoint = quinn::Endpoint::server(server_config, addr).unwrap();
+        let addr = endpoint.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let net_limits = NetLimits {
+            frame_bytes_max: 1 << 20,
+            connections_max: 64,
+            in_flight_max: 4_096,
+            drain_timeout_ms: 5_000,
+        };
+        let handle = runtime.handle();
+        let serving = tokio::spawn(async move {
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            net::serve(endpoint, handle, auth, net_limits, shutdown).await
+        });
+        TestServer {
+            addr,
+            cert: files.cert_path,
+            admin_token: token(Role::Admin),
+            service_token: token(Role::Service),
+            stop: Some(stop),
+            serving: Some(serving),
+            runtime: Some(runtime),
+        }
+    }
+
+    /// Trust for its certificate.
+    pub fn tls(&self) -> ClientTls {
+        ClientTls::trust_pem_file(&self.cert).unwrap()
+    }
+
+    /// A raw authenticated connection.
+    pub async fn connect(&self, token: &str) -> Connection {
+        Connection::connect(self.addr, "localhost", &self.tls(), Some(token)).await.unwrap()
+    }
+
+    /// Stops accepting, drains sessions, flushes the log, stops the shards.
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.serving.take().unwrap().await.unwrap();
+        self.runtime.take().unwrap().shutdown();
+    }
+}

@@ -1,0 +1,159 @@
+//! The client library against a real server: batching, retries that keep the request id
+//! across a dropped connection, reconnecting after a server restart, and the circuit breaker.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use flashstock_client::{Client, ClientConfig, ClientError};
+use flashstock_engine::{BuyerId, Command, Outcome, ReservationState, Reserve, SkuId};
+use flashstock_tests::proxy::UdpProxy;
+use flashstock_tests::server::TestServer;
+
+fn any_port() -> std::net::SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+async fn admin_client(server: &TestServer) -> Client {
+    let config =
+        ClientConfig::new(server.addr, "localhost", server.tls(), Some(&server.admin_token));
+    Client::connect(config).await.unwrap()
+}
+
+async fn counts(client: &Client, sku: u64) -> (u64, u64, u64, u64) {
+    let view = client.query_sku(SkuId(sku)).await.unwrap().expect("a known SKU");
+    (view.total, view.available, view.reserved, view.sold)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reserve_confirm_cancel_and_a_batch_through_the_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_at(dir.path(), any_port()).await;
+    let admin = admin_client(&server).await;
+    admin.set_stock(SkuId(1), 1_000).await.unwrap();
+    let mut config =
+        ClientConfig::new(server.addr, "localhost", server.tls(), Some(&server.service_token));
+    config.connections = 2;
+    let client = Client::connect(config).await.unwrap();
+
+    let Outcome::Reserved { reservation, .. } =
+        client.reserve(BuyerId(1), SkuId(1), 3, 60_000).await.unwrap()
+    else {
+        panic!("a reservation")
+    };
+    assert_eq!(client.confirm(reservation).await.unwrap(), Outcome::Confirmed);
+    assert_eq!(client.confirm(reservation).await.unwrap(), Outcome::AlreadyConfirmed);
+    let Outcome::Reserved { reservation: dropped, .. } =
+        client.reserve(BuyerId(2), SkuId(1), 2, 60_000).await.unwrap()
+    else {
+        panic!("a reservation")
+    };
+    assert_eq!(client.cancel(dropped).await.unwrap(), Outcome::Cancelled);
+    let view = client.query_reservation(reservation).await.unwrap().unwrap();
+    assert_eq!(view.state, ReservationState::Confirmed);
+
+    let outcomes =
+        client.reserve_many((0..500).map(|b| (BuyerId(100 + b), SkuId(1), 1, 60_000))).await;
+    assert!(outcomes.iter().all(|o| matches!(o, Ok(Outcome::Reserved { .. }))));
+    assert_eq!(counts(&client, 1).await, (1_000, 497, 500, 3));
+
+    let err = client.set_stock(SkuId(1), 5).await.unwrap_err();
+    assert!(matches!(err, ClientError::Refused { .. }), "a service may not set stock: {err}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_across_a_dropped_connection_keeps_its_request_id_and_has_one_effect() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_at(dir.path(), any_port()).await;
+    let admin = admin_client(&server).await;
+    admin.set_stock(SkuId(20), 10).await.unwrap();
+    let proxy = UdpProxy::start(server.addr).await;
+    let mut config =
+        ClientConfig::new(proxy.addr, "localhost", server.tls(), Some(&server.service_token));
+    config.attempt_timeout = Duration::from_millis(300);
+    config.call_timeout = Duration::from_secs(20);
+    config.retries_max = 30;
+    config.retry_backoff = Duration::from_millis(50);
+    config.breaker_failures_max = 100;
+    let client = Client::connect(config).await.unwrap();
+
+    // The request reaches the server and is applied; its reply is lost on the way back.
+    proxy.drop_to_client.store(true, Ordering::Release);
+    let reserve = Command::Reserve(Reserve {
+        request: client.request_id(),
+        buyer: BuyerId(7),
+        sku: SkuId(20),
+        qty: 2,
+        ttl_ms: 600_000,
+    });
+    let call = tokio::spawn({
+        let client = client.clone();
+        async move { client.apply(reserve).await }
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(counts(&admin, 20).await, (10, 8, 2, 0), "applied once, reply lost");
+    proxy.drop_to_client.store(false, Ordering::Release);
+
+    // The client gave up on that connection, reconnected and re-sent the same request id:
+    // it gets the first answer, and nothing happens twice.
+    let Outcome::Reserved { reservation, .. } = call.await.unwrap().unwrap() else {
+        panic!("a reservation")
+    };
+    assert_eq!(counts(&admin, 20).await, (10, 8, 2, 0), "one effect");
+    let view = admin.query_reservation(reservation).await.unwrap().unwrap();
+    assert_eq!((view.qty, view.state), (2, ReservationState::Held));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_reconnects_after_a_server_restart_and_acknowledged_state_is_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_at(dir.path(), any_port()).await;
+    let addr = server.addr;
+    let admin = admin_client(&server).await;
+    admin.set_stock(SkuId(30), 5).await.unwrap();
+    let config = ClientConfig::new(addr, "localhost", server.tls(), Some(&server.service_token));
+    let client = Client::connect(config).await.unwrap();
+    let Outcome::Reserved { reservation, .. } =
+        client.reserve(BuyerId(1), SkuId(30), 1, 600_000).await.unwrap()
+    else {
+        panic!("a reservation")
+    };
+    assert_eq!(client.confirm(reservation).await.unwrap(), Outcome::Confirmed);
+
+    server.stop().await;
+    let server = TestServer::start_at(dir.path(), addr).await;
+
+    let view = client.query_reservation(reservation).await.unwrap().expect("it survived");
+    assert_eq!(view.state, ReservationState::Confirmed);
+    assert!(matches!(
+        client.reserve(BuyerId(2), SkuId(30), 1, 600_000).await.unwrap(),
+        Outcome::Reserved { .. }
+    ));
+    assert_eq!(counts(&client, 30).await, (5, 3, 1, 1));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_circuit_opens_when_the_server_is_down_and_calls_fail_fast() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_at(dir.path(), any_port()).await;
+    let mut config =
+        ClientConfig::new(server.addr, "localhost", server.tls(), Some(&server.service_token));
+    config.attempt_timeout = Duration::from_millis(200);
+    config.call_timeout = Duration::from_millis(500);
+    config.retries_max = 0;
+    config.breaker_failures_max = 3;
+    config.breaker_open_for = Duration::from_secs(60);
+    let client = Client::connect(config).await.unwrap();
+    server.stop().await;
+
+    for _ in 0..3 {
+        let err = client.query_sku(SkuId(1)).await.unwrap_err();
+        assert!(err.is_transport(), "{err}");
+    }
+    let started = Instant::now();
+    let err = client.query_sku(SkuId(1)).await.unwrap_err();
+    assert!(matches!(err, ClientError::CircuitOpen { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_millis(100), "fails fast");
+}
