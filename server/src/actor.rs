@@ -37,8 +37,45 @@ pub(crate) enum Job {
     ListSkus {
         reply: Reply,
     },
+    /// Several requests to this shard with one reply: a network batch's share of the shard.
+    /// At most `batch_jobs_max` items, so that one step can always take it whole.
+    Batch {
+        items: Vec<Item>,
+        reply: BatchReply,
+    },
     /// Finish the current step, snapshot, and exit.
     Stop,
+}
+
+impl Job {
+    /// How much of a step's capacity (`batch_jobs_max`) the job takes.
+    fn weight(&self) -> usize {
+        match self {
+            Job::Batch { items, .. } => items.len(),
+            _ => 1,
+        }
+    }
+}
+
+/// One request of a [`Job::Batch`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Item {
+    /// A state-changing command.
+    Apply(Command),
+    /// A SKU read.
+    QuerySku(SkuId),
+    /// A reservation read.
+    QueryReservation(ReservationId),
+}
+
+/// Where a batch job's answers go, all at once.
+pub(crate) type BatchReply = oneshot::Sender<Result<Vec<Answer>, RuntimeError>>;
+
+/// An answer (or a batch of them) waiting for its step to be durable.
+#[derive(Debug)]
+pub(crate) enum Delivery {
+    One(Reply, Answer),
+    Many(BatchReply, Vec<Answer>),
 }
 
 /// What a request produced, once durable.
@@ -69,16 +106,21 @@ pub(crate) struct Actor {
     pub(crate) log_bytes_since_snapshot: u64,
     pub(crate) last_snapshot_bytes: u64,
     pub(crate) last_snapshot_ms: u64,
+    /// A job taken from the inbox that did not fit the previous step.
+    pub(crate) carried: Option<Job>,
 }
 
 impl Actor {
     pub(crate) fn run(mut self) {
         let tick = Duration::from_millis(self.config.tick_interval_ms);
         loop {
-            let first = match self.inbox.recv_timeout(tick) {
-                Ok(job) => Some(job),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => break,
+            let first = match self.carried.take() {
+                Some(job) => Some(job),
+                None => match self.inbox.recv_timeout(tick) {
+                    Ok(job) => Some(job),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                },
             };
             if self.step(first) {
                 break;
@@ -96,16 +138,22 @@ impl Actor {
         let mut log = EncodedLog::default();
         let mut replies = Vec::new();
         let mut stop = false;
+        let mut weight = 0;
         let mut next = first;
         while let Some(job) = next.take() {
-            match job {
-                Job::Stop => {
-                    stop = true;
-                    break;
-                }
-                job => replies.push(self.answer(job, now_ms, &mut log)),
+            if let Job::Stop = job {
+                stop = true;
+                break;
             }
-            if replies.len() >= self.config.batch_jobs_max {
+            // A step's records must fit one WAL batch: a job that would overflow this step
+            // waits for the next one.
+            if weight > 0 && weight + job.weight() > self.config.batch_jobs_max {
+                self.carried = Some(job);
+                break;
+            }
+            weight += job.weight();
+            replies.push(self.answer(job, now_ms, &mut log));
+            if weight >= self.config.batch_jobs_max {
                 break;
             }
             next = self.inbox.try_recv().ok();
@@ -136,17 +184,31 @@ impl Actor {
         stop
     }
 
-    fn answer(&mut self, job: Job, now_ms: u64, log: &mut EncodedLog) -> (Reply, Answer) {
+    fn answer(&mut self, job: Job, now_ms: u64, log: &mut EncodedLog) -> Delivery {
+        let one = |reply, answer| Delivery::One(reply, answer);
         match job {
             Job::Apply { command, reply } => {
-                (reply, Answer::Outcome(self.shard.apply(&command, now_ms, log)))
+                one(reply, Answer::Outcome(self.shard.apply(&command, now_ms, log)))
             }
-            Job::QuerySku { sku, reply } => (reply, Answer::Sku(self.shard.query_sku(sku))),
+            Job::QuerySku { sku, reply } => one(reply, Answer::Sku(self.shard.query_sku(sku))),
             Job::QueryReservation { reservation, reply } => {
-                (reply, Answer::Reservation(self.shard.query_reservation(reservation)))
+                one(reply, Answer::Reservation(self.shard.query_reservation(reservation)))
             }
-            Job::ListSkus { reply } => (reply, Answer::Skus(self.shard.skus().collect())),
+            Job::ListSkus { reply } => one(reply, Answer::Skus(self.shard.skus().collect())),
+            Job::Batch { items, reply } => {
+                let answers =
+                    items.iter().map(|item| self.answer_item(item, now_ms, log)).collect();
+                Delivery::Many(reply, answers)
+            }
             Job::Stop => unreachable!("handled by the caller"),
+        }
+    }
+
+    fn answer_item(&mut self, item: &Item, now_ms: u64, log: &mut EncodedLog) -> Answer {
+        match *item {
+            Item::Apply(command) => Answer::Outcome(self.shard.apply(&command, now_ms, log)),
+            Item::QuerySku(sku) => Answer::Sku(self.shard.query_sku(sku)),
+            Item::QueryReservation(id) => Answer::Reservation(self.shard.query_reservation(id)),
         }
     }
 

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use flashstock_wal::{LogId, Wal};
 
-use crate::actor::{Answer, Reply};
+use crate::actor::Delivery;
 use crate::error::RuntimeError;
 
 /// The most actor steps one group commit takes.
@@ -31,7 +31,7 @@ pub(crate) struct Commit {
     pub(crate) first_seq: u64,
     pub(crate) record_count: u32,
     pub(crate) records: Vec<u8>,
-    pub(crate) replies: Vec<(Reply, Answer)>,
+    pub(crate) replies: Vec<Delivery>,
 }
 
 /// A shard snapshot covering the records below `seq`.
@@ -114,13 +114,17 @@ impl<W: Wal> Durability<W> {
                 let end = commit.first_seq + u64::from(commit.record_count);
                 self.durable_ends[usize::from(commit.log)].store(end, Ordering::Release);
             }
-            for (reply, answer) in commit.replies {
-                let answer = match &durable {
-                    Ok(()) => Ok(answer),
-                    Err(reason) => Err(RuntimeError::WalFailed { reason: reason.clone() }),
-                };
-                // The caller may have given up waiting; that is its business.
-                let _ = reply.send(answer);
+            let failed = |reason: &String| RuntimeError::WalFailed { reason: reason.clone() };
+            // A caller may have given up waiting; that is its business.
+            for delivery in commit.replies {
+                match (delivery, &durable) {
+                    (Delivery::One(reply, answer), Ok(())) => drop(reply.send(Ok(answer))),
+                    (Delivery::One(reply, _), Err(reason)) => drop(reply.send(Err(failed(reason)))),
+                    (Delivery::Many(reply, answers), Ok(())) => drop(reply.send(Ok(answers))),
+                    (Delivery::Many(reply, _), Err(reason)) => {
+                        drop(reply.send(Err(failed(reason))))
+                    }
+                }
             }
         }
     }

@@ -80,3 +80,17 @@ pub enum RuntimeError {
         source: std::io::Error,
     },
 }
+
+impl RuntimeError {
+    /// The same refusal again, for each request of a batch it applies to. Only the per-request
+    /// refusals are ever duplicated; anything else becomes `ShuttingDown`.
+    pub(crate) fn duplicate(&self) -> RuntimeError {
+        match self {
+            RuntimeError::Overloaded { shard } => RuntimeError::Overloaded { shard: *shard },
+            RuntimeError::WalFailed { reason } => {
+                RuntimeError::WalFailed { reason: reason.clone() }
+            }
+            _ => RuntimeError::ShuttingDown,
+        }
+    }
+}

@@ -10,7 +10,7 @@ use flashstock_engine::{
 };
 use tokio::sync::oneshot;
 
-use crate::actor::{Answer, Job, Reply};
+use crate::actor::{Answer, BatchReply, Item, Job, Reply};
 use crate::durability::Failure;
 use crate::error::RuntimeError;
 
@@ -25,6 +25,8 @@ pub(crate) struct Shared {
     pub(crate) inboxes: Vec<Sender<Job>>,
     pub(crate) map: ShardMap,
     pub(crate) failure: Arc<Failure>,
+    /// The most items one batch job may carry (a step must be able to take it whole).
+    pub(crate) batch_jobs_max: usize,
 }
 
 impl Handle {
@@ -182,6 +184,67 @@ impl Handle {
         }
     }
 
+    /// Submits many requests at once: grouped by owning shard, each group travels as one job
+    /// with one reply, and is answered within one actor step. The returned [`PendingBatch`]
+    /// yields the answers in the order of `items`. This is what network batches use: one
+    /// channel message and one wake-up per shard, instead of one per request.
+    pub fn submit_batch(&self, items: &[Item]) -> PendingBatch {
+        let mut results: Vec<Option<Result<Answer, RuntimeError>>> = Vec::new();
+        results.resize_with(items.len(), || None);
+        let mut by_shard: Vec<Vec<usize>> = vec![Vec::new(); self.shared.inboxes.len()];
+        for (index, item) in items.iter().enumerate() {
+            match self.route_item(item) {
+                Ok(shard) => by_shard[usize::from(shard.0)].push(index),
+                Err(answer) => results[index] = Some(Ok(answer)),
+            }
+        }
+        let mut waiting = Vec::new();
+        for (shard, indices) in by_shard.into_iter().enumerate() {
+            for chunk in indices.chunks(self.shared.batch_jobs_max) {
+                let batch: Vec<Item> = chunk.iter().map(|&index| items[index]).collect();
+                let (reply, answers): (BatchReply, _) = oneshot::channel();
+                let job = Job::Batch { items: batch, reply };
+                match self.send_job(ShardId(shard as u16), job) {
+                    Ok(()) => waiting.push((chunk.to_vec(), answers)),
+                    Err(refusal) => {
+                        for &index in chunk {
+                            results[index] = Some(Err(refusal.duplicate()));
+                        }
+                    }
+                }
+            }
+        }
+        PendingBatch { results, waiting }
+    }
+
+    /// The shard an item goes to, or its answer when no shard could own it.
+    fn route_item(&self, item: &Item) -> Result<ShardId, Answer> {
+        let map = &self.shared.map;
+        match *item {
+            Item::Apply(command) => match command.route_key() {
+                RouteKey::Sku(sku) => Ok(map.shard_of_sku(sku)),
+                RouteKey::Reservation(id) => {
+                    map.shard_of_reservation(id).ok_or(Answer::Outcome(Outcome::UnknownReservation))
+                }
+            },
+            Item::QuerySku(sku) => Ok(map.shard_of_sku(sku)),
+            Item::QueryReservation(id) => {
+                map.shard_of_reservation(id).ok_or(Answer::Reservation(None))
+            }
+        }
+    }
+
+    fn send_job(&self, shard: ShardId, job: Job) -> Result<(), RuntimeError> {
+        if let Some(reason) = self.shared.failure.reason() {
+            return Err(RuntimeError::WalFailed { reason });
+        }
+        match self.shared.inboxes[usize::from(shard.0)].try_send(job) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(RuntimeError::Overloaded { shard: shard.0 }),
+            Err(TrySendError::Disconnected(_)) => Err(RuntimeError::ShuttingDown),
+        }
+    }
+
     /// Submits a state-changing command without waiting for its answer.
     pub fn submit_command(&self, command: Command) -> Result<Pending, RuntimeError> {
         let shard = match command.route_key() {
@@ -212,6 +275,38 @@ impl Handle {
             return Ok(Pending::ready(Answer::Reservation(None)));
         };
         self.send(shard, |reply| Job::QueryReservation { reservation, reply })
+    }
+}
+
+/// Where a batch job's answers arrive.
+type BatchAnswers = oneshot::Receiver<Result<Vec<Answer>, RuntimeError>>;
+
+/// The answers to a [`Handle::submit_batch`], on their way.
+#[derive(Debug)]
+pub struct PendingBatch {
+    results: Vec<Option<Result<Answer, RuntimeError>>>,
+    /// Each job sent: the positions of its items, and where its answers arrive.
+    waiting: Vec<(Vec<usize>, BatchAnswers)>,
+}
+
+impl PendingBatch {
+    /// Waits for every answer; they come back in the order the items were submitted.
+    pub async fn wait(mut self) -> Vec<Result<Answer, RuntimeError>> {
+        for (indices, answers) in self.waiting {
+            match answers.await.unwrap_or(Err(RuntimeError::ShuttingDown)) {
+                Ok(answers) => {
+                    for (index, answer) in indices.into_iter().zip(answers) {
+                        self.results[index] = Some(Ok(answer));
+                    }
+                }
+                Err(err) => {
+                    for index in indices {
+                        self.results[index] = Some(Err(err.duplicate()));
+                    }
+                }
+            }
+        }
+        self.results.into_iter().map(|r| r.expect("every item is answered")).collect()
     }
 }
 

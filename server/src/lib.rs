@@ -40,11 +40,11 @@ mod actor;
 mod durability;
 mod recovery;
 
-pub use actor::Answer;
+pub use actor::{Answer, Item};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::RuntimeConfig;
 pub use durability::DurabilityStats;
 pub use error::RuntimeError;
-pub use handle::{Handle, Pending};
+pub use handle::{Handle, Pending, PendingBatch};
 pub use recovery::RecoveryReport;
 pub use runtime::Runtime;

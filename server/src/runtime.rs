@@ -108,13 +108,15 @@ impl Runtime {
                 records_since_snapshot: 0,
                 log_bytes_since_snapshot: 0,
                 last_snapshot_bytes: 0,
+                carried: None,
                 last_snapshot_ms: now_ms,
             };
             actors.push(spawn(name, move || actor.run())?);
             inboxes.push(inbox_tx);
         }
         let map = ShardMap::new(config.shard_count);
-        let handle = Handle::new(Shared { inboxes, map, failure });
+        let handle =
+            Handle::new(Shared { inboxes, map, failure, batch_jobs_max: config.batch_jobs_max });
         Ok(Runtime {
             handle,
             actors,

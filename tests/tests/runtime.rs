@@ -307,3 +307,51 @@ async fn a_full_inbox_answers_overloaded_at_once_and_nothing_is_lost() {
         assert_eq!(view(&handle, sku).await.total, 5);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_larger_than_a_step_is_answered_in_order_across_shards() {
+    use flashstock_server::{Answer, Item};
+    // Steps of at most 4 jobs' worth: a batch of 60 items must be split and carried over.
+    let config = RuntimeConfig { batch_jobs_max: 4, ..config(2) };
+    let runtime = Runtime::start(config, MemWal::new(), Arc::new(SystemClock)).unwrap();
+    let handle = runtime.handle();
+    for sku in 100..110 {
+        stock(&handle, sku, 3).await;
+    }
+    // Four reserves per SKU (one too many) and a read after each SKU's reserves.
+    let mut items = Vec::new();
+    for sku in 100..110u64 {
+        for buyer in 0..4u64 {
+            let reserve = flashstock_engine::Reserve {
+                request: request(),
+                buyer: BuyerId(buyer),
+                sku: SkuId(sku),
+                qty: 1,
+                ttl_ms: 60_000,
+            };
+            items.push(Item::Apply(flashstock_engine::Command::Reserve(reserve)));
+        }
+        items.push(Item::QuerySku(SkuId(sku)));
+    }
+    items.push(Item::QueryReservation(flashstock_engine::ReservationId::new(
+        flashstock_engine::ShardId(9),
+        1,
+    )));
+    let answers = handle.submit_batch(&items).wait().await;
+    assert_eq!(answers.len(), items.len());
+    for (sku_index, chunk) in answers.chunks(5).take(10).enumerate() {
+        let outcomes: Vec<_> = chunk[..4].iter().map(|a| a.as_ref().unwrap().clone()).collect();
+        let reserved = outcomes
+            .iter()
+            .filter(|a| matches!(a, Answer::Outcome(Outcome::Reserved { .. })))
+            .count();
+        assert_eq!(reserved, 3, "sku {}: {outcomes:?}", 100 + sku_index);
+        assert_eq!(outcomes[3], Answer::Outcome(Outcome::SoldOut { available: 0 }), "in order");
+        let Ok(Answer::Sku(Some(view))) = &chunk[4] else { panic!("a SKU read: {:?}", chunk[4]) };
+        assert_eq!((view.available, view.reserved), (0, 3), "the read sees the reserves before it");
+    }
+    assert!(
+        matches!(answers.last(), Some(Ok(Answer::Reservation(None)))),
+        "a forged id is unknown"
+    );
+}

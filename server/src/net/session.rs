@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::net::auth::{permits, Authenticator};
-use crate::{Answer, Handle, RuntimeError};
+use crate::{Answer, Handle, Item, RuntimeError};
 
 /// Bytes read from a stream at a time.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
@@ -260,37 +260,35 @@ impl Session {
     }
 }
 
-/// Submits every request of a batch before awaiting any answer, so they reach the shards
-/// together and share group commits.
+/// Answers a batch: permission checked per request, then the allowed ones submitted together
+/// (one job per owning shard), answers back in the batch's order.
 async fn dispatch(handle: &Handle, role: Role, batch: &[Request]) -> Vec<Reply> {
-    let submitted: Vec<Result<crate::Pending, Reply>> = batch
-        .iter()
-        .map(|request| {
-            if !permits(role, request) {
-                return Err(Reply::Refused(Refusal::PermissionDenied));
-            }
-            let pending = match *request {
-                Request::Apply(command) => handle.submit_command(command),
-                Request::QuerySku(sku) => handle.submit_query_sku(sku),
-                Request::QueryReservation(id) => handle.submit_query_reservation(id),
-            };
-            pending.map_err(refusal)
-        })
-        .collect();
-    let mut replies = Vec::with_capacity(submitted.len());
-    for pending in submitted {
-        replies.push(match pending {
-            Ok(pending) => match pending.await {
-                Ok(Answer::Outcome(outcome)) => Reply::Outcome(outcome),
-                Ok(Answer::Sku(view)) => Reply::Sku(view),
-                Ok(Answer::Reservation(view)) => Reply::Reservation(view),
-                Ok(Answer::Skus(_)) => unreachable!("no request lists SKUs"),
-                Err(err) => refusal(err),
-            },
-            Err(refused) => refused,
+    let mut replies: Vec<Option<Reply>> = vec![None; batch.len()];
+    let mut items = Vec::with_capacity(batch.len());
+    let mut positions = Vec::with_capacity(batch.len());
+    for (index, request) in batch.iter().enumerate() {
+        if !permits(role, request) {
+            replies[index] = Some(Reply::Refused(Refusal::PermissionDenied));
+            continue;
+        }
+        items.push(match *request {
+            Request::Apply(command) => Item::Apply(command),
+            Request::QuerySku(sku) => Item::QuerySku(sku),
+            Request::QueryReservation(id) => Item::QueryReservation(id),
+        });
+        positions.push(index);
+    }
+    let answers = handle.submit_batch(&items).wait().await;
+    for (index, answer) in positions.into_iter().zip(answers) {
+        replies[index] = Some(match answer {
+            Ok(Answer::Outcome(outcome)) => Reply::Outcome(outcome),
+            Ok(Answer::Sku(view)) => Reply::Sku(view),
+            Ok(Answer::Reservation(view)) => Reply::Reservation(view),
+            Ok(Answer::Skus(_)) => unreachable!("no request lists SKUs"),
+            Err(err) => refusal(err),
         });
     }
-    replies
+    replies.into_iter().map(|reply| reply.expect("every request is answered")).collect()
 }
 
 fn refusal(err: RuntimeError) -> Reply {
