@@ -94,7 +94,10 @@ pub struct Client {
 #[derive(Debug)]
 struct Inner {
     config: ClientConfig,
-    links: Vec<tokio::sync::Mutex<Option<Arc<Link>>>>,
+    /// The current connection of each slot: read on every call, so a plain mutex held for an
+    /// `Arc` clone; `reconnecting` serialises the slow path.
+    links: Vec<std::sync::Mutex<Option<Arc<Link>>>>,
+    reconnecting: Vec<tokio::sync::Mutex<()>>,
     next_link: AtomicUsize,
     breaker: Breaker,
     /// Request ids: a random prefix per client, a counter per request.
@@ -124,10 +127,13 @@ impl Client {
             .fill(&mut prefix)
             .map_err(|_| ClientError::Setup("no secure random source".into()))?;
         let breaker = Breaker::new(config.breaker_failures_max, config.breaker_open_for);
-        let links = (0..config.connections.max(1)).map(|_| tokio::sync::Mutex::new(None)).collect();
+        let slots = config.connections.max(1);
+        let links = (0..slots).map(|_| std::sync::Mutex::new(None)).collect();
+        let reconnecting = (0..slots).map(|_| tokio::sync::Mutex::new(())).collect();
         let inner = Inner {
             config,
             links,
+            reconnecting,
             next_link: AtomicUsize::new(0),
             breaker,
             id_prefix: u64::from_le_bytes(prefix),
@@ -308,14 +314,20 @@ impl Client {
         answer.await.map_err(|_| lost())?
     }
 
+    fn current(&self, index: usize) -> Option<Arc<Link>> {
+        let slot = self.inner.links[index].lock().unwrap_or_else(|p| p.into_inner());
+        slot.as_ref().filter(|link| !link.broken.load(Ordering::Acquire)).cloned()
+    }
+
     /// The connection in slot `index`, (re)connected if it is missing or broken.
     async fn link(&self, index: usize) -> Result<Arc<Link>, ClientError> {
-        let mut slot = self.inner.links[index].lock().await;
-        if let Some(link) = slot.as_ref() {
-            if !link.broken.load(Ordering::Acquire) {
-                return Ok(link.clone());
-            }
-            link.connection.close();
+        if let Some(link) = self.current(index) {
+            return Ok(link);
+        }
+        let _reconnecting = self.inner.reconnecting[index].lock().await;
+        // Another call may have reconnected while this one waited.
+        if let Some(link) = self.current(index) {
+            return Ok(link);
         }
         let config = &self.inner.config;
         let connection = Arc::new(
@@ -336,13 +348,18 @@ impl Client {
             broken.clone(),
         ));
         let link = Arc::new(Link { connection, calls, broken });
-        *slot = Some(link.clone());
+        let old =
+            self.inner.links[index].lock().unwrap_or_else(|p| p.into_inner()).replace(link.clone());
+        if let Some(old) = old {
+            old.connection.close();
+        }
         Ok(link)
     }
 
     /// Marks the connection in slot `index` broken, so the next call there opens a new one.
     async fn drop_link(&self, index: usize) {
-        if let Some(link) = self.inner.links[index].lock().await.as_ref() {
+        let slot = self.inner.links[index].lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(link) = slot.as_ref() {
             link.broken.store(true, Ordering::Release);
         }
     }
@@ -350,7 +367,8 @@ impl Client {
     /// Closes every connection.
     pub async fn close(&self) {
         for slot in &self.inner.links {
-            if let Some(link) = slot.lock().await.take() {
+            let link = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(link) = link {
                 link.connection.close();
             }
         }
@@ -366,6 +384,10 @@ async fn batch_calls(
     broken: Arc<AtomicBool>,
 ) {
     while let Some(first) = queued.recv().await {
+        // Let the callers that are ready run first: when a reply frame wakes many calls, they
+        // enqueue their next requests together, and those should travel in one frame, not
+        // one packet each (QUIC's per-packet cost is the bottleneck otherwise).
+        tokio::task::yield_now().await;
         let mut batch = vec![first];
         while batch.len() < batch_max {
             match queued.try_recv() {
