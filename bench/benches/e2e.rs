@@ -1,0 +1,166 @@
+//! End to end over loopback QUIC, client and server in one process on this machine's 2 cores:
+//! `Client` (automatic batching) → QUIC/TLS → sessions → shard actors → group-committed sled
+//! WAL → replies. Every answer is durable before it is sent.
+//!
+//! - `flash_sale`: a hot SKU with 1% of the demand in stock (most answers are "sold out");
+//! - `reserve`: every reserve succeeds (short holds, expired by the server).
+//!
+//! Each with 1 and 8 connections and 4,096 calls in flight.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use flashstock_client::{Client, ClientConfig, Connection};
+use flashstock_engine::{BuyerId, Command, Outcome, RequestId, Reserve, SkuId};
+use flashstock_protocol::{Reply, Request};
+use flashstock_tests::server::TestServer;
+
+const IN_FLIGHT: u64 = 4_096;
+const CALLS: u64 = 100_000;
+
+fn e2e(c: &mut Criterion) {
+    let tokio =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = tokio.block_on(TestServer::start_at(dir.path(), "127.0.0.1:0".parse().unwrap()));
+    let admin = tokio.block_on(async {
+        let config =
+            ClientConfig::new(server.addr, "localhost", server.tls(), Some(&server.admin_token));
+        Client::connect(config).await.unwrap()
+    });
+    let next_sku = Arc::new(AtomicU64::new(1_000));
+    let mut group = c.benchmark_group("e2e");
+    group.sample_size(10).measurement_time(Duration::from_secs(20));
+    group.throughput(Throughput::Elements(CALLS));
+    for connections in [1usize, 8] {
+        let client = tokio.block_on(async {
+            let mut config = ClientConfig::new(
+                server.addr,
+                "localhost",
+                server.tls(),
+                Some(&server.service_token),
+            );
+            config.connections = connections;
+            Client::connect(config).await.unwrap()
+        });
+        for (name, units, ttl_ms) in
+            [("flash_sale", CALLS / 100, 600_000), ("reserve", u64::MAX >> 30, 2_000)]
+        {
+            group.bench_function(BenchmarkId::new(name, connections), |b| {
+                b.iter_custom(|iters| {
+                    let mut elapsed = Duration::ZERO;
+                    for _ in 0..iters {
+                        // A fresh SKU per sale, stocked before the clock starts.
+                        let sku = SkuId(next_sku.fetch_add(1, Ordering::Relaxed));
+                        tokio.block_on(admin.set_stock(sku, units.min(1 << 40))).unwrap();
+                        let started = Instant::now();
+                        tokio.block_on(race(&client, sku, ttl_ms));
+                        elapsed += started.elapsed();
+                    }
+                    elapsed
+                })
+            });
+        }
+    }
+    // Explicit batches of 64 over raw connections, 64 batches in flight per connection: what
+    // the server and the protocol sustain without the client library's per-call machinery.
+    for connections in [1usize, 8] {
+        let raw: Vec<Arc<Connection>> = tokio.block_on(async {
+            let mut raw = Vec::new();
+            for _ in 0..connections {
+                raw.push(Arc::new(server.connect(&server.service_token).await));
+            }
+            raw
+        });
+        for (name, units, ttl_ms) in [
+            ("batched_flash_sale", CALLS / 100, 600_000),
+            ("batched_reserve", u64::MAX >> 30, 2_000),
+        ] {
+            group.bench_function(BenchmarkId::new(name, connections), |b| {
+                b.iter_custom(|iters| {
+                    let mut elapsed = Duration::ZERO;
+                    for _ in 0..iters {
+                        let sku = SkuId(next_sku.fetch_add(1, Ordering::Relaxed));
+                        tokio.block_on(admin.set_stock(sku, units.min(1 << 40))).unwrap();
+                        let started = Instant::now();
+                        tokio.block_on(batched_race(&raw, sku, ttl_ms));
+                        elapsed += started.elapsed();
+                    }
+                    elapsed
+                })
+            });
+        }
+    }
+    group.finish();
+    tokio.block_on(server.stop());
+}
+
+/// `CALLS` reserves in batches of 64, 64 batches in flight per connection.
+async fn batched_race(connections: &[Arc<Connection>], sku: SkuId, ttl_ms: u64) {
+    const BATCH: u64 = 64;
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for connection in connections {
+        for _ in 0..64 {
+            let (connection, next) = (connection.clone(), next.clone());
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let first = next.fetch_add(BATCH, Ordering::Relaxed);
+                    if first >= CALLS {
+                        break;
+                    }
+                    let batch = (first..(first + BATCH).min(CALLS))
+                        .map(|buyer| {
+                            Request::Apply(Command::Reserve(Reserve {
+                                request: RequestId(u128::from(sku.0) << 64 | u128::from(buyer)),
+                                buyer: BuyerId(buyer),
+                                sku,
+                                qty: 1,
+                                ttl_ms,
+                            }))
+                        })
+                        .collect();
+                    let replies = connection.call(batch).await.unwrap();
+                    assert!(replies.iter().all(|r| matches!(
+                        r,
+                        Reply::Outcome(Outcome::Reserved { .. } | Outcome::SoldOut { .. })
+                    )));
+                }
+            }));
+        }
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+/// `CALLS` buyers, `IN_FLIGHT` at a time, each reserving one unit.
+async fn race(client: &Client, sku: SkuId, ttl_ms: u64) {
+    let next = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..IN_FLIGHT)
+        .map(|_| {
+            let (client, next) = (client.clone(), next.clone());
+            tokio::spawn(async move {
+                loop {
+                    let buyer = next.fetch_add(1, Ordering::Relaxed);
+                    if buyer >= CALLS {
+                        break;
+                    }
+                    let outcome = client.reserve(BuyerId(buyer), sku, 1, ttl_ms).await;
+                    assert!(
+                        matches!(outcome, Ok(Outcome::Reserved { .. } | Outcome::SoldOut { .. })),
+                        "{outcome:?}"
+                    );
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+criterion_group!(benches, e2e);
+criterion_main!(benches);
