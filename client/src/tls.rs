@@ -6,7 +6,7 @@ use std::sync::Arc;
 use quinn::crypto::rustls::QuicClientConfig;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use crate::error::ClientError;
@@ -21,14 +21,28 @@ impl ClientTls {
     /// Trusts the certificates (or CA) in a PEM file, such as the server's self-signed
     /// `<data dir>/tls/cert.pem`.
     pub fn trust_pem_file(path: &Path) -> Result<ClientTls, ClientError> {
-        let mut roots = RootCertStore::empty();
-        let certs = CertificateDer::pem_file_iter(path)
+        let tls = builder()?.with_root_certificates(roots(path)?).with_no_client_auth();
+        ClientTls::from_rustls(tls)
+    }
+
+    /// Like [`ClientTls::trust_pem_file`], and presents a client certificate (mutual TLS): the
+    /// server grants the role of the CA that issued it.
+    pub fn trust_pem_file_with_identity(
+        trust: &Path,
+        cert_chain: &Path,
+        key: &Path,
+    ) -> Result<ClientTls, ClientError> {
+        let setup = |path: &Path, err: &dyn std::fmt::Display| {
+            ClientError::Setup(format!("{}: {err}", path.display()))
+        };
+        let chain = CertificateDer::pem_file_iter(cert_chain)
             .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .map_err(|err| ClientError::Setup(format!("{}: {err}", path.display())))?;
-        for cert in certs {
-            roots.add(cert).map_err(|err| ClientError::Setup(err.to_string()))?;
-        }
-        let tls = builder()?.with_root_certificates(roots).with_no_client_auth();
+            .map_err(|err| setup(cert_chain, &err))?;
+        let key = PrivateKeyDer::from_pem_file(key).map_err(|err| setup(key, &err))?;
+        let tls = builder()?
+            .with_root_certificates(roots(trust)?)
+            .with_client_auth_cert(chain, key)
+            .map_err(|err| setup(cert_chain, &err))?;
         ClientTls::from_rustls(tls)
     }
 
@@ -55,6 +69,17 @@ impl ClientTls {
     pub fn quinn_config(&self) -> quinn::ClientConfig {
         self.config.clone()
     }
+}
+
+fn roots(path: &Path) -> Result<RootCertStore, ClientError> {
+    let mut roots = RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|err| ClientError::Setup(format!("{}: {err}", path.display())))?;
+    for cert in certs {
+        roots.add(cert).map_err(|err| ClientError::Setup(err.to_string()))?;
+    }
+    Ok(roots)
 }
 
 fn builder(

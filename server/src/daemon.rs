@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::net::{self, Authenticator, NetLimits, TlsFiles, TransportLimits};
+use flashstock_protocol::Role;
+
+use crate::net::{self, Authenticator, ClientCertRoles, NetLimits, TlsFiles, TransportLimits};
 use crate::{Runtime, RuntimeConfig, RuntimeError, SystemClock};
 
 /// The default listen address.
@@ -48,6 +50,12 @@ pub struct Settings {
     /// A tokens file (`admin = "..."`, `service = "..."`, `consumer = "..."` lines) instead of
     /// the generated `<data dir>/tokens.toml`.
     pub tokens_file: Option<PathBuf>,
+    /// A PEM CA whose client certificates grant the admin role (mutual TLS).
+    pub client_ca_admin: Option<PathBuf>,
+    /// A PEM CA whose client certificates grant the service role.
+    pub client_ca_service: Option<PathBuf>,
+    /// A PEM CA whose client certificates grant the consumer role.
+    pub client_ca_consumer: Option<PathBuf>,
 }
 
 impl Settings {
@@ -74,6 +82,9 @@ impl Settings {
             tls_cert: over.tls_cert.or(self.tls_cert),
             tls_key: over.tls_key.or(self.tls_key),
             tokens_file: over.tokens_file.or(self.tokens_file),
+            client_ca_admin: over.client_ca_admin.or(self.client_ca_admin),
+            client_ca_service: over.client_ca_service.or(self.client_ca_service),
+            client_ca_consumer: over.client_ca_consumer.or(self.client_ca_consumer),
         }
     }
 }
@@ -111,10 +122,23 @@ pub async fn run(
             return Err(RuntimeError::Config { path: data_dir, detail });
         }
     };
-    let (auth, tokens_path) = match settings.tokens_file {
+    let (mut auth, tokens_path) = match settings.tokens_file {
         Some(path) => (Authenticator::new(net::auth::read_tokens_file(&path)?), path),
         None => Authenticator::ensure_default(&data_dir)?,
     };
+    let cas: Vec<(Role, PathBuf)> = [
+        (Role::Admin, settings.client_ca_admin),
+        (Role::Service, settings.client_ca_service),
+        (Role::Consumer, settings.client_ca_consumer),
+    ]
+    .into_iter()
+    .filter_map(|(role, path)| path.map(|path| (role, path)))
+    .collect();
+    let client_certs =
+        if cas.is_empty() { None } else { Some(Arc::new(ClientCertRoles::load(&cas)?)) };
+    if let Some(roles) = &client_certs {
+        auth = auth.with_client_certs(roles.clone());
+    }
     let transport = TransportLimits {
         streams_max: settings.streams_max.unwrap_or(64),
         idle_timeout_ms: settings.idle_timeout_ms.unwrap_or(30_000),
@@ -129,7 +153,8 @@ pub async fn run(
     };
     let listen =
         settings.listen.unwrap_or_else(|| LISTEN_DEFAULT.parse().expect("a valid address"));
-    let endpoint = quinn::Endpoint::server(net::server_config(&tls, transport)?, listen)
+    let server_config = net::server_config(&tls, transport, client_certs.as_deref())?;
+    let endpoint = quinn::Endpoint::server(server_config, listen)
         .map_err(|source| RuntimeError::Bind { addr: listen, source })?;
     let bound =
         endpoint.local_addr().map_err(|source| RuntimeError::Bind { addr: listen, source })?;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use flashstock_client::{ClientTls, Connection};
 use flashstock_protocol::Role;
-use flashstock_server::net::{self, Authenticator, NetLimits, TransportLimits};
+use flashstock_server::net::{self, Authenticator, ClientCertRoles, NetLimits, TransportLimits};
 use flashstock_server::{Runtime, RuntimeConfig, SystemClock};
 
 /// A running server. `stop` shuts it down gracefully; dropping it without does not flush.
@@ -29,14 +29,26 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server on `data_dir`, listening on `addr` (port 0 for any).
     pub async fn start_at(data_dir: &Path, addr: SocketAddr) -> TestServer {
+        TestServer::start_with(data_dir, addr, None).await
+    }
+
+    /// Like `start_at`, also granting roles to client certificates issued by `client_certs`.
+    pub async fn start_with(
+        data_dir: &Path,
+        addr: SocketAddr,
+        client_certs: Option<Arc<ClientCertRoles>>,
+    ) -> TestServer {
         let config = RuntimeConfig { shard_count: 2, ..RuntimeConfig::default() };
         let runtime = Runtime::open(data_dir, config, Arc::new(SystemClock)).unwrap();
         let files = net::ensure_self_signed(data_dir).unwrap();
-        let (auth, tokens_path) = Authenticator::ensure_default(data_dir).unwrap();
+        let (mut auth, tokens_path) = Authenticator::ensure_default(data_dir).unwrap();
+        if let Some(roles) = &client_certs {
+            auth = auth.with_client_certs(roles.clone());
+        }
         let tokens = net::auth::read_tokens_file(&tokens_path).unwrap();
         let token = |role| tokens.iter().find(|(_, r)| *r == role).unwrap().0.clone();
         let limits = TransportLimits { streams_max: 16, idle_timeout_ms: 30_000 };
-        let server_config = net::server_config(&files, limits).unwrap();
+        let server_config = net::server_config(&files, limits, client_certs.as_deref()).unwrap();
         let endpoint = quinn::Endpoint::server(server_config, addr).unwrap();
         let addr = endpoint.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel();

@@ -59,6 +59,15 @@ struct Args {
     /// A tokens file (`admin = "..."` / `service = "..."` / `consumer = "..."` lines).
     #[arg(long, env = "FLASHSTOCK_TOKENS_FILE")]
     tokens_file: Option<PathBuf>,
+    /// Mutual TLS: a PEM CA whose client certificates grant the admin role.
+    #[arg(long, env = "FLASHSTOCK_CLIENT_CA_ADMIN")]
+    client_ca_admin: Option<PathBuf>,
+    /// Mutual TLS: a PEM CA whose client certificates grant the service role.
+    #[arg(long, env = "FLASHSTOCK_CLIENT_CA_SERVICE")]
+    client_ca_service: Option<PathBuf>,
+    /// Mutual TLS: a PEM CA whose client certificates grant the consumer role.
+    #[arg(long, env = "FLASHSTOCK_CLIENT_CA_CONSUMER")]
+    client_ca_consumer: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -87,6 +96,9 @@ fn main() -> anyhow::Result<()> {
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
         tokens_file: args.tokens_file,
+        client_ca_admin: args.client_ca_admin,
+        client_ca_service: args.client_ca_service,
+        client_ca_consumer: args.client_ca_consumer,
     });
     let tokio = tokio::runtime::Runtime::new().context("starting tokio")?;
     tokio.block_on(daemon::run(

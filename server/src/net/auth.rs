@@ -1,18 +1,93 @@
-//! Who may do what. A connection authenticates once, in its `Hello`, with a bearer token; the
-//! token maps to a role, and each request is checked against that role.
+//! Who may do what. A connection authenticates once, in its `Hello`: with a bearer token, or
+//! with the client certificate it presented in the TLS handshake (mutual TLS). Either maps to
+//! a role, and each request is checked against that role. A token, when given, decides.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use flashstock_engine::Command;
 use flashstock_protocol::{Request, Role};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::WebPkiClientVerifier;
+use rustls::RootCertStore;
 
 use crate::error::RuntimeError;
 
-/// Bearer tokens and the roles they grant.
+/// Bearer tokens and client-certificate authorities, and the roles they grant.
 #[derive(Clone, Default)]
 pub struct Authenticator {
     tokens: HashMap<String, Role>,
+    cert_roles: Option<Arc<ClientCertRoles>>,
+}
+
+/// Client-certificate authorities, one per role: a certificate issued by the admin CA grants
+/// `Admin`, and so on. Which CA issued a certificate is decided by verifying the chain against
+/// each, so no certificate field needs parsing.
+pub struct ClientCertRoles {
+    /// Trusts every configured CA; installed in the TLS handshake. Clients without a
+    /// certificate are still let through, to authenticate with a token.
+    handshake: Arc<dyn ClientCertVerifier>,
+    by_role: Vec<(Role, Arc<dyn ClientCertVerifier>)>,
+}
+
+impl std::fmt::Debug for ClientCertRoles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let roles: Vec<Role> = self.by_role.iter().map(|(role, _)| *role).collect();
+        f.debug_struct("ClientCertRoles").field("roles", &roles).finish()
+    }
+}
+
+impl ClientCertRoles {
+    /// Loads a PEM CA file per role.
+    pub fn load(cas: &[(Role, PathBuf)]) -> Result<ClientCertRoles, RuntimeError> {
+        let mut all = RootCertStore::empty();
+        let mut by_role = Vec::new();
+        for (role, path) in cas {
+            let error = |detail: String| RuntimeError::Tls { path: path.clone(), detail };
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|err| error(err.to_string()))?;
+            let mut roots = RootCertStore::empty();
+            for cert in certs {
+                roots.add(cert.clone()).map_err(|err| error(err.to_string()))?;
+                all.add(cert).map_err(|err| error(err.to_string()))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                crate::net::tls::provider(),
+            )
+            .build()
+            .map_err(|err| error(err.to_string()))?;
+            by_role.push((*role, verifier));
+        }
+        let handshake =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(all), crate::net::tls::provider())
+                .allow_unauthenticated()
+                .build()
+                .map_err(|err| RuntimeError::Tls {
+                    path: PathBuf::from("client CAs"),
+                    detail: err.to_string(),
+                })?;
+        Ok(ClientCertRoles { handshake, by_role })
+    }
+
+    /// The verifier the TLS handshake uses.
+    pub fn handshake_verifier(&self) -> Arc<dyn ClientCertVerifier> {
+        self.handshake.clone()
+    }
+
+    /// The role of the CA that issued `chain` (leaf first), if any.
+    pub fn role_of(&self, chain: &[CertificateDer<'static>]) -> Option<Role> {
+        let (leaf, intermediates) = chain.split_first()?;
+        let now = UnixTime::now();
+        self.by_role
+            .iter()
+            .find(|(_, verifier)| verifier.verify_client_cert(leaf, intermediates, now).is_ok())
+            .map(|(role, _)| *role)
+    }
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -25,12 +100,26 @@ impl std::fmt::Debug for Authenticator {
 impl Authenticator {
     /// An authenticator granting `role` to each token.
     pub fn new(tokens: impl IntoIterator<Item = (String, Role)>) -> Authenticator {
-        Authenticator { tokens: tokens.into_iter().collect() }
+        Authenticator { tokens: tokens.into_iter().collect(), cert_roles: None }
     }
 
-    /// The role a `Hello`'s token grants, if any.
-    pub fn authenticate(&self, token: Option<&str>) -> Option<Role> {
-        token.and_then(|token| self.tokens.get(token).copied())
+    /// Also grants roles to client certificates issued by these CAs.
+    pub fn with_client_certs(mut self, roles: Arc<ClientCertRoles>) -> Authenticator {
+        self.cert_roles = Some(roles);
+        self
+    }
+
+    /// The role a `Hello`'s token grants, or else the client certificate of the handshake.
+    /// A token that is given but unknown grants nothing, whatever the certificate.
+    pub fn authenticate(
+        &self,
+        token: Option<&str>,
+        peer_chain: Option<&[CertificateDer<'static>]>,
+    ) -> Option<Role> {
+        if let Some(token) = token {
+            return self.tokens.get(token).copied();
+        }
+        self.cert_roles.as_ref()?.role_of(peer_chain?)
     }
 
     /// The embedded default: an admin and a service token in `<dir>/tokens.toml`, generated

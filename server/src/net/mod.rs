@@ -1,13 +1,13 @@
 //! The network layer: QUIC (quinn) with TLS 1.3, carrying the `flashstock-protocol` frames.
 //!
 //! - [`tls`]: the self-signed default certificate and the quinn/rustls server configuration.
-//! - [`auth`]: bearer tokens → roles, and which role may send which request.
+//! - [`auth`]: bearer tokens and client certificates → roles, and which role may send what.
 //! - [`session`]: the listener (`serve`), per-connection and per-stream sessions.
 
 pub mod auth;
 pub mod session;
 pub mod tls;
 
-pub use auth::Authenticator;
+pub use auth::{Authenticator, ClientCertRoles};
 pub use session::{serve, NetLimits};
 pub use tls::{ensure_self_signed, server_config, TlsFiles, TransportLimits};

@@ -206,8 +206,10 @@ impl Session {
     ) -> Result<(), Close> {
         match frame.message {
             Message::Hello { token, client_name } => {
-                let Some(role) = self.shared.auth.authenticate(token.as_deref()) else {
-                    let detail = "missing or unknown bearer token".to_owned();
+                let Some(role) = self.authenticate(token.as_deref()) else {
+                    let detail =
+                        "missing or unknown credentials (bearer token or client certificate)"
+                            .to_owned();
                     return Err(Close { code: ErrorCode::Unauthenticated, detail });
                 };
                 if *self.role.get_or_init(|| role) != role {
@@ -244,6 +246,16 @@ impl Session {
                 Err(Close { code: ErrorCode::UnexpectedMessage, detail })
             }
         }
+    }
+
+    /// The role a token or the handshake's client certificate grants. (Sync: the peer identity
+    /// is not `Send`, so it must not live across an await.)
+    fn authenticate(&self, token: Option<&str>) -> Option<Role> {
+        let identity = self.connection.peer_identity();
+        let chain = identity
+            .as_ref()
+            .and_then(|any| any.downcast_ref::<Vec<rustls::pki_types::CertificateDer<'static>>>());
+        self.shared.auth.authenticate(token, chain.map(Vec::as_slice))
     }
 
     async fn answer(

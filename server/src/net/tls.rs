@@ -71,19 +71,27 @@ pub struct TransportLimits {
     pub idle_timeout_ms: u64,
 }
 
-/// The quinn server configuration: the certificate, TLS 1.3 only, the ALPN, the limits.
+/// The quinn server configuration: the certificate, TLS 1.3 only, the ALPN, the limits, and
+/// client certificates verified against `client_certs`' authorities when given.
 pub fn server_config(
     files: &TlsFiles,
     limits: TransportLimits,
+    client_certs: Option<&crate::net::auth::ClientCertRoles>,
 ) -> Result<quinn::ServerConfig, RuntimeError> {
     let certs = CertificateDer::pem_file_iter(&files.cert_path)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .map_err(|err| tls_error(&files.cert_path, err.to_string()))?;
     let key = PrivateKeyDer::from_pem_file(&files.key_path)
         .map_err(|err| tls_error(&files.key_path, err.to_string()))?;
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .and_then(|builder| builder.with_no_client_auth().with_single_cert(certs, key))
+        .map_err(|err| tls_error(&files.cert_path, err.to_string()))?;
+    let builder = match client_certs {
+        Some(roles) => builder.with_client_cert_verifier(roles.handshake_verifier()),
+        None => builder.with_no_client_auth(),
+    };
+    let mut tls = builder
+        .with_single_cert(certs, key)
         .map_err(|err| tls_error(&files.cert_path, err.to_string()))?;
     tls.alpn_protocols = vec![flashstock_protocol::ALPN.to_vec()];
     let crypto = QuicServerConfig::try_from(tls)
