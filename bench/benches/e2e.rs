@@ -64,9 +64,9 @@ fn e2e(c: &mut Criterion) {
             });
         }
     }
-    // Explicit batches of 64 over raw connections, 64 batches in flight per connection: what
-    // the server and the protocol sustain without the client library's per-call machinery.
-    for connections in [1usize, 8] {
+    // Explicit batches over raw connections, 64 batches in flight per connection: what the
+    // server and the protocol sustain without the client library's per-call machinery.
+    for (connections, batch) in [(1usize, 64u64), (8, 64), (1, 256), (8, 256)] {
         let raw: Vec<Arc<Connection>> = tokio.block_on(async {
             let mut raw = Vec::new();
             for _ in 0..connections {
@@ -74,10 +74,10 @@ fn e2e(c: &mut Criterion) {
             }
             raw
         });
-        for (name, units, ttl_ms) in [
-            ("batched_flash_sale", CALLS / 100, 600_000),
-            ("batched_reserve", u64::MAX >> 30, 2_000),
-        ] {
+        for (name, units, ttl_ms) in
+            [("flash_sale", CALLS / 100, 600_000), ("reserve", u64::MAX >> 30, 2_000)]
+        {
+            let name = format!("batched{batch}_{name}");
             group.bench_function(BenchmarkId::new(name, connections), |b| {
                 b.iter_custom(|iters| {
                     let mut elapsed = Duration::ZERO;
@@ -85,7 +85,7 @@ fn e2e(c: &mut Criterion) {
                         let sku = SkuId(next_sku.fetch_add(1, Ordering::Relaxed));
                         tokio.block_on(admin.set_stock(sku, units.min(1 << 40))).unwrap();
                         let started = Instant::now();
-                        tokio.block_on(batched_race(&raw, sku, ttl_ms));
+                        tokio.block_on(batched_race(&raw, sku, ttl_ms, batch));
                         elapsed += started.elapsed();
                     }
                     elapsed
@@ -94,12 +94,59 @@ fn e2e(c: &mut Criterion) {
         }
     }
     group.finish();
+    for in_flight in [64, IN_FLIGHT] {
+        tokio.block_on(latency(&server, &admin, &next_sku, in_flight));
+    }
     tokio.block_on(server.stop());
 }
 
-/// `CALLS` reserves in batches of 64, 64 batches in flight per connection.
-async fn batched_race(connections: &[Arc<Connection>], sku: SkuId, ttl_ms: u64) {
-    const BATCH: u64 = 64;
+/// Per-call latency through the client API (1 connection, `in_flight` calls at a time, flash
+/// sale), from an HDR histogram: criterion reports time per 100,000 calls, not per call. By
+/// Little's law latency grows with the calls in flight once throughput saturates.
+async fn latency(server: &TestServer, admin: &Client, next_sku: &AtomicU64, in_flight: u64) {
+    let config =
+        ClientConfig::new(server.addr, "localhost", server.tls(), Some(&server.service_token));
+    let client = Client::connect(config).await.unwrap();
+    let mut histogram = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    for _ in 0..5 {
+        let sku = SkuId(next_sku.fetch_add(1, Ordering::Relaxed));
+        admin.set_stock(sku, CALLS / 100).await.unwrap();
+        let next = Arc::new(AtomicU64::new(0));
+        let tasks: Vec<_> = (0..in_flight)
+            .map(|_| {
+                let (client, next) = (client.clone(), next.clone());
+                tokio::spawn(async move {
+                    let mut latencies_us = Vec::new();
+                    while next.fetch_add(1, Ordering::Relaxed) < CALLS {
+                        let sent = Instant::now();
+                        client
+                            .reserve(BuyerId(sent.elapsed().as_nanos() as u64), sku, 1, 600_000)
+                            .await
+                            .unwrap();
+                        latencies_us.push(sent.elapsed().as_micros() as u64);
+                    }
+                    latencies_us
+                })
+            })
+            .collect();
+        for task in tasks {
+            for latency_us in task.await.unwrap() {
+                histogram.saturating_record(latency_us);
+            }
+        }
+    }
+    println!(
+        "e2e latency, client API, 1 connection, {in_flight} in flight, flash sale: p50 {} us, p99 {} us, p99.9 {} us, max {} us ({} calls)",
+        histogram.value_at_quantile(0.5),
+        histogram.value_at_quantile(0.99),
+        histogram.value_at_quantile(0.999),
+        histogram.max(),
+        histogram.len()
+    );
+}
+
+/// `CALLS` reserves in batches of `batch`, 64 batches in flight per connection.
+async fn batched_race(connections: &[Arc<Connection>], sku: SkuId, ttl_ms: u64, batch: u64) {
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for connection in connections {
@@ -107,11 +154,11 @@ async fn batched_race(connections: &[Arc<Connection>], sku: SkuId, ttl_ms: u64) 
             let (connection, next) = (connection.clone(), next.clone());
             tasks.push(tokio::spawn(async move {
                 loop {
-                    let first = next.fetch_add(BATCH, Ordering::Relaxed);
+                    let first = next.fetch_add(batch, Ordering::Relaxed);
                     if first >= CALLS {
                         break;
                     }
-                    let batch = (first..(first + BATCH).min(CALLS))
+                    let batch = (first..(first + batch).min(CALLS))
                         .map(|buyer| {
                             Request::Apply(Command::Reserve(Reserve {
                                 request: RequestId(u128::from(sku.0) << 64 | u128::from(buyer)),
