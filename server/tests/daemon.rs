@@ -7,8 +7,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use flashstock_client::{ClientTls, Connection};
-use flashstock_engine::{BuyerId, Command as Apply, Outcome, RequestId, Reserve, SkuId};
+use flashstock_client::{Client, ClientConfig, ClientTls, Connection};
+use flashstock_engine::{
+    BuyerId, Command as Apply, Outcome, RequestId, ReservationState, Reserve, SkuId,
+};
 use flashstock_protocol::{Reply, Request};
 
 struct Daemon {
@@ -19,8 +21,12 @@ struct Daemon {
 }
 
 fn start(data_dir: &Path, extra: &[&str]) -> Daemon {
+    start_on(data_dir, "127.0.0.1:0", extra)
+}
+
+fn start_on(data_dir: &Path, listen: &str, extra: &[&str]) -> Daemon {
     let mut child = Command::new(env!("CARGO_BIN_EXE_flashstockd"))
-        .args(["--listen", "127.0.0.1:0", "--shards", "2", "--data-dir"])
+        .args(["--listen", listen, "--shards", "2", "--data-dir"])
         .arg(data_dir)
         .args(extra)
         .env("RUST_LOG", "info")
@@ -126,4 +132,45 @@ fn a_config_file_with_an_unknown_setting_is_refused_clearly() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("unknown field `shard_count`"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_rides_through_a_sigkill_and_restart_of_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start(dir.path(), &[]);
+    let addr = daemon.addr;
+    let tls = ClientTls::trust_pem_file(&daemon.cert).unwrap();
+    let admin_config =
+        ClientConfig::new(addr, "localhost", tls.clone(), Some(&token(&daemon.tokens, "admin")));
+    let admin = Client::connect(admin_config).await.unwrap();
+    admin.set_stock(SkuId(8), 4).await.unwrap();
+    let mut config =
+        ClientConfig::new(addr, "localhost", tls, Some(&token(&daemon.tokens, "service")));
+    config.attempt_timeout = std::time::Duration::from_millis(500);
+    config.call_timeout = std::time::Duration::from_secs(30);
+    config.retries_max = 100;
+    config.breaker_failures_max = 1_000;
+    let client = Client::connect(config).await.unwrap();
+    let Outcome::Reserved { reservation, .. } =
+        client.reserve(BuyerId(1), SkuId(8), 1, 600_000).await.unwrap()
+    else {
+        panic!("a reservation")
+    };
+    assert_eq!(client.confirm(reservation).await.unwrap(), Outcome::Confirmed);
+
+    let mut killed = daemon.child;
+    assert!(Command::new("kill")
+        .args(["-KILL", &killed.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    killed.wait().unwrap();
+    let daemon = start_on(dir.path(), &addr.to_string(), &[]);
+
+    // The same client, untouched: it notices, reconnects, and finds what was acknowledged.
+    let view = client.query_reservation(reservation).await.unwrap().expect("it survived");
+    assert_eq!(view.state, ReservationState::Confirmed);
+    let sku = client.query_sku(SkuId(8)).await.unwrap().unwrap();
+    assert_eq!((sku.total, sku.available, sku.sold), (4, 3, 1));
+    terminate(daemon);
 }
