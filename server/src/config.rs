@@ -29,6 +29,8 @@ pub struct RuntimeConfig {
     pub snapshot_every_ms: u64,
     /// Whether a graceful shutdown snapshots every shard, so the next start replays nothing.
     pub snapshot_on_shutdown: bool,
+    /// sled's page cache for the log, in bytes (`Runtime::open` only).
+    pub wal_cache_bytes: u64,
     /// The engine's per-shard bounds.
     pub shard: ShardConfig,
 }
@@ -45,6 +47,7 @@ impl Default for RuntimeConfig {
             snapshot_every_records: 1_000_000,
             snapshot_every_ms: 60_000,
             snapshot_on_shutdown: true,
+            wal_cache_bytes: 256 << 20,
             shard: ShardConfig::default(),
         }
     }

@@ -33,6 +33,12 @@ pub struct Settings {
     pub snapshot_every_records: Option<u64>,
     /// Milliseconds between snapshots (default 60,000).
     pub snapshot_every_ms: Option<u64>,
+    /// sled's page cache for the log, in MiB (default 256).
+    pub wal_cache_mb: Option<u64>,
+    /// Jobs a shard's inbox holds before requests are refused as overloaded (default 65,536).
+    pub inbox_capacity: Option<usize>,
+    /// Jobs a shard applies per step, i.e. per log batch (default 1,024, at most 1,235).
+    pub batch_jobs_max: Option<usize>,
     /// The largest frame payload accepted, in bytes (default 1 MiB).
     pub frame_bytes_max: Option<u32>,
     /// Connections served at once (default 1,024).
@@ -74,6 +80,9 @@ impl Settings {
             shards: over.shards.or(self.shards),
             snapshot_every_records: over.snapshot_every_records.or(self.snapshot_every_records),
             snapshot_every_ms: over.snapshot_every_ms.or(self.snapshot_every_ms),
+            wal_cache_mb: over.wal_cache_mb.or(self.wal_cache_mb),
+            inbox_capacity: over.inbox_capacity.or(self.inbox_capacity),
+            batch_jobs_max: over.batch_jobs_max.or(self.batch_jobs_max),
             frame_bytes_max: over.frame_bytes_max.or(self.frame_bytes_max),
             connections_max: over.connections_max.or(self.connections_max),
             in_flight_max: over.in_flight_max.or(self.in_flight_max),
@@ -111,8 +120,17 @@ pub async fn run(
             .snapshot_every_records
             .unwrap_or(defaults.snapshot_every_records),
         snapshot_every_ms: settings.snapshot_every_ms.unwrap_or(defaults.snapshot_every_ms),
+        wal_cache_bytes: settings.wal_cache_mb.map_or(defaults.wal_cache_bytes, |mb| mb << 20),
+        inbox_capacity: settings.inbox_capacity.unwrap_or(defaults.inbox_capacity),
+        batch_jobs_max: settings.batch_jobs_max.unwrap_or(defaults.batch_jobs_max),
         ..defaults
     };
+    if runtime_config.batch_jobs_max == 0
+        || runtime_config.batch_jobs_max > crate::config::BATCH_JOBS_LIMIT
+    {
+        let detail = format!("batch_jobs_max must be 1..={}", crate::config::BATCH_JOBS_LIMIT);
+        return Err(RuntimeError::Config { path: data_dir, detail });
+    }
     let runtime = Runtime::open(&data_dir, runtime_config, Arc::new(SystemClock))?;
     let tls = match (settings.tls_cert, settings.tls_key) {
         (Some(cert_path), Some(key_path)) => TlsFiles { cert_path, key_path },

@@ -38,7 +38,11 @@ impl Runtime {
         config: RuntimeConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Runtime, RuntimeError> {
-        let wal = SledWal::open(&SledWalConfig::new(data_dir.join("wal")))?;
+        let wal_config = SledWalConfig {
+            cache_bytes: config.wal_cache_bytes,
+            ..SledWalConfig::new(data_dir.join("wal"))
+        };
+        let wal = SledWal::open(&wal_config)?;
         Runtime::start(config, wal, clock)
     }
 

@@ -35,6 +35,15 @@ struct Args {
     /// Milliseconds between snapshots of a busy shard [default: 60000].
     #[arg(long, env = "FLASHSTOCK_SNAPSHOT_EVERY_MS")]
     snapshot_every_ms: Option<u64>,
+    /// sled's page cache for the log, in MiB [default: 256].
+    #[arg(long, env = "FLASHSTOCK_WAL_CACHE_MB")]
+    wal_cache_mb: Option<u64>,
+    /// Jobs a shard's inbox holds before requests are refused as overloaded [default: 65536].
+    #[arg(long, env = "FLASHSTOCK_INBOX_CAPACITY")]
+    inbox_capacity: Option<usize>,
+    /// Jobs a shard applies per step, i.e. per log batch [default: 1024, at most 1235].
+    #[arg(long, env = "FLASHSTOCK_BATCH_JOBS_MAX")]
+    batch_jobs_max: Option<usize>,
     /// The largest frame payload accepted, in bytes [default: 1048576].
     #[arg(long, env = "FLASHSTOCK_FRAME_BYTES_MAX")]
     frame_bytes_max: Option<u32>,
@@ -88,6 +97,9 @@ fn main() -> anyhow::Result<()> {
         shards: args.shards,
         snapshot_every_records: args.snapshot_every_records,
         snapshot_every_ms: args.snapshot_every_ms,
+        wal_cache_mb: args.wal_cache_mb,
+        inbox_capacity: args.inbox_capacity,
+        batch_jobs_max: args.batch_jobs_max,
         frame_bytes_max: args.frame_bytes_max,
         connections_max: args.connections_max,
         in_flight_max: args.in_flight_max,
