@@ -74,6 +74,14 @@ impl fmt::Display for BatchDefect {
     }
 }
 
+/// Refuses record bytes that one stored batch may not hold.
+pub(crate) fn check_size(records: &[u8]) -> Result<(), WalError> {
+    if records.len() > BATCH_RECORDS_BYTES_MAX {
+        return Err(WalError::BatchTooLarge { bytes: records.len(), max: BATCH_RECORDS_BYTES_MAX });
+    }
+    Ok(())
+}
+
 /// Encodes a batch into `out` (cleared first).
 pub fn encode(log: LogId, first_seq: u64, record_count: u32, records: &[u8], out: &mut Vec<u8>) {
     assert!(records.len() <= BATCH_RECORDS_BYTES_MAX, "caller checks the batch size");

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::batch::{self, BATCH_RECORDS_BYTES_MAX};
+use crate::batch;
 use crate::{BatchRef, LogId, ReplaySummary, Snapshot, VisitError, Wal, WalError};
 
 #[derive(Debug, Default)]
@@ -86,12 +86,7 @@ impl Wal for MemWal {
         record_count: u32,
         records: &[u8],
     ) -> Result<(), WalError> {
-        if records.len() > BATCH_RECORDS_BYTES_MAX {
-            return Err(WalError::BatchTooLarge {
-                bytes: records.len(),
-                max: BATCH_RECORDS_BYTES_MAX,
-            });
-        }
+        batch::check_size(records)?;
         let mut store = self.store();
         if !store.next_seq.contains_key(&log) {
             // First append since a (simulated) restart: continue from what is stored.

@@ -179,12 +179,7 @@ impl Wal for SledWal {
         record_count: u32,
         records: &[u8],
     ) -> Result<(), WalError> {
-        if records.len() > BATCH_RECORDS_BYTES_MAX {
-            return Err(WalError::BatchTooLarge {
-                bytes: records.len(),
-                max: BATCH_RECORDS_BYTES_MAX,
-            });
-        }
+        batch::check_size(records)?;
         let mut appender = self.appender();
         let Appender { scratch, .. } = &mut *appender;
         let mut value = std::mem::take(scratch);
