@@ -289,7 +289,7 @@ impl Client {
                 Err(_elapsed) => {
                     // No answer in time: do not trust that connection again.
                     self.inner.breaker.failed();
-                    self.drop_link(index).await;
+                    self.drop_link(index);
                     ClientError::Timeout { deadline_ms }
                 }
             };
@@ -357,7 +357,7 @@ impl Client {
     }
 
     /// Marks the connection in slot `index` broken, so the next call there opens a new one.
-    async fn drop_link(&self, index: usize) {
+    fn drop_link(&self, index: usize) {
         let slot = self.inner.links[index].lock().unwrap_or_else(|p| p.into_inner());
         if let Some(link) = slot.as_ref() {
             link.broken.store(true, Ordering::Release);

@@ -173,15 +173,9 @@ impl Handle {
         shard: ShardId,
         job: impl FnOnce(Reply) -> Job,
     ) -> Result<Pending, RuntimeError> {
-        if let Some(reason) = self.shared.failure.reason() {
-            return Err(RuntimeError::WalFailed { reason });
-        }
         let (reply, answer) = oneshot::channel();
-        match self.shared.inboxes[usize::from(shard.0)].try_send(job(reply)) {
-            Ok(()) => Ok(Pending { answer }),
-            Err(TrySendError::Full(_)) => Err(RuntimeError::Overloaded { shard: shard.0 }),
-            Err(TrySendError::Disconnected(_)) => Err(RuntimeError::ShuttingDown),
-        }
+        self.send_job(shard, job(reply))?;
+        Ok(Pending { answer })
     }
 
     /// Submits many requests at once: grouped by owning shard, each group travels as one job
@@ -234,6 +228,7 @@ impl Handle {
         }
     }
 
+    /// Hands a job to a shard's inbox at once: a full inbox is `Overloaded`, never a wait.
     fn send_job(&self, shard: ShardId, job: Job) -> Result<(), RuntimeError> {
         if let Some(reason) = self.shared.failure.reason() {
             return Err(RuntimeError::WalFailed { reason });
