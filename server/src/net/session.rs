@@ -179,7 +179,7 @@ async fn run_stream(session: Arc<Session>, send: quinn::SendStream, mut recv: qu
             Vec::new()
         };
         let error = ConnectionError { code: *code, detail: detail.clone(), supported_versions };
-        let _ = frames.send(encode(0, &Message::Error(error))).await;
+        let _ = frames.send((0, Message::Error(error))).await;
     }
     drop(frames);
     let _ = writer.await;
@@ -201,7 +201,7 @@ impl Session {
     async fn take(
         self: &Arc<Self>,
         frame: Frame,
-        frames: &mpsc::Sender<Vec<u8>>,
+        frames: &mpsc::Sender<Outgoing>,
         batches: &mut JoinSet<()>,
     ) -> Result<(), Close> {
         match frame.message {
@@ -223,7 +223,7 @@ impl Session {
                     frame_bytes_max: limits.frame_bytes_max,
                     in_flight_max: limits.in_flight_max,
                 };
-                let _ = frames.send(encode(frame.correlation, &welcome)).await;
+                let _ = frames.send((frame.correlation, welcome)).await;
                 Ok(())
             }
             Message::Requests(batch) => {
@@ -264,11 +264,11 @@ impl Session {
         batch: Vec<Request>,
         role: Role,
         permit: OwnedSemaphorePermit,
-        frames: mpsc::Sender<Vec<u8>>,
+        frames: mpsc::Sender<Outgoing>,
     ) {
         let replies = dispatch(&self.shared.handle, role, &batch).await;
         drop(permit);
-        let _ = frames.send(encode(correlation, &Message::Replies(replies))).await;
+        let _ = frames.send((correlation, Message::Replies(replies))).await;
     }
 }
 
@@ -311,15 +311,6 @@ fn refusal(err: RuntimeError) -> Reply {
     })
 }
 
-fn encode(correlation: u64, message: &Message) -> Vec<u8> {
-    // Server frames are bounded by what the client sent (one reply per request), and the
-    // client's limit is at least the protocol default.
-    let mut out = Vec::new();
-    let mut encoder = FrameEncoder::new(u32::MAX);
-    encoder.encode(correlation, message, &mut out).expect("no limit to exceed");
-    out
-}
-
 fn message_name(message: &Message) -> &'static str {
     match message {
         Message::Hello { .. } => "Hello",
@@ -330,12 +321,22 @@ fn message_name(message: &Message) -> &'static str {
     }
 }
 
-/// Writes queued frames, coalescing whatever is waiting into one write; then finishes the
-/// stream and gives the peer a moment to read it all before the connection may close.
-async fn write_frames(mut send: quinn::SendStream, mut queued: mpsc::Receiver<Vec<u8>>) {
-    while let Some(mut bytes) = queued.recv().await {
-        while let Ok(more) = queued.try_recv() {
-            bytes.extend_from_slice(&more);
+/// A frame to send: its correlation id and message, encoded by the stream's writer.
+type Outgoing = (u64, Message);
+
+/// Encodes queued frames with one encoder and one buffer for the stream, coalescing whatever is
+/// waiting into one write; then finishes the stream and gives the peer a moment to read it all
+/// before the connection may close.
+async fn write_frames(mut send: quinn::SendStream, mut queued: mpsc::Receiver<Outgoing>) {
+    // Server frames are bounded by what the client sent (one reply per request), so the
+    // client's own limit is never exceeded; no limit is enforced on this side.
+    let mut encoder = FrameEncoder::new(u32::MAX);
+    let mut bytes = Vec::new();
+    while let Some((correlation, message)) = queued.recv().await {
+        bytes.clear();
+        encoder.encode(correlation, &message, &mut bytes).expect("no limit to exceed");
+        while let Ok((correlation, message)) = queued.try_recv() {
+            encoder.encode(correlation, &message, &mut bytes).expect("no limit to exceed");
         }
         if send.write_all(&bytes).await.is_err() {
             return;
