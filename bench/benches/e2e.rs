@@ -18,6 +18,32 @@ use flashstock_protocol::{Reply, Request};
 use flashstock_tests::server::TestServer;
 
 const IN_FLIGHT: u64 = 4_096;
+
+/// (name, units in stock, hold ttl): a flash sale with 1% of the demand in stock, and holds
+/// that all succeed and lapse quickly.
+const SCENARIOS: [(&str, u64, u64); 2] =
+    [("flash_sale", CALLS / 100, 600_000), ("reserve", 1 << 40, 2_000)];
+
+/// Runs `iters` sales, each on a fresh SKU stocked with `units` before the clock starts, and
+/// returns the time spent in `sale` alone.
+fn timed_sales<F: std::future::Future<Output = ()>>(
+    tokio: &tokio::runtime::Runtime,
+    admin: &Client,
+    next_sku: &AtomicU64,
+    units: u64,
+    iters: u64,
+    sale: impl Fn(SkuId) -> F,
+) -> Duration {
+    let mut elapsed = Duration::ZERO;
+    for _ in 0..iters {
+        let sku = SkuId(next_sku.fetch_add(1, Ordering::Relaxed));
+        tokio.block_on(admin.set_stock(sku, units)).unwrap();
+        let started = Instant::now();
+        tokio.block_on(sale(sku));
+        elapsed += started.elapsed();
+    }
+    elapsed
+}
 const CALLS: u64 = 100_000;
 
 fn e2e(c: &mut Criterion) {
@@ -45,21 +71,12 @@ fn e2e(c: &mut Criterion) {
             config.connections = connections;
             Client::connect(config).await.unwrap()
         });
-        for (name, units, ttl_ms) in
-            [("flash_sale", CALLS / 100, 600_000), ("reserve", u64::MAX >> 30, 2_000)]
-        {
+        for (name, units, ttl_ms) in SCENARIOS {
             group.bench_function(BenchmarkId::new(name, connections), |b| {
                 b.iter_custom(|iters| {
-                    let mut elapsed = Duration::ZERO;
-                    for _ in 0..iters {
-                        // A fresh SKU per sale, stocked before the clock starts.
-                        let sku = SkuId(next_sku.fetch_add(1, Ordering::Relaxed));
-                        tokio.block_on(admin.set_stock(sku, units.min(1 << 40))).unwrap();
-                        let started = Instant::now();
-                        tokio.block_on(race(&client, sku, ttl_ms));
-                        elapsed += started.elapsed();
-                    }
-                    elapsed
+                    timed_sales(&tokio, &admin, &next_sku, units, iters, |sku| {
+                        race(&client, sku, ttl_ms)
+                    })
                 })
             });
         }
@@ -74,21 +91,13 @@ fn e2e(c: &mut Criterion) {
             }
             raw
         });
-        for (name, units, ttl_ms) in
-            [("flash_sale", CALLS / 100, 600_000), ("reserve", u64::MAX >> 30, 2_000)]
-        {
+        for (name, units, ttl_ms) in SCENARIOS {
             let name = format!("batched{batch}_{name}");
             group.bench_function(BenchmarkId::new(name, connections), |b| {
                 b.iter_custom(|iters| {
-                    let mut elapsed = Duration::ZERO;
-                    for _ in 0..iters {
-                        let sku = SkuId(next_sku.fetch_add(1, Ordering::Relaxed));
-                        tokio.block_on(admin.set_stock(sku, units.min(1 << 40))).unwrap();
-                        let started = Instant::now();
-                        tokio.block_on(batched_race(&raw, sku, ttl_ms, batch));
-                        elapsed += started.elapsed();
-                    }
-                    elapsed
+                    timed_sales(&tokio, &admin, &next_sku, units, iters, |sku| {
+                        batched_race(&raw, sku, ttl_ms, batch)
+                    })
                 })
             });
         }

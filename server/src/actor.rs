@@ -57,7 +57,7 @@ impl Job {
     }
 }
 
-/// One request of a [`Job::Batch`].
+/// One request of a batch (see `Handle::submit_batch`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Item {
     /// A state-changing command.

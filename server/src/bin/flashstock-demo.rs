@@ -36,12 +36,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
+    flashstock_server::init_logging("warn");
     let args = Args::parse();
     let options = DemoOptions {
         data_dir: args.data_dir,

@@ -80,12 +80,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    flashstock_server::init_logging("info");
     let args = Args::parse();
     let from_file = match &args.config {
         Some(path) => Settings::from_file(path)?,
