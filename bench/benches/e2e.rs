@@ -175,6 +175,7 @@ async fn batched_race(connections: &[Arc<Connection>], sku: SkuId, ttl_ms: u64, 
                                 sku,
                                 qty: 1,
                                 ttl_ms,
+                                order_ref: None,
                             }))
                         })
                         .collect();

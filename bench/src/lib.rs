@@ -17,12 +17,17 @@ pub mod commands {
             sku: SkuId(sku),
             qty: 1,
             ttl_ms,
+            order_ref: None,
         })
     }
 
     /// Confirm `reservation`, request id derived from `n`.
     pub fn confirm(n: u64, reservation: ReservationId) -> Command {
-        Command::Confirm { request: RequestId(u128::from(n) | (2 << 100)), reservation }
+        Command::Confirm {
+            request: RequestId(u128::from(n) | (2 << 100)),
+            reservation,
+            order_ref: None,
+        }
     }
 
     /// A cheap, well-spread pseudo-random SKU for step `n` among `skus`.

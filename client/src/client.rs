@@ -161,12 +161,14 @@ impl Client {
         ttl_ms: u64,
     ) -> Result<Outcome, ClientError> {
         let request = self.request_id();
-        self.apply(Command::Reserve(Reserve { request, buyer, sku, qty, ttl_ms })).await
+        self.apply(Command::Reserve(Reserve { request, buyer, sku, qty, ttl_ms, order_ref: None }))
+            .await
     }
 
     /// Turns a held reservation into a sale.
     pub async fn confirm(&self, reservation: ReservationId) -> Result<Outcome, ClientError> {
-        self.apply(Command::Confirm { request: self.request_id(), reservation }).await
+        self.apply(Command::Confirm { request: self.request_id(), reservation, order_ref: None })
+            .await
     }
 
     /// Gives a held reservation's units back.
@@ -233,7 +235,14 @@ impl Client {
                 let client = self.clone();
                 tokio::spawn(async move {
                     client
-                        .apply(Command::Reserve(Reserve { request, buyer, sku, qty, ttl_ms }))
+                        .apply(Command::Reserve(Reserve {
+                            request,
+                            buyer,
+                            sku,
+                            qty,
+                            ttl_ms,
+                            order_ref: None,
+                        }))
                         .await
                 })
             })

@@ -1,7 +1,7 @@
 //! The commands a shard applies. Every command here may change state and carries the
 //! client's request id; reads go through `Shard::query_*` instead.
 
-use crate::ids::{BuyerId, RequestId, ReservationId, SkuId};
+use crate::ids::{BuyerId, OrderRef, RequestId, ReservationId, SkuId};
 
 /// Hold `qty` units of `sku` for `buyer` for `ttl_ms`.
 ///
@@ -20,6 +20,8 @@ pub struct Reserve {
     pub qty: u32,
     /// How long the hold lasts without a confirm, 1..=`TTL_MS_MAX`.
     pub ttl_ms: u64,
+    /// The caller's order reference, if it has one already; a confirm may give it instead.
+    pub order_ref: Option<OrderRef>,
 }
 
 /// When a SKU may be reserved: from `opens_at_ms` (inclusive) until `closes_at_ms`
@@ -45,6 +47,8 @@ pub enum Command {
         request: RequestId,
         /// The reservation to confirm.
         reservation: ReservationId,
+        /// The caller's order reference; when given it replaces one given at reserve.
+        order_ref: Option<OrderRef>,
     },
     /// The buyer or a compensating saga gives the units back.
     Cancel {

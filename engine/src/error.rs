@@ -71,15 +71,16 @@ pub enum EngineError {
         /// The request.
         request: crate::ids::RequestId,
     },
-    /// A logged tick expired a different number of reservations on replay.
-    #[error("logged tick at {at_ms} ms expired {logged}, replay expired {replayed}")]
-    ReplayTickMismatch {
-        /// The tick's logged time.
+    /// A logged end of a reservation did something else on replay (or nothing: `replayed`
+    /// is `None`).
+    #[error("the log says {logged:?} at {at_ms} ms, replay did {replayed:?}")]
+    ReplayMismatch {
+        /// The record's logged time.
         at_ms: u64,
-        /// Expiries the log says happened.
-        logged: u32,
-        /// Expiries the replay produced.
-        replayed: u32,
+        /// What the log says ended (boxed: this error is rare, `Result`s are everywhere).
+        logged: Box<crate::record::Ended>,
+        /// What replay ended.
+        replayed: Option<Box<crate::record::Ended>>,
     },
     /// Invariant 1: available + reserved + sold != total.
     #[error(

@@ -21,6 +21,14 @@ pub struct BuyerId(pub u64);
 #[cfg_attr(feature = "rkyv", derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize))]
 pub struct RequestId(pub u128);
 
+/// The caller's reference for the order a reservation becomes (a UUID, a snowflake id, a
+/// numeric order number), carried through to the committed-deduction stream so the order
+/// writer can join the sale to the caller's order. Fixed-size so commands stay `Copy` and log
+/// records stay fixed-width.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "rkyv", derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize))]
+pub struct OrderRef(pub u128);
+
 /// The index of a shard: a single-threaded owner of a subset of SKUs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ShardId(pub u16);

@@ -35,6 +35,14 @@ impl Shard {
         if live != self.reservations_live {
             return Err(bookkeeping(None, "live count differs from held reservations"));
         }
+        for id in self.order_refs.keys() {
+            if self.reservations.get(*id).is_none_or(|r| r.state != ReservationState::Held) {
+                return Err(bookkeeping(
+                    Some(*id),
+                    "order reference kept for an ended reservation",
+                ));
+            }
+        }
         if self.ended.len() + live != self.reservations.len() {
             return Err(bookkeeping(None, "ended list differs from ended reservations"));
         }

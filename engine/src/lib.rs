@@ -12,6 +12,7 @@
 //! - [`limits`]: every bound the engine enforces, and [`ShardConfig`].
 //! - [`shard`]: [`Shard`], with `apply`, `tick`, `replay` and the queries.
 //! - [`record`]: log records, their encoding, and the sinks `apply` writes them to.
+//! - [`event`]: the committed-deduction stream's events, read off records.
 //! - `snapshot` and `invariants`: `Shard::encode_snapshot`, `Shard::restore`, `Shard::digest`
 //!   and `Shard::check_invariants`.
 //! - `dedup`: what is remembered of earlier answers, so retries are idempotent.
@@ -21,6 +22,7 @@
 
 pub mod command;
 pub mod error;
+pub mod event;
 pub mod ids;
 pub mod limits;
 pub mod outcome;
@@ -36,9 +38,12 @@ mod table;
 
 pub use command::{Command, Reserve, RouteKey, SaleWindow};
 pub use error::EngineError;
-pub use ids::{BuyerId, RequestId, ReservationId, ShardId, ShardMap, SkuId};
+pub use event::{Change, Event, EventKind};
+pub use ids::{BuyerId, OrderRef, RequestId, ReservationId, ShardId, ShardMap, SkuId};
 pub use limits::{ShardConfig, RESERVE_QTY_MAX, STOCK_TOTAL_MAX, TICK_EXPIRIES_MAX, TTL_MS_MAX};
 pub use outcome::{Outcome, ReservationState, ReservationView, SkuView};
-pub use record::{decode_records, DiscardLog, EncodedLog, LogSink, Record, RECORD_BYTES_MAX};
+pub use record::{
+    decode_records, DiscardLog, EncodedLog, Ended, LogSink, Record, RECORD_BYTES_MAX,
+};
 pub use shard::Shard;
 pub use snapshot::SNAPSHOT_VERSION;

@@ -121,6 +121,29 @@ pub enum ReservationState {
     Expired,
 }
 
+impl ReservationState {
+    /// The state's byte in log records and snapshots.
+    pub fn code(self) -> u8 {
+        match self {
+            ReservationState::Held => 0,
+            ReservationState::Confirmed => 1,
+            ReservationState::Cancelled => 2,
+            ReservationState::Expired => 3,
+        }
+    }
+
+    /// The state a byte of [`ReservationState::code`] names.
+    pub fn from_code(code: u8) -> Option<ReservationState> {
+        Some(match code {
+            0 => ReservationState::Held,
+            1 => ReservationState::Confirmed,
+            2 => ReservationState::Cancelled,
+            3 => ReservationState::Expired,
+            _ => return None,
+        })
+    }
+}
+
 /// A read of one SKU's stock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "rkyv", derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize))]

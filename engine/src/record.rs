@@ -9,38 +9,74 @@
 use crate::codec::{Reader, Writer};
 use crate::command::{Command, Reserve, SaleWindow};
 use crate::error::EngineError;
-use crate::ids::{BuyerId, RequestId, ReservationId, SkuId};
+use crate::ids::{BuyerId, OrderRef, RequestId, ReservationId, SkuId};
+use crate::outcome::ReservationState;
 
 /// One entry of a shard's log.
+///
+/// Records say what happened, not only what was asked: a confirm that ended a reservation is
+/// logged with what the reservation held, and every expiry is logged one by one. The
+/// committed-deduction stream is then read from the log alone, without replaying it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Record {
-    /// `command` was applied at `at_ms` and changed state.
+    /// A reserve or admin `command` was applied at `at_ms` and changed state.
     Apply {
         /// The shard's clock when it was applied.
         at_ms: u64,
-        /// The command.
+        /// The command (never a confirm or cancel: those are logged as `Ended`).
         command: Command,
     },
-    /// A tick at `at_ms` expired `expired` reservations (at least one).
-    Tick {
+    /// A confirm or cancel ended a reservation: as asked, or as expired when it came after the
+    /// reservation's deadline.
+    Ended {
+        /// The shard's clock when it was applied.
+        at_ms: u64,
+        /// The request, with a confirm's order reference set to the one that took effect.
+        command: Command,
+        /// What ended, and how.
+        ended: Ended,
+    },
+    /// A tick expired one reservation.
+    Expired {
         /// The shard's clock at the tick.
         at_ms: u64,
-        /// How many reservations it expired.
-        expired: u32,
+        /// What expired (`state` is `Expired`).
+        ended: Ended,
     },
 }
 
-/// The longest encoded record, in bytes (a reserve: tag, time, request, buyer, sku, qty, ttl).
-pub const RECORD_BYTES_MAX: usize = 1 + 8 + 16 + 8 + 8 + 4 + 8;
+/// A reservation that ended, with what it held: the detail of a committed deduction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "rkyv", derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize))]
+pub struct Ended {
+    /// The reservation.
+    pub reservation: ReservationId,
+    /// How it ended: `Confirmed` (the units are sold), `Cancelled` or `Expired`.
+    pub state: ReservationState,
+    /// Who held it.
+    pub buyer: BuyerId,
+    /// What it held.
+    pub sku: SkuId,
+    /// How many units.
+    pub qty: u32,
+    /// The caller's order reference, from the confirm or else from the reserve.
+    pub order_ref: Option<OrderRef>,
+}
+
+/// The longest encoded record, in bytes (an `Ended`: tag, time, request, reservation, state,
+/// buyer, sku, qty, optional order reference).
+pub const RECORD_BYTES_MAX: usize = 1 + 8 + 16 + 8 + 1 + 8 + 8 + 4 + 17;
 
 const TAG_RESERVE: u8 = 1;
-const TAG_CONFIRM: u8 = 2;
-const TAG_CANCEL: u8 = 3;
 const TAG_SET_STOCK: u8 = 4;
 const TAG_ADJUST_STOCK: u8 = 5;
 const TAG_SET_BUYER_LIMIT: u8 = 6;
 const TAG_SET_SALE_WINDOW: u8 = 7;
-const TAG_TICK: u8 = 8;
+// Tags 2, 3 and 8 (confirm, cancel and tick without their detail) belong to the first log
+// format; this build does not read it.
+const TAG_CONFIRM_ENDED: u8 = 9;
+const TAG_CANCEL_ENDED: u8 = 10;
+const TAG_EXPIRED: u8 = 11;
 
 /// Where `apply` and `tick` put the records they emit.
 pub trait LogSink {
@@ -62,26 +98,76 @@ impl LogSink for DiscardLog {
     fn push(&mut self, _record: &Record) {}
 }
 
-/// A sink that encodes records straight into a byte buffer, counting them.
-#[derive(Debug, Default)]
+/// A sink that encodes records straight into a byte buffer, counting them, and cuts the
+/// buffer into chunks of at most `chunk_bytes_max` bytes at record boundaries (a store may cap
+/// the bytes of one batch; one step of a shard may log more than that).
+#[derive(Debug)]
 pub struct EncodedLog {
     /// The encoded records, back to back.
     pub bytes: Vec<u8>,
     /// How many records `bytes` holds.
     pub record_count: u32,
+    chunk_bytes_max: usize,
+    /// Where each closed chunk ends in `bytes`, and how many records it holds.
+    chunk_ends: Vec<(usize, u32)>,
+    open_chunk_start: usize,
+    open_chunk_records: u32,
+}
+
+impl Default for EncodedLog {
+    fn default() -> EncodedLog {
+        EncodedLog::with_chunk_bytes_max(usize::MAX)
+    }
 }
 
 impl EncodedLog {
+    /// An empty log whose chunks hold at most `chunk_bytes_max` bytes (at least one record).
+    pub fn with_chunk_bytes_max(chunk_bytes_max: usize) -> EncodedLog {
+        assert!(chunk_bytes_max >= RECORD_BYTES_MAX, "a chunk must hold any one record");
+        EncodedLog {
+            bytes: Vec::new(),
+            record_count: 0,
+            chunk_bytes_max,
+            chunk_ends: Vec::new(),
+            open_chunk_start: 0,
+            open_chunk_records: 0,
+        }
+    }
+
     /// Empties the buffer, keeping its allocation.
     pub fn clear(&mut self) {
         self.bytes.clear();
         self.record_count = 0;
+        self.chunk_ends.clear();
+        self.open_chunk_start = 0;
+        self.open_chunk_records = 0;
+    }
+
+    /// The chunks, in order: their bytes and record counts. Empty when no record was pushed.
+    pub fn chunks(&self) -> impl Iterator<Item = (&[u8], u32)> + '_ {
+        let open =
+            (self.open_chunk_records > 0).then_some((self.bytes.len(), self.open_chunk_records));
+        let mut start = 0;
+        self.chunk_ends.iter().copied().chain(open).map(move |(end, count)| {
+            let chunk = &self.bytes[start..end];
+            start = end;
+            (chunk, count)
+        })
     }
 }
 
 impl LogSink for EncodedLog {
     fn push(&mut self, record: &Record) {
+        let start = self.bytes.len();
         record.encode(&mut self.bytes);
+        if self.bytes.len() - self.open_chunk_start > self.chunk_bytes_max {
+            // The record goes into a new chunk (the open one is never empty here: one record
+            // alone always fits).
+            self.chunk_ends.push((start, self.open_chunk_records));
+            self.open_chunk_start = start;
+            self.open_chunk_records = 0;
+        }
+        self.open_chunk_records += 1;
         self.record_count += 1;
     }
 }
@@ -90,63 +176,104 @@ impl Record {
     /// The shard clock at which the record was made.
     pub fn at_ms(&self) -> u64 {
         match *self {
-            Record::Apply { at_ms, .. } | Record::Tick { at_ms, .. } => at_ms,
+            Record::Apply { at_ms, .. }
+            | Record::Ended { at_ms, .. }
+            | Record::Expired { at_ms, .. } => at_ms,
         }
     }
 
     /// Appends the record's encoding to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         let mut w = Writer { bytes: out };
-        let (at_ms, command) = match *self {
-            Record::Tick { at_ms, expired } => {
-                w.u8(TAG_TICK);
+        match *self {
+            Record::Apply { at_ms, command } => encode_apply(&mut w, at_ms, &command),
+            Record::Ended { at_ms, command, ended } => {
+                let tag = match command {
+                    Command::Confirm { .. } => TAG_CONFIRM_ENDED,
+                    Command::Cancel { .. } => TAG_CANCEL_ENDED,
+                    other => unreachable!("only confirm and cancel end reservations: {other:?}"),
+                };
+                w.u8(tag);
                 w.u64(at_ms);
-                w.u32(expired);
-                return;
+                w.u128(command.request().0);
+                encode_ended(&mut w, &ended);
             }
-            Record::Apply { at_ms, command } => (at_ms, command),
-        };
-        let tag = match command {
-            Command::Reserve(_) => TAG_RESERVE,
-            Command::Confirm { .. } => TAG_CONFIRM,
-            Command::Cancel { .. } => TAG_CANCEL,
-            Command::SetStock { .. } => TAG_SET_STOCK,
-            Command::AdjustStock { .. } => TAG_ADJUST_STOCK,
-            Command::SetBuyerLimit { .. } => TAG_SET_BUYER_LIMIT,
-            Command::SetSaleWindow { .. } => TAG_SET_SALE_WINDOW,
-        };
-        w.u8(tag);
-        w.u64(at_ms);
-        w.u128(command.request().0);
-        match command {
-            Command::Reserve(r) => {
-                w.u64(r.buyer.0);
-                w.u64(r.sku.0);
-                w.u32(r.qty);
-                w.u64(r.ttl_ms);
-            }
-            Command::Confirm { reservation, .. } | Command::Cancel { reservation, .. } => {
-                w.u64(reservation.0);
-            }
-            Command::SetStock { sku, total, .. } => {
-                w.u64(sku.0);
-                w.u64(total);
-            }
-            Command::AdjustStock { sku, delta, .. } => {
-                w.u64(sku.0);
-                w.i64(delta);
-            }
-            Command::SetBuyerLimit { sku, limit, .. } => {
-                w.u64(sku.0);
-                w.opt_u32(limit);
-            }
-            Command::SetSaleWindow { sku, window, .. } => {
-                w.u64(sku.0);
-                w.opt_u64(window.opens_at_ms);
-                w.opt_u64(window.closes_at_ms);
+            Record::Expired { at_ms, ended } => {
+                w.u8(TAG_EXPIRED);
+                w.u64(at_ms);
+                encode_ended(&mut w, &ended);
             }
         }
     }
+}
+
+fn encode_apply(w: &mut Writer<'_>, at_ms: u64, command: &Command) {
+    let tag = match command {
+        Command::Reserve(_) => TAG_RESERVE,
+        Command::SetStock { .. } => TAG_SET_STOCK,
+        Command::AdjustStock { .. } => TAG_ADJUST_STOCK,
+        Command::SetBuyerLimit { .. } => TAG_SET_BUYER_LIMIT,
+        Command::SetSaleWindow { .. } => TAG_SET_SALE_WINDOW,
+        Command::Confirm { .. } | Command::Cancel { .. } => {
+            unreachable!("confirm and cancel are logged as Record::Ended")
+        }
+    };
+    w.u8(tag);
+    w.u64(at_ms);
+    w.u128(command.request().0);
+    match *command {
+        Command::Reserve(r) => {
+            w.u64(r.buyer.0);
+            w.u64(r.sku.0);
+            w.u32(r.qty);
+            w.u64(r.ttl_ms);
+            w.opt_u128(r.order_ref.map(|o| o.0));
+        }
+        Command::SetStock { sku, total, .. } => {
+            w.u64(sku.0);
+            w.u64(total);
+        }
+        Command::AdjustStock { sku, delta, .. } => {
+            w.u64(sku.0);
+            w.i64(delta);
+        }
+        Command::SetBuyerLimit { sku, limit, .. } => {
+            w.u64(sku.0);
+            w.opt_u32(limit);
+        }
+        Command::SetSaleWindow { sku, window, .. } => {
+            w.u64(sku.0);
+            w.opt_u64(window.opens_at_ms);
+            w.opt_u64(window.closes_at_ms);
+        }
+        Command::Confirm { .. } | Command::Cancel { .. } => unreachable!("refused above"),
+    }
+}
+
+fn encode_ended(w: &mut Writer<'_>, ended: &Ended) {
+    w.u64(ended.reservation.0);
+    w.u8(ended.state.code());
+    w.u64(ended.buyer.0);
+    w.u64(ended.sku.0);
+    w.u32(ended.qty);
+    w.opt_u128(ended.order_ref.map(|o| o.0));
+}
+
+fn decode_ended(r: &mut Reader<'_>) -> Result<Ended, EngineError> {
+    let reservation = ReservationId(r.u64()?);
+    let code = r.u8()?;
+    let state = match ReservationState::from_code(code) {
+        Some(state) if state != ReservationState::Held => state,
+        _ => return Err(EngineError::InvalidField { field: "ended state", value: code.into() }),
+    };
+    Ok(Ended {
+        reservation,
+        state,
+        buyer: BuyerId(r.u64()?),
+        sku: SkuId(r.u64()?),
+        qty: r.u32()?,
+        order_ref: r.opt_u128("order reference flag")?.map(OrderRef),
+    })
 }
 
 /// Decodes records encoded back to back, yielding an error (and then nothing) at the first
@@ -184,20 +311,34 @@ fn decode_one(r: &mut Reader<'_>) -> Result<Record, EngineError> {
     let offset = r.offset();
     let tag = r.u8()?;
     let at_ms = r.u64()?;
-    if tag == TAG_TICK {
-        return Ok(Record::Tick { at_ms, expired: r.u32()? });
+    if tag == TAG_EXPIRED {
+        let ended = decode_ended(r)?;
+        if ended.state != ReservationState::Expired {
+            let value = ended.state.code().into();
+            return Err(EngineError::InvalidField { field: "expired state", value });
+        }
+        return Ok(Record::Expired { at_ms, ended });
     }
     let request = RequestId(r.u128()?);
     let command = match tag {
+        TAG_CONFIRM_ENDED | TAG_CANCEL_ENDED => {
+            let ended = decode_ended(r)?;
+            let reservation = ended.reservation;
+            let command = if tag == TAG_CONFIRM_ENDED {
+                Command::Confirm { request, reservation, order_ref: ended.order_ref }
+            } else {
+                Command::Cancel { request, reservation }
+            };
+            return Ok(Record::Ended { at_ms, command, ended });
+        }
         TAG_RESERVE => Command::Reserve(Reserve {
             request,
             buyer: BuyerId(r.u64()?),
             sku: SkuId(r.u64()?),
             qty: r.u32()?,
             ttl_ms: r.u64()?,
+            order_ref: r.opt_u128("order reference flag")?.map(OrderRef),
         }),
-        TAG_CONFIRM => Command::Confirm { request, reservation: ReservationId(r.u64()?) },
-        TAG_CANCEL => Command::Cancel { request, reservation: ReservationId(r.u64()?) },
         TAG_SET_STOCK => Command::SetStock { request, sku: SkuId(r.u64()?), total: r.u64()? },
         TAG_ADJUST_STOCK => Command::AdjustStock { request, sku: SkuId(r.u64()?), delta: r.i64()? },
         TAG_SET_BUYER_LIMIT => Command::SetBuyerLimit {
@@ -225,10 +366,24 @@ mod tests {
     fn samples() -> Vec<Record> {
         let request = RequestId(u128::MAX - 7);
         let sku = SkuId(42);
+        let order_ref = Some(OrderRef(u128::MAX - 1));
         let commands = [
-            Command::Reserve(Reserve { request, buyer: BuyerId(9), sku, qty: 3, ttl_ms: 500 }),
-            Command::Confirm { request, reservation: ReservationId(77) },
-            Command::Cancel { request, reservation: ReservationId(78) },
+            Command::Reserve(Reserve {
+                request,
+                buyer: BuyerId(9),
+                sku,
+                qty: 3,
+                ttl_ms: 500,
+                order_ref: None,
+            }),
+            Command::Reserve(Reserve {
+                request,
+                buyer: BuyerId(9),
+                sku,
+                qty: 3,
+                ttl_ms: 5,
+                order_ref,
+            }),
             Command::SetStock { request, sku, total: 1 << 39 },
             Command::AdjustStock { request, sku, delta: -5 },
             Command::SetBuyerLimit { request, sku, limit: Some(2) },
@@ -241,24 +396,72 @@ mod tests {
         ];
         let mut records: Vec<Record> =
             commands.iter().map(|&command| Record::Apply { at_ms: 123, command }).collect();
-        records.push(Record::Tick { at_ms: 456, expired: 3 });
+        let reservation = ReservationId(77);
+        let ended = |state, order_ref| Ended {
+            reservation,
+            state,
+            buyer: BuyerId(9),
+            sku,
+            qty: 3,
+            order_ref,
+        };
+        records.push(Record::Ended {
+            at_ms: 200,
+            command: Command::Confirm { request, reservation, order_ref },
+            ended: ended(ReservationState::Confirmed, order_ref),
+        });
+        records.push(Record::Ended {
+            at_ms: 201,
+            command: Command::Confirm { request, reservation, order_ref: None },
+            ended: ended(ReservationState::Expired, None),
+        });
+        records.push(Record::Ended {
+            at_ms: 202,
+            command: Command::Cancel { request, reservation },
+            ended: ended(ReservationState::Cancelled, order_ref),
+        });
+        records.push(Record::Expired { at_ms: 456, ended: ended(ReservationState::Expired, None) });
         records
+    }
+
+    #[test]
+    fn an_encoded_log_cuts_chunks_at_record_boundaries() {
+        let mut log = EncodedLog::with_chunk_bytes_max(RECORD_BYTES_MAX * 2);
+        assert_eq!(log.chunks().count(), 0);
+        let records: Vec<Record> = samples().into_iter().cycle().take(50).collect();
+        for record in &records {
+            log.push(record);
+        }
+        let mut decoded = Vec::new();
+        let mut counted = 0;
+        for (bytes, count) in log.chunks() {
+            assert!(bytes.len() <= RECORD_BYTES_MAX * 2 && count >= 1);
+            let chunk: Vec<Record> = decode_records(bytes).map(Result::unwrap).collect();
+            assert_eq!(chunk.len(), count as usize);
+            decoded.extend(chunk);
+            counted += count;
+        }
+        assert_eq!((decoded, counted), (records, log.record_count));
+        log.clear();
+        assert_eq!((log.chunks().count(), log.bytes.len()), (0, 0));
     }
 
     #[test]
     fn every_record_round_trips() {
         let mut bytes = Vec::new();
+        let mut longest = 0;
         for record in samples() {
             let start = bytes.len();
             record.encode(&mut bytes);
-            assert!(bytes.len() - start <= RECORD_BYTES_MAX);
+            longest = longest.max(bytes.len() - start);
         }
+        assert_eq!(longest, RECORD_BYTES_MAX);
         let decoded: Vec<Record> = decode_records(&bytes).map(Result::unwrap).collect();
         assert_eq!(decoded, samples());
     }
 
     #[test]
-    fn truncation_and_unknown_tags_are_typed_errors() {
+    fn truncation_unknown_tags_and_bad_states_are_typed_errors() {
         let mut bytes = Vec::new();
         samples()[0].encode(&mut bytes);
         let cut = &bytes[..bytes.len() - 1];
@@ -270,5 +473,12 @@ mod tests {
         let result: Vec<_> = decode_records(&bad).collect();
         assert_eq!(result.len(), 1, "decoding stops at the first error");
         assert!(matches!(result[0], Err(EngineError::UnknownRecordTag { tag: 99, offset: 0 })));
+
+        // An expiry record whose state byte says "held".
+        let mut expired = Vec::new();
+        samples().last().unwrap().encode(&mut expired);
+        expired[1 + 8 + 8] = ReservationState::Held.code();
+        let result: Vec<_> = decode_records(&expired).collect();
+        assert!(matches!(result[0], Err(EngineError::InvalidField { field: "ended state", .. })));
     }
 }

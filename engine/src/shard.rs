@@ -12,10 +12,10 @@ use crate::command::{Command, Reserve, SaleWindow};
 use crate::dedup::Dedup;
 use crate::error::EngineError;
 use crate::expiry::ExpiryQueue;
-use crate::ids::{BuyerId, ReservationId, ShardId, SkuId};
+use crate::ids::{BuyerId, OrderRef, ReservationId, ShardId, SkuId};
 use crate::limits::{ShardConfig, RESERVE_QTY_MAX, STOCK_TOTAL_MAX, TICK_EXPIRIES_MAX, TTL_MS_MAX};
 use crate::outcome::{Outcome, ReservationState, ReservationView, SkuView};
-use crate::record::{LogSink, Record};
+use crate::record::{Ended, LogSink, Record};
 use crate::table::ReservationTable;
 
 /// One SKU's stock. `available + reserved + sold == total` always.
@@ -55,6 +55,9 @@ pub struct Shard {
     /// Live reservations and ended ones still remembered (see `ended`).
     pub(crate) reservations: ReservationTable,
     pub(crate) reservations_live: usize,
+    /// Order references given at reserve, for live reservations only: few callers give one
+    /// that early, so it stays out of the 32-byte reservation.
+    pub(crate) order_refs: FxHashMap<ReservationId, OrderRef>,
     /// Ended reservations still remembered, oldest first, with when they ended.
     pub(crate) ended: VecDeque<(ReservationId, u64)>,
     /// Expiry times of live reservations, earliest first. Entries of reservations that ended
@@ -69,6 +72,8 @@ pub struct Shard {
 enum Step {
     /// The state changed; the command must be logged.
     Changed(Outcome),
+    /// A confirm or cancel ended a reservation; logged with what it held.
+    Ended(Outcome, Ended),
     /// Nothing changed.
     Unchanged(Outcome),
 }
@@ -85,6 +90,7 @@ impl Shard {
             skus: FxHashMap::default(),
             reservations: ReservationTable::new(id, 1),
             reservations_live: 0,
+            order_refs: FxHashMap::default(),
             ended: VecDeque::new(),
             expiries: ExpiryQueue::default(),
             expiries_stale: 0,
@@ -124,65 +130,70 @@ impl Shard {
         if let Some(first) = self.dedup.lookup(request) {
             return first;
         }
-        let outcome = match self.decide(command, now_ms) {
-            Step::Changed(outcome) => {
-                log.push(&Record::Apply { at_ms: now_ms, command: *command });
-                let fresh = self.dedup.remember_change(request, outcome, now_ms, &self.config);
-                assert!(fresh, "request {request:?} was looked up unanswered just above");
-                outcome
+        let (outcome, record) = match self.decide(command, now_ms) {
+            Step::Changed(outcome) => (outcome, Record::Apply { at_ms: now_ms, command: *command }),
+            Step::Ended(outcome, ended) => {
+                let command = with_effective_order_ref(command, &ended);
+                (outcome, Record::Ended { at_ms: now_ms, command, ended })
             }
             Step::Unchanged(outcome) => {
                 self.dedup.remember_rejection(request, outcome);
-                outcome
+                return outcome;
             }
         };
+        log.push(&record);
+        let fresh = self.dedup.remember_change(request, outcome, now_ms, &self.config);
+        assert!(fresh, "request {request:?} was looked up unanswered just above");
         #[cfg(debug_assertions)]
         self.assert_touched(command);
         outcome
     }
 
     /// Expires reservations whose time-to-live has passed (at most `TICK_EXPIRIES_MAX` per
-    /// call), emitting one record when any expired. Returns how many expired.
+    /// call), emitting one record per expiry. Returns how many expired.
     pub fn tick(&mut self, now_ms: u64, log: &mut impl LogSink) -> u32 {
         let now_ms = self.advance_clock(now_ms);
-        let expired = self.expire_due(now_ms, TICK_EXPIRIES_MAX);
-        if expired > 0 {
-            log.push(&Record::Tick { at_ms: now_ms, expired });
-        }
-        expired
+        self.expire_due(now_ms, TICK_EXPIRIES_MAX, log)
     }
 
     /// Re-applies one logged record through the same decisions as `apply` and `tick`. Fails
     /// when the record does not do on replay what it did when it was logged; the shard may
     /// then be half-changed and must be discarded (recovery stops).
     pub fn replay(&mut self, record: &Record) -> Result<(), EngineError> {
-        match *record {
-            Record::Apply { at_ms, command } => {
+        let (at_ms, command, logged) = match *record {
+            Record::Apply { at_ms, command } => (at_ms, command, None),
+            Record::Ended { at_ms, command, ended } => (at_ms, command, Some(ended)),
+            Record::Expired { at_ms, ended } => {
                 let now_ms = self.advance_clock(at_ms);
-                // No dedup lookup first: the record exists because the live run found no
-                // earlier answer, and remembering the answer detects a duplicate anyway.
-                let Step::Changed(outcome) = self.decide(&command, now_ms) else {
-                    return Err(EngineError::ReplayNoEffect { at_ms, command });
-                };
-                let request = command.request();
-                if !self.dedup.remember_change(request, outcome, now_ms, &self.config) {
-                    return Err(EngineError::ReplayNoEffect { at_ms, command });
+                let replayed = self.expire_logged(ended.reservation, now_ms);
+                if replayed != Some(ended) {
+                    let (logged, replayed) = (Box::new(ended), replayed.map(Box::new));
+                    return Err(EngineError::ReplayMismatch { at_ms, logged, replayed });
                 }
-                Ok(())
+                return Ok(());
             }
-            Record::Tick { at_ms, expired } => {
-                let now_ms = self.advance_clock(at_ms);
-                let replayed = self.expire_due(now_ms, expired);
-                if replayed != expired {
-                    return Err(EngineError::ReplayTickMismatch {
+        };
+        let now_ms = self.advance_clock(at_ms);
+        // No dedup lookup first: the record exists because the live run found no earlier
+        // answer, and remembering the answer detects a duplicate anyway.
+        let outcome = match (self.decide(&command, now_ms), logged) {
+            (Step::Changed(outcome), None) => outcome,
+            (Step::Ended(outcome, replayed), Some(logged)) => {
+                if replayed != logged {
+                    return Err(EngineError::ReplayMismatch {
                         at_ms,
-                        logged: expired,
-                        replayed,
+                        logged: Box::new(logged),
+                        replayed: Some(Box::new(replayed)),
                     });
                 }
-                Ok(())
+                outcome
             }
+            _ => return Err(EngineError::ReplayNoEffect { at_ms, command }),
+        };
+        if !self.dedup.remember_change(command.request(), outcome, now_ms, &self.config) {
+            return Err(EngineError::ReplayNoEffect { at_ms, command });
         }
+        Ok(())
     }
 
     /// Starts a bulk replay: `replay` then collects remembered answers in log order, and
@@ -238,11 +249,11 @@ impl Shard {
     fn decide(&mut self, command: &Command, now_ms: u64) -> Step {
         match *command {
             Command::Reserve(ref reserve) => self.reserve(reserve, now_ms),
-            Command::Confirm { reservation, .. } => {
-                self.end_on_request(reservation, ReservationState::Confirmed, now_ms)
+            Command::Confirm { reservation, order_ref, .. } => {
+                self.end_on_request(reservation, ReservationState::Confirmed, order_ref, now_ms)
             }
             Command::Cancel { reservation, .. } => {
-                self.end_on_request(reservation, ReservationState::Cancelled, now_ms)
+                self.end_on_request(reservation, ReservationState::Cancelled, None, now_ms)
             }
             Command::SetStock { sku, total, .. } => self.set_stock(sku, total),
             Command::AdjustStock { sku, delta, .. } => self.adjust_stock(sku, delta),
@@ -293,6 +304,9 @@ impl Shard {
             state: ReservationState::Held,
         };
         self.reservations.insert(reservation, held);
+        if let Some(order_ref) = r.order_ref {
+            self.order_refs.insert(reservation, order_ref);
+        }
         self.expiries.push(expires_at_ms, reservation);
         self.reservations_live += 1;
         Step::Changed(Outcome::Reserved { reservation, expires_at_ms })
@@ -304,36 +318,37 @@ impl Shard {
         &mut self,
         reservation: ReservationId,
         wanted: ReservationState,
+        order_ref: Option<OrderRef>,
         now_ms: u64,
     ) -> Step {
         let found = self.reservations.get(reservation);
         let Some(held) = found else {
             return Step::Unchanged(Outcome::UnknownReservation);
         };
-        match held.state {
-            ReservationState::Confirmed => Step::Unchanged(Outcome::AlreadyConfirmed),
-            ReservationState::Cancelled => Step::Unchanged(Outcome::AlreadyCancelled),
-            ReservationState::Expired => Step::Unchanged(Outcome::Expired),
+        let (end, outcome) = match held.state {
+            ReservationState::Confirmed => return Step::Unchanged(Outcome::AlreadyConfirmed),
+            ReservationState::Cancelled => return Step::Unchanged(Outcome::AlreadyCancelled),
+            ReservationState::Expired => return Step::Unchanged(Outcome::Expired),
             ReservationState::Held if now_ms >= held.expires_at_ms => {
-                self.end_reservation(reservation, ReservationState::Expired, now_ms);
-                self.expiries_stale += 1;
-                self.compact_expiries_if_stale();
-                Step::Changed(Outcome::Expired)
+                (ReservationState::Expired, Outcome::Expired)
             }
-            ReservationState::Held => {
-                self.end_reservation(reservation, wanted, now_ms);
-                self.expiries_stale += 1;
-                self.compact_expiries_if_stale();
-                Step::Changed(match wanted {
-                    ReservationState::Confirmed => Outcome::Confirmed,
-                    _ => Outcome::Cancelled,
-                })
+            ReservationState::Held if wanted == ReservationState::Confirmed => {
+                (wanted, Outcome::Confirmed)
             }
+            ReservationState::Held => (wanted, Outcome::Cancelled),
+        };
+        let mut ended = self.end_reservation(reservation, end, now_ms);
+        if end == ReservationState::Confirmed && order_ref.is_some() {
+            ended.order_ref = order_ref;
         }
+        // Its expiry entry is now stale.
+        self.expiries_stale += 1;
+        self.compact_expiries_if_stale();
+        Step::Ended(outcome, ended)
     }
 
-    /// Moves a held reservation to its final state, exactly once.
-    fn end_reservation(&mut self, id: ReservationId, end: ReservationState, now_ms: u64) {
+    /// Moves a held reservation to its final state, exactly once; returns what it held.
+    fn end_reservation(&mut self, id: ReservationId, end: ReservationState, now_ms: u64) -> Ended {
         debug_assert_ne!(end, ReservationState::Held);
         let r = self.reservations.get_mut(id).expect("ending a known reservation");
         assert_eq!(r.state, ReservationState::Held, "reservation {id} ends twice");
@@ -352,6 +367,7 @@ impl Shard {
             }
         }
         self.reservations_live -= 1;
+        let order_ref = self.order_refs.remove(&id);
         self.ended.push_back((id, now_ms));
         while let Some(&(oldest, ended_at_ms)) = self.ended.front() {
             let too_many = self.ended.len() > self.config.ended_entries_max;
@@ -362,9 +378,10 @@ impl Shard {
             self.ended.pop_front();
             self.reservations.remove(oldest);
         }
+        Ended { reservation: id, state: end, buyer, sku: sku_id, qty: qty as u32, order_ref }
     }
 
-    fn expire_due(&mut self, now_ms: u64, expiries_max: u32) -> u32 {
+    fn expire_due(&mut self, now_ms: u64, expiries_max: u32, log: &mut impl LogSink) -> u32 {
         let mut expired = 0;
         while expired < expiries_max {
             let Some((at_ms, id)) = self.expiries.peek() else {
@@ -379,13 +396,27 @@ impl Shard {
                 .get(id)
                 .is_some_and(|r| r.state == ReservationState::Held && r.expires_at_ms == at_ms);
             if held {
-                self.end_reservation(id, ReservationState::Expired, now_ms);
+                let ended = self.end_reservation(id, ReservationState::Expired, now_ms);
+                log.push(&Record::Expired { at_ms: now_ms, ended });
                 expired += 1;
             } else {
                 self.expiries_stale -= 1;
             }
         }
         expired
+    }
+
+    /// Replays one logged expiry: the reservation must be held and due. Its queue entry is
+    /// left behind as stale, as when a confirm ends a reservation.
+    fn expire_logged(&mut self, id: ReservationId, now_ms: u64) -> Option<Ended> {
+        let r = self.reservations.get(id)?;
+        if r.state != ReservationState::Held || r.expires_at_ms > now_ms {
+            return None;
+        }
+        let ended = self.end_reservation(id, ReservationState::Expired, now_ms);
+        self.expiries_stale += 1;
+        self.compact_expiries_if_stale();
+        Some(ended)
     }
 
     /// Drops stale expiry entries once they outnumber live ones. The cost is the heap's size,
@@ -503,6 +534,17 @@ impl Shard {
             let taken = sku.taken.get(&r.buyer).copied().unwrap_or(0);
             assert!(taken <= u64::from(limit), "buyer limit broken by {command:?}");
         }
+    }
+}
+
+/// The confirm as logged: carrying the order reference that took effect, so the record alone
+/// says which order the sale belongs to.
+fn with_effective_order_ref(command: &Command, ended: &Ended) -> Command {
+    match *command {
+        Command::Confirm { request, reservation, .. } => {
+            Command::Confirm { request, reservation, order_ref: ended.order_ref }
+        }
+        other => other,
     }
 }
 

@@ -10,7 +10,7 @@ use crate::codec::{Reader, Writer};
 use crate::command::SaleWindow;
 use crate::dedup::Dedup;
 use crate::error::EngineError;
-use crate::ids::{BuyerId, RequestId, ReservationId, ShardId, SkuId};
+use crate::ids::{BuyerId, OrderRef, RequestId, ReservationId, ShardId, SkuId};
 use crate::limits::ShardConfig;
 use crate::outcome::{Outcome, ReservationState};
 use crate::shard::{Reservation, Shard, SkuState};
@@ -20,7 +20,7 @@ const SNAPSHOT_MAGIC: u32 = u32::from_le_bytes(*b"FSSN");
 /// Where the clock sits in a snapshot: after magic, version and shard id.
 const CLOCK_FIELD: std::ops::Range<usize> = 8..16;
 /// The snapshot format this build writes and reads.
-pub const SNAPSHOT_VERSION: u16 = 1;
+pub const SNAPSHOT_VERSION: u16 = 2;
 
 impl Shard {
     /// Appends the canonical encoding of the shard's durable state to `out`.
@@ -30,6 +30,7 @@ impl Shard {
         let estimate = 24
             + self.skus.len() * 80
             + self.reservations.len() * 37
+            + self.order_refs.len() * 24
             + self.ended.len() * 16
             + self.dedup.order.len() * 41;
         out.reserve(estimate);
@@ -56,7 +57,15 @@ impl Shard {
             w.u64(r.sku.0);
             w.u64(r.expires_at_ms);
             w.u32(r.qty);
-            w.u8(state_code(r.state));
+            w.u8(r.state.code());
+        }
+
+        let mut order_refs: Vec<_> = self.order_refs.iter().collect();
+        order_refs.sort_unstable_by_key(|(id, _)| **id);
+        w.u64(order_refs.len() as u64);
+        for (id, order_ref) in order_refs {
+            w.u64(id.0);
+            w.u128(order_ref.0);
         }
 
         w.u64(self.ended.len() as u64);
@@ -135,6 +144,18 @@ impl Shard {
             }
             shard.reservations.insert(id, reservation);
         }
+        for _ in 0..r.count(24)? {
+            let id = ReservationId(r.u64()?);
+            let held =
+                shard.reservations.get(id).is_some_and(|r| r.state == ReservationState::Held);
+            if !held {
+                return Err(EngineError::InvalidField {
+                    field: "order reference's reservation",
+                    value: id.0,
+                });
+            }
+            shard.order_refs.insert(id, OrderRef(r.u128()?));
+        }
         for _ in 0..r.count(16)? {
             shard.ended.push_back((ReservationId(r.u64()?), r.u64()?));
         }
@@ -194,28 +215,9 @@ fn decode_sku(r: &mut Reader<'_>) -> Result<(SkuId, SkuState), EngineError> {
     Ok((id, sku))
 }
 
-fn state_code(state: ReservationState) -> u8 {
-    match state {
-        ReservationState::Held => 0,
-        ReservationState::Confirmed => 1,
-        ReservationState::Cancelled => 2,
-        ReservationState::Expired => 3,
-    }
-}
-
 fn decode_state(code: u8) -> Result<ReservationState, EngineError> {
-    Ok(match code {
-        0 => ReservationState::Held,
-        1 => ReservationState::Confirmed,
-        2 => ReservationState::Cancelled,
-        3 => ReservationState::Expired,
-        value => {
-            return Err(EngineError::InvalidField {
-                field: "reservation state",
-                value: value.into(),
-            })
-        }
-    })
+    ReservationState::from_code(code)
+        .ok_or(EngineError::InvalidField { field: "reservation state", value: code.into() })
 }
 
 /// Only outcomes of state-changing requests are remembered durably, so only those encode.

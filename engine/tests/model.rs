@@ -6,9 +6,9 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use flashstock_engine::{
-    BuyerId, Command, Outcome, Record, RequestId, ReservationId, ReservationState, ReservationView,
-    Reserve, SaleWindow, Shard, ShardConfig, ShardId, SkuId, SkuView, RESERVE_QTY_MAX,
-    STOCK_TOTAL_MAX, TTL_MS_MAX,
+    BuyerId, Change, Command, Ended, OrderRef, Outcome, Record, RequestId, ReservationId,
+    ReservationState, ReservationView, Reserve, SaleWindow, Shard, ShardConfig, ShardId, SkuId,
+    SkuView, RESERVE_QTY_MAX, STOCK_TOTAL_MAX, TTL_MS_MAX,
 };
 use proptest::prelude::*;
 
@@ -45,6 +45,7 @@ struct ModelReservation {
     qty: u32,
     expires_at_ms: u64,
     state: ReservationState,
+    order_ref: Option<OrderRef>,
 }
 
 #[derive(Debug, Default)]
@@ -56,6 +57,8 @@ struct Model {
     ended: VecDeque<(u64, u64)>,
     answers: VecDeque<(u128, u64, Outcome)>,
     rejections: HashMap<u128, Outcome>,
+    /// Every reservation that ended, in order: what the log's events must report.
+    endings: Vec<Ended>,
 }
 
 impl Model {
@@ -94,8 +97,10 @@ impl Model {
         let c = config();
         match *command {
             Command::Reserve(r) => self.reserve(r, now),
-            Command::Confirm { reservation, .. } => self.end(reservation, true, now),
-            Command::Cancel { reservation, .. } => self.end(reservation, false, now),
+            Command::Confirm { reservation, order_ref, .. } => {
+                self.end(reservation, Some(order_ref), now)
+            }
+            Command::Cancel { reservation, .. } => self.end(reservation, None, now),
             Command::SetStock { sku, total, .. } => {
                 if total > STOCK_TOTAL_MAX {
                     return (Outcome::StockOutOfRange { total_max: STOCK_TOTAL_MAX }, false);
@@ -196,12 +201,19 @@ impl Model {
             qty: r.qty,
             expires_at_ms,
             state: ReservationState::Held,
+            order_ref: r.order_ref,
         };
         self.reservations.insert(id.0, held);
         (Outcome::Reserved { reservation: id, expires_at_ms }, true)
     }
 
-    fn end(&mut self, id: ReservationId, confirm: bool, now: u64) -> (Outcome, bool) {
+    /// Confirm (with the confirm's order reference, maybe none) or cancel (`None`).
+    fn end(
+        &mut self,
+        id: ReservationId,
+        confirm: Option<Option<OrderRef>>,
+        now: u64,
+    ) -> (Outcome, bool) {
         let Some(r) = self.reservations.get(&id.0).copied() else {
             return (Outcome::UnknownReservation, false);
         };
@@ -213,7 +225,10 @@ impl Model {
                 self.finish(id.0, ReservationState::Expired, now);
                 (Outcome::Expired, true)
             }
-            ReservationState::Held if confirm => {
+            ReservationState::Held if confirm.is_some() => {
+                if let Some(Some(order_ref)) = confirm {
+                    self.reservations.get_mut(&id.0).unwrap().order_ref = Some(order_ref);
+                }
                 self.finish(id.0, ReservationState::Confirmed, now);
                 (Outcome::Confirmed, true)
             }
@@ -228,6 +243,14 @@ impl Model {
         let r = self.reservations.get_mut(&id).unwrap();
         r.state = end;
         let r = *r;
+        self.endings.push(Ended {
+            reservation: ReservationId(id),
+            state: end,
+            buyer: BuyerId(r.buyer),
+            sku: SkuId(r.sku),
+            qty: r.qty,
+            order_ref: r.order_ref,
+        });
         let s = self.skus.get_mut(&r.sku).unwrap();
         s.reserved -= u64::from(r.qty);
         if end == ReservationState::Confirmed {
@@ -366,10 +389,13 @@ impl Run {
                 sku: SkuId(sku),
                 qty,
                 ttl_ms,
+                // Some reserves carry the caller's order reference, some confirms give one.
+                order_ref: (buyer % 2 == 0).then_some(OrderRef(u128::from(buyer) << 64 | 1)),
             }),
             Op::Confirm { pick } => Command::Confirm {
                 request: request(),
                 reservation: pick_reservation(pick, &self.issued),
+                order_ref: (pick % 3 == 0).then_some(OrderRef(pick as u128)),
             },
             Op::Cancel { pick } => Command::Cancel {
                 request: request(),
@@ -453,6 +479,18 @@ proptest! {
             }
             run.agree();
         }
+
+        // The log's events report every ending the model saw, in order, with its detail.
+        let endings: Vec<Ended> = run
+            .log
+            .iter()
+            .filter_map(Record::event)
+            .filter_map(|event| match event.change {
+                Change::Ended(ended) => Some(ended),
+                _ => None,
+            })
+            .collect();
+        prop_assert_eq!(&endings, &run.model.endings);
 
         let mut replayed = Shard::new(SHARD, config());
         for record in &run.log {

@@ -40,7 +40,14 @@ impl Fixture {
     fn reserve(&mut self, buyer: u64, qty: u32, ttl_ms: u64, now_ms: u64) -> Outcome {
         self.apply(
             |request| {
-                Command::Reserve(Reserve { request, buyer: BuyerId(buyer), sku: SKU, qty, ttl_ms })
+                Command::Reserve(Reserve {
+                    request,
+                    buyer: BuyerId(buyer),
+                    sku: SKU,
+                    qty,
+                    ttl_ms,
+                    order_ref: None,
+                })
             },
             now_ms,
         )
@@ -54,7 +61,7 @@ impl Fixture {
     }
 
     fn confirm(&mut self, reservation: ReservationId, now_ms: u64) -> Outcome {
-        self.apply(|request| Command::Confirm { request, reservation }, now_ms)
+        self.apply(|request| Command::Confirm { request, reservation, order_ref: None }, now_ms)
     }
 
     fn cancel(&mut self, reservation: ReservationId, now_ms: u64) -> Outcome {
@@ -131,6 +138,7 @@ fn a_retried_request_gets_its_first_answer_and_changes_nothing() {
         sku: SKU,
         qty: 1,
         ttl_ms: 1_000,
+        order_ref: None,
     });
     let first = f.shard.apply(&reserve, 0, &mut f.log);
     let records = f.log.len();
@@ -145,6 +153,7 @@ fn a_retried_request_gets_its_first_answer_and_changes_nothing() {
         sku: SKU,
         qty: 1,
         ttl_ms: 1_000,
+        order_ref: None,
     });
     assert_eq!(f.shard.apply(&late, 6, &mut f.log), Outcome::SoldOut { available: 0 });
     f.apply(|request| Command::AdjustStock { request, sku: SKU, delta: 1 }, 7);
@@ -215,6 +224,7 @@ fn bad_quantities_ttls_and_skus_are_refused_without_effect() {
                 sku: SkuId(8),
                 qty: 1,
                 ttl_ms: 5,
+                order_ref: None,
             })
         },
         0,

@@ -18,11 +18,19 @@ fn command() -> impl Strategy<Value = Command> {
     prop_oneof![
         (request.clone(), any::<u64>(), sku.clone(), any::<u32>(), any::<u64>()).prop_map(
             |(request, buyer, sku, qty, ttl_ms)| {
-                Command::Reserve(Reserve { request, buyer: BuyerId(buyer), sku, qty, ttl_ms })
+                Command::Reserve(Reserve {
+                    request,
+                    buyer: BuyerId(buyer),
+                    sku,
+                    qty,
+                    ttl_ms,
+                    order_ref: None,
+                })
             }
         ),
-        (request.clone(), reservation.clone())
-            .prop_map(|(request, reservation)| Command::Confirm { request, reservation }),
+        (request.clone(), reservation.clone()).prop_map(|(request, reservation)| {
+            Command::Confirm { request, reservation, order_ref: None }
+        }),
         (request.clone(), reservation)
             .prop_map(|(request, reservation)| Command::Cancel { request, reservation }),
         (request.clone(), sku.clone(), any::<u64>())

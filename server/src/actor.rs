@@ -14,6 +14,7 @@ use crate::clock::Clock;
 use crate::config::RuntimeConfig;
 use crate::durability::{Commit, SnapshotJob};
 use crate::error::RuntimeError;
+use flashstock_wal::BATCH_RECORDS_BYTES_MAX;
 
 /// Where an actor sends a job's answer. Answers leave only once everything the actor applied
 /// before them is durable, so no reader ever sees an effect that a crash could undo.
@@ -135,7 +136,9 @@ impl Actor {
     /// records and replies on. Returns true when a `Stop` was taken.
     fn step(&mut self, first: Option<Job>) -> bool {
         let now_ms = self.clock.now_ms();
-        let mut log = EncodedLog::default();
+        // A step may log more than one WAL batch holds (a big tick, long confirm records):
+        // the log is cut into batch-sized chunks, all made durable by the same sync.
+        let mut log = EncodedLog::with_chunk_bytes_max(BATCH_RECORDS_BYTES_MAX);
         let mut replies = Vec::new();
         let mut stop = false;
         let mut weight = 0;
@@ -164,13 +167,8 @@ impl Actor {
         if !replies.is_empty() || log.record_count > 0 {
             let record_count = log.record_count;
             let record_bytes = log.bytes.len() as u64;
-            let commit = Commit {
-                log: self.shard.id().0,
-                first_seq: self.next_seq,
-                record_count,
-                records: log.bytes,
-                replies,
-            };
+            let commit =
+                Commit { log: self.shard.id().0, first_seq: self.next_seq, records: log, replies };
             self.next_seq += u64::from(record_count);
             self.records_since_snapshot += u64::from(record_count);
             self.log_bytes_since_snapshot += record_bytes;

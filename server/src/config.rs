@@ -1,11 +1,10 @@
 //! The runtime's knobs. Every queue and batch is bounded.
 
-use flashstock_engine::{ShardConfig, RECORD_BYTES_MAX};
-use flashstock_wal::BATCH_RECORDS_BYTES_MAX;
+use flashstock_engine::ShardConfig;
 
-/// How many jobs one actor step may take: each logs at most one record, plus one tick record,
-/// and the whole step must fit one WAL batch.
-pub const BATCH_JOBS_LIMIT: usize = (BATCH_RECORDS_BYTES_MAX - RECORD_BYTES_MAX) / RECORD_BYTES_MAX;
+/// How many jobs one actor step may take. A step's records are cut into as many WAL batches
+/// as they need, so this bounds only how long one step holds its replies back.
+pub const BATCH_JOBS_LIMIT: usize = 4096;
 
 /// How the runtime is built.
 #[derive(Clone, Debug)]
@@ -60,7 +59,7 @@ impl RuntimeConfig {
         assert!(self.inbox_capacity >= 1, "inbox_capacity must be at least 1");
         assert!(
             (1..=BATCH_JOBS_LIMIT).contains(&self.batch_jobs_max),
-            "batch_jobs_max must be in 1..={BATCH_JOBS_LIMIT} so a step fits one WAL batch"
+            "batch_jobs_max must be in 1..={BATCH_JOBS_LIMIT}"
         );
         assert!(self.tick_interval_ms >= 1, "tick_interval_ms must be at least 1");
         assert!(self.durability_queue_batches >= 1, "durability_queue_batches must be >= 1");

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
+use flashstock_engine::EncodedLog;
 use flashstock_wal::{LogId, Wal};
 
 use crate::actor::Delivery;
@@ -24,13 +25,13 @@ use crate::error::RuntimeError;
 /// The most actor steps one group commit takes.
 const GROUP_JOBS_MAX: usize = 1024;
 
-/// One actor step: its records (possibly none) and the replies they gate.
+/// One actor step: its records (possibly none, in batch-sized chunks) and the replies they
+/// gate.
 #[derive(Debug)]
 pub(crate) struct Commit {
     pub(crate) log: LogId,
     pub(crate) first_seq: u64,
-    pub(crate) record_count: u32,
-    pub(crate) records: Vec<u8>,
+    pub(crate) records: EncodedLog,
     pub(crate) replies: Vec<Delivery>,
 }
 
@@ -110,8 +111,8 @@ impl<W: Wal> Durability<W> {
     fn commit(&self, group: &mut Vec<Commit>) {
         let durable = self.append_and_sync(group);
         for commit in group.drain(..) {
-            if durable.is_ok() && commit.record_count > 0 {
-                let end = commit.first_seq + u64::from(commit.record_count);
+            if durable.is_ok() && commit.records.record_count > 0 {
+                let end = commit.first_seq + u64::from(commit.records.record_count);
                 self.durable_ends[usize::from(commit.log)].store(end, Ordering::Release);
             }
             let failed = |reason: &String| RuntimeError::WalFailed { reason: reason.clone() };
@@ -134,14 +135,17 @@ impl<W: Wal> Durability<W> {
             return Err(reason);
         }
         let mut appended = false;
-        for commit in group.iter().filter(|c| c.record_count > 0) {
-            let Commit { log, first_seq, record_count, records, .. } = commit;
-            if let Err(err) = self.wal.append(*log, *first_seq, *record_count, records) {
-                return Err(self.fail(format!("append to log {log}: {err}")));
+        for commit in group {
+            let mut seq = commit.first_seq;
+            for (records, record_count) in commit.records.chunks() {
+                if let Err(err) = self.wal.append(commit.log, seq, record_count, records) {
+                    return Err(self.fail(format!("append to log {}: {err}", commit.log)));
+                }
+                seq += u64::from(record_count);
+                appended = true;
+                self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                self.stats.records.fetch_add(u64::from(record_count), Ordering::Relaxed);
             }
-            appended = true;
-            self.stats.batches.fetch_add(1, Ordering::Relaxed);
-            self.stats.records.fetch_add(u64::from(*record_count), Ordering::Relaxed);
         }
         if appended {
             let started = Instant::now();

@@ -60,7 +60,8 @@ impl Handle {
         qty: u32,
         ttl_ms: u64,
     ) -> Result<Outcome, RuntimeError> {
-        self.apply(Command::Reserve(Reserve { request, buyer, sku, qty, ttl_ms })).await
+        self.apply(Command::Reserve(Reserve { request, buyer, sku, qty, ttl_ms, order_ref: None }))
+            .await
     }
 
     /// Turns a held reservation into a sale.
@@ -69,7 +70,7 @@ impl Handle {
         request: RequestId,
         reservation: ReservationId,
     ) -> Result<Outcome, RuntimeError> {
-        self.apply(Command::Confirm { request, reservation }).await
+        self.apply(Command::Confirm { request, reservation, order_ref: None }).await
     }
 
     /// Gives a held reservation's units back.

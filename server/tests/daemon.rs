@@ -93,12 +93,14 @@ async fn flashstockd_serves_stops_cleanly_and_restarts_with_its_state() {
         sku: SkuId(3),
         qty: 2,
         ttl_ms: 600_000,
+        order_ref: None,
     });
     let Outcome::Reserved { reservation, .. } = outcome(&service, reserve).await else {
         panic!("a reservation")
     };
     assert_eq!(
-        outcome(&service, Apply::Confirm { request: RequestId(3), reservation }).await,
+        outcome(&service, Apply::Confirm { request: RequestId(3), reservation, order_ref: None })
+            .await,
         Outcome::Confirmed
     );
     terminate(daemon);
@@ -110,7 +112,11 @@ async fn flashstockd_serves_stops_cleanly_and_restarts_with_its_state() {
     assert_eq!((view.total, view.available, view.sold), (5, 3, 2));
     // The same request id after a restart still gets its first answer.
     let replies = service
-        .call(vec![Request::Apply(Apply::Confirm { request: RequestId(3), reservation })])
+        .call(vec![Request::Apply(Apply::Confirm {
+            request: RequestId(3),
+            reservation,
+            order_ref: None,
+        })])
         .await
         .unwrap();
     assert_eq!(replies[0], Reply::Outcome(Outcome::Confirmed));

@@ -85,6 +85,7 @@ async fn a_retry_across_a_dropped_connection_keeps_its_request_id_and_has_one_ef
         sku: SkuId(20),
         qty: 2,
         ttl_ms: 600_000,
+        order_ref: None,
     });
     let call = tokio::spawn({
         let client = client.clone();

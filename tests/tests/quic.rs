@@ -46,6 +46,7 @@ fn reserve(buyer: u64, sku: u64, ttl_ms: u64) -> Command {
         sku: SkuId(sku),
         qty: 1,
         ttl_ms,
+        order_ref: None,
     })
 }
 
@@ -73,7 +74,11 @@ async fn the_full_lifecycle_over_quic() {
         panic!("a reservation")
     };
     assert_eq!(
-        apply(&service, Command::Confirm { request: request(), reservation: paid }).await,
+        apply(
+            &service,
+            Command::Confirm { request: request(), reservation: paid, order_ref: None }
+        )
+        .await,
         Outcome::Confirmed
     );
     assert_eq!(

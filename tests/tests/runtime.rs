@@ -328,6 +328,7 @@ async fn a_batch_larger_than_a_step_is_answered_in_order_across_shards() {
                 sku: SkuId(sku),
                 qty: 1,
                 ttl_ms: 60_000,
+                order_ref: None,
             };
             items.push(Item::Apply(flashstock_engine::Command::Reserve(reserve)));
         }
