@@ -159,6 +159,51 @@ pub(crate) fn replay_stored<B: AsRef<[u8]>>(
     Ok(summary)
 }
 
+/// Reads stored batches `(key seq, bytes)` in key order for [`crate::Wal::read`]: `stored`
+/// starts at the batch containing `from_seq` if there is one.
+pub(crate) fn read_stored<B: AsRef<[u8]>>(
+    log: LogId,
+    from_seq: u64,
+    until_seq: u64,
+    stored: impl Iterator<Item = Result<(u64, B), WalError>>,
+    visit: &mut dyn FnMut(BatchRef<'_>) -> bool,
+) -> Result<(), WalError> {
+    if from_seq >= until_seq {
+        return Ok(());
+    }
+    let mut expected = None;
+    for entry in stored {
+        let (key_seq, bytes) = entry?;
+        if key_seq >= until_seq {
+            break;
+        }
+        let batch = decode(log, key_seq, bytes.as_ref()).map_err(|defect| WalError::Corrupt {
+            log,
+            seq: key_seq,
+            defect,
+        })?;
+        match expected {
+            None if batch.first_seq > from_seq => {
+                let first_available = batch.first_seq;
+                return Err(WalError::Truncated { log, requested: from_seq, first_available });
+            }
+            Some(expected) if batch.first_seq != expected => {
+                return Err(WalError::Gap { log, expected, found: batch.first_seq });
+            }
+            _ => {}
+        }
+        expected = Some(batch.end_seq());
+        if !visit(batch) {
+            return Ok(());
+        }
+    }
+    match expected {
+        // Nothing at or after `from_seq` below `until_seq`: all of it was truncated.
+        None => Err(WalError::Truncated { log, requested: from_seq, first_available: until_seq }),
+        Some(_) => Ok(()),
+    }
+}
+
 /// The record count of a stored batch, read from its header without validating the records
 /// (truncation only needs to know where a batch ends).
 pub fn record_count_of(bytes: &[u8]) -> Option<u32> {

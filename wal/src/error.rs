@@ -94,6 +94,18 @@ pub enum WalError {
         /// The batch named.
         seq: u64,
     },
+    /// A reader asked for records that truncation (after a snapshot) already removed.
+    #[error(
+        "log {log}: records from {requested} were truncated; the log starts at {first_available}"
+    )]
+    Truncated {
+        /// The log read.
+        log: LogId,
+        /// The first record asked for.
+        requested: u64,
+        /// The first record the log still holds.
+        first_available: u64,
+    },
     /// A fault injected into the in-memory log by a test.
     #[error("injected fault: {0}")]
     InjectedFault(&'static str),

@@ -88,6 +88,19 @@ pub trait Wal: Send + Sync {
         visit: &mut dyn FnMut(BatchRef<'_>) -> Result<(), VisitError>,
     ) -> Result<ReplaySummary, WalError>;
 
+    /// Reads records for a reader other than recovery (the committed-deduction stream):
+    /// visits, in order, the batches holding records in `from_seq..until_seq`, the first being
+    /// the batch that contains `from_seq`, until `visit` returns false. `until_seq` must not
+    /// pass what is durable. Fails with [`WalError::Truncated`] when records at `from_seq` are
+    /// gone (the error says where the log now starts).
+    fn read(
+        &self,
+        log: LogId,
+        from_seq: u64,
+        until_seq: u64,
+        visit: &mut dyn FnMut(BatchRef<'_>) -> bool,
+    ) -> Result<(), WalError>;
+
     /// Removes the torn last batch `replay` reported, so appends can continue from `seq`.
     fn discard_tail(&self, log: LogId, seq: u64) -> Result<(), WalError>;
 

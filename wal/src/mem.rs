@@ -135,6 +135,29 @@ impl Wal for MemWal {
         batch::replay_stored(log, from_seq, stored, visit)
     }
 
+    fn read(
+        &self,
+        log: LogId,
+        from_seq: u64,
+        until_seq: u64,
+        visit: &mut dyn FnMut(BatchRef<'_>) -> bool,
+    ) -> Result<(), WalError> {
+        let store = self.store();
+        let containing = store.batches.range((log, 0)..=(log, from_seq)).next_back();
+        let start = match containing {
+            Some((&(_, key_seq), bytes))
+                if batch::record_count_of(bytes)
+                    .is_some_and(|count| key_seq + u64::from(count) > from_seq) =>
+            {
+                key_seq
+            }
+            _ => from_seq,
+        };
+        let stored = store.batches.range((log, start)..=(log, u64::MAX));
+        let stored = stored.map(|(&(_, key_seq), bytes)| Ok((key_seq, bytes)));
+        batch::read_stored(log, from_seq, until_seq, stored, visit)
+    }
+
     fn discard_tail(&self, log: LogId, seq: u64) -> Result<(), WalError> {
         let mut store = self.store();
         let last = store.batches.range((log, 0)..=(log, u64::MAX)).next_back().map(|(k, _)| k.1);

@@ -222,6 +222,34 @@ impl Wal for SledWal {
         batch::replay_stored(log, from_seq, stored, visit)
     }
 
+    fn read(
+        &self,
+        log: LogId,
+        from_seq: u64,
+        until_seq: u64,
+        visit: &mut dyn FnMut(BatchRef<'_>) -> bool,
+    ) -> Result<(), WalError> {
+        let batches = self.db.open_tree(batch_tree(log))?;
+        let start = match batches.range(..=from_seq.to_be_bytes()).next_back().transpose()? {
+            Some((key, value)) => {
+                let key_seq = key.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(u64::MAX);
+                let count = batch::record_count_of(&value).unwrap_or(0);
+                if key_seq.saturating_add(u64::from(count)) > from_seq {
+                    key_seq
+                } else {
+                    from_seq
+                }
+            }
+            None => from_seq,
+        };
+        let stored = batches.range(start.to_be_bytes()..).map(|entry| {
+            let (key, value) = entry?;
+            let key_seq = key.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(u64::MAX);
+            Ok((key_seq, value))
+        });
+        batch::read_stored(log, from_seq, until_seq, stored, visit)
+    }
+
     fn discard_tail(&self, log: LogId, seq: u64) -> Result<(), WalError> {
         let mut appender = self.appender();
         let (batches, next_seq) = appender.slot(&self.db, log)?;

@@ -21,9 +21,31 @@ fn replayed(wal: &impl Wal, log: u16, from_seq: u64) -> Result<Vec<(u64, Vec<u8>
     Ok(seen)
 }
 
+fn read(
+    wal: &impl Wal,
+    log: u16,
+    from_seq: u64,
+    until_seq: u64,
+    batches_max: usize,
+) -> Result<Vec<u64>, WalError> {
+    let mut seen = Vec::new();
+    wal.read(log, from_seq, until_seq, &mut |batch| {
+        seen.push(batch.first_seq);
+        seen.len() < batches_max
+    })?;
+    Ok(seen)
+}
+
 fn contract(wal: impl Wal) {
     append_batches(&wal, 0, 0, 4);
     append_batches(&wal, 1, 0, 2);
+
+    // A reader starts at the batch holding its first record, stops at `until_seq` or when the
+    // visitor says so, and reads nothing for an empty range.
+    assert_eq!(read(&wal, 0, 4, 12, 10).unwrap(), vec![3, 6, 9]);
+    assert_eq!(read(&wal, 0, 3, 9, 10).unwrap(), vec![3, 6]);
+    assert_eq!(read(&wal, 0, 0, 12, 2).unwrap(), vec![0, 3]);
+    assert_eq!(read(&wal, 0, 12, 12, 10).unwrap(), Vec::<u64>::new());
     let batches = replayed(&wal, 0, 0).unwrap();
     assert_eq!(batches.iter().map(|b| b.0).collect::<Vec<_>>(), vec![0, 3, 6, 9]);
     assert_eq!(batches[1].1[0], 3, "records come back as written");
@@ -46,6 +68,14 @@ fn contract(wal: impl Wal) {
         "log 0: records missing, expected a batch at 0, found one at 6"
     );
     assert_eq!(wal.latest_snapshot(1).unwrap(), None);
+
+    // A reader asking for truncated records is told where the log now starts.
+    let err = read(&wal, 0, 2, 12, 10).unwrap_err();
+    assert!(
+        matches!(err, WalError::Truncated { log: 0, requested: 2, first_available: 6 }),
+        "{err}"
+    );
+    assert_eq!(read(&wal, 0, 7, 12, 10).unwrap(), vec![6, 9]);
 
     // Truncation never removes a batch that holds a record at or above the bound.
     wal.truncate_below(0, 10).unwrap();
