@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flashstock_engine::{
-    BuyerId, Command, Outcome, RequestId, ReservationId, ReservationView, Reserve, SaleWindow,
-    SkuId, SkuView,
+    BuyerId, Command, OrderRef, Outcome, RequestId, ReservationId, ReservationView, Reserve,
+    SaleWindow, SkuId, SkuView,
 };
 use flashstock_protocol::{Refusal, Reply, Request};
 use tokio::sync::{mpsc, oneshot};
@@ -169,6 +169,17 @@ impl Client {
     pub async fn confirm(&self, reservation: ReservationId) -> Result<Outcome, ClientError> {
         self.apply(Command::Confirm { request: self.request_id(), reservation, order_ref: None })
             .await
+    }
+
+    /// Turns a held reservation into a sale of order `order_ref`: the committed-deduction
+    /// stream carries the reference, so the order writer's row names the caller's order.
+    pub async fn confirm_order(
+        &self,
+        reservation: ReservationId,
+        order_ref: OrderRef,
+    ) -> Result<Outcome, ClientError> {
+        let request = self.request_id();
+        self.apply(Command::Confirm { request, reservation, order_ref: Some(order_ref) }).await
     }
 
     /// Gives a held reservation's units back.

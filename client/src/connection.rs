@@ -35,13 +35,7 @@ impl Connection {
         tls: &ClientTls,
         token: Option<&str>,
     ) -> Result<Connection, ClientError> {
-        let bind: SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
-            .parse()
-            .expect("a wildcard address");
-        let mut endpoint =
-            quinn::Endpoint::client(bind).map_err(|err| ClientError::Setup(err.to_string()))?;
-        endpoint.set_default_client_config(tls.quinn_config());
-        let connection = endpoint.connect(addr, server_name)?.await?;
+        let (endpoint, connection) = open(addr, server_name, tls).await?;
         let (send, recv) = connection.open_bi().await?;
         let waiting: Waiting = Arc::new(DashMap::new());
         tokio::spawn(read_replies(recv, waiting.clone()));
@@ -54,11 +48,7 @@ impl Connection {
             role: Role::Service,
             in_flight_max: 0,
         };
-        let hello = Message::Hello {
-            token: token.map(str::to_owned),
-            client_name: format!("flashstock-client/{}", env!("CARGO_PKG_VERSION")),
-        };
-        match client.exchange(hello).await? {
+        match client.exchange(hello(token)).await? {
             Message::Welcome { role, in_flight_max, .. } => {
                 client.role = role;
                 client.in_flight_max = in_flight_max;
@@ -122,22 +112,45 @@ impl Connection {
         }
     }
 
-    /// Why the connection closed, if the server said.
     fn closed_reason(&self) -> Option<ClientError> {
-        let reason = self.connection.close_reason()?;
-        if let quinn::ConnectionError::ApplicationClosed(close) = &reason {
-            let code = u32::try_from(close.error_code.into_inner()).ok();
-            if let Some(code) = code.and_then(flashstock_protocol::ErrorCode::from_u32) {
-                let detail = String::from_utf8_lossy(&close.reason).into_owned();
-                return Some(ClientError::Rejected {
-                    code,
-                    detail,
-                    supported_versions: Vec::new(),
-                });
-            }
-        }
-        Some(ClientError::Connection(reason))
+        closed_reason(&self.connection)
     }
+}
+
+/// Opens a QUIC connection to `addr`, its certificate checked against `server_name`.
+pub(crate) async fn open(
+    addr: SocketAddr,
+    server_name: &str,
+    tls: &ClientTls,
+) -> Result<(quinn::Endpoint, quinn::Connection), ClientError> {
+    let bind: SocketAddr =
+        if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("a wildcard address");
+    let mut endpoint =
+        quinn::Endpoint::client(bind).map_err(|err| ClientError::Setup(err.to_string()))?;
+    endpoint.set_default_client_config(tls.quinn_config());
+    let connection = endpoint.connect(addr, server_name)?.await?;
+    Ok((endpoint, connection))
+}
+
+/// The first message of a connection.
+pub(crate) fn hello(token: Option<&str>) -> Message {
+    Message::Hello {
+        token: token.map(str::to_owned),
+        client_name: format!("flashstock-client/{}", env!("CARGO_PKG_VERSION")),
+    }
+}
+
+/// Why the connection closed, if the server said.
+pub(crate) fn closed_reason(connection: &quinn::Connection) -> Option<ClientError> {
+    let reason = connection.close_reason()?;
+    if let quinn::ConnectionError::ApplicationClosed(close) = &reason {
+        let code = u32::try_from(close.error_code.into_inner()).ok();
+        if let Some(code) = code.and_then(flashstock_protocol::ErrorCode::from_u32) {
+            let detail = String::from_utf8_lossy(&close.reason).into_owned();
+            return Some(ClientError::Rejected { code, detail, supported_versions: Vec::new() });
+        }
+    }
+    Some(ClientError::Connection(reason))
 }
 
 /// Reads frames and hands each to the call waiting for its correlation id. A connection

@@ -11,15 +11,19 @@
 //! - [`connection`]: [`Connection`]: one QUIC connection, authenticated with a bearer token,
 //!   carrying pipelined request batches on a long-lived stream; replies are matched to calls
 //!   by correlation id and may arrive in any order.
+//! - [`subscriber`]: [`Subscriber`]: a consumer's end of the committed-deduction stream
+//!   (subscribe under a name, receive event batches, acknowledge what is handled).
 //! - [`error`]: [`ClientError`], the one error type.
 
 pub mod breaker;
 pub mod client;
 pub mod connection;
 pub mod error;
+pub mod subscriber;
 pub mod tls;
 
 pub use client::{Client, ClientConfig};
 pub use connection::Connection;
 pub use error::ClientError;
+pub use subscriber::{SubscribeOptions, Subscriber};
 pub use tls::ClientTls;

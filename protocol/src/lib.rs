@@ -7,7 +7,8 @@
 //! - [`frame`]: the 20-byte frame header, [`FrameEncoder`] and [`FrameDecoder`] (which says
 //!   "need more bytes" for partial input, and enforces the frame size limit before buffering).
 //! - [`message`]: what frames carry: the hello handshake, batches of requests (engine commands
-//!   and queries) and of replies, and connection errors.
+//!   and queries) and of replies, the committed-deduction stream (subscribe, events, acks), and
+//!   connection errors.
 //! - [`error`]: [`FrameError`], the one error type.
 //!
 //! A frame's payload is an rkyv archive of a [`Message`], checked with bytecheck (on an aligned
@@ -22,4 +23,7 @@ pub use frame::{
     Decoded, Frame, FrameDecoder, FrameEncoder, ALPN, FRAME_BYTES_MAX_DEFAULT, HEADER_BYTES,
     PROTOCOL_VERSION, SUPPORTED_VERSIONS,
 };
-pub use message::{ConnectionError, ErrorCode, Message, Refusal, Reply, Request, Role};
+pub use message::{
+    ConnectionError, ErrorCode, EventBatch, Message, Refusal, Reply, Request, Role, StartAt,
+    StreamEvent, Subscribe, Subscribed,
+};

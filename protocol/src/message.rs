@@ -4,8 +4,15 @@
 //! Then the client sends `Requests` frames, each a batch, and the server answers each with one
 //! `Replies` frame carrying the same correlation id and one reply per request, in order. Frames
 //! pipeline: many may be in flight, and replies may come back in any order.
+//!
+//! The committed-deduction stream takes a stream of its own: a `consumer` sends `Subscribe`,
+//! the server answers `Subscribed` and then pushes `Events` frames (one shard's events each, in
+//! that shard's log order); the consumer sends `Ack` with the cursor it has durably handled.
+//! The server sends at most the subscription's window of events beyond the last `Ack`.
 
-use flashstock_engine::{Command, Outcome, ReservationId, ReservationView, SkuId, SkuView};
+use flashstock_engine::{
+    Command, Event, EventKind, Outcome, ReservationId, ReservationView, SkuId, SkuView,
+};
 use rkyv::{Archive, Deserialize, Serialize};
 
 /// Everything a frame can carry.
@@ -31,8 +38,73 @@ pub enum Message {
     Requests(Vec<Request>),
     /// Server → client: one reply per request of the batch with the same correlation id.
     Replies(Vec<Reply>),
+    /// Consumer → server, on a stream of its own: start the committed-deduction stream.
+    Subscribe(Subscribe),
+    /// Server → consumer: the subscription is open, and where it starts.
+    Subscribed(Subscribed),
+    /// Server → consumer: the next events of one shard.
+    Events(EventBatch),
+    /// Consumer → server: every event below this cursor (one sequence number per shard) is
+    /// handled for good; the server persists it under the consumer's name.
+    Ack(Vec<u64>),
     /// Either way: the connection is refused or about to close, and why.
     Error(ConnectionError),
+}
+
+/// Where a subscription starts.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum StartAt {
+    /// After what this consumer acknowledged last; at the start of the log for a new consumer.
+    Acknowledged,
+    /// At the first record each shard's log still holds.
+    Earliest,
+    /// At this cursor: one record sequence number per shard.
+    Cursor(Vec<u64>),
+}
+
+/// A request to open the committed-deduction stream.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Subscribe {
+    /// The consumer's durable name (1 to 64 of `A-Z a-z 0-9 _ - .`): its acknowledged cursor
+    /// is kept under it, and the log is kept until it has acknowledged.
+    pub consumer: String,
+    /// Where to start.
+    pub start: StartAt,
+    /// The kinds of events wanted; empty means all.
+    pub kinds: Vec<EventKind>,
+    /// Events the server may send beyond the last acknowledgement; clamped to the server's
+    /// own maximum.
+    pub window_events: u32,
+}
+
+/// The server's answer to `Subscribe`.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Subscribed {
+    /// Where delivery starts: one record sequence number per shard.
+    pub cursor: Vec<u64>,
+    /// The window granted.
+    pub window_events: u32,
+}
+
+/// Events of one shard, in its log order.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct EventBatch {
+    /// The shard whose log they come from.
+    pub shard: u16,
+    /// The events, each with its record's sequence number in the shard's log.
+    pub events: Vec<StreamEvent>,
+    /// Every record of the shard below this was delivered (filtered-out ones included): once
+    /// the batch is handled, the shard's cursor may move here.
+    pub end_seq: u64,
+}
+
+/// One event of the stream.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamEvent {
+    /// The record's sequence number in its shard's log.
+    pub seq: u64,
+    /// What happened.
+    pub event: Event,
 }
 
 /// One request of a batch.
@@ -109,6 +181,18 @@ pub enum ErrorCode {
     UnexpectedMessage,
     /// Too many connections.
     TooManyConnections,
+    /// The caller's role does not allow this (a non-consumer subscribing).
+    PermissionDenied,
+    /// A `Subscribe` the server cannot honour (bad consumer name, wrong cursor length, a
+    /// cursor beyond the log's end).
+    InvalidSubscription,
+    /// The subscription's cursor points at records the log no longer holds.
+    CursorTruncated,
+    /// An `Ack` that does not fit what was delivered (wrong length, beyond what was sent,
+    /// backwards).
+    InvalidAck,
+    /// The server could not serve the request (its log could not be read or written).
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -121,6 +205,11 @@ impl ErrorCode {
             ErrorCode::Unauthenticated => 4,
             ErrorCode::UnexpectedMessage => 5,
             ErrorCode::TooManyConnections => 6,
+            ErrorCode::PermissionDenied => 7,
+            ErrorCode::InvalidSubscription => 8,
+            ErrorCode::CursorTruncated => 9,
+            ErrorCode::InvalidAck => 10,
+            ErrorCode::Unavailable => 11,
         }
     }
 
@@ -133,6 +222,11 @@ impl ErrorCode {
             4 => ErrorCode::Unauthenticated,
             5 => ErrorCode::UnexpectedMessage,
             6 => ErrorCode::TooManyConnections,
+            7 => ErrorCode::PermissionDenied,
+            8 => ErrorCode::InvalidSubscription,
+            9 => ErrorCode::CursorTruncated,
+            10 => ErrorCode::InvalidAck,
+            11 => ErrorCode::Unavailable,
             _ => return None,
         })
     }

@@ -2,12 +2,13 @@
 //! bytes (never a panic, never more memory than one frame), and each kind of bad input.
 
 use flashstock_engine::{
-    BuyerId, Command, Outcome, RequestId, ReservationId, ReservationState, ReservationView,
-    Reserve, SaleWindow, ShardId, SkuId, SkuView,
+    BuyerId, Change, Command, Ended, Event, EventKind, OrderRef, Outcome, RequestId, ReservationId,
+    ReservationState, ReservationView, Reserve, SaleWindow, ShardId, SkuId, SkuView,
 };
 use flashstock_protocol::{
-    ConnectionError, Decoded, ErrorCode, Frame, FrameDecoder, FrameEncoder, FrameError, Message,
-    Refusal, Reply, Request, Role, FRAME_BYTES_MAX_DEFAULT, HEADER_BYTES, SUPPORTED_VERSIONS,
+    ConnectionError, Decoded, ErrorCode, EventBatch, Frame, FrameDecoder, FrameEncoder, FrameError,
+    Message, Refusal, Reply, Request, Role, StartAt, StreamEvent, Subscribe, Subscribed,
+    FRAME_BYTES_MAX_DEFAULT, HEADER_BYTES, SUPPORTED_VERSIONS,
 };
 use proptest::prelude::*;
 
@@ -24,13 +25,15 @@ fn command() -> impl Strategy<Value = Command> {
                     sku,
                     qty,
                     ttl_ms,
-                    order_ref: None,
+                    order_ref: (qty % 2 == 0).then_some(OrderRef(request.0 ^ 1)),
                 })
             }
         ),
-        (request.clone(), reservation.clone()).prop_map(|(request, reservation)| {
-            Command::Confirm { request, reservation, order_ref: None }
-        }),
+        (request.clone(), reservation.clone(), any::<Option<u128>>()).prop_map(
+            |(request, reservation, order_ref)| {
+                Command::Confirm { request, reservation, order_ref: order_ref.map(OrderRef) }
+            }
+        ),
         (request.clone(), reservation)
             .prop_map(|(request, reservation)| Command::Cancel { request, reservation }),
         (request.clone(), sku.clone(), any::<u64>())
@@ -110,6 +113,58 @@ fn reply() -> impl Strategy<Value = Reply> {
     ]
 }
 
+fn event() -> impl Strategy<Value = StreamEvent> {
+    let state = prop_oneof![
+        Just(ReservationState::Confirmed),
+        Just(ReservationState::Cancelled),
+        Just(ReservationState::Expired)
+    ];
+    let change = prop_oneof![
+        (any::<[u64; 3]>(), state, any::<u32>(), any::<Option<u128>>()).prop_map(
+            |([reservation, buyer, sku], state, qty, order_ref)| Change::Ended(Ended {
+                reservation: ReservationId(reservation),
+                state,
+                buyer: BuyerId(buyer),
+                sku: SkuId(sku),
+                qty,
+                order_ref: order_ref.map(OrderRef),
+            })
+        ),
+        (any::<u64>(), any::<u64>())
+            .prop_map(|(sku, total)| Change::StockSet { sku: SkuId(sku), total }),
+        (any::<u64>(), any::<i64>())
+            .prop_map(|(sku, delta)| Change::StockAdjusted { sku: SkuId(sku), delta }),
+    ];
+    (any::<u64>(), any::<u64>(), change)
+        .prop_map(|(seq, at_ms, change)| StreamEvent { seq, event: Event { at_ms, change } })
+}
+
+fn stream_message() -> impl Strategy<Value = Message> {
+    let start = prop_oneof![
+        Just(StartAt::Acknowledged),
+        Just(StartAt::Earliest),
+        proptest::collection::vec(any::<u64>(), 0..8).prop_map(StartAt::Cursor),
+    ];
+    let kinds = proptest::sample::subsequence(EventKind::ALL.to_vec(), 0..=4);
+    prop_oneof![
+        ("[a-z0-9_.-]{1,64}", start, kinds, any::<u32>()).prop_map(
+            |(consumer, start, kinds, window_events)| Message::Subscribe(Subscribe {
+                consumer,
+                start,
+                kinds,
+                window_events
+            })
+        ),
+        (proptest::collection::vec(any::<u64>(), 0..8), any::<u32>()).prop_map(
+            |(cursor, window_events)| Message::Subscribed(Subscribed { cursor, window_events })
+        ),
+        (any::<u16>(), proptest::collection::vec(event(), 0..32), any::<u64>()).prop_map(
+            |(shard, events, end_seq)| Message::Events(EventBatch { shard, events, end_seq })
+        ),
+        proptest::collection::vec(any::<u64>(), 0..8).prop_map(Message::Ack),
+    ]
+}
+
 fn message() -> impl Strategy<Value = Message> {
     let request = prop_oneof![
         command().prop_map(Request::Apply),
@@ -140,6 +195,7 @@ fn message() -> impl Strategy<Value = Message> {
                 })
             }
         ),
+        stream_message(),
     ]
 }
 

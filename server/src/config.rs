@@ -28,6 +28,10 @@ pub struct RuntimeConfig {
     pub snapshot_every_ms: u64,
     /// Whether a graceful shutdown snapshots every shard, so the next start replays nothing.
     pub snapshot_on_shutdown: bool,
+    /// Records per shard the log keeps for a registered consumer that has not acknowledged
+    /// them, beyond what snapshots need; past it they are truncated anyway, with an error log
+    /// naming the consumer.
+    pub consumer_retention_records_max: u64,
     /// sled's page cache for the log, in bytes (`Runtime::open` only).
     pub wal_cache_bytes: u64,
     /// The engine's per-shard bounds.
@@ -40,6 +44,7 @@ impl Default for RuntimeConfig {
         RuntimeConfig {
             shard_count: cores.clamp(1, 64) as u16,
             inbox_capacity: 64 * 1024,
+            consumer_retention_records_max: 20_000_000,
             batch_jobs_max: 1024,
             tick_interval_ms: 10,
             durability_queue_batches: 64,

@@ -37,8 +37,13 @@ pub struct Settings {
     pub wal_cache_mb: Option<u64>,
     /// Jobs a shard's inbox holds before requests are refused as overloaded (default 65,536).
     pub inbox_capacity: Option<usize>,
-    /// Jobs a shard applies per step, i.e. per log batch (default 1,024, at most 1,235).
+    /// Jobs a shard applies per step (default 1,024, at most 4,096).
     pub batch_jobs_max: Option<usize>,
+    /// Records per shard kept for a consumer that has not acknowledged them (default
+    /// 20,000,000); past it they are truncated anyway, with an error naming the consumer.
+    pub consumer_retention_records_max: Option<u64>,
+    /// The largest window of unacknowledged events a subscription may have (default 65,536).
+    pub stream_window_events_max: Option<u32>,
     /// The largest frame payload accepted, in bytes (default 1 MiB).
     pub frame_bytes_max: Option<u32>,
     /// Connections served at once (default 1,024).
@@ -83,6 +88,12 @@ impl Settings {
             wal_cache_mb: over.wal_cache_mb.or(self.wal_cache_mb),
             inbox_capacity: over.inbox_capacity.or(self.inbox_capacity),
             batch_jobs_max: over.batch_jobs_max.or(self.batch_jobs_max),
+            consumer_retention_records_max: over
+                .consumer_retention_records_max
+                .or(self.consumer_retention_records_max),
+            stream_window_events_max: over
+                .stream_window_events_max
+                .or(self.stream_window_events_max),
             frame_bytes_max: over.frame_bytes_max.or(self.frame_bytes_max),
             connections_max: over.connections_max.or(self.connections_max),
             in_flight_max: over.in_flight_max.or(self.in_flight_max),
@@ -123,6 +134,9 @@ pub async fn run(
         wal_cache_bytes: settings.wal_cache_mb.map_or(defaults.wal_cache_bytes, |mb| mb << 20),
         inbox_capacity: settings.inbox_capacity.unwrap_or(defaults.inbox_capacity),
         batch_jobs_max: settings.batch_jobs_max.unwrap_or(defaults.batch_jobs_max),
+        consumer_retention_records_max: settings
+            .consumer_retention_records_max
+            .unwrap_or(defaults.consumer_retention_records_max),
         ..defaults
     };
     if runtime_config.batch_jobs_max == 0
@@ -168,6 +182,7 @@ pub async fn run(
         connections_max: settings.connections_max.unwrap_or(1_024),
         in_flight_max: settings.in_flight_max.unwrap_or(16_384),
         drain_timeout_ms: 10_000,
+        stream_window_events_max: settings.stream_window_events_max.unwrap_or(65_536).max(1),
     };
     let listen =
         settings.listen.unwrap_or_else(|| LISTEN_DEFAULT.parse().expect("a valid address"));

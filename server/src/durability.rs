@@ -21,6 +21,8 @@ use flashstock_wal::{LogId, Wal};
 
 use crate::actor::Delivery;
 use crate::error::RuntimeError;
+use crate::stream::Consumers;
+use tokio::sync::watch;
 
 /// The most actor steps one group commit takes.
 const GROUP_JOBS_MAX: usize = 1024;
@@ -88,6 +90,8 @@ pub(crate) struct Durability<W> {
     pub(crate) wal: Arc<W>,
     pub(crate) commits: Receiver<Commit>,
     pub(crate) durable_ends: DurableEnds,
+    /// Bumped after every group commit that made records durable: wakes the stream readers.
+    pub(crate) committed: watch::Sender<u64>,
     pub(crate) failure: Arc<Failure>,
     pub(crate) stats: Arc<DurabilityStats>,
 }
@@ -110,6 +114,7 @@ impl<W: Wal> Durability<W> {
 
     fn commit(&self, group: &mut Vec<Commit>) {
         let durable = self.append_and_sync(group);
+        let logged = group.iter().any(|commit| commit.records.record_count > 0);
         for commit in group.drain(..) {
             if durable.is_ok() && commit.records.record_count > 0 {
                 let end = commit.first_seq + u64::from(commit.records.record_count);
@@ -127,6 +132,9 @@ impl<W: Wal> Durability<W> {
                     }
                 }
             }
+        }
+        if durable.is_ok() && logged {
+            self.committed.send_modify(|count| *count += 1);
         }
     }
 
@@ -171,6 +179,8 @@ pub(crate) struct Snapshotter<W> {
     pub(crate) wal: Arc<W>,
     pub(crate) jobs: Receiver<SnapshotJob>,
     pub(crate) durable_ends: DurableEnds,
+    pub(crate) consumers: Arc<Consumers>,
+    pub(crate) consumer_retention_records_max: u64,
     pub(crate) failure: Arc<Failure>,
     pub(crate) stats: Arc<DurabilityStats>,
 }
@@ -204,7 +214,8 @@ impl<W: Wal> Snapshotter<W> {
         // snapshot stays in force. Report it and carry on.
         let started = Instant::now();
         let written = self.wal.write_snapshot(job.log, job.seq, &job.state);
-        match written.and_then(|()| self.wal.truncate_below(job.log, job.seq)) {
+        let truncate_below = self.truncation_bound(job);
+        match written.and_then(|()| self.wal.truncate_below(job.log, truncate_below)) {
             Ok(()) => {
                 self.stats.snapshots.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(
@@ -219,5 +230,38 @@ impl<W: Wal> Snapshotter<W> {
                 tracing::warn!(log = job.log, seq = job.seq, %err, "snapshot failed; the log is kept")
             }
         }
+    }
+
+    /// Where the log may be cut after a snapshot at `job.seq`: below the snapshot, but not
+    /// past what the slowest registered consumer acknowledged, unless that consumer is more
+    /// than the retention cap behind. Then the cap wins (a stuck consumer must not fill the
+    /// disk), loudly: that consumer will find its cursor truncated.
+    fn truncation_bound(&self, job: &SnapshotJob) -> u64 {
+        let Some(holder) = self.consumers.slowest(job.log) else {
+            return job.seq;
+        };
+        let held_records = job.seq.saturating_sub(holder.acked_seq);
+        metrics::gauge!(
+            "flashstock_consumer_held_records",
+            "consumer" => holder.consumer.clone(),
+            "shard" => job.log.to_string()
+        )
+        .set(held_records as f64);
+        if held_records <= self.consumer_retention_records_max {
+            return job.seq.min(holder.acked_seq);
+        }
+        let bound = job.seq - self.consumer_retention_records_max;
+        tracing::error!(
+            consumer = %holder.consumer,
+            shard = job.log,
+            acked_seq = holder.acked_seq,
+            snapshot_seq = job.seq,
+            truncating_below = bound,
+            retention_records_max = self.consumer_retention_records_max,
+            "consumer is holding the log back past the retention cap; records it has not \
+             acknowledged are being removed and it will have to resubscribe from the earliest \
+             record"
+        );
+        bound
     }
 }

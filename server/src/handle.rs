@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 use crate::actor::{Answer, BatchReply, Item, Job, Reply};
 use crate::durability::Failure;
 use crate::error::RuntimeError;
+use crate::stream::EventLog;
 
 /// A way in to a running [`crate::Runtime`].
 #[derive(Clone, Debug)]
@@ -27,6 +28,7 @@ pub(crate) struct Shared {
     pub(crate) failure: Arc<Failure>,
     /// The most items one batch job may carry (a step must be able to take it whole).
     pub(crate) batch_jobs_max: usize,
+    pub(crate) events: EventLog,
 }
 
 impl Handle {
@@ -41,6 +43,11 @@ impl Handle {
     /// Which shard owns what.
     pub fn shard_map(&self) -> ShardMap {
         self.shared.map
+    }
+
+    /// The committed log, for the committed-deduction stream.
+    pub fn events(&self) -> &EventLog {
+        &self.shared.events
     }
 
     /// Applies any state-changing command; the answer arrives once its effect is durable.

@@ -22,7 +22,9 @@
 //! - [`runtime`]: [`Runtime`], start (with recovery) and graceful shutdown.
 //! - `actor`, `durability`, `recovery`: the shard loop; the group-commit and snapshot threads;
 //!   rebuilding shards (in parallel) from the latest snapshot plus the log.
-//! - [`net`]: the QUIC listener: TLS, authentication, sessions.
+//! - [`stream`]: the committed-deduction stream's log reader ([`stream::EventLog`]) and the
+//!   consumer registry whose acknowledged cursors hold truncation back.
+//! - [`net`]: the QUIC listener: TLS, authentication, sessions, subscriptions.
 //! - [`daemon`]: the `flashstockd` settings (file, environment, flags) and `run`.
 //! - [`demo`]: the demo flash sale the `flashstock-demo` binary runs, with its audit.
 //! - [`error`]: [`RuntimeError`], the one error type.
@@ -36,6 +38,7 @@ pub mod error;
 pub mod handle;
 pub mod net;
 pub mod runtime;
+pub mod stream;
 
 mod actor;
 mod durability;

@@ -17,6 +17,8 @@ use crate::durability::{Durability, DurabilityStats, DurableEnds, Failure, Snaps
 use crate::error::RuntimeError;
 use crate::handle::{Handle, Shared};
 use crate::recovery::{recover_shards, RecoveryReport};
+use crate::stream::{Consumers, EventLog};
+use tokio::sync::watch;
 
 const SHARD_COUNT_KEY: &str = "shard_count";
 
@@ -72,6 +74,9 @@ impl Runtime {
         let wal = Arc::new(wal);
         let durable_ends: DurableEnds =
             shards.iter().map(|(_, next_seq)| AtomicU64::new(*next_seq)).collect();
+        let consumers = Arc::new(Consumers::load(wal.clone(), config.shard_count)?);
+        let (committed, commits) = watch::channel(0);
+        let events = EventLog::new(wal.clone(), durable_ends.clone(), commits, consumers.clone());
         let queue = config.durability_queue_batches * usize::from(config.shard_count);
         let (durable_tx, durable_rx) = bounded(queue);
         // One snapshot waiting per shard at most; actors skip a snapshot rather than queue more.
@@ -82,6 +87,7 @@ impl Runtime {
             wal: wal.clone(),
             commits: durable_rx,
             durable_ends: durable_ends.clone(),
+            committed,
             failure: failure.clone(),
             stats: stats.clone(),
         };
@@ -90,6 +96,8 @@ impl Runtime {
             wal,
             jobs: snapshot_rx,
             durable_ends,
+            consumers,
+            consumer_retention_records_max: config.consumer_retention_records_max,
             failure: failure.clone(),
             stats: stats.clone(),
         };
@@ -119,8 +127,13 @@ impl Runtime {
             inboxes.push(inbox_tx);
         }
         let map = ShardMap::new(config.shard_count);
-        let handle =
-            Handle::new(Shared { inboxes, map, failure, batch_jobs_max: config.batch_jobs_max });
+        let handle = Handle::new(Shared {
+            inboxes,
+            map,
+            failure,
+            batch_jobs_max: config.batch_jobs_max,
+            events,
+        });
         Ok(Runtime {
             handle,
             actors,

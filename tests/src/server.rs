@@ -21,6 +21,8 @@ pub struct TestServer {
     pub admin_token: String,
     /// A token granting `Role::Service`.
     pub service_token: String,
+    /// A token granting `Role::Consumer`.
+    pub consumer_token: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     serving: Option<tokio::task::JoinHandle<()>>,
     runtime: Option<Runtime>,
@@ -39,6 +41,16 @@ impl TestServer {
         client_certs: Option<Arc<ClientCertRoles>>,
     ) -> TestServer {
         let config = RuntimeConfig { shard_count: 2, ..RuntimeConfig::default() };
+        TestServer::start_configured(data_dir, addr, config, client_certs).await
+    }
+
+    /// Like `start_with`, on a runtime configured by the caller.
+    pub async fn start_configured(
+        data_dir: &Path,
+        addr: SocketAddr,
+        config: RuntimeConfig,
+        client_certs: Option<Arc<ClientCertRoles>>,
+    ) -> TestServer {
         let runtime = Runtime::open(data_dir, config, Arc::new(SystemClock)).unwrap();
         let files = net::ensure_self_signed(data_dir).unwrap();
         let (mut auth, tokens_path) = Authenticator::ensure_default(data_dir).unwrap();
@@ -57,6 +69,7 @@ impl TestServer {
             connections_max: 64,
             in_flight_max: 4_096,
             drain_timeout_ms: 5_000,
+            stream_window_events_max: 4_096,
         };
         let handle = runtime.handle();
         let serving = tokio::spawn(async move {
@@ -70,6 +83,7 @@ impl TestServer {
             cert: files.cert_path,
             admin_token: token(Role::Admin),
             service_token: token(Role::Service),
+            consumer_token: token(Role::Consumer),
             stop: Some(stop),
             serving: Some(serving),
             runtime: Some(runtime),

@@ -251,6 +251,15 @@ impl Wal for GatedWal {
     ) -> Result<ReplaySummary, WalError> {
         self.inner.replay(log, from, visit)
     }
+    fn read(
+        &self,
+        log: LogId,
+        from: u64,
+        until: u64,
+        visit: &mut dyn FnMut(BatchRef<'_>) -> bool,
+    ) -> Result<(), WalError> {
+        self.inner.read(log, from, until, visit)
+    }
     fn discard_tail(&self, log: LogId, seq: u64) -> Result<(), WalError> {
         self.inner.discard_tail(log, seq)
     }

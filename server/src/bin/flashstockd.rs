@@ -12,8 +12,8 @@ use flashstock_server::daemon::{self, Settings};
 ///
 /// Settings come from defaults, then `--config FILE` (TOML, same names with underscores),
 /// then environment variables, then flags. On first start it generates a self-signed TLS
-/// certificate (`<data-dir>/tls/cert.pem`, which clients trust) and admin and service tokens
-/// (`<data-dir>/tokens.toml`).
+/// certificate (`<data-dir>/tls/cert.pem`, which clients trust) and admin, service and consumer
+/// tokens (`<data-dir>/tokens.toml`).
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
@@ -41,9 +41,16 @@ struct Args {
     /// Jobs a shard's inbox holds before requests are refused as overloaded [default: 65536].
     #[arg(long, env = "FLASHSTOCK_INBOX_CAPACITY")]
     inbox_capacity: Option<usize>,
-    /// Jobs a shard applies per step, i.e. per log batch [default: 1024, at most 1235].
+    /// Jobs a shard applies per step [default: 1024, at most 4096].
     #[arg(long, env = "FLASHSTOCK_BATCH_JOBS_MAX")]
     batch_jobs_max: Option<usize>,
+    /// Records per shard kept for a consumer that has not acknowledged them; past it they are
+    /// truncated anyway, with an error naming the consumer [default: 20000000].
+    #[arg(long, env = "FLASHSTOCK_CONSUMER_RETENTION_RECORDS_MAX")]
+    consumer_retention_records_max: Option<u64>,
+    /// The largest window of unacknowledged events a subscription may have [default: 65536].
+    #[arg(long, env = "FLASHSTOCK_STREAM_WINDOW_EVENTS_MAX")]
+    stream_window_events_max: Option<u32>,
     /// The largest frame payload accepted, in bytes [default: 1048576].
     #[arg(long, env = "FLASHSTOCK_FRAME_BYTES_MAX")]
     frame_bytes_max: Option<u32>,
@@ -95,6 +102,8 @@ fn main() -> anyhow::Result<()> {
         wal_cache_mb: args.wal_cache_mb,
         inbox_capacity: args.inbox_capacity,
         batch_jobs_max: args.batch_jobs_max,
+        consumer_retention_records_max: args.consumer_retention_records_max,
+        stream_window_events_max: args.stream_window_events_max,
         frame_bytes_max: args.frame_bytes_max,
         connections_max: args.connections_max,
         in_flight_max: args.in_flight_max,

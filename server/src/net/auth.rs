@@ -122,23 +122,39 @@ impl Authenticator {
         self.cert_roles.as_ref()?.role_of(peer_chain?)
     }
 
-    /// The embedded default: an admin and a service token in `<dir>/tokens.toml`, generated
-    /// with the system's secure random source on first start and reused after.
+    /// The embedded default: an admin, a service and a consumer token in `<dir>/tokens.toml`,
+    /// generated with the system's secure random source on first start and reused after (a
+    /// file from before the consumer role gets a consumer token added).
     pub fn ensure_default(dir: &Path) -> Result<(Authenticator, std::path::PathBuf), RuntimeError> {
         let path = dir.join("tokens.toml");
         if !path.exists() {
             let admin = random_token()?;
             let service = random_token()?;
+            let consumer = random_token()?;
             let text = format!(
                 "# Bearer tokens of this flashstock server; keep this file private.\n\
-                 admin = \"{admin}\"\nservice = \"{service}\"\n"
+                 admin = \"{admin}\"\nservice = \"{service}\"\nconsumer = \"{consumer}\"\n"
             );
             std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, text)).map_err(
                 |err| RuntimeError::Config { path: path.clone(), detail: err.to_string() },
             )?;
-            tracing::info!(path = %path.display(), "generated admin and service tokens");
+            tracing::info!(path = %path.display(), "generated admin, service and consumer tokens");
         }
-        let tokens = read_tokens_file(&path)?;
+        let mut tokens = read_tokens_file(&path)?;
+        if !tokens.iter().any(|(_, role)| *role == Role::Consumer) {
+            let consumer = random_token()?;
+            let line = format!("consumer = \"{consumer}\"\n");
+            let appended = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .and_then(|mut file| std::io::Write::write_all(&mut file, line.as_bytes()));
+            appended.map_err(|err| RuntimeError::Config {
+                path: path.clone(),
+                detail: err.to_string(),
+            })?;
+            tracing::info!(path = %path.display(), "added a consumer token");
+            tokens.push((consumer, Role::Consumer));
+        }
         Ok((Authenticator::new(tokens), path))
     }
 }

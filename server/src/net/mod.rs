@@ -3,9 +3,11 @@
 //! - [`tls`]: the self-signed default certificate and the quinn/rustls server configuration.
 //! - [`auth`]: bearer tokens and client certificates → roles, and which role may send what.
 //! - [`session`]: the listener (`serve`), per-connection and per-stream sessions.
+//! - [`subscription`]: one consumer's committed-deduction stream: windowed, acknowledged.
 
 pub mod auth;
 pub mod session;
+pub mod subscription;
 pub mod tls;
 
 pub use auth::{Authenticator, ClientCertRoles};

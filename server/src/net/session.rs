@@ -6,6 +6,9 @@
 //! batches finish in any order. A per-connection semaphore caps requests in flight: when it is
 //! exhausted the stream is simply not read, and QUIC flow control pushes back on the client.
 //!
+//! A stream whose first message is `Subscribe` carries a subscription to the
+//! committed-deduction stream instead (see `subscription`); the consumer's `Ack`s arrive on it.
+//!
 //! Bad input closes only the connection that sent it, after an `Error` frame saying why, and
 //! with the same reason as the QUIC application close code.
 
@@ -40,6 +43,8 @@ pub struct NetLimits {
     pub in_flight_max: u32,
     /// How long a shutdown waits for sessions to finish what they took.
     pub drain_timeout_ms: u64,
+    /// The largest window of unacknowledged events a subscription may ask for.
+    pub stream_window_events_max: u32,
 }
 
 struct Shared {
@@ -136,10 +141,24 @@ impl Drop for ConnectionCount {
 }
 
 /// Why a session ends its connection.
-struct Close {
-    code: ErrorCode,
-    detail: String,
+pub(crate) struct Close {
+    pub(crate) code: ErrorCode,
+    pub(crate) detail: String,
 }
+
+/// What a stream carries, decided by its first message.
+enum StreamUse {
+    /// Nothing yet.
+    Undecided,
+    /// Request batches.
+    Requests,
+    /// A subscription: its acks go to its task.
+    Subscription(mpsc::Sender<Vec<u64>>),
+}
+
+/// Acks queued for a subscription task; the consumer waits for events between acks, so a
+/// few suffice.
+const ACKS_QUEUED_MAX: usize = 16;
 
 async fn run_stream(session: Arc<Session>, send: quinn::SendStream, mut recv: quinn::RecvStream) {
     let (frames, queued) = mpsc::channel(WRITE_QUEUE_FRAMES);
@@ -148,10 +167,19 @@ async fn run_stream(session: Arc<Session>, send: quinn::SendStream, mut recv: qu
     let mut batches = JoinSet::new();
     let mut stopping = session.shared.stopping.clone();
     let mut close = None;
+    let mut use_ = StreamUse::Undecided;
+    let mut subscription: Option<tokio::task::JoinHandle<Result<(), Close>>> = None;
     'read: loop {
         let chunk = tokio::select! {
             chunk = recv.read_chunk(READ_CHUNK_BYTES, true) => chunk,
             _ = stopping.changed() => break 'read,
+            ended = async { subscription.as_mut().expect("guarded").await }, if subscription.is_some() => {
+                subscription = None;
+                if let Ok(Err(reason)) = ended {
+                    close = Some(reason);
+                }
+                break 'read;
+            }
         };
         match chunk {
             Ok(Some(chunk)) => decoder.push(&chunk.bytes),
@@ -161,7 +189,9 @@ async fn run_stream(session: Arc<Session>, send: quinn::SendStream, mut recv: qu
             let decoded = decoder.decode();
             let taken = match decoded {
                 Ok(Decoded::NeedMore { .. }) => break,
-                Ok(Decoded::Frame(frame)) => session.take(frame, &frames, &mut batches).await,
+                Ok(Decoded::Frame(frame)) => {
+                    session.route(frame, &frames, &mut batches, &mut use_, &mut subscription).await
+                }
                 Err(err) => Err(close_for(&err)),
             };
             if let Err(reason) = taken {
@@ -169,6 +199,11 @@ async fn run_stream(session: Arc<Session>, send: quinn::SendStream, mut recv: qu
                 break 'read;
             }
         }
+    }
+    // A subscription ends with its stream: what it sent and was not acknowledged is sent
+    // again to the next subscription of its consumer.
+    if let Some(task) = subscription {
+        task.abort();
     }
     while batches.join_next().await.is_some() {}
     if let Some(Close { code, detail }) = &close {
@@ -198,6 +233,68 @@ fn close_for(err: &FrameError) -> Close {
 }
 
 impl Session {
+    /// Sends a frame where its stream's use says: a subscription's acks to its task, anything
+    /// else to `take`. A `Subscribe` as a stream's first message makes it a subscription.
+    async fn route(
+        self: &Arc<Self>,
+        frame: Frame,
+        frames: &mpsc::Sender<Outgoing>,
+        batches: &mut JoinSet<()>,
+        use_: &mut StreamUse,
+        subscription: &mut Option<tokio::task::JoinHandle<Result<(), Close>>>,
+    ) -> Result<(), Close> {
+        let unexpected =
+            |detail: &str| Close { code: ErrorCode::UnexpectedMessage, detail: detail.to_owned() };
+        match (frame.message, &*use_) {
+            (Message::Subscribe(subscribe), StreamUse::Undecided) => {
+                match self.role.get() {
+                    Some(Role::Consumer) => {}
+                    Some(role) => {
+                        let detail = format!(
+                            "the {role:?} role may not subscribe; use a consumer credential"
+                        );
+                        return Err(Close { code: ErrorCode::PermissionDenied, detail });
+                    }
+                    None => {
+                        let detail = "send Hello with credentials first".to_owned();
+                        return Err(Close { code: ErrorCode::Unauthenticated, detail });
+                    }
+                }
+                let (acks, acks_rx) = mpsc::channel(ACKS_QUEUED_MAX);
+                *use_ = StreamUse::Subscription(acks);
+                let events = self.shared.handle.events().clone();
+                let window_max = self.shared.limits.stream_window_events_max;
+                *subscription = Some(tokio::spawn(crate::net::subscription::run(
+                    events,
+                    subscribe,
+                    window_max,
+                    frame.correlation,
+                    frames.clone(),
+                    acks_rx,
+                )));
+                Ok(())
+            }
+            (Message::Ack(cursor), StreamUse::Subscription(acks)) => {
+                // A full queue means the consumer acks faster than they are stored: wait,
+                // which stops this stream being read.
+                let _ = acks.send(cursor).await;
+                Ok(())
+            }
+            (Message::Subscribe(_) | Message::Ack(_), _) => Err(unexpected(
+                "Subscribe opens a stream of its own, and Ack belongs on that stream",
+            )),
+            (_, StreamUse::Subscription(_)) => {
+                Err(unexpected("a subscription's stream carries only Ack"))
+            }
+            (message, _) => {
+                if matches!(message, Message::Requests(_)) {
+                    *use_ = StreamUse::Requests;
+                }
+                self.take(Frame { correlation: frame.correlation, message }, frames, batches).await
+            }
+        }
+    }
+
     async fn take(
         self: &Arc<Self>,
         frame: Frame,
@@ -318,11 +415,15 @@ fn message_name(message: &Message) -> &'static str {
         Message::Requests(_) => "Requests",
         Message::Replies(_) => "Replies",
         Message::Error(_) => "Error",
+        Message::Subscribe(_) => "Subscribe",
+        Message::Subscribed(_) => "Subscribed",
+        Message::Events(_) => "Events",
+        Message::Ack(_) => "Ack",
     }
 }
 
 /// A frame to send: its correlation id and message, encoded by the stream's writer.
-type Outgoing = (u64, Message);
+pub(crate) type Outgoing = (u64, Message);
 
 /// Encodes queued frames with one encoder and one buffer for the stream, coalescing whatever is
 /// waiting into one write; then finishes the stream and gives the peer a moment to read it all

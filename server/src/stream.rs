@@ -1,0 +1,392 @@
+//! The committed-deduction stream's server side, without the network: reading events off the
+//! log, and the registry of consumers and their acknowledged cursors.
+//!
+//! Events are read from the WAL, below each shard's durable end only, so a consumer never sees
+//! an effect a crash could undo, and a restarted server resumes every consumer from its
+//! acknowledged cursor. The registry is stored in the log's metadata and holds truncation back:
+//! the snapshot thread never removes records a registered consumer has not acknowledged, up to
+//! `consumer_retention_records_max` records per shard.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use flashstock_engine::{decode_records, EventKind};
+use flashstock_protocol::StreamEvent;
+use flashstock_wal::{Wal, WalError};
+use tokio::sync::watch;
+
+use crate::durability::DurableEnds;
+
+/// The metadata key the consumer registry is stored under.
+const CONSUMERS_KEY: &str = "consumers";
+/// The longest consumer name.
+pub const CONSUMER_NAME_BYTES_MAX: usize = 64;
+
+/// Why reading the stream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// The consumer name is empty, too long, or has characters outside `A-Z a-z 0-9 _ - .`.
+    #[error("consumer name {0:?} must be 1 to 64 of A-Z a-z 0-9 _ - .")]
+    BadConsumerName(String),
+    /// Another subscription of the same consumer is open.
+    #[error("consumer {0:?} is already subscribed")]
+    AlreadySubscribed(String),
+    /// A cursor with the wrong number of shards.
+    #[error("a cursor has one position per shard: {shard_count}, not {found}")]
+    CursorLength {
+        /// The server's shard count.
+        shard_count: usize,
+        /// The length given.
+        found: usize,
+    },
+    /// A cursor beyond what the shard's log holds durably.
+    #[error("shard {shard}: position {requested} is beyond the log's durable end {durable_end}")]
+    CursorBeyondEnd {
+        /// The shard.
+        shard: u16,
+        /// The position asked for.
+        requested: u64,
+        /// Where the durable log ends.
+        durable_end: u64,
+    },
+    /// The log no longer holds the records asked for.
+    #[error("shard {shard}: records from {requested} were truncated; the log starts at {first_available}")]
+    Truncated {
+        /// The shard.
+        shard: u16,
+        /// The position asked for.
+        requested: u64,
+        /// The first position the log still holds.
+        first_available: u64,
+    },
+    /// The log could not be read or decoded.
+    #[error("reading log {shard}: {detail}")]
+    Read {
+        /// The shard.
+        shard: u16,
+        /// What failed.
+        detail: String,
+    },
+    /// The registry could not be stored.
+    #[error("storing consumer cursors: {0}")]
+    Store(WalError),
+}
+
+/// Read access to the committed log, shared by every subscription.
+#[derive(Clone)]
+pub struct EventLog {
+    wal: Arc<dyn Wal>,
+    durable_ends: DurableEnds,
+    committed: watch::Receiver<u64>,
+    consumers: Arc<Consumers>,
+}
+
+impl std::fmt::Debug for EventLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLog").field("shards", &self.durable_ends.len()).finish()
+    }
+}
+
+/// One read of a shard's log.
+#[derive(Debug, Default)]
+pub struct EventRead {
+    /// The events found, in log order.
+    pub events: Vec<StreamEvent>,
+    /// Every record below this was looked at.
+    pub end_seq: u64,
+}
+
+impl EventLog {
+    pub(crate) fn new(
+        wal: Arc<dyn Wal>,
+        durable_ends: DurableEnds,
+        committed: watch::Receiver<u64>,
+        consumers: Arc<Consumers>,
+    ) -> EventLog {
+        EventLog { wal, durable_ends, committed, consumers }
+    }
+
+    /// How many shards (and so cursor positions) there are.
+    pub fn shard_count(&self) -> usize {
+        self.durable_ends.len()
+    }
+
+    /// Where shard `shard`'s durable log ends.
+    pub fn durable_end(&self, shard: u16) -> u64 {
+        self.durable_ends[usize::from(shard)].load(Ordering::Acquire)
+    }
+
+    /// A receiver that changes after every group commit.
+    pub fn commits(&self) -> watch::Receiver<u64> {
+        self.committed.clone()
+    }
+
+    /// The consumer registry.
+    pub fn consumers(&self) -> &Arc<Consumers> {
+        &self.consumers
+    }
+
+    /// The first position shard `shard`'s log still holds.
+    pub fn first_available(&self, shard: u16) -> Result<u64, StreamError> {
+        let durable_end = self.durable_end(shard);
+        match self.wal.read(shard, 0, durable_end, &mut |_| false) {
+            Ok(()) => Ok(0),
+            Err(WalError::Truncated { first_available, .. }) => Ok(first_available),
+            Err(err) => Err(StreamError::Read { shard, detail: err.to_string() }),
+        }
+    }
+
+    /// Reads shard `shard`'s events of the `kinds_mask` kinds from `from_seq`, below its
+    /// durable end: at most `events_max` events, and at most about `records_max` records looked
+    /// at (whole WAL batches), so one read is bounded whatever the consumer filters out.
+    /// Blocking (sled); call it off the async executor.
+    pub fn read(
+        &self,
+        shard: u16,
+        from_seq: u64,
+        kinds_mask: u8,
+        events_max: usize,
+        records_max: u64,
+    ) -> Result<EventRead, StreamError> {
+        let until_seq = self.durable_end(shard);
+        let mut read = EventRead { events: Vec::new(), end_seq: from_seq };
+        let mut failure = None;
+        let visited = self.wal.read(shard, from_seq, until_seq, &mut |batch| {
+            for (seq, record) in (batch.first_seq..).zip(decode_records(batch.records)) {
+                let record = match record {
+                    Ok(record) => record,
+                    Err(err) => {
+                        failure = Some(format!("record {seq}: {err}"));
+                        return false;
+                    }
+                };
+                if seq >= from_seq {
+                    let event = record.event().filter(|e| kinds_mask & e.change.kind().bit() != 0);
+                    if let Some(event) = event {
+                        if read.events.len() == events_max {
+                            return false;
+                        }
+                        read.events.push(StreamEvent { seq, event });
+                    }
+                    read.end_seq = seq + 1;
+                }
+            }
+            read.end_seq.saturating_sub(from_seq) < records_max
+        });
+        match (visited, failure) {
+            (_, Some(detail)) => Err(StreamError::Read { shard, detail }),
+            (Ok(()), None) => Ok(read),
+            (Err(WalError::Truncated { requested, first_available, .. }), None) => {
+                Err(StreamError::Truncated { shard, requested, first_available })
+            }
+            (Err(err), None) => Err(StreamError::Read { shard, detail: err.to_string() }),
+        }
+    }
+}
+
+/// A mask of every kind in `kinds`; all kinds when empty.
+pub fn kinds_mask(kinds: &[EventKind]) -> u8 {
+    if kinds.is_empty() {
+        return EventKind::ALL.iter().fold(0, |mask, kind| mask | kind.bit());
+    }
+    kinds.iter().fold(0, |mask, kind| mask | kind.bit())
+}
+
+/// The registered consumers, their acknowledged cursors, and which are subscribed now.
+pub struct Consumers {
+    wal: Arc<dyn Wal>,
+    state: Mutex<Registry>,
+}
+
+impl std::fmt::Debug for Consumers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumers").field("cursors", &self.lock().cursors).finish()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    cursors: BTreeMap<String, Vec<u64>>,
+    subscribed: BTreeSet<String>,
+}
+
+/// Which consumer holds a shard's log back, and from where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holder {
+    /// The consumer.
+    pub consumer: String,
+    /// Its acknowledged position in the shard.
+    pub acked_seq: u64,
+}
+
+/// A live subscription's claim on its consumer name; released when dropped.
+#[derive(Debug)]
+pub struct Subscription {
+    consumers: Arc<Consumers>,
+    consumer: String,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.consumers.lock().subscribed.remove(&self.consumer);
+    }
+}
+
+impl Consumers {
+    /// Loads the registry stored in `wal`.
+    pub(crate) fn load(wal: Arc<dyn Wal>, shard_count: u16) -> Result<Consumers, WalError> {
+        let cursors = match wal.read_meta(CONSUMERS_KEY)? {
+            Some(bytes) => decode_registry(&bytes, shard_count).unwrap_or_else(|| {
+                // The registry only holds truncation back; an unreadable one is logged loudly
+                // and consumers resume from where they say (or the log's start).
+                tracing::error!("the stored consumer registry is unreadable; starting empty");
+                BTreeMap::new()
+            }),
+            None => BTreeMap::new(),
+        };
+        Ok(Consumers { wal, state: Mutex::new(Registry { cursors, subscribed: BTreeSet::new() }) })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Registry> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Claims `consumer` for one subscription, registering it at `initial` if it is new;
+    /// returns its acknowledged cursor.
+    pub fn subscribe(
+        self: &Arc<Self>,
+        consumer: &str,
+        initial: impl FnOnce() -> Vec<u64>,
+    ) -> Result<(Subscription, Vec<u64>), StreamError> {
+        if !valid_name(consumer) {
+            return Err(StreamError::BadConsumerName(consumer.to_owned()));
+        }
+        let mut registry = self.lock();
+        if !registry.subscribed.insert(consumer.to_owned()) {
+            return Err(StreamError::AlreadySubscribed(consumer.to_owned()));
+        }
+        let subscription = Subscription { consumers: self.clone(), consumer: consumer.to_owned() };
+        let (cursor, fresh) = match registry.cursors.get(consumer) {
+            Some(cursor) => (cursor.clone(), false),
+            None => (initial(), true),
+        };
+        if fresh {
+            registry.cursors.insert(consumer.to_owned(), cursor.clone());
+            self.store(&registry)?;
+            tracing::info!(consumer, ?cursor, "consumer registered");
+        }
+        Ok((subscription, cursor))
+    }
+
+    /// Records `cursor` as what `consumer` has handled for good (durable on return).
+    pub fn acknowledge(&self, consumer: &str, cursor: &[u64]) -> Result<(), StreamError> {
+        let mut registry = self.lock();
+        registry.cursors.insert(consumer.to_owned(), cursor.to_vec());
+        self.store(&registry)
+    }
+
+    /// The acknowledged cursor of `consumer`, if registered.
+    pub fn cursor(&self, consumer: &str) -> Option<Vec<u64>> {
+        self.lock().cursors.get(consumer).cloned()
+    }
+
+    /// The registered consumer furthest behind in shard `shard`, if any.
+    pub fn slowest(&self, shard: u16) -> Option<Holder> {
+        let registry = self.lock();
+        registry
+            .cursors
+            .iter()
+            .filter_map(|(name, cursor)| {
+                let acked_seq = *cursor.get(usize::from(shard))?;
+                Some(Holder { consumer: name.clone(), acked_seq })
+            })
+            .min_by_key(|holder| holder.acked_seq)
+    }
+
+    fn store(&self, registry: &Registry) -> Result<(), StreamError> {
+        let bytes = encode_registry(&registry.cursors);
+        self.wal.write_meta(CONSUMERS_KEY, &bytes).map_err(StreamError::Store)
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    (1..=CONSUMER_NAME_BYTES_MAX).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// `count, then per consumer: name length (u8), name, one u64 per shard`, little-endian.
+fn encode_registry(cursors: &BTreeMap<String, Vec<u64>>) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(&(cursors.len() as u32).to_le_bytes());
+    for (name, cursor) in cursors {
+        bytes.push(name.len() as u8);
+        bytes.extend_from_slice(name.as_bytes());
+        for seq in cursor {
+            bytes.extend_from_slice(&seq.to_le_bytes());
+        }
+    }
+    bytes
+}
+
+fn decode_registry(bytes: &[u8], shard_count: u16) -> Option<BTreeMap<String, Vec<u64>>> {
+    let mut rest = bytes;
+    let mut take = |n: usize| -> Option<&[u8]> {
+        let (head, tail) = (rest.get(..n)?, rest.get(n..)?);
+        rest = tail;
+        Some(head)
+    };
+    let count = u32::from_le_bytes(take(4)?.try_into().ok()?);
+    let mut cursors = BTreeMap::new();
+    for _ in 0..count {
+        let len = usize::from(take(1)?[0]);
+        let name = std::str::from_utf8(take(len)?).ok()?.to_owned();
+        let cursor = (0..shard_count)
+            .map(|_| take(8).map(|b| u64::from_le_bytes(b.try_into().unwrap())))
+            .collect::<Option<Vec<u64>>>()?;
+        cursors.insert(name, cursor);
+    }
+    Some(cursors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_registry_round_trips_and_names_are_checked() {
+        let mut cursors = BTreeMap::new();
+        cursors.insert("order-writer".to_owned(), vec![5, 0, 77]);
+        cursors.insert("a".to_owned(), vec![1, 2, 3]);
+        let bytes = encode_registry(&cursors);
+        assert_eq!(decode_registry(&bytes, 3), Some(cursors));
+        assert_eq!(decode_registry(&bytes[..bytes.len() - 1], 3), None);
+        assert!(valid_name("order-writer.eu_1"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("has space"));
+        assert!(!valid_name(&"x".repeat(65)));
+    }
+
+    #[test]
+    fn one_subscription_per_consumer_and_the_slowest_holds_the_log() {
+        let wal: Arc<dyn Wal> = Arc::new(flashstock_wal::MemWal::new());
+        let consumers = Arc::new(Consumers::load(wal.clone(), 2).unwrap());
+        let (first, cursor) = consumers.subscribe("writer", || vec![3, 4]).unwrap();
+        assert_eq!(cursor, vec![3, 4]);
+        assert!(matches!(
+            consumers.subscribe("writer", || vec![0, 0]),
+            Err(StreamError::AlreadySubscribed(_))
+        ));
+        consumers.acknowledge("writer", &[10, 4]).unwrap();
+        let (_other, _) = consumers.subscribe("audit", || vec![7, 9]).unwrap();
+        let holder = |consumer: &str, acked_seq| Holder { consumer: consumer.into(), acked_seq };
+        assert_eq!(consumers.slowest(0), Some(holder("audit", 7)));
+        assert_eq!(consumers.slowest(1), Some(holder("writer", 4)));
+        drop(first);
+        // Released and durable: a new registry from the same store knows the cursor.
+        let (_again, cursor) = consumers.subscribe("writer", || vec![0, 0]).unwrap();
+        assert_eq!(cursor, vec![10, 4]);
+        let reloaded = Consumers::load(wal, 2).unwrap();
+        assert_eq!(reloaded.cursor("writer"), Some(vec![10, 4]));
+    }
+}
