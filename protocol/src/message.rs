@@ -193,6 +193,8 @@ pub enum ErrorCode {
     InvalidAck,
     /// The server could not serve the request (its log could not be read or written).
     Unavailable,
+    /// A newer subscription of the same consumer took this one's place.
+    Replaced,
 }
 
 impl ErrorCode {
@@ -210,6 +212,7 @@ impl ErrorCode {
             ErrorCode::CursorTruncated => 9,
             ErrorCode::InvalidAck => 10,
             ErrorCode::Unavailable => 11,
+            ErrorCode::Replaced => 12,
         }
     }
 
@@ -227,6 +230,7 @@ impl ErrorCode {
             9 => ErrorCode::CursorTruncated,
             10 => ErrorCode::InvalidAck,
             11 => ErrorCode::Unavailable,
+            12 => ErrorCode::Replaced,
             _ => return None,
         })
     }

@@ -7,7 +7,7 @@
 //! the snapshot thread never removes records a registered consumer has not acknowledged, up to
 //! `consumer_retention_records_max` records per shard.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -29,9 +29,6 @@ pub enum StreamError {
     /// The consumer name is empty, too long, or has characters outside `A-Z a-z 0-9 _ - .`.
     #[error("consumer name {0:?} must be 1 to 64 of A-Z a-z 0-9 _ - .")]
     BadConsumerName(String),
-    /// Another subscription of the same consumer is open.
-    #[error("consumer {0:?} is already subscribed")]
-    AlreadySubscribed(String),
     /// A cursor with the wrong number of shards.
     #[error("a cursor has one position per shard: {shard_count}, not {found}")]
     CursorLength {
@@ -208,7 +205,10 @@ impl std::fmt::Debug for Consumers {
 #[derive(Debug, Default)]
 struct Registry {
     cursors: BTreeMap<String, Vec<u64>>,
-    subscribed: BTreeSet<String>,
+    /// The live subscription of each consumer: its generation, and how to tell it that a
+    /// newer one took its place.
+    subscribed: BTreeMap<String, (u64, watch::Sender<bool>)>,
+    generation: u64,
 }
 
 /// Which consumer holds a shard's log back, and from where.
@@ -225,11 +225,23 @@ pub struct Holder {
 pub struct Subscription {
     consumers: Arc<Consumers>,
     consumer: String,
+    generation: u64,
+    replaced: watch::Receiver<bool>,
+}
+
+impl Subscription {
+    /// Completes when a newer subscription of the same consumer has taken over.
+    pub async fn replaced(&mut self) {
+        let _ = self.replaced.wait_for(|replaced| *replaced).await;
+    }
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.consumers.lock().subscribed.remove(&self.consumer);
+        let mut registry = self.consumers.lock();
+        if registry.subscribed.get(&self.consumer).is_some_and(|(g, _)| *g == self.generation) {
+            registry.subscribed.remove(&self.consumer);
+        }
     }
 }
 
@@ -245,7 +257,7 @@ impl Consumers {
             }),
             None => BTreeMap::new(),
         };
-        Ok(Consumers { wal, state: Mutex::new(Registry { cursors, subscribed: BTreeSet::new() }) })
+        Ok(Consumers { wal, state: Mutex::new(Registry { cursors, ..Registry::default() }) })
     }
 
     fn lock(&self) -> MutexGuard<'_, Registry> {
@@ -253,7 +265,9 @@ impl Consumers {
     }
 
     /// Claims `consumer` for one subscription, registering it at `initial` if it is new;
-    /// returns its acknowledged cursor.
+    /// returns its acknowledged cursor. A subscription already open for the consumer is told
+    /// it was replaced: the newest wins, so a consumer restarted after a crash is served at
+    /// once instead of waiting for the server to notice the dead connection.
     pub fn subscribe(
         self: &Arc<Self>,
         consumer: &str,
@@ -263,10 +277,21 @@ impl Consumers {
             return Err(StreamError::BadConsumerName(consumer.to_owned()));
         }
         let mut registry = self.lock();
-        if !registry.subscribed.insert(consumer.to_owned()) {
-            return Err(StreamError::AlreadySubscribed(consumer.to_owned()));
+        registry.generation += 1;
+        let generation = registry.generation;
+        let (replace, replaced) = watch::channel(false);
+        if let Some((_, older)) =
+            registry.subscribed.insert(consumer.to_owned(), (generation, replace))
+        {
+            tracing::warn!(consumer, "a newer subscription replaces the open one");
+            let _ = older.send(true);
         }
-        let subscription = Subscription { consumers: self.clone(), consumer: consumer.to_owned() };
+        let subscription = Subscription {
+            consumers: self.clone(),
+            consumer: consumer.to_owned(),
+            generation,
+            replaced,
+        };
         let (cursor, fresh) = match registry.cursors.get(consumer) {
             Some(cursor) => (cursor.clone(), false),
             None => (initial(), true),
@@ -367,16 +392,21 @@ mod tests {
         assert!(!valid_name(&"x".repeat(65)));
     }
 
-    #[test]
-    fn one_subscription_per_consumer_and_the_slowest_holds_the_log() {
+    #[tokio::test]
+    async fn the_newest_subscription_wins_and_the_slowest_consumer_holds_the_log() {
         let wal: Arc<dyn Wal> = Arc::new(flashstock_wal::MemWal::new());
         let consumers = Arc::new(Consumers::load(wal.clone(), 2).unwrap());
-        let (first, cursor) = consumers.subscribe("writer", || vec![3, 4]).unwrap();
+        let (mut first, cursor) = consumers.subscribe("writer", || vec![3, 4]).unwrap();
         assert_eq!(cursor, vec![3, 4]);
-        assert!(matches!(
-            consumers.subscribe("writer", || vec![0, 0]),
-            Err(StreamError::AlreadySubscribed(_))
-        ));
+        let (second, cursor) = consumers.subscribe("writer", || vec![0, 0]).unwrap();
+        assert_eq!(cursor, vec![3, 4], "registered once");
+        tokio::time::timeout(std::time::Duration::from_secs(1), first.replaced()).await.unwrap();
+        // The replaced claim going away leaves the newer one in place.
+        drop(first);
+        assert!(consumers.lock().subscribed.contains_key("writer"));
+        drop(second);
+        assert!(!consumers.lock().subscribed.contains_key("writer"));
+        let (first, _) = consumers.subscribe("writer", || vec![0, 0]).unwrap();
         consumers.acknowledge("writer", &[10, 4]).unwrap();
         let (_other, _) = consumers.subscribe("audit", || vec![7, 9]).unwrap();
         let holder = |consumer: &str, acked_seq| Holder { consumer: consumer.into(), acked_seq };

@@ -38,7 +38,8 @@ pub(crate) async fn run(
         let events = events.clone();
         blocking(move || open(&events, &subscribe)).await?
     };
-    let consumer = claim.consumer_name().to_owned();
+    let mut claim = claim;
+    let consumer = claim.consumer.clone();
     tracing::info!(%consumer, cursor = ?start, window_events, "subscription opened");
     let subscribed = Subscribed { cursor: start.clone(), window_events };
     if frames.send((correlation, Message::Subscribed(subscribed))).await.is_err() {
@@ -93,6 +94,10 @@ pub(crate) async fn run(
             }
         } else {
             tokio::select! {
+                () = claim.subscription.replaced() => {
+                    let detail = format!("a newer subscription of consumer {consumer:?} took over");
+                    return Err(Close { code: ErrorCode::Replaced, detail });
+                }
                 ack = acks.recv() => match ack {
                     Some(ack) => Some(ack),
                     None => return Ok(()),
@@ -148,7 +153,7 @@ fn open(events: &EventLog, subscribe: &Subscribe) -> Result<(Claim, Vec<u64>), S
         StartAt::Earliest => first,
         StartAt::Cursor(cursor) => cursor.clone(),
     };
-    Ok((Claim { _subscription: subscription, consumer: subscribe.consumer.clone() }, start))
+    Ok((Claim { subscription, consumer: subscribe.consumer.clone() }, start))
 }
 
 /// A cursor must have one position per shard, within what the log holds durably.
@@ -171,14 +176,8 @@ fn check_cursor(events: &EventLog, cursor: &[u64], first: &[u64]) -> Result<(), 
 
 /// Holds the consumer's name for the subscription's life.
 struct Claim {
-    _subscription: crate::stream::Subscription,
+    subscription: crate::stream::Subscription,
     consumer: String,
-}
-
-impl Claim {
-    fn consumer_name(&self) -> &str {
-        &self.consumer
-    }
 }
 
 /// An ack must have one position per shard, never move backwards, and never pass what was
@@ -217,7 +216,6 @@ fn close_for(err: StreamError) -> Close {
         StreamError::Truncated { .. } => ErrorCode::CursorTruncated,
         StreamError::Read { .. } | StreamError::Store(_) => ErrorCode::Unavailable,
         StreamError::BadConsumerName(_)
-        | StreamError::AlreadySubscribed(_)
         | StreamError::CursorLength { .. }
         | StreamError::CursorBeyondEnd { .. } => ErrorCode::InvalidSubscription,
     };
