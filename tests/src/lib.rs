@@ -4,7 +4,8 @@
 //!   seed it prints.
 //! - [`states`]: the text form of reservation states the child prints and the parent parses.
 //! - [`server`]: [`server::TestServer`], an in-process server on loopback QUIC.
-//! - [`proxy`]: [`proxy::UdpProxy`], a forwarder that can black-hole either direction.
+//! - [`proxy`]: [`proxy::UdpProxy`], a forwarder that can black-hole either direction, and
+//!   [`proxy::TcpProxy`], one that can cut its connections (a database going away).
 
 pub mod proxy;
 pub mod server;

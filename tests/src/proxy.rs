@@ -58,3 +58,61 @@ impl Drop for UdpProxy {
         self.task.abort();
     }
 }
+
+/// A TCP forwarder that can cut every connection through it and refuse new ones, standing in
+/// for a database server that goes away and comes back.
+#[derive(Debug)]
+pub struct TcpProxy {
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    open: Arc<AtomicBool>,
+    cuts: tokio::sync::watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TcpProxy {
+    /// Forwards connections to `server`.
+    pub async fn start(server: SocketAddr) -> TcpProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open = Arc::new(AtomicBool::new(true));
+        let (cuts, _) = tokio::sync::watch::channel(0u64);
+        let (accepting, cut_signal) = (open.clone(), cuts.subscribe());
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !accepting.load(Ordering::Acquire) {
+                    continue; // dropped at once: the "server" is down
+                }
+                let mut cut = cut_signal.clone();
+                cut.mark_unchanged();
+                tokio::spawn(async move {
+                    let Ok(mut upstream) = tokio::net::TcpStream::connect(server).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        TcpProxy { addr, open, cuts, task }
+    }
+
+    /// Drops every connection and refuses new ones until `restore`.
+    pub fn cut(&self) {
+        self.open.store(false, Ordering::Release);
+        self.cuts.send_modify(|count| *count += 1);
+    }
+
+    /// Accepts and forwards connections again.
+    pub fn restore(&self) {
+        self.open.store(true, Ordering::Release);
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,133 @@
+//! `order-writer`: stores every order flashstock confirms, exactly once, in SQLite (the
+//! default), PostgreSQL or MySQL/MariaDB. Parses its flags, then calls
+//! `flashstock_order_writer::run` until SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use flashstock_client::ClientTls;
+use flashstock_order_writer::{run, NatsConfig, WriterConfig, WriterError, WriterStats};
+
+/// Subscribes to a flashstock server's committed-deduction stream and writes one order row
+/// per confirmed reservation, acknowledging the stream only after the rows are committed.
+///
+/// With no flags it reads the certificate and consumer token of a server started on the
+/// embedded defaults (`./flashstock-data`) and writes to `./order-writer-data/orders.db`
+/// (SQLite).
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// The flashstock server.
+    #[arg(long, env = "FLASHSTOCK_SERVER", default_value = "127.0.0.1:7400")]
+    server: SocketAddr,
+    /// The name on the server's certificate.
+    #[arg(long, env = "FLASHSTOCK_SERVER_NAME", default_value = "localhost")]
+    server_name: String,
+    /// The server's data directory, where its certificate (`tls/cert.pem`) and tokens
+    /// (`tokens.toml`) are, when --cert or --token are not given.
+    #[arg(long, env = "FLASHSTOCK_DATA_DIR", default_value = "flashstock-data")]
+    server_data_dir: PathBuf,
+    /// The server's certificate (PEM) to trust [default: <server-data-dir>/tls/cert.pem].
+    #[arg(long, env = "FLASHSTOCK_CERT")]
+    cert: Option<PathBuf>,
+    /// A consumer-role token [default: the `consumer` line of <server-data-dir>/tokens.toml].
+    #[arg(long, env = "FLASHSTOCK_CONSUMER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The consumer name the server keeps this writer's acknowledged cursor under.
+    #[arg(long, env = "ORDER_WRITER_CONSUMER", default_value = "order-writer")]
+    consumer: String,
+    /// Where the default SQLite database lives.
+    #[arg(long, env = "ORDER_WRITER_DATA_DIR", default_value = "order-writer-data")]
+    data_dir: PathBuf,
+    /// A database URL: `sqlite:PATH`, `postgres://user@host/db`, `mysql://user@host/db`.
+    /// Repeat it (or separate with commas) to shard orders over several databases by a hash of
+    /// the reservation id; keep the order fixed. [default: sqlite:<data-dir>/orders.db]
+    #[arg(long = "database-url", env = "ORDER_WRITER_DATABASE_URLS", value_delimiter = ',')]
+    database_urls: Vec<String>,
+    /// Also store cancelled and expired reservations (with their status), not only orders.
+    #[arg(long, env = "ORDER_WRITER_RECORD_ENDED")]
+    record_ended: bool,
+    /// Also publish every event to this NATS server's JetStream, e.g. nats://127.0.0.1:4222.
+    #[arg(long, env = "ORDER_WRITER_NATS_URL")]
+    nats_url: Option<String>,
+    /// The JetStream stream to publish to (created if missing).
+    #[arg(long, env = "ORDER_WRITER_NATS_STREAM", default_value = "FLASHSTOCK")]
+    nats_stream: String,
+    /// Events go to subjects `<prefix>.confirmed`, `.cancelled`, `.expired`, `.stock`.
+    #[arg(long, env = "ORDER_WRITER_NATS_SUBJECT_PREFIX", default_value = "flashstock")]
+    nats_subject_prefix: String,
+    /// Events written in one transaction at most.
+    #[arg(long, env = "ORDER_WRITER_BATCH_EVENTS_MAX", default_value_t = 8_192)]
+    batch_events_max: usize,
+    /// Milliseconds to keep gathering events after the first of a transaction.
+    #[arg(long, env = "ORDER_WRITER_LINGER_MS", default_value_t = 2)]
+    linger_ms: u64,
+    /// Events the server may send beyond the last acknowledgement.
+    #[arg(long, env = "ORDER_WRITER_WINDOW_EVENTS", default_value_t = 65_536)]
+    window_events: u32,
+}
+
+fn main() -> anyhow::Result<()> {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).init();
+    let args = Args::parse();
+    let cert = args.cert.clone().unwrap_or_else(|| args.server_data_dir.join("tls/cert.pem"));
+    let tls = ClientTls::trust_pem_file(&cert)
+        .with_context(|| format!("reading the server certificate {}", cert.display()))?;
+    let token = match args.token.clone() {
+        Some(token) => token,
+        None => consumer_token(&args.server_data_dir.join("tokens.toml"))?,
+    };
+    let database_urls = if args.database_urls.is_empty() {
+        std::fs::create_dir_all(&args.data_dir)
+            .with_context(|| format!("creating {}", args.data_dir.display()))?;
+        vec![format!("sqlite:{}", args.data_dir.join("orders.db").display())]
+    } else {
+        args.database_urls.clone()
+    };
+    let nats = args.nats_url.clone().map(|url| NatsConfig {
+        url,
+        stream: args.nats_stream.clone(),
+        subject_prefix: args.nats_subject_prefix.clone(),
+    });
+    let config = WriterConfig {
+        server_name: args.server_name.clone(),
+        consumer: args.consumer.clone(),
+        record_ended: args.record_ended,
+        nats,
+        batch_events_max: args.batch_events_max.max(1),
+        linger_ms: args.linger_ms,
+        window_events: args.window_events.max(1),
+        ..WriterConfig::new(args.server, tls, token, database_urls)
+    };
+    let stats = Arc::new(WriterStats::default());
+    let tokio = tokio::runtime::Runtime::new().context("starting tokio")?;
+    tokio.block_on(run(config, stats.clone(), shutdown_signal()))?;
+    tracing::info!(?stats, "order writer stopped");
+    Ok(())
+}
+
+/// The `consumer = "..."` line of a flashstock tokens file.
+fn consumer_token(path: &Path) -> Result<String, WriterError> {
+    let file_error = |detail: String| WriterError::File { path: path.to_path_buf(), detail };
+    let text = std::fs::read_to_string(path).map_err(|err| file_error(err.to_string()))?;
+    text.lines()
+        .filter_map(|line| line.split_once('='))
+        .find(|(role, _)| role.trim() == "consumer")
+        .map(|(_, token)| token.trim().trim_matches('"').to_owned())
+        .ok_or_else(|| file_error("no `consumer = \"...\"` line; pass --token".to_owned()))
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).expect("a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}

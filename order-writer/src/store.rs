@@ -1,0 +1,370 @@
+//! The order store: one or more databases (SQLite, PostgreSQL, MySQL/MariaDB), orders routed
+//! to one of them by a hash of the reservation id, each written with idempotent batched
+//! inserts inside one transaction.
+//!
+//! Idempotence is the primary key on `reservation_id`: a redelivered event (the writer died
+//! after its commit and before its acknowledgement) inserts nothing the second time. Each
+//! backend says "skip a duplicate" its own way: `ON CONFLICT DO NOTHING` (SQLite,
+//! PostgreSQL) and `INSERT IGNORE` (MySQL: `ON DUPLICATE KEY UPDATE` would count a skipped
+//! duplicate as a row affected under the found-rows flag sqlx connects with, and the writer
+//! reports how many rows were new).
+
+use std::time::Duration;
+
+use flashstock_engine::{OrderRef, ReservationId, ReservationState};
+use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::QueryBuilder;
+
+use crate::error::WriterError;
+
+/// Rows per multi-row INSERT statement (SQLite and MySQL; PostgreSQL binds arrays instead).
+/// 9 columns x 1,000 rows stays under SQLite's 32,766 bound parameters and MySQL's 65,535.
+const ROWS_PER_STATEMENT: usize = 1_000;
+/// How long connecting (and taking a pooled connection) may take before it is an error.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+static MYSQL_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/mysql");
+
+/// One order row: a reservation that ended, as the stream reported it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OrderRow {
+    /// The reservation (the primary key).
+    pub reservation: ReservationId,
+    /// The caller's order reference, if one was given.
+    pub order_ref: Option<OrderRef>,
+    /// Who bought.
+    pub buyer: u64,
+    /// What was bought.
+    pub sku: u64,
+    /// How many units.
+    pub qty: u32,
+    /// How the reservation ended (`Confirmed` for an order).
+    pub status: ReservationState,
+    /// When it ended, in the server's clock.
+    pub ended_at_ms: u64,
+    /// Where in the stream it came from: the shard...
+    pub stream_shard: u16,
+    /// ...and the record's sequence number there.
+    pub stream_seq: u64,
+}
+
+impl OrderRow {
+    fn status_name(&self) -> &'static str {
+        match self.status {
+            ReservationState::Confirmed => "confirmed",
+            ReservationState::Cancelled => "cancelled",
+            ReservationState::Expired => "expired",
+            ReservationState::Held => "held",
+        }
+    }
+
+    /// The order reference as 32 lowercase hex digits (a UUID's digits).
+    fn order_ref_text(&self) -> Option<String> {
+        self.order_ref.map(|r| format!("{:032x}", r.0))
+    }
+}
+
+/// Ids are u64 in flashstock and BIGINT (signed) in SQL: stored bit for bit, so an id at or
+/// above 2^63 reads back negative. Reservation ids never are (their top 16 bits hold a shard
+/// number below 2^15).
+fn as_sql(id: u64) -> i64 {
+    id as i64
+}
+
+/// A database and its connection pool.
+#[derive(Debug, Clone)]
+pub enum Database {
+    /// A SQLite file.
+    Sqlite(SqlitePool),
+    /// A PostgreSQL server.
+    Postgres(PgPool),
+    /// A MySQL or MariaDB server.
+    MySql(MySqlPool),
+}
+
+impl Database {
+    /// Connects to `url` (`sqlite:PATH`, `postgres://...`, `mysql://...`) and runs the
+    /// migrations. Fails at once, with the URL (password hidden) in the error, when the
+    /// server is unreachable or refuses the credentials.
+    pub async fn connect(url: &str) -> Result<Database, WriterError> {
+        let failed = |source: sqlx::Error| WriterError::Database { url: redact(url), source };
+        let migrate_failed =
+            |source: sqlx::migrate::MigrateError| WriterError::Migrate { url: redact(url), source };
+        let scheme = url.split(':').next().unwrap_or_default();
+        match scheme {
+            "sqlite" => {
+                let options: SqliteConnectOptions = url.parse().map_err(failed)?;
+                // WAL journal with synchronous=FULL: a committed transaction survives power
+                // loss, which the acknowledgement after it relies on.
+                let options = options
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Full)
+                    .busy_timeout(CONNECT_TIMEOUT);
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(CONNECT_TIMEOUT)
+                    .connect_with(options)
+                    .await
+                    .map_err(failed)?;
+                SQLITE_MIGRATIONS.run(&pool).await.map_err(migrate_failed)?;
+                Ok(Database::Sqlite(pool))
+            }
+            "postgres" | "postgresql" => {
+                let pool = PgPoolOptions::new()
+                    .max_connections(4)
+                    .acquire_timeout(CONNECT_TIMEOUT)
+                    .connect(url)
+                    .await
+                    .map_err(failed)?;
+                POSTGRES_MIGRATIONS.run(&pool).await.map_err(migrate_failed)?;
+                Ok(Database::Postgres(pool))
+            }
+            "mysql" | "mariadb" => {
+                let url = url.replacen("mariadb:", "mysql:", 1);
+                let pool = MySqlPoolOptions::new()
+                    .max_connections(4)
+                    .acquire_timeout(CONNECT_TIMEOUT)
+                    .connect(&url)
+                    .await
+                    .map_err(failed)?;
+                MYSQL_MIGRATIONS.run(&pool).await.map_err(migrate_failed)?;
+                Ok(Database::MySql(pool))
+            }
+            _ => Err(WriterError::UnknownScheme { url: redact(url) }),
+        }
+    }
+
+    /// Inserts `rows` in one transaction, skipping reservations already stored; returns how
+    /// many rows were new.
+    pub async fn insert(&self, rows: &[OrderRow]) -> Result<u64, sqlx::Error> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        match self {
+            Database::Sqlite(pool) => {
+                let mut tx = pool.begin().await?;
+                let mut inserted = 0;
+                for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+                    let mut query = values_insert("INSERT", chunk);
+                    query.push(" ON CONFLICT (reservation_id) DO NOTHING");
+                    inserted += query.build().execute(&mut *tx).await?.rows_affected();
+                }
+                tx.commit().await?;
+                Ok(inserted)
+            }
+            Database::MySql(pool) => {
+                let mut tx = pool.begin().await?;
+                let mut inserted = 0;
+                for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+                    let mut query = values_insert("INSERT IGNORE", chunk);
+                    inserted += query.build().execute(&mut *tx).await?.rows_affected();
+                }
+                tx.commit().await?;
+                Ok(inserted)
+            }
+            Database::Postgres(pool) => {
+                // One statement whatever the batch size: columns bound as arrays and UNNESTed,
+                // so the statement is prepared once and reused.
+                let inserted = sqlx::query(
+                    "INSERT INTO orders (reservation_id, order_ref, buyer_id, sku_id, qty, \
+                     status, ended_at_ms, stream_shard, stream_seq) \
+                     SELECT * FROM UNNEST($1::int8[], $2::varchar[], $3::int8[], $4::int8[], \
+                     $5::int4[], $6::varchar[], $7::int8[], $8::int2[], $9::int8[]) \
+                     ON CONFLICT (reservation_id) DO NOTHING",
+                )
+                .bind(rows.iter().map(|r| as_sql(r.reservation.0)).collect::<Vec<_>>())
+                .bind(rows.iter().map(OrderRow::order_ref_text).collect::<Vec<_>>())
+                .bind(rows.iter().map(|r| as_sql(r.buyer)).collect::<Vec<_>>())
+                .bind(rows.iter().map(|r| as_sql(r.sku)).collect::<Vec<_>>())
+                .bind(rows.iter().map(|r| r.qty as i32).collect::<Vec<_>>())
+                .bind(rows.iter().map(|r| r.status_name()).collect::<Vec<_>>())
+                .bind(rows.iter().map(|r| as_sql(r.ended_at_ms)).collect::<Vec<_>>())
+                .bind(rows.iter().map(|r| r.stream_shard as i16).collect::<Vec<_>>())
+                .bind(rows.iter().map(|r| as_sql(r.stream_seq)).collect::<Vec<_>>())
+                .execute(pool)
+                .await?
+                .rows_affected();
+                Ok(inserted)
+            }
+        }
+    }
+
+    /// Rows stored with `status` (for audits and tests).
+    pub async fn count(&self, status: &str) -> Result<u64, sqlx::Error> {
+        let sql = "SELECT COUNT(*) FROM orders WHERE status = ";
+        let count: i64 = match self {
+            Database::Sqlite(pool) => {
+                sqlx::query_scalar(&format!("{sql}?")).bind(status).fetch_one(pool).await?
+            }
+            Database::Postgres(pool) => {
+                sqlx::query_scalar(&format!("{sql}$1")).bind(status).fetch_one(pool).await?
+            }
+            Database::MySql(pool) => {
+                sqlx::query_scalar(&format!("{sql}?")).bind(status).fetch_one(pool).await?
+            }
+        };
+        Ok(count as u64)
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        match self {
+            Database::Sqlite(pool) => pool.close().await,
+            Database::Postgres(pool) => pool.close().await,
+            Database::MySql(pool) => pool.close().await,
+        }
+    }
+}
+
+/// `<insert> INTO orders (...) VALUES (...), (...)` for SQLite and MySQL (same placeholders).
+fn values_insert<DB>(insert: &str, rows: &[OrderRow]) -> QueryBuilder<'static, DB>
+where
+    DB: sqlx::Database,
+    i64: sqlx::Encode<'static, DB> + sqlx::Type<DB>,
+    i32: sqlx::Encode<'static, DB> + sqlx::Type<DB>,
+    Option<String>: sqlx::Encode<'static, DB> + sqlx::Type<DB>,
+    &'static str: sqlx::Encode<'static, DB> + sqlx::Type<DB>,
+{
+    let mut query = QueryBuilder::new(format!(
+        "{insert} INTO orders (reservation_id, order_ref, buyer_id, sku_id, qty, status, \
+         ended_at_ms, stream_shard, stream_seq) "
+    ));
+    query.push_values(rows, |mut b, row| {
+        b.push_bind(as_sql(row.reservation.0))
+            .push_bind(row.order_ref_text())
+            .push_bind(as_sql(row.buyer))
+            .push_bind(as_sql(row.sku))
+            .push_bind(row.qty as i32)
+            .push_bind(row.status_name())
+            .push_bind(as_sql(row.ended_at_ms))
+            .push_bind(i32::from(row.stream_shard))
+            .push_bind(as_sql(row.stream_seq));
+    });
+    query
+}
+
+/// The URL with any password replaced, for errors and logs.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+/// See [`OrderStore::route`].
+pub fn route(reservation: ReservationId, database_count: usize) -> usize {
+    let mut x = reservation.0;
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^= x >> 31;
+    (x % database_count as u64) as usize
+}
+
+/// Several databases, each holding the orders whose reservation id hashes to it.
+#[derive(Debug, Clone)]
+pub struct OrderStore {
+    databases: Vec<Database>,
+}
+
+impl OrderStore {
+    /// Connects to every URL (in order: the position is the routing, so keep it fixed).
+    pub async fn connect(urls: &[String]) -> Result<OrderStore, WriterError> {
+        if urls.is_empty() {
+            return Err(WriterError::Config("at least one database URL".to_owned()));
+        }
+        let mut databases = Vec::with_capacity(urls.len());
+        for url in urls {
+            databases.push(Database::connect(url).await?);
+            tracing::info!(url = %redact(url), "database ready");
+        }
+        Ok(OrderStore { databases })
+    }
+
+    /// The databases, in routing order.
+    pub fn databases(&self) -> &[Database] {
+        &self.databases
+    }
+
+    /// Which database holds `reservation`'s row: a fixed mix of the id (the SplitMix64
+    /// finaliser), modulo the database count. Stable across versions: changing it would move
+    /// rows and break idempotence.
+    pub fn route(&self, reservation: ReservationId) -> usize {
+        route(reservation, self.databases.len())
+    }
+
+    /// Writes `rows`, each database's share in its own transaction, the databases
+    /// concurrently. Ok only when every database committed; returns the new rows.
+    pub async fn insert(&self, rows: &[OrderRow]) -> Result<u64, sqlx::Error> {
+        if self.databases.len() == 1 {
+            return self.databases[0].insert(rows).await;
+        }
+        let mut shares = vec![Vec::new(); self.databases.len()];
+        for row in rows {
+            shares[self.route(row.reservation)].push(*row);
+        }
+        let mut writes = tokio::task::JoinSet::new();
+        for (database, share) in self.databases.iter().cloned().zip(shares) {
+            writes.spawn(async move { database.insert(&share).await });
+        }
+        let mut inserted = 0;
+        let mut failure = None;
+        while let Some(done) = writes.join_next().await {
+            match done.expect("an insert task never panics") {
+                Ok(count) => inserted += count,
+                Err(err) => failure = Some(err),
+            }
+        }
+        match failure {
+            Some(err) => Err(err),
+            None => Ok(inserted),
+        }
+    }
+
+    /// Rows stored with `status`, summed over the databases.
+    pub async fn count(&self, status: &str) -> Result<u64, sqlx::Error> {
+        let mut total = 0;
+        for database in &self.databases {
+            total += database.count(status).await?;
+        }
+        Ok(total)
+    }
+
+    /// Closes every pool.
+    pub async fn close(&self) {
+        for database in &self.databases {
+            database.close().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_hidden_and_routing_spreads() {
+        assert_eq!(redact("postgres://me:secret@db:5432/x"), "postgres://me:***@db:5432/x");
+        assert_eq!(redact("mysql://root@127.0.0.1/test"), "mysql://root@127.0.0.1/test");
+        assert_eq!(redact("sqlite:orders.db"), "sqlite:orders.db");
+        // Consecutive reservations of one shard spread evenly over three databases.
+        let mut counts = [0u32; 3];
+        for seq in 1..=3_000 {
+            counts[route(ReservationId::new(flashstock_engine::ShardId(1), seq), 3)] += 1;
+        }
+        assert!(counts.iter().all(|&c| (900..=1_100).contains(&c)), "{counts:?}");
+        assert_eq!(route(ReservationId(42), 1), 0);
+    }
+}

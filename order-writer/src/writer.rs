@@ -1,0 +1,297 @@
+//! The writer loop: subscribe, gather event batches into one transaction's worth, write
+//! them, publish them (if NATS is configured), and only then acknowledge.
+//!
+//! Acknowledging after the commit is what makes the hand-off exactly once in effect: a crash
+//! before the ack redelivers the batch, and the primary key turns the second insert into a
+//! no-op. With several databases the ack waits for every one of them, so the cursor never
+//! passes an event some database has not committed.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use flashstock_client::{ClientError, ClientTls, SubscribeOptions, Subscriber};
+use flashstock_engine::{Change, EventKind, ReservationState};
+use flashstock_protocol::{ErrorCode, EventBatch};
+use hdrhistogram::Histogram;
+
+use crate::error::WriterError;
+use crate::nats::{NatsConfig, NatsSink};
+use crate::store::{OrderRow, OrderStore};
+
+/// Backoff after a failure: doubles from the first to the last.
+const BACKOFF_FIRST: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// Everything the writer needs.
+#[derive(Clone, Debug)]
+pub struct WriterConfig {
+    /// The flashstock server.
+    pub server: SocketAddr,
+    /// The name its certificate carries.
+    pub server_name: String,
+    /// Which certificate to trust.
+    pub tls: ClientTls,
+    /// A `consumer`-role token.
+    pub token: String,
+    /// The consumer name the server keeps the acknowledged cursor under.
+    pub consumer: String,
+    /// Database URLs; orders are routed over them by a hash of the reservation id.
+    pub database_urls: Vec<String>,
+    /// Also store cancelled and expired reservations (status column), not only orders.
+    pub record_ended: bool,
+    /// Publish every event to NATS JetStream too.
+    pub nats: Option<NatsConfig>,
+    /// Events gathered into one transaction at most.
+    pub batch_events_max: usize,
+    /// How long to keep gathering after the first event of a transaction.
+    pub linger_ms: u64,
+    /// Events the server may send beyond the last acknowledgement.
+    pub window_events: u32,
+}
+
+impl WriterConfig {
+    /// The defaults for everything but the server, credentials and databases.
+    pub fn new(
+        server: SocketAddr,
+        tls: ClientTls,
+        token: String,
+        database_urls: Vec<String>,
+    ) -> WriterConfig {
+        WriterConfig {
+            server,
+            server_name: "localhost".to_owned(),
+            tls,
+            token,
+            consumer: "order-writer".to_owned(),
+            database_urls,
+            record_ended: false,
+            nats: None,
+            batch_events_max: 8_192,
+            linger_ms: 2,
+            window_events: 65_536,
+        }
+    }
+}
+
+/// Counters of a running writer.
+#[derive(Debug)]
+pub struct WriterStats {
+    /// Events received from the stream.
+    pub events_received: AtomicU64,
+    /// Rows the databases stored for the first time.
+    pub rows_inserted: AtomicU64,
+    /// Rows skipped because their reservation was already stored (redeliveries).
+    pub rows_duplicate: AtomicU64,
+    /// Write rounds committed (one transaction per database each).
+    pub commits: AtomicU64,
+    /// Write rounds that failed and were retried.
+    pub retries: AtomicU64,
+    /// Acknowledgements sent.
+    pub acks: AtomicU64,
+    /// Milliseconds from a reservation's confirm (server clock) to the commit of its row.
+    pub lag_ms: Mutex<Histogram<u64>>,
+}
+
+impl Default for WriterStats {
+    fn default() -> WriterStats {
+        WriterStats {
+            events_received: AtomicU64::new(0),
+            rows_inserted: AtomicU64::new(0),
+            rows_duplicate: AtomicU64::new(0),
+            commits: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            acks: AtomicU64::new(0),
+            lag_ms: Mutex::new(Histogram::new(3).expect("3 significant figures is valid")),
+        }
+    }
+}
+
+/// Runs the writer until `shutdown` completes (then returns Ok), or until something that a
+/// retry cannot fix: a database that cannot be reached at start, credentials the server
+/// refuses, a subscription taken over by another writer.
+pub async fn run(
+    config: WriterConfig,
+    stats: Arc<WriterStats>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), WriterError> {
+    let store = OrderStore::connect(&config.database_urls).await?;
+    let nats = match &config.nats {
+        Some(nats) => Some(NatsSink::connect(nats).await?),
+        None => None,
+    };
+    tokio::pin!(shutdown);
+    let result = tokio::select! {
+        result = serve(&config, &store, nats.as_ref(), &stats) => result,
+        () = &mut shutdown => Ok(()),
+    };
+    store.close().await;
+    result
+}
+
+/// Subscribes, and after a lost connection subscribes again (from the acknowledged cursor).
+async fn serve(
+    config: &WriterConfig,
+    store: &OrderStore,
+    nats: Option<&NatsSink>,
+    stats: &WriterStats,
+) -> Result<(), WriterError> {
+    let mut backoff = BACKOFF_FIRST;
+    loop {
+        let subscriber = match subscribe(config, nats.is_some()).await {
+            Ok(subscriber) => subscriber,
+            Err(err) if is_final(&err) => return Err(WriterError::Server(err)),
+            Err(err) => {
+                tracing::warn!(%err, backoff_ms = backoff.as_millis() as u64, "subscribing failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        backoff = BACKOFF_FIRST;
+        tracing::info!(consumer = %config.consumer, cursor = ?subscriber.start_cursor(), "subscribed");
+        match consume(config, subscriber, store, nats, stats).await {
+            Err(err) if is_final(&err) => return Err(WriterError::Server(err)),
+            Err(err) => tracing::warn!(%err, "stream lost; subscribing again"),
+            Ok(()) => {}
+        }
+    }
+}
+
+async fn subscribe(config: &WriterConfig, every_kind: bool) -> Result<Subscriber, ClientError> {
+    let mut options = SubscribeOptions::new(config.consumer.clone());
+    options.window_events = config.window_events;
+    options.kinds = match (every_kind, config.record_ended) {
+        (true, _) => Vec::new(),
+        (false, true) => vec![EventKind::Confirmed, EventKind::Cancelled, EventKind::Expired],
+        (false, false) => vec![EventKind::Confirmed],
+    };
+    Subscriber::connect(
+        config.server,
+        &config.server_name,
+        &config.tls,
+        Some(&config.token),
+        options,
+    )
+    .await
+}
+
+/// Errors no retry fixes: the server refused who we are or what we asked.
+fn is_final(err: &ClientError) -> bool {
+    matches!(
+        err,
+        ClientError::Rejected {
+            code: ErrorCode::Unauthenticated
+                | ErrorCode::PermissionDenied
+                | ErrorCode::InvalidSubscription
+                | ErrorCode::CursorTruncated
+                | ErrorCode::Replaced,
+            ..
+        }
+    )
+}
+
+/// Gathers, writes, publishes, acknowledges, until the stream fails.
+async fn consume(
+    config: &WriterConfig,
+    mut subscriber: Subscriber,
+    store: &OrderStore,
+    nats: Option<&NatsSink>,
+    stats: &WriterStats,
+) -> Result<(), ClientError> {
+    let linger = Duration::from_millis(config.linger_ms);
+    loop {
+        let first = subscriber.next_batch().await?;
+        let mut gathered = first.events.len();
+        let mut batches = vec![first];
+        let deadline = tokio::time::Instant::now() + linger;
+        while gathered < config.batch_events_max {
+            match tokio::time::timeout_at(deadline, subscriber.next_batch()).await {
+                Ok(batch) => {
+                    let batch = batch?;
+                    gathered += batch.events.len();
+                    batches.push(batch);
+                }
+                Err(_) => break,
+            }
+        }
+        stats.events_received.fetch_add(gathered as u64, Ordering::Relaxed);
+        let rows = rows_of(&batches, config.record_ended);
+        write(store, &rows, stats).await;
+        if let Some(nats) = nats {
+            publish(nats, &batches, stats).await;
+        }
+        record_lag(&rows, stats);
+        subscriber.ack_delivered().await?;
+        stats.acks.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The rows the batches make: confirms, and with `record_ended` every ending.
+pub fn rows_of(batches: &[EventBatch], record_ended: bool) -> Vec<OrderRow> {
+    let mut rows = Vec::new();
+    for batch in batches {
+        for event in &batch.events {
+            let Change::Ended(ended) = event.event.change else { continue };
+            if ended.state != ReservationState::Confirmed && !record_ended {
+                continue;
+            }
+            rows.push(OrderRow {
+                reservation: ended.reservation,
+                order_ref: ended.order_ref,
+                buyer: ended.buyer.0,
+                sku: ended.sku.0,
+                qty: ended.qty,
+                status: ended.state,
+                ended_at_ms: event.event.at_ms,
+                stream_shard: batch.shard,
+                stream_seq: event.seq,
+            });
+        }
+    }
+    rows
+}
+
+/// Writes until it succeeds: a database that went away is waited for, with backoff, and
+/// nothing is acknowledged meanwhile (the server's window holds the stream back).
+async fn write(store: &OrderStore, rows: &[OrderRow], stats: &WriterStats) {
+    let mut backoff = BACKOFF_FIRST;
+    loop {
+        match store.insert(rows).await {
+            Ok(inserted) => {
+                stats.rows_inserted.fetch_add(inserted, Ordering::Relaxed);
+                stats.rows_duplicate.fetch_add(rows.len() as u64 - inserted, Ordering::Relaxed);
+                stats.commits.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Err(err) => {
+                stats.retries.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%err, rows = rows.len(), backoff_ms = backoff.as_millis() as u64, "writing orders failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// Publishes until JetStream has stored every event (duplicates dropped by message id).
+async fn publish(nats: &NatsSink, batches: &[EventBatch], stats: &WriterStats) {
+    for batch in batches {
+        let mut backoff = BACKOFF_FIRST;
+        while let Err(err) = nats.publish(batch.shard, &batch.events).await {
+            stats.retries.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%err, backoff_ms = backoff.as_millis() as u64, "publishing to NATS failed; retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+}
+
+fn record_lag(rows: &[OrderRow], stats: &WriterStats) {
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let mut lag = stats.lag_ms.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    for row in rows.iter().filter(|r| r.status == ReservationState::Confirmed) {
+        lag.saturating_record(now_ms.saturating_sub(row.ended_at_ms));
+    }
+}
