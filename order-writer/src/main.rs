@@ -107,7 +107,7 @@ fn main() -> anyhow::Result<()> {
     let stats = Arc::new(WriterStats::default());
     let tokio = tokio::runtime::Runtime::new().context("starting tokio")?;
     tokio.block_on(run(config, stats.clone(), shutdown_signal()))?;
-    tracing::info!(?stats, "order writer stopped");
+    tracing::info!(stats = %stats.summary(), "order writer stopped");
     Ok(())
 }
 

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use flashstock_client::{ClientError, ClientTls, SubscribeOptions, Subscriber};
 use flashstock_engine::{Change, EventKind, ReservationState};
-use flashstock_protocol::{ErrorCode, EventBatch};
+use flashstock_protocol::{ErrorCode, EventBatch, FrameError};
 use hdrhistogram::Histogram;
 
 use crate::error::WriterError;
@@ -92,6 +92,26 @@ pub struct WriterStats {
     pub acks: AtomicU64,
     /// Milliseconds from a reservation's confirm (server clock) to the commit of its row.
     pub lag_ms: Mutex<Histogram<u64>>,
+}
+
+impl WriterStats {
+    /// One line for logs: the counters and the lag percentiles.
+    pub fn summary(&self) -> String {
+        let lag = self.lag_ms.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        format!(
+            "events {} rows inserted {} duplicates skipped {} commits {} retries {} acks {} \
+             lag_ms p50 {} p99 {} max {}",
+            self.events_received.load(Ordering::Relaxed),
+            self.rows_inserted.load(Ordering::Relaxed),
+            self.rows_duplicate.load(Ordering::Relaxed),
+            self.commits.load(Ordering::Relaxed),
+            self.retries.load(Ordering::Relaxed),
+            self.acks.load(Ordering::Relaxed),
+            lag.value_at_quantile(0.5),
+            lag.value_at_quantile(0.99),
+            lag.max(),
+        )
+    }
 }
 
 impl Default for WriterStats {
@@ -177,7 +197,8 @@ async fn subscribe(config: &WriterConfig, every_kind: bool) -> Result<Subscriber
     .await
 }
 
-/// Errors no retry fixes: the server refused who we are or what we asked.
+/// Errors no retry fixes: the server refused who we are or what we asked, or speaks another
+/// protocol version.
 fn is_final(err: &ClientError) -> bool {
     matches!(
         err,
@@ -186,9 +207,10 @@ fn is_final(err: &ClientError) -> bool {
                 | ErrorCode::PermissionDenied
                 | ErrorCode::InvalidSubscription
                 | ErrorCode::CursorTruncated
-                | ErrorCode::Replaced,
+                | ErrorCode::Replaced
+                | ErrorCode::UnsupportedVersion,
             ..
-        }
+        } | ClientError::Protocol(FrameError::UnsupportedVersion { .. })
     )
 }
 
@@ -218,7 +240,9 @@ async fn consume(
         }
         stats.events_received.fetch_add(gathered as u64, Ordering::Relaxed);
         let rows = rows_of(&batches, config.record_ended);
-        write(store, &rows, stats).await;
+        if !rows.is_empty() {
+            write(store, &rows, stats).await;
+        }
         if let Some(nats) = nats {
             publish(nats, &batches, stats).await;
         }

@@ -23,8 +23,10 @@ use crate::message::{ArchivedMessage, Message};
 /// the TLS handshake.
 pub const ALPN: &[u8] = b"flashstock/1";
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// The protocol version this build speaks. Version 2 added order references to reserve and
+/// confirm and the committed-deduction stream's messages; a version-1 peer is answered
+/// `UnsupportedVersion` rather than misread.
+pub const PROTOCOL_VERSION: u8 = 2;
 /// Every protocol version this build speaks.
 pub const SUPPORTED_VERSIONS: &[u8] = &[PROTOCOL_VERSION];
 /// Bytes of a frame header.

@@ -38,6 +38,9 @@ pub enum Message {
     Requests(Vec<Request>),
     /// Server → client: one reply per request of the batch with the same correlation id.
     Replies(Vec<Reply>),
+    /// Either way: the connection is refused or about to close, and why.
+    Error(ConnectionError),
+    // The stream's messages come after the first five, so those keep their archived tags.
     /// Consumer → server, on a stream of its own: start the committed-deduction stream.
     Subscribe(Subscribe),
     /// Server → consumer: the subscription is open, and where it starts.
@@ -47,8 +50,6 @@ pub enum Message {
     /// Consumer → server: every event below this cursor (one sequence number per shard) is
     /// handled for good; the server persists it under the consumer's name.
     Ack(Vec<u64>),
-    /// Either way: the connection is refused or about to close, and why.
-    Error(ConnectionError),
 }
 
 /// Where a subscription starts.

@@ -213,19 +213,19 @@ async fn bad_input_closes_only_the_offending_connection() {
     let flashstock_protocol::Message::Error(error) = frame.message else {
         panic!("an error frame")
     };
-    assert_eq!((error.code, error.supported_versions), (ErrorCode::UnsupportedVersion, vec![1]));
+    assert_eq!((error.code, error.supported_versions), (ErrorCode::UnsupportedVersion, vec![2]));
     assert_eq!(closed_with(&connection).await, ErrorCode::UnsupportedVersion);
     still_served_and_unchanged(&admin).await;
 
     // An oversized length.
     let (connection, mut send, _recv) = raw_stream(&server, true).await;
-    send.write_all(&header(1, u32::MAX)).await.unwrap();
+    send.write_all(&header(flashstock_protocol::PROTOCOL_VERSION, u32::MAX)).await.unwrap();
     assert_eq!(closed_with(&connection).await, ErrorCode::FrameTooLarge);
     still_served_and_unchanged(&admin).await;
 
     // A well-delimited frame whose payload fails rkyv validation.
     let (connection, mut send, _recv) = raw_stream(&server, true).await;
-    let mut frame = header(1, 64);
+    let mut frame = header(flashstock_protocol::PROTOCOL_VERSION, 64);
     frame.extend_from_slice(&[0xff; 64]);
     send.write_all(&frame).await.unwrap();
     assert_eq!(closed_with(&connection).await, ErrorCode::MalformedFrame);
@@ -233,7 +233,7 @@ async fn bad_input_closes_only_the_offending_connection() {
 
     // A truncated frame, then the client goes away.
     let (connection, mut send, _recv) = raw_stream(&server, true).await;
-    send.write_all(&header(1, 1000)[..15]).await.unwrap();
+    send.write_all(&header(flashstock_protocol::PROTOCOL_VERSION, 1000)[..15]).await.unwrap();
     send.finish().unwrap();
     connection.close(0u32.into(), b"gone");
     still_served_and_unchanged(&admin).await;
