@@ -1,14 +1,344 @@
-//! `flashstock-loadgen`: the SREs' flash-sale load generator.
-//!
-//! Not built yet: it drives the QUIC server through the client library, and both arrive with
-//! the wire-protocol issue. Until then `flashstock-demo` runs a flash sale in process and
-//! `bench/` holds the criterion suites. This binary says so and exits non-zero rather than
-//! pretend to measure anything.
+//! `flashstock-loadgen`: the SREs' flash-sale load generator. Parses flags, runs the
+//! scenario (or the A/B comparison with Redis), prints the summary, writes the files, and
+//! exits 1 when an audit fails.
 
-fn main() {
-    eprintln!(
-        "flashstock-loadgen is not implemented yet: it needs the QUIC server (issue 3).\n\
-         Meanwhile: cargo run --release -p flashstock-server --bin flashstock-demo -- --help"
-    );
-    std::process::exit(2);
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use flashstock_client::ClientTls;
+use flashstock_loadgen::report::Report;
+use flashstock_loadgen::run::RunConfig;
+use flashstock_loadgen::scenario::Scenario;
+use flashstock_loadgen::{execute, Finished, LoadOptions, TargetSpec};
+
+/// Rehearse a flash sale against flashstock (or the Redis Lua baseline), prove it with an
+/// audit, and report throughput, outcome counts and latency percentiles.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one scenario against one target.
+    Run(RunArgs),
+    /// Run the same scenario against flashstock and Redis alternately (A B A B...) and print
+    /// the figures side by side with their ratio.
+    Compare(CompareArgs),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// `flashstock://HOST:PORT` or `redis://HOST:PORT`.
+    #[arg(long, default_value = "flashstock://127.0.0.1:7400")]
+    target: String,
+    #[command(flatten)]
+    load: LoadArgs,
+    /// Write the machine-readable result here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct CompareArgs {
+    /// The flashstock server.
+    #[arg(long, default_value = "flashstock://127.0.0.1:7400")]
+    flashstock: String,
+    /// The Redis server.
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    redis: String,
+    /// Rounds of A B; the table shows medians.
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+    /// Switch the Redis server to AOF with `appendfsync everysec` for the comparison (and back
+    /// to no AOF after), so both sides persist.
+    #[arg(long)]
+    aof: bool,
+    #[command(flatten)]
+    load: LoadArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ScenarioName {
+    /// One hot SKU with --units, --buyers racing, optional --buyer-limit.
+    FlashSale,
+    /// --skus SKUs picked with Zipf skew --skew.
+    Zipf,
+    /// Reserve, think --think-ms, confirm with --confirm-probability else cancel; a fraction
+    /// --abandon-fraction walk away and let the hold expire.
+    Checkout,
+}
+
+#[derive(Debug, Args)]
+struct LoadArgs {
+    /// The scenario.
+    #[arg(long, value_enum, default_value = "flash-sale")]
+    scenario: ScenarioName,
+    /// Units in stock (flash-sale: the hot SKU; zipf and checkout: per SKU).
+    #[arg(long, default_value_t = 10_000)]
+    units: u64,
+    /// flash-sale: distinct buyers, each trying once; the request count unless --duration-s.
+    #[arg(long, default_value_t = 1_000_000)]
+    buyers: u64,
+    /// flash-sale: the most units one buyer may hold plus buy.
+    #[arg(long)]
+    buyer_limit: Option<u32>,
+    /// zipf and checkout: how many SKUs.
+    #[arg(long, default_value_t = 1_000)]
+    skus: u64,
+    /// zipf: the skew exponent (0 uniform, 1 classic Zipf).
+    #[arg(long, default_value_t = 1.0)]
+    skew: f64,
+    /// checkout: the chance a held reservation is paid.
+    #[arg(long, default_value_t = 0.7)]
+    confirm_probability: f64,
+    /// checkout: the fraction of holds abandoned to expire.
+    #[arg(long, default_value_t = 0.1)]
+    abandon_fraction: f64,
+    /// checkout: milliseconds between reserve and confirm/cancel.
+    #[arg(long, default_value_t = 5)]
+    think_ms: u64,
+    /// How long holds last, in milliseconds.
+    #[arg(long, default_value_t = 600_000)]
+    ttl_ms: u64,
+    /// Batches in flight at once (closed loop), or tasks sharing --rate (open loop).
+    #[arg(long, short = 'c', default_value_t = 16)]
+    concurrency: usize,
+    /// Requests per batch: one flashstock frame, or one Redis pipeline of that depth.
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    /// Open loop: send this many requests/s on schedule; latency counts from the scheduled
+    /// time (coordinated-omission correction, as wrk2). Closed loop when absent.
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Run for this many seconds instead of a request count.
+    #[arg(long)]
+    duration_s: Option<f64>,
+    /// Requests to send when no --duration-s is given [default: flash-sale --buyers, else
+    /// 100000].
+    #[arg(long)]
+    requests: Option<u64>,
+    /// Seconds at the start left out of the figures.
+    #[arg(long, default_value_t = 0.0)]
+    warmup_s: f64,
+    /// QUIC connections to flashstock.
+    #[arg(long, default_value_t = 2)]
+    connections: usize,
+    /// The seed of every random choice [default: from the clock].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// flashstock: the server's data directory, for its certificate and tokens.
+    #[arg(long, env = "FLASHSTOCK_DATA_DIR", default_value = "flashstock-data")]
+    server_data_dir: PathBuf,
+    /// flashstock: the certificate to trust [default: <server-data-dir>/tls/cert.pem].
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// flashstock: an admin token [default: from <server-data-dir>/tokens.toml].
+    #[arg(long, env = "FLASHSTOCK_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// flashstock: a service token [default: from <server-data-dir>/tokens.toml].
+    #[arg(long, env = "FLASHSTOCK_SERVICE_TOKEN", hide_env_values = true)]
+    service_token: Option<String>,
+    /// flashstock: the name on the server's certificate.
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+    /// Write `<out>.hgrm`, `<out>-latency.svg` and `<out>-timeline.svg`.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+impl LoadArgs {
+    fn scenario(&self) -> Scenario {
+        match self.scenario {
+            ScenarioName::FlashSale => Scenario::FlashSale {
+                units: self.units,
+                buyers: self.buyers,
+                buyer_limit: self.buyer_limit,
+            },
+            ScenarioName::Zipf => {
+                Scenario::Zipf { skus: self.skus, units_per_sku: self.units, skew: self.skew }
+            }
+            ScenarioName::Checkout => Scenario::Checkout {
+                skus: self.skus,
+                units_per_sku: self.units,
+                confirm_probability: self.confirm_probability,
+                abandon_fraction: self.abandon_fraction,
+                think_ms: self.think_ms,
+            },
+        }
+    }
+
+    fn options(&self, target: &str) -> anyhow::Result<LoadOptions> {
+        let scenario = self.scenario();
+        let run = RunConfig {
+            concurrency: self.concurrency.max(1),
+            batch: self.batch.max(1),
+            rate_per_s: self.rate,
+            duration: self.duration_s.map(Duration::from_secs_f64),
+            requests: self.requests.unwrap_or(scenario.default_requests()),
+            warmup: Duration::from_secs_f64(self.warmup_s),
+            seed: self.seed.unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+            }),
+            progress: !self.quiet,
+        };
+        Ok(LoadOptions { target: self.target(target)?, scenario, run, ttl_ms: self.ttl_ms })
+    }
+
+    fn target(&self, url: &str) -> anyhow::Result<TargetSpec> {
+        if url.starts_with("redis://") || url.starts_with("rediss://") {
+            return Ok(TargetSpec::Redis { url: url.to_owned() });
+        }
+        let Some(addr) = url.strip_prefix("flashstock://") else {
+            bail!("unknown target {url:?}: use flashstock://HOST:PORT or redis://HOST:PORT");
+        };
+        let addr: SocketAddr = addr.parse().with_context(|| format!("target address {addr:?}"))?;
+        let cert = self.cert.clone().unwrap_or_else(|| self.server_data_dir.join("tls/cert.pem"));
+        let tls = ClientTls::trust_pem_file(&cert)
+            .with_context(|| format!("reading the server certificate {}", cert.display()))?;
+        let tokens = self.server_data_dir.join("tokens.toml");
+        let token = |given: &Option<String>, role: &str| match given {
+            Some(token) => Ok(token.clone()),
+            None => token_of(&tokens, role),
+        };
+        Ok(TargetSpec::Flashstock {
+            addr,
+            server_name: self.server_name.clone(),
+            tls,
+            admin_token: token(&self.admin_token, "admin")?,
+            service_token: token(&self.service_token, "service")?,
+            connections: self.connections.max(1),
+        })
+    }
+
+    fn settings(&self) -> serde_json::Value {
+        serde_json::json!({
+            "scenario": format!("{:?}", self.scenario()),
+            "concurrency": self.concurrency,
+            "batch": self.batch,
+            "rate": self.rate,
+            "duration_s": self.duration_s,
+            "requests": self.requests,
+            "warmup_s": self.warmup_s,
+            "connections": self.connections,
+            "ttl_ms": self.ttl_ms,
+            "seed": self.seed,
+        })
+    }
+}
+
+/// The `role = "..."` line of a flashstock tokens file.
+fn token_of(path: &Path, role: &str) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading {} (or pass --{role}-token)", path.display()))?;
+    text.lines()
+        .filter_map(|line| line.split_once('='))
+        .find(|(name, _)| name.trim() == role)
+        .map(|(_, token)| token.trim().trim_matches('"').to_owned())
+        .with_context(|| format!("no {role} token in {}", path.display()))
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let tokio = tokio::runtime::Runtime::new().context("starting tokio")?;
+    let passed = match cli.command {
+        Command::Run(args) => tokio.block_on(run(args))?,
+        Command::Compare(args) => tokio.block_on(compare(args))?,
+    };
+    if !passed {
+        eprintln!("audit FAILED");
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+fn report<'a>(finished: &'a Finished, load: &LoadArgs) -> Report<'a> {
+    Report {
+        target: finished.target,
+        target_detail: &finished.target_detail,
+        scenario: load.scenario().name(),
+        result: &finished.result,
+        audit: &finished.audit,
+        settings: load.settings(),
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<bool> {
+    let finished = execute(args.load.options(&args.target)?).await?;
+    let report = report(&finished, &args.load);
+    print!("{}", report.summary());
+    if let Some(path) = &args.json {
+        report.write_json(path)?;
+    }
+    if let Some(prefix) = &args.load.out {
+        report.write_files(prefix)?;
+    }
+    Ok(finished.audit.passed)
+}
+
+/// A figure read off a finished run.
+type Figure = Box<dyn Fn(&Finished) -> f64>;
+
+async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
+    let redis = flashstock_loadgen::redis_target::RedisTarget::connect(&args.redis, 0).await?;
+    if args.aof {
+        redis.set_aof(true).await?;
+    }
+    let mut runs: Vec<(usize, Finished)> = Vec::new();
+    let mut passed = true;
+    for round in 0..args.rounds.max(1) {
+        for (side, url) in [(0, &args.flashstock), (1, &args.redis)] {
+            let finished = execute(args.load.options(url)?).await?;
+            let report = report(&finished, &args.load);
+            println!("--- round {} {}", round + 1, finished.target);
+            print!("{}", report.summary());
+            if let Some(prefix) = &args.load.out {
+                let mut name = prefix.as_os_str().to_owned();
+                name.push(format!("-{}-{}", finished.target, round + 1));
+                report.write_json(&PathBuf::from(&name).with_extension("json"))?;
+                report.write_files(&PathBuf::from(name))?;
+            }
+            passed &= finished.audit.passed;
+            runs.push((side, finished));
+        }
+    }
+    if args.aof {
+        redis.set_aof(false).await?;
+    }
+    let median = |side: usize, figure: &dyn Fn(&Finished) -> f64| {
+        let mut values: Vec<f64> =
+            runs.iter().filter(|(s, _)| *s == side).map(|(_, f)| figure(f)).collect();
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    let ops = |f: &Finished| f.result.ops_total as f64 / f.result.elapsed_s;
+    let pct = |q: f64| move |f: &Finished| f.result.latency_us.value_at_quantile(q) as f64 / 1000.0;
+    let detail =
+        |side: usize| runs.iter().find(|(s, _)| *s == side).map_or("", |(_, f)| &f.target_detail);
+    println!("\n=== comparison, medians of {} rounds (A B A B ...)", args.rounds.max(1));
+    println!("flashstock: {}\nredis:      {}", detail(0), detail(1));
+    println!("{:<16} {:>14} {:>14} {:>10}", "figure", "flashstock", "redis", "ratio");
+    let rows: [(&str, Figure, bool); 4] = [
+        ("requests/s", Box::new(ops), true),
+        ("p50 ms", Box::new(pct(0.5)), false),
+        ("p99 ms", Box::new(pct(0.99)), false),
+        ("p99.9 ms", Box::new(pct(0.999)), false),
+    ];
+    for (name, figure, higher_is_better) in rows {
+        let (a, b) = (median(0, &*figure), median(1, &*figure));
+        // The ratio says how many times better flashstock is on this figure.
+        let ratio = if higher_is_better { a / b.max(1e-9) } else { b / a.max(1e-9) };
+        println!("{name:<16} {a:>14.3} {b:>14.3} {ratio:>9.2}x");
+    }
+    Ok(passed)
 }

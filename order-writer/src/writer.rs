@@ -123,7 +123,9 @@ impl Default for WriterStats {
             commits: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             acks: AtomicU64::new(0),
-            lag_ms: Mutex::new(Histogram::new(3).expect("3 significant figures is valid")),
+            // Fixed bounds (1 ms to a day): an auto-resizing histogram's `saturating_record`
+            // clamps to its current top instead of growing.
+            lag_ms: Mutex::new(Histogram::new_with_bounds(1, 86_400_000, 3).expect("valid bounds")),
         }
     }
 }

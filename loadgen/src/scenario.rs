@@ -1,0 +1,261 @@
+//! Scenarios: which SKUs a run sets up, and which reserves its buyers send.
+//!
+//! Every run works on SKUs of its own (numbered from a per-run base), so runs against the
+//! same server never disturb each other.
+
+/// The seeded generator every random choice comes from (SplitMix64).
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator replaying from `seed`.
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    /// The next 64 bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A float in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// What a run does.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Scenario {
+    /// One hot SKU with `units` in stock; `buyers` distinct buyers race, one unit each.
+    FlashSale {
+        /// Units in stock.
+        units: u64,
+        /// Distinct buyers (the run's request count when no duration is set).
+        buyers: u64,
+        /// The most units one buyer may hold plus buy, if limited.
+        buyer_limit: Option<u32>,
+    },
+    /// `skus` SKUs with `units_per_sku` each; each request picks a SKU with Zipf skew `skew`.
+    Zipf {
+        /// SKUs.
+        skus: u64,
+        /// Units in stock per SKU.
+        units_per_sku: u64,
+        /// Zipf exponent (0 = uniform, 1 = classic Zipf).
+        skew: f64,
+    },
+    /// Reserve, think, then confirm with probability `confirm_probability`, else cancel; a
+    /// fraction `abandon_fraction` of holds is left to expire.
+    Checkout {
+        /// SKUs (spread uniformly).
+        skus: u64,
+        /// Units in stock per SKU.
+        units_per_sku: u64,
+        /// The chance a held reservation is paid.
+        confirm_probability: f64,
+        /// The chance a held reservation is abandoned (neither confirmed nor cancelled).
+        abandon_fraction: f64,
+        /// How long a buyer thinks before paying, in ms.
+        think_ms: u64,
+    },
+}
+
+/// One SKU a run sets up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SkuSetup {
+    /// The SKU id.
+    pub sku: u64,
+    /// Units in stock.
+    pub units: u64,
+    /// The per-buyer limit, if any.
+    pub buyer_limit: Option<u32>,
+}
+
+/// One reserve a buyer sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReserveOp {
+    /// The buyer.
+    pub buyer: u64,
+    /// The SKU.
+    pub sku: u64,
+    /// Units.
+    pub qty: u32,
+    /// The hold's time to live.
+    pub ttl_ms: u64,
+}
+
+/// What a buyer does with a held reservation (checkout only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settle {
+    /// Pays: confirm.
+    Confirm,
+    /// Gives up: cancel.
+    Cancel,
+    /// Walks away: the hold expires.
+    Abandon,
+}
+
+impl Scenario {
+    /// The scenario's name in reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Scenario::FlashSale { .. } => "flash-sale",
+            Scenario::Zipf { .. } => "zipf",
+            Scenario::Checkout { .. } => "checkout",
+        }
+    }
+
+    /// The SKUs to set up, numbered from `base`.
+    pub fn skus(&self, base: u64) -> Vec<SkuSetup> {
+        match *self {
+            Scenario::FlashSale { units, buyer_limit, .. } => {
+                vec![SkuSetup { sku: base, units, buyer_limit }]
+            }
+            Scenario::Zipf { skus, units_per_sku, .. }
+            | Scenario::Checkout { skus, units_per_sku, .. } => (0..skus)
+                .map(|i| SkuSetup { sku: base + i, units: units_per_sku, buyer_limit: None })
+                .collect(),
+        }
+    }
+
+    /// How many requests a run without a duration sends.
+    pub fn default_requests(&self) -> u64 {
+        match *self {
+            Scenario::FlashSale { buyers, .. } => buyers,
+            Scenario::Zipf { .. } | Scenario::Checkout { .. } => 100_000,
+        }
+    }
+
+    /// Whether a hold may be settled (checkout) or is kept until the run ends.
+    pub fn settles(&self) -> bool {
+        matches!(self, Scenario::Checkout { .. })
+    }
+
+    /// What to do with a held reservation.
+    pub fn settle(&self, rng: &mut Rng) -> Settle {
+        let Scenario::Checkout { confirm_probability, abandon_fraction, .. } = *self else {
+            return Settle::Abandon;
+        };
+        let draw = rng.unit();
+        if draw < abandon_fraction {
+            Settle::Abandon
+        } else if rng.unit() < confirm_probability {
+            Settle::Confirm
+        } else {
+            Settle::Cancel
+        }
+    }
+
+    /// How long a buyer thinks before settling.
+    pub fn think_ms(&self) -> u64 {
+        match *self {
+            Scenario::Checkout { think_ms, .. } => think_ms,
+            _ => 0,
+        }
+    }
+}
+
+/// Draws the requests of a scenario: the n-th request of the run (n counts from 0).
+#[derive(Clone, Debug)]
+pub struct Workload {
+    scenario: Scenario,
+    base: u64,
+    ttl_ms: u64,
+    /// Zipf: the cumulative distribution over SKU ranks.
+    cdf: Vec<f64>,
+}
+
+impl Workload {
+    /// The workload of `scenario` on the SKUs numbered from `base`, holds lasting `ttl_ms`.
+    pub fn new(scenario: Scenario, base: u64, ttl_ms: u64) -> Workload {
+        let cdf = match scenario {
+            Scenario::Zipf { skus, skew, .. } => {
+                let weights: Vec<f64> =
+                    (1..=skus).map(|rank| 1.0 / (rank as f64).powf(skew)).collect();
+                let total: f64 = weights.iter().sum();
+                let mut running = 0.0;
+                weights
+                    .iter()
+                    .map(|w| {
+                        running += w / total;
+                        running
+                    })
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+        Workload { scenario, base, ttl_ms, cdf }
+    }
+
+    /// The scenario.
+    pub fn scenario(&self) -> &Scenario {
+        &self.scenario
+    }
+
+    /// The n-th reserve.
+    pub fn reserve(&self, n: u64, rng: &mut Rng) -> ReserveOp {
+        let sku = match self.scenario {
+            Scenario::FlashSale { .. } => self.base,
+            Scenario::Zipf { .. } => {
+                let draw = rng.unit();
+                let rank = self.cdf.partition_point(|&c| c < draw).min(self.cdf.len() - 1);
+                self.base + rank as u64
+            }
+            Scenario::Checkout { skus, .. } => self.base + rng.next_u64() % skus,
+        };
+        let buyer = match self.scenario {
+            // Each flash-sale buyer tries once (a run longer than the crowd cycles through it).
+            Scenario::FlashSale { buyers, .. } => n % buyers.max(1),
+            _ => rng.next_u64() >> 1,
+        };
+        ReserveOp { buyer, sku, qty: 1, ttl_ms: self.ttl_ms }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zipf_favours_the_first_skus_and_stays_in_range() {
+        let workload =
+            Workload::new(Scenario::Zipf { skus: 100, units_per_sku: 1, skew: 1.0 }, 1_000, 60_000);
+        let mut rng = Rng::new(7);
+        let mut counts = vec![0u32; 100];
+        for n in 0..100_000 {
+            let op = workload.reserve(n, &mut rng);
+            counts[(op.sku - 1_000) as usize] += 1;
+        }
+        // Rank 1 gets about 1/H(100) = 19% of draws; rank 100 about 0.19%.
+        assert!((17_000..21_000).contains(&counts[0]), "{}", counts[0]);
+        assert!(counts[99] < 500 && counts[0] > 8 * counts[9], "{counts:?}");
+    }
+
+    #[test]
+    fn checkout_settles_in_the_asked_proportions() {
+        let scenario = Scenario::Checkout {
+            skus: 1,
+            units_per_sku: 1,
+            confirm_probability: 0.75,
+            abandon_fraction: 0.2,
+            think_ms: 0,
+        };
+        let mut rng = Rng::new(1);
+        let (mut confirm, mut cancel, mut abandon) = (0, 0, 0);
+        for _ in 0..100_000 {
+            match scenario.settle(&mut rng) {
+                Settle::Confirm => confirm += 1,
+                Settle::Cancel => cancel += 1,
+                Settle::Abandon => abandon += 1,
+            }
+        }
+        assert!((19_000..21_000).contains(&abandon), "{abandon}");
+        assert!((58_000..62_000).contains(&confirm), "{confirm}");
+        assert!((19_000..21_000).contains(&cancel), "{cancel}");
+    }
+}

@@ -1,0 +1,298 @@
+//! Targets: flashstock over QUIC, or the Redis Lua baseline ([`crate::redis_target`]).
+//!
+//! Both answer the same questions the same way, so one runner drives either: set up the
+//! run's SKUs, send a batch of reserves, settle a batch of holds, and read each SKU's counts
+//! for the audit.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use flashstock_client::{ClientTls, Connection};
+use flashstock_engine::{BuyerId, Command, Outcome, RequestId, ReservationId, Reserve, SkuId};
+use flashstock_protocol::{Refusal, Reply, Request};
+
+use crate::redis_target::RedisTarget;
+use crate::scenario::{ReserveOp, SkuSetup};
+
+/// Why the load generator could not go on.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The flashstock client failed (connection, credentials).
+    #[error("flashstock: {0}")]
+    Flashstock(#[from] flashstock_client::ClientError),
+    /// Redis failed.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// A setup step was refused.
+    #[error("setting up the run: {0}")]
+    Setup(String),
+    /// A file (certificate, tokens, report) could not be read or written.
+    #[error("{path}: {detail}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        detail: String,
+    },
+}
+
+/// A held reservation, as the target names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hold {
+    /// The target's id for it.
+    pub id: u64,
+    /// Its SKU.
+    pub sku: u64,
+    /// Its units.
+    pub qty: u32,
+}
+
+/// The answer to one reserve.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReserveAnswer {
+    /// Held.
+    Held(Hold),
+    /// Not held, and why (an outcome name: `sold_out`, `limit_exceeded`, `overloaded`...).
+    Refused(&'static str),
+}
+
+/// One SKU's counts, as the target reports them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SkuCounts {
+    /// The SKU.
+    pub sku: u64,
+    /// Units in all.
+    pub total: u64,
+    /// Units free.
+    pub available: u64,
+    /// Units held.
+    pub reserved: u64,
+    /// Units sold.
+    pub sold: u64,
+}
+
+/// Where the load goes.
+#[derive(Debug)]
+pub enum Target {
+    /// flashstock over QUIC.
+    Flashstock(FlashstockTarget),
+    /// Redis with the Lua scripts flash-sale systems use.
+    Redis(RedisTarget),
+}
+
+impl Target {
+    /// `flashstock` or `redis`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Target::Flashstock(_) => "flashstock",
+            Target::Redis(_) => "redis",
+        }
+    }
+
+    /// Creates the run's SKUs with their stock and limits.
+    pub async fn setup(&self, skus: &[SkuSetup]) -> Result<(), LoadError> {
+        match self {
+            Target::Flashstock(t) => t.setup(skus).await,
+            Target::Redis(t) => t.setup(skus).await,
+        }
+    }
+
+    /// Sends a batch of reserves; one answer per op, in order.
+    pub async fn reserve(&self, ops: &[ReserveOp]) -> Result<Vec<ReserveAnswer>, LoadError> {
+        match self {
+            Target::Flashstock(t) => t.reserve(ops).await,
+            Target::Redis(t) => t.reserve(ops).await,
+        }
+    }
+
+    /// Confirms (`confirm` true) or cancels a batch of holds; one outcome name per hold.
+    pub async fn settle(
+        &self,
+        holds: &[Hold],
+        confirm: bool,
+    ) -> Result<Vec<&'static str>, LoadError> {
+        match self {
+            Target::Flashstock(t) => t.settle(holds, confirm).await,
+            Target::Redis(t) => t.settle(holds, confirm).await,
+        }
+    }
+
+    /// Each SKU's counts, for the audit.
+    pub async fn counts(&self, skus: &[u64]) -> Result<Vec<SkuCounts>, LoadError> {
+        match self {
+            Target::Flashstock(t) => t.counts(skus).await,
+            Target::Redis(t) => t.counts(skus).await,
+        }
+    }
+
+    /// A line saying what the target is and how it persists, for reports.
+    pub async fn describe(&self) -> String {
+        match self {
+            Target::Flashstock(t) => {
+                format!("flashstock at {} (WAL, fsync before every answer)", t.addr)
+            }
+            Target::Redis(t) => t.describe().await,
+        }
+    }
+}
+
+/// flashstock over QUIC: a service connection per `--connections`, one admin connection;
+/// each batch of requests goes out as one frame.
+#[derive(Debug)]
+pub struct FlashstockTarget {
+    addr: SocketAddr,
+    admin: Connection,
+    service: Vec<Connection>,
+    next_connection: AtomicUsize,
+    /// Request ids unique to this run: a per-run prefix in the high 64 bits.
+    run_prefix: u128,
+    next_request: std::sync::atomic::AtomicU64,
+}
+
+impl FlashstockTarget {
+    /// Connects `connections` service connections and one admin connection.
+    pub async fn connect(
+        addr: SocketAddr,
+        server_name: &str,
+        tls: &ClientTls,
+        admin_token: &str,
+        service_token: &str,
+        connections: usize,
+        run_id: u64,
+    ) -> Result<FlashstockTarget, LoadError> {
+        let admin = Connection::connect(addr, server_name, tls, Some(admin_token)).await?;
+        let mut service = Vec::with_capacity(connections);
+        for _ in 0..connections.max(1) {
+            service.push(Connection::connect(addr, server_name, tls, Some(service_token)).await?);
+        }
+        Ok(FlashstockTarget {
+            addr,
+            admin,
+            service,
+            next_connection: AtomicUsize::new(0),
+            run_prefix: u128::from(run_id) << 64,
+            next_request: std::sync::atomic::AtomicU64::new(1),
+        })
+    }
+
+    fn request(&self) -> RequestId {
+        RequestId(self.run_prefix | u128::from(self.next_request.fetch_add(1, Ordering::Relaxed)))
+    }
+
+    fn connection(&self) -> &Connection {
+        let n = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        &self.service[n % self.service.len()]
+    }
+
+    async fn setup(&self, skus: &[SkuSetup]) -> Result<(), LoadError> {
+        let mut requests = Vec::new();
+        for s in skus {
+            let sku = SkuId(s.sku);
+            requests.push(Request::Apply(Command::SetStock {
+                request: self.request(),
+                sku,
+                total: s.units,
+            }));
+            if let Some(limit) = s.buyer_limit {
+                requests.push(Request::Apply(Command::SetBuyerLimit {
+                    request: self.request(),
+                    sku,
+                    limit: Some(limit),
+                }));
+            }
+        }
+        for chunk in requests.chunks(1_000) {
+            for reply in self.admin.call(chunk.to_vec()).await? {
+                match reply {
+                    Reply::Outcome(Outcome::StockChanged { .. } | Outcome::LimitSet) => {}
+                    other => return Err(LoadError::Setup(format!("{other:?}"))),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn reserve(&self, ops: &[ReserveOp]) -> Result<Vec<ReserveAnswer>, LoadError> {
+        let requests = ops
+            .iter()
+            .map(|op| {
+                Request::Apply(Command::Reserve(Reserve {
+                    request: self.request(),
+                    buyer: BuyerId(op.buyer),
+                    sku: SkuId(op.sku),
+                    qty: op.qty,
+                    ttl_ms: op.ttl_ms,
+                    order_ref: None,
+                }))
+            })
+            .collect();
+        let replies = self.connection().call(requests).await?;
+        Ok(replies
+            .iter()
+            .zip(ops)
+            .map(|(reply, op)| match reply {
+                Reply::Outcome(Outcome::Reserved { reservation, .. }) => {
+                    ReserveAnswer::Held(Hold { id: reservation.0, sku: op.sku, qty: op.qty })
+                }
+                other => ReserveAnswer::Refused(reply_name(other)),
+            })
+            .collect())
+    }
+
+    async fn settle(&self, holds: &[Hold], confirm: bool) -> Result<Vec<&'static str>, LoadError> {
+        let requests = holds
+            .iter()
+            .map(|hold| {
+                let (request, reservation) = (self.request(), ReservationId(hold.id));
+                Request::Apply(if confirm {
+                    Command::Confirm { request, reservation, order_ref: None }
+                } else {
+                    Command::Cancel { request, reservation }
+                })
+            })
+            .collect();
+        let replies = self.connection().call(requests).await?;
+        Ok(replies.iter().map(reply_name).collect())
+    }
+
+    async fn counts(&self, skus: &[u64]) -> Result<Vec<SkuCounts>, LoadError> {
+        let mut counts = Vec::with_capacity(skus.len());
+        for chunk in skus.chunks(1_000) {
+            let requests = chunk.iter().map(|&sku| Request::QuerySku(SkuId(sku))).collect();
+            for (reply, &sku) in self.admin.call(requests).await?.into_iter().zip(chunk) {
+                let Reply::Sku(Some(view)) = reply else {
+                    return Err(LoadError::Setup(format!("sku {sku} is missing: {reply:?}")));
+                };
+                counts.push(SkuCounts {
+                    sku,
+                    total: view.total,
+                    available: view.available,
+                    reserved: view.reserved,
+                    sold: view.sold,
+                });
+            }
+        }
+        Ok(counts)
+    }
+}
+
+/// The outcome name a reply counts under.
+fn reply_name(reply: &Reply) -> &'static str {
+    match reply {
+        Reply::Outcome(outcome) => match outcome {
+            Outcome::Reserved { .. } => "reserved",
+            Outcome::SoldOut { .. } => "sold_out",
+            Outcome::LimitExceeded { .. } => "limit_exceeded",
+            Outcome::SaleNotOpen { .. } | Outcome::SaleClosed { .. } => "sale_closed",
+            Outcome::Confirmed => "confirmed",
+            Outcome::Cancelled => "cancelled",
+            Outcome::Expired => "expired",
+            Outcome::AlreadyConfirmed | Outcome::AlreadyCancelled => "already_ended",
+            _ => "other",
+        },
+        Reply::Refused(Refusal::Overloaded) => "overloaded",
+        Reply::Refused(_) => "refused",
+        Reply::Sku(_) | Reply::Reservation(_) => "other",
+    }
+}

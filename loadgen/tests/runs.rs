@@ -1,0 +1,135 @@
+//! Short runs of the load generator: against an in-test flashstock server and against the
+//! Redis on this machine, each must pass its audit; and the audit must catch an oversell in
+//! the counts it is given.
+
+use std::time::Duration;
+
+use flashstock_loadgen::audit::audit;
+use flashstock_loadgen::report::Report;
+use flashstock_loadgen::run::RunConfig;
+use flashstock_loadgen::scenario::Scenario;
+use flashstock_loadgen::{execute, LoadOptions, TargetSpec};
+use flashstock_tests::server::TestServer;
+
+fn run_config(requests: u64) -> RunConfig {
+    RunConfig {
+        concurrency: 8,
+        batch: 64,
+        rate_per_s: None,
+        duration: None,
+        requests,
+        warmup: Duration::ZERO,
+        seed: 42,
+        progress: false,
+    }
+}
+
+fn flashstock(server: &TestServer) -> TargetSpec {
+    TargetSpec::Flashstock {
+        addr: server.addr,
+        server_name: "localhost".to_owned(),
+        tls: server.tls(),
+        admin_token: server.admin_token.clone(),
+        service_token: server.service_token.clone(),
+        connections: 2,
+    }
+}
+
+const FLASH_SALE: Scenario =
+    Scenario::FlashSale { units: 500, buyers: 20_000, buyer_limit: Some(1) };
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flash_sale_against_flashstock_passes_its_audit_and_an_oversell_fails_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_at(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let options = LoadOptions {
+        target: flashstock(&server),
+        scenario: FLASH_SALE,
+        run: run_config(20_000),
+        ttl_ms: 600_000,
+    };
+    let finished = execute(options).await.unwrap();
+    assert!(finished.audit.passed, "{:?}", finished.audit);
+    assert_eq!(finished.result.ops_total, 20_000);
+    assert_eq!(finished.result.outcomes["reserved"], 500);
+    assert_eq!(finished.result.outcomes["sold_out"], 19_500);
+    assert_eq!((finished.audit.totals.reserved, finished.audit.totals.available), (500, 0));
+
+    // The same counts with one unit sold twice over (the oversell the audit exists for).
+    let mut oversold = finished.counts.clone();
+    oversold[0].sold += 1;
+    oversold[0].total = oversold[0].reserved + oversold[0].sold - 1;
+    let verdict = audit(&oversold, &finished.result.acked, finished.expiry_possible);
+    assert!(!verdict.passed);
+    let failed: Vec<_> = verdict.checks.iter().filter(|c| !c.passed).map(|c| c.name).collect();
+    assert!(failed.contains(&"no_oversell"), "{failed:?}");
+    // ...and a server that kept a hold nobody was told about.
+    let mut phantom = finished.counts.clone();
+    phantom[0].reserved -= 1;
+    phantom[0].available += 1;
+    let verdict = audit(&phantom, &finished.result.acked, false);
+    assert!(!verdict.passed);
+
+    // The report carries what the JSON consumers need.
+    let report = Report {
+        target: finished.target,
+        target_detail: &finished.target_detail,
+        scenario: "flash-sale",
+        result: &finished.result,
+        audit: &finished.audit,
+        settings: serde_json::json!({}),
+    };
+    let json = report.json();
+    for key in ["target", "scenario", "ops_total", "ops_per_s", "outcomes", "latency_us", "audit"] {
+        assert!(json.get(key).is_some(), "{key} missing from {json}");
+    }
+    assert_eq!(json["audit"]["passed"], true);
+    assert!(
+        json["latency_us"]["p999"].as_u64().unwrap() >= json["latency_us"]["p50"].as_u64().unwrap()
+    );
+    let files = tempfile::tempdir().unwrap();
+    report.write_files(&files.path().join("run")).unwrap();
+    let hgrm = std::fs::read_to_string(files.path().join("run.hgrm")).unwrap();
+    assert!(hgrm.contains("Percentile") && hgrm.contains("Total count"), "{hgrm}");
+    assert!(std::fs::read_to_string(files.path().join("run-latency.svg"))
+        .unwrap()
+        .contains("<svg"));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkout_run_against_flashstock_passes_its_audit() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_at(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let options = LoadOptions {
+        target: flashstock(&server),
+        scenario: Scenario::Checkout {
+            skus: 20,
+            units_per_sku: 1_000,
+            confirm_probability: 0.7,
+            abandon_fraction: 0.1,
+            think_ms: 1,
+        },
+        run: run_config(5_000),
+        ttl_ms: 600_000,
+    };
+    let finished = execute(options).await.unwrap();
+    assert!(finished.audit.passed, "{:?}", finished.audit);
+    assert!(finished.result.outcomes["confirmed"] > 2_000, "{:?}", finished.result.outcomes);
+    assert_eq!(finished.audit.totals.sold, finished.audit.acked.confirmed);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flash_sale_against_redis_passes_its_audit() {
+    let options = LoadOptions {
+        target: TargetSpec::Redis { url: "redis://127.0.0.1:6379".to_owned() },
+        scenario: FLASH_SALE,
+        run: run_config(20_000),
+        ttl_ms: 600_000,
+    };
+    let finished = execute(options).await.unwrap();
+    assert!(finished.audit.passed, "{:?}", finished.audit);
+    assert_eq!(finished.result.outcomes["reserved"], 500);
+    assert_eq!(finished.result.outcomes["sold_out"], 19_500);
+}
