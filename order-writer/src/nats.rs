@@ -12,6 +12,7 @@ use async_nats::header::{HeaderMap, NATS_MESSAGE_ID};
 use async_nats::jetstream::{self, stream};
 use flashstock_engine::{Change, ReservationState};
 use flashstock_protocol::StreamEvent;
+use serde_json::json;
 
 use crate::error::WriterError;
 
@@ -80,43 +81,69 @@ impl NatsSink {
 
 /// The subject suffix, message id and JSON body of an event.
 pub fn describe(shard: u16, event: &StreamEvent) -> (&'static str, String, String) {
-    let at_ms = event.event.at_ms;
-    match event.event.change {
+    let (at_ms, seq) = (event.event.at_ms, event.seq);
+    let (kind, id, body) = match event.event.change {
         Change::Ended(ended) => {
             let kind = match ended.state {
                 ReservationState::Confirmed => "confirmed",
                 ReservationState::Cancelled => "cancelled",
                 ReservationState::Expired | ReservationState::Held => "expired",
             };
-            let order_ref = match ended.order_ref {
-                Some(order_ref) => format!("\"{:032x}\"", order_ref.0),
-                None => "null".to_owned(),
-            };
-            let body = format!(
-                "{{\"event\":\"{kind}\",\"reservation_id\":{},\"order_ref\":{order_ref},\
-                 \"buyer_id\":{},\"sku_id\":{},\"qty\":{},\"at_ms\":{at_ms},\"shard\":{shard},\
-                 \"seq\":{}}}",
-                ended.reservation.0, ended.buyer.0, ended.sku.0, ended.qty, event.seq
-            );
+            let body = json!({
+                "event": kind,
+                "reservation_id": ended.reservation.0,
+                "order_ref": ended.order_ref.map(|r| format!("{:032x}", r.0)),
+                "buyer_id": ended.buyer.0,
+                "sku_id": ended.sku.0,
+                "qty": ended.qty,
+            });
             (kind, ended.reservation.0.to_string(), body)
         }
-        Change::StockSet { sku, total } => (
-            "stock",
-            format!("stock-{shard}-{}", event.seq),
-            format!(
-                "{{\"event\":\"stock_set\",\"sku_id\":{},\"total\":{total},\"at_ms\":{at_ms},\
-                 \"shard\":{shard},\"seq\":{}}}",
-                sku.0, event.seq
-            ),
-        ),
-        Change::StockAdjusted { sku, delta } => (
-            "stock",
-            format!("stock-{shard}-{}", event.seq),
-            format!(
-                "{{\"event\":\"stock_adjusted\",\"sku_id\":{},\"delta\":{delta},\"at_ms\":{at_ms},\
-                 \"shard\":{shard},\"seq\":{}}}",
-                sku.0, event.seq
-            ),
-        ),
+        Change::StockSet { sku, total } => {
+            let body = json!({"event": "stock_set", "sku_id": sku.0, "total": total});
+            ("stock", format!("stock-{shard}-{seq}"), body)
+        }
+        Change::StockAdjusted { sku, delta } => {
+            let body = json!({"event": "stock_adjusted", "sku_id": sku.0, "delta": delta});
+            ("stock", format!("stock-{shard}-{seq}"), body)
+        }
+    };
+    let mut body = body;
+    body["at_ms"] = json!(at_ms);
+    body["shard"] = json!(shard);
+    body["seq"] = json!(seq);
+    (kind, id, body.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flashstock_engine::{BuyerId, Ended, Event, OrderRef, ReservationId, SkuId};
+
+    #[test]
+    fn a_confirm_is_named_by_its_reservation_and_described_in_json() {
+        let ended = Ended {
+            reservation: ReservationId(77),
+            state: ReservationState::Confirmed,
+            buyer: BuyerId(5),
+            sku: SkuId(9),
+            qty: 2,
+            order_ref: Some(OrderRef(0xabc)),
+        };
+        let event =
+            StreamEvent { seq: 12, event: Event { at_ms: 1_000, change: Change::Ended(ended) } };
+        let (kind, id, body) = describe(1, &event);
+        assert_eq!((kind, id.as_str()), ("confirmed", "77"));
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["order_ref"], "00000000000000000000000000000abc");
+        assert_eq!(
+            (body["qty"].as_u64(), body["seq"].as_u64(), body["shard"].as_u64()),
+            (Some(2), Some(12), Some(1))
+        );
+        let stock = StreamEvent {
+            seq: 3,
+            event: Event { at_ms: 1, change: Change::StockSet { sku: SkuId(9), total: 10 } },
+        };
+        assert_eq!(describe(0, &stock).1, "stock-0-3");
     }
 }
