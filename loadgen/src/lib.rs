@@ -68,6 +68,8 @@ pub struct LoadOptions {
     pub run: RunConfig,
     /// How long holds last.
     pub ttl_ms: u64,
+    /// Order databases (the order writer's URLs) whose rows must equal the run's confirms.
+    pub orders_db: Vec<String>,
 }
 
 /// A finished run.
@@ -85,6 +87,31 @@ pub struct Finished {
     pub expiry_possible: bool,
     /// The audit.
     pub audit: Audit,
+}
+
+/// The order rows of the run's SKUs must equal the units sold (one unit per confirm, as every
+/// scenario reserves one unit). The order writer lags the stream a little: wait up to 30 s for
+/// the rows to arrive, never accepting more rows than sales.
+async fn orders_check(urls: &[String], skus: &[u64], sold: u64) -> Result<audit::Check, LoadError> {
+    let store = flashstock_order_writer::OrderStore::connect(urls)
+        .await
+        .map_err(|err| LoadError::Setup(format!("order database: {err}")))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let rows = loop {
+        let rows = store
+            .count_for_skus("confirmed", skus)
+            .await
+            .map_err(|err| LoadError::Setup(format!("counting orders: {err}")))?;
+        if rows >= sold || std::time::Instant::now() >= deadline {
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    store.close().await;
+    let passed = rows == sold;
+    let detail =
+        if passed { String::new() } else { format!("{rows} order rows for {sold} units sold") };
+    Ok(audit::Check { name: "orders_equal_confirms", passed, detail })
 }
 
 /// Connects, sets up the run's own SKUs, drives the load, reads the counts back and audits.
@@ -127,7 +154,10 @@ pub async fn execute(options: LoadOptions) -> Result<Finished, LoadError> {
     // Holds may have lapsed when the scenario abandons some, or when the run outlived them.
     let expiry_possible = options.scenario.settles()
         || started.elapsed() + Duration::from_millis(100) >= Duration::from_millis(options.ttl_ms);
-    let audit = audit::audit(&counts, &result.acked, expiry_possible);
+    let mut audit = audit::audit(&counts, &result.acked, expiry_possible);
+    if !options.orders_db.is_empty() {
+        audit.add(orders_check(&options.orders_db, &ids, audit.totals.sold).await?);
+    }
     Ok(Finished {
         target: target.kind(),
         target_detail: target.describe().await,

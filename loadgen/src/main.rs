@@ -147,6 +147,10 @@ struct LoadArgs {
     /// flashstock: the name on the server's certificate.
     #[arg(long, default_value = "localhost")]
     server_name: String,
+    /// Also check that the order writer's database(s) hold one confirmed row per unit sold
+    /// (repeat for sharded order databases, in the writer's order).
+    #[arg(long = "orders-db")]
+    orders_db: Vec<String>,
     /// Write `<out>.hgrm`, `<out>-latency.svg` and `<out>-timeline.svg`.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -192,7 +196,17 @@ impl LoadArgs {
             }),
             progress: !self.quiet,
         };
-        Ok(LoadOptions { target: self.target(target)?, scenario, run, ttl_ms: self.ttl_ms })
+        Ok(LoadOptions {
+            target: self.target(target)?,
+            scenario,
+            run,
+            ttl_ms: self.ttl_ms,
+            orders_db: if target.starts_with("redis") {
+                Vec::new()
+            } else {
+                self.orders_db.clone()
+            },
+        })
     }
 
     fn target(&self, url: &str) -> anyhow::Result<TargetSpec> {

@@ -47,6 +47,7 @@ async fn a_flash_sale_against_flashstock_passes_its_audit_and_an_oversell_fails_
         scenario: FLASH_SALE,
         run: run_config(20_000),
         ttl_ms: 600_000,
+        orders_db: Vec::new(),
     };
     let finished = execute(options).await.unwrap();
     assert!(finished.audit.passed, "{:?}", finished.audit);
@@ -112,6 +113,7 @@ async fn a_checkout_run_against_flashstock_passes_its_audit() {
         },
         run: run_config(5_000),
         ttl_ms: 600_000,
+        orders_db: Vec::new(),
     };
     let finished = execute(options).await.unwrap();
     assert!(finished.audit.passed, "{:?}", finished.audit);
@@ -127,9 +129,49 @@ async fn a_flash_sale_against_redis_passes_its_audit() {
         scenario: FLASH_SALE,
         run: run_config(20_000),
         ttl_ms: 600_000,
+        orders_db: Vec::new(),
     };
     let finished = execute(options).await.unwrap();
     assert!(finished.audit.passed, "{:?}", finished.audit);
     assert_eq!(finished.result.outcomes["reserved"], 500);
     assert_eq!(finished.result.outcomes["sold_out"], 19_500);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_order_database_the_audit_checks_one_row_per_confirm() {
+    use flashstock_order_writer::{run as write_orders, WriterConfig, WriterStats};
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_at(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let url = format!("sqlite:{}", dir.path().join("orders.db").display());
+    let config = WriterConfig::new(
+        server.addr,
+        server.tls(),
+        server.consumer_token.clone(),
+        vec![url.clone()],
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let writer =
+        tokio::spawn(write_orders(config, std::sync::Arc::new(WriterStats::default()), async {
+            let _ = stopped.await;
+        }));
+    let options = LoadOptions {
+        target: flashstock(&server),
+        scenario: Scenario::Checkout {
+            skus: 5,
+            units_per_sku: 1_000,
+            confirm_probability: 0.8,
+            abandon_fraction: 0.0,
+            think_ms: 0,
+        },
+        run: run_config(2_000),
+        ttl_ms: 600_000,
+        orders_db: vec![url],
+    };
+    let finished = execute(options).await.unwrap();
+    assert!(finished.audit.passed, "{:?}", finished.audit);
+    let orders = finished.audit.checks.iter().find(|c| c.name == "orders_equal_confirms").unwrap();
+    assert!(orders.passed && finished.audit.totals.sold > 1_000, "{:?}", finished.audit);
+    let _ = stop.send(());
+    writer.await.unwrap().unwrap();
+    server.stop().await;
 }

@@ -213,6 +213,29 @@ impl Database {
         Ok(count as u64)
     }
 
+    /// Rows stored with `status` for any of `skus` (for the load generator's audit).
+    pub async fn count_for_skus(&self, status: &str, skus: &[u64]) -> Result<u64, sqlx::Error> {
+        let mut total = 0;
+        for chunk in skus.chunks(1_000) {
+            let ids = chunk.iter().map(|&s| as_sql(s).to_string()).collect::<Vec<_>>().join(",");
+            // The ids are integers formatted here, never caller text: no injection.
+            let sql = format!("SELECT COUNT(*) FROM orders WHERE sku_id IN ({ids}) AND status = ");
+            let count: i64 = match self {
+                Database::Sqlite(pool) => {
+                    sqlx::query_scalar(&format!("{sql}?")).bind(status).fetch_one(pool).await?
+                }
+                Database::Postgres(pool) => {
+                    sqlx::query_scalar(&format!("{sql}$1")).bind(status).fetch_one(pool).await?
+                }
+                Database::MySql(pool) => {
+                    sqlx::query_scalar(&format!("{sql}?")).bind(status).fetch_one(pool).await?
+                }
+            };
+            total += count as u64;
+        }
+        Ok(total)
+    }
+
     /// Closes the pool.
     pub async fn close(&self) {
         match self {
@@ -331,6 +354,15 @@ impl OrderStore {
             Some(err) => Err(err),
             None => Ok(inserted),
         }
+    }
+
+    /// Rows stored with `status` for any of `skus`, summed over the databases.
+    pub async fn count_for_skus(&self, status: &str, skus: &[u64]) -> Result<u64, sqlx::Error> {
+        let mut total = 0;
+        for database in &self.databases {
+            total += database.count_for_skus(status, skus).await?;
+        }
+        Ok(total)
     }
 
     /// Rows stored with `status`, summed over the databases.
