@@ -56,7 +56,8 @@ struct CompareArgs {
     #[arg(long, default_value_t = 2)]
     rounds: usize,
     /// Switch the Redis server to AOF with `appendfsync everysec` for the comparison (and back
-    /// to no AOF after), so both sides persist.
+    /// to no AOF after), so both sides persist. Every run's JSON and files go to --out
+    /// [default: loadgen-compare/compare-<target>-<round>].
     #[arg(long)]
     aof: bool,
     #[command(flatten)]
@@ -316,7 +317,10 @@ async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
             let report = report(&finished, &args.load);
             println!("--- round {} {}", round + 1, finished.target);
             print!("{}", report.summary());
-            if let Some(prefix) = &args.load.out {
+            // Both sides' JSON results (and files) are always written for a comparison.
+            let default_prefix = PathBuf::from("loadgen-compare/compare");
+            {
+                let prefix = args.load.out.as_ref().unwrap_or(&default_prefix);
                 let mut name = prefix.as_os_str().to_owned();
                 name.push(format!("-{}-{}", finished.target, round + 1));
                 report.write_json(&PathBuf::from(&name).with_extension("json"))?;
