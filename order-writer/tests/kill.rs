@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use flashstock_engine::SkuId;
 use flashstock_order_writer::OrderStore;
+use flashstock_tests::proxy::TcpProxy;
 use flashstock_tests::server::TestServer;
 use flashstock_tests::Rng;
 
@@ -47,6 +48,13 @@ async fn sigkilled_ten_times_mid_stream_the_writer_still_writes_each_order_once(
     let service = client(&server, &server.service_token).await;
     let url = postgres_database().await;
     let store = OrderStore::connect(std::slice::from_ref(&url)).await.unwrap();
+    // The writer reaches PostgreSQL through a proxy that delays every packet 2 ms: a slow
+    // database, so the writer spends most of its time inside transactions, where a kill
+    // between an acknowledgement and its commit would lose rows if the order were wrong.
+    let proxy =
+        TcpProxy::start_with_delay("127.0.0.1:5432".parse().unwrap(), Duration::from_millis(2))
+            .await;
+    let writer_url = url.replace("127.0.0.1:5432", &proxy.addr.to_string());
 
     // Half the sale happens before the first writer starts, so each writer has a backlog to
     // chew through in small transactions when it is killed; the other half streams in, paced,
@@ -65,7 +73,7 @@ async fn sigkilled_ten_times_mid_stream_the_writer_still_writes_each_order_once(
     };
     let mut rows_at_kills = Vec::new();
     for _ in 0..10 {
-        let mut writer = spawn_writer(&server, &url);
+        let mut writer = spawn_writer(&server, &writer_url);
         tokio::time::sleep(Duration::from_millis(50 + rng.below(300))).await;
         writer.kill().unwrap(); // SIGKILL
         writer.wait().unwrap();
@@ -77,7 +85,7 @@ async fn sigkilled_ten_times_mid_stream_the_writer_still_writes_each_order_once(
     let mid_stream = rows_at_kills.iter().filter(|&&rows| rows > 0 && rows < CONFIRMS).count();
     assert!(mid_stream >= 5, "most kills landed mid-stream: {rows_at_kills:?}");
 
-    let mut last = spawn_writer(&server, &url);
+    let mut last = spawn_writer(&server, &writer_url);
     wait_for_rows(&store, "confirmed", CONFIRMS, Duration::from_secs(120)).await;
     last.kill().unwrap();
     last.wait().unwrap();

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::UdpSocket;
 
@@ -73,6 +74,12 @@ pub struct TcpProxy {
 impl TcpProxy {
     /// Forwards connections to `server`.
     pub async fn start(server: SocketAddr) -> TcpProxy {
+        TcpProxy::start_with_delay(server, Duration::ZERO).await
+    }
+
+    /// Forwards connections to `server`, holding every chunk `delay` before passing it on in
+    /// either direction: a slow network to a slow database.
+    pub async fn start_with_delay(server: SocketAddr, delay: Duration) -> TcpProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let open = Arc::new(AtomicBool::new(true));
@@ -89,8 +96,11 @@ impl TcpProxy {
                     let Ok(mut upstream) = tokio::net::TcpStream::connect(server).await else {
                         return;
                     };
+                    let (client_read, client_write) = client.split();
+                    let (upstream_read, upstream_write) = upstream.split();
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+                        _ = pass(client_read, upstream_write, delay) => {}
+                        _ = pass(upstream_read, client_write, delay) => {}
                         _ = cut.changed() => {}
                     }
                 });
@@ -108,6 +118,29 @@ impl TcpProxy {
     /// Accepts and forwards connections again.
     pub fn restore(&self) {
         self.open.store(true, Ordering::Release);
+    }
+}
+
+/// Copies `from` to `to`, each chunk after `delay`.
+async fn pass(
+    mut from: impl tokio::io::AsyncRead + Unpin,
+    mut to: impl tokio::io::AsyncWrite + Unpin,
+    delay: Duration,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let Ok(read) = from.read(&mut buffer).await else { return };
+        if read == 0 {
+            let _ = to.shutdown().await;
+            return;
+        }
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        if to.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
     }
 }
 
