@@ -11,6 +11,16 @@ use flashstock_loadgen::scenario::Scenario;
 use flashstock_loadgen::{execute, LoadOptions, TargetSpec};
 use flashstock_tests::server::TestServer;
 
+fn options(target: TargetSpec, scenario: Scenario, requests: u64) -> LoadOptions {
+    LoadOptions {
+        target,
+        scenario,
+        run: run_config(requests),
+        ttl_ms: 600_000,
+        orders_db: Vec::new(),
+    }
+}
+
 fn run_config(requests: u64) -> RunConfig {
     RunConfig {
         concurrency: 8,
@@ -42,13 +52,7 @@ const FLASH_SALE: Scenario =
 async fn a_flash_sale_against_flashstock_passes_its_audit_and_an_oversell_fails_it() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start_at(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
-    let options = LoadOptions {
-        target: flashstock(&server),
-        scenario: FLASH_SALE,
-        run: run_config(20_000),
-        ttl_ms: 600_000,
-        orders_db: Vec::new(),
-    };
+    let options = options(flashstock(&server), FLASH_SALE, 20_000);
     let finished = execute(options).await.unwrap();
     assert!(finished.audit.passed, "{:?}", finished.audit);
     assert_eq!(finished.result.ops_total, 20_000);
@@ -102,19 +106,14 @@ async fn a_flash_sale_against_flashstock_passes_its_audit_and_an_oversell_fails_
 async fn a_checkout_run_against_flashstock_passes_its_audit() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start_at(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
-    let options = LoadOptions {
-        target: flashstock(&server),
-        scenario: Scenario::Checkout {
-            skus: 20,
-            units_per_sku: 1_000,
-            confirm_probability: 0.7,
-            abandon_fraction: 0.1,
-            think_ms: 1,
-        },
-        run: run_config(5_000),
-        ttl_ms: 600_000,
-        orders_db: Vec::new(),
+    let checkout = Scenario::Checkout {
+        skus: 20,
+        units_per_sku: 1_000,
+        confirm_probability: 0.7,
+        abandon_fraction: 0.1,
+        think_ms: 1,
     };
+    let options = options(flashstock(&server), checkout, 5_000);
     let finished = execute(options).await.unwrap();
     assert!(finished.audit.passed, "{:?}", finished.audit);
     assert!(finished.result.outcomes["confirmed"] > 2_000, "{:?}", finished.result.outcomes);
@@ -124,13 +123,8 @@ async fn a_checkout_run_against_flashstock_passes_its_audit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flash_sale_against_redis_passes_its_audit() {
-    let options = LoadOptions {
-        target: TargetSpec::Redis { url: "redis://127.0.0.1:6379".to_owned() },
-        scenario: FLASH_SALE,
-        run: run_config(20_000),
-        ttl_ms: 600_000,
-        orders_db: Vec::new(),
-    };
+    let redis = TargetSpec::Redis { url: "redis://127.0.0.1:6379".to_owned() };
+    let options = options(redis, FLASH_SALE, 20_000);
     let finished = execute(options).await.unwrap();
     assert!(finished.audit.passed, "{:?}", finished.audit);
     assert_eq!(finished.result.outcomes["reserved"], 500);

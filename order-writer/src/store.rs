@@ -198,7 +198,23 @@ impl Database {
 
     /// Rows stored with `status` (for audits and tests).
     pub async fn count(&self, status: &str) -> Result<u64, sqlx::Error> {
-        let sql = "SELECT COUNT(*) FROM orders WHERE status = ";
+        self.count_where("", status).await
+    }
+
+    /// Rows stored with `status` for any of `skus` (for the load generator's audit).
+    pub async fn count_for_skus(&self, status: &str, skus: &[u64]) -> Result<u64, sqlx::Error> {
+        let mut total = 0;
+        for chunk in skus.chunks(1_000) {
+            let ids = chunk.iter().map(|&s| as_sql(s).to_string()).collect::<Vec<_>>().join(",");
+            // The ids are integers formatted here, never caller text: no injection.
+            total += self.count_where(&format!("sku_id IN ({ids}) AND "), status).await?;
+        }
+        Ok(total)
+    }
+
+    /// `SELECT COUNT(*) FROM orders WHERE <filter>status = <status>`.
+    async fn count_where(&self, filter: &str, status: &str) -> Result<u64, sqlx::Error> {
+        let sql = format!("SELECT COUNT(*) FROM orders WHERE {filter}status = ");
         let count: i64 = match self {
             Database::Sqlite(pool) => {
                 sqlx::query_scalar(&format!("{sql}?")).bind(status).fetch_one(pool).await?
@@ -211,29 +227,6 @@ impl Database {
             }
         };
         Ok(count as u64)
-    }
-
-    /// Rows stored with `status` for any of `skus` (for the load generator's audit).
-    pub async fn count_for_skus(&self, status: &str, skus: &[u64]) -> Result<u64, sqlx::Error> {
-        let mut total = 0;
-        for chunk in skus.chunks(1_000) {
-            let ids = chunk.iter().map(|&s| as_sql(s).to_string()).collect::<Vec<_>>().join(",");
-            // The ids are integers formatted here, never caller text: no injection.
-            let sql = format!("SELECT COUNT(*) FROM orders WHERE sku_id IN ({ids}) AND status = ");
-            let count: i64 = match self {
-                Database::Sqlite(pool) => {
-                    sqlx::query_scalar(&format!("{sql}?")).bind(status).fetch_one(pool).await?
-                }
-                Database::Postgres(pool) => {
-                    sqlx::query_scalar(&format!("{sql}$1")).bind(status).fetch_one(pool).await?
-                }
-                Database::MySql(pool) => {
-                    sqlx::query_scalar(&format!("{sql}?")).bind(status).fetch_one(pool).await?
-                }
-            };
-            total += count as u64;
-        }
-        Ok(total)
     }
 
     /// Closes the pool.
