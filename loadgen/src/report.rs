@@ -219,25 +219,33 @@ fn plot_timeline(timeline: &[(u64, u64)], path: &Path, target: &str) -> Result<(
     let seconds = timeline.len().max(1) as f64;
     let ops_max = timeline.iter().map(|t| t.0).max().unwrap_or(1).max(1) as f64 * 1.1;
     let p99_max = timeline.iter().map(|t| t.1).max().unwrap_or(1).max(1) as f64 / 1000.0 * 1.1;
-    let mut chart = ChartBuilder::on(&top)
-        .caption(format!("{target}: requests/s"), ("sans-serif", 18))
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0f64..seconds, 0f64..ops_max)
-        .map_err(|e| e.to_string())?;
-    chart.configure_mesh().x_desc("s").draw().map_err(|e| e.to_string())?;
-    let ops = timeline.iter().enumerate().map(|(i, t)| (i as f64 + 0.5, t.0 as f64));
-    chart.draw_series(LineSeries::new(ops, &BLUE)).map_err(|e| e.to_string())?;
-    let mut chart = ChartBuilder::on(&bottom)
-        .caption(format!("{target}: p99 latency (ms) per second"), ("sans-serif", 18))
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0f64..seconds, 0f64..p99_max)
-        .map_err(|e| e.to_string())?;
-    chart.configure_mesh().x_desc("s").draw().map_err(|e| e.to_string())?;
-    let p99 = timeline.iter().enumerate().map(|(i, t)| (i as f64 + 0.5, t.1 as f64 / 1000.0));
-    chart.draw_series(LineSeries::new(p99, &RED)).map_err(|e| e.to_string())?;
+    let ops: Vec<(f64, f64)> =
+        timeline.iter().enumerate().map(|(i, t)| (i as f64 + 0.5, t.0 as f64)).collect();
+    line_chart(&top, &format!("{target}: requests/s"), seconds, ops_max, ops, &BLUE)?;
+    let p99: Vec<(f64, f64)> =
+        timeline.iter().enumerate().map(|(i, t)| (i as f64 + 0.5, t.1 as f64 / 1000.0)).collect();
+    let caption = format!("{target}: p99 latency (ms) per second");
+    line_chart(&bottom, &caption, seconds, p99_max, p99, &RED)?;
     root.present().map_err(|e| e.to_string())
+}
+
+/// One line over seconds `0..seconds`, values `0..y_max`, on `area`.
+fn line_chart(
+    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
+    caption: &str,
+    seconds: f64,
+    y_max: f64,
+    points: Vec<(f64, f64)>,
+    color: &RGBColor,
+) -> Result<(), String> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..seconds, 0f64..y_max)
+        .map_err(|e| e.to_string())?;
+    chart.configure_mesh().x_desc("s").draw().map_err(|e| e.to_string())?;
+    chart.draw_series(LineSeries::new(points, color)).map_err(|e| e.to_string())?;
+    Ok(())
 }

@@ -159,6 +159,20 @@ pub(crate) fn replay_stored<B: AsRef<[u8]>>(
     Ok(summary)
 }
 
+/// Where a read from `from_seq` starts: at the last batch keyed at or below `from_seq` when it
+/// still holds `from_seq`, else at `from_seq` itself.
+pub(crate) fn read_start(from_seq: u64, preceding: Option<(u64, &[u8])>) -> u64 {
+    match preceding {
+        Some((key_seq, bytes))
+            if record_count_of(bytes)
+                .is_some_and(|count| key_seq.saturating_add(u64::from(count)) > from_seq) =>
+        {
+            key_seq
+        }
+        _ => from_seq,
+    }
+}
+
 /// Reads stored batches `(key seq, bytes)` in key order for [`crate::Wal::read`]: `stored`
 /// starts at the batch containing `from_seq` if there is one.
 pub(crate) fn read_stored<B: AsRef<[u8]>>(

@@ -143,16 +143,11 @@ impl Wal for MemWal {
         visit: &mut dyn FnMut(BatchRef<'_>) -> bool,
     ) -> Result<(), WalError> {
         let store = self.store();
-        let containing = store.batches.range((log, 0)..=(log, from_seq)).next_back();
-        let start = match containing {
-            Some((&(_, key_seq), bytes))
-                if batch::record_count_of(bytes)
-                    .is_some_and(|count| key_seq + u64::from(count) > from_seq) =>
-            {
-                key_seq
-            }
-            _ => from_seq,
-        };
+        let preceding = store.batches.range((log, 0)..=(log, from_seq)).next_back();
+        let start = batch::read_start(
+            from_seq,
+            preceding.map(|(&(_, key_seq), bytes)| (key_seq, &bytes[..])),
+        );
         let stored = store.batches.range((log, start)..=(log, u64::MAX));
         let stored = stored.map(|(&(_, key_seq), bytes)| Ok((key_seq, bytes)));
         batch::read_stored(log, from_seq, until_seq, stored, visit)

@@ -216,7 +216,7 @@ impl Wal for SledWal {
         let batches = self.db.open_tree(batch_tree(log))?;
         let stored = batches.range(from_seq.to_be_bytes()..).map(|entry| {
             let (key, value) = entry?;
-            let key_seq = key.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(u64::MAX);
+            let key_seq = key_seq(&key);
             Ok((key_seq, value))
         });
         batch::replay_stored(log, from_seq, stored, visit)
@@ -230,21 +230,12 @@ impl Wal for SledWal {
         visit: &mut dyn FnMut(BatchRef<'_>) -> bool,
     ) -> Result<(), WalError> {
         let batches = self.db.open_tree(batch_tree(log))?;
-        let start = match batches.range(..=from_seq.to_be_bytes()).next_back().transpose()? {
-            Some((key, value)) => {
-                let key_seq = key.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(u64::MAX);
-                let count = batch::record_count_of(&value).unwrap_or(0);
-                if key_seq.saturating_add(u64::from(count)) > from_seq {
-                    key_seq
-                } else {
-                    from_seq
-                }
-            }
-            None => from_seq,
-        };
+        let preceding = batches.range(..=from_seq.to_be_bytes()).next_back().transpose()?;
+        let start =
+            batch::read_start(from_seq, preceding.as_ref().map(|(k, v)| (key_seq(k), &v[..])));
         let stored = batches.range(start.to_be_bytes()..).map(|entry| {
             let (key, value) = entry?;
-            let key_seq = key.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(u64::MAX);
+            let key_seq = key_seq(&key);
             Ok((key_seq, value))
         });
         batch::read_stored(log, from_seq, until_seq, stored, visit)
@@ -313,7 +304,7 @@ impl Wal for SledWal {
         let batches = self.db.open_tree(batch_tree(log))?;
         for entry in batches.range(..seq.to_be_bytes()) {
             let (key, value) = entry?;
-            let first_seq = key.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(u64::MAX);
+            let first_seq = key_seq(&key);
             let count = batch::record_count_of(&value).unwrap_or(u32::MAX);
             if first_seq.saturating_add(u64::from(count)) <= seq {
                 batches.remove(key)?;
@@ -335,8 +326,13 @@ impl Wal for SledWal {
 /// Where the stored log ends: the last batch's first sequence number plus its record count.
 fn stored_end(batches: &sled::Tree) -> Result<Option<u64>, WalError> {
     let Some((key, value)) = batches.last()? else { return Ok(None) };
-    let first_seq = key.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(u64::MAX);
+    let first_seq = key_seq(&key);
     Ok(batch::record_count_of(&value).map(|count| first_seq.saturating_add(u64::from(count))))
+}
+
+/// The sequence number a batch key names (big-endian); a malformed key sorts last.
+fn key_seq(key: &[u8]) -> u64 {
+    key.try_into().map(u64::from_be_bytes).unwrap_or(u64::MAX)
 }
 
 fn chunk_key(seq: u64, index: u32) -> [u8; 12] {
