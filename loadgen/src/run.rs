@@ -141,11 +141,10 @@ pub async fn run(target: Arc<Target>, workload: Arc<Workload>, config: RunConfig
     }
     while tasks.join_next().await.is_some() {}
     let total = started.elapsed();
-    if let Some(ticker) = ticker {
-        ticker.abort();
-    }
-    if let Some(sweeper) = sweeper {
-        sweeper.abort();
+    // `abort` only asks: await each task so its clone of `shared` is dropped before unwrapping.
+    for helper in [ticker, sweeper].into_iter().flatten() {
+        helper.abort();
+        let _ = helper.await;
     }
     if let Some(bar) = progress {
         bar.finish_and_clear();
