@@ -2,23 +2,26 @@
 //! answer and changes nothing.
 //!
 //! Two stores with different promises:
-//! - `answers`: every request that changed state. Part of the durable state (snapshotted,
+//! - answers: every request that changed state. Part of the durable state (snapshotted,
 //!   rebuilt by replay), bounded by count and age, evicted oldest first. Eviction happens only
 //!   when a new answer is remembered, so replay evicts exactly what the live run evicted.
+//!   Answers live in a ring in the order they were given, found through a `ProbeTable` index
+//!   whose slots hold 31 bits of the request's hash and the answer's position: a request seen
+//!   for the first time (nearly every request) costs one cache line to look up and to insert,
+//!   and evicting the oldest answer one more; the ring itself is only read or written in order.
 //! - `rejections`: requests that changed nothing (sold out, limit exceeded, ...). A fixed-size
 //!   direct-mapped cache in memory only: a newer colliding rejection or a restart forgets one,
 //!   and then a retry is decided afresh. That is safe because the first attempt had no effect.
 
 use std::collections::VecDeque;
 
-use rustc_hash::FxHashMap;
-
 use crate::ids::RequestId;
 use crate::limits::ShardConfig;
 use crate::outcome::Outcome;
+use crate::probe::{mix, ProbeTable, Slot};
 
-/// A request id as two words: a `u128` is 16-byte aligned, which pads every map entry and
-/// queue slot by 8 bytes; at millions of remembered answers that is worth avoiding.
+/// A request id as two words: a `u128` is 16-byte aligned, which pads every ring slot by
+/// 8 bytes; at millions of remembered answers that is worth avoiding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct RequestKey([u64; 2]);
 
@@ -34,21 +37,119 @@ impl From<RequestKey> for RequestId {
     }
 }
 
+impl RequestKey {
+    /// The index hash: 31 bits, so that a slot's hash half is never the free marker.
+    fn hash31(self) -> u32 {
+        (mix(self.0[0] ^ self.0[1].rotate_left(32)) & 0x7fff_ffff) as u32
+    }
+}
+
+/// One remembered answer.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Answer {
+    pub(crate) request: RequestKey,
+    pub(crate) answered_at_ms: u64,
+    pub(crate) outcome: Outcome,
+}
+
+/// An index slot: the request's 31-bit hash and its answer's position in the ring (wrapping;
+/// the ring holds fewer than 2^31 answers, so the low 32 bits of a position name one answer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct IndexSlot {
+    hash31: u32,
+    position: u32,
+}
+
+impl Slot for IndexSlot {
+    const EMPTY: IndexSlot = IndexSlot { hash31: u32::MAX, position: u32::MAX };
+    fn is_empty(&self) -> bool {
+        self.hash31 == u32::MAX
+    }
+    fn hash(&self) -> u64 {
+        u64::from(self.hash31)
+    }
+}
+
+/// Remembered answers: a ring in answer order plus an index by request.
+#[derive(Debug, Default)]
+pub(crate) struct Answers {
+    ring: VecDeque<Answer>,
+    /// The position of `ring[0]`, wrapping.
+    front_position: u32,
+    index: ProbeTable<IndexSlot>,
+}
+
+impl Answers {
+    fn with_capacity(entries: usize) -> Answers {
+        Answers {
+            ring: VecDeque::with_capacity(entries),
+            front_position: 0,
+            index: ProbeTable::with_capacity(entries),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.ring.len()
+    }
+
+    /// Index entries; equal to `len()` unless the bookkeeping is broken.
+    pub(crate) fn indexed(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Every answer, oldest first.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Answer> + '_ {
+        self.ring.iter()
+    }
+
+    fn find(&self, request: RequestKey) -> Option<&Answer> {
+        let (hash31, ring, front) = (request.hash31(), &self.ring, self.front_position);
+        let found = self.index.find(u64::from(hash31), |slot| {
+            slot.hash31 == hash31
+                && ring[slot.position.wrapping_sub(front) as usize].request == request
+        })?;
+        Some(&ring[self.index.slot(found).position.wrapping_sub(front) as usize])
+    }
+
+    /// Appends an answer; false, changing nothing, when the request already has one.
+    fn push(&mut self, answer: Answer) -> bool {
+        if self.find(answer.request).is_some() {
+            return false;
+        }
+        let position = self.front_position.wrapping_add(self.ring.len() as u32);
+        self.index.insert(IndexSlot { hash31: answer.request.hash31(), position });
+        self.ring.push_back(answer);
+        true
+    }
+
+    fn oldest(&self) -> Option<&Answer> {
+        self.ring.front()
+    }
+
+    fn pop_oldest(&mut self) {
+        let Some(oldest) = self.ring.pop_front() else { return };
+        let (hash31, position) = (oldest.request.hash31(), self.front_position);
+        let found = self
+            .index
+            .find(u64::from(hash31), |slot| slot.position == position)
+            .expect("every remembered answer is indexed");
+        self.index.remove(found);
+        self.front_position = self.front_position.wrapping_add(1);
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Dedup {
-    pub(crate) answers: FxHashMap<RequestKey, Outcome>,
-    /// Requests in `answers`, oldest first, with when they were answered.
-    pub(crate) order: VecDeque<(RequestKey, u64)>,
+    pub(crate) answers: Answers,
     rejections: Box<[Option<(RequestKey, Outcome)>]>,
     /// During recovery: answers in log order, built into `answers` once at the end.
-    pending: Option<Vec<(RequestKey, u64, Outcome)>>,
+    pending: Option<Vec<Answer>>,
 }
 
 impl Dedup {
     pub(crate) fn new(config: &ShardConfig) -> Dedup {
         Dedup {
-            answers: FxHashMap::default(),
-            order: VecDeque::new(),
+            answers: Answers::default(),
             rejections: vec![None; config.rejection_cache_slots].into_boxed_slice(),
             pending: None,
         }
@@ -67,8 +168,8 @@ impl Dedup {
     }
 
     pub(crate) fn lookup(&self, request: RequestId) -> Option<Outcome> {
-        if let Some(outcome) = self.answers.get(&RequestKey::from(request)) {
-            return Some(*outcome);
+        if let Some(answer) = self.answers.find(RequestKey::from(request)) {
+            return Some(answer.outcome);
         }
         match self.rejections[self.rejection_slot(request)] {
             Some((seen, outcome)) if seen == RequestKey::from(request) => Some(outcome),
@@ -86,24 +187,21 @@ impl Dedup {
         now_ms: u64,
         config: &ShardConfig,
     ) -> bool {
-        let key = RequestKey::from(request);
+        let answer = Answer { request: request.into(), answered_at_ms: now_ms, outcome };
         if let Some(pending) = &mut self.pending {
-            pending.push((key, now_ms, outcome));
+            pending.push(answer);
             return true;
         }
-        match self.answers.entry(key) {
-            std::collections::hash_map::Entry::Occupied(_) => return false,
-            std::collections::hash_map::Entry::Vacant(slot) => slot.insert(outcome),
-        };
-        self.order.push_back((key, now_ms));
-        while let Some(&(oldest, answered_at_ms)) = self.order.front() {
-            let too_many = self.order.len() > config.dedup_entries_max;
-            let too_old = answered_at_ms.saturating_add(config.dedup_retention_ms) <= now_ms;
+        if !self.answers.push(answer) {
+            return false;
+        }
+        while let Some(oldest) = self.answers.oldest() {
+            let too_many = self.answers.len() > config.dedup_entries_max;
+            let too_old = oldest.answered_at_ms.saturating_add(config.dedup_retention_ms) <= now_ms;
             if !(too_many || too_old) {
                 break;
             }
-            self.order.pop_front();
-            self.answers.remove(&oldest);
+            self.answers.pop_oldest();
         }
         true
     }
@@ -119,28 +217,23 @@ impl Dedup {
     /// Answers are remembered at non-decreasing times and evicted oldest first, by count and by
     /// age, at each insert; so what survives a sequence of inserts is the suffix of answers
     /// younger than the retention at the last insert, and at most the last `dedup_entries_max`
-    /// of them. Only those are inserted, into a map sized once.
+    /// of them. Only those are inserted, into a store sized once.
     pub(crate) fn finish_bulk(&mut self, config: &ShardConfig) -> Result<(), RequestId> {
         let Some(pending) = self.pending.take() else { return Ok(()) };
-        let Some(&(_, last_ms, _)) = pending.last() else { return Ok(()) };
-        let old = std::mem::take(&mut self.order);
-        let mut old_answers = std::mem::take(&mut self.answers);
-        let mut all: Vec<(RequestKey, u64, Option<Outcome>)> =
-            old.into_iter().map(|(key, at_ms)| (key, at_ms, None)).collect();
-        all.extend(pending.into_iter().map(|(key, at_ms, outcome)| (key, at_ms, Some(outcome))));
+        let Some(last) = pending.last() else { return Ok(()) };
+        let last_ms = last.answered_at_ms;
+        let old = std::mem::take(&mut self.answers);
+        let all: Vec<Answer> = old.ring.into_iter().chain(pending).collect();
         let by_count = all.len().saturating_sub(config.dedup_entries_max);
-        let by_age = all.partition_point(|&(_, at_ms, _)| {
-            at_ms.saturating_add(config.dedup_retention_ms) <= last_ms
+        let by_age = all.partition_point(|answer| {
+            answer.answered_at_ms.saturating_add(config.dedup_retention_ms) <= last_ms
         });
         let kept = &all[by_count.max(by_age)..];
-        self.answers = FxHashMap::with_capacity_and_hasher(kept.len(), Default::default());
-        self.order = VecDeque::with_capacity(kept.len());
-        for &(key, at_ms, outcome) in kept {
-            let outcome = outcome.or_else(|| old_answers.remove(&key)).expect("an answer");
-            if self.answers.insert(key, outcome).is_some() {
-                return Err(key.into());
+        self.answers = Answers::with_capacity(kept.len());
+        for &answer in kept {
+            if !self.answers.push(answer) {
+                return Err(answer.request.into());
             }
-            self.order.push_back((key, at_ms));
         }
         Ok(())
     }
@@ -151,10 +244,15 @@ impl Dedup {
         self.rejections[slot] = Some((request.into(), outcome));
     }
 
-    /// Rebuilds the durable store from its eviction order (snapshot restore).
-    pub(crate) fn restore(&mut self, order: VecDeque<(RequestKey, u64)>, outcomes: Vec<Outcome>) {
-        debug_assert_eq!(order.len(), outcomes.len());
-        self.answers = order.iter().map(|&(request, _)| request).zip(outcomes).collect();
-        self.order = order;
+    /// Rebuilds the durable store from answers oldest first (snapshot restore), or names a
+    /// request that appears twice.
+    pub(crate) fn restore(&mut self, answers: Vec<Answer>) -> Result<(), RequestId> {
+        self.answers = Answers::with_capacity(answers.len());
+        for answer in answers {
+            if !self.answers.push(answer) {
+                return Err(answer.request.into());
+            }
+        }
+        Ok(())
     }
 }

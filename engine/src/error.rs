@@ -138,12 +138,18 @@ pub enum EngineError {
         /// What disagrees.
         detail: &'static str,
     },
-    /// The remembered answers disagree with their eviction order.
-    #[error("dedup bookkeeping broken: {answers} answers, {ordered} in eviction order")]
+    /// The index of remembered answers disagrees with the answers themselves.
+    #[error("dedup bookkeeping broken: {answers} answers indexed, {ordered} remembered")]
     DedupBookkeeping {
-        /// Entries in the answer map.
+        /// Entries in the index.
         answers: usize,
-        /// Entries in the eviction order.
+        /// Answers remembered, in eviction order.
         ordered: usize,
+    },
+    /// A snapshot remembers two answers to one request.
+    #[error("snapshot remembers request {request:?} twice")]
+    DuplicateAnswer {
+        /// The request.
+        request: crate::ids::RequestId,
     },
 }

@@ -60,7 +60,7 @@ impl Shard {
         for (&sku_id, sku) in &self.skus {
             check_sku(sku_id, sku, held_by_sku.get(&sku_id).copied().unwrap_or(0))?;
         }
-        let (answers, ordered) = (self.dedup.answers.len(), self.dedup.order.len());
+        let (answers, ordered) = (self.dedup.answers.indexed(), self.dedup.answers.len());
         if answers != ordered {
             return Err(EngineError::DedupBookkeeping { answers, ordered });
         }
@@ -86,8 +86,8 @@ fn check_sku(sku_id: SkuId, sku: &crate::shard::SkuState, held: u64) -> Result<(
             counted: held,
         });
     }
-    let taken_sum: u64 = sku.taken.values().sum();
-    if taken_sum != sku.reserved + sku.sold || sku.taken.values().any(|&t| t == 0) {
+    let taken_sum: u64 = sku.taken.iter().map(|(_, units)| units).sum();
+    if taken_sum != sku.reserved + sku.sold {
         return Err(EngineError::TakenMismatch {
             sku: sku_id,
             taken_sum,
@@ -95,7 +95,7 @@ fn check_sku(sku_id: SkuId, sku: &crate::shard::SkuState, held: u64) -> Result<(
         });
     }
     if let Some(limit) = sku.buyer_limit {
-        if let Some((&buyer, &taken)) = sku.taken.iter().find(|(_, &t)| t > u64::from(limit)) {
+        if let Some((buyer, taken)) = sku.taken.iter().find(|&(_, t)| t > u64::from(limit)) {
             return Err(EngineError::BuyerOverLimit { sku: sku_id, buyer, taken, limit });
         }
     }

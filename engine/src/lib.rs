@@ -16,6 +16,9 @@
 //! - `snapshot` and `invariants`: `Shard::encode_snapshot`, `Shard::restore`, `Shard::digest`
 //!   and `Shard::check_invariants`.
 //! - `dedup`: what is remembered of earlier answers, so retries are idempotent.
+//! - `probe`: an open-addressing table with one cache line per lookup, under `dedup` and the
+//!   per-buyer counts.
+//! - `taken`: per-buyer counts of one SKU, for buyer limits.
 //! - `table`: the reservation table, a ring indexed by sequence number.
 //! - `expiry`: the expiry queue, a FIFO for in-order deadlines plus a heap for the rest.
 //! - [`error`]: [`EngineError`], for broken bytes and broken invariants.
@@ -33,8 +36,10 @@ mod codec;
 mod dedup;
 mod expiry;
 mod invariants;
+mod probe;
 mod snapshot;
 mod table;
+mod taken;
 
 pub use command::{Command, Reserve, RouteKey, SaleWindow};
 pub use error::EngineError;

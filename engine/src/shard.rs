@@ -17,6 +17,7 @@ use crate::limits::{ShardConfig, RESERVE_QTY_MAX, STOCK_TOTAL_MAX, TICK_EXPIRIES
 use crate::outcome::{Outcome, ReservationState, ReservationView, SkuView};
 use crate::record::{Ended, LogSink, Record};
 use crate::table::ReservationTable;
+use crate::taken::BuyerCounts;
 
 /// One SKU's stock. `available + reserved + sold == total` always.
 #[derive(Clone, Debug, Default)]
@@ -29,7 +30,7 @@ pub(crate) struct SkuState {
     pub(crate) window: SaleWindow,
     /// Units each buyer holds plus has bought. Kept whether or not a limit is set, so that a
     /// limit set mid-sale counts what was taken before it. Buyers at zero are removed.
-    pub(crate) taken: FxHashMap<BuyerId, u64>,
+    pub(crate) taken: BuyerCounts,
 }
 
 /// One reservation, 32 bytes: it is the bulk of a busy shard's memory.
@@ -277,7 +278,7 @@ impl Shard {
         }
         let qty = u64::from(r.qty);
         if let Some(limit) = sku.buyer_limit {
-            let taken = sku.taken.get(&r.buyer).copied().unwrap_or(0);
+            let taken = sku.taken.get(r.buyer);
             if taken + qty > u64::from(limit) {
                 return Step::Unchanged(Outcome::LimitExceeded { taken, limit });
             }
@@ -291,7 +292,7 @@ impl Shard {
         }
         sku.available -= qty;
         sku.reserved += qty;
-        *sku.taken.entry(r.buyer).or_insert(0) += qty;
+        sku.taken.add(r.buyer, qty);
 
         let reservation = ReservationId::new(self.id, self.reservation_seq_next);
         self.reservation_seq_next += 1;
@@ -360,11 +361,7 @@ impl Shard {
             sku.sold += qty;
         } else {
             sku.available += qty;
-            let taken = sku.taken.get_mut(&buyer).expect("a holding buyer is counted");
-            *taken = taken.checked_sub(qty).expect("taken never goes negative");
-            if *taken == 0 {
-                sku.taken.remove(&buyer);
-            }
+            sku.taken.sub(buyer, qty);
         }
         self.reservations_live -= 1;
         let order_ref = self.order_refs.remove(&id);
@@ -492,7 +489,7 @@ impl Shard {
         if let Some(limit) = limit {
             // A scan of the SKU's buyers: admin commands are rare, and a limit below what
             // someone already holds would break invariant 2 the moment it is set.
-            let taken_max = sku.taken.values().copied().max().unwrap_or(0);
+            let taken_max = sku.taken.iter().map(|(_, units)| units).max().unwrap_or(0);
             if taken_max > u64::from(limit) {
                 return Step::Unchanged(Outcome::LimitBelowHoldings { taken_max });
             }
@@ -531,7 +528,7 @@ impl Shard {
             "conservation broken by {command:?}"
         );
         if let (Command::Reserve(r), Some(limit)) = (command, sku.buyer_limit) {
-            let taken = sku.taken.get(&r.buyer).copied().unwrap_or(0);
+            let taken = sku.taken.get(r.buyer);
             assert!(taken <= u64::from(limit), "buyer limit broken by {command:?}");
         }
     }

@@ -4,17 +4,16 @@
 //! to the same bytes: `digest` is a hash of this encoding and is how tests compare a replayed
 //! shard with the live one. The rejection cache is not part of it (see `dedup`).
 
-use std::collections::VecDeque;
-
 use crate::codec::{Reader, Writer};
 use crate::command::SaleWindow;
-use crate::dedup::Dedup;
+use crate::dedup::{Answer, Dedup};
 use crate::error::EngineError;
 use crate::ids::{BuyerId, OrderRef, RequestId, ReservationId, ShardId, SkuId};
 use crate::limits::ShardConfig;
 use crate::outcome::{Outcome, ReservationState};
 use crate::shard::{Reservation, Shard, SkuState};
 use crate::table::ReservationTable;
+use crate::taken::BuyerCounts;
 
 const SNAPSHOT_MAGIC: u32 = u32::from_le_bytes(*b"FSSN");
 /// Where the clock sits in a snapshot: after magic, version and shard id.
@@ -28,11 +27,11 @@ impl Shard {
         // Sized up front: a large shard encodes to hundreds of MB, and growing by doubling
         // would copy it several times over while the shard waits.
         let estimate = 24
-            + self.skus.len() * 80
+            + self.skus.values().map(|sku| 80 + sku.taken.len() * 16).sum::<usize>()
             + self.reservations.len() * 37
             + self.order_refs.len() * 24
             + self.ended.len() * 16
-            + self.dedup.order.len() * 41;
+            + self.dedup.answers.len() * 41;
         out.reserve(estimate);
         let mut w = Writer { bytes: out };
         w.u32(SNAPSHOT_MAGIC);
@@ -74,11 +73,11 @@ impl Shard {
             w.u64(ended_at_ms);
         }
 
-        w.u64(self.dedup.order.len() as u64);
-        for &(request, answered_at_ms) in &self.dedup.order {
-            w.u128(RequestId::from(request).0);
-            w.u64(answered_at_ms);
-            encode_answer(&mut w, self.dedup.answers[&request]);
+        w.u64(self.dedup.answers.len() as u64);
+        for answer in self.dedup.answers.iter() {
+            w.u128(RequestId::from(answer.request).0);
+            w.u64(answer.answered_at_ms);
+            encode_answer(&mut w, answer.outcome);
         }
     }
 
@@ -160,17 +159,20 @@ impl Shard {
             shard.ended.push_back((ReservationId(r.u64()?), r.u64()?));
         }
         let answers = r.count(16 + 8 + 17)?;
-        let mut order = VecDeque::with_capacity(answers);
-        let mut outcomes = Vec::with_capacity(answers);
+        let mut remembered = Vec::with_capacity(answers);
         for _ in 0..answers {
-            order.push_back((RequestId(r.u128()?).into(), r.u64()?));
-            outcomes.push(decode_answer(&mut r)?);
+            let (request, answered_at_ms) = (RequestId(r.u128()?), r.u64()?);
+            let outcome = decode_answer(&mut r)?;
+            remembered.push(Answer { request: request.into(), answered_at_ms, outcome });
         }
         if r.remaining() != 0 {
             return Err(EngineError::TrailingBytes { count: r.remaining() });
         }
         shard.dedup = Dedup::new(&config);
-        shard.dedup.restore(order, outcomes);
+        shard
+            .dedup
+            .restore(remembered)
+            .map_err(|request| EngineError::DuplicateAnswer { request })?;
         shard.rebuild_expiries();
         shard.check_invariants()?;
         Ok(shard)
@@ -187,11 +189,11 @@ fn encode_sku(w: &mut Writer<'_>, id: SkuId, sku: &SkuState) {
     w.opt_u64(sku.window.opens_at_ms);
     w.opt_u64(sku.window.closes_at_ms);
     let mut taken: Vec<_> = sku.taken.iter().collect();
-    taken.sort_unstable_by_key(|(buyer, _)| **buyer);
+    taken.sort_unstable_by_key(|&(buyer, _)| buyer);
     w.u64(taken.len() as u64);
     for (buyer, units) in taken {
         w.u64(buyer.0);
-        w.u64(*units);
+        w.u64(units);
     }
 }
 
@@ -209,8 +211,13 @@ fn decode_sku(r: &mut Reader<'_>) -> Result<(SkuId, SkuState), EngineError> {
         },
         taken: Default::default(),
     };
-    for _ in 0..r.count(16)? {
-        sku.taken.insert(BuyerId(r.u64()?), r.u64()?);
+    let buyers = r.count(16)?;
+    sku.taken = BuyerCounts::with_capacity(buyers);
+    for _ in 0..buyers {
+        let (buyer, units) = (BuyerId(r.u64()?), r.u64()?);
+        if !sku.taken.restore(buyer, units) {
+            return Err(EngineError::InvalidField { field: "buyer's taken units", value: units });
+        }
     }
     Ok((id, sku))
 }

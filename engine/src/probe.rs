@@ -1,0 +1,219 @@
+//! `ProbeTable`: an open-addressing hash table (linear probing, backward-shift deletion) for
+//! the two maps every successful reserve touches at random: remembered answers and per-buyer
+//! counts.
+//!
+//! Why not `std`'s map: hashbrown keeps control bytes and entries in separate arrays, so a
+//! lookup in a map larger than the cache costs two cache misses, and an insert two more. Here
+//! a slot carries its key (or enough of its hash) inline, so a lookup, an insert after it and
+//! a removal each touch one line in the common case. Backward-shift deletion leaves no
+//! tombstones: a table that evicts as fast as it inserts keeps short probe runs forever.
+//!
+//! The table is at most half full, so runs stay short. Keys come from clients: a hostile
+//! client can lengthen its own shard's runs, as with any fixed hash (noted in the README).
+
+/// What a table stores: a fixed-size value that knows the hash it was placed by.
+pub(crate) trait Slot: Copy {
+    /// The value of a free slot; never a stored value.
+    const EMPTY: Self;
+    /// Whether this is a free slot.
+    fn is_empty(&self) -> bool;
+    /// The hash this slot was placed by; its low bits pick the home slot.
+    fn hash(&self) -> u64;
+}
+
+/// Mixes a 64-bit key so that its low bits are usable as a table index: one multiply by
+/// 2^64/phi, whose high half depends on every key bit, folded down onto the low half.
+/// Sequential ids land far apart instead of forming one long run.
+pub(crate) fn mix(key: u64) -> u64 {
+    let x = key.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    x ^ (x >> 32)
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct ProbeTable<S> {
+    /// A power of two slots, at most half of them full.
+    slots: Box<[S]>,
+    len: usize,
+}
+
+/// Smallest table once something is stored; an empty table allocates nothing (a shard may
+/// hold millions of SKUs, each with its own, mostly tiny, buyer counts).
+const SLOTS_MIN: usize = 8;
+
+impl<S: Slot> Default for ProbeTable<S> {
+    fn default() -> Self {
+        ProbeTable::with_capacity(0)
+    }
+}
+
+impl<S: Slot> ProbeTable<S> {
+    /// A table that holds `entries` without growing.
+    pub(crate) fn with_capacity(entries: usize) -> ProbeTable<S> {
+        let slots = if entries == 0 { 0 } else { (entries * 2).next_power_of_two().max(SLOTS_MIN) };
+        ProbeTable { slots: vec![S::EMPTY; slots].into_boxed_slice(), len: 0 }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    fn mask(&self) -> usize {
+        self.slots.len() - 1
+    }
+
+    /// The index of the first slot of `hash`'s run that `matches`, or `None` once the run
+    /// ends at a free slot.
+    pub(crate) fn find(&self, hash: u64, mut matches: impl FnMut(&S) -> bool) -> Option<usize> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let mask = self.mask();
+        let mut index = hash as usize & mask;
+        loop {
+            let slot = &self.slots[index];
+            if slot.is_empty() {
+                return None;
+            }
+            if matches(slot) {
+                return Some(index);
+            }
+            index = (index + 1) & mask;
+        }
+    }
+
+    pub(crate) fn slot(&self, index: usize) -> &S {
+        &self.slots[index]
+    }
+
+    pub(crate) fn slot_mut(&mut self, index: usize) -> &mut S {
+        &mut self.slots[index]
+    }
+
+    /// Stores `slot`, whose key the caller has checked is absent; returns its index.
+    pub(crate) fn insert(&mut self, slot: S) -> usize {
+        debug_assert!(!slot.is_empty(), "storing the free-slot value");
+        if (self.len + 1) * 2 > self.slots.len() {
+            self.grow();
+        }
+        self.len += 1;
+        self.place(slot)
+    }
+
+    fn place(&mut self, slot: S) -> usize {
+        let mask = self.mask();
+        let mut index = slot.hash() as usize & mask;
+        while !self.slots[index].is_empty() {
+            index = (index + 1) & mask;
+        }
+        self.slots[index] = slot;
+        index
+    }
+
+    /// Frees the slot at `index`, moving later slots of the run back so that no lookup
+    /// stops early at the hole.
+    pub(crate) fn remove(&mut self, index: usize) -> S {
+        let mask = self.mask();
+        let removed = self.slots[index];
+        debug_assert!(!removed.is_empty(), "removing a free slot");
+        let mut hole = index;
+        let mut next = index;
+        loop {
+            next = (next + 1) & mask;
+            let slot = self.slots[next];
+            if slot.is_empty() {
+                break;
+            }
+            // `slot` may fill the hole when its home is not between the hole (exclusive) and
+            // itself, cyclically: it was placed at or before the hole.
+            let home = slot.hash() as usize & mask;
+            if next.wrapping_sub(home) & mask >= next.wrapping_sub(hole) & mask {
+                self.slots[hole] = slot;
+                hole = next;
+            }
+        }
+        self.slots[hole] = S::EMPTY;
+        self.len -= 1;
+        removed
+    }
+
+    fn grow(&mut self) {
+        let doubled = vec![S::EMPTY; (self.slots.len() * 2).max(SLOTS_MIN)].into_boxed_slice();
+        let old = std::mem::replace(&mut self.slots, doubled);
+        for slot in old.iter().filter(|slot| !slot.is_empty()) {
+            self.place(*slot);
+        }
+    }
+
+    /// Every stored slot, in table order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &S> + '_ {
+        self.slots.iter().filter(|slot| !slot.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A key with a chosen hash, so tests can force long runs and wrap-around.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    struct Pair {
+        key: u32,
+        hash: u32,
+    }
+
+    impl Slot for Pair {
+        const EMPTY: Pair = Pair { key: u32::MAX, hash: 0 };
+        fn is_empty(&self) -> bool {
+            self.key == u32::MAX
+        }
+        fn hash(&self) -> u64 {
+            u64::from(self.hash)
+        }
+    }
+
+    fn find(table: &ProbeTable<Pair>, key: u32, hash: u32) -> Option<usize> {
+        table.find(u64::from(hash), |slot| slot.key == key)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+        /// Inserts and removals with few distinct hashes (long, wrapping runs), checked
+        /// against a map after every operation.
+        #[test]
+        fn behaves_like_a_map(ops in proptest::collection::vec((0u32..64, 0u32..8, proptest::prelude::any::<bool>()), 1..600)) {
+            let mut table = ProbeTable::<Pair>::default();
+            let mut model = std::collections::HashMap::new();
+            for (key, hash_pick, insert) in ops {
+                // Hashes near the table's end make runs wrap to its start.
+                let hash = [0, 1, 13, 14, 15, 31, 63, 1 << 20][hash_pick as usize];
+                let hash = *model.get(&key).unwrap_or(&hash);
+                match (find(&table, key, hash), insert) {
+                    (None, true) => {
+                        table.insert(Pair { key, hash });
+                        model.insert(key, hash);
+                    }
+                    (Some(index), false) => {
+                        proptest::prop_assert_eq!(table.remove(index).key, key);
+                        model.remove(&key);
+                    }
+                    (found, _) => proptest::prop_assert_eq!(found.is_some(), model.contains_key(&key)),
+                }
+                proptest::prop_assert_eq!(table.len(), model.len());
+                for (&key, &hash) in &model {
+                    let index = find(&table, key, hash);
+                    proptest::prop_assert!(index.is_some(), "lost key {}", key);
+                }
+                proptest::prop_assert_eq!(table.iter().count(), model.len());
+            }
+        }
+    }
+
+    #[test]
+    fn mixing_spreads_sequential_keys() {
+        let mask = 1023u64;
+        let homes: std::collections::HashSet<u64> = (0..512).map(|k| mix(k) & mask).collect();
+        // A run of 512 sequential ids in 1,024 slots: well spread, not a block.
+        assert!(homes.len() > 350, "{} distinct homes", homes.len());
+    }
+}
