@@ -44,6 +44,10 @@ impl RequestKey {
     }
 }
 
+/// How many evictions ahead the index slot of an answer about to be evicted is prefetched:
+/// far enough for ~100 ns of memory latency to pass, near enough to still be cached.
+const EVICT_PREFETCH_AHEAD: usize = 8;
+
 /// One remembered answer.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Answer {
@@ -122,6 +126,10 @@ impl Answers {
         true
     }
 
+    fn prefetch(&self, request: RequestKey) {
+        self.index.prefetch(u64::from(request.hash31()));
+    }
+
     fn oldest(&self) -> Option<&Answer> {
         self.ring.front()
     }
@@ -167,6 +175,11 @@ impl Dedup {
         (hashed >> (64 - slot_bits)) as usize
     }
 
+    /// Starts loading what looking up `request` will touch (see `ProbeTable::prefetch`).
+    pub(crate) fn prefetch(&self, request: RequestId) {
+        self.answers.prefetch(request.into());
+    }
+
     pub(crate) fn lookup(&self, request: RequestId) -> Option<Outcome> {
         if let Some(answer) = self.answers.find(RequestKey::from(request)) {
             return Some(answer.outcome);
@@ -194,6 +207,13 @@ impl Dedup {
         }
         if !self.answers.push(answer) {
             return false;
+        }
+        // At the count bound every insert evicts the oldest answer, whose index slot is a
+        // random line: start loading the one evicted `EVICT_PREFETCH_AHEAD` inserts from now.
+        if self.answers.len() >= config.dedup_entries_max {
+            if let Some(later) = self.answers.ring.get(EVICT_PREFETCH_AHEAD) {
+                self.answers.prefetch(later.request);
+            }
         }
         while let Some(oldest) = self.answers.oldest() {
             let too_many = self.answers.len() > config.dedup_entries_max;

@@ -46,6 +46,12 @@ impl ExpiryQueue {
         }
     }
 
+    /// The `ahead`-th entry of the in-order FIFO, a guess at what pops `ahead` pops from now
+    /// (for prefetching only: it ignores the heap).
+    pub(crate) fn in_order_ahead(&self, ahead: usize) -> Option<Entry> {
+        self.in_order.get(ahead).copied()
+    }
+
     /// Removes and returns the earliest entry.
     pub(crate) fn pop(&mut self) -> Option<Entry> {
         let fifo = self.in_order.front().copied();

@@ -29,6 +29,20 @@ pub(crate) fn mix(key: u64) -> u64 {
     x ^ (x >> 32)
 }
 
+/// A cache hint: never faults, reads or writes nothing architecturally visible.
+#[allow(unsafe_code)]
+pub(crate) fn prefetch_line<T>(value: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `_mm_prefetch` only needs SSE, part of every x86_64 target; a prefetch of any
+    // address is a hint that cannot fault, and this one is of a live reference anyway.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>((value as *const T).cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = value;
+}
+
 #[derive(Clone, Debug)]
 pub(crate) struct ProbeTable<S> {
     /// A power of two slots, at most half of them full.
@@ -78,6 +92,14 @@ impl<S: Slot> ProbeTable<S> {
                 return Some(index);
             }
             index = (index + 1) & mask;
+        }
+    }
+
+    /// Asks the CPU to start loading the line of `hash`'s home slot, so that a lookup a few
+    /// commands later finds it in cache instead of waiting ~100 ns for memory.
+    pub(crate) fn prefetch(&self, hash: u64) {
+        if !self.slots.is_empty() {
+            prefetch_line(&self.slots[hash as usize & self.mask()]);
         }
     }
 

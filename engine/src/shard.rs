@@ -69,6 +69,9 @@ pub struct Shard {
     pub(crate) dedup: Dedup,
 }
 
+/// How many expiries ahead `expire_due` prefetches a buyer count (see `Shard::prefetch`).
+const EXPIRY_PREFETCH_AHEAD: usize = 8;
+
 /// What one step did, before the answer is remembered and logged.
 enum Step {
     /// The state changed; the command must be logged.
@@ -117,6 +120,19 @@ impl Shard {
     /// How many SKUs this shard holds.
     pub fn sku_count(&self) -> usize {
         self.skus.len()
+    }
+
+    /// Starts loading into cache the lines `apply(command)` will touch at random: its
+    /// remembered-answer slot and, for a reserve, the buyer's count. Nothing changes. A
+    /// caller holding a batch calls it a few commands ahead of `apply`, so the misses of
+    /// several commands overlap instead of coming one after another.
+    pub fn prefetch(&self, command: &Command) {
+        self.dedup.prefetch(command.request());
+        if let Command::Reserve(reserve) = command {
+            if let Some(sku) = self.skus.get(&reserve.sku) {
+                sku.taken.prefetch(reserve.buyer);
+            }
+        }
     }
 
     /// The earliest time at which a `tick` may have something to expire.
@@ -388,6 +404,7 @@ impl Shard {
                 break;
             }
             self.expiries.pop();
+            self.prefetch_expiry(EXPIRY_PREFETCH_AHEAD);
             let held = self
                 .reservations
                 .get(id)
@@ -401,6 +418,16 @@ impl Shard {
             }
         }
         expired
+    }
+
+    /// Starts loading the buyer count that the `ahead`-th next expiry will change.
+    fn prefetch_expiry(&self, ahead: usize) {
+        let Some((_, id)) = self.expiries.in_order_ahead(ahead) else { return };
+        if let Some(r) = self.reservations.get(id) {
+            if let Some(sku) = self.skus.get(&r.sku) {
+                sku.taken.prefetch(r.buyer);
+            }
+        }
     }
 
     /// Replays one logged expiry: the reservation must be held and due. Its queue entry is

@@ -39,6 +39,11 @@ impl BuyerCounts {
         self.table.find(mix(buyer.0), |slot| slot.buyer == buyer.0)
     }
 
+    /// Starts loading `buyer`'s slot into cache (see `ProbeTable::prefetch`).
+    pub(crate) fn prefetch(&self, buyer: BuyerId) {
+        self.table.prefetch(mix(buyer.0));
+    }
+
     /// Units `buyer` holds plus has bought; 0 for a buyer never seen.
     pub(crate) fn get(&self, buyer: BuyerId) -> u64 {
         self.find(buyer).map_or(0, |index| self.table.slot(index).units)
