@@ -33,6 +33,8 @@ pub struct Settings {
     pub snapshot_every_records: Option<u64>,
     /// Milliseconds between snapshots (default 60,000).
     pub snapshot_every_ms: Option<u64>,
+    /// Times its last snapshot a shard's log grows before the next snapshot (default 4).
+    pub snapshot_log_ratio: Option<u64>,
     /// sled's page cache for the log, in MiB (default 256).
     pub wal_cache_mb: Option<u64>,
     /// Jobs a shard's inbox holds before requests are refused as overloaded (default 65,536).
@@ -85,6 +87,7 @@ impl Settings {
             shards: over.shards.or(self.shards),
             snapshot_every_records: over.snapshot_every_records.or(self.snapshot_every_records),
             snapshot_every_ms: over.snapshot_every_ms.or(self.snapshot_every_ms),
+            snapshot_log_ratio: over.snapshot_log_ratio.or(self.snapshot_log_ratio),
             wal_cache_mb: over.wal_cache_mb.or(self.wal_cache_mb),
             inbox_capacity: over.inbox_capacity.or(self.inbox_capacity),
             batch_jobs_max: over.batch_jobs_max.or(self.batch_jobs_max),
@@ -131,6 +134,7 @@ pub async fn run(
             .snapshot_every_records
             .unwrap_or(defaults.snapshot_every_records),
         snapshot_every_ms: settings.snapshot_every_ms.unwrap_or(defaults.snapshot_every_ms),
+        snapshot_log_ratio: settings.snapshot_log_ratio.unwrap_or(defaults.snapshot_log_ratio),
         wal_cache_bytes: settings.wal_cache_mb.map_or(defaults.wal_cache_bytes, |mb| mb << 20),
         inbox_capacity: settings.inbox_capacity.unwrap_or(defaults.inbox_capacity),
         batch_jobs_max: settings.batch_jobs_max.unwrap_or(defaults.batch_jobs_max),

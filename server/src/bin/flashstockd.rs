@@ -35,6 +35,9 @@ struct Args {
     /// Milliseconds between snapshots of a busy shard [default: 60000].
     #[arg(long, env = "FLASHSTOCK_SNAPSHOT_EVERY_MS")]
     snapshot_every_ms: Option<u64>,
+    /// Times its last snapshot a shard's log grows before it snapshots again [default: 4].
+    #[arg(long, env = "FLASHSTOCK_SNAPSHOT_LOG_RATIO")]
+    snapshot_log_ratio: Option<u64>,
     /// sled's page cache for the log, in MiB [default: 256].
     #[arg(long, env = "FLASHSTOCK_WAL_CACHE_MB")]
     wal_cache_mb: Option<u64>,
@@ -99,6 +102,7 @@ fn main() -> anyhow::Result<()> {
         shards: args.shards,
         snapshot_every_records: args.snapshot_every_records,
         snapshot_every_ms: args.snapshot_every_ms,
+        snapshot_log_ratio: args.snapshot_log_ratio,
         wal_cache_mb: args.wal_cache_mb,
         inbox_capacity: args.inbox_capacity,
         batch_jobs_max: args.batch_jobs_max,
