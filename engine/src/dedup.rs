@@ -276,3 +276,40 @@ impl Dedup {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{ReservationId, ShardId};
+
+    fn answer(n: u64) -> Answer {
+        let reservation = ReservationId::new(ShardId(0), n + 1);
+        Answer {
+            request: RequestId(u128::from(n) << 64 | 7).into(),
+            answered_at_ms: n,
+            outcome: Outcome::Reserved { reservation, expires_at_ms: n },
+        }
+    }
+
+    /// Ring positions are 32-bit and wrap after 2^32 answers: lookups and evictions must work
+    /// across the wrap.
+    #[test]
+    fn answers_are_found_and_evicted_across_the_position_wrap() {
+        let mut answers = Answers { front_position: u32::MAX - 5, ..Answers::default() };
+        for n in 0..40 {
+            assert!(answers.push(answer(n)));
+            assert!(!answers.push(answer(n)), "answer {n} remembered twice");
+            if answers.len() > 10 {
+                answers.pop_oldest();
+            }
+        }
+        assert_eq!(answers.len(), 10);
+        assert_eq!(answers.indexed(), 10);
+        for n in 0..40 {
+            let found = answers.find(answer(n).request).map(|a| a.answered_at_ms);
+            assert_eq!(found, (n >= 30).then_some(n), "answer {n}");
+        }
+        let order: Vec<u64> = answers.iter().map(|a| a.answered_at_ms).collect();
+        assert_eq!(order, (30..40).collect::<Vec<_>>());
+    }
+}

@@ -62,7 +62,11 @@ impl ShardConfig {
     pub fn validate(&self) {
         assert!(self.skus_max > 0, "skus_max must be positive");
         assert!(self.reservations_live_max > 0, "reservations_live_max must be positive");
-        assert!(self.dedup_entries_max > 0, "dedup_entries_max must be positive");
+        // Remembered answers are indexed by 32-bit wrapping ring positions.
+        assert!(
+            (1..1 << 31).contains(&self.dedup_entries_max),
+            "dedup_entries_max must be in 1..2^31"
+        );
         assert!(
             self.rejection_cache_slots.is_power_of_two(),
             "rejection_cache_slots must be a power of two"
