@@ -158,3 +158,35 @@ async fn the_circuit_opens_when_the_server_is_down_and_calls_fail_fast() {
     assert!(matches!(err, ClientError::CircuitOpen { .. }), "{err}");
     assert!(started.elapsed() < Duration::from_millis(100), "fails fast");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_whose_replies_are_lost_times_out_at_its_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_at(dir.path(), any_port()).await;
+    let proxy = UdpProxy::start(server.addr).await;
+    let mut config =
+        ClientConfig::new(proxy.addr, "localhost", server.tls(), Some(&server.service_token));
+    config.attempt_timeout = Duration::from_millis(300);
+    config.call_timeout = Duration::from_millis(300);
+    config.retries_max = 0;
+    let client = Client::connect(config).await.unwrap();
+    assert!(client.query_sku(SkuId(1)).await.unwrap().is_none(), "served through the proxy");
+
+    proxy.drop_to_client.store(true, Ordering::Release);
+    let started = Instant::now();
+    // Two calls in one batch: the batch waits no longer than their deadline.
+    let both = async { tokio::join!(client.query_sku(SkuId(1)), client.query_sku(SkuId(2))) };
+    let (first, second) =
+        tokio::time::timeout(Duration::from_secs(5), both).await.expect("calls gave up by then");
+    let waited = started.elapsed();
+    for err in [first.unwrap_err(), second.unwrap_err()] {
+        assert!(matches!(err, ClientError::Timeout { deadline_ms: 300 }), "{err}");
+    }
+    assert!(waited >= Duration::from_millis(250), "gave up early: {waited:?}");
+    assert!(waited < Duration::from_secs(2), "waited past the deadline: {waited:?}");
+
+    // The connection that lost them is not trusted again: the next call reconnects.
+    proxy.drop_to_client.store(false, Ordering::Release);
+    assert!(client.query_sku(SkuId(1)).await.unwrap().is_none());
+    server.stop().await;
+}
