@@ -62,7 +62,14 @@ impl ClientTls {
         tls.alpn_protocols = vec![flashstock_protocol::ALPN.to_vec()];
         let crypto =
             QuicClientConfig::try_from(tls).map_err(|e| ClientError::Setup(e.to_string()))?;
-        Ok(ClientTls { config: quinn::ClientConfig::new(Arc::new(crypto)) })
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        // Pings keep a quiet connection open: without them an order service idle for longer
+        // than the server's idle timeout (30 s by default) found its connection closed, and a
+        // long load-generator run lost its admin connection before the audit.
+        let mut transport = quinn::TransportConfig::default();
+        transport.keep_alive_interval(Some(KEEP_ALIVE_INTERVAL));
+        config.transport_config(Arc::new(transport));
+        Ok(ClientTls { config })
     }
 
     /// The quinn configuration.
@@ -70,6 +77,9 @@ impl ClientTls {
         self.config.clone()
     }
 }
+
+/// Well under any idle timeout a server would set.
+const KEEP_ALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn roots(path: &Path) -> Result<RootCertStore, ClientError> {
     let mut roots = RootCertStore::empty();

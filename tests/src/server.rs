@@ -28,6 +28,9 @@ pub struct TestServer {
     runtime: Option<Runtime>,
 }
 
+/// The idle timeout of test servers' connections.
+pub const IDLE_TIMEOUT_MS: u64 = 5_000;
+
 impl TestServer {
     /// Starts a server on `data_dir`, listening on `addr` (port 0 for any).
     pub async fn start_at(data_dir: &Path, addr: SocketAddr) -> TestServer {
@@ -59,7 +62,8 @@ impl TestServer {
         }
         let tokens = net::auth::read_tokens_file(&tokens_path).unwrap();
         let token = |role| tokens.iter().find(|(_, r)| *r == role).unwrap().0.clone();
-        let limits = TransportLimits { streams_max: 16, idle_timeout_ms: 30_000 };
+        // Short, so that the tests notice a client that lets a quiet connection time out.
+        let limits = TransportLimits { streams_max: 16, idle_timeout_ms: IDLE_TIMEOUT_MS };
         let server_config = net::server_config(&files, limits, client_certs.as_deref()).unwrap();
         let endpoint = quinn::Endpoint::server(server_config, addr).unwrap();
         let addr = endpoint.local_addr().unwrap();

@@ -190,3 +190,18 @@ async fn a_call_whose_replies_are_lost_times_out_at_its_deadline() {
     assert!(client.query_sku(SkuId(1)).await.unwrap().is_none());
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_connection_outlives_the_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_at(dir.path(), any_port()).await;
+    let connection = server.connect(&server.service_token).await;
+    let query = || vec![flashstock_protocol::Request::QuerySku(SkuId(1))];
+    connection.call(query()).await.unwrap();
+    // Nothing to send for longer than the server's idle timeout: the client's pings keep the
+    // connection, and the same connection (no reconnect) still answers.
+    let idle = Duration::from_millis(flashstock_tests::server::IDLE_TIMEOUT_MS + 2_000);
+    tokio::time::sleep(idle).await;
+    connection.call(query()).await.expect("the connection survived its quiet period");
+    server.stop().await;
+}
