@@ -20,6 +20,12 @@ use flashstock_wal::BATCH_RECORDS_BYTES_MAX;
 /// misses of ~8 commands then overlap (see `Shard::prefetch`).
 const PREFETCH_AHEAD: usize = 8;
 
+/// How long a graceful shutdown waits for the shard's previous snapshot to be written.
+const SHUTDOWN_SNAPSHOT_WAIT: Duration = Duration::from_secs(120);
+
+/// A step taking this long is logged: all its callers waited for it.
+const SLOW_STEP_MS: u128 = 50;
+
 /// Where an actor sends a job's answer. Answers leave only once everything the actor applied
 /// before them is durable, so no reader ever sees an effect that a crash could undo.
 pub(crate) type Reply = oneshot::Sender<Result<Answer, RuntimeError>>;
@@ -101,6 +107,10 @@ pub(crate) struct Actor {
     pub(crate) inbox: Receiver<Job>,
     pub(crate) durable: Sender<Commit>,
     pub(crate) snapshots: Sender<SnapshotJob>,
+    /// The shard's one snapshot buffer, when the snapshot thread is not writing from it: a
+    /// shard has at most one snapshot in flight, and encodes into memory already mapped.
+    pub(crate) snapshot_buffer: Receiver<Vec<u8>>,
+    pub(crate) snapshot_buffer_return: Sender<Vec<u8>>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) config: RuntimeConfig,
     /// The sequence number of the next record this shard logs.
@@ -140,6 +150,7 @@ impl Actor {
     /// records and replies on. Returns true when a `Stop` was taken.
     fn step(&mut self, first: Option<Job>) -> bool {
         let now_ms = self.clock.now_ms();
+        let started = std::time::Instant::now();
         // A step may log more than one WAL batch holds (a big tick, long confirm records):
         // the log is cut into batch-sized chunks, all made durable by the same sync.
         let mut log = EncodedLog::with_chunk_bytes_max(BATCH_RECORDS_BYTES_MAX);
@@ -167,6 +178,12 @@ impl Actor {
         }
         if self.shard.next_expiry_ms().is_some_and(|due_ms| due_ms <= now_ms) {
             self.shard.tick(now_ms, &mut log);
+        }
+        let elapsed_ms = started.elapsed().as_millis();
+        if elapsed_ms >= SLOW_STEP_MS {
+            // Every reply of the step waited this long: worth a line when it hurts p99.
+            let shard = self.shard.id().0;
+            tracing::warn!(shard, jobs = weight, elapsed_ms, "slow shard step");
         }
         if !replies.is_empty() || log.record_count > 0 {
             let record_count = log.record_count;
@@ -246,17 +263,25 @@ impl Actor {
         if !(force || ((by_count || by_time) && log_caught_up)) {
             return;
         }
-        let mut state = Vec::new();
+        // Without the buffer the previous snapshot is still being written: skip this one and
+        // try again after the next step, rather than wait. A final snapshot at shutdown waits.
+        let buffer = if force {
+            self.snapshot_buffer.recv_timeout(SHUTDOWN_SNAPSHOT_WAIT).ok()
+        } else {
+            self.snapshot_buffer.try_recv().ok()
+        };
+        let Some(mut state) = buffer else { return };
+        state.clear();
+        let started = std::time::Instant::now();
         self.shard.encode_snapshot(&mut state);
         let snapshot_bytes = state.len() as u64;
-        let job = SnapshotJob { log: self.shard.id().0, seq: self.next_seq, state };
-        // The snapshot thread still writing the previous one: skip this one rather than wait,
-        // and try again after the next step. A final snapshot at shutdown waits.
-        let sent = if force {
-            self.snapshots.send(job).is_ok()
-        } else {
-            self.snapshots.try_send(job).is_ok()
-        };
+        // The shard answers nothing while it encodes: this is a stall every caller sees.
+        let encode_ms = started.elapsed().as_millis();
+        tracing::info!(shard = self.shard.id().0, snapshot_bytes, encode_ms, "snapshot encoded");
+        let recycle = self.snapshot_buffer_return.clone();
+        let job = SnapshotJob { log: self.shard.id().0, seq: self.next_seq, state, recycle };
+        // The queue holds one job per shard and each shard has one buffer: it never is full.
+        let sent = self.snapshots.send(job).is_ok();
         if sent {
             self.records_since_snapshot = 0;
             self.log_bytes_since_snapshot = 0;

@@ -108,12 +108,16 @@ impl Runtime {
         let now_ms = clock.now_ms();
         for (shard, next_seq) in shards {
             let (inbox_tx, inbox_rx) = bounded(config.inbox_capacity);
+            let (snapshot_buffer_return, snapshot_buffer) = bounded(1);
+            snapshot_buffer_return.send(Vec::new()).expect("an empty one-slot channel");
             let name = format!("flashstock-shard-{}", shard.id().0);
             let actor = Actor {
                 shard,
                 inbox: inbox_rx,
                 durable: durable_tx.clone(),
                 snapshots: snapshot_tx.clone(),
+                snapshot_buffer,
+                snapshot_buffer_return,
                 clock: clock.clone(),
                 config: config.clone(),
                 next_seq,
