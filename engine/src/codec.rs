@@ -34,6 +34,15 @@ impl Writer<'_> {
         self.u8(u8::from(v.is_some()));
         self.u32(v.unwrap_or(0));
     }
+    /// LEB128: 7 bits a byte, low first. Ids, counts and times are mostly small or share
+    /// their high bits with nothing: a buyer id of 10^6 takes 3 bytes instead of 8.
+    pub(crate) fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.bytes.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        self.bytes.push(v as u8);
+    }
     /// A flag, then the value only when present: most reservations carry no order reference,
     /// and 16 zero bytes on every log record would cost a third of its size.
     pub(crate) fn opt_u128(&mut self, v: Option<u128>) {
@@ -90,6 +99,22 @@ impl<'a> Reader<'a> {
     }
     pub(crate) fn u128(&mut self) -> Result<u128, EngineError> {
         Ok(u128::from_le_bytes(self.take()?))
+    }
+    /// A LEB128 integer of at most 10 bytes that fits 64 bits; `field` names it in errors.
+    pub(crate) fn varint(&mut self, field: &'static str) -> Result<u64, EngineError> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = self.u8()?;
+            let bits = u64::from(byte & 0x7f);
+            if shift == 63 && bits > 1 {
+                return Err(EngineError::InvalidField { field, value: u64::from(byte) });
+            }
+            value |= bits << shift;
+            if byte & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(EngineError::InvalidField { field, value })
     }
     fn flag(&mut self, field: &'static str) -> Result<bool, EngineError> {
         match self.u8()? {
