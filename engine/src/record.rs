@@ -88,21 +88,6 @@ const TAG_CONFIRM_ENDED_COMPACT: u8 = 13;
 const TAG_CANCEL_ENDED_COMPACT: u8 = 14;
 const TAG_EXPIRED_COMPACT: u8 = 15;
 
-const KNOWN_TAGS: [u8; 12] = [
-    TAG_RESERVE,
-    TAG_SET_STOCK,
-    TAG_ADJUST_STOCK,
-    TAG_SET_BUYER_LIMIT,
-    TAG_SET_SALE_WINDOW,
-    TAG_CONFIRM_ENDED,
-    TAG_CANCEL_ENDED,
-    TAG_EXPIRED,
-    TAG_RESERVE_COMPACT,
-    TAG_CONFIRM_ENDED_COMPACT,
-    TAG_CANCEL_ENDED_COMPACT,
-    TAG_EXPIRED_COMPACT,
-];
-
 /// How a record's integers are written: at full width (the first tags) or as varints.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Ints {
@@ -111,13 +96,18 @@ enum Ints {
 }
 
 impl Ints {
-    fn of(tag: u8) -> Ints {
+    /// How records with `tag` write their integers; `None` for a tag no build has written.
+    fn of(tag: u8) -> Option<Ints> {
         match tag {
             TAG_RESERVE_COMPACT
             | TAG_CONFIRM_ENDED_COMPACT
             | TAG_CANCEL_ENDED_COMPACT
-            | TAG_EXPIRED_COMPACT => Ints::Varint,
-            _ => Ints::Fixed,
+            | TAG_EXPIRED_COMPACT => Some(Ints::Varint),
+            TAG_RESERVE | TAG_SET_STOCK | TAG_ADJUST_STOCK | TAG_SET_BUYER_LIMIT
+            | TAG_SET_SALE_WINDOW | TAG_CONFIRM_ENDED | TAG_CANCEL_ENDED | TAG_EXPIRED => {
+                Some(Ints::Fixed)
+            }
+            _ => None,
         }
     }
 
@@ -394,10 +384,9 @@ fn decode_one(r: &mut Reader<'_>) -> Result<Record, EngineError> {
     let offset = r.offset();
     let tag = r.u8()?;
     // An unknown tag is named as such, not reported as whatever its bytes fail to parse as.
-    if !KNOWN_TAGS.contains(&tag) {
+    let Some(ints) = Ints::of(tag) else {
         return Err(EngineError::UnknownRecordTag { tag, offset });
-    }
-    let ints = Ints::of(tag);
+    };
     let at_ms = ints.u64(r, "time")?;
     if tag == TAG_EXPIRED || tag == TAG_EXPIRED_COMPACT {
         let ended = decode_ended(r, ints)?;
