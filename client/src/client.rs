@@ -446,15 +446,11 @@ async fn batch_calls(
         // A call whose attempt is already over must not set a batch's deadline in the past
         // (that would mark a healthy connection broken): it times out alone.
         let now = Instant::now();
-        batch.retain_mut(|call| {
-            let live = call.deadline > now;
-            if !live {
-                let (dead, _) = oneshot::channel();
-                let reply = std::mem::replace(&mut call.reply, dead);
-                let _ = reply.send(Err(ClientError::Timeout { deadline_ms: 0 }));
-            }
-            live
-        });
+        let (batch, expired): (Vec<Call>, Vec<Call>) =
+            batch.into_iter().partition(|call| call.deadline > now);
+        for call in expired {
+            let _ = call.reply.send(Err(ClientError::Timeout { deadline_ms: 0 }));
+        }
         let Some(deadline) = batch.iter().map(|call| call.deadline).min() else { continue };
         let (connection, broken) = (connection.clone(), broken.clone());
         tokio::spawn(async move {
