@@ -139,12 +139,22 @@ fn memory_log_faults_are_caught_by_replay() {
 
 fn corrupt_in_sled(dir: &std::path::Path, log: u16, seq: u64, damage: impl FnOnce(&mut Vec<u8>)) {
     let segment_bytes = flashstock_wal::sled_wal::SLED_SEGMENT_BYTES;
-    let db = sled::Config::new()
-        .path(dir)
-        .segment_size(segment_bytes)
-        .flush_every_ms(None)
-        .open()
-        .unwrap();
+    // The store was just closed: sled's background threads may hold its file lock for a
+    // moment, as `SledWal::open` allows for; without the wait this failed now and then.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let db = loop {
+        let opened =
+            sled::Config::new().path(dir).segment_size(segment_bytes).flush_every_ms(None).open();
+        match opened {
+            Err(sled::Error::Io(err))
+                if err.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => break other.unwrap(),
+        }
+    };
     let tree = db.open_tree(format!("log.{log}")).unwrap();
     let mut value = tree.get(seq.to_be_bytes()).unwrap().unwrap().to_vec();
     damage(&mut value);
