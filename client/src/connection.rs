@@ -125,11 +125,34 @@ pub(crate) async fn open(
 ) -> Result<(quinn::Endpoint, quinn::Connection), ClientError> {
     let bind: SocketAddr =
         if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("a wildcard address");
+    let setup = |err: std::io::Error| ClientError::Setup(err.to_string());
+    let socket = std::net::UdpSocket::bind(bind).map_err(setup)?;
+    size_buffers(&socket, UDP_BUFFER_BYTES).map_err(setup)?;
+    let runtime = Arc::new(quinn::TokioRuntime);
     let mut endpoint =
-        quinn::Endpoint::client(bind).map_err(|err| ClientError::Setup(err.to_string()))?;
+        quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
+            .map_err(setup)?;
     endpoint.set_default_client_config(tls.quinn_config());
     let connection = endpoint.connect(addr, server_name)?.await?;
     Ok((endpoint, connection))
+}
+
+/// The kernel send and receive buffer asked for each connection's UDP socket. Linux's
+/// default (~208 KiB) overflowed under bursts of pipelined replies and dropped datagrams on
+/// loopback, each drop costing a retransmission and a congestion-window cut.
+const UDP_BUFFER_BYTES: usize = 4 << 20;
+
+/// Asks for `bytes` of send and receive buffer; the kernel caps it at `net.core.rmem_max`,
+/// which is logged rather than refused (the client works, it only drops more under bursts).
+fn size_buffers(socket: &std::net::UdpSocket, bytes: usize) -> std::io::Result<()> {
+    let state = quinn::udp::UdpSocketState::new(socket.into())?;
+    state.set_recv_buffer_size(socket.into(), bytes)?;
+    state.set_send_buffer_size(socket.into(), bytes)?;
+    let granted_bytes = state.recv_buffer_size(socket.into())?;
+    if granted_bytes < bytes {
+        tracing::debug!(bytes, granted_bytes, "UDP receive buffer capped by net.core.rmem_max");
+    }
+    Ok(())
 }
 
 /// The first message of a connection.

@@ -56,6 +56,9 @@ pub struct Settings {
     pub streams_max: Option<u32>,
     /// Milliseconds of silence before a connection is closed (default 30,000).
     pub idle_timeout_ms: Option<u64>,
+    /// Kernel send and receive buffer asked for the UDP socket, in bytes (default 4 MiB;
+    /// the kernel caps it at `net.core.rmem_max`/`wmem_max`).
+    pub udp_buffer_bytes: Option<usize>,
     /// A PEM certificate chain to serve instead of the generated self-signed one.
     pub tls_cert: Option<PathBuf>,
     /// The PEM private key of `tls_cert`.
@@ -102,6 +105,7 @@ impl Settings {
             in_flight_max: over.in_flight_max.or(self.in_flight_max),
             streams_max: over.streams_max.or(self.streams_max),
             idle_timeout_ms: over.idle_timeout_ms.or(self.idle_timeout_ms),
+            udp_buffer_bytes: over.udp_buffer_bytes.or(self.udp_buffer_bytes),
             tls_cert: over.tls_cert.or(self.tls_cert),
             tls_key: over.tls_key.or(self.tls_key),
             tokens_file: over.tokens_file.or(self.tokens_file),
@@ -191,8 +195,8 @@ pub async fn run(
     let listen =
         settings.listen.unwrap_or_else(|| LISTEN_DEFAULT.parse().expect("a valid address"));
     let server_config = net::server_config(&tls, transport, client_certs.as_deref())?;
-    let endpoint = quinn::Endpoint::server(server_config, listen)
-        .map_err(|source| RuntimeError::Bind { addr: listen, source })?;
+    let udp_buffer_bytes = settings.udp_buffer_bytes.unwrap_or(net::UDP_BUFFER_BYTES_DEFAULT);
+    let endpoint = net::server_endpoint(listen, server_config, udp_buffer_bytes)?;
     let bound =
         endpoint.local_addr().map_err(|source| RuntimeError::Bind { addr: listen, source })?;
     tracing::info!(

@@ -65,7 +65,8 @@ impl TestServer {
         // Short, so that the tests notice a client that lets a quiet connection time out.
         let limits = TransportLimits { streams_max: 16, idle_timeout_ms: IDLE_TIMEOUT_MS };
         let server_config = net::server_config(&files, limits, client_certs.as_deref()).unwrap();
-        let endpoint = quinn::Endpoint::server(server_config, addr).unwrap();
+        let endpoint =
+            net::server_endpoint(addr, server_config, net::UDP_BUFFER_BYTES_DEFAULT).unwrap();
         let addr = endpoint.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let net_limits = NetLimits {

@@ -69,6 +69,10 @@ struct Args {
     /// Milliseconds of silence before a connection is closed [default: 30000].
     #[arg(long, env = "FLASHSTOCK_IDLE_TIMEOUT_MS")]
     idle_timeout_ms: Option<u64>,
+    /// Kernel send and receive buffer asked for the UDP socket, in bytes; the kernel caps it
+    /// at net.core.rmem_max/wmem_max [default: 4194304].
+    #[arg(long, env = "FLASHSTOCK_UDP_BUFFER_BYTES")]
+    udp_buffer_bytes: Option<usize>,
     /// A PEM certificate chain to serve instead of the generated self-signed one.
     #[arg(long, env = "FLASHSTOCK_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -113,6 +117,7 @@ fn main() -> anyhow::Result<()> {
         in_flight_max: args.in_flight_max,
         streams_max: args.streams_max,
         idle_timeout_ms: args.idle_timeout_ms,
+        udp_buffer_bytes: args.udp_buffer_bytes,
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
         tokens_file: args.tokens_file,

@@ -4,12 +4,15 @@
 //! - [`auth`]: bearer tokens and client certificates → roles, and which role may send what.
 //! - [`session`]: the listener (`serve`), per-connection and per-stream sessions.
 //! - [`subscription`]: one consumer's committed-deduction stream: windowed, acknowledged.
+//! - [`udp`]: the listener's socket, with kernel buffers sized for bursts.
 
 pub mod auth;
 pub mod session;
 pub mod subscription;
 pub mod tls;
+pub mod udp;
 
 pub use auth::{Authenticator, ClientCertRoles};
 pub use session::{serve, NetLimits};
 pub use tls::{ensure_self_signed, server_config, TlsFiles, TransportLimits};
+pub use udp::{server_endpoint, UDP_BUFFER_BYTES_DEFAULT};
