@@ -72,7 +72,7 @@ impl TestServer {
         let net_limits = NetLimits {
             frame_bytes_max: 1 << 20,
             connections_max: 64,
-            in_flight_max: 4_096,
+            in_flight_max: 16_384,
             drain_timeout_ms: 5_000,
             stream_window_events_max: 4_096,
         };
