@@ -3,7 +3,9 @@
 //! WAL → replies. Every answer is durable before it is sent.
 //!
 //! - `flash_sale`: a hot SKU with 1% of the demand in stock (most answers are "sold out");
-//! - `reserve`: every reserve succeeds (short holds, expired by the server).
+//! - `reserve`: every reserve succeeds (short holds, expired by the server), all on one SKU,
+//!   so one shard does all the work;
+//! - `reserve_64skus`: the same spread over 64 SKUs, so over every shard.
 //!
 //! Each with 1 and 8 connections and 4,096 calls in flight.
 
@@ -23,25 +25,30 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const IN_FLIGHT: u64 = 4_096;
 
-/// (name, units in stock, hold ttl): a flash sale with 1% of the demand in stock, and holds
-/// that all succeed and lapse quickly.
-const SCENARIOS: [(&str, u64, u64); 2] =
-    [("flash_sale", CALLS / 100, 600_000), ("reserve", 1 << 40, 2_000)];
+/// (name, units in stock per SKU, hold ttl, SKUs): a flash sale with 1% of the demand in
+/// stock, and holds that all succeed and lapse quickly, on one SKU or spread over 64.
+const SCENARIOS: [(&str, u64, u64, u64); 3] = [
+    ("flash_sale", CALLS / 100, 600_000, 1),
+    ("reserve", 1 << 40, 2_000, 1),
+    ("reserve_64skus", 1 << 40, 2_000, 64),
+];
 
-/// Runs `iters` sales, each on a fresh SKU stocked with `units` before the clock starts, and
-/// returns the time spent in `sale` alone.
+/// Runs `iters` sales, each on `skus` fresh SKUs stocked with `units` before the clock starts,
+/// and returns the time spent in `sale` alone. `sale` gets the first of the SKUs.
 fn timed_sales<F: std::future::Future<Output = ()>>(
     tokio: &tokio::runtime::Runtime,
     admin: &Client,
     next_sku: &AtomicU64,
-    units: u64,
+    (units, skus): (u64, u64),
     iters: u64,
     sale: impl Fn(SkuId) -> F,
 ) -> Duration {
     let mut elapsed = Duration::ZERO;
     for _ in 0..iters {
-        let sku = SkuId(next_sku.fetch_add(1, Ordering::Relaxed));
-        tokio.block_on(admin.set_stock(sku, units)).unwrap();
+        let sku = SkuId(next_sku.fetch_add(skus, Ordering::Relaxed));
+        for offset in 0..skus {
+            tokio.block_on(admin.set_stock(SkuId(sku.0 + offset), units)).unwrap();
+        }
         let started = Instant::now();
         tokio.block_on(sale(sku));
         elapsed += started.elapsed();
@@ -75,11 +82,11 @@ fn e2e(c: &mut Criterion) {
             config.connections = connections;
             Client::connect(config).await.unwrap()
         });
-        for (name, units, ttl_ms) in SCENARIOS {
+        for (name, units, ttl_ms, skus) in SCENARIOS {
             group.bench_function(BenchmarkId::new(name, connections), |b| {
                 b.iter_custom(|iters| {
-                    timed_sales(&tokio, &admin, &next_sku, units, iters, |sku| {
-                        race(&client, sku, ttl_ms)
+                    timed_sales(&tokio, &admin, &next_sku, (units, skus), iters, |sku| {
+                        race(&client, sku, skus, ttl_ms)
                     })
                 })
             });
@@ -95,12 +102,12 @@ fn e2e(c: &mut Criterion) {
             }
             raw
         });
-        for (name, units, ttl_ms) in SCENARIOS {
+        for (name, units, ttl_ms, skus) in SCENARIOS {
             let name = format!("batched{batch}_{name}");
             group.bench_function(BenchmarkId::new(name, connections), |b| {
                 b.iter_custom(|iters| {
-                    timed_sales(&tokio, &admin, &next_sku, units, iters, |sku| {
-                        batched_race(&raw, sku, ttl_ms, batch)
+                    timed_sales(&tokio, &admin, &next_sku, (units, skus), iters, |sku| {
+                        batched_race(&raw, sku, skus, ttl_ms, batch)
                     })
                 })
             });
@@ -158,8 +165,15 @@ async fn latency(server: &TestServer, admin: &Client, next_sku: &AtomicU64, in_f
     );
 }
 
-/// `CALLS` reserves in batches of `batch`, 64 batches in flight per connection.
-async fn batched_race(connections: &[Arc<Connection>], sku: SkuId, ttl_ms: u64, batch: u64) {
+/// `CALLS` reserves in batches of `batch`, 64 batches in flight per connection, buyer `b` on
+/// SKU `sku + b % skus`.
+async fn batched_race(
+    connections: &[Arc<Connection>],
+    sku: SkuId,
+    skus: u64,
+    ttl_ms: u64,
+    batch: u64,
+) {
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for connection in connections {
@@ -176,7 +190,7 @@ async fn batched_race(connections: &[Arc<Connection>], sku: SkuId, ttl_ms: u64, 
                             Request::Apply(Command::Reserve(Reserve {
                                 request: RequestId(u128::from(sku.0) << 64 | u128::from(buyer)),
                                 buyer: BuyerId(buyer),
-                                sku,
+                                sku: SkuId(sku.0 + buyer % skus),
                                 qty: 1,
                                 ttl_ms,
                                 order_ref: None,
@@ -197,8 +211,9 @@ async fn batched_race(connections: &[Arc<Connection>], sku: SkuId, ttl_ms: u64, 
     }
 }
 
-/// `CALLS` buyers, `IN_FLIGHT` at a time, each reserving one unit.
-async fn race(client: &Client, sku: SkuId, ttl_ms: u64) {
+/// `CALLS` buyers, `IN_FLIGHT` at a time, each reserving one unit, buyer `b` on SKU
+/// `sku + b % skus`.
+async fn race(client: &Client, sku: SkuId, skus: u64, ttl_ms: u64) {
     let next = Arc::new(AtomicU64::new(0));
     let tasks: Vec<_> = (0..IN_FLIGHT)
         .map(|_| {
@@ -209,7 +224,8 @@ async fn race(client: &Client, sku: SkuId, ttl_ms: u64) {
                     if buyer >= CALLS {
                         break;
                     }
-                    let outcome = client.reserve(BuyerId(buyer), sku, 1, ttl_ms).await;
+                    let on = SkuId(sku.0 + buyer % skus);
+                    let outcome = client.reserve(BuyerId(buyer), on, 1, ttl_ms).await;
                     assert!(
                         matches!(outcome, Ok(Outcome::Reserved { .. } | Outcome::SoldOut { .. })),
                         "{outcome:?}"
