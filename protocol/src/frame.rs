@@ -24,9 +24,10 @@ use crate::message::{ArchivedMessage, Message};
 pub const ALPN: &[u8] = b"flashstock/1";
 
 /// The protocol version this build speaks. Version 2 added order references to reserve and
-/// confirm and the committed-deduction stream's messages; a version-1 peer is answered
-/// `UnsupportedVersion` rather than misread.
-pub const PROTOCOL_VERSION: u8 = 2;
+/// confirm and the committed-deduction stream's messages; version 3 archives without
+/// alignment padding (a reserve request 112 -> 63 bytes, a reply 96 -> 65). An older peer is
+/// answered `UnsupportedVersion` rather than misread.
+pub const PROTOCOL_VERSION: u8 = 3;
 /// Every protocol version this build speaks.
 pub const SUPPORTED_VERSIONS: &[u8] = &[PROTOCOL_VERSION];
 /// Bytes of a frame header.
@@ -112,8 +113,6 @@ pub struct FrameDecoder {
     buffer: Vec<u8>,
     /// Bytes of `buffer` already decoded.
     consumed: usize,
-    /// The payload copied to an aligned buffer: rkyv's checked access needs alignment.
-    aligned: AlignedVec,
     /// Set by a fatal error: the stream is out of step for good.
     failed: Option<FrameError>,
 }
@@ -121,13 +120,7 @@ pub struct FrameDecoder {
 impl FrameDecoder {
     /// A decoder that refuses payloads above `frame_bytes_max`.
     pub fn new(frame_bytes_max: u32) -> FrameDecoder {
-        FrameDecoder {
-            frame_bytes_max,
-            buffer: Vec::new(),
-            consumed: 0,
-            aligned: AlignedVec::new(),
-            failed: None,
-        }
+        FrameDecoder { frame_bytes_max, buffer: Vec::new(), consumed: 0, failed: None }
     }
 
     /// Takes bytes received.
@@ -165,11 +158,12 @@ impl FrameDecoder {
         let Some(frame) = available.get(..frame_bytes) else {
             return Ok(Decoded::NeedMore { bytes: frame_bytes - available.len() });
         };
-        self.aligned.clear();
-        self.aligned.extend_from_slice(&frame[HEADER_BYTES..]);
+        // Checked in place: archives are unaligned (rkyv's `unaligned` feature), so a payload
+        // needs no copy to an aligned buffer wherever it lands in the stream.
+        let validated = validate(&frame[HEADER_BYTES..]);
         self.consumed += frame_bytes;
-        let message = validate(&self.aligned)
-            .map_err(|reason| FrameError::InvalidPayload { correlation, reason })?;
+        let message =
+            validated.map_err(|reason| FrameError::InvalidPayload { correlation, reason })?;
         Ok(Decoded::Frame(Frame { correlation, message }))
     }
 

@@ -11,8 +11,9 @@
 //!   connection errors.
 //! - [`error`]: [`FrameError`], the one error type.
 //!
-//! A frame's payload is an rkyv archive of a [`Message`], checked with bytecheck (on an aligned
-//! copy) before any field is read.
+//! A frame's payload is an rkyv archive of a [`Message`], checked with bytecheck before any
+//! field is read. Archives are unaligned (rkyv's `unaligned` feature): no padding on the wire,
+//! and a payload is checked where it lies in the receive buffer, without an aligned copy.
 
 pub mod error;
 pub mod frame;

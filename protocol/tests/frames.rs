@@ -301,7 +301,7 @@ fn bad_input_gets_typed_errors() {
     future[4] = 9;
     let err = decode_one(&future).unwrap_err();
     assert_eq!(err, FrameError::UnsupportedVersion { found: 9, supported: SUPPORTED_VERSIONS });
-    assert!(err.to_string().contains("supported: [2]"), "{err}");
+    assert!(err.to_string().contains("supported: [3]"), "{err}");
 
     // An oversized length is refused from the header alone, before any payload arrives.
     let mut huge = good[..HEADER_BYTES].to_vec();
