@@ -220,7 +220,7 @@ impl Client {
     /// Reads a SKU.
     pub async fn query_sku(&self, sku: SkuId) -> Result<Option<SkuView>, ClientError> {
         match self.call(Request::QuerySku(sku)).await? {
-            Reply::Sku(view) => Ok(view),
+            Reply::Sku(view) => Ok(view.map(|view| *view)),
             other => Err(ClientError::Unexpected(format!("{other:?} for a SKU query"))),
         }
     }
@@ -231,7 +231,7 @@ impl Client {
         id: ReservationId,
     ) -> Result<Option<ReservationView>, ClientError> {
         match self.call(Request::QueryReservation(id)).await? {
-            Reply::Reservation(view) => Ok(view),
+            Reply::Reservation(view) => Ok(view.map(|view| *view)),
             other => Err(ClientError::Unexpected(format!("{other:?} for a reservation query"))),
         }
     }

@@ -25,8 +25,8 @@ pub const ALPN: &[u8] = b"flashstock/1";
 
 /// The protocol version this build speaks. Version 2 added order references to reserve and
 /// confirm and the committed-deduction stream's messages; version 3 archives without
-/// alignment padding (a reserve request 112 -> 63 bytes, a reply 96 -> 65). An older peer is
-/// answered `UnsupportedVersion` rather than misread.
+/// alignment padding and boxes the query views in replies (a reserve request 112 -> 63 bytes,
+/// a reply 96 -> 18). An older peer is answered `UnsupportedVersion` rather than misread.
 pub const PROTOCOL_VERSION: u8 = 3;
 /// Every protocol version this build speaks.
 pub const SUPPORTED_VERSIONS: &[u8] = &[PROTOCOL_VERSION];

@@ -120,14 +120,17 @@ pub enum Request {
 }
 
 /// The answer to one request.
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+///
+/// The views are boxed: an archived enum is as large as its largest variant, and a batch of
+/// replies is almost all outcomes. Boxed, a reply archives in 18 bytes instead of 65.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum Reply {
     /// What the command did (business outcomes such as sold out are here).
     Outcome(Outcome),
     /// The SKU read, if it exists.
-    Sku(Option<SkuView>),
+    Sku(Option<Box<SkuView>>),
     /// The reservation read, if it is known.
-    Reservation(Option<ReservationView>),
+    Reservation(Option<Box<ReservationView>>),
     /// The request was not applied, and why; retrying with the same request id is safe.
     Refused(Refusal),
 }

@@ -101,8 +101,9 @@ fn reply() -> impl Strategy<Value = Reply> {
     );
     prop_oneof![
         outcome().prop_map(Reply::Outcome),
-        proptest::option::of(sku_view).prop_map(Reply::Sku),
-        proptest::option::of(reservation_view).prop_map(Reply::Reservation),
+        proptest::option::of(sku_view).prop_map(|view| Reply::Sku(view.map(Box::new))),
+        proptest::option::of(reservation_view)
+            .prop_map(|view| Reply::Reservation(view.map(Box::new))),
         prop_oneof![
             Just(Refusal::Overloaded),
             Just(Refusal::PermissionDenied),

@@ -108,7 +108,7 @@ async fn flashstockd_serves_stops_cleanly_and_restarts_with_its_state() {
     let daemon = start(dir.path(), &[]);
     let service = connect(&daemon, "service").await;
     let replies = service.call(vec![Request::QuerySku(SkuId(3))]).await.unwrap();
-    let Reply::Sku(Some(view)) = replies[0] else { panic!("the SKU survives") };
+    let Reply::Sku(Some(view)) = &replies[0] else { panic!("the SKU survives") };
     assert_eq!((view.total, view.available, view.sold), (5, 3, 2));
     // The same request id after a restart still gets its first answer.
     let replies = service

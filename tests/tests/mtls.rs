@@ -101,11 +101,8 @@ async fn client_certificates_grant_their_cas_role() {
     // Tokens still work next to certificates.
     let with_token = server.connect(&server.service_token).await;
     assert_eq!(with_token.role(), Role::Service);
-    let Reply::Sku(Some(view)) =
-        with_token.call(vec![Request::QuerySku(SkuId(1))]).await.unwrap()[0]
-    else {
-        panic!("a SKU")
-    };
+    let replies = with_token.call(vec![Request::QuerySku(SkuId(1))]).await.unwrap();
+    let Reply::Sku(Some(view)) = &replies[0] else { panic!("a SKU") };
     assert_eq!(view.total, 9, "the service's set_stock had no effect");
     server.stop().await;
 }

@@ -34,7 +34,7 @@ async fn apply(connection: &Connection, command: Command) -> Outcome {
 
 async fn sku(connection: &Connection, sku: u64) -> SkuView {
     match one(connection, Request::QuerySku(SkuId(sku))).await {
-        Reply::Sku(Some(view)) => view,
+        Reply::Sku(Some(view)) => *view,
         other => panic!("expected a SKU, got {other:?}"),
     }
 }

@@ -391,8 +391,8 @@ async fn dispatch(handle: &Handle, role: Role, batch: &[Request]) -> Vec<Reply> 
     for (index, answer) in positions.into_iter().zip(answers) {
         replies[index] = Some(match answer {
             Ok(Answer::Outcome(outcome)) => Reply::Outcome(outcome),
-            Ok(Answer::Sku(view)) => Reply::Sku(view),
-            Ok(Answer::Reservation(view)) => Reply::Reservation(view),
+            Ok(Answer::Sku(view)) => Reply::Sku(view.map(Box::new)),
+            Ok(Answer::Reservation(view)) => Reply::Reservation(view.map(Box::new)),
             Ok(Answer::Skus(_)) => unreachable!("no request lists SKUs"),
             Err(err) => refusal(err),
         });
