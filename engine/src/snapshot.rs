@@ -47,10 +47,8 @@ impl Shard {
             encode_sku(&mut w, *id, sku);
         }
 
-        let mut reservations: Vec<_> = self.reservations.iter().collect();
-        reservations.sort_unstable_by_key(|(id, _)| *id);
-        w.u64(reservations.len() as u64);
-        for (id, r) in reservations {
+        w.u64(self.reservations.len() as u64);
+        for (id, r) in self.reservations.iter_in_order() {
             w.u64(id.0);
             w.u64(r.buyer.0);
             w.u64(r.sku.0);
