@@ -19,6 +19,10 @@ use flashstock_engine::{BuyerId, Command, Outcome, RequestId, Reserve, SkuId};
 use flashstock_protocol::{Reply, Request};
 use flashstock_tests::server::TestServer;
 
+/// The allocator `flashstockd` runs with.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const IN_FLIGHT: u64 = 4_096;
 
 /// (name, units in stock per SKU, hold ttl, SKUs): a flash sale with 1% of the demand in

@@ -14,6 +14,10 @@ use flashstock_loadgen::run::RunConfig;
 use flashstock_loadgen::scenario::Scenario;
 use flashstock_loadgen::{execute, Finished, LoadOptions, TargetSpec};
 
+/// The allocator `flashstockd` runs with: the client's per-call allocations are its hot path.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Rehearse a flash sale against flashstock (or the Redis Lua baseline), prove it with an
 /// audit, and report throughput, outcome counts and latency percentiles.
 #[derive(Debug, Parser)]

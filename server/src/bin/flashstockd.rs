@@ -8,6 +8,11 @@ use anyhow::Context;
 use clap::Parser;
 use flashstock_server::daemon::{self, Settings};
 
+/// glibc hands large freed blocks back to the kernel, so each growth of a shard's tables, and
+/// each frame and batch allocation, paid page faults and slow paths; mimalloc reuses them.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The flashstock server: flash-sale stock over QUIC, durable before it answers.
 ///
 /// Settings come from defaults, then `--config FILE` (TOML, same names with underscores),
