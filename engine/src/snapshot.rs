@@ -32,6 +32,13 @@ impl Shard {
             + self.order_refs.len() * 24
             + self.ended.len() * 16
             + self.dedup.answers.len() * 41;
+        if out.is_empty() && out.capacity() < estimate {
+            // A reused, cleared buffer that is too small: replace it rather than `reserve`,
+            // which reallocates and so copies the old capacity's worth of stale bytes (under
+            // mimalloc a real copy of ~100 MB; glibc remaps instead). A quarter of headroom
+            // lets the next few snapshots of a growing shard fit.
+            *out = Vec::with_capacity(estimate + estimate / 4);
+        }
         out.reserve(estimate);
         let mut w = Writer { bytes: out };
         w.u32(SNAPSHOT_MAGIC);
