@@ -207,7 +207,8 @@ pub async fn run(
         "flashstockd serving"
     );
     on_listening(bound, &tls.cert_path, &tokens_path);
-    net::serve(endpoint, runtime.handle(), auth, limits, shutdown).await;
+    let stats = Arc::new(net::NetStats::default());
+    net::serve(endpoint, runtime.handle(), auth, limits, stats, shutdown).await;
     // Every session has drained: flush the log and stop the shards.
     runtime.shutdown();
     tracing::info!("flashstockd stopped; the log is flushed");

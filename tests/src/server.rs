@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use flashstock_client::{ClientTls, Connection};
 use flashstock_protocol::Role;
-use flashstock_server::net::{self, Authenticator, ClientCertRoles, NetLimits, TransportLimits};
+use flashstock_server::net::{
+    self, Authenticator, ClientCertRoles, NetLimits, NetStats, TransportLimits,
+};
 use flashstock_server::{Runtime, RuntimeConfig, SystemClock};
 
 /// A running server. `stop` shuts it down gracefully; dropping it without does not flush.
@@ -23,6 +25,8 @@ pub struct TestServer {
     pub service_token: String,
     /// A token granting `Role::Consumer`.
     pub consumer_token: String,
+    /// What its network layer holds.
+    pub stats: Arc<NetStats>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     serving: Option<tokio::task::JoinHandle<()>>,
     runtime: Option<Runtime>,
@@ -77,11 +81,13 @@ impl TestServer {
             stream_window_events_max: 4_096,
         };
         let handle = runtime.handle();
+        let stats = Arc::new(NetStats::default());
+        let serving_stats = stats.clone();
         let serving = tokio::spawn(async move {
             let shutdown = async {
                 let _ = stopped.await;
             };
-            net::serve(endpoint, handle, auth, net_limits, shutdown).await
+            net::serve(endpoint, handle, auth, net_limits, serving_stats, shutdown).await
         });
         TestServer {
             addr,
@@ -89,6 +95,7 @@ impl TestServer {
             admin_token: token(Role::Admin),
             service_token: token(Role::Service),
             consumer_token: token(Role::Consumer),
+            stats,
             stop: Some(stop),
             serving: Some(serving),
             runtime: Some(runtime),

@@ -13,6 +13,6 @@ pub mod tls;
 pub mod udp;
 
 pub use auth::{Authenticator, ClientCertRoles};
-pub use session::{serve, NetLimits};
+pub use session::{serve, NetLimits, NetStats};
 pub use tls::{ensure_self_signed, server_config, TlsFiles, TransportLimits};
 pub use udp::{server_endpoint, UDP_BUFFER_BYTES_DEFAULT};

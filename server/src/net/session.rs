@@ -47,11 +47,29 @@ pub struct NetLimits {
     pub stream_window_events_max: u32,
 }
 
+/// What the network layer holds right now, for operators and for the tests that prove each
+/// bound: every figure here must stay flat under sustained load.
+#[derive(Debug, Default)]
+pub struct NetStats {
+    /// Connections accepted and not yet ended (handshakes in progress included).
+    pub connections_open: AtomicUsize,
+    /// Request-batch tasks spawned and not yet joined: each holds its task's memory until it
+    /// is joined, so this must track requests in flight, not frames ever received.
+    pub batch_tasks_held: AtomicUsize,
+}
+
+impl NetStats {
+    /// Request-batch tasks spawned and not yet joined.
+    pub fn batch_tasks_held(&self) -> usize {
+        self.batch_tasks_held.load(Ordering::Acquire)
+    }
+}
+
 struct Shared {
     handle: Handle,
     auth: Authenticator,
     limits: NetLimits,
-    connections: AtomicUsize,
+    stats: Arc<NetStats>,
     stopping: watch::Receiver<bool>,
 }
 
@@ -62,23 +80,23 @@ pub async fn serve(
     handle: Handle,
     auth: Authenticator,
     limits: NetLimits,
+    stats: Arc<NetStats>,
     shutdown: impl Future<Output = ()>,
 ) {
     let (stop, stopping) = watch::channel(false);
-    let shared =
-        Arc::new(Shared { handle, auth, limits, connections: AtomicUsize::new(0), stopping });
+    let shared = Arc::new(Shared { handle, auth, limits, stats, stopping });
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                if shared.connections.load(Ordering::Acquire) >= limits.connections_max {
+                if shared.stats.connections_open.load(Ordering::Acquire) >= limits.connections_max {
                     tracing::warn!(remote = %incoming.remote_address(), "connection limit reached; refused");
                     incoming.refuse();
                     continue;
                 }
-                shared.connections.fetch_add(1, Ordering::AcqRel);
+                shared.stats.connections_open.fetch_add(1, Ordering::AcqRel);
                 connections.spawn(run_connection(incoming, shared.clone()));
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -136,7 +154,7 @@ struct ConnectionCount(Arc<Shared>);
 
 impl Drop for ConnectionCount {
     fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+        self.0.stats.connections_open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -172,6 +190,11 @@ async fn run_stream(session: Arc<Session>, send: quinn::SendStream, mut recv: qu
     'read: loop {
         let chunk = tokio::select! {
             chunk = recv.read_chunk(READ_CHUNK_BYTES, true) => chunk,
+            // A finished task keeps its memory until joined, and the stream may live for days.
+            Some(_) = batches.join_next(), if !batches.is_empty() => {
+                session.shared.stats.batch_tasks_held.fetch_sub(1, Ordering::AcqRel);
+                continue 'read;
+            }
             _ = stopping.changed() => break 'read,
             ended = async { subscription.as_mut().expect("guarded").await }, if subscription.is_some() => {
                 subscription = None;
@@ -198,6 +221,9 @@ async fn run_stream(session: Arc<Session>, send: quinn::SendStream, mut recv: qu
                 close = Some(reason);
                 break 'read;
             }
+            while batches.try_join_next().is_some() {
+                session.shared.stats.batch_tasks_held.fetch_sub(1, Ordering::AcqRel);
+            }
         }
     }
     // A subscription ends with its stream: what it sent and was not acknowledged is sent
@@ -205,7 +231,9 @@ async fn run_stream(session: Arc<Session>, send: quinn::SendStream, mut recv: qu
     if let Some(task) = subscription {
         task.abort();
     }
-    while batches.join_next().await.is_some() {}
+    while batches.join_next().await.is_some() {
+        session.shared.stats.batch_tasks_held.fetch_sub(1, Ordering::AcqRel);
+    }
     if let Some(Close { code, detail }) = &close {
         tracing::info!(remote = %session.connection.remote_address(), ?code, %detail, "closing connection");
         let supported_versions = if *code == ErrorCode::UnsupportedVersion {
@@ -333,6 +361,7 @@ impl Session {
                 let permit = self.in_flight.clone().acquire_many_owned(wanted as u32).await;
                 let permit = permit.expect("the semaphore is never closed");
                 let (session, frames) = (self.clone(), frames.clone());
+                self.shared.stats.batch_tasks_held.fetch_add(1, Ordering::AcqRel);
                 batches.spawn(async move {
                     session.answer(frame.correlation, batch, role, permit, frames).await
                 });
