@@ -34,6 +34,9 @@ pub const SUPPORTED_VERSIONS: &[u8] = &[PROTOCOL_VERSION];
 pub const HEADER_BYTES: usize = 20;
 /// The default largest payload a receiver accepts: 1 MiB.
 pub const FRAME_BYTES_MAX_DEFAULT: u32 = 1 << 20;
+/// The largest payload of a frame a server reads before the peer has authenticated: a `Hello`
+/// with a token and a client name fits in far less.
+pub const HELLO_BYTES_MAX: u32 = 4 << 10;
 
 const MAGIC: u32 = u32::from_le_bytes(*b"FSTK");
 
@@ -121,6 +124,17 @@ impl FrameDecoder {
     /// A decoder that refuses payloads above `frame_bytes_max`.
     pub fn new(frame_bytes_max: u32) -> FrameDecoder {
         FrameDecoder { frame_bytes_max, buffer: Vec::new(), consumed: 0, failed: None }
+    }
+
+    /// Changes the largest payload accepted from the next frame on (a server raises it from
+    /// [`HELLO_BYTES_MAX`] once the peer has authenticated).
+    pub fn set_frame_bytes_max(&mut self, frame_bytes_max: u32) {
+        self.frame_bytes_max = frame_bytes_max;
+    }
+
+    /// The largest payload accepted.
+    pub fn frame_bytes_max(&self) -> u32 {
+        self.frame_bytes_max
     }
 
     /// Takes bytes received.

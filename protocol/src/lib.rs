@@ -22,7 +22,7 @@ pub mod message;
 pub use error::FrameError;
 pub use frame::{
     Decoded, Frame, FrameDecoder, FrameEncoder, ALPN, FRAME_BYTES_MAX_DEFAULT, HEADER_BYTES,
-    PROTOCOL_VERSION, SUPPORTED_VERSIONS,
+    HELLO_BYTES_MAX, PROTOCOL_VERSION, SUPPORTED_VERSIONS,
 };
 pub use message::{
     ConnectionError, ErrorCode, EventBatch, Message, Refusal, Reply, Request, Role, StartAt,

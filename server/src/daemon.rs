@@ -20,57 +20,91 @@ use crate::{Runtime, RuntimeConfig, RuntimeError, SystemClock};
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:7400";
 
 /// Every setting of the daemon, each optional so that file, environment and flags can layer.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// Where to listen (default 127.0.0.1:7400).
+    #[arg(long, env = "FLASHSTOCK_LISTEN")]
     pub listen: Option<SocketAddr>,
     /// The data directory: log, TLS material, tokens (default ./flashstock-data).
+    #[arg(long, env = "FLASHSTOCK_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Shard actors (default: cores). Fixed for the life of a data directory.
+    #[arg(long, env = "FLASHSTOCK_SHARDS")]
     pub shards: Option<u16>,
     /// Records between snapshots (default 1,000,000).
+    #[arg(long, env = "FLASHSTOCK_SNAPSHOT_EVERY_RECORDS")]
     pub snapshot_every_records: Option<u64>,
     /// Milliseconds between snapshots (default 60,000).
+    #[arg(long, env = "FLASHSTOCK_SNAPSHOT_EVERY_MS")]
     pub snapshot_every_ms: Option<u64>,
     /// Times its last snapshot a shard's log grows before the next snapshot (default 4).
+    #[arg(long, env = "FLASHSTOCK_SNAPSHOT_LOG_RATIO")]
     pub snapshot_log_ratio: Option<u64>,
     /// sled's page cache for the log, in MiB (default 256).
+    #[arg(long, env = "FLASHSTOCK_WAL_CACHE_MB")]
     pub wal_cache_mb: Option<u64>,
     /// Jobs a shard's inbox holds before requests are refused as overloaded (default 65,536).
+    #[arg(long, env = "FLASHSTOCK_INBOX_CAPACITY")]
     pub inbox_capacity: Option<usize>,
     /// Jobs a shard applies per step (default 1,024, at most 4,096).
+    #[arg(long, env = "FLASHSTOCK_BATCH_JOBS_MAX")]
     pub batch_jobs_max: Option<usize>,
     /// Records per shard kept for a consumer that has not acknowledged them (default
     /// 20,000,000); past it they are truncated anyway, with an error naming the consumer.
+    #[arg(long, env = "FLASHSTOCK_CONSUMER_RETENTION_RECORDS_MAX")]
     pub consumer_retention_records_max: Option<u64>,
     /// The largest window of unacknowledged events a subscription may have (default 65,536).
+    #[arg(long, env = "FLASHSTOCK_STREAM_WINDOW_EVENTS_MAX")]
     pub stream_window_events_max: Option<u32>,
     /// The largest frame payload accepted, in bytes (default 1 MiB).
+    #[arg(long, env = "FLASHSTOCK_FRAME_BYTES_MAX")]
     pub frame_bytes_max: Option<u32>,
     /// Connections served at once (default 1,024).
+    #[arg(long, env = "FLASHSTOCK_CONNECTIONS_MAX")]
     pub connections_max: Option<usize>,
     /// Requests one connection may have in flight (default 16,384).
+    #[arg(long, env = "FLASHSTOCK_IN_FLIGHT_MAX")]
     pub in_flight_max: Option<u32>,
-    /// Streams one connection may open (default 64).
+    /// Bytes a peer may send on one stream beyond what the server has read (default 2 MiB).
+    #[arg(long, env = "FLASHSTOCK_STREAM_RECEIVE_WINDOW_BYTES")]
+    pub stream_receive_window_bytes: Option<u32>,
+    /// Bytes an authenticated connection may send beyond what the server has read, over all
+    /// its streams (default 16 MiB; before authenticating, one Hello: 4,116 bytes).
+    #[arg(long, env = "FLASHSTOCK_CONNECTION_RECEIVE_WINDOW_BYTES")]
+    pub connection_receive_window_bytes: Option<u32>,
+    /// Streams one authenticated connection may have open (default 16; before: one).
+    #[arg(long, env = "FLASHSTOCK_STREAMS_MAX")]
     pub streams_max: Option<u32>,
+    /// Milliseconds a new connection has to authenticate (`Hello` answered by `Welcome`)
+    /// before it is closed as `Unauthenticated` (default 2,000).
+    #[arg(long, env = "FLASHSTOCK_HELLO_TIMEOUT_MS")]
+    pub hello_timeout_ms: Option<u64>,
     /// Milliseconds of silence before a connection is closed (default 30,000).
+    #[arg(long, env = "FLASHSTOCK_IDLE_TIMEOUT_MS")]
     pub idle_timeout_ms: Option<u64>,
     /// Kernel send and receive buffer asked for the UDP socket, in bytes (default 4 MiB;
     /// the kernel caps it at `net.core.rmem_max`/`wmem_max`).
+    #[arg(long, env = "FLASHSTOCK_UDP_BUFFER_BYTES")]
     pub udp_buffer_bytes: Option<usize>,
     /// A PEM certificate chain to serve instead of the generated self-signed one.
+    #[arg(long, env = "FLASHSTOCK_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
     /// The PEM private key of `tls_cert`.
+    #[arg(long, env = "FLASHSTOCK_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// A tokens file (`admin = "..."`, `service = "..."`, `consumer = "..."` lines) instead of
     /// the generated `<data dir>/tokens.toml`.
+    #[arg(long, env = "FLASHSTOCK_TOKENS_FILE")]
     pub tokens_file: Option<PathBuf>,
     /// A PEM CA whose client certificates grant the admin role (mutual TLS).
+    #[arg(long, env = "FLASHSTOCK_CLIENT_CA_ADMIN")]
     pub client_ca_admin: Option<PathBuf>,
     /// A PEM CA whose client certificates grant the service role.
+    #[arg(long, env = "FLASHSTOCK_CLIENT_CA_SERVICE")]
     pub client_ca_service: Option<PathBuf>,
     /// A PEM CA whose client certificates grant the consumer role.
+    #[arg(long, env = "FLASHSTOCK_CLIENT_CA_CONSUMER")]
     pub client_ca_consumer: Option<PathBuf>,
 }
 
@@ -80,6 +114,55 @@ impl Settings {
         let error = |detail: String| RuntimeError::Config { path: path.to_path_buf(), detail };
         let text = std::fs::read_to_string(path).map_err(|err| error(err.to_string()))?;
         toml::from_str(&text).map_err(|err| error(err.to_string()))
+    }
+
+    /// Refuses any numeric setting out of its range, naming it, before anything starts.
+    pub fn validate(&self) -> Result<(), RuntimeError> {
+        use crate::config::BATCH_JOBS_LIMIT;
+        // A Hello with a token must fit in a frame; 64 MiB is far past any batch's need.
+        const FRAME_BYTES: std::ops::RangeInclusive<u64> = 4096..=64 << 20;
+        // Flow-control windows: below 64 KiB every frame crawls a packet at a time.
+        let window = 64 << 10..=u64::from(u32::MAX);
+        let ranges: [(&'static str, Option<u64>, std::ops::RangeInclusive<u64>); 18] = [
+            ("shards", self.shards.map(u64::from), 1..=1024),
+            ("snapshot_every_records", self.snapshot_every_records, 1..=u64::MAX),
+            ("snapshot_every_ms", self.snapshot_every_ms, 1..=u64::MAX),
+            ("snapshot_log_ratio", self.snapshot_log_ratio, 1..=1_000),
+            ("wal_cache_mb", self.wal_cache_mb, 1..=1 << 20),
+            ("inbox_capacity", self.inbox_capacity.map(|n| n as u64), 1..=1 << 24),
+            ("batch_jobs_max", self.batch_jobs_max.map(|n| n as u64), 1..=BATCH_JOBS_LIMIT as u64),
+            ("consumer_retention_records_max", self.consumer_retention_records_max, 1..=u64::MAX),
+            ("stream_window_events_max", self.stream_window_events_max.map(u64::from), 1..=1 << 24),
+            ("frame_bytes_max", self.frame_bytes_max.map(u64::from), FRAME_BYTES),
+            ("connections_max", self.connections_max.map(|n| n as u64), 1..=1 << 20),
+            ("in_flight_max", self.in_flight_max.map(u64::from), 1..=1 << 24),
+            ("streams_max", self.streams_max.map(u64::from), 1..=1 << 16),
+            // QUIC carries the idle timeout as a varint of milliseconds.
+            ("idle_timeout_ms", self.idle_timeout_ms, 1..=(1 << 62) - 1),
+            ("udp_buffer_bytes", self.udp_buffer_bytes.map(|n| n as u64), 64 << 10..=1 << 30),
+            ("hello_timeout_ms", self.hello_timeout_ms, 1..=600_000),
+            (
+                "stream_receive_window_bytes",
+                self.stream_receive_window_bytes.map(u64::from),
+                window.clone(),
+            ),
+            (
+                "connection_receive_window_bytes",
+                self.connection_receive_window_bytes.map(u64::from),
+                window,
+            ),
+        ];
+        for (name, value, range) in ranges {
+            match value {
+                Some(value) if !range.contains(&value) => {
+                    let (low, high) = (range.start(), range.end());
+                    let detail = format!("must be in {low}..={high}");
+                    return Err(RuntimeError::Setting { name, value: value.to_string(), detail });
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// `self`, with every setting `over` has taking its place.
@@ -104,6 +187,13 @@ impl Settings {
             connections_max: over.connections_max.or(self.connections_max),
             in_flight_max: over.in_flight_max.or(self.in_flight_max),
             streams_max: over.streams_max.or(self.streams_max),
+            stream_receive_window_bytes: over
+                .stream_receive_window_bytes
+                .or(self.stream_receive_window_bytes),
+            connection_receive_window_bytes: over
+                .connection_receive_window_bytes
+                .or(self.connection_receive_window_bytes),
+            hello_timeout_ms: over.hello_timeout_ms.or(self.hello_timeout_ms),
             idle_timeout_ms: over.idle_timeout_ms.or(self.idle_timeout_ms),
             udp_buffer_bytes: over.udp_buffer_bytes.or(self.udp_buffer_bytes),
             tls_cert: over.tls_cert.or(self.tls_cert),
@@ -130,6 +220,7 @@ pub async fn run(
     on_listening: impl FnOnce(SocketAddr, &Path, &Path),
     shutdown: impl Future<Output = ()>,
 ) -> Result<Served, RuntimeError> {
+    settings.validate()?;
     let data_dir = settings.data_dir.clone().unwrap_or_else(|| PathBuf::from("flashstock-data"));
     let defaults = RuntimeConfig::default();
     let runtime_config = RuntimeConfig {
@@ -147,12 +238,6 @@ pub async fn run(
             .unwrap_or(defaults.consumer_retention_records_max),
         ..defaults
     };
-    if runtime_config.batch_jobs_max == 0
-        || runtime_config.batch_jobs_max > crate::config::BATCH_JOBS_LIMIT
-    {
-        let detail = format!("batch_jobs_max must be 1..={}", crate::config::BATCH_JOBS_LIMIT);
-        return Err(RuntimeError::Config { path: data_dir, detail });
-    }
     let runtime = Runtime::open(&data_dir, runtime_config, Arc::new(SystemClock))?;
     let tls = match (settings.tls_cert, settings.tls_key) {
         (Some(cert_path), Some(key_path)) => TlsFiles { cert_path, key_path },
@@ -179,18 +264,26 @@ pub async fn run(
     if let Some(roles) = &client_certs {
         auth = auth.with_client_certs(roles.clone());
     }
+    let (transport_defaults, net_defaults) = (TransportLimits::default(), NetLimits::default());
     let transport = TransportLimits {
-        streams_max: settings.streams_max.unwrap_or(64),
-        idle_timeout_ms: settings.idle_timeout_ms.unwrap_or(30_000),
+        idle_timeout_ms: settings.idle_timeout_ms.unwrap_or(transport_defaults.idle_timeout_ms),
+        stream_receive_window_bytes: settings
+            .stream_receive_window_bytes
+            .unwrap_or(transport_defaults.stream_receive_window_bytes),
     };
     let limits = NetLimits {
-        frame_bytes_max: settings
-            .frame_bytes_max
-            .unwrap_or(flashstock_protocol::FRAME_BYTES_MAX_DEFAULT),
-        connections_max: settings.connections_max.unwrap_or(1_024),
-        in_flight_max: settings.in_flight_max.unwrap_or(16_384),
-        drain_timeout_ms: 10_000,
-        stream_window_events_max: settings.stream_window_events_max.unwrap_or(65_536).max(1),
+        frame_bytes_max: settings.frame_bytes_max.unwrap_or(net_defaults.frame_bytes_max),
+        connections_max: settings.connections_max.unwrap_or(net_defaults.connections_max),
+        in_flight_max: settings.in_flight_max.unwrap_or(net_defaults.in_flight_max),
+        streams_max: settings.streams_max.unwrap_or(net_defaults.streams_max),
+        connection_receive_window_bytes: settings
+            .connection_receive_window_bytes
+            .unwrap_or(net_defaults.connection_receive_window_bytes),
+        hello_timeout_ms: settings.hello_timeout_ms.unwrap_or(net_defaults.hello_timeout_ms),
+        stream_window_events_max: settings
+            .stream_window_events_max
+            .unwrap_or(net_defaults.stream_window_events_max),
+        ..net_defaults
     };
     let listen =
         settings.listen.unwrap_or_else(|| LISTEN_DEFAULT.parse().expect("a valid address"));

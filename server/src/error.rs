@@ -63,6 +63,16 @@ pub enum RuntimeError {
         /// What went wrong.
         detail: String,
     },
+    /// A setting is out of its range; the daemon refuses to start rather than misbehave.
+    #[error("setting {name} = {value}: {detail}")]
+    Setting {
+        /// The setting's name, as in the TOML file (flags spell it with dashes).
+        name: &'static str,
+        /// The value given.
+        value: String,
+        /// What it must be.
+        detail: String,
+    },
     /// The listening socket could not be opened.
     #[error("listening on {addr}: {source}")]
     Bind {

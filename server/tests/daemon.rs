@@ -180,3 +180,45 @@ async fn a_client_rides_through_a_sigkill_and_restart_of_the_server() {
     assert_eq!((sku.total, sku.available, sku.sold), (4, 3, 1));
     terminate(daemon);
 }
+
+/// Starts `flashstockd` with `args` and expects it to refuse them at once: a non-zero exit
+/// within a few seconds, with stderr naming `setting`.
+fn refused_at_start(args: &[&str], setting: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flashstockd"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("flashstockd {args:?} started instead of refusing {setting}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{args:?}: {status}");
+    assert!(stderr.contains(setting), "{args:?}: stderr does not name {setting}: {stderr}");
+}
+
+#[test]
+fn out_of_range_settings_are_refused_at_start_by_name() {
+    refused_at_start(&["--in-flight-max", "0"], "in_flight_max");
+    refused_at_start(&["--connections-max", "0"], "connections_max");
+    refused_at_start(&["--streams-max", "0"], "streams_max");
+    refused_at_start(&["--stream-window-events-max", "0"], "stream_window_events_max");
+    refused_at_start(&["--frame-bytes-max", "100"], "frame_bytes_max");
+    refused_at_start(&["--idle-timeout-ms", "0"], "idle_timeout_ms");
+    refused_at_start(&["--inbox-capacity", "0"], "inbox_capacity");
+    refused_at_start(&["--snapshot-log-ratio", "0"], "snapshot_log_ratio");
+    refused_at_start(&["--shards", "0"], "shards");
+}

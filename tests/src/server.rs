@@ -67,18 +67,18 @@ impl TestServer {
         let tokens = net::auth::read_tokens_file(&tokens_path).unwrap();
         let token = |role| tokens.iter().find(|(_, r)| *r == role).unwrap().0.clone();
         // Short, so that the tests notice a client that lets a quiet connection time out.
-        let limits = TransportLimits { streams_max: 16, idle_timeout_ms: IDLE_TIMEOUT_MS };
+        let limits =
+            TransportLimits { idle_timeout_ms: IDLE_TIMEOUT_MS, ..TransportLimits::default() };
         let server_config = net::server_config(&files, limits, client_certs.as_deref()).unwrap();
         let endpoint =
             net::server_endpoint(addr, server_config, net::UDP_BUFFER_BYTES_DEFAULT).unwrap();
         let addr = endpoint.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let net_limits = NetLimits {
-            frame_bytes_max: 1 << 20,
             connections_max: 64,
-            in_flight_max: 16_384,
             drain_timeout_ms: 5_000,
             stream_window_events_max: 4_096,
+            ..NetLimits::default()
         };
         let handle = runtime.handle();
         let stats = Arc::new(NetStats::default());

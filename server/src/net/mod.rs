@@ -13,6 +13,9 @@ pub mod tls;
 pub mod udp;
 
 pub use auth::{Authenticator, ClientCertRoles};
-pub use session::{serve, NetLimits, NetStats};
-pub use tls::{ensure_self_signed, server_config, TlsFiles, TransportLimits};
+pub use session::{serve, NetLimits, NetStats, HELLO_TIMEOUT_MS_DEFAULT};
+pub use tls::{
+    ensure_self_signed, server_config, TlsFiles, TransportLimits,
+    STREAM_RECEIVE_WINDOW_BYTES_DEFAULT, UNAUTHENTICATED_RECEIVE_WINDOW_BYTES,
+};
 pub use udp::{server_endpoint, UDP_BUFFER_BYTES_DEFAULT};

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use flashstock_protocol::{
     ConnectionError, Decoded, ErrorCode, Frame, FrameDecoder, FrameEncoder, FrameError, Message,
-    Refusal, Reply, Request, Role, SUPPORTED_VERSIONS,
+    Refusal, Reply, Request, Role, HELLO_BYTES_MAX, SUPPORTED_VERSIONS,
 };
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -32,19 +32,45 @@ const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// Encoded frames waiting to be written on one stream.
 const WRITE_QUEUE_FRAMES: usize = 256;
 
-/// Limits of the network layer.
+/// Limits of the network layer. Each is a bound on what a peer can make the server hold.
 #[derive(Clone, Copy, Debug)]
 pub struct NetLimits {
-    /// The largest frame payload accepted.
+    /// The largest frame payload accepted once authenticated (before, [`HELLO_BYTES_MAX`]).
     pub frame_bytes_max: u32,
-    /// Connections served at once; more are refused.
+    /// Connections served at once, handshakes in progress included; more are refused.
     pub connections_max: usize,
-    /// Requests one connection may have in flight.
+    /// Requests one connection may have taken and not yet answered onto the wire. A client
+    /// that does not read its replies stops being read once it reaches this.
     pub in_flight_max: u32,
+    /// Streams one authenticated connection may have open (before `Welcome`: one).
+    pub streams_max: u32,
+    /// Bytes an authenticated connection may send beyond what the server has read, over all
+    /// its streams (QUIC connection flow control; before `Welcome`, one `Hello`'s worth).
+    pub connection_receive_window_bytes: u32,
+    /// How long a new connection has to authenticate before it is closed `Unauthenticated`.
+    pub hello_timeout_ms: u64,
     /// How long a shutdown waits for sessions to finish what they took.
     pub drain_timeout_ms: u64,
     /// The largest window of unacknowledged events a subscription may ask for.
     pub stream_window_events_max: u32,
+}
+
+/// Default of [`NetLimits::hello_timeout_ms`].
+pub const HELLO_TIMEOUT_MS_DEFAULT: u64 = 2_000;
+
+impl Default for NetLimits {
+    fn default() -> Self {
+        NetLimits {
+            frame_bytes_max: flashstock_protocol::FRAME_BYTES_MAX_DEFAULT,
+            connections_max: 1_024,
+            in_flight_max: 16_384,
+            streams_max: 16,
+            connection_receive_window_bytes: 16 << 20,
+            hello_timeout_ms: HELLO_TIMEOUT_MS_DEFAULT,
+            drain_timeout_ms: 10_000,
+            stream_window_events_max: 65_536,
+        }
+    }
 }
 
 /// What the network layer holds right now, for operators and for the tests that prove each
@@ -56,12 +82,41 @@ pub struct NetStats {
     /// Request-batch tasks spawned and not yet joined: each holds its task's memory until it
     /// is joined, so this must track requests in flight, not frames ever received.
     pub batch_tasks_held: AtomicUsize,
+    /// Requests taken off the wire whose replies are not yet written to QUIC: bounded by
+    /// `in_flight_max` per connection, however slowly a client reads.
+    pub requests_unwritten: AtomicUsize,
+    /// Connections closed for not authenticating within `hello_timeout_ms`.
+    pub hello_timeouts: AtomicUsize,
 }
 
 impl NetStats {
     /// Request-batch tasks spawned and not yet joined.
     pub fn batch_tasks_held(&self) -> usize {
         self.batch_tasks_held.load(Ordering::Acquire)
+    }
+
+    /// Requests taken whose replies are not yet written.
+    pub fn requests_unwritten(&self) -> usize {
+        self.requests_unwritten.load(Ordering::Acquire)
+    }
+
+    /// Connections closed by the Hello deadline.
+    pub fn hello_timeouts(&self) -> usize {
+        self.hello_timeouts.load(Ordering::Acquire)
+    }
+}
+
+/// Requests of one batch counted in flight, from being taken off the wire until their replies
+/// are written: the permits return to the connection, the count to the stats, when dropped.
+pub(crate) struct InFlight {
+    _permit: OwnedSemaphorePermit,
+    requests: usize,
+    stats: Arc<NetStats>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.stats.requests_unwritten.fetch_sub(self.requests, Ordering::AcqRel);
     }
 }
 
@@ -137,12 +192,29 @@ async fn run_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
     let session = Arc::new(Session { connection, role: OnceLock::new(), in_flight, shared });
     let mut streams = JoinSet::new();
     let mut stopping = session.shared.stopping.clone();
+    // Keep-alives and a trickle of bytes reset QUIC's idle timer; this deadline they cannot.
+    let hello_deadline =
+        tokio::time::sleep(Duration::from_millis(session.shared.limits.hello_timeout_ms));
+    tokio::pin!(hello_deadline);
+    let mut awaiting_hello = true;
     loop {
         tokio::select! {
             stream = session.connection.accept_bi() => match stream {
                 Ok((send, recv)) => { streams.spawn(run_stream(session.clone(), send, recv)); }
                 Err(_) => break,
             },
+            Some(_) = streams.join_next(), if !streams.is_empty() => {}
+            () = &mut hello_deadline, if awaiting_hello => {
+                awaiting_hello = false;
+                if session.role.get().is_none() {
+                    session.shared.stats.hello_timeouts.fetch_add(1, Ordering::AcqRel);
+                    let limit_ms = session.shared.limits.hello_timeout_ms;
+                    let detail = format!("no Hello with credentials within {limit_ms} ms");
+                    tracing::info!(%remote, %detail, "closing connection");
+                    session.connection.close(ErrorCode::Unauthenticated.as_u32().into(), detail.as_bytes());
+                    break;
+                }
+            }
             _ = stopping.changed() => break,
         }
     }
@@ -181,7 +253,12 @@ const ACKS_QUEUED_MAX: usize = 16;
 async fn run_stream(session: Arc<Session>, send: quinn::SendStream, mut recv: quinn::RecvStream) {
     let (frames, queued) = mpsc::channel(WRITE_QUEUE_FRAMES);
     let writer = tokio::spawn(write_frames(send, queued));
-    let mut decoder = FrameDecoder::new(session.shared.limits.frame_bytes_max);
+    // Before `Welcome` only a Hello may come, and it is small: a header announcing more is
+    // refused before any of it is buffered.
+    let authenticated = session.role.get().is_some();
+    let frame_bytes_max = session.shared.limits.frame_bytes_max;
+    let mut decoder =
+        FrameDecoder::new(if authenticated { frame_bytes_max } else { HELLO_BYTES_MAX });
     let mut batches = JoinSet::new();
     let mut stopping = session.shared.stopping.clone();
     let mut close = None;
@@ -224,6 +301,9 @@ async fn run_stream(session: Arc<Session>, send: quinn::SendStream, mut recv: qu
             while batches.try_join_next().is_some() {
                 session.shared.stats.batch_tasks_held.fetch_sub(1, Ordering::AcqRel);
             }
+            if decoder.frame_bytes_max() != frame_bytes_max && session.role.get().is_some() {
+                decoder.set_frame_bytes_max(frame_bytes_max);
+            }
         }
     }
     // A subscription ends with its stream: what it sent and was not acknowledged is sent
@@ -242,7 +322,7 @@ async fn run_stream(session: Arc<Session>, send: quinn::SendStream, mut recv: qu
             Vec::new()
         };
         let error = ConnectionError { code: *code, detail: detail.clone(), supported_versions };
-        let _ = frames.send((0, Message::Error(error))).await;
+        let _ = frames.send((0, Message::Error(error), None)).await;
     }
     drop(frames);
     let _ = writer.await;
@@ -331,24 +411,29 @@ impl Session {
     ) -> Result<(), Close> {
         match frame.message {
             Message::Hello { token, client_name } => {
+                if self.role.get().is_some() {
+                    let detail = "a connection authenticates once".to_owned();
+                    return Err(Close { code: ErrorCode::UnexpectedMessage, detail });
+                }
                 let Some(role) = self.authenticate(token.as_deref()) else {
                     let detail =
                         "missing or unknown credentials (bearer token or client certificate)"
                             .to_owned();
                     return Err(Close { code: ErrorCode::Unauthenticated, detail });
                 };
-                if *self.role.get_or_init(|| role) != role {
-                    let detail = "a connection authenticates once".to_owned();
-                    return Err(Close { code: ErrorCode::UnexpectedMessage, detail });
-                }
+                // Only the first stream is open before `Welcome`, so only it can get here.
+                let _ = self.role.set(role);
                 tracing::debug!(client = %client_name, ?role, "authenticated");
                 let limits = self.shared.limits;
+                // Now, and only now, the peer may open more streams and send more bytes.
+                self.connection.set_max_concurrent_bi_streams(limits.streams_max.into());
+                self.connection.set_receive_window(limits.connection_receive_window_bytes.into());
                 let welcome = Message::Welcome {
                     role,
                     frame_bytes_max: limits.frame_bytes_max,
                     in_flight_max: limits.in_flight_max,
                 };
-                let _ = frames.send((frame.correlation, welcome)).await;
+                let _ = frames.send((frame.correlation, welcome, None)).await;
                 Ok(())
             }
             Message::Requests(batch) => {
@@ -360,6 +445,9 @@ impl Session {
                 let wanted = batch.len().clamp(1, self.shared.limits.in_flight_max as usize);
                 let permit = self.in_flight.clone().acquire_many_owned(wanted as u32).await;
                 let permit = permit.expect("the semaphore is never closed");
+                let stats = self.shared.stats.clone();
+                stats.requests_unwritten.fetch_add(wanted, Ordering::AcqRel);
+                let permit = InFlight { _permit: permit, requests: wanted, stats };
                 let (session, frames) = (self.clone(), frames.clone());
                 self.shared.stats.batch_tasks_held.fetch_add(1, Ordering::AcqRel);
                 batches.spawn(async move {
@@ -389,12 +477,13 @@ impl Session {
         correlation: u64,
         batch: Vec<Request>,
         role: Role,
-        permit: OwnedSemaphorePermit,
+        in_flight: InFlight,
         frames: mpsc::Sender<Outgoing>,
     ) {
         let replies = dispatch(&self.shared.handle, role, &batch).await;
-        drop(permit);
-        let _ = frames.send((correlation, Message::Replies(replies))).await;
+        // The permits travel with the replies until they are written: a client that does not
+        // read holds its own in-flight budget, not the server's memory.
+        let _ = frames.send((correlation, Message::Replies(replies), Some(in_flight))).await;
     }
 }
 
@@ -451,8 +540,9 @@ fn message_name(message: &Message) -> &'static str {
     }
 }
 
-/// A frame to send: its correlation id and message, encoded by the stream's writer.
-pub(crate) type Outgoing = (u64, Message);
+/// A frame to send: its correlation id and message, encoded by the stream's writer, and the
+/// requests it answers, released once it is written.
+pub(crate) type Outgoing = (u64, Message, Option<InFlight>);
 
 /// Encodes queued frames with one encoder and one buffer for the stream, coalescing whatever is
 /// waiting into one write; then finishes the stream and gives the peer a moment to read it all
@@ -462,15 +552,19 @@ async fn write_frames(mut send: quinn::SendStream, mut queued: mpsc::Receiver<Ou
     // client's own limit is never exceeded; no limit is enforced on this side.
     let mut encoder = FrameEncoder::new(u32::MAX);
     let mut bytes = Vec::new();
-    while let Some((correlation, message)) = queued.recv().await {
+    let mut answered = Vec::new();
+    while let Some((correlation, message, in_flight)) = queued.recv().await {
         bytes.clear();
         encoder.encode(correlation, &message, &mut bytes).expect("no limit to exceed");
-        while let Ok((correlation, message)) = queued.try_recv() {
+        answered.extend(in_flight);
+        while let Ok((correlation, message, in_flight)) = queued.try_recv() {
             encoder.encode(correlation, &message, &mut bytes).expect("no limit to exceed");
+            answered.extend(in_flight);
         }
         if send.write_all(&bytes).await.is_err() {
             return;
         }
+        answered.clear();
     }
     let _ = send.finish();
     let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;

@@ -42,7 +42,7 @@ pub(crate) async fn run(
     let consumer = claim.consumer.clone();
     tracing::info!(%consumer, cursor = ?start, window_events, "subscription opened");
     let subscribed = Subscribed { cursor: start.clone(), window_events };
-    if frames.send((correlation, Message::Subscribed(subscribed))).await.is_err() {
+    if frames.send((correlation, Message::Subscribed(subscribed), None)).await.is_err() {
         return Ok(());
     }
 
@@ -80,7 +80,7 @@ pub(crate) async fn run(
             unacked_count += read.events.len();
             next[shard] = read.end_seq;
             let batch = EventBatch { shard: shard_id, events: read.events, end_seq: read.end_seq };
-            if frames.send((correlation, Message::Events(batch))).await.is_err() {
+            if frames.send((correlation, Message::Events(batch), None)).await.is_err() {
                 return Ok(());
             }
             sent_any = true;

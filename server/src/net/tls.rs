@@ -62,13 +62,34 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), RuntimeError> {
     file.write_all(bytes).map_err(|err| tls_error(path, err.to_string()))
 }
 
-/// Limits the QUIC transport enforces per connection.
+/// Limits the QUIC transport enforces per connection from its first packet. What a connection
+/// may do once authenticated (more streams, a larger receive window) the session grants after
+/// `Welcome`; see [`crate::net::NetLimits`].
 #[derive(Clone, Copy, Debug)]
 pub struct TransportLimits {
-    /// Bidirectional streams a client may have open at once.
-    pub streams_max: u32,
     /// A connection silent this long is closed.
     pub idle_timeout_ms: u64,
+    /// Bytes a peer may send on one stream beyond what the server has read.
+    pub stream_receive_window_bytes: u32,
+}
+
+/// Bytes a connection may send before it is authenticated: one `Hello` frame. QUIC's
+/// connection-level flow control enforces it, so an unauthenticated peer cannot make quinn
+/// buffer more, however many bytes or streams it tries.
+pub const UNAUTHENTICATED_RECEIVE_WINDOW_BYTES: u32 =
+    flashstock_protocol::HEADER_BYTES as u32 + flashstock_protocol::HELLO_BYTES_MAX;
+
+/// Default of [`TransportLimits::stream_receive_window_bytes`]: one whole default-sized frame
+/// can be in flight on a stream while the previous one is decoded.
+pub const STREAM_RECEIVE_WINDOW_BYTES_DEFAULT: u32 = 2 << 20;
+
+impl Default for TransportLimits {
+    fn default() -> Self {
+        TransportLimits {
+            idle_timeout_ms: 30_000,
+            stream_receive_window_bytes: STREAM_RECEIVE_WINDOW_BYTES_DEFAULT,
+        }
+    }
 }
 
 /// The quinn server configuration: the certificate, TLS 1.3 only, the ALPN, the limits, and
@@ -98,8 +119,12 @@ pub fn server_config(
         .map_err(|err| tls_error(&files.cert_path, err.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
-    transport.max_concurrent_bidi_streams(limits.streams_max.into());
+    // Until `Welcome`: one stream, and one Hello's worth of bytes on it (the session raises
+    // both once the peer has authenticated).
+    transport.max_concurrent_bidi_streams(1u8.into());
     transport.max_concurrent_uni_streams(0u8.into());
+    transport.receive_window(UNAUTHENTICATED_RECEIVE_WINDOW_BYTES.into());
+    transport.stream_receive_window(limits.stream_receive_window_bytes.into());
     let idle = Duration::from_millis(limits.idle_timeout_ms);
     transport.max_idle_timeout(Some(idle.try_into().map_err(|_| {
         tls_error(&files.cert_path, format!("idle timeout {idle:?} out of range"))
