@@ -238,6 +238,7 @@ pub async fn run(
             .unwrap_or(defaults.consumer_retention_records_max),
         ..defaults
     };
+    net::secrets::ensure_private_dir(&data_dir)?;
     let runtime = Runtime::open(&data_dir, runtime_config, Arc::new(SystemClock))?;
     let tls = match (settings.tls_cert, settings.tls_key) {
         (Some(cert_path), Some(key_path)) => TlsFiles { cert_path, key_path },
@@ -289,7 +290,8 @@ pub async fn run(
         settings.listen.unwrap_or_else(|| LISTEN_DEFAULT.parse().expect("a valid address"));
     let server_config = net::server_config(&tls, transport, client_certs.as_deref())?;
     let udp_buffer_bytes = settings.udp_buffer_bytes.unwrap_or(net::UDP_BUFFER_BYTES_DEFAULT);
-    let endpoint = net::server_endpoint(listen, server_config, udp_buffer_bytes)?;
+    let endpoint_config = net::secrets::endpoint_config(&data_dir)?;
+    let endpoint = net::server_endpoint(listen, endpoint_config, server_config, udp_buffer_bytes)?;
     let bound =
         endpoint.local_addr().map_err(|source| RuntimeError::Bind { addr: listen, source })?;
     tracing::info!(

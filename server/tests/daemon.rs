@@ -222,3 +222,33 @@ fn out_of_range_settings_are_refused_at_start_by_name() {
     refused_at_start(&["--snapshot-log-ratio", "0"], "snapshot_log_ratio");
     refused_at_start(&["--shards", "0"], "shards");
 }
+
+/// A server restarted on the same data directory resets its predecessor's connections: the
+/// reset key lives there, so a client's first packet after the restart is answered with a
+/// stateless reset, and it learns at once, not at its idle timeout, that it must reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_server_resets_its_predecessors_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start(dir.path(), &[]);
+    let addr = daemon.addr;
+    let service = connect(&daemon, "service").await;
+    service.call(vec![Request::QuerySku(SkuId(1))]).await.unwrap();
+    let mut killed = daemon.child;
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    let daemon = start_on(dir.path(), &addr.to_string(), &[]);
+    let listening = std::time::Instant::now();
+    let failed = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        service.call(vec![Request::QuerySku(SkuId(1))]),
+    )
+    .await
+    .expect("the old connection must fail fast, not wait out its idle timeout");
+    let err = failed.expect_err("the old connection is gone");
+    assert!(
+        matches!(err, flashstock_client::ClientError::Connection(quinn::ConnectionError::Reset)),
+        "expected a stateless reset, got {err}"
+    );
+    assert!(listening.elapsed() < std::time::Duration::from_secs(5), "{:?}", listening.elapsed());
+    terminate(daemon);
+}

@@ -70,8 +70,10 @@ impl TestServer {
         let limits =
             TransportLimits { idle_timeout_ms: IDLE_TIMEOUT_MS, ..TransportLimits::default() };
         let server_config = net::server_config(&files, limits, client_certs.as_deref()).unwrap();
+        let endpoint_config = net::secrets::endpoint_config(data_dir).unwrap();
+        let buffer_bytes = net::UDP_BUFFER_BYTES_DEFAULT;
         let endpoint =
-            net::server_endpoint(addr, server_config, net::UDP_BUFFER_BYTES_DEFAULT).unwrap();
+            net::server_endpoint(addr, endpoint_config, server_config, buffer_bytes).unwrap();
         let addr = endpoint.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let net_limits = NetLimits {

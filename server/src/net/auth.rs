@@ -2,7 +2,6 @@
 //! with the client certificate it presented in the TLS handshake (mutual TLS). Either maps to
 //! a role, and each request is checked against that role. A token, when given, decides.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -17,10 +16,21 @@ use rustls::RootCertStore;
 use crate::error::RuntimeError;
 
 /// Bearer tokens and client-certificate authorities, and the roles they grant.
+///
+/// Tokens are kept as SHA-256 digests and a presented token is compared with every one of
+/// them in constant time: neither the time taken nor an early exit tells a guesser how much of
+/// a token was right, nor which role's token it came close to.
 #[derive(Clone, Default)]
 pub struct Authenticator {
-    tokens: HashMap<String, Role>,
+    tokens: Vec<(TokenDigest, Role)>,
     cert_roles: Option<Arc<ClientCertRoles>>,
+}
+
+type TokenDigest = [u8; 32];
+
+fn digest(token: &str) -> TokenDigest {
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    digest.as_ref().try_into().expect("SHA-256 is 32 bytes")
 }
 
 /// Client-certificate authorities, one per role: a certificate issued by the admin CA grants
@@ -100,7 +110,8 @@ impl std::fmt::Debug for Authenticator {
 impl Authenticator {
     /// An authenticator granting `role` to each token.
     pub fn new(tokens: impl IntoIterator<Item = (String, Role)>) -> Authenticator {
-        Authenticator { tokens: tokens.into_iter().collect(), cert_roles: None }
+        let tokens = tokens.into_iter().map(|(token, role)| (digest(&token), role)).collect();
+        Authenticator { tokens, cert_roles: None }
     }
 
     /// Also grants roles to client certificates issued by these CAs.
@@ -117,9 +128,22 @@ impl Authenticator {
         peer_chain: Option<&[CertificateDer<'static>]>,
     ) -> Option<Role> {
         if let Some(token) = token {
-            return self.tokens.get(token).copied();
+            return self.role_of_token(token);
         }
         self.cert_roles.as_ref()?.role_of(peer_chain?)
+    }
+
+    /// Compares `token` with every known token, in constant time, without stopping early.
+    fn role_of_token(&self, token: &str) -> Option<Role> {
+        use subtle::ConstantTimeEq;
+        let presented = digest(token);
+        let mut found = None;
+        for (known, role) in &self.tokens {
+            if bool::from(known.ct_eq(&presented)) {
+                found = Some(*role);
+            }
+        }
+        found
     }
 
     /// The embedded default: an admin, a service and a consumer token in `<dir>/tokens.toml`,
@@ -128,16 +152,13 @@ impl Authenticator {
     pub fn ensure_default(dir: &Path) -> Result<(Authenticator, std::path::PathBuf), RuntimeError> {
         let path = dir.join("tokens.toml");
         if !path.exists() {
-            let admin = random_token()?;
-            let service = random_token()?;
-            let consumer = random_token()?;
+            let (admin, service, consumer) = (random_token()?, random_token()?, random_token()?);
             let text = format!(
                 "# Bearer tokens of this flashstock server; keep this file private.\n\
                  admin = \"{admin}\"\nservice = \"{service}\"\nconsumer = \"{consumer}\"\n"
             );
-            std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, text)).map_err(
-                |err| RuntimeError::Config { path: path.clone(), detail: err.to_string() },
-            )?;
+            crate::net::secrets::ensure_private_dir(dir)?;
+            crate::net::secrets::write_private(&path, text.as_bytes())?;
             tracing::info!(path = %path.display(), "generated admin, service and consumer tokens");
         }
         let mut tokens = read_tokens_file(&path)?;
@@ -159,34 +180,43 @@ impl Authenticator {
     }
 }
 
-/// Reads `role = "token"` lines (`admin`, `service`, `consumer`) from a tokens file.
+/// Reads `role = "token"` lines (`admin`, `service`, `consumer`) from a tokens file. An empty
+/// token, or one listed twice, is refused: either would be a credential nobody meant to issue.
 pub fn read_tokens_file(path: &Path) -> Result<Vec<(String, Role)>, RuntimeError> {
     let error = |detail: String| RuntimeError::Config { path: path.to_path_buf(), detail };
+    crate::net::secrets::warn_if_readable_by_others(path);
     let text = std::fs::read_to_string(path).map_err(|err| error(err.to_string()))?;
-    let mut tokens = Vec::new();
-    for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+    let mut tokens: Vec<(String, Role)> = Vec::new();
+    let lines = text.lines().map(str::trim).enumerate();
+    for (index, line) in lines.filter(|(_, l)| !l.is_empty() && !l.starts_with('#')) {
+        let number = index + 1;
         let Some((role, token)) = line.split_once('=') else {
-            return Err(error(format!("not `role = \"token\"`: {line}")));
+            return Err(error(format!("line {number}: not `role = \"token\"`")));
         };
         let role = match role.trim() {
             "admin" => Role::Admin,
             "service" => Role::Service,
             "consumer" => Role::Consumer,
-            other => return Err(error(format!("unknown role {other:?}"))),
+            other => return Err(error(format!("line {number}: unknown role {other:?}"))),
         };
-        tokens.push((token.trim().trim_matches('"').to_owned(), role));
+        let token = token.trim().trim_matches('"');
+        if token.is_empty() {
+            return Err(error(format!("line {number}: the {role:?} token is empty")));
+        }
+        if !token.chars().all(|c| c.is_ascii_graphic()) {
+            let detail = "a token is printable ASCII without spaces";
+            return Err(error(format!("line {number}: the {role:?} token is not: {detail}")));
+        }
+        if tokens.iter().any(|(known, _)| known == token) {
+            return Err(error(format!("line {number}: a token is listed twice")));
+        }
+        tokens.push((token.to_owned(), role));
     }
     Ok(tokens)
 }
 
 fn random_token() -> Result<String, RuntimeError> {
-    let mut bytes = [0u8; 24];
-    crate::net::tls::provider().secure_random.fill(&mut bytes).map_err(|_| {
-        RuntimeError::Config {
-            path: "tokens.toml".into(),
-            detail: "no secure random source".into(),
-        }
-    })?;
+    let bytes = crate::net::secrets::random_bytes::<24>()?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
@@ -206,5 +236,64 @@ pub fn permits(role: Role, request: &Request) -> bool {
         Role::Service => !admin_only,
         // The committed-deduction stream is its own message; no stock requests.
         Role::Consumer => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn generated_secrets_are_readable_by_their_owner_only() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("data");
+        let (auth, path) = Authenticator::ensure_default(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700, "the data directory");
+        assert_eq!(mode(&path), 0o600, "tokens.toml");
+        let tls = crate::net::ensure_self_signed(&dir).unwrap();
+        assert_eq!(mode(&tls.key_path), 0o600, "the TLS key");
+        crate::net::secrets::endpoint_config(&dir).unwrap();
+        assert_eq!(mode(&dir.join("reset-key")), 0o600, "the reset key");
+        let tokens = read_tokens_file(&path).unwrap();
+        assert_eq!(tokens.len(), 3);
+        for (token, role) in &tokens {
+            assert_eq!(auth.authenticate(Some(token), None), Some(*role));
+        }
+    }
+
+    #[test]
+    fn empty_and_duplicate_tokens_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.toml");
+        for (text, says) in [
+            ("admin = \"\"\n", "token is empty"),
+            ("admin = \"abc\"\nservice = \"  \"\n", "without spaces"),
+            ("admin = \"abc\"\nservice = \"abc\"\n", "listed twice"),
+            ("admin = \"abc\"\nadmin = \"abc\"\n", "listed twice"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let err = read_tokens_file(&path).unwrap_err().to_string();
+            assert!(err.contains(says), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn only_a_whole_known_token_authenticates() {
+        let auth = Authenticator::new([
+            ("admin-token-0123".to_owned(), Role::Admin),
+            ("service-token-4567".to_owned(), Role::Service),
+        ]);
+        assert_eq!(auth.authenticate(Some("admin-token-0123"), None), Some(Role::Admin));
+        assert_eq!(auth.authenticate(Some("service-token-4567"), None), Some(Role::Service));
+        for wrong in ["admin-token-012", "admin-token-01234", "", "service-token-4568"] {
+            assert_eq!(auth.authenticate(Some(wrong), None), None, "{wrong:?}");
+        }
+        assert_eq!(auth.authenticate(None, None), None);
     }
 }

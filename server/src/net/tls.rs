@@ -33,13 +33,18 @@ pub fn ensure_self_signed(dir: &Path) -> Result<TlsFiles, RuntimeError> {
     let tls_dir = dir.join("tls");
     let files = TlsFiles { cert_path: tls_dir.join("cert.pem"), key_path: tls_dir.join("key.pem") };
     if files.cert_path.exists() && files.key_path.exists() {
+        crate::net::secrets::warn_if_readable_by_others(&files.key_path);
         return Ok(files);
     }
     let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
     let generated = rcgen::generate_simple_self_signed(names)
         .map_err(|err| tls_error(&files.cert_path, err.to_string()))?;
-    std::fs::create_dir_all(&tls_dir).map_err(|err| tls_error(&tls_dir, err.to_string()))?;
-    write_private(&files.key_path, generated.signing_key.serialize_pem().as_bytes())?;
+    crate::net::secrets::ensure_private_dir(dir)?;
+    crate::net::secrets::ensure_private_dir(&tls_dir)?;
+    crate::net::secrets::write_private(
+        &files.key_path,
+        generated.signing_key.serialize_pem().as_bytes(),
+    )?;
     std::fs::write(&files.cert_path, generated.cert.pem())
         .map_err(|err| tls_error(&files.cert_path, err.to_string()))?;
     tracing::info!(
@@ -47,19 +52,6 @@ pub fn ensure_self_signed(dir: &Path) -> Result<TlsFiles, RuntimeError> {
         "generated a self-signed TLS certificate; clients must trust this file"
     );
     Ok(files)
-}
-
-#[cfg(unix)]
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), RuntimeError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|err| tls_error(path, err.to_string()))?;
-    file.write_all(bytes).map_err(|err| tls_error(path, err.to_string()))
 }
 
 /// Limits the QUIC transport enforces per connection from its first packet. What a connection

@@ -14,9 +14,11 @@ use crate::error::RuntimeError;
 /// The send and receive buffer each QUIC socket asks the kernel for, by default.
 pub const UDP_BUFFER_BYTES_DEFAULT: usize = 4 << 20;
 
-/// A quinn server endpoint on `addr`, its socket's kernel buffers raised to `buffer_bytes`.
+/// A quinn server endpoint on `addr`, its socket's kernel buffers raised to `buffer_bytes`;
+/// `endpoint_config` comes from [`crate::net::secrets::endpoint_config`].
 pub fn server_endpoint(
     addr: SocketAddr,
+    endpoint_config: quinn::EndpointConfig,
     config: quinn::ServerConfig,
     buffer_bytes: usize,
 ) -> Result<quinn::Endpoint, RuntimeError> {
@@ -24,8 +26,7 @@ pub fn server_endpoint(
     let socket = std::net::UdpSocket::bind(addr).map_err(bind_error)?;
     size_buffers(&socket, buffer_bytes).map_err(bind_error)?;
     let runtime = Arc::new(quinn::TokioRuntime);
-    quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(config), socket, runtime)
-        .map_err(bind_error)
+    quinn::Endpoint::new(endpoint_config, Some(config), socket, runtime).map_err(bind_error)
 }
 
 /// Asks for `bytes` of send and receive buffer. The kernel silently caps the request at
