@@ -44,7 +44,8 @@ pub struct ClientConfig {
     pub retry_backoff: Duration,
     /// Consecutive transport failures that open the circuit (default 5).
     pub breaker_failures_max: u32,
-    /// How long an open circuit fails calls fast (default 1 s).
+    /// How long an open circuit fails calls fast before it lets a probe through (default
+    /// 250 ms: a server back from a restart is found within that).
     pub breaker_open_for: Duration,
 }
 
@@ -63,7 +64,7 @@ impl ClientConfig {
             retries_max: 3,
             retry_backoff: Duration::from_millis(10),
             breaker_failures_max: 5,
-            breaker_open_for: Duration::from_secs(1),
+            breaker_open_for: Duration::from_millis(250),
         }
     }
 }
@@ -364,7 +365,9 @@ impl Client {
 
     fn current(&self, index: usize) -> Option<Arc<Link>> {
         let slot = self.inner.links[index].lock().unwrap_or_else(|p| p.into_inner());
-        slot.as_ref().filter(|link| !link.broken.load(Ordering::Acquire)).cloned()
+        slot.as_ref()
+            .filter(|link| !link.broken.load(Ordering::Acquire) && !link.connection.is_closed())
+            .cloned()
     }
 
     /// The connection in slot `index`, (re)connected if it is missing or broken.

@@ -79,6 +79,11 @@ impl Connection {
         }
     }
 
+    /// Whether the connection has closed (by either side, or by the silence watchdog).
+    pub fn is_closed(&self) -> bool {
+        self.connection.close_reason().is_some()
+    }
+
     /// Closes the connection.
     pub fn close(&self) {
         self.connection.close(0u32.into(), b"client done");
@@ -133,8 +138,47 @@ pub(crate) async fn open(
         quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
             .map_err(setup)?;
     endpoint.set_default_client_config(tls.quinn_config());
-    let connection = endpoint.connect(addr, server_name)?.await?;
+    let connecting = endpoint.connect(addr, server_name)?;
+    let connection =
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await.map_err(|_| {
+            ClientError::Timeout { deadline_ms: HANDSHAKE_TIMEOUT.as_millis() as u64 }
+        })??;
+    tokio::spawn(watch(connection.clone()));
     Ok((endpoint, connection))
+}
+
+/// How long a handshake may take before it is abandoned for a fresh one. A handshake begun
+/// while the server was down waits for QUIC's retransmission timer once it is back; a new one
+/// reaches it at once.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// How long a connection may hear nothing at all from its server (keep-alives are acknowledged
+/// every [`crate::tls::KEEP_ALIVE_INTERVAL`]) before the client gives it up.
+pub(crate) const SILENCE_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Closes `connection` once the server has been silent for [`SILENCE_MAX`]. A server that
+/// died is otherwise noticed only at the idle timeout: QUIC backs its retransmissions off
+/// exponentially, so the packet that would draw the restarted server's stateless reset may
+/// come seconds after it is back. Closing fails every call waiting on the connection, and the
+/// client reconnects (retrying with the same request ids).
+async fn watch(connection: quinn::Connection) {
+    let mut heard = connection.stats().udp_rx.datagrams;
+    let mut heard_at = tokio::time::Instant::now();
+    let mut ticks = tokio::time::interval(crate::tls::KEEP_ALIVE_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = connection.closed() => return,
+            _ = ticks.tick() => {}
+        }
+        let now_heard = connection.stats().udp_rx.datagrams;
+        if now_heard != heard {
+            (heard, heard_at) = (now_heard, tokio::time::Instant::now());
+        } else if heard_at.elapsed() >= SILENCE_MAX {
+            tracing::debug!(remote = %connection.remote_address(), "server silent; closing");
+            connection.close(0u32.into(), b"server silent");
+            return;
+        }
+    }
 }
 
 /// The kernel send and receive buffer asked for each connection's UDP socket. Linux's

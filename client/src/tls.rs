@@ -65,9 +65,13 @@ impl ClientTls {
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         // Pings keep a quiet connection open: without them an order service idle for longer
         // than the server's idle timeout (30 s by default) found its connection closed, and a
-        // long load-generator run lost its admin connection before the audit.
+        // long load-generator run lost its admin connection before the audit. Their acks are
+        // also what `connection::watch` listens for to tell a live server from a dead one.
         let mut transport = quinn::TransportConfig::default();
         transport.keep_alive_interval(Some(KEEP_ALIVE_INTERVAL));
+        // quinn's default (333 ms, for the open internet) makes the first retransmission of a
+        // handshake wait ~1 s; servers here are a data centre away at most.
+        transport.initial_rtt(INITIAL_RTT);
         config.transport_config(Arc::new(transport));
         Ok(ClientTls { config })
     }
@@ -78,8 +82,12 @@ impl ClientTls {
     }
 }
 
-/// Well under any idle timeout a server would set.
-const KEEP_ALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+/// Well under any idle timeout a server would set, and a quarter of
+/// [`crate::connection::SILENCE_MAX`]: a live server acknowledges several pings before the
+/// client would give up on it. Four tiny packets a second per idle connection.
+pub(crate) const KEEP_ALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+/// The round trip assumed before one is measured.
+const INITIAL_RTT: std::time::Duration = std::time::Duration::from_millis(50);
 
 fn roots(path: &Path) -> Result<RootCertStore, ClientError> {
     let mut roots = RootCertStore::empty();

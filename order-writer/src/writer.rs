@@ -22,7 +22,11 @@ use crate::store::{OrderRow, OrderStore};
 
 /// Backoff after a failure: doubles from the first to the last.
 const BACKOFF_FIRST: Duration = Duration::from_millis(50);
+/// At most this long between retries of a database or NATS write.
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// At most this long between attempts to subscribe again: a restarted server is found within
+/// it (each attempt is cheap: one handshake, which gives up after 500 ms).
+const RESUBSCRIBE_BACKOFF_MAX: Duration = Duration::from_millis(250);
 
 /// Everything the writer needs.
 #[derive(Clone, Debug)]
@@ -167,7 +171,7 @@ async fn serve(
             Err(err) => {
                 tracing::warn!(%err, backoff_ms = backoff.as_millis() as u64, "subscribing failed; retrying");
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                backoff = (backoff * 2).min(RESUBSCRIBE_BACKOFF_MAX);
                 continue;
             }
         };
