@@ -303,9 +303,15 @@ pub async fn run(
     );
     on_listening(bound, &tls.cert_path, &tokens_path);
     let stats = Arc::new(net::NetStats::default());
-    net::serve(endpoint, runtime.handle(), auth, limits, stats, shutdown).await;
+    let stopped = net::serve(endpoint, runtime.handle(), auth, limits, stats, shutdown).await;
     // Every session has drained: flush the log and stop the shards.
     runtime.shutdown();
-    tracing::info!("flashstockd stopped; the log is flushed");
-    Ok(Served { listen: bound })
+    match stopped {
+        net::Stopped::Shutdown => {
+            tracing::info!("flashstockd stopped; the log is flushed");
+            Ok(Served { listen: bound })
+        }
+        // Exit non-zero, so that a supervisor restarts the server into recovery.
+        net::Stopped::WalFailed { reason } => Err(RuntimeError::WalFailed { reason }),
+    }
 }

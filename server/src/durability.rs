@@ -47,11 +47,13 @@ pub(crate) struct SnapshotJob {
     pub(crate) recycle: crossbeam_channel::Sender<Vec<u8>>,
 }
 
-/// Set once the log fails; read by handles to refuse work at once.
+/// Set once the log fails; read by handles to refuse work at once, and awaited by the server,
+/// which then stops (fail-stop: a supervisor restarts it into recovery).
 #[derive(Debug, Default)]
 pub(crate) struct Failure {
     failed: AtomicBool,
     reason: Mutex<String>,
+    notify: tokio::sync::Notify,
 }
 
 impl Failure {
@@ -62,9 +64,22 @@ impl Failure {
         Some(self.reason.lock().unwrap_or_else(|p| p.into_inner()).clone())
     }
 
+    /// Completes with the reason once the log has failed.
+    pub(crate) async fn failed(&self) -> String {
+        loop {
+            // Registered before the check, so a failure between the two still wakes it.
+            let notified = self.notify.notified();
+            if let Some(reason) = self.reason() {
+                return reason;
+            }
+            notified.await;
+        }
+    }
+
     fn set(&self, reason: String) {
         *self.reason.lock().unwrap_or_else(|p| p.into_inner()) = reason;
         self.failed.store(true, Ordering::Release);
+        self.notify.notify_waiters();
     }
 }
 
@@ -79,6 +94,9 @@ pub struct DurabilityStats {
     pub records: AtomicU64,
     /// Snapshots written.
     pub snapshots: AtomicU64,
+    /// Snapshots that failed to be written (the log is kept; the shard's next snapshot tries
+    /// again).
+    pub snapshot_failures: AtomicU64,
     /// Total time spent in sync, in microseconds.
     pub sync_us_total: AtomicU64,
     /// The slowest sync, in microseconds: every reply of its group waited that long.
@@ -232,7 +250,9 @@ impl<W: Wal> Snapshotter<W> {
                 );
             }
             Err(err) => {
-                tracing::warn!(log = job.log, seq = job.seq, %err, "snapshot failed; the log is kept")
+                self.stats.snapshot_failures.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("flashstock_snapshot_failures_total").increment(1);
+                tracing::error!(log = job.log, seq = job.seq, %err, "snapshot failed; the log is kept")
             }
         }
     }

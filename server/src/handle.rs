@@ -45,6 +45,12 @@ impl Handle {
         self.shared.map
     }
 
+    /// Completes, with the log's error, once the write-ahead log has failed: from then on
+    /// nothing is acknowledged, and a server should stop so that it restarts into recovery.
+    pub async fn wal_failed(&self) -> String {
+        self.shared.failure.failed().await
+    }
+
     /// The committed log, for the committed-deduction stream.
     pub fn events(&self) -> &EventLog {
         &self.shared.events

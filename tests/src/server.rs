@@ -8,7 +8,7 @@ use std::sync::Arc;
 use flashstock_client::{ClientTls, Connection};
 use flashstock_protocol::Role;
 use flashstock_server::net::{
-    self, Authenticator, ClientCertRoles, NetLimits, NetStats, TransportLimits,
+    self, Authenticator, ClientCertRoles, NetLimits, NetStats, Stopped, TransportLimits,
 };
 use flashstock_server::{Runtime, RuntimeConfig, SystemClock};
 
@@ -28,7 +28,7 @@ pub struct TestServer {
     /// What its network layer holds.
     pub stats: Arc<NetStats>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    serving: Option<tokio::task::JoinHandle<()>>,
+    serving: Option<tokio::task::JoinHandle<Stopped>>,
     runtime: Option<Runtime>,
 }
 
@@ -59,6 +59,17 @@ impl TestServer {
         client_certs: Option<Arc<ClientCertRoles>>,
     ) -> TestServer {
         let runtime = Runtime::open(data_dir, config, Arc::new(SystemClock)).unwrap();
+        TestServer::start_on(runtime, data_dir, addr, client_certs).await
+    }
+
+    /// Serves a runtime the caller started (on any log), with TLS material and tokens in
+    /// `data_dir`.
+    pub async fn start_on(
+        runtime: Runtime,
+        data_dir: &Path,
+        addr: SocketAddr,
+        client_certs: Option<Arc<ClientCertRoles>>,
+    ) -> TestServer {
         let files = net::ensure_self_signed(data_dir).unwrap();
         let (mut auth, tokens_path) = Authenticator::ensure_default(data_dir).unwrap();
         if let Some(roles) = &client_certs {
@@ -119,5 +130,13 @@ impl TestServer {
         let _ = self.stop.take().unwrap().send(());
         self.serving.take().unwrap().await.unwrap();
         self.runtime.take().unwrap().shutdown();
+    }
+
+    /// Waits for the server to stop on its own (as it does when its log fails), then stops
+    /// the shards; says why it stopped.
+    pub async fn stopped(mut self) -> Stopped {
+        let stopped = self.serving.take().unwrap().await.unwrap();
+        self.runtime.take().unwrap().shutdown();
+        stopped
     }
 }

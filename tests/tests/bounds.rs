@@ -7,16 +7,22 @@ use std::time::Duration;
 
 use flashstock_engine::{BuyerId, Command, RequestId, Reserve, SkuId};
 use flashstock_protocol::{
-    ErrorCode, FrameEncoder, Message, Reply, Request, HELLO_BYTES_MAX, PROTOCOL_VERSION,
+    ErrorCode, FrameEncoder, Message, Refusal, Reply, Request, HELLO_BYTES_MAX, PROTOCOL_VERSION,
 };
-use flashstock_server::net::{NetLimits, HELLO_TIMEOUT_MS_DEFAULT};
+use flashstock_server::net::{NetLimits, Stopped, HELLO_TIMEOUT_MS_DEFAULT};
+use flashstock_server::{Runtime, RuntimeConfig, SystemClock};
 use flashstock_tests::server::TestServer;
+use flashstock_wal::MemWal;
 
 static NEXT_REQUEST: AtomicU64 = AtomicU64::new(1);
 
+fn request_id() -> RequestId {
+    RequestId(u128::from(NEXT_REQUEST.fetch_add(1, Ordering::Relaxed)))
+}
+
 fn reserve(buyer: u64, sku: u64) -> Request {
     Request::Apply(Command::Reserve(Reserve {
-        request: RequestId(u128::from(NEXT_REQUEST.fetch_add(1, Ordering::Relaxed))),
+        request: request_id(),
         buyer: BuyerId(buyer),
         sku: SkuId(sku),
         qty: 1,
@@ -164,4 +170,29 @@ async fn a_client_that_never_reads_cannot_grow_the_server() {
     assert!(matches!(replies[..], [Reply::Sku(Some(_))]), "others are still served");
     writer.abort();
     server.stop().await;
+}
+
+/// Fail-stop: once the log fails, the server answers what it took (`Unavailable`: nothing of
+/// it was made durable) and stops serving, instead of refusing everything for ever; its
+/// supervisor restarts it into recovery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_log_sync_stops_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = MemWal::new();
+    let config = RuntimeConfig { shard_count: 2, ..RuntimeConfig::default() };
+    let runtime = Runtime::start(config, wal.clone(), Arc::new(SystemClock)).unwrap();
+    let addr = "127.0.0.1:0".parse().unwrap();
+    let server = TestServer::start_on(runtime, dir.path(), addr, None).await;
+    let admin = server.connect(&server.admin_token).await;
+    let stock = |total| Command::SetStock { request: request_id(), sku: SkuId(3), total };
+    admin.call(vec![Request::Apply(stock(10))]).await.unwrap();
+    wal.fail_next_syncs(1);
+    let replies = admin.call(vec![Request::Apply(stock(20))]).await.unwrap();
+    assert_eq!(replies, vec![Reply::Refused(Refusal::Unavailable)]);
+    let stopped = tokio::time::timeout(Duration::from_secs(20), server.stopped()).await;
+    assert!(
+        matches!(stopped, Ok(Stopped::WalFailed { .. })),
+        "the server must stop once its log has failed: {stopped:?}"
+    );
+    assert!(admin.call(vec![Request::QuerySku(SkuId(3))]).await.is_err(), "no longer served");
 }

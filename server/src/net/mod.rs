@@ -15,7 +15,7 @@ pub mod tls;
 pub mod udp;
 
 pub use auth::{Authenticator, ClientCertRoles};
-pub use session::{serve, NetLimits, NetStats, HELLO_TIMEOUT_MS_DEFAULT};
+pub use session::{serve, NetLimits, NetStats, Stopped, HELLO_TIMEOUT_MS_DEFAULT};
 pub use tls::{
     ensure_self_signed, server_config, TlsFiles, TransportLimits,
     STREAM_RECEIVE_WINDOW_BYTES_DEFAULT, UNAUTHENTICATED_RECEIVE_WINDOW_BYTES,

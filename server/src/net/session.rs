@@ -128,8 +128,22 @@ struct Shared {
     stopping: watch::Receiver<bool>,
 }
 
-/// Serves `endpoint` until `shutdown` completes; then stops accepting, lets every session
-/// finish the requests it took (up to `drain_timeout_ms`), and closes the endpoint.
+/// Why [`serve`] returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// `shutdown` completed.
+    Shutdown,
+    /// The write-ahead log failed: nothing more can be acknowledged, so the server stops
+    /// rather than answer `Unavailable` for ever; restarting recovers what is durable.
+    WalFailed {
+        /// The log's error.
+        reason: String,
+    },
+}
+
+/// Serves `endpoint` until `shutdown` completes or the log fails; then stops accepting, lets
+/// every session finish the requests it took (up to `drain_timeout_ms`; after a log failure
+/// they are answered `Unavailable`), and closes the endpoint.
 pub async fn serve(
     endpoint: quinn::Endpoint,
     handle: Handle,
@@ -137,11 +151,14 @@ pub async fn serve(
     limits: NetLimits,
     stats: Arc<NetStats>,
     shutdown: impl Future<Output = ()>,
-) {
+) -> Stopped {
     let (stop, stopping) = watch::channel(false);
+    let wal = handle.clone();
+    let wal_failed = wal.wal_failed();
     let shared = Arc::new(Shared { handle, auth, limits, stats, stopping });
     let mut connections = JoinSet::new();
-    tokio::pin!(shutdown);
+    tokio::pin!(shutdown, wal_failed);
+    let mut stopped = Stopped::Shutdown;
     loop {
         tokio::select! {
             incoming = endpoint.accept() => {
@@ -156,6 +173,11 @@ pub async fn serve(
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             () = &mut shutdown => break,
+            reason = &mut wal_failed => {
+                tracing::error!(%reason, "the write-ahead log failed: stopping (fail-stop)");
+                stopped = Stopped::WalFailed { reason };
+                break;
+            }
         }
     }
     tracing::info!("shutting down: no new connections; draining sessions");
@@ -168,6 +190,7 @@ pub async fn serve(
     }
     endpoint.close(0u32.into(), b"server shutting down");
     endpoint.wait_idle().await;
+    stopped
 }
 
 struct Session {
