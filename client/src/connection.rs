@@ -113,6 +113,11 @@ impl Connection {
                 supported_versions: error.supported_versions,
             }),
             Ok(Ok(message)) => Ok(message),
+            // What the server sent was not a valid frame: that, not the close, is the news.
+            Ok(Err(failure)) if matches!(*failure, ClientError::Protocol(_)) => {
+                let ClientError::Protocol(err) = &*failure else { unreachable!("matched") };
+                Err(ClientError::Protocol(err.clone()))
+            }
             Ok(Err(_)) | Err(_) => Err(self.closed_reason().unwrap_or(ClientError::Closed)),
         }
     }
@@ -220,10 +225,16 @@ pub(crate) fn closed_reason(connection: &quinn::Connection) -> Option<ClientErro
     Some(ClientError::Connection(reason))
 }
 
+/// The largest reply frame accepted: a reply is never much larger than its request (the
+/// largest, a SKU view, is ~100 bytes; a request ~63), so four of the server's largest
+/// request frames is ample, and a server (or anything posing as one) that announces more is
+/// refused before any of it is buffered.
+pub const REPLY_FRAME_BYTES_MAX: u32 = 4 * FRAME_BYTES_MAX_DEFAULT;
+
 /// Reads frames and hands each to the call waiting for its correlation id. A connection
 /// error frame (correlation 0) or the end of the stream fails every call still waiting.
 async fn read_replies(mut recv: quinn::RecvStream, waiting: Waiting) {
-    let mut decoder = FrameDecoder::new(u32::MAX);
+    let mut decoder = FrameDecoder::new(REPLY_FRAME_BYTES_MAX);
     let failure = loop {
         let chunk = match recv.read_chunk(64 * 1024, true).await {
             Ok(Some(chunk)) => chunk,

@@ -23,7 +23,7 @@ pub mod subscriber;
 pub mod tls;
 
 pub use client::{Client, ClientConfig};
-pub use connection::Connection;
+pub use connection::{Connection, REPLY_FRAME_BYTES_MAX};
 pub use error::ClientError;
 pub use subscriber::{SubscribeOptions, Subscriber};
 pub use tls::ClientTls;

@@ -5,11 +5,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use flashstock_client::{ClientError, ClientTls, Connection};
 use flashstock_engine::{BuyerId, Command, RequestId, Reserve, SkuId};
 use flashstock_protocol::{
-    ErrorCode, FrameEncoder, Message, Refusal, Reply, Request, HELLO_BYTES_MAX, PROTOCOL_VERSION,
+    ErrorCode, FrameEncoder, FrameError, Message, Refusal, Reply, Request, HELLO_BYTES_MAX,
+    PROTOCOL_VERSION,
 };
-use flashstock_server::net::{NetLimits, Stopped, HELLO_TIMEOUT_MS_DEFAULT};
+use flashstock_server::net::{self, NetLimits, Stopped, TransportLimits, HELLO_TIMEOUT_MS_DEFAULT};
 use flashstock_server::{Runtime, RuntimeConfig, SystemClock};
 use flashstock_tests::server::TestServer;
 use flashstock_wal::MemWal;
@@ -195,4 +197,33 @@ async fn a_failed_log_sync_stops_the_server() {
         "the server must stop once its log has failed: {stopped:?}"
     );
     assert!(admin.call(vec![Request::QuerySku(SkuId(3))]).await.is_err(), "no longer served");
+}
+
+/// Something posing as the server (it holds the certificate) answers the Hello with a frame
+/// header announcing gigabytes: the client refuses it from the header, rather than buffering
+/// whatever follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_refuses_an_oversized_frame_from_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = net::ensure_self_signed(dir.path()).unwrap();
+    let config = net::server_config(&files, TransportLimits::default(), None).unwrap();
+    let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let rogue = tokio::spawn(async move {
+        let connection = endpoint.accept().await.unwrap().await.unwrap();
+        let (mut send, _recv) = connection.accept_bi().await.unwrap();
+        send.write_all(&header(u32::MAX - 1)).await.unwrap();
+        let filler = vec![0u8; 64 << 10];
+        // Keeps sending until the client goes away.
+        while send.write_all(&filler).await.is_ok() {}
+    });
+    let tls = ClientTls::trust_pem_file(&files.cert_path).unwrap();
+    let connecting = Connection::connect(addr, "localhost", &tls, Some("token"));
+    let result = tokio::time::timeout(Duration::from_secs(10), connecting).await;
+    let err = result.expect("refused at the header, not after buffering").unwrap_err();
+    assert!(
+        matches!(err, ClientError::Protocol(FrameError::FrameTooLarge { .. })),
+        "expected FrameTooLarge, got {err}"
+    );
+    rogue.abort();
 }
