@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use flashstock_client::{Client, ClientConfig, ClientError, ClientTls};
 use flashstock_engine::{BuyerId, Outcome, SkuId};
+use flashstock_protocol::Role;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -18,22 +19,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let data_dir = PathBuf::from(args.next().unwrap_or_else(|| "flashstock-data".into()));
     let addr = args.next().unwrap_or_else(|| "127.0.0.1:7400".into()).parse()?;
     let tls = ClientTls::trust_pem_file(&data_dir.join("tls/cert.pem"))?;
-    let tokens = std::fs::read_to_string(data_dir.join("tokens.toml"))?;
-    let token = |role: &str| {
-        let line = tokens.lines().find(|l| l.starts_with(role)).expect("a token line");
-        line.split('"').nth(1).expect("a quoted token").to_owned()
-    };
+    let tokens = data_dir.join("tokens.toml");
+    let token = |role| flashstock_client::token_from_file(&tokens, role, None);
 
     // The operator puts 3 units of SKU 4242 on sale.
-    let admin =
-        Client::connect(ClientConfig::new(addr, "localhost", tls.clone(), Some(&token("admin"))))
-            .await?;
+    let admin = Client::connect(ClientConfig::new(
+        addr,
+        "localhost",
+        tls.clone(),
+        Some(&token(Role::Admin)?),
+    ))
+    .await?;
     admin.set_stock(SkuId(4242), 3).await?;
     admin.set_buyer_limit(SkuId(4242), Some(1)).await?;
 
     // The order service checks out five buyers; every other payment fails.
     let orders =
-        Client::connect(ClientConfig::new(addr, "localhost", tls, Some(&token("service")))).await?;
+        Client::connect(ClientConfig::new(addr, "localhost", tls, Some(&token(Role::Service)?)))
+            .await?;
     for buyer in 1..=5u64 {
         let paid = buyer % 2 == 1;
         println!("buyer {buyer}: {}", checkout(&orders, BuyerId(buyer), SkuId(4242), paid).await?);

@@ -13,17 +13,20 @@
 //!   by correlation id and may arrive in any order.
 //! - [`subscriber`]: [`Subscriber`]: a consumer's end of the committed-deduction stream
 //!   (subscribe under a name, receive event batches, acknowledge what is handled).
+//! - [`credentials`]: [`token_from_file`], a role's token from a server's tokens file.
 //! - [`error`]: [`ClientError`], the one error type.
 
 pub mod breaker;
 pub mod client;
 pub mod connection;
+pub mod credentials;
 pub mod error;
 pub mod subscriber;
 pub mod tls;
 
 pub use client::{Client, ClientConfig};
 pub use connection::{Connection, REPLY_FRAME_BYTES_MAX};
+pub use credentials::token_from_file;
 pub use error::ClientError;
 pub use subscriber::{SubscribeOptions, Subscriber};
 pub use tls::ClientTls;

@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use flashstock_client::ClientTls;
+use flashstock_client::{token_from_file, ClientTls};
 use flashstock_loadgen::report::Report;
 use flashstock_loadgen::run::RunConfig;
 use flashstock_loadgen::scenario::Scenario;
 use flashstock_loadgen::{execute, Finished, LoadOptions, TargetSpec};
+use flashstock_protocol::Role;
 
 /// The allocator `flashstockd` runs with: the client's per-call allocations are its hot path.
 #[global_allocator]
@@ -226,7 +227,7 @@ impl LoadArgs {
         let tls = ClientTls::trust_pem_file(&cert)
             .with_context(|| format!("reading the server certificate {}", cert.display()))?;
         let tokens = self.server_data_dir.join("tokens.toml");
-        let token = |given: &Option<String>, role: &str| match given {
+        let token = |given: &Option<String>, role: Role| match given {
             Some(token) => Ok(token.clone()),
             None => token_of(&tokens, role),
         };
@@ -234,8 +235,8 @@ impl LoadArgs {
             addr,
             server_name: self.server_name.clone(),
             tls,
-            admin_token: token(&self.admin_token, "admin")?,
-            service_token: token(&self.service_token, "service")?,
+            admin_token: token(&self.admin_token, Role::Admin)?,
+            service_token: token(&self.service_token, Role::Service)?,
             connections: self.connections.max(1),
         })
     }
@@ -257,14 +258,9 @@ impl LoadArgs {
 }
 
 /// The `role = "..."` line of a flashstock tokens file.
-fn token_of(path: &Path, role: &str) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading {} (or pass --{role}-token)", path.display()))?;
-    text.lines()
-        .filter_map(|line| line.split_once('='))
-        .find(|(name, _)| name.trim() == role)
-        .map(|(_, token)| token.trim().trim_matches('"').to_owned())
-        .with_context(|| format!("no {role} token in {}", path.display()))
+fn token_of(path: &Path, role: Role) -> anyhow::Result<String> {
+    let flag = format!("{role:?}").to_lowercase();
+    token_from_file(path, role, None).with_context(|| format!("(or pass --{flag}-token)"))
 }
 
 fn main() -> anyhow::Result<()> {

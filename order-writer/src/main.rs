@@ -3,13 +3,14 @@
 //! `flashstock_order_writer::run` until SIGINT or SIGTERM.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use flashstock_client::ClientTls;
-use flashstock_order_writer::{run, NatsConfig, WriterConfig, WriterError, WriterStats};
+use flashstock_client::{token_from_file, ClientTls};
+use flashstock_order_writer::{run, NatsConfig, WriterConfig, WriterStats};
+use flashstock_protocol::Role;
 
 /// Subscribes to a flashstock server's committed-deduction stream and writes one order row
 /// per confirmed reservation, acknowledging the stream only after the rows are committed.
@@ -33,7 +34,7 @@ struct Args {
     /// The server's certificate (PEM) to trust [default: <server-data-dir>/tls/cert.pem].
     #[arg(long, env = "FLASHSTOCK_CERT")]
     cert: Option<PathBuf>,
-    /// A consumer-role token [default: the `consumer` line of <server-data-dir>/tokens.toml].
+    /// A consumer-role token [default: the one <server-data-dir>/tokens.toml grants --consumer].
     #[arg(long, env = "FLASHSTOCK_CONSUMER_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// The consumer name the server keeps this writer's acknowledged cursor under.
@@ -80,7 +81,11 @@ fn main() -> anyhow::Result<()> {
         .with_context(|| format!("reading the server certificate {}", cert.display()))?;
     let token = match args.token.clone() {
         Some(token) => token,
-        None => consumer_token(&args.server_data_dir.join("tokens.toml"))?,
+        None => {
+            let tokens = args.server_data_dir.join("tokens.toml");
+            token_from_file(&tokens, Role::Consumer, Some(&args.consumer))
+                .context("finding this writer's consumer token (or pass --token)")?
+        }
     };
     let database_urls = if args.database_urls.is_empty() {
         std::fs::create_dir_all(&args.data_dir)
@@ -109,17 +114,6 @@ fn main() -> anyhow::Result<()> {
     tokio.block_on(run(config, stats.clone(), shutdown_signal()))?;
     tracing::info!(stats = %stats.summary(), "order writer stopped");
     Ok(())
-}
-
-/// The `consumer = "..."` line of a flashstock tokens file.
-fn consumer_token(path: &Path) -> Result<String, WriterError> {
-    let file_error = |detail: String| WriterError::File { path: path.to_path_buf(), detail };
-    let text = std::fs::read_to_string(path).map_err(|err| file_error(err.to_string()))?;
-    text.lines()
-        .filter_map(|line| line.split_once('='))
-        .find(|(role, _)| role.trim() == "consumer")
-        .map(|(_, token)| token.trim().trim_matches('"').to_owned())
-        .ok_or_else(|| file_error("no `consumer = \"...\"` line; pass --token".to_owned()))
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -9,6 +9,8 @@
 //! - [`message`]: what frames carry: the hello handshake, batches of requests (engine commands
 //!   and queries) and of replies, the committed-deduction stream (subscribe, events, acks), and
 //!   connection errors.
+//! - [`tokens`]: the tokens file's format (roles, and the consumer names a token may act for),
+//!   parsed without IO for the server and the tools alike.
 //! - [`error`]: [`FrameError`], the one error type.
 //!
 //! A frame's payload is an rkyv archive of a [`Message`], checked with bytecheck before any
@@ -18,6 +20,7 @@
 pub mod error;
 pub mod frame;
 pub mod message;
+pub mod tokens;
 
 pub use error::FrameError;
 pub use frame::{

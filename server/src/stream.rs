@@ -20,8 +20,7 @@ use crate::durability::DurableEnds;
 
 /// The metadata key the consumer registry is stored under.
 const CONSUMERS_KEY: &str = "consumers";
-/// The longest consumer name.
-pub const CONSUMER_NAME_BYTES_MAX: usize = 64;
+pub use flashstock_protocol::tokens::CONSUMER_NAME_BYTES_MAX;
 
 /// Why reading the stream failed.
 #[derive(Debug, thiserror::Error)]
@@ -335,10 +334,7 @@ impl Consumers {
     }
 }
 
-fn valid_name(name: &str) -> bool {
-    (1..=CONSUMER_NAME_BYTES_MAX).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
-}
+use flashstock_protocol::tokens::is_valid_consumer_name as valid_name;
 
 /// `count, then per consumer: name length (u8), name, one u64 per shard`, little-endian.
 fn encode_registry(cursors: &BTreeMap<String, Vec<u64>>) -> Vec<u8> {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use flashstock_client::{ClientTls, Connection};
+use flashstock_protocol::tokens::DEFAULT_CONSUMER;
 use flashstock_protocol::Role;
 use flashstock_server::net::{
     self, Authenticator, ClientCertRoles, NetLimits, NetStats, Stopped, TransportLimits,
@@ -23,13 +24,42 @@ pub struct TestServer {
     pub admin_token: String,
     /// A token granting `Role::Service`.
     pub service_token: String,
-    /// A token granting `Role::Consumer`.
+    /// A token granting `Role::Consumer` for any consumer name (`consumer.*`).
     pub consumer_token: String,
+    /// A token granting `Role::Consumer` for the `order-writer` consumer only.
+    pub order_writer_token: String,
+    /// A token granting `Role::Consumer` for the `audit` consumer only.
+    pub audit_token: String,
     /// What its network layer holds.
     pub stats: Arc<NetStats>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     serving: Option<tokio::task::JoinHandle<Stopped>>,
     runtime: Option<Runtime>,
+}
+
+/// Test servers' tokens: the default file's (admin, service, a consumer token for
+/// `order-writer` only), one for `audit` only, and one for any name, which tests subscribe
+/// with under names of their own.
+fn write_test_tokens(data_dir: &Path) {
+    let path = data_dir.join("tokens.toml");
+    if path.exists() {
+        return;
+    }
+    let token = || {
+        let bytes = net::secrets::random_bytes::<16>().unwrap();
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let text = format!(
+        "admin = \"{}\"\nservice = \"{}\"\nconsumer.{DEFAULT_CONSUMER} = \"{}\"\n\
+         consumer.audit = \"{}\"\nconsumer.* = \"{}\"\n",
+        token(),
+        token(),
+        token(),
+        token(),
+        token()
+    );
+    std::fs::create_dir_all(data_dir).unwrap();
+    net::secrets::write_private(&path, text.as_bytes()).unwrap();
 }
 
 /// The idle timeout of test servers' connections.
@@ -71,12 +101,16 @@ impl TestServer {
         client_certs: Option<Arc<ClientCertRoles>>,
     ) -> TestServer {
         let files = net::ensure_self_signed(data_dir).unwrap();
+        write_test_tokens(data_dir);
         let (mut auth, tokens_path) = Authenticator::ensure_default(data_dir).unwrap();
         if let Some(roles) = &client_certs {
             auth = auth.with_client_certs(roles.clone());
         }
         let tokens = net::auth::read_tokens_file(&tokens_path).unwrap();
-        let token = |role| tokens.iter().find(|(_, r)| *r == role).unwrap().0.clone();
+        let token = |role, consumer| {
+            let token = flashstock_protocol::tokens::token_for(&tokens, role, consumer);
+            token.expect("a token of each role").to_owned()
+        };
         // Short, so that the tests notice a client that lets a quiet connection time out.
         let limits =
             TransportLimits { idle_timeout_ms: IDLE_TIMEOUT_MS, ..TransportLimits::default() };
@@ -105,9 +139,11 @@ impl TestServer {
         TestServer {
             addr,
             cert: files.cert_path,
-            admin_token: token(Role::Admin),
-            service_token: token(Role::Service),
-            consumer_token: token(Role::Consumer),
+            admin_token: token(Role::Admin, None),
+            service_token: token(Role::Service, None),
+            consumer_token: token(Role::Consumer, Some("any-name")),
+            order_writer_token: token(Role::Consumer, Some(DEFAULT_CONSUMER)),
+            audit_token: token(Role::Consumer, Some("audit")),
             stats,
             stop: Some(stop),
             serving: Some(serving),

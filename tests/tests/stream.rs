@@ -11,6 +11,7 @@ use flashstock_client::{Client, ClientConfig, ClientError, SubscribeOptions, Sub
 use flashstock_engine::{
     BuyerId, Change, EventKind, OrderRef, Outcome, ReservationId, ReservationState, SkuId,
 };
+use flashstock_protocol::tokens::DEFAULT_CONSUMER;
 use flashstock_protocol::{ErrorCode, EventBatch, StartAt};
 use flashstock_server::RuntimeConfig;
 use flashstock_tests::server::TestServer;
@@ -236,6 +237,19 @@ async fn bad_subscriptions_and_acks_get_typed_errors_and_others_are_still_served
     beyond.start = StartAt::Cursor(vec![1_000_000, 0]);
     let code = rejected(try_subscribe(&server, &server.consumer_token, beyond).await);
     assert_eq!(code, ErrorCode::InvalidSubscription);
+
+    // A consumer token acts for the consumers it names only: the order writer's token can
+    // neither take over another consumer nor be taken over by another consumer's token
+    // (which could then acknowledge its cursor past orders it never stored).
+    let ours = SubscribeOptions::new(DEFAULT_CONSUMER);
+    let writer = try_subscribe(&server, &server.order_writer_token, ours.clone()).await;
+    let mut writer = writer.unwrap();
+    let theirs = try_subscribe(&server, &server.order_writer_token, options.clone()).await;
+    assert_eq!(rejected(theirs), ErrorCode::PermissionDenied, "its token, another name");
+    let intruder = try_subscribe(&server, &server.audit_token, ours).await;
+    assert_eq!(rejected(intruder), ErrorCode::PermissionDenied, "another's token, its name");
+    let untouched = tokio::time::timeout(Duration::from_millis(300), writer.next_batch()).await;
+    assert!(!matches!(untouched, Ok(Err(_))), "the writer's subscription lives: {untouched:?}");
 
     // One subscription per consumer name at a time: the newest replaces the older one.
     let mut older = subscribe(&server, options.clone()).await;

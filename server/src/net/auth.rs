@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use flashstock_engine::Command;
+use flashstock_protocol::tokens::{parse_tokens, TokenEntry, DEFAULT_CONSUMER};
 use flashstock_protocol::{Request, Role};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, UnixTime};
@@ -22,7 +23,7 @@ use crate::error::RuntimeError;
 /// a token was right, nor which role's token it came close to.
 #[derive(Clone, Default)]
 pub struct Authenticator {
-    tokens: Vec<(TokenDigest, Role)>,
+    tokens: Vec<(TokenDigest, Grant)>,
     cert_roles: Option<Arc<ClientCertRoles>>,
 }
 
@@ -108,9 +109,17 @@ impl std::fmt::Debug for Authenticator {
 }
 
 impl Authenticator {
-    /// An authenticator granting `role` to each token.
-    pub fn new(tokens: impl IntoIterator<Item = (String, Role)>) -> Authenticator {
-        let tokens = tokens.into_iter().map(|(token, role)| (digest(&token), role)).collect();
+    /// An authenticator granting each entry's role (and consumer names) to its token.
+    pub fn new(tokens: impl IntoIterator<Item = TokenEntry>) -> Authenticator {
+        let tokens = tokens
+            .into_iter()
+            .map(|mut entry| {
+                let digest = digest(&entry.token);
+                // Only the digest is kept: the entry keeps its names, not its token.
+                entry.token.clear();
+                (digest, Grant { role: entry.role, consumers: Some(Arc::new(entry)) })
+            })
+            .collect();
         Authenticator { tokens, cert_roles: None }
     }
 
@@ -120,51 +129,54 @@ impl Authenticator {
         self
     }
 
-    /// The role a `Hello`'s token grants, or else the client certificate of the handshake.
+    /// What a `Hello`'s token grants, or else the client certificate of the handshake.
     /// A token that is given but unknown grants nothing, whatever the certificate.
     pub fn authenticate(
         &self,
         token: Option<&str>,
         peer_chain: Option<&[CertificateDer<'static>]>,
-    ) -> Option<Role> {
+    ) -> Option<Grant> {
         if let Some(token) = token {
-            return self.role_of_token(token);
+            return self.grant_of_token(token);
         }
-        self.cert_roles.as_ref()?.role_of(peer_chain?)
+        let role = self.cert_roles.as_ref()?.role_of(peer_chain?)?;
+        Some(Grant { role, consumers: None })
     }
 
     /// Compares `token` with every known token, in constant time, without stopping early.
-    fn role_of_token(&self, token: &str) -> Option<Role> {
+    fn grant_of_token(&self, token: &str) -> Option<Grant> {
         use subtle::ConstantTimeEq;
         let presented = digest(token);
         let mut found = None;
-        for (known, role) in &self.tokens {
+        for (known, grant) in &self.tokens {
             if bool::from(known.ct_eq(&presented)) {
-                found = Some(*role);
+                found = Some(grant.clone());
             }
         }
         found
     }
 
-    /// The embedded default: an admin, a service and a consumer token in `<dir>/tokens.toml`,
-    /// generated with the system's secure random source on first start and reused after (a
-    /// file from before the consumer role gets a consumer token added).
+    /// The embedded default: an admin, a service and an `order-writer` consumer token in
+    /// `<dir>/tokens.toml`, generated with the system's secure random source on first start
+    /// and reused after (a file from before the consumer role gets a consumer token added).
     pub fn ensure_default(dir: &Path) -> Result<(Authenticator, std::path::PathBuf), RuntimeError> {
         let path = dir.join("tokens.toml");
         if !path.exists() {
             let (admin, service, consumer) = (random_token()?, random_token()?, random_token()?);
             let text = format!(
-                "# Bearer tokens of this flashstock server; keep this file private.\n\
-                 admin = \"{admin}\"\nservice = \"{service}\"\nconsumer = \"{consumer}\"\n"
+                "# Bearer tokens of this flashstock server; keep this file private. A consumer\n\
+                 # token acts for the consumer named after the dot only.\n\
+                 admin = \"{admin}\"\nservice = \"{service}\"\n\
+                 consumer.{DEFAULT_CONSUMER} = \"{consumer}\"\n"
             );
             crate::net::secrets::ensure_private_dir(dir)?;
             crate::net::secrets::write_private(&path, text.as_bytes())?;
             tracing::info!(path = %path.display(), "generated admin, service and consumer tokens");
         }
         let mut tokens = read_tokens_file(&path)?;
-        if !tokens.iter().any(|(_, role)| *role == Role::Consumer) {
+        if !tokens.iter().any(|entry| entry.role == Role::Consumer) {
             let consumer = random_token()?;
-            let line = format!("consumer = \"{consumer}\"\n");
+            let line = format!("consumer.{DEFAULT_CONSUMER} = \"{consumer}\"\n");
             let appended = std::fs::OpenOptions::new()
                 .append(true)
                 .open(&path)
@@ -174,45 +186,38 @@ impl Authenticator {
                 detail: err.to_string(),
             })?;
             tracing::info!(path = %path.display(), "added a consumer token");
-            tokens.push((consumer, Role::Consumer));
+            let consumers = vec![DEFAULT_CONSUMER.to_owned()];
+            tokens.push(TokenEntry { token: consumer, role: Role::Consumer, consumers });
         }
         Ok((Authenticator::new(tokens), path))
     }
 }
 
-/// Reads `role = "token"` lines (`admin`, `service`, `consumer`) from a tokens file. An empty
-/// token, or one listed twice, is refused: either would be a credential nobody meant to issue.
-pub fn read_tokens_file(path: &Path) -> Result<Vec<(String, Role)>, RuntimeError> {
+/// What a credential grants a connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    /// The role.
+    pub role: Role,
+    /// For a token, its entry's consumer names; `None` for a client certificate of the
+    /// consumer CA, which may act for any consumer.
+    pub consumers: Option<Arc<TokenEntry>>,
+}
+
+impl Grant {
+    /// Whether this credential may act for `consumer`.
+    pub fn may_act_for(&self, consumer: &str) -> bool {
+        self.role == Role::Consumer
+            && self.consumers.as_ref().is_none_or(|entry| entry.acts_for(consumer))
+    }
+}
+
+/// Reads a tokens file (see [`flashstock_protocol::tokens`] for its format). An empty token,
+/// or one listed twice, is refused: either would be a credential nobody meant to issue.
+pub fn read_tokens_file(path: &Path) -> Result<Vec<TokenEntry>, RuntimeError> {
     let error = |detail: String| RuntimeError::Config { path: path.to_path_buf(), detail };
     crate::net::secrets::warn_if_readable_by_others(path);
     let text = std::fs::read_to_string(path).map_err(|err| error(err.to_string()))?;
-    let mut tokens: Vec<(String, Role)> = Vec::new();
-    let lines = text.lines().map(str::trim).enumerate();
-    for (index, line) in lines.filter(|(_, l)| !l.is_empty() && !l.starts_with('#')) {
-        let number = index + 1;
-        let Some((role, token)) = line.split_once('=') else {
-            return Err(error(format!("line {number}: not `role = \"token\"`")));
-        };
-        let role = match role.trim() {
-            "admin" => Role::Admin,
-            "service" => Role::Service,
-            "consumer" => Role::Consumer,
-            other => return Err(error(format!("line {number}: unknown role {other:?}"))),
-        };
-        let token = token.trim().trim_matches('"');
-        if token.is_empty() {
-            return Err(error(format!("line {number}: the {role:?} token is empty")));
-        }
-        if !token.chars().all(|c| c.is_ascii_graphic()) {
-            let detail = "a token is printable ASCII without spaces";
-            return Err(error(format!("line {number}: the {role:?} token is not: {detail}")));
-        }
-        if tokens.iter().any(|(known, _)| known == token) {
-            return Err(error(format!("line {number}: a token is listed twice")));
-        }
-        tokens.push((token.to_owned(), role));
-    }
-    Ok(tokens)
+    parse_tokens(&text).map_err(|err| error(err.to_string()))
 }
 
 fn random_token() -> Result<String, RuntimeError> {
@@ -262,9 +267,14 @@ mod tests {
         assert_eq!(mode(&dir.join("reset-key")), 0o600, "the reset key");
         let tokens = read_tokens_file(&path).unwrap();
         assert_eq!(tokens.len(), 3);
-        for (token, role) in &tokens {
-            assert_eq!(auth.authenticate(Some(token), None), Some(*role));
+        for entry in &tokens {
+            let grant = auth.authenticate(Some(&entry.token), None).unwrap();
+            assert_eq!(grant.role, entry.role);
         }
+        let consumer = tokens.iter().find(|entry| entry.role == Role::Consumer).unwrap();
+        let grant = auth.authenticate(Some(&consumer.token), None).unwrap();
+        assert!(grant.may_act_for(DEFAULT_CONSUMER));
+        assert!(!grant.may_act_for("someone-else"), "a consumer token acts for its name only");
     }
 
     #[test]
@@ -273,9 +283,7 @@ mod tests {
         let path = dir.path().join("tokens.toml");
         for (text, says) in [
             ("admin = \"\"\n", "token is empty"),
-            ("admin = \"abc\"\nservice = \"  \"\n", "without spaces"),
             ("admin = \"abc\"\nservice = \"abc\"\n", "listed twice"),
-            ("admin = \"abc\"\nadmin = \"abc\"\n", "listed twice"),
         ] {
             std::fs::write(&path, text).unwrap();
             let err = read_tokens_file(&path).unwrap_err().to_string();
@@ -285,12 +293,14 @@ mod tests {
 
     #[test]
     fn only_a_whole_known_token_authenticates() {
+        let entry = |token: &str, role| TokenEntry { token: token.into(), role, consumers: vec![] };
         let auth = Authenticator::new([
-            ("admin-token-0123".to_owned(), Role::Admin),
-            ("service-token-4567".to_owned(), Role::Service),
+            entry("admin-token-0123", Role::Admin),
+            entry("service-token-4567", Role::Service),
         ]);
-        assert_eq!(auth.authenticate(Some("admin-token-0123"), None), Some(Role::Admin));
-        assert_eq!(auth.authenticate(Some("service-token-4567"), None), Some(Role::Service));
+        let role = |token| auth.authenticate(Some(token), None).map(|grant| grant.role);
+        assert_eq!(role("admin-token-0123"), Some(Role::Admin));
+        assert_eq!(role("service-token-4567"), Some(Role::Service));
         for wrong in ["admin-token-012", "admin-token-01234", "", "service-token-4568"] {
             assert_eq!(auth.authenticate(Some(wrong), None), None, "{wrong:?}");
         }

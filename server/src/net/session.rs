@@ -24,7 +24,7 @@ use flashstock_protocol::{
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::net::auth::{permits, Authenticator};
+use crate::net::auth::{permits, Authenticator, Grant};
 use crate::{Answer, Handle, Item, RuntimeError};
 
 /// Bytes read from a stream at a time.
@@ -195,7 +195,8 @@ pub async fn serve(
 
 struct Session {
     connection: quinn::Connection,
-    role: OnceLock<Role>,
+    /// Set by the Hello: who the peer is and what it may do.
+    grant: OnceLock<Grant>,
     in_flight: Arc<Semaphore>,
     shared: Arc<Shared>,
 }
@@ -212,7 +213,7 @@ async fn run_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
         }
     };
     let in_flight = Arc::new(Semaphore::new(shared.limits.in_flight_max as usize));
-    let session = Arc::new(Session { connection, role: OnceLock::new(), in_flight, shared });
+    let session = Arc::new(Session { connection, grant: OnceLock::new(), in_flight, shared });
     let mut streams = JoinSet::new();
     let mut stopping = session.shared.stopping.clone();
     // Keep-alives and a trickle of bytes reset QUIC's idle timer; this deadline they cannot.
@@ -229,7 +230,7 @@ async fn run_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
             Some(_) = streams.join_next(), if !streams.is_empty() => {}
             () = &mut hello_deadline, if awaiting_hello => {
                 awaiting_hello = false;
-                if session.role.get().is_none() {
+                if session.grant.get().is_none() {
                     session.shared.stats.hello_timeouts.fetch_add(1, Ordering::AcqRel);
                     let limit_ms = session.shared.limits.hello_timeout_ms;
                     let detail = format!("no Hello with credentials within {limit_ms} ms");
@@ -278,7 +279,7 @@ async fn run_stream(session: Arc<Session>, send: quinn::SendStream, mut recv: qu
     let writer = tokio::spawn(write_frames(send, queued));
     // Before `Welcome` only a Hello may come, and it is small: a header announcing more is
     // refused before any of it is buffered.
-    let authenticated = session.role.get().is_some();
+    let authenticated = session.grant.get().is_some();
     let frame_bytes_max = session.shared.limits.frame_bytes_max;
     let mut decoder =
         FrameDecoder::new(if authenticated { frame_bytes_max } else { HELLO_BYTES_MAX });
@@ -324,7 +325,7 @@ async fn run_stream(session: Arc<Session>, send: quinn::SendStream, mut recv: qu
             while batches.try_join_next().is_some() {
                 session.shared.stats.batch_tasks_held.fetch_sub(1, Ordering::AcqRel);
             }
-            if decoder.frame_bytes_max() != frame_bytes_max && session.role.get().is_some() {
+            if decoder.frame_bytes_max() != frame_bytes_max && session.grant.get().is_some() {
                 decoder.set_frame_bytes_max(frame_bytes_max);
             }
         }
@@ -378,11 +379,21 @@ impl Session {
             |detail: &str| Close { code: ErrorCode::UnexpectedMessage, detail: detail.to_owned() };
         match (frame.message, &*use_) {
             (Message::Subscribe(subscribe), StreamUse::Undecided) => {
-                match self.role.get() {
-                    Some(Role::Consumer) => {}
-                    Some(role) => {
+                match self.grant.get() {
+                    Some(grant) if grant.may_act_for(&subscribe.consumer) => {}
+                    Some(grant) if grant.role == Role::Consumer => {
+                        // One consumer must not replace another's subscription, nor move its
+                        // cursor forward past orders it never stored.
                         let detail = format!(
-                            "the {role:?} role may not subscribe; use a consumer credential"
+                            "this credential may not act for consumer {:?}",
+                            subscribe.consumer
+                        );
+                        return Err(Close { code: ErrorCode::PermissionDenied, detail });
+                    }
+                    Some(grant) => {
+                        let detail = format!(
+                            "the {:?} role may not subscribe; use a consumer credential",
+                            grant.role
                         );
                         return Err(Close { code: ErrorCode::PermissionDenied, detail });
                     }
@@ -434,18 +445,19 @@ impl Session {
     ) -> Result<(), Close> {
         match frame.message {
             Message::Hello { token, client_name } => {
-                if self.role.get().is_some() {
+                if self.grant.get().is_some() {
                     let detail = "a connection authenticates once".to_owned();
                     return Err(Close { code: ErrorCode::UnexpectedMessage, detail });
                 }
-                let Some(role) = self.authenticate(token.as_deref()) else {
+                let Some(grant) = self.authenticate(token.as_deref()) else {
                     let detail =
                         "missing or unknown credentials (bearer token or client certificate)"
                             .to_owned();
                     return Err(Close { code: ErrorCode::Unauthenticated, detail });
                 };
                 // Only the first stream is open before `Welcome`, so only it can get here.
-                let _ = self.role.set(role);
+                let role = grant.role;
+                let _ = self.grant.set(grant);
                 tracing::debug!(client = %client_name, ?role, "authenticated");
                 let limits = self.shared.limits;
                 // Now, and only now, the peer may open more streams and send more bytes.
@@ -460,7 +472,7 @@ impl Session {
                 Ok(())
             }
             Message::Requests(batch) => {
-                let Some(&role) = self.role.get() else {
+                let Some(role) = self.grant.get().map(|grant| grant.role) else {
                     let detail = "send Hello with credentials first".to_owned();
                     return Err(Close { code: ErrorCode::Unauthenticated, detail });
                 };
@@ -485,9 +497,9 @@ impl Session {
         }
     }
 
-    /// The role a token or the handshake's client certificate grants. (Sync: the peer identity
+    /// What a token or the handshake's client certificate grants. (Sync: the peer identity
     /// is not `Send`, so it must not live across an await.)
-    fn authenticate(&self, token: Option<&str>) -> Option<Role> {
+    fn authenticate(&self, token: Option<&str>) -> Option<Grant> {
         let identity = self.connection.peer_identity();
         let chain = identity
             .as_ref()
