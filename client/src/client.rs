@@ -280,33 +280,73 @@ impl Client {
 
     /// Sends one request, retrying transport failures and refusals within the deadline.
     pub async fn call(&self, request: Request) -> Result<Reply, ClientError> {
+        let batch_max = self.inner.config.batch_requests_max.max(1);
+        // Runs of `batch_requests_max` consecutive calls share a connection, so that each
+        // batcher sees full batches: spreading calls one by one over 8 connections made every
+        // frame 8x smaller and cost more per call than one connection did.
+        let run = self.inner.next_link.fetch_add(1, Ordering::Relaxed) / batch_max;
+        self.with_retries(run, |index, deadline| async move {
+            match self.attempt(index, request, deadline).await? {
+                Reply::Refused(refusal) => Err(ClientError::Refused { refusal }),
+                reply => Ok(reply),
+            }
+        })
+        .await
+    }
+
+    /// Sends `requests` as one frame and returns their replies, in order. A transport failure
+    /// or a lost reply retries the whole batch on a (new) connection, with the same request
+    /// ids, so nothing is applied twice; a refusal of one request (`Overloaded`) is its reply,
+    /// left to the caller.
+    pub async fn call_batch(&self, requests: &[Request]) -> Result<Vec<Reply>, ClientError> {
+        let base = self.inner.next_link.fetch_add(1, Ordering::Relaxed);
+        self.with_retries(base, |index, deadline| async move {
+            let link = self.link_by(index, deadline).await?;
+            let timed_out = |_| ClientError::Timeout { deadline_ms: 0 };
+            let replies =
+                tokio::time::timeout_at(deadline, link.connection.call(requests.to_vec()))
+                    .await
+                    .map_err(timed_out)?;
+            if replies.is_err() {
+                link.broken.store(true, Ordering::Release);
+            }
+            replies
+        })
+        .await
+    }
+
+    /// Runs `attempt` on connection `base`, then on the next ones, until it succeeds, fails
+    /// for good, or the call's deadline or retries run out. Every attempt of a call carries
+    /// the same request ids, so retrying is safe.
+    async fn with_retries<T, Fut>(
+        &self,
+        base: usize,
+        mut attempt: impl FnMut(usize, Instant) -> Fut,
+    ) -> Result<T, ClientError>
+    where
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
         let config = &self.inner.config;
         let deadline = Instant::now() + config.call_timeout;
         let deadline_ms = config.call_timeout.as_millis() as u64;
         let mut backoff = config.retry_backoff;
-        let mut attempt = 0;
+        let mut tries = 0;
         loop {
             if let Err(refused) = self.inner.breaker.allow() {
                 let retry_after_ms = refused.retry_after.as_millis() as u64;
                 return Err(ClientError::CircuitOpen { retry_after_ms });
             }
             let attempt_deadline = deadline.min(Instant::now() + config.attempt_timeout);
-            // Runs of `batch_requests_max` consecutive calls share a connection, so that each
-            // batcher sees full batches: spreading calls one by one over 8 connections made
-            // every frame 8x smaller and cost more per call than one connection did. A retry
-            // moves on to the next connection.
-            let call_number = self.inner.next_link.fetch_add(1, Ordering::Relaxed);
-            let run = call_number / config.batch_requests_max.max(1) + attempt as usize;
-            let index = run % self.inner.links.len();
-            let failure = match self.attempt(index, request, attempt_deadline).await {
-                Ok(Reply::Refused(refusal)) => {
+            let index = (base + tries as usize) % self.inner.links.len();
+            let failure = match attempt(index, attempt_deadline).await {
+                Ok(answer) => {
+                    self.inner.breaker.succeeded();
+                    return Ok(answer);
+                }
+                Err(refused @ ClientError::Refused { .. }) => {
                     // It answered: the server is alive, just not taking this now.
                     self.inner.breaker.succeeded();
-                    ClientError::Refused { refusal }
-                }
-                Ok(reply) => {
-                    self.inner.breaker.succeeded();
-                    return Ok(reply);
+                    refused
                 }
                 Err(ClientError::Timeout { .. }) => {
                     // No answer in time: do not trust that connection again.
@@ -320,13 +360,13 @@ impl Client {
                 }
                 Err(err) => return Err(err),
             };
-            attempt += 1;
+            tries += 1;
             let permanent =
                 matches!(failure, ClientError::Refused { refusal: Refusal::PermissionDenied });
-            if permanent || attempt > config.retries_max || Instant::now() >= deadline {
+            if permanent || tries > config.retries_max || Instant::now() >= deadline {
                 return Err(failure);
             }
-            tracing::debug!(attempt, %failure, "retrying with the same request id");
+            tracing::debug!(tries, %failure, "retrying with the same request ids");
             tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now())))
                 .await;
             backoff *= 2;
@@ -344,12 +384,7 @@ impl Client {
     ) -> Result<Reply, ClientError> {
         // The deadline is named by `call`, which turns every attempt timeout into its own.
         let timed_out = |_| ClientError::Timeout { deadline_ms: 0 };
-        let link = match self.current(index) {
-            Some(link) => link,
-            None => {
-                tokio::time::timeout_at(deadline, self.link(index)).await.map_err(timed_out)??
-            }
-        };
+        let link = self.link_by(index, deadline).await?;
         let (reply, answer) = oneshot::channel();
         let lost = || ClientError::ConnectionLost { detail: "the batcher stopped".into() };
         match link.calls.try_send(Call { request, reply, deadline }) {
@@ -361,6 +396,15 @@ impl Client {
             Err(mpsc::error::TrySendError::Closed(_)) => return Err(lost()),
         }
         answer.await.map_err(|_| lost())?
+    }
+
+    /// The connection in slot `index`, (re)connecting if need be, no later than `deadline`.
+    async fn link_by(&self, index: usize, deadline: Instant) -> Result<Arc<Link>, ClientError> {
+        if let Some(link) = self.current(index) {
+            return Ok(link);
+        }
+        let timed_out = |_| ClientError::Timeout { deadline_ms: 0 };
+        tokio::time::timeout_at(deadline, self.link(index)).await.map_err(timed_out)?
     }
 
     fn current(&self, index: usize) -> Option<Arc<Link>> {

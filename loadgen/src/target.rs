@@ -6,9 +6,9 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
-use flashstock_client::{ClientTls, Connection};
+use flashstock_client::{Client, ClientConfig, ClientTls};
 use flashstock_engine::{BuyerId, Command, Outcome, RequestId, ReservationId, Reserve, SkuId};
 use flashstock_protocol::{Refusal, Reply, Request};
 
@@ -137,18 +137,23 @@ impl Target {
     }
 }
 
-/// flashstock over QUIC: a service connection per `--connections`, one admin connection;
-/// each batch of requests goes out as one frame.
+/// flashstock over QUIC, through the client library: `--connections` service connections and
+/// an admin one; each batch of requests goes out as one frame. A lost connection is replaced
+/// and its batch retried with the same request ids, so a rehearsal rides through a server
+/// restart; a batch that still gets no answer counts as unknown, not as the run's end.
 #[derive(Debug)]
 pub struct FlashstockTarget {
     addr: SocketAddr,
-    admin: Connection,
-    service: Vec<Connection>,
-    next_connection: AtomicUsize,
+    admin: Client,
+    service: Client,
     /// Request ids unique to this run: a per-run prefix in the high 64 bits.
     run_prefix: u128,
     next_request: std::sync::atomic::AtomicU64,
 }
+
+/// How long one batch may take, retries and reconnects included, before it counts as unknown:
+/// long enough to ride through a server's restart.
+const BATCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl FlashstockTarget {
     /// Connects `connections` service connections and one admin connection.
@@ -161,16 +166,20 @@ impl FlashstockTarget {
         connections: usize,
         run_id: u64,
     ) -> Result<FlashstockTarget, LoadError> {
-        let admin = Connection::connect(addr, server_name, tls, Some(admin_token)).await?;
-        let mut service = Vec::with_capacity(connections);
-        for _ in 0..connections.max(1) {
-            service.push(Connection::connect(addr, server_name, tls, Some(service_token)).await?);
-        }
+        let config = |token: &str, connections: usize| ClientConfig {
+            connections,
+            call_timeout: BATCH_TIMEOUT,
+            retries_max: 100,
+            // A rehearsal wants every answer it can get: keep trying through an outage.
+            breaker_failures_max: u32::MAX,
+            ..ClientConfig::new(addr, server_name, tls.clone(), Some(token))
+        };
+        let admin = Client::connect(config(admin_token, 1)).await?;
+        let service = Client::connect(config(service_token, connections.max(1))).await?;
         Ok(FlashstockTarget {
             addr,
             admin,
             service,
-            next_connection: AtomicUsize::new(0),
             run_prefix: u128::from(run_id) << 64,
             next_request: std::sync::atomic::AtomicU64::new(1),
         })
@@ -178,11 +187,6 @@ impl FlashstockTarget {
 
     fn request(&self) -> RequestId {
         RequestId(self.run_prefix | u128::from(self.next_request.fetch_add(1, Ordering::Relaxed)))
-    }
-
-    fn connection(&self) -> &Connection {
-        let n = self.next_connection.fetch_add(1, Ordering::Relaxed);
-        &self.service[n % self.service.len()]
     }
 
     async fn setup(&self, skus: &[SkuSetup]) -> Result<(), LoadError> {
@@ -203,7 +207,7 @@ impl FlashstockTarget {
             }
         }
         for chunk in requests.chunks(1_000) {
-            for reply in self.admin.call(chunk.to_vec()).await? {
+            for reply in self.admin.call_batch(chunk).await? {
                 match reply {
                     Reply::Outcome(Outcome::StockChanged { .. } | Outcome::LimitSet) => {}
                     other => return Err(LoadError::Setup(format!("{other:?}"))),
@@ -214,7 +218,7 @@ impl FlashstockTarget {
     }
 
     async fn reserve(&self, ops: &[ReserveOp]) -> Result<Vec<ReserveAnswer>, LoadError> {
-        let requests = ops
+        let requests: Vec<Request> = ops
             .iter()
             .map(|op| {
                 Request::Apply(Command::Reserve(Reserve {
@@ -227,7 +231,7 @@ impl FlashstockTarget {
                 }))
             })
             .collect();
-        let replies = self.connection().call(requests).await?;
+        let replies = self.service.call_batch(&requests).await?;
         Ok(replies
             .iter()
             .zip(ops)
@@ -241,7 +245,7 @@ impl FlashstockTarget {
     }
 
     async fn settle(&self, holds: &[Hold], confirm: bool) -> Result<Vec<&'static str>, LoadError> {
-        let requests = holds
+        let requests: Vec<Request> = holds
             .iter()
             .map(|hold| {
                 let (request, reservation) = (self.request(), ReservationId(hold.id));
@@ -252,15 +256,16 @@ impl FlashstockTarget {
                 })
             })
             .collect();
-        let replies = self.connection().call(requests).await?;
+        let replies = self.service.call_batch(&requests).await?;
         Ok(replies.iter().map(reply_name).collect())
     }
 
     async fn counts(&self, skus: &[u64]) -> Result<Vec<SkuCounts>, LoadError> {
         let mut counts = Vec::with_capacity(skus.len());
         for chunk in skus.chunks(1_000) {
-            let requests = chunk.iter().map(|&sku| Request::QuerySku(SkuId(sku))).collect();
-            for (reply, &sku) in self.admin.call(requests).await?.into_iter().zip(chunk) {
+            let requests: Vec<Request> =
+                chunk.iter().map(|&sku| Request::QuerySku(SkuId(sku))).collect();
+            for (reply, &sku) in self.admin.call_batch(&requests).await?.into_iter().zip(chunk) {
                 let Reply::Sku(Some(view)) = reply else {
                     return Err(LoadError::Setup(format!("sku {sku} is missing: {reply:?}")));
                 };
