@@ -153,9 +153,10 @@ pub(crate) async fn open(
 }
 
 /// How long a handshake may take before it is abandoned for a fresh one. A handshake begun
-/// while the server was down waits for QUIC's retransmission timer once it is back; a new one
-/// reaches it at once.
-const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+/// while the server was down waits for QUIC's (exponentially backed-off) retransmission timer
+/// once it is back; a new one reaches it at once. A handshake a data centre away takes a few
+/// milliseconds: 250 ms leaves room for a loaded server and finds a restarted one at once.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// How long a connection may hear nothing at all from its server (keep-alives are acknowledged
 /// every [`crate::tls::KEEP_ALIVE_INTERVAL`]) before the client gives it up.

@@ -12,8 +12,11 @@
 //!   acknowledged.
 //! - [`report`]: the summary table, `.hgrm`, SVG plots and the JSON result.
 //! - [`execute`]: one whole run: connect, set up, drive, audit.
+//! - [`chaos`]: the chaos rehearsal: a run while the server and the order writer are killed
+//!   and restarted, with restart figures and the audit, order rows included.
 
 pub mod audit;
+pub mod chaos;
 pub mod redis_target;
 pub mod report;
 pub mod run;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use flashstock_client::{token_from_file, ClientTls};
+use flashstock_loadgen::chaos::ChaosOptions;
 use flashstock_loadgen::report::Report;
 use flashstock_loadgen::run::RunConfig;
 use flashstock_loadgen::scenario::Scenario;
@@ -35,6 +36,40 @@ enum Command {
     /// Run the same scenario against flashstock and Redis alternately (A B A B...) and print
     /// the figures side by side with their ratio.
     Compare(CompareArgs),
+    /// The chaos rehearsal: start flashstockd and the order writer as child processes, run
+    /// the load, SIGKILL and restart the server every --kill-every-s (and the writer every
+    /// --kill-writer-every kills), then audit every SKU and the order rows.
+    Chaos(ChaosArgs),
+}
+
+#[derive(Debug, Args)]
+struct ChaosArgs {
+    /// Kills of the server.
+    #[arg(long, default_value_t = 5)]
+    cycles: u32,
+    /// Seconds between kills.
+    #[arg(long, default_value_t = 4.0)]
+    kill_every_s: f64,
+    /// Kill the order writer too every this many kills (0: never).
+    #[arg(long, default_value_t = 2)]
+    kill_writer_every: u32,
+    /// Where the server and the writer keep their data and logs (created; reused if there).
+    #[arg(long, default_value = "flashstock-chaos")]
+    work_dir: PathBuf,
+    /// The address the server listens on, the same after every restart.
+    #[arg(long, default_value = "127.0.0.1:7411")]
+    listen: SocketAddr,
+    /// The flashstockd binary [default: beside this one].
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// The order-writer binary [default: beside this one].
+    #[arg(long)]
+    writer_bin: Option<PathBuf>,
+    /// Write the machine-readable result here (the run's, plus each kill's figures).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[command(flatten)]
+    load: LoadArgs,
 }
 
 #[derive(Debug, Args)]
@@ -186,9 +221,9 @@ impl LoadArgs {
         }
     }
 
-    fn options(&self, target: &str) -> anyhow::Result<LoadOptions> {
+    fn run_config(&self) -> RunConfig {
         let scenario = self.scenario();
-        let run = RunConfig {
+        RunConfig {
             concurrency: self.concurrency.max(1),
             batch: self.batch.max(1),
             rate_per_s: self.rate,
@@ -201,11 +236,14 @@ impl LoadArgs {
                     .map_or(1, |d| d.as_nanos() as u64)
             }),
             progress: !self.quiet,
-        };
+        }
+    }
+
+    fn options(&self, target: &str) -> anyhow::Result<LoadOptions> {
         Ok(LoadOptions {
             target: self.target(target)?,
-            scenario,
-            run,
+            scenario: self.scenario(),
+            run: self.run_config(),
             ttl_ms: self.ttl_ms,
             orders_db: if target.starts_with("redis") {
                 Vec::new()
@@ -269,6 +307,7 @@ fn main() -> anyhow::Result<()> {
     let passed = match cli.command {
         Command::Run(args) => tokio.block_on(run(args))?,
         Command::Compare(args) => tokio.block_on(compare(args))?,
+        Command::Chaos(args) => tokio.block_on(chaos(args))?,
     };
     if !passed {
         eprintln!("audit FAILED");
@@ -299,6 +338,69 @@ async fn run(args: RunArgs) -> anyhow::Result<bool> {
         report.write_files(prefix)?;
     }
     Ok(finished.audit.passed)
+}
+
+async fn chaos(args: ChaosArgs) -> anyhow::Result<bool> {
+    let beside = |name: &str| -> anyhow::Result<PathBuf> {
+        let me = std::env::current_exe().context("locating this binary")?;
+        Ok(me.with_file_name(name))
+    };
+    let server_bin = match args.server_bin.clone() {
+        Some(path) => path,
+        None => beside("flashstockd")?,
+    };
+    let writer_bin = match args.writer_bin.clone() {
+        Some(path) => path,
+        None => beside("order-writer")?,
+    };
+    let run = args.load.run_config();
+    let options = ChaosOptions {
+        server_bin,
+        writer_bin,
+        work_dir: args.work_dir.clone(),
+        listen: args.listen,
+        cycles: args.cycles,
+        kill_every: Duration::from_secs_f64(args.kill_every_s),
+        kill_writer_every: args.kill_writer_every,
+        scenario: args.load.scenario(),
+        run,
+        ttl_ms: args.load.ttl_ms,
+        connections: args.load.connections.max(1),
+    };
+    let chaos = flashstock_loadgen::chaos::chaos(options).await?;
+    let report = report(&chaos.finished, &args.load);
+    println!(
+        "{:<6} {:>8} {:>12} {:>16} {:>16}",
+        "kill", "writer", "restart ms", "first answer ms", "resubscribed ms"
+    );
+    let ms = |value: Option<u64>| value.map_or("-".to_owned(), |ms| ms.to_string());
+    for (n, cycle) in chaos.cycles.iter().enumerate() {
+        let writer = if cycle.writer_killed { "killed" } else { "-" };
+        println!(
+            "{:<6} {writer:>8} {:>12} {:>16} {:>16}",
+            n + 1,
+            cycle.restart_ms,
+            ms(cycle.first_answer_ms),
+            ms(cycle.resubscribed_ms)
+        );
+    }
+    print!("{}", report.summary());
+    if let Some(path) = &args.json {
+        let mut json = report.json();
+        json["chaos"] = serde_json::json!(chaos
+            .cycles
+            .iter()
+            .map(|c| serde_json::json!({
+                "writer_killed": c.writer_killed,
+                "restart_ms": c.restart_ms,
+                "first_answer_ms": c.first_answer_ms,
+                "resubscribed_ms": c.resubscribed_ms,
+            }))
+            .collect::<Vec<_>>());
+        std::fs::write(path, serde_json::to_string_pretty(&json)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(chaos.finished.audit.passed)
 }
 
 /// A figure read off a finished run.

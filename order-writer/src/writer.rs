@@ -25,7 +25,7 @@ const BACKOFF_FIRST: Duration = Duration::from_millis(50);
 /// At most this long between retries of a database or NATS write.
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// At most this long between attempts to subscribe again: a restarted server is found within
-/// it (each attempt is cheap: one handshake, which gives up after 500 ms).
+/// it (each attempt is cheap: one handshake, which gives up after 250 ms).
 const RESUBSCRIBE_BACKOFF_MAX: Duration = Duration::from_millis(250);
 
 /// Everything the writer needs.
