@@ -55,9 +55,9 @@ fn insert(c: &mut Criterion) {
                 for _ in 0..iters {
                     let batch = rows(next.fetch_add(ROWS_PER_BATCH, Ordering::Relaxed));
                     let started = Instant::now();
-                    let inserted = tokio.block_on(database.insert(&batch)).unwrap();
+                    let written = tokio.block_on(database.write(&batch)).unwrap();
                     elapsed += started.elapsed();
-                    assert_eq!(inserted, ROWS_PER_BATCH);
+                    assert_eq!(written.inserted, ROWS_PER_BATCH);
                 }
                 elapsed
             })

@@ -3,11 +3,15 @@
 //! inserts inside one transaction.
 //!
 //! Idempotence is the primary key on `reservation_id`: a redelivered event (the writer died
-//! after its commit and before its acknowledgement) inserts nothing the second time. Each
-//! backend says "skip a duplicate" its own way: `ON CONFLICT DO NOTHING` (SQLite,
-//! PostgreSQL) and `INSERT IGNORE` (MySQL: `ON DUPLICATE KEY UPDATE` would count a skipped
-//! duplicate as a row affected under the found-rows flag sqlx connects with, and the writer
-//! reports how many rows were new).
+//! after its commit and before its acknowledgement) inserts nothing the second time. SQLite
+//! and PostgreSQL skip a duplicate with `ON CONFLICT DO NOTHING`. MySQL inserts plainly, and a
+//! batch with a duplicate in it is written again row by row, each duplicate-key refusal
+//! counted as a duplicate: `INSERT IGNORE` would also turn other errors (constraints, bad
+//! values) into warnings and lose those rows silently, and `ON DUPLICATE KEY UPDATE` counts a
+//! skipped duplicate as a row affected under the found-rows flag sqlx connects with.
+//!
+//! A row the database refuses for a reason retrying cannot fix goes to `dead_letters` with
+//! the error, so one poison row does not stall every order behind it.
 
 use std::time::Duration;
 
@@ -141,9 +145,106 @@ impl Database {
         }
     }
 
-    /// Inserts `rows` in one transaction, skipping reservations already stored; returns how
-    /// many rows were new.
-    pub async fn insert(&self, rows: &[OrderRow]) -> Result<u64, sqlx::Error> {
+    /// Writes `rows`: in one transaction when the database takes them all; when it refuses
+    /// the batch for a reason retrying cannot fix, row by row, each refused row going to
+    /// `dead_letters` with the database's error. An error that retrying may fix (the database
+    /// gone, a deadlock, a full disk) is returned, and nothing of the batch is lost: the
+    /// caller retries it whole, and rows already stored are skipped as duplicates.
+    pub async fn write(&self, rows: &[OrderRow]) -> Result<Written, sqlx::Error> {
+        match self.insert(rows).await {
+            Ok(inserted) => {
+                Ok(Written { inserted, duplicates: rows.len() as u64 - inserted, dead: 0 })
+            }
+            Err(err) if is_about_the_rows(&err) => self.write_row_by_row(rows).await,
+            Err(err) => Err(err),
+        }
+    }
+
+    async fn write_row_by_row(&self, rows: &[OrderRow]) -> Result<Written, sqlx::Error> {
+        let mut written = Written::default();
+        for row in rows {
+            match self.insert(std::slice::from_ref(row)).await {
+                Ok(1) => written.inserted += 1,
+                Ok(_) => written.duplicates += 1,
+                // MySQL inserts plainly (no IGNORE, which would hide other errors too): a
+                // redelivered row is refused by the primary key.
+                Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                    written.duplicates += 1;
+                }
+                Err(err) if is_about_the_rows(&err) => {
+                    let error = err.to_string();
+                    tracing::error!(
+                        reservation = row.reservation.0,
+                        stream_shard = row.stream_shard,
+                        stream_seq = row.stream_seq,
+                        %error,
+                        "the database refused an order row; kept in dead_letters"
+                    );
+                    self.dead_letter(row, &error).await?;
+                    written.dead += 1;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(written)
+    }
+
+    /// Stores `row` and why it was refused in `dead_letters` (once per reservation).
+    async fn dead_letter(&self, row: &OrderRow, error: &str) -> Result<(), sqlx::Error> {
+        const COLUMNS: &str = "reservation_id, order_ref, buyer_id, sku_id, qty, status, \
+                               ended_at_ms, stream_shard, stream_seq, error";
+        let (skip, placeholders) = match self {
+            Database::Postgres(_) => (
+                " ON CONFLICT (reservation_id) DO NOTHING",
+                "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10",
+            ),
+            Database::Sqlite(_) => {
+                (" ON CONFLICT (reservation_id) DO NOTHING", "?, ?, ?, ?, ?, ?, ?, ?, ?, ?")
+            }
+            Database::MySql(_) => {
+                (" ON DUPLICATE KEY UPDATE error = error", "?, ?, ?, ?, ?, ?, ?, ?, ?, ?")
+            }
+        };
+        let sql = format!("INSERT INTO dead_letters ({COLUMNS}) VALUES ({placeholders}){skip}");
+        macro_rules! bound {
+            ($pool:expr) => {
+                sqlx::query(&sql)
+                    .bind(as_sql(row.reservation.0))
+                    .bind(row.order_ref_text())
+                    .bind(as_sql(row.buyer))
+                    .bind(as_sql(row.sku))
+                    .bind(row.qty as i32)
+                    .bind(row.status_name())
+                    .bind(as_sql(row.ended_at_ms))
+                    .bind(i32::from(row.stream_shard) as i16)
+                    .bind(as_sql(row.stream_seq))
+                    .bind(error)
+                    .execute($pool)
+                    .await
+                    .map(drop)
+            };
+        }
+        match self {
+            Database::Sqlite(pool) => bound!(pool),
+            Database::Postgres(pool) => bound!(pool),
+            Database::MySql(pool) => bound!(pool),
+        }
+    }
+
+    /// Rows kept in `dead_letters`.
+    pub async fn count_dead_letters(&self) -> Result<u64, sqlx::Error> {
+        let sql = "SELECT COUNT(*) FROM dead_letters";
+        let count: i64 = match self {
+            Database::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await?,
+            Database::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await?,
+            Database::MySql(pool) => sqlx::query_scalar(sql).fetch_one(pool).await?,
+        };
+        Ok(count as u64)
+    }
+
+    /// Inserts `rows` in one transaction, skipping reservations already stored (on MySQL a
+    /// stored one fails the batch: see `write`); returns how many rows were new.
+    async fn insert(&self, rows: &[OrderRow]) -> Result<u64, sqlx::Error> {
         if rows.is_empty() {
             return Ok(0);
         }
@@ -163,7 +264,7 @@ impl Database {
                 let mut tx = pool.begin().await?;
                 let mut inserted = 0;
                 for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-                    let mut query = values_insert("INSERT IGNORE", chunk);
+                    let mut query = values_insert("INSERT", chunk);
                     inserted += query.build().execute(&mut *tx).await?.rows_affected();
                 }
                 tx.commit().await?;
@@ -237,6 +338,50 @@ impl Database {
             Database::MySql(pool) => pool.close().await,
         }
     }
+}
+
+/// What writing a batch did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Written {
+    /// Rows stored now.
+    pub inserted: u64,
+    /// Rows stored before (a redelivered event).
+    pub duplicates: u64,
+    /// Rows the database refused, kept in `dead_letters`.
+    pub dead: u64,
+}
+
+impl std::ops::AddAssign for Written {
+    fn add_assign(&mut self, other: Written) {
+        self.inserted += other.inserted;
+        self.duplicates += other.duplicates;
+        self.dead += other.dead;
+    }
+}
+
+/// Whether `err` is about the rows themselves (a constraint, a type, a trigger, a duplicate),
+/// which retrying cannot fix, rather than about the database's state (gone, locked, full,
+/// shutting down), which it may.
+fn is_about_the_rows(err: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = err else { return false };
+    if let Some(mysql) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+        // Lock wait timeout, deadlock, table or disk full, server shutting down.
+        return !matches!(mysql.number(), 1205 | 1213 | 1114 | 1021 | 1053);
+    }
+    let code = db.code().unwrap_or_default();
+    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+        // The primary result code: BUSY, LOCKED, IOERR, FULL are the database's state.
+        let primary = code.parse::<u32>().unwrap_or(0) & 0xff;
+        return !matches!(primary, 5 | 6 | 10 | 13);
+    }
+    // PostgreSQL SQLSTATE classes: transaction rollback (serialization, deadlock), resources,
+    // operator intervention, system errors, connection exceptions.
+    !(code.starts_with("40")
+        || code.starts_with("53")
+        || code.starts_with("57")
+        || code.starts_with("58")
+        || code.starts_with("08")
+        || code == "55P03")
 }
 
 /// `<insert> INTO orders (...) VALUES (...), (...)` for SQLite and MySQL (same placeholders).
@@ -321,11 +466,11 @@ impl OrderStore {
         route(reservation, self.databases.len())
     }
 
-    /// Writes `rows`, each database's share in its own transaction, the databases
-    /// concurrently. Ok only when every database committed; returns the new rows.
-    pub async fn insert(&self, rows: &[OrderRow]) -> Result<u64, sqlx::Error> {
+    /// Writes `rows` (see [`Database::write`]), each database's share in its own transaction,
+    /// the databases concurrently. Ok only when every database has written its share.
+    pub async fn write(&self, rows: &[OrderRow]) -> Result<Written, sqlx::Error> {
         if self.databases.len() == 1 {
-            return self.databases[0].insert(rows).await;
+            return self.databases[0].write(rows).await;
         }
         let mut shares = vec![Vec::new(); self.databases.len()];
         for row in rows {
@@ -333,20 +478,29 @@ impl OrderStore {
         }
         let mut writes = tokio::task::JoinSet::new();
         for (database, share) in self.databases.iter().cloned().zip(shares) {
-            writes.spawn(async move { database.insert(&share).await });
+            writes.spawn(async move { database.write(&share).await });
         }
-        let mut inserted = 0;
+        let mut written = Written::default();
         let mut failure = None;
         while let Some(done) = writes.join_next().await {
             match done.expect("an insert task never panics") {
-                Ok(count) => inserted += count,
+                Ok(share) => written += share,
                 Err(err) => failure = Some(err),
             }
         }
         match failure {
             Some(err) => Err(err),
-            None => Ok(inserted),
+            None => Ok(written),
         }
+    }
+
+    /// Rows kept in `dead_letters`, summed over the databases.
+    pub async fn count_dead_letters(&self) -> Result<u64, sqlx::Error> {
+        let mut total = 0;
+        for database in &self.databases {
+            total += database.count_dead_letters().await?;
+        }
+        Ok(total)
     }
 
     /// Rows stored with `status` for any of `skus`, summed over the databases.

@@ -88,6 +88,9 @@ pub struct WriterStats {
     pub rows_inserted: AtomicU64,
     /// Rows skipped because their reservation was already stored (redeliveries).
     pub rows_duplicate: AtomicU64,
+    /// Rows the database refused for good (a constraint, a type, a trigger), kept in the
+    /// `dead_letters` table instead.
+    pub rows_dead: AtomicU64,
     /// Write rounds committed (one transaction per database each).
     pub commits: AtomicU64,
     /// Write rounds that failed and were retried.
@@ -103,11 +106,12 @@ impl WriterStats {
     pub fn summary(&self) -> String {
         let lag = self.lag_ms.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         format!(
-            "events {} rows inserted {} duplicates skipped {} commits {} retries {} acks {} \
-             lag_ms p50 {} p99 {} max {}",
+            "events {} rows inserted {} duplicates skipped {} dead letters {} commits {} \
+             retries {} acks {} lag_ms p50 {} p99 {} max {}",
             self.events_received.load(Ordering::Relaxed),
             self.rows_inserted.load(Ordering::Relaxed),
             self.rows_duplicate.load(Ordering::Relaxed),
+            self.rows_dead.load(Ordering::Relaxed),
             self.commits.load(Ordering::Relaxed),
             self.retries.load(Ordering::Relaxed),
             self.acks.load(Ordering::Relaxed),
@@ -124,6 +128,7 @@ impl Default for WriterStats {
             events_received: AtomicU64::new(0),
             rows_inserted: AtomicU64::new(0),
             rows_duplicate: AtomicU64::new(0),
+            rows_dead: AtomicU64::new(0),
             commits: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             acks: AtomicU64::new(0),
@@ -284,14 +289,16 @@ pub fn rows_of(batches: &[EventBatch], record_ended: bool) -> Vec<OrderRow> {
 }
 
 /// Writes until it succeeds: a database that went away is waited for, with backoff, and
-/// nothing is acknowledged meanwhile (the server's window holds the stream back).
+/// nothing is acknowledged meanwhile (the server's window holds the stream back). A row the
+/// database refuses for good goes to `dead_letters` and does not hold the others back.
 async fn write(store: &OrderStore, rows: &[OrderRow], stats: &WriterStats) {
     let mut backoff = BACKOFF_FIRST;
     loop {
-        match store.insert(rows).await {
-            Ok(inserted) => {
-                stats.rows_inserted.fetch_add(inserted, Ordering::Relaxed);
-                stats.rows_duplicate.fetch_add(rows.len() as u64 - inserted, Ordering::Relaxed);
+        match store.write(rows).await {
+            Ok(written) => {
+                stats.rows_inserted.fetch_add(written.inserted, Ordering::Relaxed);
+                stats.rows_duplicate.fetch_add(written.duplicates, Ordering::Relaxed);
+                stats.rows_dead.fetch_add(written.dead, Ordering::Relaxed);
                 stats.commits.fetch_add(1, Ordering::Relaxed);
                 return;
             }

@@ -277,3 +277,73 @@ async fn bad_configuration_fails_fast_with_a_clear_error() {
     assert!(stderr.contains("unknown database URL scheme"), "{stderr}");
     server.stop().await;
 }
+
+/// Makes `url`'s database refuse every order row of SKU 2, as a constraint or trigger an
+/// operator added would (the tables exist: the store's migrations ran).
+async fn refuse_sku_2(url: &str) {
+    use sqlx::Connection;
+    const CHECK: &str = "ALTER TABLE orders ADD CONSTRAINT refuse_sku_2 CHECK (sku_id <> 2)";
+    if url.starts_with("sqlite:") {
+        // SQLite cannot add a constraint to a table: a trigger refuses instead.
+        let mut db = sqlx::SqliteConnection::connect(url).await.unwrap();
+        let trigger = "CREATE TRIGGER refuse_sku_2 BEFORE INSERT ON orders WHEN NEW.sku_id = 2 \
+                       BEGIN SELECT RAISE(ABORT, 'sku 2 is not sold here'); END";
+        sqlx::query(trigger).execute(&mut db).await.unwrap();
+    } else if url.starts_with("postgres:") {
+        let mut db = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::query(CHECK).execute(&mut db).await.unwrap();
+    } else {
+        let mut db = sqlx::MySqlConnection::connect(url).await.unwrap();
+        sqlx::query(CHECK).execute(&mut db).await.unwrap();
+    }
+}
+
+/// A row the database refuses for good goes to `dead_letters` with its error, and every
+/// order behind it is still written: 30 confirms of the refused SKU come first, then 100 of a
+/// good one; a replay of the whole stream afterwards counts duplicates, not new dead letters.
+async fn a_refused_row_is_dead_lettered_and_the_stream_goes_on(url: String) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = sale_server(dir.path()).await;
+    let admin = client(&server, &server.admin_token).await;
+    admin.set_stock(SkuId(2), 1_000).await.unwrap();
+    let service = client(&server, &server.service_token).await;
+    let store = OrderStore::connect(std::slice::from_ref(&url)).await.unwrap();
+    refuse_sku_2(&url).await;
+    sell(&service, SkuId(2), 0, 30).await;
+    sell(&service, SkuId(1), 1_000, 100).await;
+    let writer = RunningWriter::start(config(&server, vec![url.clone()], "poisoned"));
+    wait_for_rows(&store, "confirmed", 100, Duration::from_secs(30)).await;
+    let stats = writer.stop().await;
+    assert_eq!(stats.rows_dead.load(Ordering::Relaxed), 30);
+    assert_eq!(store.count_dead_letters().await.unwrap(), 30);
+    assert_eq!(stats.rows_inserted.load(Ordering::Relaxed), 100);
+
+    let again = RunningWriter::start(config(&server, vec![url.clone()], "replay"));
+    let deadline = std::time::Instant::now() + ROWS_TIMEOUT;
+    while again.stats.rows_duplicate.load(Ordering::Relaxed) < 100 {
+        assert!(std::time::Instant::now() < deadline, "the replay did not finish");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stats = again.stop().await;
+    assert_eq!(stats.rows_inserted.load(Ordering::Relaxed), 0);
+    assert_eq!(store.count_dead_letters().await.unwrap(), 30, "dead letters are kept once");
+    store.close().await;
+    service.close().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_dead_letters_a_refused_row() {
+    let dir = tempfile::tempdir().unwrap();
+    a_refused_row_is_dead_lettered_and_the_stream_goes_on(sqlite_database(dir.path())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_dead_letters_a_refused_row() {
+    a_refused_row_is_dead_lettered_and_the_stream_goes_on(postgres_database().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_dead_letters_a_refused_row() {
+    a_refused_row_is_dead_lettered_and_the_stream_goes_on(mysql_database().await).await;
+}

@@ -17,7 +17,7 @@ pub mod udp;
 pub use auth::{Authenticator, ClientCertRoles, Grant};
 pub use session::{serve, NetLimits, NetStats, Stopped, HELLO_TIMEOUT_MS_DEFAULT};
 pub use tls::{
-    ensure_self_signed, server_config, TlsFiles, TransportLimits,
+    ensure_self_signed, server_config, TlsFiles, TransportLimits, SEND_WINDOW_BYTES,
     STREAM_RECEIVE_WINDOW_BYTES_DEFAULT, UNAUTHENTICATED_RECEIVE_WINDOW_BYTES,
 };
 pub use udp::{server_endpoint, UDP_BUFFER_BYTES_DEFAULT};

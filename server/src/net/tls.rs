@@ -71,6 +71,11 @@ pub struct TransportLimits {
 pub const UNAUTHENTICATED_RECEIVE_WINDOW_BYTES: u32 =
     flashstock_protocol::HEADER_BYTES as u32 + flashstock_protocol::HELLO_BYTES_MAX;
 
+/// Bytes of stream data a connection's sends may have in flight and unacknowledged: what a
+/// client that stops reading can make QUIC hold for it, besides the replies of its own
+/// requests in flight (see `NetLimits::in_flight_max`).
+pub const SEND_WINDOW_BYTES: u64 = 8 << 20;
+
 /// Default of [`TransportLimits::stream_receive_window_bytes`]: one whole default-sized frame
 /// can be in flight on a stream while the previous one is decoded.
 pub const STREAM_RECEIVE_WINDOW_BYTES_DEFAULT: u32 = 2 << 20;
@@ -117,6 +122,7 @@ pub fn server_config(
     transport.max_concurrent_uni_streams(0u8.into());
     transport.receive_window(UNAUTHENTICATED_RECEIVE_WINDOW_BYTES.into());
     transport.stream_receive_window(limits.stream_receive_window_bytes.into());
+    transport.send_window(SEND_WINDOW_BYTES);
     let idle = Duration::from_millis(limits.idle_timeout_ms);
     transport.max_idle_timeout(Some(idle.try_into().map_err(|_| {
         tls_error(&files.cert_path, format!("idle timeout {idle:?} out of range"))
