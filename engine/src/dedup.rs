@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 use crate::ids::RequestId;
 use crate::limits::ShardConfig;
 use crate::outcome::Outcome;
-use crate::probe::{mix, ProbeTable, Slot};
+use crate::probe::{mix, HashKey, ProbeTable, Slot};
 
 /// A request id as two words: a `u128` is 16-byte aligned, which pads every ring slot by
 /// 8 bytes; at millions of remembered answers that is worth avoiding.
@@ -38,9 +38,10 @@ impl From<RequestKey> for RequestId {
 }
 
 impl RequestKey {
-    /// The index hash: 31 bits, so that a slot's hash half is never the free marker.
-    fn hash31(self) -> u32 {
-        (mix(self.0[0] ^ self.0[1].rotate_left(32)) & 0x7fff_ffff) as u32
+    /// The index hash under `key`: 31 bits, so that a slot's hash half is never the free
+    /// marker.
+    fn hash31(self, key: HashKey) -> u32 {
+        (mix(self.0[0] ^ self.0[1].rotate_left(32), key) & 0x7fff_ffff) as u32
     }
 }
 
@@ -69,7 +70,8 @@ impl Slot for IndexSlot {
     fn is_empty(&self) -> bool {
         self.hash31 == u32::MAX
     }
-    fn hash(&self) -> u64 {
+    fn hash(&self, _key: HashKey) -> u64 {
+        // Computed under the key when the slot was made.
         u64::from(self.hash31)
     }
 }
@@ -85,7 +87,7 @@ pub(crate) struct Answers {
 
 impl Default for Answers {
     fn default() -> Self {
-        Answers::with_capacity(0)
+        Answers::with_capacity(0, HashKey::default())
     }
 }
 
@@ -95,12 +97,10 @@ impl Default for Answers {
 const INDEX_SPREAD: usize = 4;
 
 impl Answers {
-    fn with_capacity(entries: usize) -> Answers {
-        Answers {
-            ring: VecDeque::with_capacity(entries),
-            front_position: 0,
-            index: ProbeTable::with_spread(entries, INDEX_SPREAD),
-        }
+    fn with_capacity(entries: usize, key: HashKey) -> Answers {
+        let mut index = ProbeTable::with_spread(entries, INDEX_SPREAD);
+        index.set_key(key);
+        Answers { ring: VecDeque::with_capacity(entries), front_position: 0, index }
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -118,7 +118,8 @@ impl Answers {
     }
 
     fn find(&self, request: RequestKey) -> Option<&Answer> {
-        let (hash31, ring, front) = (request.hash31(), &self.ring, self.front_position);
+        let hash31 = request.hash31(self.index.key());
+        let (ring, front) = (&self.ring, self.front_position);
         let found = self.index.find(u64::from(hash31), |slot| {
             slot.hash31 == hash31
                 && ring[slot.position.wrapping_sub(front) as usize].request == request
@@ -132,13 +133,14 @@ impl Answers {
             return false;
         }
         let position = self.front_position.wrapping_add(self.ring.len() as u32);
-        self.index.insert(IndexSlot { hash31: answer.request.hash31(), position });
+        let hash31 = answer.request.hash31(self.index.key());
+        self.index.insert(IndexSlot { hash31, position });
         self.ring.push_back(answer);
         true
     }
 
     fn prefetch(&self, request: RequestKey) {
-        self.index.prefetch(u64::from(request.hash31()));
+        self.index.prefetch(u64::from(request.hash31(self.index.key())));
     }
 
     fn oldest(&self) -> Option<&Answer> {
@@ -147,7 +149,7 @@ impl Answers {
 
     fn pop_oldest(&mut self) {
         let Some(oldest) = self.ring.pop_front() else { return };
-        let (hash31, position) = (oldest.request.hash31(), self.front_position);
+        let (hash31, position) = (oldest.request.hash31(self.index.key()), self.front_position);
         let found = self
             .index
             .find(u64::from(hash31), |slot| slot.position == position)
@@ -163,20 +165,26 @@ pub(crate) struct Dedup {
     rejections: Box<[Option<(RequestKey, Outcome)>]>,
     /// During recovery: answers in log order, built into `answers` once at the end.
     pending: Option<Vec<Answer>>,
+    /// The key request ids are hashed with (clients choose them).
+    key: HashKey,
 }
 
 impl Dedup {
     pub(crate) fn new(config: &ShardConfig) -> Dedup {
+        let key = HashKey::new(config.hash_seed);
         Dedup {
-            answers: Answers::default(),
+            answers: Answers::with_capacity(0, key),
             rejections: vec![None; config.rejection_cache_slots].into_boxed_slice(),
             pending: None,
+            key,
         }
     }
 
     fn rejection_slot(&self, request: RequestId) -> usize {
         // Fibonacci hashing: the top bits of a multiply by 2^64/phi spread even consecutive
-        // ids over distinct slots.
+        // ids over distinct slots. Unkeyed on purpose: the cache is direct-mapped, so ids
+        // crafted to collide only make it forget (a retry is then decided afresh, which is
+        // safe), never make a lookup slower.
         let folded = (request.0 as u64) ^ ((request.0 >> 64) as u64);
         let hashed = folded.wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let slot_bits = self.rejections.len().trailing_zeros();
@@ -260,7 +268,7 @@ impl Dedup {
             answer.answered_at_ms.saturating_add(config.dedup_retention_ms) <= last_ms
         });
         let kept = &all[by_count.max(by_age)..];
-        self.answers = Answers::with_capacity(kept.len());
+        self.answers = Answers::with_capacity(kept.len(), self.key);
         for &answer in kept {
             if !self.answers.push(answer) {
                 return Err(answer.request.into());
@@ -278,7 +286,7 @@ impl Dedup {
     /// Rebuilds the durable store from answers oldest first (snapshot restore), or names a
     /// request that appears twice.
     pub(crate) fn restore(&mut self, answers: Vec<Answer>) -> Result<(), RequestId> {
-        self.answers = Answers::with_capacity(answers.len());
+        self.answers = Answers::with_capacity(answers.len(), self.key);
         for answer in answers {
             if !self.answers.push(answer) {
                 return Err(answer.request.into());

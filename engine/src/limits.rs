@@ -41,6 +41,11 @@ pub struct ShardConfig {
     pub ended_retention_ms: u64,
     /// The most ended reservations remembered; the oldest go first.
     pub ended_entries_max: usize,
+    /// Seeds the keys the shard's hash tables hash client-chosen ids (buyers, requests) with,
+    /// so that no client can pick ids that collide. The runtime draws it once per data
+    /// directory and keeps it in the log's metadata; tables are rebuilt on recovery, so the
+    /// seed decides only where entries sit in memory, never what a snapshot holds.
+    pub hash_seed: u64,
 }
 
 impl Default for ShardConfig {
@@ -53,6 +58,7 @@ impl Default for ShardConfig {
             rejection_cache_slots: 1 << 14,
             ended_retention_ms: 15 * 60 * 1000,
             ended_entries_max: 1_000_000,
+            hash_seed: 0,
         }
     }
 }

@@ -8,8 +8,10 @@
 //! a removal each touch one line in the common case. Backward-shift deletion leaves no
 //! tombstones: a table that evicts as fast as it inserts keeps short probe runs forever.
 //!
-//! The table is at most half full, so runs stay short. Keys come from clients: a hostile
-//! client can lengthen its own shard's runs, as with any fixed hash (noted in the README).
+//! The table is at most half full, so runs stay short. Keys come from clients (buyer and
+//! request ids), so the hash is keyed ([`HashKey`], from `ShardConfig::hash_seed`, which the
+//! runtime keeps per data directory): a client that does not know the key cannot pick ids
+//! that pile into one run and slow its shard.
 
 /// What a table stores: a fixed-size value that knows the hash it was placed by.
 pub(crate) trait Slot: Copy {
@@ -17,15 +19,48 @@ pub(crate) trait Slot: Copy {
     const EMPTY: Self;
     /// Whether this is a free slot.
     fn is_empty(&self) -> bool;
-    /// The hash this slot was placed by; its low bits pick the home slot.
-    fn hash(&self) -> u64;
+    /// The hash this slot was placed by, under the table's key; its low bits pick the home
+    /// slot.
+    fn hash(&self, key: HashKey) -> u64;
 }
 
-/// Mixes a 64-bit key so that its low bits are usable as a table index: one multiply by
-/// 2^64/phi, whose high half depends on every key bit, folded down onto the low half.
-/// Sequential ids land far apart instead of forming one long run.
-pub(crate) fn mix(key: u64) -> u64 {
-    let x = key.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+/// The secret a table's hash is keyed with: an odd multiplier and an offset drawn from a
+/// seed. Not a cryptographic hash, but multiply-shift with an unknown random multiplier: which
+/// ids collide depends on the key, which no client sees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct HashKey {
+    multiplier: u64,
+    offset: u64,
+}
+
+impl HashKey {
+    /// The key drawn from `seed` (SplitMix64 twice).
+    pub(crate) fn new(seed: u64) -> HashKey {
+        let first = splitmix64(seed);
+        let second = splitmix64(first);
+        // An odd multiplier near 2^64/phi's bit density keeps every key bit in the high half.
+        HashKey { multiplier: (0x9e37_79b9_7f4a_7c15 ^ first) | 1, offset: second }
+    }
+}
+
+impl Default for HashKey {
+    fn default() -> Self {
+        HashKey::new(0)
+    }
+}
+
+fn splitmix64(seed: u64) -> u64 {
+    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Mixes a 64-bit id under `key` so that its low bits are usable as a table index: one
+/// multiply by the key's odd multiplier, whose high half depends on every id bit, folded down
+/// onto the low half. Sequential ids land far apart instead of forming one long run.
+pub(crate) fn mix(id: u64, key: HashKey) -> u64 {
+    let x = (id ^ key.offset).wrapping_mul(key.multiplier);
     x ^ (x >> 32)
 }
 
@@ -52,6 +87,8 @@ pub(crate) struct ProbeTable<S> {
     /// probes ~2.5 slots at half full and ~1.4 at a quarter, so a table probed for absent
     /// keys on every request (remembered answers) trades memory for speed with 4.
     spread: usize,
+    /// What the slots' hashes are keyed with.
+    key: HashKey,
 }
 
 /// Smallest table once something is stored; an empty table allocates nothing (a shard may
@@ -75,7 +112,20 @@ impl<S: Slot> ProbeTable<S> {
         assert!(spread >= 2, "a table at most half full keeps probe runs short");
         let slots =
             if entries == 0 { 0 } else { (entries * spread).next_power_of_two().max(SLOTS_MIN) };
-        ProbeTable { slots: vec![S::EMPTY; slots].into_boxed_slice(), len: 0, spread }
+        let key = HashKey::default();
+        ProbeTable { slots: vec![S::EMPTY; slots].into_boxed_slice(), len: 0, spread, key }
+    }
+
+    /// The key its slots are hashed with.
+    pub(crate) fn key(&self) -> HashKey {
+        self.key
+    }
+
+    /// Hashes its slots with `key` from now on; only an empty table may change its key, as
+    /// every stored slot sits where the old key put it.
+    pub(crate) fn set_key(&mut self, key: HashKey) {
+        assert!(self.len == 0 || self.key == key, "re-keying a table that holds entries");
+        self.key = key;
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -134,7 +184,7 @@ impl<S: Slot> ProbeTable<S> {
 
     fn place(&mut self, slot: S) -> usize {
         let mask = self.mask();
-        let mut index = slot.hash() as usize & mask;
+        let mut index = slot.hash(self.key) as usize & mask;
         while !self.slots[index].is_empty() {
             index = (index + 1) & mask;
         }
@@ -158,7 +208,7 @@ impl<S: Slot> ProbeTable<S> {
             }
             // `slot` may fill the hole when its home is not between the hole (exclusive) and
             // itself, cyclically: it was placed at or before the hole.
-            let home = slot.hash() as usize & mask;
+            let home = slot.hash(self.key) as usize & mask;
             if next.wrapping_sub(home) & mask >= next.wrapping_sub(hole) & mask {
                 self.slots[hole] = slot;
                 hole = next;
@@ -199,7 +249,7 @@ mod tests {
         fn is_empty(&self) -> bool {
             self.key == u32::MAX
         }
-        fn hash(&self) -> u64 {
+        fn hash(&self, _key: HashKey) -> u64 {
             u64::from(self.hash)
         }
     }
@@ -243,10 +293,27 @@ mod tests {
     }
 
     #[test]
-    fn mixing_spreads_sequential_keys() {
+    fn mixing_spreads_sequential_keys_under_any_key() {
         let mask = 1023u64;
-        let homes: std::collections::HashSet<u64> = (0..512).map(|k| mix(k) & mask).collect();
-        // A run of 512 sequential ids in 1,024 slots: well spread, not a block.
-        assert!(homes.len() > 350, "{} distinct homes", homes.len());
+        for seed in [0, 1, 42, u64::MAX] {
+            let key = HashKey::new(seed);
+            let homes: std::collections::HashSet<u64> =
+                (0..512).map(|k| mix(k, key) & mask).collect();
+            // A run of 512 sequential ids in 1,024 slots: well spread, not a block.
+            assert!(homes.len() > 350, "seed {seed}: {} distinct homes", homes.len());
+        }
+    }
+
+    #[test]
+    fn ids_that_collide_under_one_key_scatter_under_another() {
+        // What a client could find offline against a fixed hash: 64 ids sharing a home slot.
+        let (fixed, mask) = (HashKey::new(0), 1023u64);
+        let target = mix(0, fixed) & mask;
+        let crafted: Vec<u64> =
+            (0u64..).filter(|&id| mix(id, fixed) & mask == target).take(64).collect();
+        let other = HashKey::new(0x5eed);
+        let homes: std::collections::HashSet<u64> =
+            crafted.iter().map(|&id| mix(id, other) & mask).collect();
+        assert!(homes.len() > 40, "{} distinct homes under another key", homes.len());
     }
 }

@@ -15,6 +15,7 @@ use crate::expiry::ExpiryQueue;
 use crate::ids::{BuyerId, OrderRef, ReservationId, ShardId, SkuId};
 use crate::limits::{ShardConfig, RESERVE_QTY_MAX, STOCK_TOTAL_MAX, TICK_EXPIRIES_MAX, TTL_MS_MAX};
 use crate::outcome::{Outcome, ReservationState, ReservationView, SkuView};
+use crate::probe::HashKey;
 use crate::record::{Ended, LogSink, Record};
 use crate::table::ReservationTable;
 use crate::taken::BuyerCounts;
@@ -67,6 +68,8 @@ pub struct Shard {
     pub(crate) expiries: ExpiryQueue,
     pub(crate) expiries_stale: usize,
     pub(crate) dedup: Dedup,
+    /// What per-buyer counts hash buyer ids with (from `config.hash_seed`).
+    pub(crate) hash_key: HashKey,
 }
 
 /// How many expiries ahead `expire_due` prefetches a buyer count (see `Shard::prefetch`).
@@ -99,6 +102,7 @@ impl Shard {
             expiries: ExpiryQueue::default(),
             expiries_stale: 0,
             dedup: Dedup::new(&config),
+            hash_key: HashKey::new(config.hash_seed),
         }
     }
 
@@ -308,7 +312,7 @@ impl Shard {
         }
         sku.available -= qty;
         sku.reserved += qty;
-        sku.taken.add(r.buyer, qty);
+        sku.taken.add(r.buyer, qty, self.hash_key);
 
         let reservation = ReservationId::new(self.id, self.reservation_seq_next);
         self.reservation_seq_next += 1;

@@ -11,6 +11,7 @@ use crate::error::EngineError;
 use crate::ids::{BuyerId, OrderRef, RequestId, ReservationId, ShardId, SkuId};
 use crate::limits::ShardConfig;
 use crate::outcome::{Outcome, ReservationState};
+use crate::probe::HashKey;
 use crate::shard::{Reservation, Shard, SkuState};
 use crate::table::ReservationTable;
 use crate::taken::BuyerCounts;
@@ -119,7 +120,7 @@ impl Shard {
         shard.clock_ms = r.u64()?;
         shard.reservation_seq_next = r.u64()?;
         for _ in 0..r.count(8 * 4)? {
-            let (sku_id, sku) = decode_sku(&mut r)?;
+            let (sku_id, sku) = decode_sku(&mut r, shard.hash_key)?;
             shard.skus.insert(sku_id, sku);
         }
         let mut reservations = Vec::with_capacity(r.count(8 * 4 + 5)?);
@@ -202,7 +203,7 @@ fn encode_sku(w: &mut Writer<'_>, id: SkuId, sku: &SkuState) {
     }
 }
 
-fn decode_sku(r: &mut Reader<'_>) -> Result<(SkuId, SkuState), EngineError> {
+fn decode_sku(r: &mut Reader<'_>, key: HashKey) -> Result<(SkuId, SkuState), EngineError> {
     let id = SkuId(r.u64()?);
     let mut sku = SkuState {
         total: r.u64()?,
@@ -220,7 +221,7 @@ fn decode_sku(r: &mut Reader<'_>) -> Result<(SkuId, SkuState), EngineError> {
     sku.taken = BuyerCounts::with_capacity(buyers);
     for _ in 0..buyers {
         let (buyer, units) = (BuyerId(r.u64()?), r.u64()?);
-        if !sku.taken.restore(buyer, units) {
+        if !sku.taken.restore(buyer, units, key) {
             return Err(EngineError::InvalidField { field: "buyer's taken units", value: units });
         }
     }

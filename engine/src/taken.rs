@@ -6,7 +6,7 @@
 //! line. Buyers at zero are removed, so zero marks a free slot.
 
 use crate::ids::BuyerId;
-use crate::probe::{mix, ProbeTable, Slot};
+use crate::probe::{mix, HashKey, ProbeTable, Slot};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Taken {
@@ -19,8 +19,8 @@ impl Slot for Taken {
     fn is_empty(&self) -> bool {
         self.units == 0
     }
-    fn hash(&self) -> u64 {
-        mix(self.buyer)
+    fn hash(&self, key: HashKey) -> u64 {
+        mix(self.buyer, key)
     }
 }
 
@@ -36,12 +36,12 @@ impl BuyerCounts {
     }
 
     fn find(&self, buyer: BuyerId) -> Option<usize> {
-        self.table.find(mix(buyer.0), |slot| slot.buyer == buyer.0)
+        self.table.find(mix(buyer.0, self.table.key()), |slot| slot.buyer == buyer.0)
     }
 
     /// Starts loading `buyer`'s slot into cache (see `ProbeTable::prefetch`).
     pub(crate) fn prefetch(&self, buyer: BuyerId) {
-        self.table.prefetch(mix(buyer.0));
+        self.table.prefetch(mix(buyer.0, self.table.key()));
     }
 
     /// Units `buyer` holds plus has bought; 0 for a buyer never seen.
@@ -49,12 +49,14 @@ impl BuyerCounts {
         self.find(buyer).map_or(0, |index| self.table.slot(index).units)
     }
 
-    /// Counts `units` (at least 1) more for `buyer`.
-    pub(crate) fn add(&mut self, buyer: BuyerId, units: u64) {
+    /// Counts `units` (at least 1) more for `buyer`. A table still empty takes the shard's
+    /// `key` (SKUs are created keyless, and lookups in an empty table find nothing anyway).
+    pub(crate) fn add(&mut self, buyer: BuyerId, units: u64, key: HashKey) {
         debug_assert!(units > 0);
         match self.find(buyer) {
             Some(index) => self.table.slot_mut(index).units += units,
             None => {
+                self.table.set_key(key);
                 self.table.insert(Taken { buyer: buyer.0, units });
             }
         }
@@ -76,7 +78,8 @@ impl BuyerCounts {
     /// Sets a buyer's count when restoring a snapshot; false for a zero count or a buyer
     /// already counted, which a snapshot never holds.
     #[must_use]
-    pub(crate) fn restore(&mut self, buyer: BuyerId, units: u64) -> bool {
+    pub(crate) fn restore(&mut self, buyer: BuyerId, units: u64, key: HashKey) -> bool {
+        self.table.set_key(key);
         if units == 0 || self.find(buyer).is_some() {
             return false;
         }

@@ -14,9 +14,12 @@ use proptest::prelude::*;
 
 const SHARD: ShardId = ShardId(3);
 
-fn config() -> ShardConfig {
-    // Small bounds so that every eviction and refusal path is reached in a short run.
+/// Small bounds so that every eviction and refusal path is reached in a short run; the hash
+/// seed only decides where table entries sit, so replays and restores use other seeds than
+/// the live shard and must still agree with it.
+fn config(hash_seed: u64) -> ShardConfig {
     ShardConfig {
+        hash_seed,
         skus_max: 3,
         reservations_live_max: 6,
         dedup_retention_ms: 2_000,
@@ -79,7 +82,7 @@ impl Model {
         let (outcome, changed) = self.decide(command, now);
         if changed {
             self.answers.push_back((request, now, outcome));
-            let c = config();
+            let c = config(0);
             while let Some(&(_, at, _)) = self.answers.front() {
                 if self.answers.len() > c.dedup_entries_max || at + c.dedup_retention_ms <= now {
                     self.answers.pop_front();
@@ -94,7 +97,7 @@ impl Model {
     }
 
     fn decide(&mut self, command: &Command, now: u64) -> (Outcome, bool) {
-        let c = config();
+        let c = config(0);
         match *command {
             Command::Reserve(r) => self.reserve(r, now),
             Command::Confirm { reservation, order_ref, .. } => {
@@ -183,9 +186,9 @@ impl Model {
         if s.available < u64::from(r.qty) {
             return (Outcome::SoldOut { available: s.available }, false);
         }
-        if live >= config().reservations_live_max {
+        if live >= config(0).reservations_live_max {
             return (
-                Outcome::TooManyReservations { live_max: config().reservations_live_max as u64 },
+                Outcome::TooManyReservations { live_max: config(0).reservations_live_max as u64 },
                 false,
             );
         }
@@ -264,7 +267,7 @@ impl Model {
             }
         }
         self.ended.push_back((id, now));
-        let c = config();
+        let c = config(0);
         while let Some(&(old, at)) = self.ended.front() {
             if self.ended.len() > c.ended_entries_max || at + c.ended_retention_ms <= now {
                 self.ended.pop_front();
@@ -443,9 +446,10 @@ proptest! {
     fn engine_matches_model_and_replays(
         steps in proptest::collection::vec((op(), clock_step()), 1..160),
         snapshot_at in any::<prop::sample::Index>(),
+        hash_seed in any::<u64>(),
     ) {
         let mut run = Run {
-            shard: Shard::new(SHARD, config()),
+            shard: Shard::new(SHARD, config(hash_seed)),
             model: Model::new(),
             log: Vec::new(),
             issued: Vec::new(),
@@ -492,7 +496,7 @@ proptest! {
             .collect();
         prop_assert_eq!(&endings, &run.model.endings);
 
-        let mut replayed = Shard::new(SHARD, config());
+        let mut replayed = Shard::new(SHARD, config(!hash_seed));
         for record in &run.log {
             replayed.replay(record).unwrap();
         }
@@ -500,7 +504,7 @@ proptest! {
         prop_assert_eq!(replayed.digest(), run.shard.digest());
 
         // Bulk replay (what recovery does) must end in the same state as replaying one by one.
-        let mut bulk = Shard::new(SHARD, config());
+        let mut bulk = Shard::new(SHARD, config(!hash_seed));
         bulk.begin_replay();
         for record in &run.log {
             bulk.replay(record).unwrap();
@@ -510,13 +514,13 @@ proptest! {
         prop_assert_eq!(bulk.digest(), run.shard.digest());
 
         let (bytes, tail_from) = snapshot.unwrap();
-        let mut restored = Shard::restore(SHARD, config(), &bytes).unwrap();
+        let mut restored = Shard::restore(SHARD, config(hash_seed ^ 0x5eed), &bytes).unwrap();
         for record in &run.log[tail_from..] {
             restored.replay(record).unwrap();
         }
         prop_assert_eq!(restored.digest(), run.shard.digest());
 
-        let mut restored = Shard::restore(SHARD, config(), &bytes).unwrap();
+        let mut restored = Shard::restore(SHARD, config(hash_seed ^ 0x5eed), &bytes).unwrap();
         restored.begin_replay();
         for record in &run.log[tail_from..] {
             restored.replay(record).unwrap();

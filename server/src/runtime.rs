@@ -56,6 +56,8 @@ impl Runtime {
     ) -> Result<Runtime, RuntimeError> {
         config.validate();
         check_layout(&wal, config.shard_count)?;
+        let mut config = config;
+        config.shard.hash_seed = hash_seed(&wal)?;
         let mut shards = Vec::with_capacity(usize::from(config.shard_count));
         let mut recovery = Vec::with_capacity(shards.capacity());
         for (shard, report) in recover_shards(&wal, config.shard_count, config.shard)? {
@@ -212,6 +214,25 @@ fn check_layout<W: Wal>(wal: &W, configured: u16) -> Result<(), RuntimeError> {
     }
     Ok(())
 }
+
+/// The seed of the engine's table hashes: drawn from the system's secure random source when
+/// the store is new, kept in its metadata after, so a data directory's tables sit the same
+/// way on every start (and no client can learn where from the outside).
+fn hash_seed<W: Wal>(wal: &W) -> Result<u64, RuntimeError> {
+    if let Some(bytes) = wal.read_meta(HASH_SEED_KEY)? {
+        let bytes: [u8; 8] = bytes.try_into().map_err(|bytes: Vec<u8>| RuntimeError::Config {
+            path: HASH_SEED_KEY.into(),
+            detail: format!("the stored hash seed has {} bytes, not 8", bytes.len()),
+        })?;
+        return Ok(u64::from_le_bytes(bytes));
+    }
+    let seed = u64::from_le_bytes(crate::net::secrets::random_bytes::<8>()?);
+    wal.write_meta(HASH_SEED_KEY, &seed.to_le_bytes())?;
+    Ok(seed)
+}
+
+/// The metadata key the hash seed is kept under.
+const HASH_SEED_KEY: &str = "hash_seed";
 
 fn spawn(
     name: String,
