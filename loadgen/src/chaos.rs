@@ -112,8 +112,11 @@ pub async fn chaos(options: ChaosOptions) -> Result<ChaosReport, LoadError> {
         orders_db: vec![orders_db],
     }));
     let mut restarts = Vec::new();
+    // Kills on a fixed schedule from the start, so restart times do not push the last kill
+    // past the end of the load (and into its audit).
+    let started = tokio::time::Instant::now();
     for cycle in 1..=options.cycles {
-        tokio::time::sleep(options.kill_every).await;
+        tokio::time::sleep_until(started + options.kill_every * cycle).await;
         let kill_writer = options.kill_writer_every > 0 && cycle % options.kill_writer_every == 0;
         let killed_at = Instant::now();
         server.kill();
@@ -125,6 +128,10 @@ pub async fn chaos(options: ChaosOptions) -> Result<ChaosReport, LoadError> {
             writer = Writer::start(&options, &server_dir, &writer_dir, &subscribed)?;
         }
         restarts.push((kill_writer, killed_at, server.listening_at));
+    }
+    if load.is_finished() {
+        let detail = "the load ended before the last restart: raise --kill-every-s";
+        return Err(LoadError::Setup(detail.to_owned()));
     }
     let finished = load.await.map_err(|err| LoadError::Setup(err.to_string()))??;
     let cycles = restarts
