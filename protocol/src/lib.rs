@@ -9,6 +9,9 @@
 //! - [`message`]: what frames carry: the hello handshake, batches of requests (engine commands
 //!   and queries) and of replies, the committed-deduction stream (subscribe, events, acks), and
 //!   connection errors.
+//! - [`session`]: a connection's rules as sans-IO state machines, [`session::ServerSession`]
+//!   and [`session::ClientSession`]: `Hello` first, small and in time; what each role may
+//!   send; acks checked. The server's session and the client drive them.
 //! - [`tokens`]: the tokens file's format (roles, and the consumer names a token may act for),
 //!   parsed without IO for the server and the tools alike.
 //! - [`error`]: [`FrameError`], the one error type.
@@ -20,6 +23,7 @@
 pub mod error;
 pub mod frame;
 pub mod message;
+pub mod session;
 pub mod tokens;
 
 pub use error::FrameError;

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use flashstock_engine::Command;
+use flashstock_protocol::session::Grant;
 use flashstock_protocol::tokens::{parse_tokens, TokenEntry, DEFAULT_CONSUMER};
 use flashstock_protocol::{Request, Role};
 use rustls::pki_types::pem::PemObject;
@@ -190,24 +191,6 @@ impl Authenticator {
             tokens.push(TokenEntry { token: consumer, role: Role::Consumer, consumers });
         }
         Ok((Authenticator::new(tokens), path))
-    }
-}
-
-/// What a credential grants a connection.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Grant {
-    /// The role.
-    pub role: Role,
-    /// For a token, its entry's consumer names; `None` for a client certificate of the
-    /// consumer CA, which may act for any consumer.
-    pub consumers: Option<Arc<TokenEntry>>,
-}
-
-impl Grant {
-    /// Whether this credential may act for `consumer`.
-    pub fn may_act_for(&self, consumer: &str) -> bool {
-        self.role == Role::Consumer
-            && self.consumers.as_ref().is_none_or(|entry| entry.acts_for(consumer))
     }
 }
 

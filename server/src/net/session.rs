@@ -1,10 +1,13 @@
-//! The QUIC listener and its sessions: one task per connection, one per stream.
+//! The QUIC listener and its sessions: one task per connection, one per stream. The network
+//! code only moves bytes: what a peer may send, and when, is decided by the connection's
+//! sans-IO rules, `flashstock_protocol::session::ServerSession`, which every stream's frames
+//! go through (`Hello` first, small and in time; roles; one use per stream).
 //!
-//! A connection authenticates once (`Hello` → `Welcome`) on any stream; after that every stream
-//! carries pipelined `Requests` frames. Each batch is submitted to the shards whole, then its
-//! replies are awaited and written back as one `Replies` frame with the same correlation id;
-//! batches finish in any order. A per-connection semaphore caps requests in flight: when it is
-//! exhausted the stream is simply not read, and QUIC flow control pushes back on the client.
+//! After `Welcome` a stream carries pipelined `Requests` frames: each batch is submitted to the
+//! shards whole, then its replies are awaited and written back as one `Replies` frame with the
+//! same correlation id; batches finish in any order. A per-connection semaphore caps requests
+//! in flight, from the frame being read until its replies are written: when it is exhausted
+//! the stream is simply not read, and QUIC flow control pushes back on the client.
 //!
 //! A stream whose first message is `Subscribe` carries a subscription to the
 //! committed-deduction stream instead (see `subscription`); the consumer's `Ack`s arrive on it.
@@ -14,17 +17,18 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
+use flashstock_protocol::session::{Close, Grant, ServerEvent, ServerLimits, ServerSession};
 use flashstock_protocol::{
-    ConnectionError, Decoded, ErrorCode, Frame, FrameDecoder, FrameEncoder, FrameError, Message,
-    Refusal, Reply, Request, Role, HELLO_BYTES_MAX, SUPPORTED_VERSIONS,
+    ConnectionError, Decoded, ErrorCode, Frame, FrameDecoder, FrameEncoder, Message, Refusal,
+    Reply, Request, Role, SUPPORTED_VERSIONS,
 };
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::net::auth::{permits, Authenticator, Grant};
+use crate::net::auth::{permits, Authenticator};
 use crate::{Answer, Handle, Item, RuntimeError};
 
 /// Bytes read from a stream at a time.
@@ -195,10 +199,22 @@ pub async fn serve(
 
 struct Session {
     connection: quinn::Connection,
-    /// Set by the Hello: who the peer is and what it may do.
-    grant: OnceLock<Grant>,
+    /// The connection's rules (sans IO); every stream's frames go through them.
+    rules: std::sync::Mutex<ServerSession>,
+    /// The session clock's zero: the rules take time as milliseconds since.
+    started: tokio::time::Instant,
     in_flight: Arc<Semaphore>,
     shared: Arc<Shared>,
+}
+
+impl Session {
+    fn rules(&self) -> std::sync::MutexGuard<'_, ServerSession> {
+        self.rules.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
 }
 
 async fn run_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
@@ -212,30 +228,39 @@ async fn run_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
             return;
         }
     };
+    let limits = ServerLimits {
+        frame_bytes_max: shared.limits.frame_bytes_max,
+        in_flight_max: shared.limits.in_flight_max,
+        hello_timeout_ms: shared.limits.hello_timeout_ms,
+    };
     let in_flight = Arc::new(Semaphore::new(shared.limits.in_flight_max as usize));
-    let session = Arc::new(Session { connection, grant: OnceLock::new(), in_flight, shared });
+    let rules = std::sync::Mutex::new(ServerSession::new(limits, 0));
+    let started = tokio::time::Instant::now();
+    let session = Arc::new(Session { connection, rules, started, in_flight, shared });
     let mut streams = JoinSet::new();
     let mut stopping = session.shared.stopping.clone();
-    // Keep-alives and a trickle of bytes reset QUIC's idle timer; this deadline they cannot.
-    let hello_deadline =
-        tokio::time::sleep(Duration::from_millis(session.shared.limits.hello_timeout_ms));
-    tokio::pin!(hello_deadline);
-    let mut awaiting_hello = true;
     loop {
+        // Keep-alives and a trickle of bytes reset QUIC's idle timer; the Hello deadline they
+        // cannot. Re-read every turn: once authenticated there is none.
+        let deadline = session.rules().timeout_ms();
+        let timer = async {
+            match deadline {
+                Some(ms) => tokio::time::sleep_until(started + Duration::from_millis(ms)).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             stream = session.connection.accept_bi() => match stream {
                 Ok((send, recv)) => { streams.spawn(run_stream(session.clone(), send, recv)); }
                 Err(_) => break,
             },
             Some(_) = streams.join_next(), if !streams.is_empty() => {}
-            () = &mut hello_deadline, if awaiting_hello => {
-                awaiting_hello = false;
-                if session.grant.get().is_none() {
+            () = timer => {
+                let timed_out = session.rules().handle_timeout(session.now_ms());
+                if let Err(Close { code, detail }) = timed_out {
                     session.shared.stats.hello_timeouts.fetch_add(1, Ordering::AcqRel);
-                    let limit_ms = session.shared.limits.hello_timeout_ms;
-                    let detail = format!("no Hello with credentials within {limit_ms} ms");
                     tracing::info!(%remote, %detail, "closing connection");
-                    session.connection.close(ErrorCode::Unauthenticated.as_u32().into(), detail.as_bytes());
+                    session.connection.close(code.as_u32().into(), detail.as_bytes());
                     break;
                 }
             }
@@ -254,40 +279,24 @@ impl Drop for ConnectionCount {
     }
 }
 
-/// Why a session ends its connection.
-pub(crate) struct Close {
-    pub(crate) code: ErrorCode,
-    pub(crate) detail: String,
-}
-
-/// What a stream carries, decided by its first message.
-enum StreamUse {
-    /// Nothing yet.
-    Undecided,
-    /// Request batches.
-    Requests,
-    /// A subscription: its acks go to its task.
-    Subscription(mpsc::Sender<Vec<u64>>),
-}
-
 /// Acks queued for a subscription task; the consumer waits for events between acks, so a
 /// few suffice.
 const ACKS_QUEUED_MAX: usize = 16;
 
+/// A stream's subscription task and the queue its acks go to.
+type Subscription = (tokio::task::JoinHandle<Result<(), Close>>, mpsc::Sender<Vec<u64>>);
+
 async fn run_stream(session: Arc<Session>, send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    let stream = u64::from(recv.id());
     let (frames, queued) = mpsc::channel(WRITE_QUEUE_FRAMES);
     let writer = tokio::spawn(write_frames(send, queued));
-    // Before `Welcome` only a Hello may come, and it is small: a header announcing more is
-    // refused before any of it is buffered.
-    let authenticated = session.grant.get().is_some();
-    let frame_bytes_max = session.shared.limits.frame_bytes_max;
-    let mut decoder =
-        FrameDecoder::new(if authenticated { frame_bytes_max } else { HELLO_BYTES_MAX });
+    // The rules say how large a frame may be: a Hello's until authenticated, so a header
+    // announcing more is refused before any of it is buffered.
+    let mut decoder = FrameDecoder::new(session.rules().frame_bytes_max());
     let mut batches = JoinSet::new();
     let mut stopping = session.shared.stopping.clone();
     let mut close = None;
-    let mut use_ = StreamUse::Undecided;
-    let mut subscription: Option<tokio::task::JoinHandle<Result<(), Close>>> = None;
+    let mut subscription: Option<Subscription> = None;
     'read: loop {
         let chunk = tokio::select! {
             chunk = recv.read_chunk(READ_CHUNK_BYTES, true) => chunk,
@@ -297,7 +306,7 @@ async fn run_stream(session: Arc<Session>, send: quinn::SendStream, mut recv: qu
                 continue 'read;
             }
             _ = stopping.changed() => break 'read,
-            ended = async { subscription.as_mut().expect("guarded").await }, if subscription.is_some() => {
+            ended = async { (&mut subscription.as_mut().expect("guarded").0).await }, if subscription.is_some() => {
                 subscription = None;
                 if let Ok(Err(reason)) = ended {
                     close = Some(reason);
@@ -310,13 +319,12 @@ async fn run_stream(session: Arc<Session>, send: quinn::SendStream, mut recv: qu
             Ok(None) | Err(_) => break 'read,
         }
         loop {
-            let decoded = decoder.decode();
-            let taken = match decoded {
+            let taken = match decoder.decode() {
                 Ok(Decoded::NeedMore { .. }) => break,
                 Ok(Decoded::Frame(frame)) => {
-                    session.route(frame, &frames, &mut batches, &mut use_, &mut subscription).await
+                    session.route(stream, frame, &frames, &mut batches, &mut subscription).await
                 }
-                Err(err) => Err(close_for(&err)),
+                Err(err) => Err(Close::for_frame_error(&err)),
             };
             if let Err(reason) = taken {
                 close = Some(reason);
@@ -325,19 +333,18 @@ async fn run_stream(session: Arc<Session>, send: quinn::SendStream, mut recv: qu
             while batches.try_join_next().is_some() {
                 session.shared.stats.batch_tasks_held.fetch_sub(1, Ordering::AcqRel);
             }
-            if decoder.frame_bytes_max() != frame_bytes_max && session.grant.get().is_some() {
-                decoder.set_frame_bytes_max(frame_bytes_max);
-            }
+            decoder.set_frame_bytes_max(session.rules().frame_bytes_max());
         }
     }
     // A subscription ends with its stream: what it sent and was not acknowledged is sent
     // again to the next subscription of its consumer.
-    if let Some(task) = subscription {
+    if let Some((task, _)) = subscription {
         task.abort();
     }
     while batches.join_next().await.is_some() {
         session.shared.stats.batch_tasks_held.fetch_sub(1, Ordering::AcqRel);
     }
+    session.rules().stream_ended(stream);
     if let Some(Close { code, detail }) = &close {
         tracing::info!(remote = %session.connection.remote_address(), ?code, %detail, "closing connection");
         let supported_versions = if *code == ErrorCode::UnsupportedVersion {
@@ -355,146 +362,80 @@ async fn run_stream(session: Arc<Session>, send: quinn::SendStream, mut recv: qu
     }
 }
 
-fn close_for(err: &FrameError) -> Close {
-    let code = match err {
-        FrameError::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
-        FrameError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
-        _ => ErrorCode::MalformedFrame,
-    };
-    Close { code, detail: err.to_string() }
-}
-
 impl Session {
-    /// Sends a frame where its stream's use says: a subscription's acks to its task, anything
-    /// else to `take`. A `Subscribe` as a stream's first message makes it a subscription.
+    /// Puts a frame through the rules, then does what it asks: authenticate, answer a batch,
+    /// open a subscription, or pass an ack to this stream's subscription.
     async fn route(
         self: &Arc<Self>,
+        stream: u64,
         frame: Frame,
         frames: &mpsc::Sender<Outgoing>,
         batches: &mut JoinSet<()>,
-        use_: &mut StreamUse,
-        subscription: &mut Option<tokio::task::JoinHandle<Result<(), Close>>>,
+        subscription: &mut Option<Subscription>,
     ) -> Result<(), Close> {
-        let unexpected =
-            |detail: &str| Close { code: ErrorCode::UnexpectedMessage, detail: detail.to_owned() };
-        match (frame.message, &*use_) {
-            (Message::Subscribe(subscribe), StreamUse::Undecided) => {
-                match self.grant.get() {
-                    Some(grant) if grant.may_act_for(&subscribe.consumer) => {}
-                    Some(grant) if grant.role == Role::Consumer => {
-                        // One consumer must not replace another's subscription, nor move its
-                        // cursor forward past orders it never stored.
-                        let detail = format!(
-                            "this credential may not act for consumer {:?}",
-                            subscribe.consumer
-                        );
-                        return Err(Close { code: ErrorCode::PermissionDenied, detail });
-                    }
-                    Some(grant) => {
-                        let detail = format!(
-                            "the {:?} role may not subscribe; use a consumer credential",
-                            grant.role
-                        );
-                        return Err(Close { code: ErrorCode::PermissionDenied, detail });
-                    }
-                    None => {
-                        let detail = "send Hello with credentials first".to_owned();
-                        return Err(Close { code: ErrorCode::Unauthenticated, detail });
-                    }
-                }
-                let (acks, acks_rx) = mpsc::channel(ACKS_QUEUED_MAX);
-                *use_ = StreamUse::Subscription(acks);
-                let events = self.shared.handle.events().clone();
-                let window_max = self.shared.limits.stream_window_events_max;
-                *subscription = Some(tokio::spawn(crate::net::subscription::run(
-                    events,
-                    subscribe,
-                    window_max,
-                    frame.correlation,
-                    frames.clone(),
-                    acks_rx,
-                )));
-                Ok(())
-            }
-            (Message::Ack(cursor), StreamUse::Subscription(acks)) => {
-                // A full queue means the consumer acks faster than they are stored: wait,
-                // which stops this stream being read.
-                let _ = acks.send(cursor).await;
-                Ok(())
-            }
-            (Message::Subscribe(_) | Message::Ack(_), _) => Err(unexpected(
-                "Subscribe opens a stream of its own, and Ack belongs on that stream",
-            )),
-            (_, StreamUse::Subscription(_)) => {
-                Err(unexpected("a subscription's stream carries only Ack"))
-            }
-            (message, _) => {
-                if matches!(message, Message::Requests(_)) {
-                    *use_ = StreamUse::Requests;
-                }
-                self.take(Frame { correlation: frame.correlation, message }, frames, batches).await
-            }
-        }
-    }
-
-    async fn take(
-        self: &Arc<Self>,
-        frame: Frame,
-        frames: &mpsc::Sender<Outgoing>,
-        batches: &mut JoinSet<()>,
-    ) -> Result<(), Close> {
-        match frame.message {
-            Message::Hello { token, client_name } => {
-                if self.grant.get().is_some() {
-                    let detail = "a connection authenticates once".to_owned();
-                    return Err(Close { code: ErrorCode::UnexpectedMessage, detail });
-                }
-                let Some(grant) = self.authenticate(token.as_deref()) else {
-                    let detail =
-                        "missing or unknown credentials (bearer token or client certificate)"
-                            .to_owned();
-                    return Err(Close { code: ErrorCode::Unauthenticated, detail });
-                };
-                // Only the first stream is open before `Welcome`, so only it can get here.
-                let role = grant.role;
-                let _ = self.grant.set(grant);
-                tracing::debug!(client = %client_name, ?role, "authenticated");
+        let event = self.rules().handle_frame(stream, frame)?;
+        match event {
+            ServerEvent::Hello { correlation, token, client_name } => {
+                let grant = self.authenticate(token.as_deref());
+                let welcome = self.rules().authenticated(grant)?;
+                tracing::debug!(client = %client_name, "authenticated");
                 let limits = self.shared.limits;
                 // Now, and only now, the peer may open more streams and send more bytes.
                 self.connection.set_max_concurrent_bi_streams(limits.streams_max.into());
                 self.connection.set_receive_window(limits.connection_receive_window_bytes.into());
-                let welcome = Message::Welcome {
-                    role,
-                    frame_bytes_max: limits.frame_bytes_max,
-                    in_flight_max: limits.in_flight_max,
-                };
-                let _ = frames.send((frame.correlation, welcome, None)).await;
+                let _ = frames.send((correlation, welcome, None)).await;
                 Ok(())
             }
-            Message::Requests(batch) => {
-                let Some(role) = self.grant.get().map(|grant| grant.role) else {
-                    let detail = "send Hello with credentials first".to_owned();
-                    return Err(Close { code: ErrorCode::Unauthenticated, detail });
-                };
-                // Waiting here stops this stream being read: backpressure, not buffering.
-                let wanted = batch.len().clamp(1, self.shared.limits.in_flight_max as usize);
-                let permit = self.in_flight.clone().acquire_many_owned(wanted as u32).await;
-                let permit = permit.expect("the semaphore is never closed");
-                let stats = self.shared.stats.clone();
-                stats.requests_unwritten.fetch_add(wanted, Ordering::AcqRel);
-                let permit = InFlight { _permit: permit, requests: wanted, stats };
-                let (session, frames) = (self.clone(), frames.clone());
-                self.shared.stats.batch_tasks_held.fetch_add(1, Ordering::AcqRel);
-                batches.spawn(async move {
-                    session.answer(frame.correlation, batch, role, permit, frames).await
-                });
+            ServerEvent::Requests { correlation, batch, role } => {
+                self.take(correlation, batch, role, frames, batches).await;
                 Ok(())
             }
-            other => {
-                let detail = format!("a client does not send {}", message_name(&other));
-                Err(Close { code: ErrorCode::UnexpectedMessage, detail })
+            ServerEvent::Subscribe { correlation, subscribe } => {
+                let (acks, acks_rx) = mpsc::channel(ACKS_QUEUED_MAX);
+                let events = self.shared.handle.events().clone();
+                let window_max = self.shared.limits.stream_window_events_max;
+                let task = tokio::spawn(crate::net::subscription::run(
+                    events,
+                    subscribe,
+                    window_max,
+                    correlation,
+                    frames.clone(),
+                    acks_rx,
+                ));
+                *subscription = Some((task, acks));
+                Ok(())
+            }
+            ServerEvent::Ack { cursor } => {
+                // A full queue means the consumer acks faster than they are stored: wait,
+                // which stops this stream being read.
+                if let Some((_, acks)) = subscription {
+                    let _ = acks.send(cursor).await;
+                }
+                Ok(())
             }
         }
+    }
+
+    /// Takes a batch's requests in flight (waiting here stops this stream being read:
+    /// backpressure, not buffering) and answers it in a task of its own.
+    async fn take(
+        self: &Arc<Self>,
+        correlation: u64,
+        batch: Vec<Request>,
+        role: Role,
+        frames: &mpsc::Sender<Outgoing>,
+        batches: &mut JoinSet<()>,
+    ) {
+        let wanted = batch.len().clamp(1, self.shared.limits.in_flight_max as usize);
+        let permit = self.in_flight.clone().acquire_many_owned(wanted as u32).await;
+        let permit = permit.expect("the semaphore is never closed");
+        let stats = self.shared.stats.clone();
+        stats.requests_unwritten.fetch_add(wanted, Ordering::AcqRel);
+        let permit = InFlight { _permit: permit, requests: wanted, stats };
+        let (session, frames) = (self.clone(), frames.clone());
+        self.shared.stats.batch_tasks_held.fetch_add(1, Ordering::AcqRel);
+        batches
+            .spawn(async move { session.answer(correlation, batch, role, permit, frames).await });
     }
 
     /// What a token or the handshake's client certificate grants. (Sync: the peer identity
@@ -559,20 +500,6 @@ fn refusal(err: RuntimeError) -> Reply {
         RuntimeError::ShuttingDown => Refusal::ShuttingDown,
         _ => Refusal::Unavailable,
     })
-}
-
-fn message_name(message: &Message) -> &'static str {
-    match message {
-        Message::Hello { .. } => "Hello",
-        Message::Welcome { .. } => "Welcome",
-        Message::Requests(_) => "Requests",
-        Message::Replies(_) => "Replies",
-        Message::Error(_) => "Error",
-        Message::Subscribe(_) => "Subscribe",
-        Message::Subscribed(_) => "Subscribed",
-        Message::Events(_) => "Events",
-        Message::Ack(_) => "Ack",
-    }
 }
 
 /// A frame to send: its correlation id and message, encoded by the stream's writer, and the

@@ -8,10 +8,11 @@
 
 use std::collections::VecDeque;
 
+use flashstock_protocol::session::{check_ack, Close};
 use flashstock_protocol::{ErrorCode, EventBatch, Message, StartAt, Subscribe, Subscribed};
 use tokio::sync::mpsc;
 
-use crate::net::session::{Close, Outgoing};
+use crate::net::session::Outgoing;
 use crate::stream::{kinds_mask, EventLog, StreamError};
 
 /// The most events one `Events` frame carries (about 100 bytes each archived, so a frame stays
@@ -182,24 +183,6 @@ struct Claim {
 
 /// An ack must have one position per shard, never move backwards, and never pass what was
 /// sent.
-fn check_ack(ack: &[u64], acked: &[u64], sent: &[u64]) -> Result<(), Close> {
-    let invalid = |detail: String| Close { code: ErrorCode::InvalidAck, detail };
-    if ack.len() != sent.len() {
-        return Err(invalid(format!("an ack has {} positions, one per shard", sent.len())));
-    }
-    for (shard, ((&position, &before), &end)) in ack.iter().zip(acked).zip(sent).enumerate() {
-        if position < before {
-            return Err(invalid(format!("shard {shard}: ack {position} moves back from {before}")));
-        }
-        if position > end {
-            return Err(invalid(format!(
-                "shard {shard}: ack {position} passes what was sent ({end})"
-            )));
-        }
-    }
-    Ok(())
-}
-
 /// Runs blocking log work off the executor, mapping its failure to a close reason.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, StreamError> + Send + 'static,
@@ -220,18 +203,4 @@ fn close_for(err: StreamError) -> Close {
         | StreamError::CursorBeyondEnd { .. } => ErrorCode::InvalidSubscription,
     };
     Close { code, detail: err.to_string() }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn acks_are_checked_against_what_was_sent() {
-        assert!(check_ack(&[3, 4], &[1, 1], &[5, 4]).is_ok());
-        let code = |r: Result<(), Close>| r.unwrap_err().code;
-        assert_eq!(code(check_ack(&[3], &[1, 1], &[5, 4])), ErrorCode::InvalidAck);
-        assert_eq!(code(check_ack(&[0, 4], &[1, 1], &[5, 4])), ErrorCode::InvalidAck);
-        assert_eq!(code(check_ack(&[3, 5], &[1, 1], &[5, 4])), ErrorCode::InvalidAck);
-    }
 }
