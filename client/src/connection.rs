@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
+use flashstock_protocol::session::{ClientEvent, ClientSession};
 use flashstock_protocol::{
     Decoded, FrameDecoder, FrameEncoder, Message, Reply, Request, Role, FRAME_BYTES_MAX_DEFAULT,
 };
@@ -13,7 +14,7 @@ use tokio::sync::{oneshot, Mutex};
 use crate::error::ClientError;
 use crate::tls::ClientTls;
 
-type Waiting = Arc<DashMap<u64, oneshot::Sender<Result<Message, Arc<ClientError>>>>>;
+type Waiting = Arc<DashMap<u64, oneshot::Sender<Result<ClientEvent, Arc<ClientError>>>>>;
 
 /// An authenticated connection. Calls from many tasks pipeline over one stream.
 #[derive(Debug)]
@@ -38,7 +39,9 @@ impl Connection {
         let (endpoint, connection) = open(addr, server_name, tls).await?;
         let (send, recv) = connection.open_bi().await?;
         let waiting: Waiting = Arc::new(DashMap::new());
-        tokio::spawn(read_replies(recv, waiting.clone()));
+        let rules = ClientSession::new();
+        let hello = hello(&rules, token);
+        tokio::spawn(read_replies(recv, waiting.clone(), rules, connection.clone()));
         let mut client = Connection {
             connection,
             _endpoint: endpoint,
@@ -48,8 +51,8 @@ impl Connection {
             role: Role::Service,
             in_flight_max: 0,
         };
-        match client.exchange(hello(token)).await? {
-            Message::Welcome { role, in_flight_max, .. } => {
+        match client.exchange(hello).await? {
+            ClientEvent::Welcome { role, in_flight_max, .. } => {
                 client.role = role;
                 client.in_flight_max = in_flight_max;
                 Ok(client)
@@ -72,7 +75,7 @@ impl Connection {
     pub async fn call(&self, requests: Vec<Request>) -> Result<Vec<Reply>, ClientError> {
         let count = requests.len();
         match self.exchange(Message::Requests(requests)).await? {
-            Message::Replies(replies) if replies.len() == count => Ok(replies),
+            ClientEvent::Replies { replies, .. } if replies.len() == count => Ok(replies),
             other => {
                 Err(ClientError::Unexpected(format!("{other:?} in answer to {count} requests")))
             }
@@ -89,7 +92,7 @@ impl Connection {
         self.connection.close(0u32.into(), b"client done");
     }
 
-    async fn exchange(&self, message: Message) -> Result<Message, ClientError> {
+    async fn exchange(&self, message: Message) -> Result<ClientEvent, ClientError> {
         let correlation = self.next_correlation.fetch_add(1, Ordering::Relaxed);
         let (answered, answer) = oneshot::channel();
         self.waiting.insert(correlation, answered);
@@ -107,12 +110,12 @@ impl Connection {
             }
         }
         match answer.await {
-            Ok(Ok(Message::Error(error))) => Err(ClientError::Rejected {
+            Ok(Ok(ClientEvent::Refused(error))) => Err(ClientError::Rejected {
                 code: error.code,
                 detail: error.detail,
                 supported_versions: error.supported_versions,
             }),
-            Ok(Ok(message)) => Ok(message),
+            Ok(Ok(event)) => Ok(event),
             // What the server sent was not a valid frame: that, not the close, is the news.
             Ok(Err(failure)) if matches!(*failure, ClientError::Protocol(_)) => {
                 let ClientError::Protocol(err) = &*failure else { unreachable!("matched") };
@@ -205,12 +208,9 @@ fn size_buffers(socket: &std::net::UdpSocket, bytes: usize) -> std::io::Result<(
     Ok(())
 }
 
-/// The first message of a connection.
-pub(crate) fn hello(token: Option<&str>) -> Message {
-    Message::Hello {
-        token: token.map(str::to_owned),
-        client_name: format!("flashstock-client/{}", env!("CARGO_PKG_VERSION")),
-    }
+/// The first message of a connection, naming this library for the server's logs.
+pub(crate) fn hello(rules: &ClientSession, token: Option<&str>) -> Message {
+    rules.hello(token, concat!("flashstock-client/", env!("CARGO_PKG_VERSION")))
 }
 
 /// Why the connection closed, if the server said.
@@ -232,9 +232,16 @@ pub(crate) fn closed_reason(connection: &quinn::Connection) -> Option<ClientErro
 /// refused before any of it is buffered.
 pub const REPLY_FRAME_BYTES_MAX: u32 = 4 * FRAME_BYTES_MAX_DEFAULT;
 
-/// Reads frames and hands each to the call waiting for its correlation id. A connection
-/// error frame (correlation 0) or the end of the stream fails every call still waiting.
-async fn read_replies(mut recv: quinn::RecvStream, waiting: Waiting) {
+/// Reads frames, puts each through the connection's rules, and hands it to the call waiting
+/// for its correlation id. A connection-level error frame (correlation 0) goes to every
+/// waiting call; a frame the rules refuse, or the end of the stream, fails every call still
+/// waiting (and a refused frame closes the connection, saying why).
+async fn read_replies(
+    mut recv: quinn::RecvStream,
+    waiting: Waiting,
+    mut rules: ClientSession,
+    connection: quinn::Connection,
+) {
     let mut decoder = FrameDecoder::new(REPLY_FRAME_BYTES_MAX);
     let failure = loop {
         let chunk = match recv.read_chunk(64 * 1024, true).await {
@@ -243,37 +250,44 @@ async fn read_replies(mut recv: quinn::RecvStream, waiting: Waiting) {
             Err(err) => break ClientError::Unexpected(err.to_string()),
         };
         decoder.push(&chunk.bytes);
-        let mut failed = None;
-        loop {
-            match decoder.decode() {
-                Ok(Decoded::NeedMore { .. }) => break,
-                Ok(Decoded::Frame(frame)) if frame.correlation == 0 => {
-                    // A connection-level error: every waiting call gets it.
-                    for key in waiting.iter().map(|e| *e.key()).collect::<Vec<_>>() {
-                        if let Some((_, call)) = waiting.remove(&key) {
-                            let _ = call.send(Ok(frame.message.clone()));
-                        }
-                    }
-                }
-                Ok(Decoded::Frame(frame)) => {
-                    if let Some((_, call)) = waiting.remove(&frame.correlation) {
-                        let _ = call.send(Ok(frame.message));
-                    }
-                }
-                Err(err) => {
-                    failed = Some(ClientError::Protocol(err));
-                    break;
-                }
+        if let Err(failed) = dispatch_frames(&mut decoder, &mut rules, &waiting) {
+            if let ClientError::Unexpected(detail) = &failed {
+                let code = flashstock_protocol::ErrorCode::UnexpectedMessage.as_u32();
+                connection.close(code.into(), detail.as_bytes());
             }
-        }
-        if let Some(err) = failed {
-            break err;
+            break failed;
         }
     };
     let failure = Arc::new(failure);
     for key in waiting.iter().map(|e| *e.key()).collect::<Vec<_>>() {
         if let Some((_, call)) = waiting.remove(&key) {
             let _ = call.send(Err(failure.clone()));
+        }
+    }
+}
+
+/// Hands every whole frame buffered to its call; the error that ends the connection, if any.
+fn dispatch_frames(
+    decoder: &mut FrameDecoder,
+    rules: &mut ClientSession,
+    waiting: &Waiting,
+) -> Result<(), ClientError> {
+    loop {
+        let frame = match decoder.decode()? {
+            Decoded::NeedMore { .. } => return Ok(()),
+            Decoded::Frame(frame) => frame,
+        };
+        let correlation = frame.correlation;
+        let event =
+            rules.handle_frame(frame).map_err(|close| ClientError::Unexpected(close.detail))?;
+        if correlation == 0 {
+            for key in waiting.iter().map(|e| *e.key()).collect::<Vec<_>>() {
+                if let Some((_, call)) = waiting.remove(&key) {
+                    let _ = call.send(Ok(event.clone()));
+                }
+            }
+        } else if let Some((_, call)) = waiting.remove(&correlation) {
+            let _ = call.send(Ok(event));
         }
     }
 }

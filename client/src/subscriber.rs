@@ -31,6 +31,7 @@
 use std::net::SocketAddr;
 
 use flashstock_engine::EventKind;
+use flashstock_protocol::session::{ClientEvent, ClientSession};
 use flashstock_protocol::{
     Decoded, EventBatch, FrameDecoder, FrameEncoder, Message, StartAt, Subscribe, Subscribed,
     FRAME_BYTES_MAX_DEFAULT,
@@ -75,6 +76,8 @@ pub struct Subscriber {
     decoder: FrameDecoder,
     encoder: FrameEncoder,
     frame: Vec<u8>,
+    /// The connection's rules: what the server may send, and when.
+    rules: ClientSession,
     subscribed: Subscribed,
     /// Where each shard's delivery has reached (what the next ack may say at most).
     delivered: Vec<u64>,
@@ -99,12 +102,13 @@ impl Subscriber {
             decoder: FrameDecoder::new(FRAME_BYTES_MAX_DEFAULT),
             encoder: FrameEncoder::new(FRAME_BYTES_MAX_DEFAULT),
             frame: Vec::new(),
+            rules: ClientSession::new(),
             subscribed: Subscribed { cursor: Vec::new(), window_events: 0 },
             delivered: Vec::new(),
         };
-        subscriber.send(&hello(token)).await?;
+        subscriber.send(&hello(&subscriber.rules, token)).await?;
         match subscriber.receive().await? {
-            Message::Welcome { .. } => {}
+            ClientEvent::Welcome { .. } => {}
             other => return Err(ClientError::Unexpected(format!("{other:?} in answer to Hello"))),
         }
         let subscribe = Subscribe {
@@ -115,7 +119,7 @@ impl Subscriber {
         };
         subscriber.send(&Message::Subscribe(subscribe)).await?;
         match subscriber.receive().await? {
-            Message::Subscribed(subscribed) => {
+            ClientEvent::Subscribed(subscribed) => {
                 subscriber.delivered = subscribed.cursor.clone();
                 subscriber.subscribed = subscribed;
                 Ok(subscriber)
@@ -143,7 +147,7 @@ impl Subscriber {
     /// Waits for the next batch of events (one shard's, in its log order).
     pub async fn next_batch(&mut self) -> Result<EventBatch, ClientError> {
         match self.receive().await? {
-            Message::Events(batch) => {
+            ClientEvent::Events(batch) => {
                 let shard = usize::from(batch.shard);
                 let Some(position) = self.delivered.get_mut(shard) else {
                     return Err(ClientError::Unexpected(format!(
@@ -184,17 +188,23 @@ impl Subscriber {
         Ok(())
     }
 
-    async fn receive(&mut self) -> Result<Message, ClientError> {
+    /// The next frame from the server, put through the connection's rules.
+    async fn receive(&mut self) -> Result<ClientEvent, ClientError> {
         loop {
             match self.decoder.decode()? {
                 Decoded::Frame(frame) => {
-                    return match frame.message {
-                        Message::Error(error) => Err(ClientError::Rejected {
+                    return match self.rules.handle_frame(frame) {
+                        Ok(ClientEvent::Refused(error)) => Err(ClientError::Rejected {
                             code: error.code,
                             detail: error.detail,
                             supported_versions: error.supported_versions,
                         }),
-                        message => Ok(message),
+                        Ok(event) => Ok(event),
+                        Err(close) => {
+                            self.connection
+                                .close(close.code.as_u32().into(), close.detail.as_bytes());
+                            Err(ClientError::Unexpected(close.detail))
+                        }
                     };
                 }
                 Decoded::NeedMore { .. } => {}
