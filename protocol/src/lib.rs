@@ -15,6 +15,8 @@
 //! - [`tokens`]: the tokens file's format (roles, and the consumer names a token may act for),
 //!   parsed without IO for the server and the tools alike.
 //! - [`error`]: [`FrameError`], the one error type.
+//! - `fuzz`: the bodies of the fuzz targets in `fuzz/`, shared with the test that replays
+//!   their corpora.
 //!
 //! A frame's payload is an rkyv archive of a [`Message`], checked with bytecheck before any
 //! field is read. Archives are unaligned (rkyv's `unaligned` feature): no padding on the wire,
@@ -22,6 +24,8 @@
 
 pub mod error;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod message;
 pub mod session;
 pub mod tokens;

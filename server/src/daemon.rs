@@ -63,6 +63,9 @@ pub struct Settings {
     /// Connections served at once (default 1,024).
     #[arg(long, env = "FLASHSTOCK_CONNECTIONS_MAX")]
     pub connections_max: Option<usize>,
+    /// Connections served at once from one IP address (default 256).
+    #[arg(long, env = "FLASHSTOCK_CONNECTIONS_PER_ADDRESS_MAX")]
+    pub connections_per_address_max: Option<usize>,
     /// Requests one connection may have in flight (default 16,384).
     #[arg(long, env = "FLASHSTOCK_IN_FLIGHT_MAX")]
     pub in_flight_max: Option<u32>,
@@ -123,7 +126,7 @@ impl Settings {
         const FRAME_BYTES: std::ops::RangeInclusive<u64> = 4096..=64 << 20;
         // Flow-control windows: below 64 KiB every frame crawls a packet at a time.
         let window = 64 << 10..=u64::from(u32::MAX);
-        let ranges: [(&'static str, Option<u64>, std::ops::RangeInclusive<u64>); 18] = [
+        let ranges: [(&'static str, Option<u64>, std::ops::RangeInclusive<u64>); 19] = [
             ("shards", self.shards.map(u64::from), 1..=1024),
             ("snapshot_every_records", self.snapshot_every_records, 1..=u64::MAX),
             ("snapshot_every_ms", self.snapshot_every_ms, 1..=u64::MAX),
@@ -135,6 +138,11 @@ impl Settings {
             ("stream_window_events_max", self.stream_window_events_max.map(u64::from), 1..=1 << 24),
             ("frame_bytes_max", self.frame_bytes_max.map(u64::from), FRAME_BYTES),
             ("connections_max", self.connections_max.map(|n| n as u64), 1..=1 << 20),
+            (
+                "connections_per_address_max",
+                self.connections_per_address_max.map(|n| n as u64),
+                1..=1 << 20,
+            ),
             ("in_flight_max", self.in_flight_max.map(u64::from), 1..=1 << 24),
             ("streams_max", self.streams_max.map(u64::from), 1..=1 << 16),
             // QUIC carries the idle timeout as a varint of milliseconds.
@@ -185,6 +193,9 @@ impl Settings {
                 .or(self.stream_window_events_max),
             frame_bytes_max: over.frame_bytes_max.or(self.frame_bytes_max),
             connections_max: over.connections_max.or(self.connections_max),
+            connections_per_address_max: over
+                .connections_per_address_max
+                .or(self.connections_per_address_max),
             in_flight_max: over.in_flight_max.or(self.in_flight_max),
             streams_max: over.streams_max.or(self.streams_max),
             stream_receive_window_bytes: over
@@ -275,6 +286,9 @@ pub async fn run(
     let limits = NetLimits {
         frame_bytes_max: settings.frame_bytes_max.unwrap_or(net_defaults.frame_bytes_max),
         connections_max: settings.connections_max.unwrap_or(net_defaults.connections_max),
+        connections_per_address_max: settings
+            .connections_per_address_max
+            .unwrap_or(net_defaults.connections_per_address_max),
         in_flight_max: settings.in_flight_max.unwrap_or(net_defaults.in_flight_max),
         streams_max: settings.streams_max.unwrap_or(net_defaults.streams_max),
         connection_receive_window_bytes: settings

@@ -100,6 +100,23 @@ impl TestServer {
         addr: SocketAddr,
         client_certs: Option<Arc<ClientCertRoles>>,
     ) -> TestServer {
+        let net_limits = NetLimits {
+            connections_max: 64,
+            drain_timeout_ms: 5_000,
+            stream_window_events_max: 4_096,
+            ..NetLimits::default()
+        };
+        TestServer::start_limited(runtime, data_dir, addr, client_certs, net_limits).await
+    }
+
+    /// Like `start_on`, with the network layer's limits given.
+    pub async fn start_limited(
+        runtime: Runtime,
+        data_dir: &Path,
+        addr: SocketAddr,
+        client_certs: Option<Arc<ClientCertRoles>>,
+        net_limits: NetLimits,
+    ) -> TestServer {
         let files = net::ensure_self_signed(data_dir).unwrap();
         write_test_tokens(data_dir);
         let (mut auth, tokens_path) = Authenticator::ensure_default(data_dir).unwrap();
@@ -121,12 +138,6 @@ impl TestServer {
             net::server_endpoint(addr, endpoint_config, server_config, buffer_bytes).unwrap();
         let addr = endpoint.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel();
-        let net_limits = NetLimits {
-            connections_max: 64,
-            drain_timeout_ms: 5_000,
-            stream_window_events_max: 4_096,
-            ..NetLimits::default()
-        };
         let handle = runtime.handle();
         let stats = Arc::new(NetStats::default());
         let serving_stats = stats.clone();

@@ -227,3 +227,58 @@ async fn a_client_refuses_an_oversized_frame_from_the_server() {
     );
     rogue.abort();
 }
+
+/// Connections are counted per source address as well as in all: past either limit a new
+/// one is refused in its handshake, and once one ends its place is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_from_one_address_are_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = Runtime::open(
+        dir.path(),
+        RuntimeConfig { shard_count: 2, ..RuntimeConfig::default() },
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    let limits =
+        NetLimits { connections_per_address_max: 2, connections_max: 64, ..NetLimits::default() };
+    let addr = "127.0.0.1:0".parse().unwrap();
+    let server = TestServer::start_limited(runtime, dir.path(), addr, None, limits).await;
+    let first = server.connect(&server.service_token).await;
+    let second = server.connect(&server.service_token).await;
+    let third =
+        Connection::connect(server.addr, "localhost", &server.tls(), Some(&server.service_token))
+            .await;
+    assert!(third.is_err(), "a third connection from one address must be refused");
+    assert_eq!(server.stats.connections_refused(), 1);
+    assert!(second.call(vec![reserve(1, 1)]).await.is_ok(), "the admitted ones are served");
+    first.close();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let again =
+        Connection::connect(server.addr, "localhost", &server.tls(), Some(&server.service_token))
+            .await;
+    assert!(again.is_ok(), "a freed place is taken again: {again:?}");
+    server.stop().await;
+}
+
+/// From half of `connections_max` on, a new connection first proves its address with a QUIC
+/// Retry (transparent to a real client), and past the limit it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loaded_server_validates_addresses_then_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = RuntimeConfig { shard_count: 2, ..RuntimeConfig::default() };
+    let runtime = Runtime::open(dir.path(), config, Arc::new(SystemClock)).unwrap();
+    let limits = NetLimits { connections_max: 4, ..NetLimits::default() };
+    let addr = "127.0.0.1:0".parse().unwrap();
+    let server = TestServer::start_limited(runtime, dir.path(), addr, None, limits).await;
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        open.push(server.connect(&server.service_token).await);
+    }
+    let tls = server.tls();
+    let fifth = Connection::connect(server.addr, "localhost", &tls, Some(&server.service_token));
+    assert!(fifth.await.is_err(), "past connections_max a connection is refused");
+    for connection in &open {
+        assert!(connection.call(vec![reserve(2, 1)]).await.is_ok());
+    }
+    server.stop().await;
+}

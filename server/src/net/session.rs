@@ -41,8 +41,11 @@ const WRITE_QUEUE_FRAMES: usize = 256;
 pub struct NetLimits {
     /// The largest frame payload accepted once authenticated (before, [`HELLO_BYTES_MAX`]).
     pub frame_bytes_max: u32,
-    /// Connections served at once, handshakes in progress included; more are refused.
+    /// Connections served at once, handshakes in progress included; more are refused. From
+    /// half of it on, a new connection must first prove its address (QUIC Retry).
     pub connections_max: usize,
+    /// Connections served at once from one IP address.
+    pub connections_per_address_max: usize,
     /// Requests one connection may have taken and not yet answered onto the wire. A client
     /// that does not read its replies stops being read once it reaches this.
     pub in_flight_max: u32,
@@ -67,6 +70,7 @@ impl Default for NetLimits {
         NetLimits {
             frame_bytes_max: flashstock_protocol::FRAME_BYTES_MAX_DEFAULT,
             connections_max: 1_024,
+            connections_per_address_max: 256,
             in_flight_max: 16_384,
             streams_max: 16,
             connection_receive_window_bytes: 16 << 20,
@@ -83,6 +87,8 @@ impl Default for NetLimits {
 pub struct NetStats {
     /// Connections accepted and not yet ended (handshakes in progress included).
     pub connections_open: AtomicUsize,
+    /// Connections refused by `connections_max` or `connections_per_address_max`.
+    pub connections_refused: AtomicUsize,
     /// Request-batch tasks spawned and not yet joined: each holds its task's memory until it
     /// is joined, so this must track requests in flight, not frames ever received.
     pub batch_tasks_held: AtomicUsize,
@@ -102,6 +108,11 @@ impl NetStats {
     /// Requests taken whose replies are not yet written.
     pub fn requests_unwritten(&self) -> usize {
         self.requests_unwritten.load(Ordering::Acquire)
+    }
+
+    /// Connections refused by a connection limit.
+    pub fn connections_refused(&self) -> usize {
+        self.connections_refused.load(Ordering::Acquire)
     }
 
     /// Connections closed by the Hello deadline.
@@ -129,6 +140,8 @@ struct Shared {
     auth: Authenticator,
     limits: NetLimits,
     stats: Arc<NetStats>,
+    /// Connections open per source address (only addresses with one or more).
+    by_address: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
     stopping: watch::Receiver<bool>,
 }
 
@@ -159,7 +172,8 @@ pub async fn serve(
     let (stop, stopping) = watch::channel(false);
     let wal = handle.clone();
     let wal_failed = wal.wal_failed();
-    let shared = Arc::new(Shared { handle, auth, limits, stats, stopping });
+    let by_address = std::sync::Mutex::new(std::collections::HashMap::new());
+    let shared = Arc::new(Shared { handle, auth, limits, stats, by_address, stopping });
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown, wal_failed);
     let mut stopped = Stopped::Shutdown;
@@ -167,13 +181,9 @@ pub async fn serve(
         tokio::select! {
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
-                if shared.stats.connections_open.load(Ordering::Acquire) >= limits.connections_max {
-                    tracing::warn!(remote = %incoming.remote_address(), "connection limit reached; refused");
-                    incoming.refuse();
-                    continue;
+                if let Some(count) = admit(incoming, &shared) {
+                    connections.spawn(run_connection(count, shared.clone()));
                 }
-                shared.stats.connections_open.fetch_add(1, Ordering::AcqRel);
-                connections.spawn(run_connection(incoming, shared.clone()));
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             () = &mut shutdown => break,
@@ -217,8 +227,8 @@ impl Session {
     }
 }
 
-async fn run_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
-    let _count = ConnectionCount(shared.clone());
+async fn run_connection(mut count: ConnectionCount, shared: Arc<Shared>) {
+    let incoming = count.incoming.take().expect("an admitted connection");
     let remote = incoming.remote_address();
     let connection = match incoming.await {
         Ok(connection) => connection,
@@ -271,11 +281,56 @@ async fn run_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
     session.connection.close(0u32.into(), b"bye");
 }
 
-struct ConnectionCount(Arc<Shared>);
+/// Decides whether a new connection is served: refused past `connections_max` in all or
+/// `connections_per_address_max` from its address (a handshake in progress counts); asked to
+/// prove its address with a QUIC Retry once the server is half full, so a flood of spoofed
+/// source addresses cannot fill it. The count it returns is released when the connection ends.
+fn admit(incoming: quinn::Incoming, shared: &Arc<Shared>) -> Option<ConnectionCount> {
+    let (limits, remote) = (shared.limits, incoming.remote_address());
+    let open = shared.stats.connections_open.load(Ordering::Acquire);
+    if open >= limits.connections_max {
+        tracing::warn!(%remote, "connection limit reached; refused");
+        shared.stats.connections_refused.fetch_add(1, Ordering::AcqRel);
+        incoming.refuse();
+        return None;
+    }
+    if open >= limits.connections_max / 2 && !incoming.remote_address_validated() {
+        // The client answers with the token and comes back as a validated Incoming.
+        let _ = incoming.retry();
+        return None;
+    }
+    let ip = remote.ip();
+    let mut by_address = shared.by_address.lock().unwrap_or_else(|p| p.into_inner());
+    let from_here = by_address.entry(ip).or_insert(0);
+    if *from_here >= limits.connections_per_address_max {
+        drop(by_address);
+        tracing::warn!(%remote, "connection limit per address reached; refused");
+        shared.stats.connections_refused.fetch_add(1, Ordering::AcqRel);
+        incoming.refuse();
+        return None;
+    }
+    *from_here += 1;
+    shared.stats.connections_open.fetch_add(1, Ordering::AcqRel);
+    Some(ConnectionCount { shared: shared.clone(), ip, incoming: Some(incoming) })
+}
+
+/// One admitted connection's place in the counts, given back when it ends.
+struct ConnectionCount {
+    shared: Arc<Shared>,
+    ip: std::net::IpAddr,
+    incoming: Option<quinn::Incoming>,
+}
 
 impl Drop for ConnectionCount {
     fn drop(&mut self) {
-        self.0.stats.connections_open.fetch_sub(1, Ordering::AcqRel);
+        self.shared.stats.connections_open.fetch_sub(1, Ordering::AcqRel);
+        let mut by_address = self.shared.by_address.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = by_address.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                by_address.remove(&self.ip);
+            }
+        }
     }
 }
 
