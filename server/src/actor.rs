@@ -8,6 +8,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use flashstock_engine::{
     Command, EncodedLog, Outcome, ReservationId, ReservationView, Shard, SkuId, SkuView,
 };
+use flashstock_protocol::Request;
 use tokio::sync::oneshot;
 
 use crate::clock::Clock;
@@ -51,7 +52,7 @@ pub(crate) enum Job {
     /// Several requests to this shard with one reply: a network batch's share of the shard.
     /// At most `batch_jobs_max` items, so that one step can always take it whole.
     Batch {
-        items: Vec<Item>,
+        items: Vec<Request>,
         reply: BatchReply,
     },
     /// Finish the current step, snapshot, and exit.
@@ -66,17 +67,6 @@ impl Job {
             _ => 1,
         }
     }
-}
-
-/// One request of a batch (see `Handle::submit_batch`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Item {
-    /// A state-changing command.
-    Apply(Command),
-    /// A SKU read.
-    QuerySku(SkuId),
-    /// A reservation read.
-    QueryReservation(ReservationId),
 }
 
 /// Where a batch job's answers go, all at once.
@@ -232,17 +222,17 @@ impl Actor {
         }
     }
 
-    fn prefetch_item(&self, item: &Item) {
-        if let Item::Apply(command) = item {
+    fn prefetch_item(&self, item: &Request) {
+        if let Request::Apply(command) = item {
             self.shard.prefetch(command);
         }
     }
 
-    fn answer_item(&mut self, item: &Item, now_ms: u64, log: &mut EncodedLog) -> Answer {
+    fn answer_item(&mut self, item: &Request, now_ms: u64, log: &mut EncodedLog) -> Answer {
         match *item {
-            Item::Apply(command) => Answer::Outcome(self.shard.apply(&command, now_ms, log)),
-            Item::QuerySku(sku) => Answer::Sku(self.shard.query_sku(sku)),
-            Item::QueryReservation(id) => Answer::Reservation(self.shard.query_reservation(id)),
+            Request::Apply(command) => Answer::Outcome(self.shard.apply(&command, now_ms, log)),
+            Request::QuerySku(sku) => Answer::Sku(self.shard.query_sku(sku)),
+            Request::QueryReservation(id) => Answer::Reservation(self.shard.query_reservation(id)),
         }
     }
 

@@ -10,7 +10,9 @@ use flashstock_engine::{
 };
 use tokio::sync::oneshot;
 
-use crate::actor::{Answer, BatchReply, Item, Job, Reply};
+use flashstock_protocol::Request;
+
+use crate::actor::{Answer, BatchReply, Job, Reply};
 use crate::durability::Failure;
 use crate::error::RuntimeError;
 use crate::stream::EventLog;
@@ -196,7 +198,7 @@ impl Handle {
     /// with one reply, and is answered within one actor step. The returned [`PendingBatch`]
     /// yields the answers in the order of `items`. This is what network batches use: one
     /// channel message and one wake-up per shard, instead of one per request.
-    pub fn submit_batch(&self, items: &[Item]) -> PendingBatch {
+    pub fn submit_batch(&self, items: &[Request]) -> PendingBatch {
         let mut results: Vec<Option<Result<Answer, RuntimeError>>> = Vec::new();
         results.resize_with(items.len(), || None);
         let mut by_shard: Vec<Vec<usize>> = vec![Vec::new(); self.shared.inboxes.len()];
@@ -209,7 +211,7 @@ impl Handle {
         let mut waiting = Vec::new();
         for (shard, indices) in by_shard.into_iter().enumerate() {
             for chunk in indices.chunks(self.shared.batch_jobs_max) {
-                let batch: Vec<Item> = chunk.iter().map(|&index| items[index]).collect();
+                let batch: Vec<Request> = chunk.iter().map(|&index| items[index]).collect();
                 let (reply, answers): (BatchReply, _) = oneshot::channel();
                 let job = Job::Batch { items: batch, reply };
                 match self.send_job(ShardId(shard as u16), job) {
@@ -226,17 +228,17 @@ impl Handle {
     }
 
     /// The shard an item goes to, or its answer when no shard could own it.
-    fn route_item(&self, item: &Item) -> Result<ShardId, Answer> {
+    fn route_item(&self, item: &Request) -> Result<ShardId, Answer> {
         let map = &self.shared.map;
         match *item {
-            Item::Apply(command) => match command.route_key() {
+            Request::Apply(command) => match command.route_key() {
                 RouteKey::Sku(sku) => Ok(map.shard_of_sku(sku)),
                 RouteKey::Reservation(id) => {
                     map.shard_of_reservation(id).ok_or(Answer::Outcome(Outcome::UnknownReservation))
                 }
             },
-            Item::QuerySku(sku) => Ok(map.shard_of_sku(sku)),
-            Item::QueryReservation(id) => {
+            Request::QuerySku(sku) => Ok(map.shard_of_sku(sku)),
+            Request::QueryReservation(id) => {
                 map.shard_of_reservation(id).ok_or(Answer::Reservation(None))
             }
         }

@@ -319,7 +319,8 @@ async fn a_full_inbox_answers_overloaded_at_once_and_nothing_is_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_larger_than_a_step_is_answered_in_order_across_shards() {
-    use flashstock_server::{Answer, Item};
+    use flashstock_protocol::Request;
+    use flashstock_server::Answer;
     // Steps of at most 4 jobs' worth: a batch of 60 items must be split and carried over.
     let config = RuntimeConfig { batch_jobs_max: 4, ..config(2) };
     let runtime = Runtime::start(config, MemWal::new(), Arc::new(SystemClock)).unwrap();
@@ -339,11 +340,11 @@ async fn a_batch_larger_than_a_step_is_answered_in_order_across_shards() {
                 ttl_ms: 60_000,
                 order_ref: None,
             };
-            items.push(Item::Apply(flashstock_engine::Command::Reserve(reserve)));
+            items.push(Request::Apply(flashstock_engine::Command::Reserve(reserve)));
         }
-        items.push(Item::QuerySku(SkuId(sku)));
+        items.push(Request::QuerySku(SkuId(sku)));
     }
-    items.push(Item::QueryReservation(flashstock_engine::ReservationId::new(
+    items.push(Request::QueryReservation(flashstock_engine::ReservationId::new(
         flashstock_engine::ShardId(9),
         1,
     )));

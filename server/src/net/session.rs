@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::net::auth::{permits, Authenticator};
-use crate::{Answer, Handle, Item, RuntimeError};
+use crate::{Answer, Handle, RuntimeError};
 
 /// Bytes read from a stream at a time.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
@@ -521,32 +521,29 @@ impl Session {
 /// Answers a batch: permission checked per request, then the allowed ones submitted together
 /// (one job per owning shard), answers back in the batch's order.
 async fn dispatch(handle: &Handle, role: Role, batch: &[Request]) -> Vec<Reply> {
-    let mut replies: Vec<Option<Reply>> = vec![None; batch.len()];
-    let mut items = Vec::with_capacity(batch.len());
-    let mut positions = Vec::with_capacity(batch.len());
-    for (index, request) in batch.iter().enumerate() {
-        if !permits(role, request) {
-            replies[index] = Some(Reply::Refused(Refusal::PermissionDenied));
-            continue;
-        }
-        items.push(match *request {
-            Request::Apply(command) => Item::Apply(command),
-            Request::QuerySku(sku) => Item::QuerySku(sku),
-            Request::QueryReservation(id) => Item::QueryReservation(id),
-        });
-        positions.push(index);
-    }
-    let answers = handle.submit_batch(&items).wait().await;
-    for (index, answer) in positions.into_iter().zip(answers) {
-        replies[index] = Some(match answer {
-            Ok(Answer::Outcome(outcome)) => Reply::Outcome(outcome),
-            Ok(Answer::Sku(view)) => Reply::Sku(view.map(Box::new)),
-            Ok(Answer::Reservation(view)) => Reply::Reservation(view.map(Box::new)),
-            Ok(Answer::Skus(_)) => unreachable!("no request lists SKUs"),
-            Err(err) => refusal(err),
-        });
-    }
-    replies.into_iter().map(|reply| reply.expect("every request is answered")).collect()
+    let allowed: Vec<bool> = batch.iter().map(|request| permits(role, request)).collect();
+    // The runtime takes the wire's requests as they are; only refused ones are left out.
+    let answers = if allowed.iter().all(|&ok| ok) {
+        handle.submit_batch(batch).wait().await
+    } else {
+        let permitted: Vec<Request> =
+            batch.iter().zip(&allowed).filter(|(_, ok)| **ok).map(|(r, _)| *r).collect();
+        handle.submit_batch(&permitted).wait().await
+    };
+    let mut answers = answers.into_iter();
+    allowed
+        .into_iter()
+        .map(|ok| match ok {
+            false => Reply::Refused(Refusal::PermissionDenied),
+            true => match answers.next().expect("one answer per permitted request") {
+                Ok(Answer::Outcome(outcome)) => Reply::Outcome(outcome),
+                Ok(Answer::Sku(view)) => Reply::Sku(view.map(Box::new)),
+                Ok(Answer::Reservation(view)) => Reply::Reservation(view.map(Box::new)),
+                Ok(Answer::Skus(_)) => unreachable!("no request lists SKUs"),
+                Err(err) => refusal(err),
+            },
+        })
+        .collect()
 }
 
 fn refusal(err: RuntimeError) -> Reply {
