@@ -10,7 +10,7 @@ use flashstock_engine::{
     BuyerId, Command, OrderRef, Outcome, RequestId, ReservationId, ReservationView, Reserve,
     SaleWindow, SkuId, SkuView,
 };
-use flashstock_protocol::{Refusal, Reply, Request};
+use flashstock_protocol::{AdminReply, AdminRequest, ConsumerInfo, Refusal, Reply, Request};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -313,6 +313,44 @@ impl Client {
             replies
         })
         .await
+    }
+
+    /// Admin: the registered consumers of the committed-deduction stream.
+    pub async fn list_consumers(&self) -> Result<Vec<ConsumerInfo>, ClientError> {
+        match self.admin(AdminRequest::ListConsumers).await? {
+            AdminReply::Consumers(consumers) => Ok(consumers),
+            other => Err(ClientError::Unexpected(format!("{other:?} for a consumer listing"))),
+        }
+    }
+
+    /// Admin: forgets a consumer (its cursor stops holding the log back; its open
+    /// subscription is closed); whether it was registered. Safe to retry.
+    pub async fn remove_consumer(&self, consumer: &str) -> Result<bool, ClientError> {
+        let request = AdminRequest::RemoveConsumer(consumer.to_owned());
+        match self.admin(request).await? {
+            AdminReply::ConsumerRemoved { existed } => Ok(existed),
+            other => Err(ClientError::Unexpected(format!("{other:?} for a consumer removal"))),
+        }
+    }
+
+    /// Sends an admin operation, retried on a lost connection; a refusal is an error.
+    async fn admin(&self, request: AdminRequest) -> Result<AdminReply, ClientError> {
+        let base = self.inner.next_link.fetch_add(1, Ordering::Relaxed);
+        let reply = self
+            .with_retries(base, |index, deadline| {
+                let request = request.clone();
+                async move {
+                    let link = self.link_by(index, deadline).await?;
+                    let timed_out = |_| ClientError::Timeout { deadline_ms: 0 };
+                    let answer = link.connection.admin(request);
+                    tokio::time::timeout_at(deadline, answer).await.map_err(timed_out)?
+                }
+            })
+            .await?;
+        match reply {
+            AdminReply::Refused(refusal) => Err(ClientError::Refused { refusal }),
+            reply => Ok(reply),
+        }
     }
 
     /// Runs `attempt` on connection `base`, then on the next ones, until it succeeds, fails

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use flashstock_protocol::session::{ClientEvent, ClientSession};
 use flashstock_protocol::{
-    Decoded, FrameDecoder, FrameEncoder, Message, Reply, Request, Role, FRAME_BYTES_MAX_DEFAULT,
+    AdminReply, AdminRequest, Decoded, FrameDecoder, FrameEncoder, Message, Reply, Request, Role,
+    FRAME_BYTES_MAX_DEFAULT,
 };
 use tokio::sync::{oneshot, Mutex};
 
@@ -85,6 +86,14 @@ impl Connection {
     /// Whether the connection has closed (by either side, or by the silence watchdog).
     pub fn is_closed(&self) -> bool {
         self.connection.close_reason().is_some()
+    }
+
+    /// Sends an operation on the server itself (admin credentials) and waits for its answer.
+    pub async fn admin(&self, request: AdminRequest) -> Result<AdminReply, ClientError> {
+        match self.exchange(Message::Admin(request)).await? {
+            ClientEvent::Admin { reply, .. } => Ok(reply),
+            other => Err(ClientError::Unexpected(format!("{other:?} in answer to Admin"))),
+        }
     }
 
     /// Closes the connection.

@@ -36,6 +36,6 @@ pub use frame::{
     HELLO_BYTES_MAX, PROTOCOL_VERSION, SUPPORTED_VERSIONS,
 };
 pub use message::{
-    ConnectionError, ErrorCode, EventBatch, Message, Refusal, Reply, Request, Role, StartAt,
-    StreamEvent, Subscribe, Subscribed,
+    AdminReply, AdminRequest, ConnectionError, ConsumerInfo, ErrorCode, EventBatch, Message,
+    Refusal, Reply, Request, Role, StartAt, StreamEvent, Subscribe, Subscribed,
 };

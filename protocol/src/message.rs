@@ -50,6 +50,46 @@ pub enum Message {
     /// Consumer → server: every event below this cursor (one sequence number per shard) is
     /// handled for good; the server persists it under the consumer's name.
     Ack(Vec<u64>),
+    // Version 4 added the two below; the earlier ones keep their archived tags.
+    /// Admin → server, on a requests stream: an operation on the server itself.
+    Admin(AdminRequest),
+    /// Server → admin: the answer to the `Admin` frame with the same correlation id.
+    AdminReply(AdminReply),
+}
+
+/// An operation on the server itself, for operators.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum AdminRequest {
+    /// List the registered consumers of the committed-deduction stream.
+    ListConsumers,
+    /// Forget a consumer: its acknowledged cursor, and the log it holds back. Its open
+    /// subscription, if any, is closed.
+    RemoveConsumer(String),
+}
+
+/// The answer to an [`AdminRequest`].
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum AdminReply {
+    /// The registered consumers, by name.
+    Consumers(Vec<ConsumerInfo>),
+    /// The consumer is forgotten; whether it was registered.
+    ConsumerRemoved {
+        /// Whether it was registered.
+        existed: bool,
+    },
+    /// Not done, and why (`PermissionDenied` for a caller that is not an admin).
+    Refused(Refusal),
+}
+
+/// A registered consumer.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ConsumerInfo {
+    /// Its name.
+    pub name: String,
+    /// What it acknowledged: one sequence number per shard.
+    pub acked: Vec<u64>,
+    /// Whether a subscription of it is open now.
+    pub subscribed: bool,
 }
 
 /// Where a subscription starts.

@@ -20,7 +20,8 @@ use std::sync::Arc;
 use crate::error::FrameError;
 use crate::frame::{Frame, HELLO_BYTES_MAX};
 use crate::message::{
-    ConnectionError, ErrorCode, EventBatch, Message, Reply, Request, Role, Subscribe, Subscribed,
+    AdminReply, AdminRequest, ConnectionError, ErrorCode, EventBatch, Message, Reply, Request,
+    Role, Subscribe, Subscribed,
 };
 use crate::tokens::TokenEntry;
 
@@ -107,6 +108,16 @@ pub enum ServerEvent {
         correlation: u64,
         /// What to subscribe to.
         subscribe: Subscribe,
+    },
+    /// An operation on the server itself; the driver answers `Refused(PermissionDenied)`
+    /// unless `role` is `Admin`.
+    Admin {
+        /// The frame's correlation id.
+        correlation: u64,
+        /// The operation.
+        request: AdminRequest,
+        /// The caller's role.
+        role: Role,
     },
     /// An acknowledgement for this stream's subscription.
     Ack {
@@ -216,6 +227,11 @@ impl ServerSession {
                 let (correlation, role) = (frame.correlation, grant.role);
                 Ok(ServerEvent::Requests { correlation, batch, role })
             }
+            (Message::Admin(request), None | Some(StreamUse::Requests)) => {
+                self.streams.insert(stream, StreamUse::Requests);
+                let (correlation, role) = (frame.correlation, grant.role);
+                Ok(ServerEvent::Admin { correlation, request, role })
+            }
             (Message::Subscribe(subscribe), None) => {
                 check_subscriber(grant, &subscribe)?;
                 self.streams.insert(stream, StreamUse::Subscription);
@@ -311,6 +327,8 @@ pub fn message_name(message: &Message) -> &'static str {
         Message::Subscribed(_) => "Subscribed",
         Message::Events(_) => "Events",
         Message::Ack(_) => "Ack",
+        Message::Admin(_) => "Admin",
+        Message::AdminReply(_) => "AdminReply",
     }
 }
 
@@ -332,6 +350,13 @@ pub enum ClientEvent {
         correlation: u64,
         /// One reply per request, in order.
         replies: Vec<Reply>,
+    },
+    /// The answer to the `Admin` frame with this correlation id.
+    Admin {
+        /// The request frame's correlation id.
+        correlation: u64,
+        /// The answer.
+        reply: AdminReply,
     },
     /// The subscription is open.
     Subscribed(Subscribed),
@@ -380,6 +405,9 @@ impl ClientSession {
             (message, None) => Err(unexpected(&message, "before Welcome")),
             (Message::Replies(replies), Some(_)) => {
                 Ok(ClientEvent::Replies { correlation: frame.correlation, replies })
+            }
+            (Message::AdminReply(reply), Some(_)) => {
+                Ok(ClientEvent::Admin { correlation: frame.correlation, reply })
             }
             (Message::Subscribed(subscribed), Some(Role::Consumer)) => {
                 Ok(ClientEvent::Subscribed(subscribed))

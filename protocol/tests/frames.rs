@@ -6,9 +6,9 @@ use flashstock_engine::{
     ReservationState, ReservationView, Reserve, SaleWindow, ShardId, SkuId, SkuView,
 };
 use flashstock_protocol::{
-    ConnectionError, Decoded, ErrorCode, EventBatch, Frame, FrameDecoder, FrameEncoder, FrameError,
-    Message, Refusal, Reply, Request, Role, StartAt, StreamEvent, Subscribe, Subscribed,
-    FRAME_BYTES_MAX_DEFAULT, HEADER_BYTES, SUPPORTED_VERSIONS,
+    AdminReply, AdminRequest, ConnectionError, ConsumerInfo, Decoded, ErrorCode, EventBatch, Frame,
+    FrameDecoder, FrameEncoder, FrameError, Message, Refusal, Reply, Request, Role, StartAt,
+    StreamEvent, Subscribe, Subscribed, FRAME_BYTES_MAX_DEFAULT, HEADER_BYTES, SUPPORTED_VERSIONS,
 };
 use proptest::prelude::*;
 
@@ -163,6 +163,22 @@ fn stream_message() -> impl Strategy<Value = Message> {
             |(shard, events, end_seq)| Message::Events(EventBatch { shard, events, end_seq })
         ),
         proptest::collection::vec(any::<u64>(), 0..8).prop_map(Message::Ack),
+        Just(Message::Admin(AdminRequest::ListConsumers)),
+        "[a-z0-9_.-]{0,64}".prop_map(|name| Message::Admin(AdminRequest::RemoveConsumer(name))),
+        proptest::collection::vec(
+            ("[a-z0-9_.-]{1,64}", proptest::collection::vec(any::<u64>(), 0..4), any::<bool>()),
+            0..4
+        )
+        .prop_map(|consumers| {
+            let infos = consumers.into_iter().map(|(name, acked, subscribed)| ConsumerInfo {
+                name,
+                acked,
+                subscribed,
+            });
+            Message::AdminReply(AdminReply::Consumers(infos.collect()))
+        }),
+        any::<bool>()
+            .prop_map(|existed| Message::AdminReply(AdminReply::ConsumerRemoved { existed })),
     ]
 }
 
@@ -302,7 +318,7 @@ fn bad_input_gets_typed_errors() {
     future[4] = 9;
     let err = decode_one(&future).unwrap_err();
     assert_eq!(err, FrameError::UnsupportedVersion { found: 9, supported: SUPPORTED_VERSIONS });
-    assert!(err.to_string().contains("supported: [3]"), "{err}");
+    assert!(err.to_string().contains("supported: [4]"), "{err}");
 
     // An oversized length is refused from the header alone, before any payload arrives.
     let mut huge = good[..HEADER_BYTES].to_vec();

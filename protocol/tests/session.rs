@@ -270,3 +270,27 @@ fn a_client_takes_a_welcome_first_and_then_only_what_its_role_gets() {
         .unwrap();
     assert!(matches!(consumer.handle_frame(frame(events)), Ok(ClientEvent::Events(_))));
 }
+
+#[test]
+fn admin_operations_go_to_the_driver_with_the_callers_role() {
+    use flashstock_protocol::AdminRequest;
+    let mut session = ready(grant(Role::Service, &[]));
+    let event =
+        session.handle_frame(0, frame(Message::Admin(AdminRequest::ListConsumers))).unwrap();
+    assert_eq!(
+        event,
+        ServerEvent::Admin {
+            correlation: 7,
+            request: AdminRequest::ListConsumers,
+            role: Role::Service
+        }
+    );
+    let mut session = ready(grant(Role::Consumer, &["w"]));
+    session.handle_frame(4, frame(subscribe("w"))).unwrap();
+    let on_subscription =
+        session.handle_frame(4, frame(Message::Admin(AdminRequest::ListConsumers)));
+    assert_eq!(code(on_subscription), ErrorCode::UnexpectedMessage);
+    let mut fresh = ServerSession::new(LIMITS, 0);
+    let before_hello = fresh.handle_frame(0, frame(Message::Admin(AdminRequest::ListConsumers)));
+    assert_eq!(code(before_hello), ErrorCode::Unauthenticated);
+}

@@ -315,6 +315,30 @@ impl Consumers {
         self.lock().cursors.get(consumer).cloned()
     }
 
+    /// Every registered consumer: its name, acknowledged cursor, and whether a subscription
+    /// of it is open.
+    pub fn list(&self) -> Vec<(String, Vec<u64>, bool)> {
+        let registry = self.lock();
+        let subscribed = |name: &String| registry.subscribed.contains_key(name);
+        let cursors = registry.cursors.iter();
+        cursors.map(|(name, cursor)| (name.clone(), cursor.clone(), subscribed(name))).collect()
+    }
+
+    /// Forgets `consumer` (durably on return): its cursor no longer holds the log back, and
+    /// its open subscription, if any, is closed. Whether it was registered.
+    pub fn remove(&self, consumer: &str) -> Result<bool, StreamError> {
+        let mut registry = self.lock();
+        let existed = registry.cursors.remove(consumer).is_some();
+        if let Some((_, subscription)) = registry.subscribed.remove(consumer) {
+            let _ = subscription.send(true);
+        }
+        if existed {
+            self.store(&registry)?;
+            tracing::warn!(consumer, "consumer removed by an admin");
+        }
+        Ok(existed)
+    }
+
     /// The registered consumer furthest behind in shard `shard`, if any.
     pub fn slowest(&self, shard: u16) -> Option<Holder> {
         let registry = self.lock();

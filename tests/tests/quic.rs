@@ -213,7 +213,10 @@ async fn bad_input_closes_only_the_offending_connection() {
     let flashstock_protocol::Message::Error(error) = frame.message else {
         panic!("an error frame")
     };
-    assert_eq!((error.code, error.supported_versions), (ErrorCode::UnsupportedVersion, vec![3]));
+    assert_eq!(
+        (error.code, error.supported_versions),
+        (ErrorCode::UnsupportedVersion, vec![flashstock_protocol::PROTOCOL_VERSION])
+    );
     assert_eq!(closed_with(&connection).await, ErrorCode::UnsupportedVersion);
     still_served_and_unchanged(&admin).await;
 

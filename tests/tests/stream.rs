@@ -12,7 +12,7 @@ use flashstock_engine::{
     BuyerId, Change, EventKind, OrderRef, Outcome, ReservationId, ReservationState, SkuId,
 };
 use flashstock_protocol::tokens::DEFAULT_CONSUMER;
-use flashstock_protocol::{ErrorCode, EventBatch, StartAt};
+use flashstock_protocol::{ErrorCode, EventBatch, Refusal, StartAt};
 use flashstock_server::RuntimeConfig;
 use flashstock_tests::server::TestServer;
 
@@ -293,5 +293,47 @@ async fn bad_subscriptions_and_acks_get_typed_errors_and_others_are_still_served
     // Through all of it, the service client is still served and the stock adds up.
     let view = service.query_sku(sku).await.unwrap().unwrap();
     assert_eq!((view.sold, view.available), (400, 9_600));
+    server.stop().await;
+}
+
+/// An admin lists the registered consumers and removes one: its cursor stops holding the log
+/// back and its open subscription is closed. Anyone else is refused, and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_lists_and_removes_consumers() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_at(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let admin = client(&server, &server.admin_token).await;
+    let service = client(&server, &server.service_token).await;
+    let mut live = subscribe(&server, SubscribeOptions::new("live")).await;
+    let idle = subscribe(&server, SubscribeOptions::new("idle")).await;
+    idle.close();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let refused = service.list_consumers().await.unwrap_err();
+    assert!(
+        matches!(refused, ClientError::Refused { refusal: Refusal::PermissionDenied }),
+        "{refused}"
+    );
+    let refused = service.remove_consumer("live").await.unwrap_err();
+    assert!(
+        matches!(refused, ClientError::Refused { refusal: Refusal::PermissionDenied }),
+        "{refused}"
+    );
+
+    let listed = admin.list_consumers().await.unwrap();
+    let names: Vec<(&str, bool)> = listed.iter().map(|c| (c.name.as_str(), c.subscribed)).collect();
+    assert_eq!(names, [("idle", false), ("live", true)]);
+    assert_eq!(listed[0].acked.len(), 2, "one position per shard");
+
+    assert!(admin.remove_consumer("live").await.unwrap());
+    assert!(!admin.remove_consumer("never-registered").await.unwrap());
+    let closed = tokio::time::timeout(Duration::from_secs(10), live.next_batch()).await.unwrap();
+    assert!(
+        matches!(closed, Err(ClientError::Rejected { code: ErrorCode::Replaced, .. })),
+        "the removed consumer's subscription is closed: {closed:?}"
+    );
+    let names: Vec<String> =
+        admin.list_consumers().await.unwrap().into_iter().map(|c| c.name).collect();
+    assert_eq!(names, ["idle"]);
     server.stop().await;
 }

@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use flashstock_protocol::session::{Close, Grant, ServerEvent, ServerLimits, ServerSession};
 use flashstock_protocol::{
-    ConnectionError, Decoded, ErrorCode, Frame, FrameDecoder, FrameEncoder, Message, Refusal,
-    Reply, Request, Role, SUPPORTED_VERSIONS,
+    AdminReply, AdminRequest, ConnectionError, ConsumerInfo, Decoded, ErrorCode, Frame,
+    FrameDecoder, FrameEncoder, Message, Refusal, Reply, Request, Role, SUPPORTED_VERSIONS,
 };
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -460,6 +460,11 @@ impl Session {
                 *subscription = Some((task, acks));
                 Ok(())
             }
+            ServerEvent::Admin { correlation, request, role } => {
+                let reply = self.admin(request, role).await;
+                let _ = frames.send((correlation, Message::AdminReply(reply), None)).await;
+                Ok(())
+            }
             ServerEvent::Ack { cursor } => {
                 // A full queue means the consumer acks faster than they are stored: wait,
                 // which stops this stream being read.
@@ -468,6 +473,37 @@ impl Session {
                 }
                 Ok(())
             }
+        }
+    }
+
+    /// Does an operation on the server itself, for an admin; anyone else is refused. Each is
+    /// written to the log with the caller's identity, as an audit trail.
+    async fn admin(&self, request: AdminRequest, role: Role) -> AdminReply {
+        let remote = self.connection.remote_address();
+        if role != Role::Admin {
+            tracing::warn!(%remote, ?role, ?request, "admin operation refused");
+            return AdminReply::Refused(Refusal::PermissionDenied);
+        }
+        tracing::info!(%remote, ?request, "admin operation");
+        let consumers = self.shared.handle.events().consumers().clone();
+        let done = tokio::task::spawn_blocking(move || match request {
+            AdminRequest::ListConsumers => {
+                let list = consumers.list().into_iter();
+                let infos =
+                    list.map(|(name, acked, subscribed)| ConsumerInfo { name, acked, subscribed });
+                Ok(AdminReply::Consumers(infos.collect()))
+            }
+            AdminRequest::RemoveConsumer(name) => {
+                consumers.remove(&name).map(|existed| AdminReply::ConsumerRemoved { existed })
+            }
+        });
+        match done.await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(err)) => {
+                tracing::error!(%err, "admin operation failed");
+                AdminReply::Refused(Refusal::Unavailable)
+            }
+            Err(_) => AdminReply::Refused(Refusal::Unavailable),
         }
     }
 

@@ -96,7 +96,9 @@ pub(crate) async fn run(
         } else {
             tokio::select! {
                 () = claim.subscription.replaced() => {
-                    let detail = format!("a newer subscription of consumer {consumer:?} took over");
+                    let detail = format!(
+                        "a newer subscription of consumer {consumer:?} took over, or an admin removed it"
+                    );
                     return Err(Close { code: ErrorCode::Replaced, detail });
                 }
                 ack = acks.recv() => match ack {
