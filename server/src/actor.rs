@@ -5,10 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use flashstock_engine::{
-    Command, EncodedLog, Outcome, ReservationId, ReservationView, Shard, SkuId, SkuView,
-};
-use flashstock_protocol::Request;
+use flashstock_engine::{Command, EncodedLog, ReservationId, Shard, SkuId};
+use flashstock_protocol::{Reply, Request};
 use tokio::sync::oneshot;
 
 use crate::clock::Clock;
@@ -27,27 +25,29 @@ const SHUTDOWN_SNAPSHOT_WAIT: Duration = Duration::from_secs(120);
 /// A step taking this long is logged: all its callers waited for it.
 const SLOW_STEP_MS: u128 = 50;
 
-/// Where an actor sends a job's answer. Answers leave only once everything the actor applied
-/// before them is durable, so no reader ever sees an effect that a crash could undo.
-pub(crate) type Reply = oneshot::Sender<Result<Answer, RuntimeError>>;
+/// Where an actor sends a job's answer, in the wire's vocabulary. Answers leave only once
+/// everything the actor applied before them is durable, so no reader ever sees an effect that
+/// a crash could undo.
+pub(crate) type AnswerTo = oneshot::Sender<Result<Reply, RuntimeError>>;
 
 /// A request to a shard actor.
 #[derive(Debug)]
 pub(crate) enum Job {
     Apply {
         command: Command,
-        reply: Reply,
+        reply: AnswerTo,
     },
     QuerySku {
         sku: SkuId,
-        reply: Reply,
+        reply: AnswerTo,
     },
     QueryReservation {
         reservation: ReservationId,
-        reply: Reply,
+        reply: AnswerTo,
     },
+    /// Every SKU of the shard, one `Reply::Sku` each.
     ListSkus {
-        reply: Reply,
+        reply: BatchReply,
     },
     /// Several requests to this shard with one reply: a network batch's share of the shard.
     /// At most `batch_jobs_max` items, so that one step can always take it whole.
@@ -70,26 +70,13 @@ impl Job {
 }
 
 /// Where a batch job's answers go, all at once.
-pub(crate) type BatchReply = oneshot::Sender<Result<Vec<Answer>, RuntimeError>>;
+pub(crate) type BatchReply = oneshot::Sender<Result<Vec<Reply>, RuntimeError>>;
 
 /// An answer (or a batch of them) waiting for its step to be durable.
 #[derive(Debug)]
 pub(crate) enum Delivery {
-    One(Reply, Answer),
-    Many(BatchReply, Vec<Answer>),
-}
-
-/// What a request produced, once durable.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Answer {
-    /// A command's outcome.
-    Outcome(Outcome),
-    /// A SKU read.
-    Sku(Option<SkuView>),
-    /// A reservation read.
-    Reservation(Option<ReservationView>),
-    /// Every SKU of a shard.
-    Skus(Vec<SkuView>),
+    One(AnswerTo, Reply),
+    Many(BatchReply, Vec<Reply>),
 }
 
 pub(crate) struct Actor {
@@ -197,13 +184,19 @@ impl Actor {
         let one = |reply, answer| Delivery::One(reply, answer);
         match job {
             Job::Apply { command, reply } => {
-                one(reply, Answer::Outcome(self.shard.apply(&command, now_ms, log)))
+                one(reply, Reply::Outcome(self.shard.apply(&command, now_ms, log)))
             }
-            Job::QuerySku { sku, reply } => one(reply, Answer::Sku(self.shard.query_sku(sku))),
-            Job::QueryReservation { reservation, reply } => {
-                one(reply, Answer::Reservation(self.shard.query_reservation(reservation)))
+            Job::QuerySku { sku, reply } => {
+                one(reply, Reply::Sku(self.shard.query_sku(sku).map(Box::new)))
             }
-            Job::ListSkus { reply } => one(reply, Answer::Skus(self.shard.skus().collect())),
+            Job::QueryReservation { reservation, reply } => one(
+                reply,
+                Reply::Reservation(self.shard.query_reservation(reservation).map(Box::new)),
+            ),
+            Job::ListSkus { reply } => {
+                let views = self.shard.skus().map(|view| Reply::Sku(Some(Box::new(view))));
+                Delivery::Many(reply, views.collect())
+            }
             Job::Batch { items, reply } => {
                 for item in items.iter().take(PREFETCH_AHEAD) {
                     self.prefetch_item(item);
@@ -228,11 +221,13 @@ impl Actor {
         }
     }
 
-    fn answer_item(&mut self, item: &Request, now_ms: u64, log: &mut EncodedLog) -> Answer {
+    fn answer_item(&mut self, item: &Request, now_ms: u64, log: &mut EncodedLog) -> Reply {
         match *item {
-            Request::Apply(command) => Answer::Outcome(self.shard.apply(&command, now_ms, log)),
-            Request::QuerySku(sku) => Answer::Sku(self.shard.query_sku(sku)),
-            Request::QueryReservation(id) => Answer::Reservation(self.shard.query_reservation(id)),
+            Request::Apply(command) => Reply::Outcome(self.shard.apply(&command, now_ms, log)),
+            Request::QuerySku(sku) => Reply::Sku(self.shard.query_sku(sku).map(Box::new)),
+            Request::QueryReservation(id) => {
+                Reply::Reservation(self.shard.query_reservation(id).map(Box::new))
+            }
         }
     }
 

@@ -10,9 +10,9 @@ use flashstock_engine::{
 };
 use tokio::sync::oneshot;
 
-use flashstock_protocol::Request;
+use flashstock_protocol::{Reply, Request};
 
-use crate::actor::{Answer, BatchReply, Job, Reply};
+use crate::actor::{AnswerTo, BatchReply, Job};
 use crate::durability::Failure;
 use crate::error::RuntimeError;
 use crate::stream::EventLog;
@@ -61,7 +61,7 @@ impl Handle {
     /// Applies any state-changing command; the answer arrives once its effect is durable.
     pub async fn apply(&self, command: Command) -> Result<Outcome, RuntimeError> {
         match self.submit_command(command)?.await? {
-            Answer::Outcome(outcome) => Ok(outcome),
+            Reply::Outcome(outcome) => Ok(outcome),
             other => unreachable!("apply answered {other:?}"),
         }
     }
@@ -141,7 +141,7 @@ impl Handle {
     pub async fn query_sku(&self, sku: SkuId) -> Result<Option<SkuView>, RuntimeError> {
         let shard = self.shared.map.shard_of_sku(sku);
         match self.ask(shard, |reply| Job::QuerySku { sku, reply }).await? {
-            Answer::Sku(view) => Ok(view),
+            Reply::Sku(view) => Ok(view.map(|view| *view)),
             other => unreachable!("query_sku answered {other:?}"),
         }
     }
@@ -155,7 +155,7 @@ impl Handle {
             return Ok(None);
         };
         match self.ask(shard, |reply| Job::QueryReservation { reservation, reply }).await? {
-            Answer::Reservation(view) => Ok(view),
+            Reply::Reservation(view) => Ok(view.map(|view| *view)),
             other => unreachable!("query_reservation answered {other:?}"),
         }
     }
@@ -164,9 +164,14 @@ impl Handle {
     pub async fn list_skus(&self) -> Result<Vec<SkuView>, RuntimeError> {
         let mut all = Vec::new();
         for shard in 0..self.shared.map.shard_count() {
-            match self.ask(ShardId(shard), |reply| Job::ListSkus { reply }).await? {
-                Answer::Skus(views) => all.extend(views),
-                other => unreachable!("list_skus answered {other:?}"),
+            let (reply, answers) = oneshot::channel();
+            self.send_job(ShardId(shard), Job::ListSkus { reply })?;
+            let answers = answers.await.map_err(|_| RuntimeError::ShuttingDown)??;
+            for answer in answers {
+                match answer {
+                    Reply::Sku(Some(view)) => all.push(*view),
+                    other => unreachable!("list_skus answered {other:?}"),
+                }
             }
         }
         all.sort_unstable_by_key(|view| view.sku);
@@ -176,8 +181,8 @@ impl Handle {
     async fn ask(
         &self,
         shard: ShardId,
-        job: impl FnOnce(Reply) -> Job,
-    ) -> Result<Answer, RuntimeError> {
+        job: impl FnOnce(AnswerTo) -> Job,
+    ) -> Result<Reply, RuntimeError> {
         self.send(shard, job)?.await
     }
 
@@ -187,7 +192,7 @@ impl Handle {
     fn send(
         &self,
         shard: ShardId,
-        job: impl FnOnce(Reply) -> Job,
+        job: impl FnOnce(AnswerTo) -> Job,
     ) -> Result<Pending, RuntimeError> {
         let (reply, answer) = oneshot::channel();
         self.send_job(shard, job(reply))?;
@@ -199,7 +204,7 @@ impl Handle {
     /// yields the answers in the order of `items`. This is what network batches use: one
     /// channel message and one wake-up per shard, instead of one per request.
     pub fn submit_batch(&self, items: &[Request]) -> PendingBatch {
-        let mut results: Vec<Option<Result<Answer, RuntimeError>>> = Vec::new();
+        let mut results: Vec<Option<Result<Reply, RuntimeError>>> = Vec::new();
         results.resize_with(items.len(), || None);
         let mut by_shard: Vec<Vec<usize>> = vec![Vec::new(); self.shared.inboxes.len()];
         for (index, item) in items.iter().enumerate() {
@@ -228,18 +233,18 @@ impl Handle {
     }
 
     /// The shard an item goes to, or its answer when no shard could own it.
-    fn route_item(&self, item: &Request) -> Result<ShardId, Answer> {
+    fn route_item(&self, item: &Request) -> Result<ShardId, Reply> {
         let map = &self.shared.map;
         match *item {
             Request::Apply(command) => match command.route_key() {
                 RouteKey::Sku(sku) => Ok(map.shard_of_sku(sku)),
                 RouteKey::Reservation(id) => {
-                    map.shard_of_reservation(id).ok_or(Answer::Outcome(Outcome::UnknownReservation))
+                    map.shard_of_reservation(id).ok_or(Reply::Outcome(Outcome::UnknownReservation))
                 }
             },
             Request::QuerySku(sku) => Ok(map.shard_of_sku(sku)),
             Request::QueryReservation(id) => {
-                map.shard_of_reservation(id).ok_or(Answer::Reservation(None))
+                map.shard_of_reservation(id).ok_or(Reply::Reservation(None))
             }
         }
     }
@@ -263,9 +268,7 @@ impl Handle {
             RouteKey::Reservation(reservation) => {
                 match self.shared.map.shard_of_reservation(reservation) {
                     Some(shard) => shard,
-                    None => {
-                        return Ok(Pending::ready(Answer::Outcome(Outcome::UnknownReservation)))
-                    }
+                    None => return Ok(Pending::ready(Reply::Outcome(Outcome::UnknownReservation))),
                 }
             }
         };
@@ -283,26 +286,26 @@ impl Handle {
         reservation: ReservationId,
     ) -> Result<Pending, RuntimeError> {
         let Some(shard) = self.shared.map.shard_of_reservation(reservation) else {
-            return Ok(Pending::ready(Answer::Reservation(None)));
+            return Ok(Pending::ready(Reply::Reservation(None)));
         };
         self.send(shard, |reply| Job::QueryReservation { reservation, reply })
     }
 }
 
 /// Where a batch job's answers arrive.
-type BatchAnswers = oneshot::Receiver<Result<Vec<Answer>, RuntimeError>>;
+type BatchAnswers = oneshot::Receiver<Result<Vec<Reply>, RuntimeError>>;
 
 /// The answers to a [`Handle::submit_batch`], on their way.
 #[derive(Debug)]
 pub struct PendingBatch {
-    results: Vec<Option<Result<Answer, RuntimeError>>>,
+    results: Vec<Option<Result<Reply, RuntimeError>>>,
     /// Each job sent: the positions of its items, and where its answers arrive.
     waiting: Vec<(Vec<usize>, BatchAnswers)>,
 }
 
 impl PendingBatch {
     /// Waits for every answer; they come back in the order the items were submitted.
-    pub async fn wait(mut self) -> Vec<Result<Answer, RuntimeError>> {
+    pub async fn wait(mut self) -> Vec<Result<Reply, RuntimeError>> {
         for (indices, answers) in self.waiting {
             match answers.await.unwrap_or(Err(RuntimeError::ShuttingDown)) {
                 Ok(answers) => {
@@ -324,11 +327,11 @@ impl PendingBatch {
 /// An answer on its way: resolves once everything applied before it is durable.
 #[derive(Debug)]
 pub struct Pending {
-    answer: oneshot::Receiver<Result<Answer, RuntimeError>>,
+    answer: oneshot::Receiver<Result<Reply, RuntimeError>>,
 }
 
 impl Pending {
-    fn ready(answer: Answer) -> Pending {
+    fn ready(answer: Reply) -> Pending {
         let (reply, receiver) = oneshot::channel();
         let _ = reply.send(Ok(answer));
         Pending { answer: receiver }
@@ -336,7 +339,7 @@ impl Pending {
 }
 
 impl std::future::Future for Pending {
-    type Output = Result<Answer, RuntimeError>;
+    type Output = Result<Reply, RuntimeError>;
 
     fn poll(
         mut self: std::pin::Pin<&mut Self>,

@@ -44,7 +44,6 @@ mod actor;
 mod durability;
 mod recovery;
 
-pub use actor::Answer;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::RuntimeConfig;
 pub use durability::DurabilityStats;

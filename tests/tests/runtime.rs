@@ -319,8 +319,7 @@ async fn a_full_inbox_answers_overloaded_at_once_and_nothing_is_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_larger_than_a_step_is_answered_in_order_across_shards() {
-    use flashstock_protocol::Request;
-    use flashstock_server::Answer;
+    use flashstock_protocol::{Reply, Request};
     // Steps of at most 4 jobs' worth: a batch of 60 items must be split and carried over.
     let config = RuntimeConfig { batch_jobs_max: 4, ..config(2) };
     let runtime = Runtime::start(config, MemWal::new(), Arc::new(SystemClock)).unwrap();
@@ -354,15 +353,12 @@ async fn a_batch_larger_than_a_step_is_answered_in_order_across_shards() {
         let outcomes: Vec<_> = chunk[..4].iter().map(|a| a.as_ref().unwrap().clone()).collect();
         let reserved = outcomes
             .iter()
-            .filter(|a| matches!(a, Answer::Outcome(Outcome::Reserved { .. })))
+            .filter(|a| matches!(a, Reply::Outcome(Outcome::Reserved { .. })))
             .count();
         assert_eq!(reserved, 3, "sku {}: {outcomes:?}", 100 + sku_index);
-        assert_eq!(outcomes[3], Answer::Outcome(Outcome::SoldOut { available: 0 }), "in order");
-        let Ok(Answer::Sku(Some(view))) = &chunk[4] else { panic!("a SKU read: {:?}", chunk[4]) };
+        assert_eq!(outcomes[3], Reply::Outcome(Outcome::SoldOut { available: 0 }), "in order");
+        let Ok(Reply::Sku(Some(view))) = &chunk[4] else { panic!("a SKU read: {:?}", chunk[4]) };
         assert_eq!((view.available, view.reserved), (0, 3), "the read sees the reserves before it");
     }
-    assert!(
-        matches!(answers.last(), Some(Ok(Answer::Reservation(None)))),
-        "a forged id is unknown"
-    );
+    assert!(matches!(answers.last(), Some(Ok(Reply::Reservation(None)))), "a forged id is unknown");
 }

@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::net::auth::{permits, Authenticator};
-use crate::{Answer, Handle, RuntimeError};
+use crate::{Handle, RuntimeError};
 
 /// Bytes read from a stream at a time.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
@@ -572,10 +572,7 @@ async fn dispatch(handle: &Handle, role: Role, batch: &[Request]) -> Vec<Reply> 
         .map(|ok| match ok {
             false => Reply::Refused(Refusal::PermissionDenied),
             true => match answers.next().expect("one answer per permitted request") {
-                Ok(Answer::Outcome(outcome)) => Reply::Outcome(outcome),
-                Ok(Answer::Sku(view)) => Reply::Sku(view.map(Box::new)),
-                Ok(Answer::Reservation(view)) => Reply::Reservation(view.map(Box::new)),
-                Ok(Answer::Skus(_)) => unreachable!("no request lists SKUs"),
+                Ok(reply) => reply,
                 Err(err) => refusal(err),
             },
         })
