@@ -216,7 +216,7 @@ impl Database {
                     .bind(row.qty as i32)
                     .bind(row.status_name())
                     .bind(as_sql(row.ended_at_ms))
-                    .bind(i32::from(row.stream_shard) as i16)
+                    .bind(row.stream_shard as i16)
                     .bind(as_sql(row.stream_seq))
                     .bind(error)
                     .execute($pool)
