@@ -197,9 +197,12 @@ async fn events_reach_nats_jetstream_once_even_when_published_twice() {
     // 50 confirms, 5 cancels (buyers 0, 10, ..., 40), and the stock being set.
     let expected = 56;
     let jetstream = async_nats::jetstream::new(async_nats::connect(&nats.url).await.unwrap());
+    // The writer creates the stream once it has started: until then there is nothing in it.
     let messages = || async {
-        let mut stream = jetstream.get_stream(&nats.stream).await.unwrap();
-        stream.info().await.unwrap().state.messages
+        match jetstream.get_stream(&nats.stream).await {
+            Ok(mut stream) => stream.info().await.map_or(0, |info| info.state.messages),
+            Err(_) => 0,
+        }
     };
     let deadline = std::time::Instant::now() + ROWS_TIMEOUT;
     while messages().await < expected {
