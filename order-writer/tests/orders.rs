@@ -75,18 +75,24 @@ async fn exactly_one_row_per_confirm(url: String) {
     assert_eq!(stats.rows_inserted.load(Ordering::Relaxed), 300);
 
     // Redelivery of everything (a new consumer starts at the log's start) is a no-op.
-    let again = RunningWriter::start(config(&server, vec![url.clone()], "replayer"));
+    replay_inserts_nothing(&server, &url, "replayer", 300).await;
+    assert_eq!(store.count("confirmed").await.unwrap(), 300);
+    store.close().await;
+    service.close().await;
+    server.stop().await;
+}
+
+/// A new consumer `consumer` replays the whole stream into `url`, which already holds its
+/// `stored` rows: it sees them all as duplicates and inserts nothing.
+async fn replay_inserts_nothing(server: &TestServer, url: &str, consumer: &str, stored: u64) {
+    let again = RunningWriter::start(config(server, vec![url.to_owned()], consumer));
     let deadline = std::time::Instant::now() + ROWS_TIMEOUT;
-    while again.stats.rows_duplicate.load(Ordering::Relaxed) < 300 {
+    while again.stats.rows_duplicate.load(Ordering::Relaxed) < stored {
         assert!(std::time::Instant::now() < deadline, "the replay did not finish");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let stats = again.stop().await;
     assert_eq!(stats.rows_inserted.load(Ordering::Relaxed), 0);
-    assert_eq!(store.count("confirmed").await.unwrap(), 300);
-    store.close().await;
-    service.close().await;
-    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -321,14 +327,7 @@ async fn a_refused_row_is_dead_lettered_and_the_stream_goes_on(url: String) {
     assert_eq!(store.count_dead_letters().await.unwrap(), 30);
     assert_eq!(stats.rows_inserted.load(Ordering::Relaxed), 100);
 
-    let again = RunningWriter::start(config(&server, vec![url.clone()], "replay"));
-    let deadline = std::time::Instant::now() + ROWS_TIMEOUT;
-    while again.stats.rows_duplicate.load(Ordering::Relaxed) < 100 {
-        assert!(std::time::Instant::now() < deadline, "the replay did not finish");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let stats = again.stop().await;
-    assert_eq!(stats.rows_inserted.load(Ordering::Relaxed), 0);
+    replay_inserts_nothing(&server, &url, "replay", 100).await;
     assert_eq!(store.count_dead_letters().await.unwrap(), 30, "dead letters are kept once");
     store.close().await;
     service.close().await;
