@@ -10,7 +10,9 @@ use flashstock_engine::{
     BuyerId, Command, OrderRef, Outcome, RequestId, ReservationId, ReservationView, Reserve,
     SaleWindow, SkuId, SkuView,
 };
-use flashstock_protocol::{AdminReply, AdminRequest, ConsumerInfo, Refusal, Reply, Request};
+use flashstock_protocol::{
+    AdminReply, AdminRequest, ConsumerInfo, Refusal, Reply, Request, SKU_PAGE_MAX,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -330,6 +332,34 @@ impl Client {
         match self.admin(request).await? {
             AdminReply::ConsumerRemoved { existed } => Ok(existed),
             other => Err(ClientError::Unexpected(format!("{other:?} for a consumer removal"))),
+        }
+    }
+
+    /// Admin: one page of SKUs in id order, after `after` (from the first when `None`), at
+    /// most `limit` (the server clamps it to `SKU_PAGE_MAX`); and where the next page starts,
+    /// `None` after the last.
+    pub async fn list_skus_page(
+        &self,
+        after: Option<SkuId>,
+        limit: u32,
+    ) -> Result<(Vec<SkuView>, Option<SkuId>), ClientError> {
+        match self.admin(AdminRequest::ListSkus { after, limit }).await? {
+            AdminReply::Skus { skus, next_after } => Ok((skus, next_after)),
+            other => Err(ClientError::Unexpected(format!("{other:?} for a SKU listing"))),
+        }
+    }
+
+    /// Admin: every SKU, in id order, a page at a time.
+    pub async fn list_skus(&self) -> Result<Vec<SkuView>, ClientError> {
+        let mut all = Vec::new();
+        let mut after = None;
+        loop {
+            let (page, next_after) = self.list_skus_page(after, SKU_PAGE_MAX).await?;
+            all.extend(page);
+            match next_after {
+                Some(next) => after = Some(next),
+                None => return Ok(all),
+            }
         }
     }
 

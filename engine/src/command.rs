@@ -105,6 +105,19 @@ pub enum RouteKey {
 }
 
 impl Command {
+    /// The command's name, as metrics labels, logs and tools spell it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Reserve(_) => "reserve",
+            Command::Confirm { .. } => "confirm",
+            Command::Cancel { .. } => "cancel",
+            Command::SetStock { .. } => "set_stock",
+            Command::AdjustStock { .. } => "adjust_stock",
+            Command::SetBuyerLimit { .. } => "set_buyer_limit",
+            Command::SetSaleWindow { .. } => "set_sale_window",
+        }
+    }
+
     /// The client's request id.
     pub fn request(&self) -> RequestId {
         match *self {

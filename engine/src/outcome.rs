@@ -107,6 +107,38 @@ pub enum Outcome {
     InvalidWindow,
 }
 
+impl Outcome {
+    /// The outcome's name, as metrics labels, logs and tools spell it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outcome::Reserved { .. } => "reserved",
+            Outcome::SoldOut { .. } => "sold_out",
+            Outcome::LimitExceeded { .. } => "limit_exceeded",
+            Outcome::SaleNotOpen { .. } => "sale_not_open",
+            Outcome::SaleClosed { .. } => "sale_closed",
+            Outcome::UnknownSku => "unknown_sku",
+            Outcome::InvalidQuantity { .. } => "invalid_quantity",
+            Outcome::InvalidTtl { .. } => "invalid_ttl",
+            Outcome::TooManyReservations { .. } => "too_many_reservations",
+            Outcome::Confirmed => "confirmed",
+            Outcome::Cancelled => "cancelled",
+            Outcome::AlreadyConfirmed => "already_confirmed",
+            Outcome::AlreadyCancelled => "already_cancelled",
+            Outcome::Expired => "expired",
+            Outcome::UnknownReservation => "unknown_reservation",
+            Outcome::StockChanged { .. } => "stock_changed",
+            Outcome::StockBelowCommitted { .. } => "stock_below_committed",
+            Outcome::InsufficientAvailable { .. } => "insufficient_available",
+            Outcome::StockOutOfRange { .. } => "stock_out_of_range",
+            Outcome::TooManySkus { .. } => "too_many_skus",
+            Outcome::LimitSet => "limit_set",
+            Outcome::LimitBelowHoldings { .. } => "limit_below_holdings",
+            Outcome::WindowSet => "window_set",
+            Outcome::InvalidWindow => "invalid_window",
+        }
+    }
+}
+
 /// Where a reservation is in its life. It leaves `Held` exactly once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "rkyv", derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize))]
@@ -122,6 +154,16 @@ pub enum ReservationState {
 }
 
 impl ReservationState {
+    /// The state's name, as tools and logs spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReservationState::Held => "held",
+            ReservationState::Confirmed => "confirmed",
+            ReservationState::Cancelled => "cancelled",
+            ReservationState::Expired => "expired",
+        }
+    }
+
     /// The state's byte in log records and snapshots.
     pub fn code(self) -> u8 {
         match self {

@@ -126,6 +126,11 @@ impl Shard {
         self.skus.len()
     }
 
+    /// How many answers to state-changing requests the shard remembers for retries.
+    pub fn remembered_answers(&self) -> usize {
+        self.dedup.answers.len()
+    }
+
     /// Starts loading into cache the lines `apply(command)` will touch at random: its
     /// remembered-answer slot and, for a reserve, the buyer's count. Nothing changes. A
     /// caller holding a batch calls it a few commands ahead of `apply`, so the misses of

@@ -173,6 +173,8 @@ impl Server {
             .arg(options.listen.to_string())
             .arg("--data-dir")
             .arg(data_dir)
+            // Any free port: rehearsals may run beside a server that has the default one.
+            .args(["--metrics-listen", "127.0.0.1:0"])
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()

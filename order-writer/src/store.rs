@@ -60,12 +60,7 @@ pub struct OrderRow {
 
 impl OrderRow {
     fn status_name(&self) -> &'static str {
-        match self.status {
-            ReservationState::Confirmed => "confirmed",
-            ReservationState::Cancelled => "cancelled",
-            ReservationState::Expired => "expired",
-            ReservationState::Held => "held",
-        }
+        self.status.name()
     }
 
     /// The order reference as 32 lowercase hex digits (a UUID's digits).

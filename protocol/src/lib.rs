@@ -37,5 +37,5 @@ pub use frame::{
 };
 pub use message::{
     AdminReply, AdminRequest, ConnectionError, ConsumerInfo, ErrorCode, EventBatch, Message,
-    Refusal, Reply, Request, Role, StartAt, StreamEvent, Subscribe, Subscribed,
+    Refusal, Reply, Request, Role, StartAt, StreamEvent, Subscribe, Subscribed, SKU_PAGE_MAX,
 };

@@ -65,7 +65,20 @@ pub enum AdminRequest {
     /// Forget a consumer: its acknowledged cursor, and the log it holds back. Its open
     /// subscription, if any, is closed.
     RemoveConsumer(String),
+    // Version 5 added the one below.
+    /// One page of SKUs in id order: those after `after` (from the first when `None`), at
+    /// most `limit` (clamped to [`SKU_PAGE_MAX`]).
+    ListSkus {
+        /// The last SKU of the previous page.
+        after: Option<SkuId>,
+        /// The most SKUs wanted.
+        limit: u32,
+    },
 }
+
+/// The most SKUs one [`AdminRequest::ListSkus`] page carries (~80 bytes each archived, so a
+/// page stays far below the default 1 MiB frame limit).
+pub const SKU_PAGE_MAX: u32 = 1_000;
 
 /// The answer to an [`AdminRequest`].
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -79,6 +92,13 @@ pub enum AdminReply {
     },
     /// Not done, and why (`PermissionDenied` for a caller that is not an admin).
     Refused(Refusal),
+    /// A page of SKUs, in id order.
+    Skus {
+        /// The SKUs.
+        skus: Vec<SkuView>,
+        /// Where the next page starts (pass it as `after`); `None` when this is the last.
+        next_after: Option<SkuId>,
+    },
 }
 
 /// A registered consumer.

@@ -13,6 +13,7 @@ use crate::clock::Clock;
 use crate::config::RuntimeConfig;
 use crate::durability::{Commit, SnapshotJob};
 use crate::error::RuntimeError;
+use crate::metrics::ShardMetrics;
 use flashstock_wal::BATCH_RECORDS_BYTES_MAX;
 
 /// How many commands of a batch ahead the actor asks the shard to prefetch: the random cache
@@ -45,8 +46,10 @@ pub(crate) enum Job {
         reservation: ReservationId,
         reply: AnswerTo,
     },
-    /// Every SKU of the shard, one `Reply::Sku` each.
+    /// The shard's first `limit` SKUs after `after`, in id order, one `Reply::Sku` each.
     ListSkus {
+        after: Option<SkuId>,
+        limit: usize,
         reply: BatchReply,
     },
     /// Several requests to this shard with one reply: a network batch's share of the shard.
@@ -100,6 +103,7 @@ pub(crate) struct Actor {
     pub(crate) last_snapshot_ms: u64,
     /// A job taken from the inbox that did not fit the previous step.
     pub(crate) carried: Option<Job>,
+    pub(crate) metrics: ShardMetrics,
 }
 
 impl Actor {
@@ -128,6 +132,7 @@ impl Actor {
     fn step(&mut self, first: Option<Job>) -> bool {
         let now_ms = self.clock.now_ms();
         let started = std::time::Instant::now();
+        let inbox_jobs = self.inbox.len();
         // A step may log more than one WAL batch holds (a big tick, long confirm records):
         // the log is cut into batch-sized chunks, all made durable by the same sync.
         let mut log = EncodedLog::with_chunk_bytes_max(BATCH_RECORDS_BYTES_MAX);
@@ -156,7 +161,15 @@ impl Actor {
         if self.shard.next_expiry_ms().is_some_and(|due_ms| due_ms <= now_ms) {
             self.shard.tick(now_ms, &mut log);
         }
-        let elapsed_ms = started.elapsed().as_millis();
+        let elapsed = started.elapsed();
+        self.metrics.step(inbox_jobs, weight, elapsed);
+        let shard = &self.shard;
+        self.metrics.state(
+            shard.reservations_live(),
+            shard.sku_count(),
+            shard.remembered_answers(),
+        );
+        let elapsed_ms = elapsed.as_millis();
         if elapsed_ms >= SLOW_STEP_MS {
             // Every reply of the step waited this long: worth a line when it hurts p99.
             let shard = self.shard.id().0;
@@ -193,8 +206,18 @@ impl Actor {
                 reply,
                 Reply::Reservation(self.shard.query_reservation(reservation).map(Box::new)),
             ),
-            Job::ListSkus { reply } => {
-                let views = self.shard.skus().map(|view| Reply::Sku(Some(Box::new(view))));
+            Job::ListSkus { after, limit, reply } => {
+                // One pass over the shard's SKUs, keeping the page: a stall of the shard in
+                // proportion to its SKUs, for an admin's listing.
+                let after = after.map_or(0, |sku| sku.0.wrapping_add(1));
+                let mut page: Vec<_> =
+                    self.shard.skus().filter(|view| view.sku.0 >= after).collect();
+                if page.len() > limit {
+                    page.select_nth_unstable_by_key(limit, |view| view.sku);
+                    page.truncate(limit);
+                }
+                page.sort_unstable_by_key(|view| view.sku);
+                let views = page.into_iter().map(|view| Reply::Sku(Some(Box::new(view))));
                 Delivery::Many(reply, views.collect())
             }
             Job::Batch { items, reply } => {
@@ -261,7 +284,9 @@ impl Actor {
         self.shard.encode_snapshot(&mut state);
         let snapshot_bytes = state.len() as u64;
         // The shard answers nothing while it encodes: this is a stall every caller sees.
-        let encode_ms = started.elapsed().as_millis();
+        let encode = started.elapsed();
+        self.metrics.snapshot(snapshot_bytes, encode);
+        let encode_ms = encode.as_millis();
         tracing::info!(shard = self.shard.id().0, snapshot_bytes, encode_ms, "snapshot encoded");
         let recycle = self.snapshot_buffer_return.clone();
         let job = SnapshotJob { log: self.shard.id().0, seq: self.next_seq, state, recycle };

@@ -18,6 +18,8 @@ use crate::{Runtime, RuntimeConfig, RuntimeError, SystemClock};
 
 /// The default listen address.
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:7400";
+/// The default address of the metrics and health listener.
+pub const METRICS_LISTEN_DEFAULT: &str = "127.0.0.1:9464";
 
 /// Every setting of the daemon, each optional so that file, environment and flags can layer.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq, clap::Args)]
@@ -26,6 +28,10 @@ pub struct Settings {
     /// Where to listen (default 127.0.0.1:7400).
     #[arg(long, env = "FLASHSTOCK_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// Where to serve `/metrics` (Prometheus), `/livez` and `/readyz` over plain HTTP
+    /// (default 127.0.0.1:9464; an empty value turns the listener off).
+    #[arg(long, env = "FLASHSTOCK_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
     /// The data directory: log, TLS material, tokens (default ./flashstock-data).
     #[arg(long, env = "FLASHSTOCK_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -160,6 +166,7 @@ impl Settings {
                 window,
             ),
         ];
+        self.metrics_addr()?;
         for (name, value, range) in ranges {
             match value {
                 Some(value) if !range.contains(&value) => {
@@ -173,10 +180,24 @@ impl Settings {
         Ok(())
     }
 
+    /// Where the metrics listener listens; `None` when it is off.
+    pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, RuntimeError> {
+        let text = self.metrics_listen.as_deref().unwrap_or(METRICS_LISTEN_DEFAULT).trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        text.parse().map(Some).map_err(|_| RuntimeError::Setting {
+            name: "metrics_listen",
+            value: text.to_owned(),
+            detail: "must be an address such as 127.0.0.1:9464, or empty for off".to_owned(),
+        })
+    }
+
     /// `self`, with every setting `over` has taking its place.
     pub fn overridden_by(self, over: Settings) -> Settings {
         Settings {
             listen: over.listen.or(self.listen),
+            metrics_listen: over.metrics_listen.or(self.metrics_listen),
             data_dir: over.data_dir.or(self.data_dir),
             shards: over.shards.or(self.shards),
             snapshot_every_records: over.snapshot_every_records.or(self.snapshot_every_records),
@@ -217,6 +238,19 @@ impl Settings {
     }
 }
 
+/// Where a started daemon can be reached, for the binary to print and tests to read.
+#[derive(Clone, Debug)]
+pub struct Listening {
+    /// The QUIC address.
+    pub listen: SocketAddr,
+    /// The certificate clients trust.
+    pub cert: PathBuf,
+    /// The tokens file.
+    pub tokens: PathBuf,
+    /// The metrics and health listener's address, if on.
+    pub metrics: Option<SocketAddr>,
+}
+
 /// What `run` did, for the binary to report.
 #[derive(Clone, Debug)]
 pub struct Served {
@@ -224,17 +258,144 @@ pub struct Served {
     pub listen: SocketAddr,
 }
 
-/// Runs the daemon until `shutdown` completes. `on_listening` is told the bound address, the
-/// certificate and the tokens file once the server accepts connections.
+/// The metrics and health listener, while the daemon runs.
+struct Observing {
+    health: Arc<flashstock_observe::Health>,
+    addr: Option<SocketAddr>,
+    /// Set when the daemon returns: the listener and the sampler stop.
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Observing {
+    /// Installs the recorder and starts the listener, when `metrics_listen` is set: before
+    /// recovery, so that `/livez` answers and `/readyz` says "recovering" meanwhile.
+    async fn start(settings: &Settings) -> Result<Observing, RuntimeError> {
+        let health = flashstock_observe::Health::new();
+        health.set("recovery", Err("recovering".into()));
+        health.set("quic", Err("not listening yet".into()));
+        health.set("shutdown", Ok(()));
+        let stop = tokio::sync::watch::Sender::new(false);
+        let Some(addr) = settings.metrics_addr()? else {
+            return Ok(Observing { health, addr: None, stop });
+        };
+        let observe =
+            |err: flashstock_observe::ObserveError| RuntimeError::Observe(err.to_string());
+        let metrics = flashstock_observe::install().map_err(observe)?;
+        crate::metrics::describe();
+        flashstock_observe::build_info("flashstockd", env!("CARGO_PKG_VERSION"));
+        let listener = flashstock_observe::bind(addr).await.map_err(observe)?;
+        let bound = listener.local_addr().map_err(|source| RuntimeError::Bind { addr, source })?;
+        let mut stopped = stop.subscribe();
+        let observed = flashstock_observe::Observed { metrics, health: health.clone() };
+        let limits = flashstock_observe::HttpLimits::default();
+        tokio::spawn(flashstock_observe::serve(listener, observed, limits, async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }));
+        tracing::info!(metrics = %bound, "serving /metrics, /livez, /readyz");
+        Ok(Observing { health, addr: Some(bound), stop })
+    }
+
+    /// Samples the gauges that are read off state (connections, consumers' positions and
+    /// lag), every second, until the runtime stops.
+    fn sample(&self, handle: crate::Handle, stats: Arc<net::NetStats>) {
+        if self.addr.is_none() {
+            return;
+        }
+        let events = handle.events().clone();
+        let mut stopped = self.stop.subscribe();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = every.tick() => {}
+                    _ = stopped.wait_for(|stop| *stop) => return,
+                }
+                crate::metrics::sample_net(&stats);
+                crate::metrics::sample_consumers(&events);
+            }
+        });
+    }
+}
+
+impl Drop for Observing {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+    }
+}
+
+/// Runs the daemon until `shutdown` completes. `on_listening` is told where it can be reached
+/// once the server accepts connections.
 pub async fn run(
     settings: Settings,
-    on_listening: impl FnOnce(SocketAddr, &Path, &Path),
+    on_listening: impl FnOnce(&Listening),
     shutdown: impl Future<Output = ()>,
 ) -> Result<Served, RuntimeError> {
     settings.validate()?;
+    let observing = Observing::start(&settings).await?;
     let data_dir = settings.data_dir.clone().unwrap_or_else(|| PathBuf::from("flashstock-data"));
+    net::secrets::ensure_private_dir(&data_dir)?;
+    let runtime = {
+        let (data_dir, config) = (data_dir.clone(), runtime_config(&settings));
+        let open = move || Runtime::open(&data_dir, config, Arc::new(SystemClock));
+        tokio::task::spawn_blocking(open).await.expect("recovery does not panic")?
+    };
+    observing.health.set("recovery", Ok(()));
+    let failure = runtime.handle().clone();
+    observing.health.probe(
+        "wal",
+        Arc::new(move || match failure.wal_failure() {
+            None => Ok(()),
+            Some(reason) => Err(format!("the write-ahead log failed: {reason}")),
+        }),
+    );
+    let (tls, auth, tokens_path, client_certs) = credentials(&settings, &data_dir)?;
+    let (transport, limits) = net_limits(&settings);
+    let listen =
+        settings.listen.unwrap_or_else(|| LISTEN_DEFAULT.parse().expect("a valid address"));
+    let server_config = net::server_config(&tls, transport, client_certs.as_deref())?;
+    let udp_buffer_bytes = settings.udp_buffer_bytes.unwrap_or(net::UDP_BUFFER_BYTES_DEFAULT);
+    let endpoint_config = net::secrets::endpoint_config(&data_dir)?;
+    let endpoint = net::server_endpoint(listen, endpoint_config, server_config, udp_buffer_bytes)?;
+    let bound =
+        endpoint.local_addr().map_err(|source| RuntimeError::Bind { addr: listen, source })?;
+    tracing::info!(
+        listen = %bound,
+        data_dir = %data_dir.display(),
+        cert = %tls.cert_path.display(),
+        tokens = %tokens_path.display(),
+        "flashstockd serving"
+    );
+    observing.health.set("quic", Ok(()));
+    on_listening(&Listening {
+        listen: bound,
+        cert: tls.cert_path.clone(),
+        tokens: tokens_path,
+        metrics: observing.addr,
+    });
+    let stats = Arc::new(net::NetStats::default());
+    observing.sample(runtime.handle().clone(), stats.clone());
+    let health = observing.health.clone();
+    let shutdown = async move {
+        shutdown.await;
+        health.set("shutdown", Err("shutting down".into()));
+    };
+    let stopped = net::serve(endpoint, runtime.handle(), auth, limits, stats, shutdown).await;
+    observing.health.set("shutdown", Err("shutting down".into()));
+    // Every session has drained: flush the log and stop the shards.
+    runtime.shutdown();
+    match stopped {
+        net::Stopped::Shutdown => {
+            tracing::info!("flashstockd stopped; the log is flushed");
+            Ok(Served { listen: bound })
+        }
+        // Exit non-zero, so that a supervisor restarts the server into recovery.
+        net::Stopped::WalFailed { reason } => Err(RuntimeError::WalFailed { reason }),
+    }
+}
+
+fn runtime_config(settings: &Settings) -> RuntimeConfig {
     let defaults = RuntimeConfig::default();
-    let runtime_config = RuntimeConfig {
+    RuntimeConfig {
         shard_count: settings.shards.unwrap_or(defaults.shard_count),
         snapshot_every_records: settings
             .snapshot_every_records
@@ -248,34 +409,44 @@ pub async fn run(
             .consumer_retention_records_max
             .unwrap_or(defaults.consumer_retention_records_max),
         ..defaults
-    };
-    net::secrets::ensure_private_dir(&data_dir)?;
-    let runtime = Runtime::open(&data_dir, runtime_config, Arc::new(SystemClock))?;
-    let tls = match (settings.tls_cert, settings.tls_key) {
-        (Some(cert_path), Some(key_path)) => TlsFiles { cert_path, key_path },
-        (None, None) => net::ensure_self_signed(&data_dir)?,
+    }
+}
+
+type Credentials = (TlsFiles, Authenticator, PathBuf, Option<Arc<ClientCertRoles>>);
+
+/// The TLS files, the tokens (and where they are read from) and the client CAs.
+fn credentials(settings: &Settings, data_dir: &Path) -> Result<Credentials, RuntimeError> {
+    let tls = match (&settings.tls_cert, &settings.tls_key) {
+        (Some(cert_path), Some(key_path)) => {
+            TlsFiles { cert_path: cert_path.clone(), key_path: key_path.clone() }
+        }
+        (None, None) => net::ensure_self_signed(data_dir)?,
         _ => {
             let detail = "tls_cert and tls_key go together".to_owned();
-            return Err(RuntimeError::Config { path: data_dir, detail });
+            return Err(RuntimeError::Config { path: data_dir.to_path_buf(), detail });
         }
     };
-    let (mut auth, tokens_path) = match settings.tokens_file {
-        Some(path) => (Authenticator::new(net::auth::read_tokens_file(&path)?), path),
-        None => Authenticator::ensure_default(&data_dir)?,
+    let (mut auth, tokens_path) = match &settings.tokens_file {
+        Some(path) => (Authenticator::new(net::auth::read_tokens_file(path)?), path.clone()),
+        None => Authenticator::ensure_default(data_dir)?,
     };
     let cas: Vec<(Role, PathBuf)> = [
-        (Role::Admin, settings.client_ca_admin),
-        (Role::Service, settings.client_ca_service),
-        (Role::Consumer, settings.client_ca_consumer),
+        (Role::Admin, &settings.client_ca_admin),
+        (Role::Service, &settings.client_ca_service),
+        (Role::Consumer, &settings.client_ca_consumer),
     ]
     .into_iter()
-    .filter_map(|(role, path)| path.map(|path| (role, path)))
+    .filter_map(|(role, path)| path.clone().map(|path| (role, path)))
     .collect();
     let client_certs =
         if cas.is_empty() { None } else { Some(Arc::new(ClientCertRoles::load(&cas)?)) };
     if let Some(roles) = &client_certs {
         auth = auth.with_client_certs(roles.clone());
     }
+    Ok((tls, auth, tokens_path, client_certs))
+}
+
+fn net_limits(settings: &Settings) -> (TransportLimits, NetLimits) {
     let (transport_defaults, net_defaults) = (TransportLimits::default(), NetLimits::default());
     let transport = TransportLimits {
         idle_timeout_ms: settings.idle_timeout_ms.unwrap_or(transport_defaults.idle_timeout_ms),
@@ -300,32 +471,5 @@ pub async fn run(
             .unwrap_or(net_defaults.stream_window_events_max),
         ..net_defaults
     };
-    let listen =
-        settings.listen.unwrap_or_else(|| LISTEN_DEFAULT.parse().expect("a valid address"));
-    let server_config = net::server_config(&tls, transport, client_certs.as_deref())?;
-    let udp_buffer_bytes = settings.udp_buffer_bytes.unwrap_or(net::UDP_BUFFER_BYTES_DEFAULT);
-    let endpoint_config = net::secrets::endpoint_config(&data_dir)?;
-    let endpoint = net::server_endpoint(listen, endpoint_config, server_config, udp_buffer_bytes)?;
-    let bound =
-        endpoint.local_addr().map_err(|source| RuntimeError::Bind { addr: listen, source })?;
-    tracing::info!(
-        listen = %bound,
-        data_dir = %data_dir.display(),
-        cert = %tls.cert_path.display(),
-        tokens = %tokens_path.display(),
-        "flashstockd serving"
-    );
-    on_listening(bound, &tls.cert_path, &tokens_path);
-    let stats = Arc::new(net::NetStats::default());
-    let stopped = net::serve(endpoint, runtime.handle(), auth, limits, stats, shutdown).await;
-    // Every session has drained: flush the log and stop the shards.
-    runtime.shutdown();
-    match stopped {
-        net::Stopped::Shutdown => {
-            tracing::info!("flashstockd stopped; the log is flushed");
-            Ok(Served { listen: bound })
-        }
-        // Exit non-zero, so that a supervisor restarts the server into recovery.
-        net::Stopped::WalFailed { reason } => Err(RuntimeError::WalFailed { reason }),
-    }
+    (transport, limits)
 }

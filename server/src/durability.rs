@@ -21,6 +21,7 @@ use flashstock_wal::{LogId, Wal};
 
 use crate::actor::Delivery;
 use crate::error::RuntimeError;
+use crate::metrics as metrics_names;
 use crate::stream::Consumers;
 use tokio::sync::watch;
 
@@ -163,6 +164,8 @@ impl<W: Wal> Durability<W> {
             return Err(reason);
         }
         let mut appended = false;
+        let (mut records_appended, mut bytes_appended) = (0u64, 0u64);
+        let append_started = Instant::now();
         for commit in group {
             let mut seq = commit.first_seq;
             for (records, record_count) in commit.records.chunks() {
@@ -173,14 +176,22 @@ impl<W: Wal> Durability<W> {
                 appended = true;
                 self.stats.batches.fetch_add(1, Ordering::Relaxed);
                 self.stats.records.fetch_add(u64::from(record_count), Ordering::Relaxed);
+                records_appended += u64::from(record_count);
+                bytes_appended += records.len() as u64;
             }
         }
         if appended {
             let started = Instant::now();
+            let append_seconds = (started - append_started).as_secs_f64();
+            metrics::histogram!(metrics_names::WAL_APPEND_SECONDS).record(append_seconds);
+            metrics::counter!(metrics_names::WAL_RECORDS_TOTAL).increment(records_appended);
+            metrics::counter!(metrics_names::WAL_BYTES_TOTAL).increment(bytes_appended);
             if let Err(err) = self.wal.sync() {
                 return Err(self.fail(format!("sync: {err}")));
             }
-            let sync_us = started.elapsed().as_micros() as u64;
+            let sync = started.elapsed();
+            metrics::histogram!(metrics_names::WAL_SYNC_SECONDS).record(sync.as_secs_f64());
+            let sync_us = sync.as_micros() as u64;
             self.stats.syncs.fetch_add(1, Ordering::Relaxed);
             self.stats.sync_us_total.fetch_add(sync_us, Ordering::Relaxed);
             self.stats.sync_us_max.fetch_max(sync_us, Ordering::Relaxed);
@@ -241,6 +252,8 @@ impl<W: Wal> Snapshotter<W> {
         match written.and_then(|()| self.wal.truncate_below(job.log, truncate_below)) {
             Ok(()) => {
                 self.stats.snapshots.fetch_add(1, Ordering::Relaxed);
+                let write_seconds = started.elapsed().as_secs_f64();
+                metrics::histogram!(metrics_names::SNAPSHOT_WRITE_SECONDS).record(write_seconds);
                 tracing::debug!(
                     log = job.log,
                     seq = job.seq,
@@ -251,7 +264,7 @@ impl<W: Wal> Snapshotter<W> {
             }
             Err(err) => {
                 self.stats.snapshot_failures.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("flashstock_snapshot_failures_total").increment(1);
+                metrics::counter!(metrics_names::SNAPSHOT_FAILURES_TOTAL).increment(1);
                 tracing::error!(log = job.log, seq = job.seq, %err, "snapshot failed; the log is kept")
             }
         }
@@ -267,7 +280,7 @@ impl<W: Wal> Snapshotter<W> {
         };
         let held_records = job.seq.saturating_sub(holder.acked_seq);
         metrics::gauge!(
-            "flashstock_consumer_held_records",
+            metrics_names::CONSUMER_HELD_RECORDS,
             "consumer" => holder.consumer.clone(),
             "shard" => job.log.to_string()
         )

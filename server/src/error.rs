@@ -73,6 +73,9 @@ pub enum RuntimeError {
         /// What it must be.
         detail: String,
     },
+    /// The metrics recorder or listener could not be set up.
+    #[error("metrics: {0}")]
+    Observe(String),
     /// The listening socket could not be opened.
     #[error("listening on {addr}: {source}")]
     Bind {

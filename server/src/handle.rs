@@ -53,6 +53,11 @@ impl Handle {
         self.shared.failure.failed().await
     }
 
+    /// The log's error, if it has failed (then nothing more is acknowledged).
+    pub fn wal_failure(&self) -> Option<String> {
+        self.shared.failure.reason()
+    }
+
     /// The committed log, for the committed-deduction stream.
     pub fn events(&self) -> &EventLog {
         &self.shared.events
@@ -160,13 +165,41 @@ impl Handle {
         }
     }
 
-    /// Reads every SKU of every shard (for audits; cost grows with the SKU count).
+    /// Every SKU, in id order. For tests and small stores; operators page with
+    /// [`Handle::list_skus_page`].
     pub async fn list_skus(&self) -> Result<Vec<SkuView>, RuntimeError> {
         let mut all = Vec::new();
+        let mut after = None;
+        loop {
+            let (page, next_after) = self.list_skus_page(after, 4_096).await?;
+            all.extend(page);
+            match next_after {
+                Some(next) => after = Some(next),
+                None => return Ok(all),
+            }
+        }
+    }
+
+    /// Up to `limit` SKUs after `after` (from the first when `None`), in id order, and where
+    /// the next page starts (`None` after the last). Each shard is asked for its own first
+    /// `limit`, and the smallest `limit` of those make the page.
+    pub async fn list_skus_page(
+        &self,
+        after: Option<SkuId>,
+        limit: usize,
+    ) -> Result<(Vec<SkuView>, Option<SkuId>), RuntimeError> {
+        let limit = limit.max(1);
+        let mut all = Vec::new();
+        let mut pending = Vec::new();
         for shard in 0..self.shared.map.shard_count() {
             let (reply, answers) = oneshot::channel();
-            self.send_job(ShardId(shard), Job::ListSkus { reply })?;
+            self.send_job(ShardId(shard), Job::ListSkus { after, limit, reply })?;
+            pending.push(answers);
+        }
+        let mut some_shard_full = false;
+        for answers in pending {
             let answers = answers.await.map_err(|_| RuntimeError::ShuttingDown)??;
+            some_shard_full |= answers.len() == limit;
             for answer in answers {
                 match answer {
                     Reply::Sku(Some(view)) => all.push(*view),
@@ -175,7 +208,11 @@ impl Handle {
             }
         }
         all.sort_unstable_by_key(|view| view.sku);
-        Ok(all)
+        // More follow if this page left some out, or a shard may have had more than it sent.
+        let more = all.len() > limit || some_shard_full;
+        all.truncate(limit);
+        let next_after = if more { all.last().map(|view| view.sku) } else { None };
+        Ok((all, next_after))
     }
 
     async fn ask(

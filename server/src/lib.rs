@@ -24,6 +24,7 @@
 //!   rebuilding shards (in parallel) from the latest snapshot plus the log.
 //! - [`stream`]: the committed-deduction stream's log reader ([`stream::EventLog`]) and the
 //!   consumer registry whose acknowledged cursors hold truncation back.
+//! - [`metrics`]: every metric the server exports, named and described in one place.
 //! - [`net`]: the QUIC listener: TLS, authentication, sessions, subscriptions.
 //! - [`daemon`]: the `flashstockd` settings (file, environment, flags) and `run`.
 //! - [`demo`]: the demo flash sale the `flashstock-demo` binary runs, with its audit.
@@ -36,6 +37,7 @@ pub mod daemon;
 pub mod demo;
 pub mod error;
 pub mod handle;
+pub mod metrics;
 pub mod net;
 pub mod runtime;
 pub mod stream;

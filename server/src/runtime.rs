@@ -60,7 +60,13 @@ impl Runtime {
         config.shard.hash_seed = hash_seed(&wal)?;
         let mut shards = Vec::with_capacity(usize::from(config.shard_count));
         let mut recovery = Vec::with_capacity(shards.capacity());
-        for (shard, report) in recover_shards(&wal, config.shard_count, config.shard)? {
+        let recovery_started = std::time::Instant::now();
+        let recovered = recover_shards(&wal, config.shard_count, config.shard)?;
+        metrics::gauge!(crate::metrics::RECOVERY_SECONDS)
+            .set(recovery_started.elapsed().as_secs_f64());
+        let replayed: u64 = recovered.iter().map(|(_, report)| report.records).sum();
+        metrics::gauge!(crate::metrics::RECOVERY_RECORDS).set(replayed as f64);
+        for (shard, report) in recovered {
             tracing::info!(
                 shard = report.shard,
                 snapshot_seq = ?report.snapshot_seq,
@@ -113,6 +119,7 @@ impl Runtime {
             let (snapshot_buffer_return, snapshot_buffer) = bounded(1);
             snapshot_buffer_return.send(Vec::new()).expect("an empty one-slot channel");
             let name = format!("flashstock-shard-{}", shard.id().0);
+            let metrics = crate::metrics::ShardMetrics::new(shard.id().0);
             let actor = Actor {
                 shard,
                 inbox: inbox_rx,
@@ -128,6 +135,7 @@ impl Runtime {
                 last_snapshot_bytes: 0,
                 carried: None,
                 last_snapshot_ms: now_ms,
+                metrics,
             };
             actors.push(spawn(name, move || actor.run())?);
             inboxes.push(inbox_tx);

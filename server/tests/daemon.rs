@@ -18,6 +18,7 @@ struct Daemon {
     addr: SocketAddr,
     cert: PathBuf,
     tokens: PathBuf,
+    metrics: SocketAddr,
 }
 
 fn start(data_dir: &Path, extra: &[&str]) -> Daemon {
@@ -26,7 +27,8 @@ fn start(data_dir: &Path, extra: &[&str]) -> Daemon {
 
 fn start_on(data_dir: &Path, listen: &str, extra: &[&str]) -> Daemon {
     let mut child = Command::new(env!("CARGO_BIN_EXE_flashstockd"))
-        .args(["--listen", listen, "--shards", "2", "--data-dir"])
+        .args(["--listen", listen, "--metrics-listen", "127.0.0.1:0", "--shards", "2"])
+        .arg("--data-dir")
         .arg(data_dir)
         .args(extra)
         .env("RUST_LOG", "info")
@@ -37,7 +39,7 @@ fn start_on(data_dir: &Path, listen: &str, extra: &[&str]) -> Daemon {
     // Logs go to stderr (at info here, on purpose): stdout carries only this one line.
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    // "flashstockd listening on ADDR cert PATH tokens PATH"
+    // "flashstockd listening on ADDR cert PATH tokens PATH metrics ADDR"
     let words: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(&words[..3], ["flashstockd", "listening", "on"], "{line}");
     Daemon {
@@ -45,6 +47,7 @@ fn start_on(data_dir: &Path, listen: &str, extra: &[&str]) -> Daemon {
         addr: words[3].parse().unwrap(),
         cert: PathBuf::from(words[5]),
         tokens: PathBuf::from(words[7]),
+        metrics: words[9].parse().unwrap(),
     }
 }
 
@@ -250,5 +253,77 @@ async fn a_restarted_server_resets_its_predecessors_connections() {
         "expected a stateless reset, got {err}"
     );
     assert!(listening.elapsed() < std::time::Duration::from_secs(5), "{:?}", listening.elapsed());
+    terminate(daemon);
+}
+
+fn scrape(daemon: &Daemon, path: &str) -> flashstock_observe::Fetched {
+    flashstock_observe::fetch(daemon.metrics, path, std::time::Duration::from_secs(5)).unwrap()
+}
+
+/// The value of the series `series` (name and labels exactly as exported), if exported.
+fn series_value(scrape: &str, series: &str) -> Option<f64> {
+    let line = scrape.lines().find(|line| line.split_whitespace().next() == Some(series))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_listener_serves_health_and_metrics_that_move() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start(dir.path(), &[]);
+    assert_eq!(scrape(&daemon, "/livez").status, 200);
+    let ready = scrape(&daemon, "/readyz");
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    for check in ["recovery", "wal", "quic", "shutdown"] {
+        assert!(ready.body.contains(&format!("[+]{check} ok")), "{}", ready.body);
+    }
+    assert_eq!(scrape(&daemon, "/nope").status, 404);
+
+    let admin = connect(&daemon, "admin").await;
+    let stock = Apply::SetStock { request: RequestId(1), sku: SkuId(3), total: 1 };
+    assert!(matches!(outcome(&admin, stock).await, Outcome::StockChanged { .. }));
+    let reserve = |request, buyer| {
+        Apply::Reserve(Reserve {
+            request: RequestId(request),
+            buyer: BuyerId(buyer),
+            sku: SkuId(3),
+            qty: 1,
+            ttl_ms: 600_000,
+            order_ref: None,
+        })
+    };
+    assert!(matches!(outcome(&admin, reserve(2, 1)).await, Outcome::Reserved { .. }));
+    assert!(matches!(outcome(&admin, reserve(3, 2)).await, Outcome::SoldOut { .. }));
+    // Gauges read off state are sampled every second.
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    let metrics = scrape(&daemon, "/metrics");
+    assert_eq!(metrics.status, 200);
+    let text = &metrics.body;
+    let requests = |kind: &str, outcome: &str| {
+        let series = format!(r#"flashstock_requests_total{{kind="{kind}",outcome="{outcome}"}}"#);
+        series_value(text, &series)
+    };
+    assert_eq!(requests("reserve", "reserved"), Some(1.0), "{text}");
+    assert_eq!(requests("reserve", "sold_out"), Some(1.0), "{text}");
+    assert_eq!(requests("set_stock", "stock_changed"), Some(1.0), "{text}");
+    assert_eq!(series_value(text, "flashstock_wal_records_total"), Some(2.0), "{text}");
+    assert_eq!(series_value(text, "flashstock_connections_open"), Some(1.0), "{text}");
+    let live: f64 = ["0", "1"]
+        .iter()
+        .filter_map(|shard| {
+            series_value(text, &format!(r#"flashstock_reservations_live{{shard="{shard}"}}"#))
+        })
+        .sum();
+    assert_eq!(live, 1.0, "{text}");
+    assert_eq!(series_value(text, "flashstock_frame_duration_seconds_count"), Some(3.0));
+    assert!(text.contains("flashstock_wal_sync_seconds_bucket{le=\"0.001\"}"), "{text}");
+    assert!(text.contains(r#"flashstock_build_info{component="flashstockd",version=""#));
+
+    // A wrong token is counted by reason.
+    let tls = ClientTls::trust_pem_file(&daemon.cert).unwrap();
+    let wrong = Connection::connect(daemon.addr, "localhost", &tls, Some("not-a-token")).await;
+    assert!(wrong.is_err());
+    let text = scrape(&daemon, "/metrics").body;
+    let failures = r#"flashstock_authentication_failures_total{reason="bad_credentials"}"#;
+    assert_eq!(series_value(&text, failures), Some(1.0), "{text}");
     terminate(daemon);
 }

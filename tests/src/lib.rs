@@ -52,12 +52,6 @@ pub mod states {
 
     /// One word per state.
     pub fn name(state: Option<ReservationState>) -> &'static str {
-        match state {
-            Some(ReservationState::Held) => "held",
-            Some(ReservationState::Confirmed) => "confirmed",
-            Some(ReservationState::Cancelled) => "cancelled",
-            Some(ReservationState::Expired) => "expired",
-            None => "missing",
-        }
+        state.map_or("missing", ReservationState::name)
     }
 }

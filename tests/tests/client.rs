@@ -205,3 +205,59 @@ async fn a_quiet_connection_outlives_the_idle_timeout() {
     connection.call(query()).await.expect("the connection survived its quiet period");
     server.stop().await;
 }
+
+/// An admin pages through every SKU in id order, whichever shard holds each, with no SKU
+/// missed or repeated at page boundaries; a service is refused, typed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_pages_through_every_sku_in_id_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_at(dir.path(), any_port()).await;
+    let admin = admin_client(&server).await;
+    // Ids spread over both shards, not in order of creation; and the highest ten all on one
+    // shard, so that the last pages come from one shard alone.
+    let mut ids: Vec<u64> = (0..13u64).map(|i| (i * 7_919) % 1_000 + 1).collect();
+    let map = flashstock_engine::ShardMap::new(2);
+    let one_shard = |id: &u64| map.shard_of_sku(SkuId(*id)) == map.shard_of_sku(SkuId(5_000));
+    ids.extend((5_000..).filter(one_shard).take(10));
+    for &id in &ids {
+        admin.set_stock(SkuId(id), id).await.unwrap();
+    }
+    let mut expected = ids.clone();
+    expected.sort_unstable();
+
+    // Pages of one end where only one shard has SKUs left: it alone says more may follow.
+    for limit in [4, 1] {
+        let mut seen = Vec::new();
+        let mut after = None;
+        let mut pages = 0;
+        loop {
+            let (page, next_after) = admin.list_skus_page(after, limit).await.unwrap();
+            assert!(page.len() <= limit as usize, "a page holds at most its limit");
+            seen.extend(page.iter().map(|view| (view.sku.0, view.total)));
+            pages += 1;
+            match next_after {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        let seen_ids: Vec<u64> = seen.iter().map(|(id, _)| *id).collect();
+        assert_eq!(seen_ids, expected, "every SKU once, in id order (pages of {limit})");
+        assert!(seen.iter().all(|(id, total)| id == total), "each with its own counts");
+        let full_pages = 23u32.div_ceil(limit);
+        assert!((full_pages..=full_pages + 1).contains(&pages), "{pages} pages of {limit}");
+    }
+    assert_eq!(admin.list_skus().await.unwrap().len(), 23);
+
+    let config =
+        ClientConfig::new(server.addr, "localhost", server.tls(), Some(&server.service_token));
+    let service = Client::connect(config).await.unwrap();
+    let refused = service.list_skus_page(None, 10).await.unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            ClientError::Refused { refusal: flashstock_protocol::Refusal::PermissionDenied }
+        ),
+        "{refused}"
+    );
+    server.stop().await;
+}

@@ -39,12 +39,14 @@ fn main() -> anyhow::Result<()> {
     let tokio = tokio::runtime::Runtime::new().context("starting tokio")?;
     tokio.block_on(daemon::run(
         settings,
-        |listen, cert, tokens| {
+        |listening| {
             // One machine-readable line for scripts and tests, besides the log.
+            let metrics = listening.metrics.map_or("off".to_owned(), |addr| addr.to_string());
             println!(
-                "flashstockd listening on {listen} cert {} tokens {}",
-                cert.display(),
-                tokens.display()
+                "flashstockd listening on {} cert {} tokens {} metrics {metrics}",
+                listening.listen,
+                listening.cert.display(),
+                listening.tokens.display()
             );
         },
         shutdown_signal(),

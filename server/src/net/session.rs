@@ -127,6 +127,8 @@ pub(crate) struct InFlight {
     _permit: OwnedSemaphorePermit,
     requests: usize,
     stats: Arc<NetStats>,
+    /// When the frame was read: its latency ends when its replies are written.
+    read_at: std::time::Instant,
 }
 
 impl Drop for InFlight {
@@ -269,6 +271,7 @@ async fn run_connection(mut count: ConnectionCount, shared: Arc<Shared>) {
                 let timed_out = session.rules().handle_timeout(session.now_ms());
                 if let Err(Close { code, detail }) = timed_out {
                     session.shared.stats.hello_timeouts.fetch_add(1, Ordering::AcqRel);
+                    auth_failed("timeout");
                     tracing::info!(%remote, %detail, "closing connection");
                     session.connection.close(code.as_u32().into(), detail.as_bytes());
                     break;
@@ -290,6 +293,7 @@ fn admit(incoming: quinn::Incoming, shared: &Arc<Shared>) -> Option<ConnectionCo
     let open = shared.stats.connections_open.load(Ordering::Acquire);
     if open >= limits.connections_max {
         tracing::warn!(%remote, "connection limit reached; refused");
+        refused("connections_max");
         shared.stats.connections_refused.fetch_add(1, Ordering::AcqRel);
         incoming.refuse();
         return None;
@@ -305,6 +309,7 @@ fn admit(incoming: quinn::Incoming, shared: &Arc<Shared>) -> Option<ConnectionCo
     if *from_here >= limits.connections_per_address_max {
         drop(by_address);
         tracing::warn!(%remote, "connection limit per address reached; refused");
+        refused("connections_per_address_max");
         shared.stats.connections_refused.fetch_add(1, Ordering::AcqRel);
         incoming.refuse();
         return None;
@@ -312,6 +317,10 @@ fn admit(incoming: quinn::Incoming, shared: &Arc<Shared>) -> Option<ConnectionCo
     *from_here += 1;
     shared.stats.connections_open.fetch_add(1, Ordering::AcqRel);
     Some(ConnectionCount { shared: shared.clone(), ip, incoming: Some(incoming) })
+}
+
+fn refused(reason: &'static str) {
+    metrics::counter!(crate::metrics::CONNECTIONS_REFUSED_TOTAL, "reason" => reason).increment(1);
 }
 
 /// One admitted connection's place in the counts, given back when it ends.
@@ -432,6 +441,9 @@ impl Session {
         match event {
             ServerEvent::Hello { correlation, token, client_name } => {
                 let grant = self.authenticate(token.as_deref());
+                if grant.is_none() {
+                    auth_failed(if token.is_none() { "no_credentials" } else { "bad_credentials" });
+                }
                 let welcome = self.rules().authenticated(grant)?;
                 tracing::debug!(client = %client_name, "authenticated");
                 let limits = self.shared.limits;
@@ -485,6 +497,20 @@ impl Session {
             return AdminReply::Refused(Refusal::PermissionDenied);
         }
         tracing::info!(%remote, ?request, "admin operation");
+        let operation = match &request {
+            AdminRequest::ListConsumers => "list_consumers",
+            AdminRequest::RemoveConsumer(_) => "remove_consumer",
+            AdminRequest::ListSkus { .. } => "list_skus",
+        };
+        if let AdminRequest::ListSkus { after, limit } = request {
+            let limit = limit.clamp(1, flashstock_protocol::SKU_PAGE_MAX) as usize;
+            return match self.shared.handle.list_skus_page(after, limit).await {
+                Ok((skus, next_after)) => AdminReply::Skus { skus, next_after },
+                Err(err) => AdminReply::Refused(refusal_of(err)),
+            };
+        }
+        metrics::counter!(crate::metrics::ADMIN_OPERATIONS_TOTAL, "operation" => operation)
+            .increment(1);
         let consumers = self.shared.handle.events().consumers().clone();
         let done = tokio::task::spawn_blocking(move || match request {
             AdminRequest::ListConsumers => {
@@ -496,6 +522,7 @@ impl Session {
             AdminRequest::RemoveConsumer(name) => {
                 consumers.remove(&name).map(|existed| AdminReply::ConsumerRemoved { existed })
             }
+            AdminRequest::ListSkus { .. } => unreachable!("answered above"),
         });
         match done.await {
             Ok(Ok(reply)) => reply,
@@ -522,7 +549,8 @@ impl Session {
         let permit = permit.expect("the semaphore is never closed");
         let stats = self.shared.stats.clone();
         stats.requests_unwritten.fetch_add(wanted, Ordering::AcqRel);
-        let permit = InFlight { _permit: permit, requests: wanted, stats };
+        let read_at = std::time::Instant::now();
+        let permit = InFlight { _permit: permit, requests: wanted, stats, read_at };
         let (session, frames) = (self.clone(), frames.clone());
         self.shared.stats.batch_tasks_held.fetch_add(1, Ordering::AcqRel);
         batches
@@ -548,6 +576,7 @@ impl Session {
         frames: mpsc::Sender<Outgoing>,
     ) {
         let replies = dispatch(&self.shared.handle, role, &batch).await;
+        crate::metrics::count_replies(&batch, &replies);
         // The permits travel with the replies until they are written: a client that does not
         // read holds its own in-flight budget, not the server's memory.
         let _ = frames.send((correlation, Message::Replies(replies), Some(in_flight))).await;
@@ -579,12 +608,21 @@ async fn dispatch(handle: &Handle, role: Role, batch: &[Request]) -> Vec<Reply> 
         .collect()
 }
 
+fn auth_failed(reason: &'static str) {
+    let name = crate::metrics::AUTHENTICATION_FAILURES_TOTAL;
+    metrics::counter!(name, "reason" => reason).increment(1);
+}
+
 fn refusal(err: RuntimeError) -> Reply {
-    Reply::Refused(match err {
+    Reply::Refused(refusal_of(err))
+}
+
+fn refusal_of(err: RuntimeError) -> Refusal {
+    match err {
         RuntimeError::Overloaded { .. } => Refusal::Overloaded,
         RuntimeError::ShuttingDown => Refusal::ShuttingDown,
         _ => Refusal::Unavailable,
-    })
+    }
 }
 
 /// A frame to send: its correlation id and message, encoded by the stream's writer, and the
@@ -599,7 +637,9 @@ async fn write_frames(mut send: quinn::SendStream, mut queued: mpsc::Receiver<Ou
     // client's own limit is never exceeded; no limit is enforced on this side.
     let mut encoder = FrameEncoder::new(u32::MAX);
     let mut bytes = Vec::new();
-    let mut answered = Vec::new();
+    let mut answered: Vec<InFlight> = Vec::new();
+    let frame_seconds = metrics::histogram!(crate::metrics::FRAME_DURATION_SECONDS);
+    let frame_requests = metrics::histogram!(crate::metrics::FRAME_REQUESTS);
     while let Some((correlation, message, in_flight)) = queued.recv().await {
         bytes.clear();
         encoder.encode(correlation, &message, &mut bytes).expect("no limit to exceed");
@@ -611,7 +651,10 @@ async fn write_frames(mut send: quinn::SendStream, mut queued: mpsc::Receiver<Ou
         if send.write_all(&bytes).await.is_err() {
             return;
         }
-        answered.clear();
+        for frame in answered.drain(..) {
+            frame_seconds.record(frame.read_at.elapsed().as_secs_f64());
+            frame_requests.record(frame.requests as f64);
+        }
     }
     let _ = send.finish();
     let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;

@@ -54,6 +54,12 @@ pub(crate) async fn run(
     let mut unacked_count = 0usize;
     let mut commits = events.commits();
     let mut turn = 0usize;
+    let delivered: Vec<metrics::Gauge> = (0..shard_count)
+        .map(|shard| {
+            let labels = [("consumer", consumer.clone()), ("shard", shard.to_string())];
+            metrics::gauge!(crate::metrics::CONSUMER_DELIVERED_POSITION, &labels)
+        })
+        .collect();
     loop {
         // Fill the window, one read per shard in turn.
         let mut sent_any = false;
@@ -80,6 +86,7 @@ pub(crate) async fn run(
             unacked[shard].extend(read.events.iter().map(|e| e.seq));
             unacked_count += read.events.len();
             next[shard] = read.end_seq;
+            delivered[shard].set(read.end_seq as f64);
             let batch = EventBatch { shard: shard_id, events: read.events, end_seq: read.end_seq };
             if frames.send((correlation, Message::Events(batch), None)).await.is_err() {
                 return Ok(());

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# A/B of two flashstockd builds or settings, in one run, alternating: each round starts a
+# fresh release server in its own process, runs the load generator's default flash sale
+# against it (LOAD_ARGS), and prints requests/s and latency percentiles. Medians of ROUNDS
+# (default 3) per side are what to compare; the machine is noisy.
+#
+#   A="/tmp/base-bin/flashstockd" B="target/release/flashstockd --metrics-listen 127.0.0.1:0" \
+#     bench/scripts/ab.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+rounds=${ROUNDS:-3}
+loadgen=${LOADGEN:-target/release/flashstock-loadgen}
+load_args=${LOAD_ARGS:---buyers 2000000 --units 100000}
+work=$(mktemp -d /tmp/flashstock-ab.XXXXXX)
+one() { # label, server command line
+  local label=$1; local dir="$work/$1-$2"; shift 2
+  # shellcheck disable=SC2086
+  $@ --listen 127.0.0.1:0 --data-dir "$dir" >"$dir.listening" 2>"$dir.log" &
+  local server=$!
+  for _ in $(seq 1 100); do [[ -s "$dir.listening" ]] && break; sleep 0.1; done
+  local addr; addr=$(awk '{print $4}' "$dir.listening")
+  # shellcheck disable=SC2086
+  "$loadgen" run --target "flashstock://$addr" --server-data-dir "$dir" $load_args --quiet \
+    --json "$dir.json" >/dev/null
+  kill -TERM $server; wait $server || true
+  python3 - "$label" "$dir.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[2]))
+lat = r["latency_us"]
+print(f"{sys.argv[1]} {r['ops_per_s']:>10.0f} req/s  p50 {lat['p50']} us  p99 {lat['p99']} us  "
+      f"p999 {lat['p999']} us  audit {'PASS' if r['audit']['passed'] else 'FAIL'}")
+PY
+}
+for round in $(seq 1 "$rounds"); do
+  one A "$round" ${A:?set A to a flashstockd command line}
+  one B "$round" ${B:?set B to a flashstockd command line}
+done
