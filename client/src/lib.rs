@@ -26,7 +26,7 @@ pub mod tls;
 
 pub use client::{Client, ClientConfig};
 pub use connection::{Connection, REPLY_FRAME_BYTES_MAX};
-pub use credentials::token_from_file;
+pub use credentials::{token_from_file, ServerFiles};
 pub use error::ClientError;
 pub use subscriber::{SubscribeOptions, Subscriber};
 pub use tls::ClientTls;

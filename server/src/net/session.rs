@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use flashstock_engine::Command;
 use flashstock_protocol::session::{Close, Grant, ServerEvent, ServerLimits, ServerSession};
 use flashstock_protocol::{
     AdminReply, AdminRequest, ConnectionError, ConsumerInfo, Decoded, ErrorCode, Frame,
@@ -217,6 +218,8 @@ struct Session {
     started: tokio::time::Instant,
     in_flight: Arc<Semaphore>,
     shared: Arc<Shared>,
+    /// The name the client gave in its `Hello`, for the audit log.
+    client_name: std::sync::OnceLock<String>,
 }
 
 impl Session {
@@ -248,7 +251,8 @@ async fn run_connection(mut count: ConnectionCount, shared: Arc<Shared>) {
     let in_flight = Arc::new(Semaphore::new(shared.limits.in_flight_max as usize));
     let rules = std::sync::Mutex::new(ServerSession::new(limits, 0));
     let started = tokio::time::Instant::now();
-    let session = Arc::new(Session { connection, rules, started, in_flight, shared });
+    let client_name = std::sync::OnceLock::new();
+    let session = Arc::new(Session { connection, rules, started, in_flight, shared, client_name });
     let mut streams = JoinSet::new();
     let mut stopping = session.shared.stopping.clone();
     loop {
@@ -446,6 +450,7 @@ impl Session {
                 }
                 let welcome = self.rules().authenticated(grant)?;
                 tracing::debug!(client = %client_name, "authenticated");
+                let _ = self.client_name.set(client_name);
                 let limits = self.shared.limits;
                 // Now, and only now, the peer may open more streams and send more bytes.
                 self.connection.set_max_concurrent_bi_streams(limits.streams_max.into());
@@ -493,10 +498,12 @@ impl Session {
     async fn admin(&self, request: AdminRequest, role: Role) -> AdminReply {
         let remote = self.connection.remote_address();
         if role != Role::Admin {
-            tracing::warn!(%remote, ?role, ?request, "admin operation refused");
+            let client = self.client_name.get().map_or("", String::as_str);
+            tracing::warn!(target: "flashstock::audit", %remote, client, ?role, ?request, "admin operation refused");
             return AdminReply::Refused(Refusal::PermissionDenied);
         }
-        tracing::info!(%remote, ?request, "admin operation");
+        let client = self.client_name.get().map_or("", String::as_str);
+        tracing::info!(target: "flashstock::audit", %remote, client, role = "admin", ?request, "admin operation");
         let operation = match &request {
             AdminRequest::ListConsumers => "list_consumers",
             AdminRequest::RemoveConsumer(_) => "remove_consumer",
@@ -531,6 +538,26 @@ impl Session {
                 AdminReply::Refused(Refusal::Unavailable)
             }
             Err(_) => AdminReply::Refused(Refusal::Unavailable),
+        }
+    }
+
+    /// Writes each admin command of a batch (stock, limits, windows) to the audit log, with
+    /// who sent it and what it did. Reads and service calls are not audited.
+    fn audit(&self, batch: &[Request], replies: &[Reply]) {
+        let remote = self.connection.remote_address();
+        let client = self.client_name.get().map_or("", String::as_str);
+        for (request, reply) in batch.iter().zip(replies) {
+            let Request::Apply(command) = request else { continue };
+            if matches!(
+                command,
+                Command::SetStock { .. }
+                    | Command::AdjustStock { .. }
+                    | Command::SetBuyerLimit { .. }
+                    | Command::SetSaleWindow { .. }
+            ) {
+                let outcome = crate::metrics::reply_outcome(reply);
+                tracing::info!(target: "flashstock::audit", %remote, client, role = "admin", ?command, outcome, "admin command");
+            }
         }
     }
 
@@ -577,6 +604,9 @@ impl Session {
     ) {
         let replies = dispatch(&self.shared.handle, role, &batch).await;
         crate::metrics::count_replies(&batch, &replies);
+        if role == Role::Admin {
+            self.audit(&batch, &replies);
+        }
         // The permits travel with the replies until they are written: a client that does not
         // read holds its own in-flight budget, not the server's memory.
         let _ = frames.send((correlation, Message::Replies(replies), Some(in_flight))).await;

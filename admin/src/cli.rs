@@ -1,0 +1,165 @@
+//! The commands and flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Look at and change a running flashstock server.
+///
+/// Reads the server's certificate and admin token from its data directory (as the other tools
+/// do) unless --cert and --token are given.
+#[derive(Debug, Parser)]
+#[command(name = "flashstock", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Which server, and how to authenticate.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// The server's QUIC address.
+    #[arg(long, env = "FLASHSTOCK_SERVER", default_value = "127.0.0.1:7400", global = true)]
+    pub server: SocketAddr,
+    /// The name on the server's certificate.
+    #[arg(long, env = "FLASHSTOCK_SERVER_NAME", default_value = "localhost", global = true)]
+    pub server_name: String,
+    /// The server's data directory: its certificate (`tls/cert.pem`) and tokens
+    /// (`tokens.toml`) are read from it.
+    #[arg(long, env = "FLASHSTOCK_DATA_DIR", default_value = "flashstock-data", global = true)]
+    pub server_data_dir: PathBuf,
+    /// The server's certificate (PEM) to trust [default: <server-data-dir>/tls/cert.pem].
+    #[arg(long, env = "FLASHSTOCK_CERT", global = true)]
+    pub cert: Option<PathBuf>,
+    /// An admin token [default: from <server-data-dir>/tokens.toml].
+    #[arg(long, env = "FLASHSTOCK_ADMIN_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// The server's metrics and health listener, for `health`.
+    #[arg(long, env = "FLASHSTOCK_METRICS", default_value = "127.0.0.1:9464", global = true)]
+    pub metrics: SocketAddr,
+}
+
+/// What to do.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// SKUs: counts, stock, buyer limits, sale windows.
+    #[command(subcommand)]
+    Sku(SkuCommand),
+    /// Reservations.
+    #[command(subcommand)]
+    Reservation(ReservationCommand),
+    /// Consumers of the committed-deduction stream.
+    #[command(subcommand)]
+    Consumer(ConsumerCommand),
+    /// Whether the server answers over QUIC and says it is ready (`/readyz`).
+    Health,
+}
+
+/// SKU commands.
+#[derive(Debug, Subcommand)]
+pub enum SkuCommand {
+    /// One SKU's counts, limit and window.
+    Get {
+        /// The SKU id.
+        sku: u64,
+    },
+    /// SKUs in id order, a page at a time.
+    List {
+        /// Start after this SKU id.
+        #[arg(long)]
+        after: Option<u64>,
+        /// SKUs per page (the server sends at most 1,000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Every page, not only the first.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Set a SKU's total stock (creating the SKU); refused below what is reserved plus sold.
+    Set {
+        /// The SKU id.
+        sku: u64,
+        /// Total units.
+        total: u64,
+    },
+    /// Add units to (or, negative, take units from) a SKU's available stock.
+    Adjust {
+        /// The SKU id.
+        sku: u64,
+        /// Units to add; negative to remove.
+        #[arg(allow_hyphen_values = true)]
+        delta: i64,
+    },
+    /// The most units one buyer may hold plus have bought.
+    #[command(subcommand)]
+    Limit(LimitCommand),
+    /// When a SKU may be reserved.
+    #[command(subcommand)]
+    Window(WindowCommand),
+}
+
+/// Buyer-limit commands.
+#[derive(Debug, Subcommand)]
+pub enum LimitCommand {
+    /// Set the limit; refused below what some buyer already holds plus has bought.
+    Set {
+        /// The SKU id.
+        sku: u64,
+        /// Units per buyer.
+        limit: u32,
+    },
+    /// Remove the limit.
+    Clear {
+        /// The SKU id.
+        sku: u64,
+    },
+}
+
+/// Sale-window commands.
+#[derive(Debug, Subcommand)]
+pub enum WindowCommand {
+    /// Set when reserves are taken, in milliseconds since the Unix epoch (server clock).
+    Set {
+        /// The SKU id.
+        sku: u64,
+        /// The first millisecond at which reserves are taken.
+        #[arg(long)]
+        opens_at_ms: Option<u64>,
+        /// The first millisecond at which reserves are refused again.
+        #[arg(long)]
+        closes_at_ms: Option<u64>,
+    },
+    /// Open the SKU at all times.
+    Clear {
+        /// The SKU id.
+        sku: u64,
+    },
+}
+
+/// Reservation commands.
+#[derive(Debug, Subcommand)]
+pub enum ReservationCommand {
+    /// One reservation: buyer, SKU, units, state, expiry.
+    Get {
+        /// The reservation id, as the reserve answered it.
+        reservation: u64,
+    },
+}
+
+/// Consumer commands.
+#[derive(Debug, Subcommand)]
+pub enum ConsumerCommand {
+    /// Registered consumers, their acknowledged positions and whether they are subscribed.
+    List,
+    /// Forget a consumer: its position stops holding the log back.
+    Remove {
+        /// The consumer's name.
+        name: String,
+    },
+}

@@ -1,0 +1,109 @@
+//! The `flashstock` command line against a real server: what an operator types, what the
+//! server then holds, and what the command prints.
+
+use clap::Parser;
+use flashstock_admin::{run, Cli, Report};
+use flashstock_tests::server::TestServer;
+
+/// Where the command line points: a server's address, certificate and admin token.
+struct Target {
+    addr: std::net::SocketAddr,
+    cert: std::path::PathBuf,
+    token: String,
+}
+
+impl From<&TestServer> for Target {
+    fn from(server: &TestServer) -> Target {
+        Target { addr: server.addr, cert: server.cert.clone(), token: server.admin_token.clone() }
+    }
+}
+
+async fn flashstock(target: impl Into<Target>, args: &str) -> Report {
+    let target = target.into();
+    let mut argv = vec!["flashstock".to_owned(), "--server".to_owned(), target.addr.to_string()];
+    argv.extend(["--cert".to_owned(), target.cert.display().to_string()]);
+    argv.extend(["--token".to_owned(), target.token]);
+    argv.extend(args.split_whitespace().map(str::to_owned));
+    run(&Cli::try_parse_from(argv).unwrap()).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_sets_up_and_inspects_a_sale_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_at(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+
+    assert!(flashstock(&server, "sku set 7 100").await.ok);
+    assert!(flashstock(&server, "sku adjust 7 -10").await.ok);
+    assert!(flashstock(&server, "sku set 8 5").await.ok);
+    assert!(flashstock(&server, "sku limit set 7 2").await.ok);
+    assert!(
+        flashstock(&server, "sku window set 7 --opens-at-ms 1000 --closes-at-ms 2000").await.ok
+    );
+    let got = flashstock(&server, "sku get 7").await;
+    assert!(got.ok);
+    assert_eq!(got.rows, [["7", "90", "90", "0", "0", "2", "1000", "2000"]]);
+    let table = got.render(false);
+    assert!(table.starts_with("sku  total  available  reserved  sold  limit"), "{table}");
+
+    // Refusals and misses are reports that fail (exit status 1), with the engine's reason.
+    let refused = flashstock(&server, "sku window set 7 --opens-at-ms 5 --closes-at-ms 5").await;
+    assert!(!refused.ok);
+    assert_eq!(refused.json["outcome"], "invalid_window");
+    let refused = flashstock(&server, "sku adjust 8 -6").await;
+    assert_eq!(
+        (refused.ok, refused.json["outcome"].as_str()),
+        (false, Some("insufficient_available"))
+    );
+    assert!(!flashstock(&server, "sku get 9").await.ok);
+    assert!(!flashstock(&server, "reservation get 12345").await.ok);
+
+    assert!(flashstock(&server, "sku limit clear 7").await.ok);
+    assert!(flashstock(&server, "sku window clear 7").await.ok);
+    let listed = flashstock(&server, "sku list --json").await;
+    let skus: Vec<(u64, u64)> = listed.json["skus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|sku| (sku["sku"].as_u64().unwrap(), sku["available"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(skus, [(7, 90), (8, 5)]);
+    assert_eq!(listed.json["skus"][0]["buyer_limit"], serde_json::Value::Null);
+    let first = flashstock(&server, "sku list --limit 1").await;
+    assert_eq!(first.rows.len(), 1);
+    assert_eq!(first.json["next_after"], 7);
+    assert_eq!(flashstock(&server, "sku list --limit 1 --all").await.rows.len(), 2);
+
+    let consumers = flashstock(&server, "consumer list").await;
+    assert!(consumers.ok && consumers.rows.is_empty());
+    assert!(!flashstock(&server, "consumer remove nobody").await.ok);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_says_whether_the_server_answers_and_is_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_at(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let health = flashstock_observe::Health::new();
+    health.set("recovery", Ok(()));
+    let listener = flashstock_observe::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let metrics_addr = listener.local_addr().unwrap();
+    let observed = flashstock_observe::Observed {
+        metrics: flashstock_observe::install().unwrap(),
+        health: health.clone(),
+    };
+    let limits = flashstock_observe::HttpLimits::default();
+    tokio::spawn(flashstock_observe::serve(listener, observed, limits, std::future::pending()));
+
+    let check = format!("health --metrics {metrics_addr}");
+    let healthy = flashstock(&server, &check).await;
+    assert!(healthy.ok, "{}", healthy.render(false));
+    assert!(healthy.render(false).contains("[+]recovery ok"));
+    health.set("recovery", Err("recovering".into()));
+    let unready = flashstock(&server, &check).await;
+    assert!(!unready.ok);
+    assert!(unready.render(false).contains("[-]recovery failed: recovering"));
+    let target = Target::from(&server);
+    server.stop().await;
+    let down = flashstock(target, &check).await;
+    assert!(!down.ok, "{}", down.render(false));
+}
