@@ -220,6 +220,7 @@ impl Writer {
             .arg(server_dir)
             .arg("--data-dir")
             .arg(data_dir)
+            .args(["--metrics-listen", "127.0.0.1:0"])
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

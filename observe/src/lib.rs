@@ -20,7 +20,7 @@ pub mod recorder;
 
 pub use fetch::{fetch, Fetched};
 pub use health::{Check, Health};
-pub use listener::{bind, serve, HttpLimits, Observed};
+pub use listener::{bind, serve, start, HttpLimits, Listening, Observed};
 pub use recorder::{build_info, install, SECONDS_BUCKETS};
 
 use std::net::SocketAddr;

@@ -142,3 +142,42 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     *response.status_mut() = status;
     response
 }
+
+/// A running listener; dropping it stops the listener.
+#[derive(Debug)]
+pub struct Listening {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Listening {
+    /// Completes once the listener is told to stop (for tasks that should stop with it).
+    pub fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut stopped = self.stop.subscribe();
+        async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }
+    }
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+    }
+}
+
+/// Installs the recorder, binds `addr` and serves it in a task of its own, with the default
+/// [`HttpLimits`]: what a process does at start. `/readyz` answers from `health`.
+pub async fn start(addr: SocketAddr, health: Arc<Health>) -> Result<Listening, ObserveError> {
+    let metrics = crate::install()?;
+    let listener = bind(addr).await?;
+    let bound = listener.local_addr().map_err(|source| ObserveError::Bind { addr, source })?;
+    let stop = tokio::sync::watch::Sender::new(false);
+    let mut stopped = stop.subscribe();
+    let observed = Observed { metrics, health };
+    tokio::spawn(serve(listener, observed, HttpLimits::default(), async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    }));
+    Ok(Listening { addr: bound, stop })
+}

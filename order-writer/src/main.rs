@@ -66,6 +66,9 @@ struct Args {
     /// Milliseconds to keep gathering events after the first of a transaction.
     #[arg(long, env = "ORDER_WRITER_LINGER_MS", default_value_t = 2)]
     linger_ms: u64,
+    /// Where to serve `/metrics`, `/livez` and `/readyz` over plain HTTP (empty: off).
+    #[arg(long, env = "ORDER_WRITER_METRICS_LISTEN", default_value = "127.0.0.1:9465")]
+    metrics_listen: String,
     /// Events the server may send beyond the last acknowledgement.
     #[arg(long, env = "ORDER_WRITER_WINDOW_EVENTS", default_value_t = 65_536)]
     window_events: u32,
@@ -111,7 +114,21 @@ fn main() -> anyhow::Result<()> {
     };
     let stats = Arc::new(WriterStats::default());
     let tokio = tokio::runtime::Runtime::new().context("starting tokio")?;
-    tokio.block_on(run(config, stats.clone(), shutdown_signal()))?;
+    tokio.block_on(async {
+        let _listening = match args.metrics_listen.trim() {
+            "" => None,
+            addr => {
+                let addr = addr.parse().with_context(|| format!("--metrics-listen {addr:?}"))?;
+                let listening = flashstock_observe::start(addr, stats.health.clone()).await?;
+                flashstock_order_writer::writer::metric::describe();
+                flashstock_observe::build_info("order-writer", env!("CARGO_PKG_VERSION"));
+                tracing::info!(metrics = %listening.addr, "serving /metrics, /livez, /readyz");
+                Some(listening)
+            }
+        };
+        run(config, stats.clone(), shutdown_signal()).await?;
+        anyhow::Ok(())
+    })?;
     tracing::info!(stats = %stats.summary(), "order writer stopped");
     Ok(())
 }

@@ -99,6 +99,8 @@ pub struct WriterStats {
     pub acks: AtomicU64,
     /// Milliseconds from a reservation's confirm (server clock) to the commit of its row.
     pub lag_ms: Mutex<Histogram<u64>>,
+    /// Readiness: `database` (the last write went through) and `stream` (subscribed).
+    pub health: Arc<flashstock_observe::Health>,
 }
 
 impl WriterStats {
@@ -135,6 +137,12 @@ impl Default for WriterStats {
             // Fixed bounds (1 ms to a day): an auto-resizing histogram's `saturating_record`
             // clamps to its current top instead of growing.
             lag_ms: Mutex::new(Histogram::new_with_bounds(1, 86_400_000, 3).expect("valid bounds")),
+            health: {
+                let health = flashstock_observe::Health::new();
+                health.set("database", Err("not connected yet".into()));
+                health.set("stream", Err("not subscribed yet".into()));
+                health
+            },
         }
     }
 }
@@ -148,6 +156,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), WriterError> {
     let store = OrderStore::connect(&config.database_urls).await?;
+    stats.health.set("database", Ok(()));
     let nats = match &config.nats {
         Some(nats) => Some(NatsSink::connect(nats).await?),
         None => None,
@@ -182,7 +191,10 @@ async fn serve(
         };
         backoff = BACKOFF_FIRST;
         tracing::info!(consumer = %config.consumer, cursor = ?subscriber.start_cursor(), "subscribed");
-        match consume(config, subscriber, store, nats, stats).await {
+        stats.health.set("stream", Ok(()));
+        let consumed = consume(config, subscriber, store, nats, stats).await;
+        stats.health.set("stream", Err("the stream was lost; subscribing again".into()));
+        match consumed {
             Err(err) if is_final(&err) => return Err(WriterError::Server(err)),
             Err(err) => tracing::warn!(%err, "stream lost; subscribing again"),
             Ok(()) => {}
@@ -250,6 +262,7 @@ async fn consume(
             }
         }
         stats.events_received.fetch_add(gathered as u64, Ordering::Relaxed);
+        metrics::counter!(metric::EVENTS_TOTAL).increment(gathered as u64);
         let rows = rows_of(&batches, config.record_ended);
         if !rows.is_empty() {
             write(store, &rows, stats).await;
@@ -294,16 +307,30 @@ pub fn rows_of(batches: &[EventBatch], record_ended: bool) -> Vec<OrderRow> {
 async fn write(store: &OrderStore, rows: &[OrderRow], stats: &WriterStats) {
     let mut backoff = BACKOFF_FIRST;
     loop {
+        let started = std::time::Instant::now();
         match store.write(rows).await {
             Ok(written) => {
+                metrics::histogram!(metric::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
                 stats.rows_inserted.fetch_add(written.inserted, Ordering::Relaxed);
                 stats.rows_duplicate.fetch_add(written.duplicates, Ordering::Relaxed);
                 stats.rows_dead.fetch_add(written.dead, Ordering::Relaxed);
                 stats.commits.fetch_add(1, Ordering::Relaxed);
+                let counts = [
+                    ("inserted", written.inserted),
+                    ("duplicate", written.duplicates),
+                    ("dead", written.dead),
+                ];
+                for (result, rows) in counts {
+                    metrics::counter!(metric::ROWS_TOTAL, "result" => result).increment(rows);
+                }
+                metrics::counter!(metric::BATCHES_TOTAL).increment(1);
+                stats.health.set("database", Ok(()));
                 return;
             }
             Err(err) => {
                 stats.retries.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(metric::RETRIES_TOTAL).increment(1);
+                stats.health.set("database", Err(format!("writing failed: {err}")));
                 tracing::warn!(%err, rows = rows.len(), backoff_ms = backoff.as_millis() as u64, "writing orders failed; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -328,7 +355,43 @@ async fn publish(nats: &NatsSink, batches: &[EventBatch], stats: &WriterStats) {
 fn record_lag(rows: &[OrderRow], stats: &WriterStats) {
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let mut lag = stats.lag_ms.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut lag_ms_max = 0;
     for row in rows.iter().filter(|r| r.status == ReservationState::Confirmed) {
-        lag.saturating_record(now_ms.saturating_sub(row.ended_at_ms));
+        let lag_ms = now_ms.saturating_sub(row.ended_at_ms);
+        lag.saturating_record(lag_ms);
+        lag_ms_max = lag_ms_max.max(lag_ms);
+    }
+    metrics::gauge!(metric::LAG_SECONDS).set(lag_ms_max as f64 / 1e3);
+}
+
+/// The order writer's metrics, named once.
+pub mod metric {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+
+    /// Events received from the stream.
+    pub const EVENTS_TOTAL: &str = "flashstock_order_writer_events_total";
+    /// Rows written, by `result`: inserted, duplicate (a redelivery), dead (a dead letter).
+    pub const ROWS_TOTAL: &str = "flashstock_order_writer_rows_total";
+    /// Write rounds committed (one transaction per database each).
+    pub const BATCHES_TOTAL: &str = "flashstock_order_writer_batches_total";
+    /// Write rounds that failed and were retried.
+    pub const RETRIES_TOTAL: &str = "flashstock_order_writer_retries_total";
+    /// One write round's commit.
+    pub const COMMIT_SECONDS: &str = "flashstock_order_writer_commit_seconds";
+    /// From the oldest confirm of the last round (server clock) to its commit.
+    pub const LAG_SECONDS: &str = "flashstock_order_writer_lag_seconds";
+
+    /// Describes every metric to the recorder.
+    pub fn describe() {
+        describe_counter!(EVENTS_TOTAL, Unit::Count, "Events received from the stream.");
+        describe_counter!(ROWS_TOTAL, Unit::Count, "Rows written, by result.");
+        describe_counter!(BATCHES_TOTAL, Unit::Count, "Write rounds committed.");
+        describe_counter!(RETRIES_TOTAL, Unit::Count, "Write rounds that failed and were retried.");
+        describe_histogram!(COMMIT_SECONDS, Unit::Seconds, "One write round's commit.");
+        describe_gauge!(
+            LAG_SECONDS,
+            Unit::Seconds,
+            "From the last round's oldest confirm to its commit."
+        );
     }
 }

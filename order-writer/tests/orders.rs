@@ -145,13 +145,18 @@ async fn the_stream_resumes_after_a_server_restart() {
     sell(&service, SkuId(1), 0, 150).await;
     let store = OrderStore::connect(&[url]).await.unwrap();
     wait_for_rows(&store, "confirmed", 150, ROWS_TIMEOUT).await;
+    assert!(writer.stats.health.ready(), "{:?}", writer.stats.health);
     service.close().await;
     server.stop().await;
+    wait_until(|| !writer.stats.health.ready()).await;
+    let stream = writer.stats.health.checks().into_iter().find(|c| c.name == "stream").unwrap();
+    assert!(stream.result.is_err(), "not ready without the stream: {stream:?}");
 
     let server = TestServer::start_at(dir.path(), addr).await;
     let service = client(&server, &server.service_token).await;
     sell(&service, SkuId(1), 1_000, 150).await;
     wait_for_rows(&store, "confirmed", 300, ROWS_TIMEOUT).await;
+    assert!(writer.stats.health.ready(), "{:?}", writer.stats.health);
     writer.stop().await;
     store.close().await;
     service.close().await;
@@ -176,8 +181,11 @@ async fn a_database_that_goes_away_and_comes_back_loses_nothing() {
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert_eq!(store.count("confirmed").await.unwrap(), 100, "nothing written while it is away");
     assert!(writer.stats.retries.load(Ordering::Relaxed) > 0, "the writer kept retrying");
+    let database = writer.stats.health.checks().into_iter().find(|c| c.name == "database");
+    assert!(database.unwrap().result.is_err(), "not ready while the database is away");
     proxy.restore();
     wait_for_rows(&store, "confirmed", 200, ROWS_TIMEOUT).await;
+    assert!(writer.stats.health.ready(), "{:?}", writer.stats.health);
     writer.stop().await;
     store.close().await;
     service.close().await;
@@ -348,4 +356,13 @@ async fn postgres_dead_letters_a_refused_row() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mysql_dead_letters_a_refused_row() {
     a_refused_row_is_dead_lettered_and_the_stream_goes_on(mysql_database().await).await;
+}
+
+/// Waits (up to 10 s) for `condition`.
+async fn wait_until(condition: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

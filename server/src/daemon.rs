@@ -261,9 +261,7 @@ pub struct Served {
 /// The metrics and health listener, while the daemon runs.
 struct Observing {
     health: Arc<flashstock_observe::Health>,
-    addr: Option<SocketAddr>,
-    /// Set when the daemon returns: the listener and the sampler stop.
-    stop: tokio::sync::watch::Sender<bool>,
+    listening: Option<flashstock_observe::Listening>,
 }
 
 impl Observing {
@@ -274,52 +272,40 @@ impl Observing {
         health.set("recovery", Err("recovering".into()));
         health.set("quic", Err("not listening yet".into()));
         health.set("shutdown", Ok(()));
-        let stop = tokio::sync::watch::Sender::new(false);
         let Some(addr) = settings.metrics_addr()? else {
-            return Ok(Observing { health, addr: None, stop });
+            return Ok(Observing { health, listening: None });
         };
         let observe =
             |err: flashstock_observe::ObserveError| RuntimeError::Observe(err.to_string());
-        let metrics = flashstock_observe::install().map_err(observe)?;
+        let listening = flashstock_observe::start(addr, health.clone()).await.map_err(observe)?;
         crate::metrics::describe();
         flashstock_observe::build_info("flashstockd", env!("CARGO_PKG_VERSION"));
-        let listener = flashstock_observe::bind(addr).await.map_err(observe)?;
-        let bound = listener.local_addr().map_err(|source| RuntimeError::Bind { addr, source })?;
-        let mut stopped = stop.subscribe();
-        let observed = flashstock_observe::Observed { metrics, health: health.clone() };
-        let limits = flashstock_observe::HttpLimits::default();
-        tokio::spawn(flashstock_observe::serve(listener, observed, limits, async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
-        }));
-        tracing::info!(metrics = %bound, "serving /metrics, /livez, /readyz");
-        Ok(Observing { health, addr: Some(bound), stop })
+        tracing::info!(metrics = %listening.addr, "serving /metrics, /livez, /readyz");
+        Ok(Observing { health, listening: Some(listening) })
+    }
+
+    fn addr(&self) -> Option<SocketAddr> {
+        self.listening.as_ref().map(|listening| listening.addr)
     }
 
     /// Samples the gauges that are read off state (connections, consumers' positions and
-    /// lag), every second, until the runtime stops.
+    /// lag), every second, until the listener stops.
     fn sample(&self, handle: crate::Handle, stats: Arc<net::NetStats>) {
-        if self.addr.is_none() {
-            return;
-        }
+        let Some(listening) = &self.listening else { return };
         let events = handle.events().clone();
-        let mut stopped = self.stop.subscribe();
+        let stopped = listening.stopped();
         tokio::spawn(async move {
+            tokio::pin!(stopped);
             let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
             loop {
                 tokio::select! {
                     _ = every.tick() => {}
-                    _ = stopped.wait_for(|stop| *stop) => return,
+                    () = &mut stopped => return,
                 }
                 crate::metrics::sample_net(&stats);
                 crate::metrics::sample_consumers(&events);
             }
         });
-    }
-}
-
-impl Drop for Observing {
-    fn drop(&mut self) {
-        self.stop.send_replace(true);
     }
 }
 
@@ -370,7 +356,7 @@ pub async fn run(
         listen: bound,
         cert: tls.cert_path.clone(),
         tokens: tokens_path,
-        metrics: observing.addr,
+        metrics: observing.addr(),
     });
     let stats = Arc::new(net::NetStats::default());
     observing.sample(runtime.handle().clone(), stats.clone());
