@@ -7,6 +7,7 @@
 //! - [`health`]: [`Health`], named readiness checks a process sets as it starts, serves and
 //!   stops.
 //! - [`fetch`]: a small blocking `GET` of that listener, for the admin CLI and tests.
+//! - [`logging`]: the binaries' logs, as text or JSON lines (`--log-format`).
 //! - [`listener`]: the HTTP listener: `/metrics`, `/livez`, `/readyz`, with its bounds.
 //!
 //! Metric names follow Prometheus' conventions: a `flashstock_` prefix, base units in the name
@@ -16,11 +17,13 @@
 pub mod fetch;
 pub mod health;
 pub mod listener;
+pub mod logging;
 pub mod recorder;
 
 pub use fetch::{fetch, Fetched};
 pub use health::{Check, Health};
 pub use listener::{bind, serve, start, HttpLimits, Listening, Observed};
+pub use logging::{init_logging, LogFormat};
 pub use recorder::{build_info, install, SECONDS_BUCKETS};
 
 use std::net::SocketAddr;

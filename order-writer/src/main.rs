@@ -66,6 +66,9 @@ struct Args {
     /// Milliseconds to keep gathering events after the first of a transaction.
     #[arg(long, env = "ORDER_WRITER_LINGER_MS", default_value_t = 2)]
     linger_ms: u64,
+    /// Log lines as `text` or `json` (one object per line, for a log pipeline).
+    #[arg(long, env = "ORDER_WRITER_LOG_FORMAT", default_value = "text")]
+    log_format: flashstock_observe::LogFormat,
     /// Where to serve `/metrics`, `/livez` and `/readyz` over plain HTTP (empty: off).
     #[arg(long, env = "ORDER_WRITER_METRICS_LISTEN", default_value = "127.0.0.1:9465")]
     metrics_listen: String,
@@ -75,10 +78,8 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).init();
     let args = Args::parse();
+    flashstock_observe::init_logging("info", args.log_format);
     let cert = args.cert.clone().unwrap_or_else(|| args.server_data_dir.join("tls/cert.pem"));
     let tls = ClientTls::trust_pem_file(&cert)
         .with_context(|| format!("reading the server certificate {}", cert.display()))?;

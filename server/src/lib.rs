@@ -29,7 +29,6 @@
 //! - [`daemon`]: the `flashstockd` settings (file, environment, flags) and `run`.
 //! - [`demo`]: the demo flash sale the `flashstock-demo` binary runs, with its audit.
 //! - [`error`]: [`RuntimeError`], the one error type.
-//! - [`init_logging`]: the binaries' logging (stderr, `RUST_LOG`).
 
 pub mod clock;
 pub mod config;
@@ -53,11 +52,3 @@ pub use error::RuntimeError;
 pub use handle::{Handle, Pending, PendingBatch};
 pub use recovery::RecoveryReport;
 pub use runtime::Runtime;
-
-/// Logs to stderr (stdout is for a binary's output), filtered by `RUST_LOG`, else at
-/// `default_level`. For binaries; call once.
-pub fn init_logging(default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| default_level.into());
-    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).init();
-}

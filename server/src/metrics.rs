@@ -120,7 +120,24 @@ pub fn describe() {
     }
     describe_histogram!(FRAME_REQUESTS, Unit::Count, "Requests per Requests frame.");
     describe_histogram!(SHARD_STEP_JOBS, Unit::Count, "Jobs one shard step applied.");
+    // Counters of rare events exist from the start at 0: a dashboard then shows "none
+    // happened", not "no data", and rate() has a starting point.
+    metrics::counter!(OVERLOAD_REFUSALS_TOTAL).absolute(0);
+    metrics::counter!(SNAPSHOT_FAILURES_TOTAL).absolute(0);
+    for reason in AUTHENTICATION_FAILURE_REASONS {
+        metrics::counter!(AUTHENTICATION_FAILURES_TOTAL, "reason" => reason).absolute(0);
+    }
+    for reason in CONNECTION_REFUSAL_REASONS {
+        metrics::counter!(CONNECTIONS_REFUSED_TOTAL, "reason" => reason).absolute(0);
+    }
 }
+
+/// The `reason` labels of [`AUTHENTICATION_FAILURES_TOTAL`].
+pub const AUTHENTICATION_FAILURE_REASONS: [&str; 3] =
+    ["no_credentials", "bad_credentials", "timeout"];
+/// The `reason` labels of [`CONNECTIONS_REFUSED_TOTAL`].
+pub const CONNECTION_REFUSAL_REASONS: [&str; 2] =
+    ["connections_max", "connections_per_address_max"];
 
 /// The `kind` label of a request.
 pub fn request_kind(request: &Request) -> &'static str {

@@ -327,3 +327,24 @@ async fn the_metrics_listener_serves_health_and_metrics_that_move() {
     assert_eq!(series_value(&text, failures), Some(1.0), "{text}");
     terminate(daemon);
 }
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flashstockd"))
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "", "--log-format", "json"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let line: serde_json::Value = serde_json::from_str(&first).expect("a JSON object");
+    assert!(["INFO", "WARN"].contains(&line["level"].as_str().unwrap()), "{first}");
+    assert!(line["fields"]["message"].is_string(), "{first}");
+    assert!(line["target"].as_str().unwrap().starts_with("flashstock_server"), "{first}");
+}

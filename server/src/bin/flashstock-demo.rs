@@ -36,7 +36,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    flashstock_server::init_logging("warn");
+    flashstock_observe::init_logging("warn", flashstock_observe::LogFormat::Text);
     let args = Args::parse();
     let options = DemoOptions {
         data_dir: args.data_dir,

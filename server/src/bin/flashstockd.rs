@@ -24,13 +24,16 @@ struct Args {
     /// A TOML settings file (the same names, with underscores).
     #[arg(long, env = "FLASHSTOCK_CONFIG")]
     config: Option<PathBuf>,
+    /// Log lines as `text` or `json` (one object per line, for a log pipeline).
+    #[arg(long, env = "FLASHSTOCK_LOG_FORMAT", default_value = "text")]
+    log_format: flashstock_observe::LogFormat,
     #[command(flatten)]
     settings: Settings,
 }
 
 fn main() -> anyhow::Result<()> {
-    flashstock_server::init_logging("info");
     let args = Args::parse();
+    flashstock_observe::init_logging("info", args.log_format);
     let from_file = match &args.config {
         Some(path) => Settings::from_file(path)?,
         None => Settings::default(),
