@@ -13,7 +13,9 @@ use serde::Deserialize;
 
 use flashstock_protocol::Role;
 
-use crate::net::{self, Authenticator, ClientCertRoles, NetLimits, TlsFiles, TransportLimits};
+use crate::net::{
+    self, Authenticator, ClientCertRoles, NetLimits, SharedAuth, TlsFiles, TransportLimits,
+};
 use crate::{Runtime, RuntimeConfig, RuntimeError, SystemClock};
 
 /// The default listen address.
@@ -310,10 +312,12 @@ impl Observing {
 }
 
 /// Runs the daemon until `shutdown` completes. `on_listening` is told where it can be reached
-/// once the server accepts connections.
+/// once the server accepts connections. Each message on `reloads` (the binary sends one per
+/// SIGHUP) re-reads the tokens file and the TLS certificate and key; see [`Reload`].
 pub async fn run(
     settings: Settings,
     on_listening: impl FnOnce(&Listening),
+    reloads: tokio::sync::mpsc::Receiver<()>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Served, RuntimeError> {
     settings.validate()?;
@@ -352,14 +356,25 @@ pub async fn run(
         "flashstockd serving"
     );
     observing.health.set("quic", Ok(()));
+    let listening_tokens = tokens_path;
     on_listening(&Listening {
         listen: bound,
         cert: tls.cert_path.clone(),
-        tokens: tokens_path,
+        tokens: listening_tokens.clone(),
         metrics: observing.addr(),
     });
     let stats = Arc::new(net::NetStats::default());
     observing.sample(runtime.handle().clone(), stats.clone());
+    let auth = SharedAuth::from(auth);
+    let reload = Reload {
+        auth: auth.clone(),
+        endpoint: endpoint.clone(),
+        tls: tls.clone(),
+        transport,
+        tokens_path: listening_tokens.clone(),
+        client_certs,
+    };
+    tokio::spawn(reload.serve(reloads));
     let health = observing.health.clone();
     let shutdown = async move {
         shutdown.await;
@@ -376,6 +391,54 @@ pub async fn run(
         }
         // Exit non-zero, so that a supervisor restarts the server into recovery.
         net::Stopped::WalFailed { reason } => Err(RuntimeError::WalFailed { reason }),
+    }
+}
+
+/// What a reload re-reads, and where it puts the result. A file that fails to read or parse
+/// keeps the credentials in force and says why in the log; connections already open are
+/// never dropped (they authenticated once, under the old set).
+struct Reload {
+    auth: SharedAuth,
+    endpoint: quinn::Endpoint,
+    tls: TlsFiles,
+    transport: TransportLimits,
+    tokens_path: PathBuf,
+    client_certs: Option<Arc<ClientCertRoles>>,
+}
+
+impl Reload {
+    async fn serve(self, mut reloads: tokio::sync::mpsc::Receiver<()>) {
+        while reloads.recv().await.is_some() {
+            // Two small files: read in place, as the handshake reads them.
+            let result = match self.reload() {
+                Ok(()) => {
+                    tracing::info!(tokens = %self.tokens_path.display(), cert = %self.tls.cert_path.display(), "credentials reloaded");
+                    "ok"
+                }
+                Err(err) => {
+                    tracing::error!(%err, "reload failed; the credentials in force are kept");
+                    "failed"
+                }
+            };
+            metrics::counter!(crate::metrics::RELOADS_TOTAL, "result" => result).increment(1);
+        }
+    }
+
+    /// Reads both files first and puts them in force only if both are good.
+    fn reload(&self) -> Result<(), RuntimeError> {
+        let mut auth = Authenticator::new(net::auth::read_tokens_file(&self.tokens_path)?);
+        if let Some(roles) = &self.client_certs {
+            auth = auth.with_client_certs(roles.clone());
+        }
+        if !auth.admits_anyone() {
+            let detail = "no tokens and no client CA: nobody could connect".to_owned();
+            return Err(RuntimeError::Config { path: self.tokens_path.clone(), detail });
+        }
+        let server_config =
+            net::server_config(&self.tls, self.transport, self.client_certs.as_deref())?;
+        self.endpoint.set_server_config(Some(server_config));
+        self.auth.replace(auth);
+        Ok(())
     }
 }
 

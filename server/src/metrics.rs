@@ -69,6 +69,8 @@ pub const CONSUMER_HELD_RECORDS: &str = "flashstock_consumer_held_records";
 pub const RECOVERY_SECONDS: &str = "flashstock_recovery_seconds";
 /// Records the last start's recovery replayed.
 pub const RECOVERY_RECORDS: &str = "flashstock_recovery_records";
+/// Credential reloads (SIGHUP), by `result` (ok, failed).
+pub const RELOADS_TOTAL: &str = "flashstock_reloads_total";
 /// Admin operations, by `operation`.
 pub const ADMIN_OPERATIONS_TOTAL: &str = "flashstock_admin_operations_total";
 
@@ -83,6 +85,7 @@ pub fn describe() {
         (CONNECTIONS_REFUSED_TOTAL, "Connections refused by a connection limit, by reason."),
         (AUTHENTICATION_FAILURES_TOTAL, "Connections that failed to authenticate, by reason."),
         (ADMIN_OPERATIONS_TOTAL, "Admin operations served, by operation."),
+        (RELOADS_TOTAL, "Credential reloads (SIGHUP), by result."),
     ];
     for (name, help) in counters {
         describe_counter!(name, Unit::Count, help);

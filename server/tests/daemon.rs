@@ -348,3 +348,83 @@ fn json_logs_are_one_object_per_line() {
     assert!(line["fields"]["message"].is_string(), "{first}");
     assert!(line["target"].as_str().unwrap().starts_with("flashstock_server"), "{first}");
 }
+
+fn write_tokens(path: &Path, admin: &str, service: &str) {
+    std::fs::write(path, format!("admin = \"{admin}\"\nservice = \"{service}\"\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+fn hang_up(daemon: &Daemon) {
+    let pid = daemon.child.id().to_string();
+    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+}
+
+async fn connect_with(daemon: &Daemon, cert: &Path, token: &str) -> Result<Connection, String> {
+    let tls = ClientTls::trust_pem_file(cert).unwrap();
+    let connected = Connection::connect(daemon.addr, "localhost", &tls, Some(token)).await;
+    connected.map_err(|err| err.to_string())
+}
+
+/// Retries `connect_with` for up to 5 s: a reload is asynchronous to the signal.
+async fn connect_eventually(daemon: &Daemon, cert: &Path, token: &str) -> Connection {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match connect_with(daemon, cert, token).await {
+            Ok(connection) => return connection,
+            Err(err) if std::time::Instant::now() > deadline => panic!("never reloaded: {err}"),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    }
+}
+
+async fn still_answers(connection: &Connection) {
+    let replies = connection.call(vec![Request::QuerySku(SkuId(1))]).await.unwrap();
+    assert_eq!(replies, [Reply::Sku(None)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_tokens_and_certificate_without_dropping_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.toml");
+    let (admin, old, new) = ("a".repeat(32), "o".repeat(32), "n".repeat(32));
+    write_tokens(&tokens, &admin, &old);
+    let data = dir.path().join("data");
+    let daemon = start(&data, &["--tokens-file", tokens.to_str().unwrap()]);
+    let open = connect_with(&daemon, &daemon.cert, &old).await.unwrap();
+
+    // A rotated token: the new one authenticates, the removed one no longer does, and the
+    // connection it opened before goes on.
+    write_tokens(&tokens, &admin, &new);
+    hang_up(&daemon);
+    let _new = connect_eventually(&daemon, &daemon.cert, &new).await;
+    let refused = connect_with(&daemon, &daemon.cert, &old).await.unwrap_err();
+    assert!(refused.contains("Unauthenticated"), "{refused}");
+    still_answers(&open).await;
+
+    // A broken file keeps what is in force, and says so in the metrics.
+    std::fs::write(&tokens, "admin = \"unterminated\n").unwrap();
+    hang_up(&daemon);
+    let failed = r#"flashstock_reloads_total{result="failed"}"#;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while series_value(&scrape(&daemon, "/metrics").body, failed) != Some(1.0) {
+        assert!(std::time::Instant::now() < deadline, "the failed reload is counted");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    connect_with(&daemon, &daemon.cert, &new).await.expect("the old set is kept");
+
+    // A new certificate and key: new connections get it, open ones go on.
+    write_tokens(&tokens, &admin, &new);
+    let fresh = tempfile::tempdir().unwrap();
+    let fresh_tls = flashstock_server::net::ensure_self_signed(fresh.path()).unwrap();
+    let old_cert = dir.path().join("old-cert.pem");
+    std::fs::copy(&daemon.cert, &old_cert).unwrap();
+    std::fs::copy(&fresh_tls.key_path, data.join("tls/key.pem")).unwrap();
+    std::fs::copy(&fresh_tls.cert_path, data.join("tls/cert.pem")).unwrap();
+    hang_up(&daemon);
+    let _renewed = connect_eventually(&daemon, &fresh_tls.cert_path, &new).await;
+    let untrusted = connect_with(&daemon, &old_cert, &new).await.unwrap_err();
+    assert!(!untrusted.is_empty());
+    still_answers(&open).await;
+    terminate(daemon);
+}

@@ -57,6 +57,7 @@ async fn every_metric_the_dashboard_queries_is_exported() {
     let server = tokio::spawn(daemon::run(
         settings,
         move |listening| drop(listening_tx.send(listening.clone())),
+        tokio::sync::mpsc::channel(1).1,
         async move { drop(stopped.await) },
     ));
     let listening = listening_rx.await.unwrap();

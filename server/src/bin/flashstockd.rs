@@ -40,6 +40,10 @@ fn main() -> anyhow::Result<()> {
     };
     let settings = from_file.overridden_by(args.settings);
     let tokio = tokio::runtime::Runtime::new().context("starting tokio")?;
+    let reloads = {
+        let _in_runtime = tokio.enter();
+        reload_signals()?
+    };
     tokio.block_on(daemon::run(
         settings,
         |listening| {
@@ -52,9 +56,24 @@ fn main() -> anyhow::Result<()> {
                 listening.tokens.display()
             );
         },
+        reloads,
         shutdown_signal(),
     ))?;
     Ok(())
+}
+
+/// One message per SIGHUP: re-read the tokens file and the TLS certificate and key.
+fn reload_signals() -> anyhow::Result<tokio::sync::mpsc::Receiver<()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (reload, reloads) = tokio::sync::mpsc::channel(1);
+    let mut hangups = signal(SignalKind::hangup()).context("a SIGHUP handler")?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            // One pending reload suffices: it reads the files as they are when it runs.
+            let _ = reload.try_send(());
+        }
+    });
+    Ok(reloads)
 }
 
 /// Completes on SIGINT or SIGTERM.

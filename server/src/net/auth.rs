@@ -290,3 +290,34 @@ mod tests {
         assert_eq!(auth.authenticate(None, None), None);
     }
 }
+
+/// The credentials in force, shared by every connection and replaced whole by a reload: a
+/// `Hello` is checked against the set in force when it arrives; connections already
+/// authenticated keep their role.
+#[derive(Clone, Debug)]
+pub struct SharedAuth(Arc<std::sync::RwLock<Arc<Authenticator>>>);
+
+impl SharedAuth {
+    /// The set in force now.
+    pub fn current(&self) -> Arc<Authenticator> {
+        self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    /// Puts `auth` in force for every `Hello` from now on.
+    pub fn replace(&self, auth: Authenticator) {
+        *self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(auth);
+    }
+}
+
+impl From<Authenticator> for SharedAuth {
+    fn from(auth: Authenticator) -> SharedAuth {
+        SharedAuth(Arc::new(std::sync::RwLock::new(Arc::new(auth))))
+    }
+}
+
+impl Authenticator {
+    /// Whether any credential could authenticate at all (a token, or a client CA).
+    pub fn admits_anyone(&self) -> bool {
+        !self.tokens.is_empty() || self.cert_roles.is_some()
+    }
+}

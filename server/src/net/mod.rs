@@ -14,7 +14,7 @@ pub mod subscription;
 pub mod tls;
 pub mod udp;
 
-pub use auth::{Authenticator, ClientCertRoles};
+pub use auth::{Authenticator, ClientCertRoles, SharedAuth};
 pub use session::{serve, NetLimits, NetStats, Stopped, HELLO_TIMEOUT_MS_DEFAULT};
 pub use tls::{
     ensure_self_signed, server_config, TlsFiles, TransportLimits, SEND_WINDOW_BYTES,

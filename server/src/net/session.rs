@@ -29,7 +29,7 @@ use flashstock_protocol::{
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::net::auth::{permits, Authenticator};
+use crate::net::auth::{permits, SharedAuth};
 use crate::{Handle, RuntimeError};
 
 /// Bytes read from a stream at a time.
@@ -140,7 +140,7 @@ impl Drop for InFlight {
 
 struct Shared {
     handle: Handle,
-    auth: Authenticator,
+    auth: SharedAuth,
     limits: NetLimits,
     stats: Arc<NetStats>,
     /// Connections open per source address (only addresses with one or more).
@@ -167,11 +167,12 @@ pub enum Stopped {
 pub async fn serve(
     endpoint: quinn::Endpoint,
     handle: Handle,
-    auth: Authenticator,
+    auth: impl Into<SharedAuth>,
     limits: NetLimits,
     stats: Arc<NetStats>,
     shutdown: impl Future<Output = ()>,
 ) -> Stopped {
+    let auth = auth.into();
     let (stop, stopping) = watch::channel(false);
     let wal = handle.clone();
     let wal_failed = wal.wal_failed();
@@ -591,7 +592,7 @@ impl Session {
         let chain = identity
             .as_ref()
             .and_then(|any| any.downcast_ref::<Vec<rustls::pki_types::CertificateDer<'static>>>());
-        self.shared.auth.authenticate(token, chain.map(Vec::as_slice))
+        self.shared.auth.current().authenticate(token, chain.map(Vec::as_slice))
     }
 
     async fn answer(
