@@ -1,5 +1,5 @@
 //! `Handle`: the async API to the shard actors. Cheap to clone; every clone talks to the same
-//! runtime. The network layer calls this; so do the tests and the demo.
+//! runtime. The network layer calls this; so do the tests and benchmarks.
 
 use std::sync::Arc;
 

@@ -27,13 +27,11 @@
 //! - [`metrics`]: every metric the server exports, named and described in one place.
 //! - [`net`]: the QUIC listener: TLS, authentication, sessions, subscriptions.
 //! - [`daemon`]: the `flashstockd` settings (file, environment, flags) and `run`.
-//! - [`demo`]: the demo flash sale the `flashstock-demo` binary runs, with its audit.
 //! - [`error`]: [`RuntimeError`], the one error type.
 
 pub mod clock;
 pub mod config;
 pub mod daemon;
-pub mod demo;
 pub mod error;
 pub mod handle;
 pub mod metrics;

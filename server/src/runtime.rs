@@ -17,7 +17,7 @@ use crate::durability::{Durability, DurabilityStats, DurableEnds, Failure, Snaps
 use crate::error::RuntimeError;
 use crate::handle::{Handle, Shared};
 use crate::recovery::{recover_shards, RecoveryReport};
-use crate::stream::{Consumers, EventLog};
+use crate::stream::{Consumers, EventLog, WalRef};
 use tokio::sync::watch;
 
 const SHARD_COUNT_KEY: &str = "shard_count";
@@ -82,9 +82,10 @@ impl Runtime {
         let wal = Arc::new(wal);
         let durable_ends: DurableEnds =
             shards.iter().map(|(_, next_seq)| AtomicU64::new(*next_seq)).collect();
-        let consumers = Arc::new(Consumers::load(wal.clone(), config.shard_count)?);
+        let shared_wal = WalRef::new(wal.clone());
+        let consumers = Arc::new(Consumers::load(shared_wal.clone(), config.shard_count)?);
         let (committed, commits) = watch::channel(0);
-        let events = EventLog::new(wal.clone(), durable_ends.clone(), commits, consumers.clone());
+        let events = EventLog::new(shared_wal, durable_ends.clone(), commits, consumers.clone());
         let queue = config.durability_queue_batches * usize::from(config.shard_count);
         let (durable_tx, durable_rx) = bounded(queue);
         // One snapshot waiting per shard at most; actors skip a snapshot rather than queue more.
@@ -201,6 +202,8 @@ impl Runtime {
                 tracing::error!("the snapshot thread panicked");
             }
         }
+        // Handles may outlive the runtime; the log (and its lock) must not.
+        self.handle.events().release_wal();
     }
 }
 

@@ -67,12 +67,38 @@ pub enum StreamError {
     /// The registry could not be stored.
     #[error("storing consumer cursors: {0}")]
     Store(WalError),
+    /// The runtime has stopped and let go of its log.
+    #[error("the runtime has stopped")]
+    Stopped,
+}
+
+/// The log as the stream and the consumer registry reach it. The runtime releases it when it
+/// stops, so that a handle outliving the runtime (a task not yet finished, a caller keeping
+/// its clone) does not keep the store open, and its lock with it: a restart in the same
+/// process must be able to open the log at once.
+#[derive(Clone)]
+pub(crate) struct WalRef(Arc<std::sync::RwLock<Option<Arc<dyn Wal>>>>);
+
+impl WalRef {
+    pub(crate) fn new(wal: Arc<dyn Wal>) -> WalRef {
+        WalRef(Arc::new(std::sync::RwLock::new(Some(wal))))
+    }
+
+    fn get(&self) -> Result<Arc<dyn Wal>, StreamError> {
+        let wal = self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        wal.clone().ok_or(StreamError::Stopped)
+    }
+
+    /// Lets go of the log; later reads and stores fail with `Stopped`.
+    pub(crate) fn release(&self) {
+        self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+    }
 }
 
 /// Read access to the committed log, shared by every subscription.
 #[derive(Clone)]
 pub struct EventLog {
-    wal: Arc<dyn Wal>,
+    wal: WalRef,
     durable_ends: DurableEnds,
     committed: watch::Receiver<u64>,
     consumers: Arc<Consumers>,
@@ -95,7 +121,7 @@ pub struct EventRead {
 
 impl EventLog {
     pub(crate) fn new(
-        wal: Arc<dyn Wal>,
+        wal: WalRef,
         durable_ends: DurableEnds,
         committed: watch::Receiver<u64>,
         consumers: Arc<Consumers>,
@@ -123,10 +149,15 @@ impl EventLog {
         &self.consumers
     }
 
+    /// Lets go of the log (the runtime has stopped).
+    pub(crate) fn release_wal(&self) {
+        self.wal.release();
+    }
+
     /// The first position shard `shard`'s log still holds.
     pub fn first_available(&self, shard: u16) -> Result<u64, StreamError> {
         let durable_end = self.durable_end(shard);
-        match self.wal.read(shard, 0, durable_end, &mut |_| false) {
+        match self.wal.get()?.read(shard, 0, durable_end, &mut |_| false) {
             Ok(()) => Ok(0),
             Err(WalError::Truncated { first_available, .. }) => Ok(first_available),
             Err(err) => Err(StreamError::Read { shard, detail: err.to_string() }),
@@ -148,7 +179,7 @@ impl EventLog {
         let until_seq = self.durable_end(shard);
         let mut read = EventRead { events: Vec::new(), end_seq: from_seq };
         let mut failure = None;
-        let visited = self.wal.read(shard, from_seq, until_seq, &mut |batch| {
+        let visited = self.wal.get()?.read(shard, from_seq, until_seq, &mut |batch| {
             for (seq, record) in (batch.first_seq..).zip(decode_records(batch.records)) {
                 let record = match record {
                     Ok(record) => record,
@@ -191,7 +222,7 @@ pub fn kinds_mask(kinds: &[EventKind]) -> u8 {
 
 /// The registered consumers, their acknowledged cursors, and which are subscribed now.
 pub struct Consumers {
-    wal: Arc<dyn Wal>,
+    wal: WalRef,
     state: Mutex<Registry>,
 }
 
@@ -246,8 +277,10 @@ impl Drop for Subscription {
 
 impl Consumers {
     /// Loads the registry stored in `wal`.
-    pub(crate) fn load(wal: Arc<dyn Wal>, shard_count: u16) -> Result<Consumers, WalError> {
-        let cursors = match wal.read_meta(CONSUMERS_KEY)? {
+    pub(crate) fn load(wal: WalRef, shard_count: u16) -> Result<Consumers, WalError> {
+        // Loaded at start, before anything could release it.
+        let store = wal.get().expect("a log being loaded is held");
+        let cursors = match store.read_meta(CONSUMERS_KEY)? {
             Some(bytes) => decode_registry(&bytes, shard_count).unwrap_or_else(|| {
                 // The registry only holds truncation back; an unreadable one is logged loudly
                 // and consumers resume from where they say (or the log's start).
@@ -354,7 +387,7 @@ impl Consumers {
 
     fn store(&self, registry: &Registry) -> Result<(), StreamError> {
         let bytes = encode_registry(&registry.cursors);
-        self.wal.write_meta(CONSUMERS_KEY, &bytes).map_err(StreamError::Store)
+        self.wal.get()?.write_meta(CONSUMERS_KEY, &bytes).map_err(StreamError::Store)
     }
 }
 
@@ -415,7 +448,7 @@ mod tests {
     #[tokio::test]
     async fn the_newest_subscription_wins_and_the_slowest_consumer_holds_the_log() {
         let wal: Arc<dyn Wal> = Arc::new(flashstock_wal::MemWal::new());
-        let consumers = Arc::new(Consumers::load(wal.clone(), 2).unwrap());
+        let consumers = Arc::new(Consumers::load(WalRef::new(wal.clone()), 2).unwrap());
         let (mut first, cursor) = consumers.subscribe("writer", || vec![3, 4]).unwrap();
         assert_eq!(cursor, vec![3, 4]);
         let (second, cursor) = consumers.subscribe("writer", || vec![0, 0]).unwrap();
@@ -436,7 +469,7 @@ mod tests {
         // Released and durable: a new registry from the same store knows the cursor.
         let (_again, cursor) = consumers.subscribe("writer", || vec![0, 0]).unwrap();
         assert_eq!(cursor, vec![10, 4]);
-        let reloaded = Consumers::load(wal, 2).unwrap();
+        let reloaded = Consumers::load(WalRef::new(wal), 2).unwrap();
         assert_eq!(reloaded.cursor("writer"), Some(vec![10, 4]));
     }
 }

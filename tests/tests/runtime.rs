@@ -362,3 +362,22 @@ async fn a_batch_larger_than_a_step_is_answered_in_order_across_shards() {
     }
     assert!(matches!(answers.last(), Some(Ok(Reply::Reservation(None)))), "a forged id is unknown");
 }
+
+/// A runtime shut down while a handle to it lives on (a task that has not finished, a demo
+/// that keeps its handle) must let go of its log: a restart in the same process opens it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_in_the_same_process_works_while_old_handles_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = Runtime::open(dir.path(), config(2), Arc::new(SystemClock)).unwrap();
+    let kept = runtime.handle().clone();
+    stock(&kept, 1, 10).await;
+    runtime.shutdown();
+    let started = Instant::now();
+    let restarted = Runtime::open(dir.path(), config(2), Arc::new(SystemClock))
+        .expect("the log is free once the runtime is shut down");
+    assert!(started.elapsed() < Duration::from_secs(1), "opened at once: {:?}", started.elapsed());
+    assert_eq!(counts(&view(&restarted.handle(), 1).await), (10, 10, 0, 0));
+    // The old handle refuses, typed, rather than reaching into a log it no longer owns.
+    assert!(matches!(kept.query_sku(SkuId(1)).await, Err(RuntimeError::ShuttingDown)));
+    restarted.shutdown();
+}

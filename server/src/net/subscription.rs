@@ -206,7 +206,9 @@ async fn blocking<T: Send + 'static>(
 fn close_for(err: StreamError) -> Close {
     let code = match err {
         StreamError::Truncated { .. } => ErrorCode::CursorTruncated,
-        StreamError::Read { .. } | StreamError::Store(_) => ErrorCode::Unavailable,
+        StreamError::Read { .. } | StreamError::Store(_) | StreamError::Stopped => {
+            ErrorCode::Unavailable
+        }
         StreamError::BadConsumerName(_)
         | StreamError::CursorLength { .. }
         | StreamError::CursorBeyondEnd { .. } => ErrorCode::InvalidSubscription,
