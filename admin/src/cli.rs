@@ -57,8 +57,31 @@ pub enum Command {
     /// Consumers of the committed-deduction stream.
     #[command(subcommand)]
     Consumer(ConsumerCommand),
+    /// Reserve rate limits per buyer and per credential, global or per SKU.
+    #[command(subcommand)]
+    RateLimit(RateLimitCommand),
     /// Whether the server answers over QUIC and says it is ready (`/readyz`).
     Health,
+}
+
+/// Rate-limit commands.
+#[derive(Debug, Subcommand)]
+pub enum RateLimitCommand {
+    /// Set the limits of one SKU (--sku) or the global ones; leave both rates out to remove
+    /// them. Each is a token bucket holding one second's worth.
+    Set {
+        /// The SKU [default: the global limits, for every SKU without its own].
+        #[arg(long)]
+        sku: Option<u64>,
+        /// Reserve attempts per second per buyer.
+        #[arg(long)]
+        per_buyer_per_s: Option<u32>,
+        /// Reserve attempts per second per credential (token or client certificate).
+        #[arg(long)]
+        per_credential_per_s: Option<u32>,
+    },
+    /// The limits in force.
+    List,
 }
 
 /// SKU commands.

@@ -5,11 +5,12 @@ use std::time::{Duration, Instant};
 
 use flashstock_client::{Client, ClientConfig, ServerFiles};
 use flashstock_engine::{Outcome, ReservationId, SaleWindow, SkuId, SkuView};
-use flashstock_protocol::{Role, SKU_PAGE_MAX};
+use flashstock_protocol::{RateLimit, RateLimitEntry, Role, SKU_PAGE_MAX};
 use serde_json::{json, Value};
 
 use crate::cli::{
-    Cli, Command, ConsumerCommand, LimitCommand, ReservationCommand, SkuCommand, WindowCommand,
+    Cli, Command, ConsumerCommand, LimitCommand, RateLimitCommand, ReservationCommand, SkuCommand,
+    WindowCommand,
 };
 use crate::report::{cell, Report};
 use crate::AdminError;
@@ -34,6 +35,7 @@ pub async fn run(cli: &Cli) -> Result<Report, AdminError> {
             reservation_report(client.query_reservation(id).await?, *reservation)
         }
         Command::Consumer(command) => consumer(&client, command).await?,
+        Command::RateLimit(command) => rate_limit(&client, command).await?,
         Command::Health => unreachable!("answered above"),
     };
     client.close().await;
@@ -192,6 +194,47 @@ async fn consumer(client: &Client, command: &ConsumerCommand) -> Result<Report, 
             Ok(if existed { report } else { report.failed(format!("no consumer {name:?}")) })
         }
     }
+}
+
+async fn rate_limit(client: &Client, command: &RateLimitCommand) -> Result<Report, AdminError> {
+    let entries = match *command {
+        RateLimitCommand::List => client.list_rate_limits().await?,
+        RateLimitCommand::Set { sku, per_buyer_per_s, per_credential_per_s } => {
+            let limit = RateLimit { per_buyer_per_s, per_credential_per_s };
+            match client.set_rate_limit(sku.map(SkuId), limit).await {
+                Ok(entries) => entries,
+                Err(flashstock_client::ClientError::Invalid(detail)) => {
+                    let json = json!({ "error": detail });
+                    return Ok(Report::table(Vec::new(), Vec::new(), json)
+                        .failed(format!("refused: {detail}")));
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+    };
+    let scope = |entry: &RateLimitEntry| entry.sku.map_or("global".to_owned(), |s| s.0.to_string());
+    let rows = entries
+        .iter()
+        .map(|entry| {
+            vec![
+                scope(entry),
+                cell(entry.limit.per_buyer_per_s),
+                cell(entry.limit.per_credential_per_s),
+            ]
+        })
+        .collect();
+    let json: Vec<Value> = entries
+        .iter()
+        .map(|entry| {
+            json!({
+                "sku": entry.sku.map(|sku| sku.0),
+                "per_buyer_per_s": entry.limit.per_buyer_per_s,
+                "per_credential_per_s": entry.limit.per_credential_per_s,
+            })
+        })
+        .collect();
+    let columns = vec!["scope", "per_buyer_per_s", "per_credential_per_s"];
+    Ok(Report::table(columns, rows, json!({ "rate_limits": json })))
 }
 
 /// QUIC: connects and reads a SKU (a round trip through a shard); HTTP: `/readyz`.

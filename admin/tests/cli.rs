@@ -73,6 +73,13 @@ async fn an_operator_sets_up_and_inspects_a_sale_from_the_command_line() {
     assert_eq!(first.json["next_after"], 7);
     assert_eq!(flashstock(&server, "sku list --limit 1 --all").await.rows.len(), 2);
 
+    let limits = flashstock(&server, "rate-limit set --sku 7 --per-buyer-per-s 2").await;
+    assert!(limits.ok);
+    assert_eq!(limits.rows, [["global", "-", "-"], ["7", "2", "-"]]);
+    let zero = flashstock(&server, "rate-limit set --per-credential-per-s 0").await;
+    assert!(!zero.ok, "{}", zero.render(false));
+    assert_eq!(flashstock(&server, "rate-limit list").await.rows.len(), 2);
+
     let consumers = flashstock(&server, "consumer list").await;
     assert!(consumers.ok && consumers.rows.is_empty());
     assert!(!flashstock(&server, "consumer remove nobody").await.ok);

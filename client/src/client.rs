@@ -11,7 +11,8 @@ use flashstock_engine::{
     SaleWindow, SkuId, SkuView,
 };
 use flashstock_protocol::{
-    AdminReply, AdminRequest, ConsumerInfo, Refusal, Reply, Request, SKU_PAGE_MAX,
+    AdminReply, AdminRequest, ConsumerInfo, RateLimit, RateLimitEntry, Refusal, Reply, Request,
+    SKU_PAGE_MAX,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -363,6 +364,28 @@ impl Client {
         }
     }
 
+    /// Admin: sets the reserve rate limits of `sku`, or the global ones (`None`); both rates
+    /// `None` removes them. Returns every limit in force after.
+    pub async fn set_rate_limit(
+        &self,
+        sku: Option<SkuId>,
+        limit: RateLimit,
+    ) -> Result<Vec<RateLimitEntry>, ClientError> {
+        match self.admin(AdminRequest::SetRateLimit { sku, limit }).await? {
+            AdminReply::RateLimits(entries) => Ok(entries),
+            AdminReply::Invalid { detail } => Err(ClientError::Invalid(detail)),
+            other => Err(ClientError::Unexpected(format!("{other:?} for a rate limit"))),
+        }
+    }
+
+    /// Admin: the reserve rate limits in force, global first.
+    pub async fn list_rate_limits(&self) -> Result<Vec<RateLimitEntry>, ClientError> {
+        match self.admin(AdminRequest::ListRateLimits).await? {
+            AdminReply::RateLimits(entries) => Ok(entries),
+            other => Err(ClientError::Unexpected(format!("{other:?} for a rate limit listing"))),
+        }
+    }
+
     /// Sends an admin operation, retried on a lost connection; a refusal is an error.
     async fn admin(&self, request: AdminRequest) -> Result<AdminReply, ClientError> {
         let base = self.inner.next_link.fetch_add(1, Ordering::Relaxed);
@@ -429,8 +452,13 @@ impl Client {
                 Err(err) => return Err(err),
             };
             tries += 1;
-            let permanent =
-                matches!(failure, ClientError::Refused { refusal: Refusal::PermissionDenied });
+            // Retrying a rate limit early only spends the bucket again: the caller decides.
+            let permanent = matches!(
+                failure,
+                ClientError::Refused {
+                    refusal: Refusal::PermissionDenied | Refusal::RateLimited { .. }
+                }
+            );
             if permanent || tries > config.retries_max || Instant::now() >= deadline {
                 return Err(failure);
             }

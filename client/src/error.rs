@@ -31,6 +31,9 @@ pub enum ClientError {
     /// The server answered with a message that makes no sense here.
     #[error("unexpected message from the server: {0}")]
     Unexpected(String),
+    /// The server found a value of the request out of range, and said which.
+    #[error("invalid request: {0}")]
+    Invalid(String),
     /// Writing to the stream failed.
     #[error("writing: {0}")]
     Write(#[from] quinn::WriteError),

@@ -37,5 +37,6 @@ pub use frame::{
 };
 pub use message::{
     AdminReply, AdminRequest, ConnectionError, ConsumerInfo, ErrorCode, EventBatch, Message,
-    Refusal, Reply, Request, Role, StartAt, StreamEvent, Subscribe, Subscribed, SKU_PAGE_MAX,
+    RateLimit, RateLimitEntry, Refusal, Reply, Request, Role, StartAt, StreamEvent, Subscribe,
+    Subscribed, SKU_PAGE_MAX,
 };

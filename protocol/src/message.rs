@@ -74,6 +74,35 @@ pub enum AdminRequest {
         /// The most SKUs wanted.
         limit: u32,
     },
+    /// Sets the reserve rate limits of one SKU (`Some`), or the global ones (`None`) that
+    /// every SKU without its own follows. Stored in the log's metadata: they survive restarts.
+    SetRateLimit {
+        /// The SKU, or `None` for the global limits.
+        sku: Option<SkuId>,
+        /// The limits; both `None` removes the SKU's own (or turns the global ones off).
+        limit: RateLimit,
+    },
+    /// Lists the rate limits in force.
+    ListRateLimits,
+}
+
+/// Reserve attempts allowed per second, as token buckets holding one second's worth (so a
+/// burst of that many, then that many per second). `None` is no limit.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Per buyer.
+    pub per_buyer_per_s: Option<u32>,
+    /// Per credential (a token, or a client certificate).
+    pub per_credential_per_s: Option<u32>,
+}
+
+/// One SKU's rate limits, or the global ones.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimitEntry {
+    /// The SKU, or `None` for the global limits.
+    pub sku: Option<SkuId>,
+    /// Its limits.
+    pub limit: RateLimit,
 }
 
 /// The most SKUs one [`AdminRequest::ListSkus`] page carries (~80 bytes each archived, so a
@@ -92,6 +121,13 @@ pub enum AdminReply {
     },
     /// Not done, and why (`PermissionDenied` for a caller that is not an admin).
     Refused(Refusal),
+    /// The rate limits in force: the global ones first, then each SKU's own.
+    RateLimits(Vec<RateLimitEntry>),
+    /// The request's values are out of range (a rate of zero, too many SKUs with limits).
+    Invalid {
+        /// Which value, and its range.
+        detail: String,
+    },
     /// A page of SKUs, in id order.
     Skus {
         /// The SKUs.
@@ -206,6 +242,12 @@ pub enum Refusal {
     ShuttingDown,
     /// The server's log failed; it acknowledges nothing until restarted.
     Unavailable,
+    /// Too many reserve attempts per second from this buyer or this credential: try again
+    /// after `retry_after_ms`, not sooner.
+    RateLimited {
+        /// When a retry may succeed.
+        retry_after_ms: u32,
+    },
 }
 
 /// What a caller may do.

@@ -69,6 +69,8 @@ pub const CONSUMER_HELD_RECORDS: &str = "flashstock_consumer_held_records";
 pub const RECOVERY_SECONDS: &str = "flashstock_recovery_seconds";
 /// Records the last start's recovery replayed.
 pub const RECOVERY_RECORDS: &str = "flashstock_recovery_records";
+/// Reserves refused by a rate limit, by whose bucket (`by`: buyer, credential).
+pub const RATE_LIMITED_TOTAL: &str = "flashstock_rate_limited_total";
 /// Credential reloads (SIGHUP), by `result` (ok, failed).
 pub const RELOADS_TOTAL: &str = "flashstock_reloads_total";
 /// Admin operations, by `operation`.
@@ -86,6 +88,7 @@ pub fn describe() {
         (AUTHENTICATION_FAILURES_TOTAL, "Connections that failed to authenticate, by reason."),
         (ADMIN_OPERATIONS_TOTAL, "Admin operations served, by operation."),
         (RELOADS_TOTAL, "Credential reloads (SIGHUP), by result."),
+        (RATE_LIMITED_TOTAL, "Reserves refused by a rate limit, by whose bucket."),
     ];
     for (name, help) in counters {
         describe_counter!(name, Unit::Count, help);
@@ -130,6 +133,9 @@ pub fn describe() {
     for reason in AUTHENTICATION_FAILURE_REASONS {
         metrics::counter!(AUTHENTICATION_FAILURES_TOTAL, "reason" => reason).absolute(0);
     }
+    for by in ["buyer", "credential"] {
+        metrics::counter!(RATE_LIMITED_TOTAL, "by" => by).absolute(0);
+    }
     for reason in CONNECTION_REFUSAL_REASONS {
         metrics::counter!(CONNECTIONS_REFUSED_TOTAL, "reason" => reason).absolute(0);
     }
@@ -161,6 +167,7 @@ pub fn reply_outcome(reply: &Reply) -> &'static str {
         Reply::Refused(Refusal::PermissionDenied) => "refused_permission_denied",
         Reply::Refused(Refusal::ShuttingDown) => "refused_shutting_down",
         Reply::Refused(Refusal::Unavailable) => "refused_unavailable",
+        Reply::Refused(Refusal::RateLimited { .. }) => "refused_rate_limited",
     }
 }
 

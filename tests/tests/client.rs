@@ -261,3 +261,64 @@ async fn an_admin_pages_through_every_sku_in_id_order() {
     );
     server.stop().await;
 }
+
+fn reserved(outcome: &Result<Outcome, ClientError>) -> bool {
+    matches!(outcome, Ok(Outcome::Reserved { .. }))
+}
+
+fn rate_limited(outcome: &Result<Outcome, ClientError>) -> bool {
+    use flashstock_protocol::Refusal;
+    matches!(
+        outcome,
+        Err(ClientError::Refused { refusal: Refusal::RateLimited { retry_after_ms } })
+            if *retry_after_ms > 0 && *retry_after_ms <= 1_000
+    )
+}
+
+/// A bot hammering a hot SKU through its credential, under buyer ids it invents, is held to
+/// the credential's rate; a buyer is held to its own; other callers are not crowded out. The
+/// limits are an admin's to set, and survive a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_hold_bots_to_their_budget_and_survive_a_restart() {
+    use flashstock_protocol::{RateLimit, Refusal};
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_at(dir.path(), any_port()).await;
+    let admin = admin_client(&server).await;
+    admin.set_stock(SkuId(1), 100_000).await.unwrap();
+    admin.set_stock(SkuId(2), 100_000).await.unwrap();
+    let config =
+        ClientConfig::new(server.addr, "localhost", server.tls(), Some(&server.service_token));
+    let bot = Client::connect(config.clone()).await.unwrap();
+    let refused = bot.set_rate_limit(None, RateLimit::default()).await.unwrap_err();
+    assert!(matches!(refused, ClientError::Refused { refusal: Refusal::PermissionDenied }));
+    let zero = RateLimit { per_buyer_per_s: Some(0), per_credential_per_s: None };
+    assert!(matches!(admin.set_rate_limit(None, zero).await, Err(ClientError::Invalid(_))));
+
+    let hot = RateLimit { per_buyer_per_s: Some(2), per_credential_per_s: Some(50) };
+    let entries = admin.set_rate_limit(Some(SkuId(1)), hot).await.unwrap();
+    assert_eq!(entries.len(), 2, "the global entry and SKU 1's");
+
+    // 500 attempts at once under 500 invented buyers: about the credential's 50 get through.
+    let attempts = (0..500u64).map(|b| (BuyerId(1_000 + b), SkuId(1), 1, 60_000));
+    let outcomes = bot.reserve_many(attempts).await;
+    let through = outcomes.iter().filter(|o| reserved(o)).count();
+    assert!((50..=60).contains(&through), "{through} of 500 got through");
+    assert_eq!(outcomes.iter().filter(|o| rate_limited(o)).count(), 500 - through);
+
+    // Another credential is not crowded out; one buyer gets its 2, not a third.
+    let one_buyer: Vec<_> = (0..3).map(|_| (BuyerId(7), SkuId(1), 1, 60_000)).collect();
+    let outcomes = admin.reserve_many(one_buyer).await;
+    assert_eq!(outcomes.iter().filter(|o| reserved(o)).count(), 2, "{outcomes:?}");
+    assert!(rate_limited(&outcomes[2]), "{:?}", outcomes[2]);
+    // A SKU without limits of its own follows the global ones: none.
+    let other = (0..200u64).map(|b| (BuyerId(b), SkuId(2), 1, 60_000));
+    assert!(bot.reserve_many(other).await.iter().all(reserved));
+
+    server.stop().await;
+    let server = TestServer::start_at(dir.path(), any_port()).await;
+    let admin = admin_client(&server).await;
+    let entries = admin.list_rate_limits().await.unwrap();
+    assert_eq!(entries[1].sku, Some(SkuId(1)));
+    assert_eq!(entries[1].limit, hot, "stored in the log's metadata");
+    server.stop().await;
+}

@@ -35,6 +35,20 @@ fn digest(token: &str) -> TokenDigest {
     digest.as_ref().try_into().expect("SHA-256 is 32 bytes")
 }
 
+/// A stable, non-secret id of a credential, for per-credential limits: 8 bytes of the SHA-256
+/// of the token, else of the client certificate; 0 for neither.
+pub fn credential_id(token: Option<&str>, certificate: Option<&[u8]>) -> u64 {
+    let bytes = match (token, certificate) {
+        (Some(token), _) => digest(token),
+        (None, Some(der)) => {
+            let digest = ring::digest::digest(&ring::digest::SHA256, der);
+            digest.as_ref().try_into().expect("SHA-256 is 32 bytes")
+        }
+        (None, None) => return 0,
+    };
+    u64::from_le_bytes(bytes[..8].try_into().expect("8 of 32 bytes"))
+}
+
 /// Client-certificate authorities, one per role: a certificate issued by the admin CA grants
 /// `Admin`, and so on. Which CA issued a certificate is decided by verifying the chain against
 /// each, so no certificate field needs parsing.

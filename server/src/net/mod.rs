@@ -2,12 +2,14 @@
 //!
 //! - [`tls`]: the self-signed default certificate and the quinn/rustls server configuration.
 //! - [`auth`]: bearer tokens and client certificates → roles, and which role may send what.
+//! - [`rate`]: reserve rate limits per buyer and per credential (token buckets).
 //! - [`secrets`]: the data directory's secret files (owner-only) and the stateless-reset key.
 //! - [`session`]: the listener (`serve`), per-connection and per-stream sessions.
 //! - [`subscription`]: one consumer's committed-deduction stream: windowed, acknowledged.
 //! - [`udp`]: the listener's socket, with kernel buffers sized for bursts.
 
 pub mod auth;
+pub mod rate;
 pub mod secrets;
 pub mod session;
 pub mod subscription;

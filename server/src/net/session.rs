@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::net::auth::{permits, SharedAuth};
+use crate::net::rate::RateGate;
 use crate::{Handle, RuntimeError};
 
 /// Bytes read from a stream at a time.
@@ -143,6 +144,8 @@ struct Shared {
     auth: SharedAuth,
     limits: NetLimits,
     stats: Arc<NetStats>,
+    /// Reserve rate limits, shared by every connection.
+    rates: RateGate,
     /// Connections open per source address (only addresses with one or more).
     by_address: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
     stopping: watch::Receiver<bool>,
@@ -177,7 +180,8 @@ pub async fn serve(
     let wal = handle.clone();
     let wal_failed = wal.wal_failed();
     let by_address = std::sync::Mutex::new(std::collections::HashMap::new());
-    let shared = Arc::new(Shared { handle, auth, limits, stats, by_address, stopping });
+    let rates = RateGate::new(&stored_rate_limits(&handle).await);
+    let shared = Arc::new(Shared { handle, auth, limits, stats, rates, by_address, stopping });
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown, wal_failed);
     let mut stopped = Stopped::Shutdown;
@@ -211,6 +215,25 @@ pub async fn serve(
     stopped
 }
 
+/// The rate limits stored in the log's metadata (none when unreadable, loudly).
+async fn stored_rate_limits(handle: &Handle) -> Vec<flashstock_protocol::RateLimitEntry> {
+    let events = handle.events().clone();
+    let key = crate::net::rate::RATE_LIMITS_KEY;
+    let stored = tokio::task::spawn_blocking(move || events.read_meta(key)).await;
+    match stored {
+        Ok(Ok(None)) => Vec::new(),
+        Ok(Ok(Some(bytes))) => crate::net::rate::decode_entries(&bytes).unwrap_or_else(|| {
+            tracing::error!("the stored rate limits are unreadable; starting with none");
+            Vec::new()
+        }),
+        Ok(Err(err)) => {
+            tracing::error!(%err, "reading the stored rate limits failed; starting with none");
+            Vec::new()
+        }
+        Err(_) => Vec::new(),
+    }
+}
+
 struct Session {
     connection: quinn::Connection,
     /// The connection's rules (sans IO); every stream's frames go through them.
@@ -221,6 +244,8 @@ struct Session {
     shared: Arc<Shared>,
     /// The name the client gave in its `Hello`, for the audit log.
     client_name: std::sync::OnceLock<String>,
+    /// Which credential authenticated the connection, for per-credential rate limits.
+    credential: std::sync::OnceLock<u64>,
 }
 
 impl Session {
@@ -253,7 +278,16 @@ async fn run_connection(mut count: ConnectionCount, shared: Arc<Shared>) {
     let rules = std::sync::Mutex::new(ServerSession::new(limits, 0));
     let started = tokio::time::Instant::now();
     let client_name = std::sync::OnceLock::new();
-    let session = Arc::new(Session { connection, rules, started, in_flight, shared, client_name });
+    let credential = std::sync::OnceLock::new();
+    let session = Arc::new(Session {
+        connection,
+        rules,
+        started,
+        in_flight,
+        shared,
+        client_name,
+        credential,
+    });
     let mut streams = JoinSet::new();
     let mut stopping = session.shared.stopping.clone();
     loop {
@@ -446,6 +480,7 @@ impl Session {
         match event {
             ServerEvent::Hello { correlation, token, client_name } => {
                 let grant = self.authenticate(token.as_deref());
+                let _ = self.credential.set(self.credential_id(token.as_deref()));
                 if grant.is_none() {
                     auth_failed(if token.is_none() { "no_credentials" } else { "bad_credentials" });
                 }
@@ -498,27 +533,59 @@ impl Session {
     /// written to the log with the caller's identity, as an audit trail.
     async fn admin(&self, request: AdminRequest, role: Role) -> AdminReply {
         let remote = self.connection.remote_address();
+        let client = self.client_name.get().map_or("", String::as_str);
         if role != Role::Admin {
-            let client = self.client_name.get().map_or("", String::as_str);
             tracing::warn!(target: "flashstock::audit", %remote, client, ?role, ?request, "admin operation refused");
             return AdminReply::Refused(Refusal::PermissionDenied);
         }
-        let client = self.client_name.get().map_or("", String::as_str);
         tracing::info!(target: "flashstock::audit", %remote, client, role = "admin", ?request, "admin operation");
         let operation = match &request {
             AdminRequest::ListConsumers => "list_consumers",
             AdminRequest::RemoveConsumer(_) => "remove_consumer",
             AdminRequest::ListSkus { .. } => "list_skus",
+            AdminRequest::SetRateLimit { .. } => "set_rate_limit",
+            AdminRequest::ListRateLimits => "list_rate_limits",
         };
-        if let AdminRequest::ListSkus { after, limit } = request {
-            let limit = limit.clamp(1, flashstock_protocol::SKU_PAGE_MAX) as usize;
-            return match self.shared.handle.list_skus_page(after, limit).await {
-                Ok((skus, next_after)) => AdminReply::Skus { skus, next_after },
-                Err(err) => AdminReply::Refused(refusal_of(err)),
-            };
-        }
         metrics::counter!(crate::metrics::ADMIN_OPERATIONS_TOTAL, "operation" => operation)
             .increment(1);
+        match request {
+            AdminRequest::ListSkus { after, limit } => {
+                let limit = limit.clamp(1, flashstock_protocol::SKU_PAGE_MAX) as usize;
+                match self.shared.handle.list_skus_page(after, limit).await {
+                    Ok((skus, next_after)) => AdminReply::Skus { skus, next_after },
+                    Err(err) => AdminReply::Refused(refusal_of(err)),
+                }
+            }
+            AdminRequest::ListRateLimits => AdminReply::RateLimits(self.shared.rates.entries()),
+            AdminRequest::SetRateLimit { sku, limit } => self.set_rate_limit(sku, limit).await,
+            request => self.admin_consumers(request).await,
+        }
+    }
+
+    /// Puts a limit in force, then stores every limit in the log's metadata.
+    async fn set_rate_limit(
+        &self,
+        sku: Option<flashstock_engine::SkuId>,
+        limit: flashstock_protocol::RateLimit,
+    ) -> AdminReply {
+        let entries = match self.shared.rates.set(sku, limit) {
+            Ok(entries) => entries,
+            Err(err) => return AdminReply::Invalid { detail: err.to_string() },
+        };
+        let events = self.shared.handle.events().clone();
+        let bytes = crate::net::rate::encode_entries(&entries);
+        let key = crate::net::rate::RATE_LIMITS_KEY;
+        match tokio::task::spawn_blocking(move || events.write_meta(key, &bytes)).await {
+            Ok(Ok(())) => AdminReply::RateLimits(entries),
+            Ok(Err(err)) => {
+                tracing::error!(%err, "storing rate limits failed; in force until restart");
+                AdminReply::Refused(Refusal::Unavailable)
+            }
+            Err(_) => AdminReply::Refused(Refusal::Unavailable),
+        }
+    }
+
+    async fn admin_consumers(&self, request: AdminRequest) -> AdminReply {
         let consumers = self.shared.handle.events().consumers().clone();
         let done = tokio::task::spawn_blocking(move || match request {
             AdminRequest::ListConsumers => {
@@ -530,7 +597,7 @@ impl Session {
             AdminRequest::RemoveConsumer(name) => {
                 consumers.remove(&name).map(|existed| AdminReply::ConsumerRemoved { existed })
             }
-            AdminRequest::ListSkus { .. } => unreachable!("answered above"),
+            other => unreachable!("{other:?} is answered by admin()"),
         });
         match done.await {
             Ok(Ok(reply)) => reply,
@@ -595,6 +662,17 @@ impl Session {
         self.shared.auth.current().authenticate(token, chain.map(Vec::as_slice))
     }
 
+    /// A stable id of the connection's credential: of its token, else of its client
+    /// certificate.
+    fn credential_id(&self, token: Option<&str>) -> u64 {
+        let identity = self.connection.peer_identity();
+        let chain = identity
+            .as_ref()
+            .and_then(|any| any.downcast_ref::<Vec<rustls::pki_types::CertificateDer<'static>>>());
+        let leaf = chain.and_then(|chain| chain.first()).map(|cert| cert.as_ref());
+        crate::net::auth::credential_id(token, leaf)
+    }
+
     async fn answer(
         &self,
         correlation: u64,
@@ -603,7 +681,9 @@ impl Session {
         in_flight: InFlight,
         frames: mpsc::Sender<Outgoing>,
     ) {
-        let replies = dispatch(&self.shared.handle, role, &batch).await;
+        let credential = self.credential.get().copied().unwrap_or(0);
+        let rates = (&self.shared.rates, credential);
+        let replies = dispatch(&self.shared.handle, role, rates, &batch).await;
         crate::metrics::count_replies(&batch, &replies);
         if role == Role::Admin {
             self.audit(&batch, &replies);
@@ -614,24 +694,36 @@ impl Session {
     }
 }
 
-/// Answers a batch: permission checked per request, then the allowed ones submitted together
-/// (one job per owning shard), answers back in the batch's order.
-async fn dispatch(handle: &Handle, role: Role, batch: &[Request]) -> Vec<Reply> {
-    let allowed: Vec<bool> = batch.iter().map(|request| permits(role, request)).collect();
+/// Answers a batch: permission and rate limits checked per request, then the allowed ones
+/// submitted together (one job per owning shard), answers back in the batch's order.
+async fn dispatch(
+    handle: &Handle,
+    role: Role,
+    (rates, credential): (&RateGate, u64),
+    batch: &[Request],
+) -> Vec<Reply> {
+    let refused = Reply::Refused(Refusal::PermissionDenied);
+    let mut early: Vec<Option<Reply>> =
+        batch.iter().map(|request| (!permits(role, request)).then_some(refused.clone())).collect();
+    rates.check(credential, batch, &mut early);
     // The runtime takes the wire's requests as they are; only refused ones are left out.
-    let answers = if allowed.iter().all(|&ok| ok) {
+    let answers = if early.iter().all(Option::is_none) {
         handle.submit_batch(batch).wait().await
     } else {
-        let permitted: Vec<Request> =
-            batch.iter().zip(&allowed).filter(|(_, ok)| **ok).map(|(r, _)| *r).collect();
+        let permitted: Vec<Request> = batch
+            .iter()
+            .zip(&early)
+            .filter(|(_, early)| early.is_none())
+            .map(|(r, _)| *r)
+            .collect();
         handle.submit_batch(&permitted).wait().await
     };
     let mut answers = answers.into_iter();
-    allowed
+    early
         .into_iter()
-        .map(|ok| match ok {
-            false => Reply::Refused(Refusal::PermissionDenied),
-            true => match answers.next().expect("one answer per permitted request") {
+        .map(|early| match early {
+            Some(reply) => reply,
+            None => match answers.next().expect("one answer per permitted request") {
                 Ok(reply) => reply,
                 Err(err) => refusal(err),
             },
