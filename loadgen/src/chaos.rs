@@ -105,6 +105,7 @@ pub async fn chaos(options: ChaosOptions) -> Result<ChaosReport, LoadError> {
             admin_token,
             service_token,
             connections: options.connections,
+            calls: crate::CallMode::Frames,
         },
         scenario: options.scenario.clone(),
         run,

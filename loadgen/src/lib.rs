@@ -33,6 +33,7 @@ use crate::audit::Audit;
 use crate::redis_target::RedisTarget;
 use crate::run::{RunConfig, RunResult};
 use crate::scenario::{Scenario, Workload};
+pub use crate::target::CallMode;
 use crate::target::{FlashstockTarget, LoadError, Target};
 
 /// Where to send the load.
@@ -52,6 +53,8 @@ pub enum TargetSpec {
         service_token: String,
         /// QUIC connections to spread batches over.
         connections: usize,
+        /// How requests reach the client library.
+        calls: CallMode,
     },
     /// A Redis server, e.g. `redis://127.0.0.1:6379`.
     Redis {
@@ -131,6 +134,7 @@ pub async fn execute(options: LoadOptions) -> Result<Finished, LoadError> {
             admin_token,
             service_token,
             connections,
+            calls,
         } => Target::Flashstock(
             FlashstockTarget::connect(
                 *addr,
@@ -139,6 +143,7 @@ pub async fn execute(options: LoadOptions) -> Result<Finished, LoadError> {
                 admin_token,
                 service_token,
                 *connections,
+                *calls,
                 run_id,
             )
             .await?,

@@ -153,6 +153,11 @@ struct LoadArgs {
     /// Requests per batch: one flashstock frame, or one Redis pipeline of that depth.
     #[arg(long, default_value_t = 256)]
     batch: usize,
+    /// flashstock: `frames` sends each batch as one frame; `client` makes --concurrency
+    /// callers each send one request at a time through the client library's automatic
+    /// batching, as order services do (--batch is then 1).
+    #[arg(long, value_enum, default_value_t = flashstock_loadgen::CallMode::Frames)]
+    mode: flashstock_loadgen::CallMode,
     /// Open loop: send this many requests/s on schedule; latency counts from the scheduled
     /// time (coordinated-omission correction, as wrk2). Closed loop when absent.
     #[arg(long)]
@@ -225,7 +230,11 @@ impl LoadArgs {
         let scenario = self.scenario();
         RunConfig {
             concurrency: self.concurrency.max(1),
-            batch: self.batch.max(1),
+            batch: if self.mode == flashstock_loadgen::CallMode::Client {
+                1
+            } else {
+                self.batch.max(1)
+            },
             rate_per_s: self.rate,
             duration: self.duration_s.map(Duration::from_secs_f64),
             requests: self.requests.unwrap_or(scenario.default_requests()),
@@ -276,6 +285,7 @@ impl LoadArgs {
             admin_token: token(&self.admin_token, Role::Admin)?,
             service_token: token(&self.service_token, Role::Service)?,
             connections: self.connections.max(1),
+            calls: self.mode,
         })
     }
 
@@ -284,6 +294,7 @@ impl LoadArgs {
             "scenario": format!("{:?}", self.scenario()),
             "concurrency": self.concurrency,
             "batch": self.batch,
+            "mode": format!("{:?}", self.mode),
             "rate": self.rate,
             "duration_s": self.duration_s,
             "requests": self.requests,

@@ -9,7 +9,7 @@ use plotters::prelude::*;
 use serde_json::json;
 
 use crate::audit::Audit;
-use crate::run::RunResult;
+use crate::run::{RunResult, TimelinePoint};
 use crate::target::LoadError;
 
 /// A finished run and its audit, ready to report.
@@ -110,7 +110,8 @@ impl Report<'_> {
             "elapsed_s": r.elapsed_s,
             "outcomes": r.outcomes,
             "latency_us": latency,
-            "timeline": r.timeline.iter().map(|(ops, p99)| json!({"ops": ops, "p99_us": p99})).collect::<Vec<_>>(),
+            "timeline_bucket_ms": r.timeline_bucket_ms,
+            "timeline": r.timeline.iter().map(|p| json!({"start_s": p.start_s, "ops_per_s": p.ops_per_s, "p99_us": p.p99_us})).collect::<Vec<_>>(),
             "audit": {
                 "passed": self.audit.passed,
                 "checks": checks,
@@ -134,7 +135,7 @@ impl Report<'_> {
         plot_spectrum(&self.result.latency_us, &spectrum, self.target)
             .map_err(|detail| LoadError::File { path: spectrum.clone(), detail })?;
         let timeline = with_suffix(prefix, "-timeline.svg");
-        plot_timeline(&self.result.timeline, &timeline, self.target)
+        plot_timeline(&self.result, &timeline, self.target)
             .map_err(|detail| LoadError::File { path: timeline.clone(), detail })?;
         Ok(())
     }
@@ -212,19 +213,20 @@ fn plot_spectrum(h: &Histogram<u64>, path: &Path, target: &str) -> Result<(), St
     root.present().map_err(|e| e.to_string())
 }
 
-fn plot_timeline(timeline: &[(u64, u64)], path: &Path, target: &str) -> Result<(), String> {
+fn plot_timeline(result: &RunResult, path: &Path, target: &str) -> Result<(), String> {
     let root = SVGBackend::new(path, (900, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let (top, bottom) = root.split_vertically(300);
-    let seconds = timeline.len().max(1) as f64;
-    let ops_max = timeline.iter().map(|t| t.0).max().unwrap_or(1).max(1) as f64 * 1.1;
-    let p99_max = timeline.iter().map(|t| t.1).max().unwrap_or(1).max(1) as f64 / 1000.0 * 1.1;
-    let ops: Vec<(f64, f64)> =
-        timeline.iter().enumerate().map(|(i, t)| (i as f64 + 0.5, t.0 as f64)).collect();
+    let (timeline, width_s) = (&result.timeline, result.timeline_bucket_ms as f64 / 1e3);
+    let seconds = (timeline.len() as f64 * width_s).max(width_s);
+    let ops_max = timeline.iter().map(|p| p.ops_per_s).fold(1.0, f64::max) * 1.1;
+    let p99_max = timeline.iter().map(|p| p.p99_us).max().unwrap_or(1).max(1) as f64 / 1e3 * 1.1;
+    let middle = |p: &TimelinePoint| p.start_s + width_s / 2.0;
+    let ops: Vec<(f64, f64)> = timeline.iter().map(|p| (middle(p), p.ops_per_s)).collect();
     line_chart(&top, &format!("{target}: requests/s"), seconds, ops_max, ops, &BLUE)?;
     let p99: Vec<(f64, f64)> =
-        timeline.iter().enumerate().map(|(i, t)| (i as f64 + 0.5, t.1 as f64 / 1000.0)).collect();
-    let caption = format!("{target}: p99 latency (ms) per second");
+        timeline.iter().map(|p| (middle(p), p.p99_us as f64 / 1e3)).collect();
+    let caption = format!("{target}: p99 latency (ms) per {} ms", result.timeline_bucket_ms);
     line_chart(&bottom, &caption, seconds, p99_max, p99, &RED)?;
     root.present().map_err(|e| e.to_string())
 }

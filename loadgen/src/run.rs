@@ -57,18 +57,39 @@ pub struct RunResult {
     pub outcomes: BTreeMap<String, u64>,
     /// Latency of each request in the measured period, microseconds.
     pub latency_us: Histogram<u64>,
-    /// Per second of the measured period: requests answered and their p99 (µs).
-    pub timeline: Vec<(u64, u64)>,
+    /// The measured period in [`TIMELINE_POINTS_MAX`] or fewer buckets: when each starts,
+    /// requests answered per second in it, and their p99.
+    pub timeline: Vec<TimelinePoint>,
+    /// How wide each bucket of the timeline is.
+    pub timeline_bucket_ms: u64,
     /// Per SKU, what the whole run (warm-up included) saw acknowledged.
     pub acked: BTreeMap<u64, Acked>,
 }
+
+/// One bucket of the timeline.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TimelinePoint {
+    /// Seconds from the end of the warm-up to the bucket's start.
+    pub start_s: f64,
+    /// Requests answered per second in the bucket.
+    pub ops_per_s: f64,
+    /// Their p99, in µs.
+    pub p99_us: u64,
+}
+
+/// The most buckets the timeline keeps: at 200, adjacent pairs merge and the width doubles,
+/// so a 0.8 s run and a 10-minute one both plot 100 to 200 points, in bounded memory.
+pub const TIMELINE_POINTS_MAX: usize = 200;
+/// The timeline's first bucket width.
+const TIMELINE_BUCKET_MS_FIRST: u64 = 10;
 
 struct Shared {
     started: Instant,
     warmup: Duration,
     outcomes: BTreeMap<String, u64>,
     latency_us: Histogram<u64>,
-    seconds: Vec<Histogram<u64>>,
+    buckets: Vec<Histogram<u64>>,
+    bucket_ms: u64,
     acked: BTreeMap<u64, Acked>,
 }
 
@@ -79,15 +100,49 @@ impl Shared {
             return;
         }
         let us = latency.as_micros() as u64;
-        let second = (since - self.warmup).as_secs() as usize;
-        while self.seconds.len() <= second {
-            self.seconds.push(histogram());
+        let since_ms = (since - self.warmup).as_millis() as u64;
+        while since_ms / self.bucket_ms >= TIMELINE_POINTS_MAX as u64 {
+            self.widen();
+        }
+        let index = (since_ms / self.bucket_ms) as usize;
+        while self.buckets.len() <= index {
+            self.buckets.push(histogram());
         }
         for outcome in outcomes {
             *self.outcomes.entry((*outcome).to_owned()).or_default() += 1;
             self.latency_us.saturating_record(us);
-            self.seconds[second].saturating_record(us);
+            self.buckets[index].saturating_record(us);
         }
+    }
+
+    /// Merges adjacent buckets pairwise: twice the width, half the buckets.
+    fn widen(&mut self) {
+        let merged = self
+            .buckets
+            .chunks(2)
+            .map(|pair| {
+                let mut merged = pair[0].clone();
+                if let Some(second) = pair.get(1) {
+                    merged.add(second).expect("same bounds");
+                }
+                merged
+            })
+            .collect();
+        self.buckets = merged;
+        self.bucket_ms *= 2;
+    }
+
+    /// The timeline of a run whose measured period lasted `measured`.
+    fn timeline(&self, measured: Duration) -> Vec<TimelinePoint> {
+        let (width_s, measured_s) = (self.bucket_ms as f64 / 1e3, measured.as_secs_f64());
+        let point = |(index, h): (usize, &Histogram<u64>)| {
+            let start_s = index as f64 * width_s;
+            // The last bucket may be cut short by the run's end.
+            let seconds = width_s.min(measured_s - start_s).max(width_s / 100.0);
+            let p99_us = if h.is_empty() { 0 } else { h.value_at_quantile(0.99) };
+            TimelinePoint { start_s, ops_per_s: h.len() as f64 / seconds, p99_us }
+        };
+        self.buckets.iter().enumerate().map(point).collect()
     }
 }
 
@@ -104,7 +159,8 @@ pub async fn run(target: Arc<Target>, workload: Arc<Workload>, config: RunConfig
         warmup: config.warmup,
         outcomes: BTreeMap::new(),
         latency_us: histogram(),
-        seconds: Vec::new(),
+        buckets: Vec::new(),
+        bucket_ms: TIMELINE_BUCKET_MS_FIRST,
         acked: BTreeMap::new(),
     }));
     let next = Arc::new(AtomicU64::new(0));
@@ -151,14 +207,11 @@ pub async fn run(target: Arc<Target>, workload: Arc<Workload>, config: RunConfig
     }
     let shared = Arc::try_unwrap(shared).ok().expect("every task ended").into_inner().unwrap();
     let elapsed_s = total.saturating_sub(config.warmup).as_secs_f64().max(1e-9);
-    let timeline = shared
-        .seconds
-        .iter()
-        .map(|h| (h.len(), if h.is_empty() { 0 } else { h.value_at_quantile(0.99) }))
-        .collect();
+    let timeline = shared.timeline(total.saturating_sub(config.warmup));
     RunResult {
         elapsed_s,
         ops_total: shared.latency_us.len(),
+        timeline_bucket_ms: shared.bucket_ms,
         outcomes: shared.outcomes,
         latency_us: shared.latency_us,
         timeline,
@@ -327,7 +380,7 @@ async fn tick_progress(
             let shared = shared.lock().unwrap();
             let outcomes: Vec<String> =
                 shared.outcomes.iter().map(|(name, n)| format!("{name} {n}")).collect();
-            let p99_us = shared.seconds.last().map_or(0, |h| h.value_at_quantile(0.99));
+            let p99_us = shared.buckets.last().map_or(0, |h| h.value_at_quantile(0.99));
             (outcomes.join(", "), p99_us)
         };
         bar.set_position(if by_time { started.elapsed().as_secs() } else { now_answered });

@@ -137,6 +137,17 @@ impl Target {
     }
 }
 
+/// How the load generator hands requests to the client library.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum CallMode {
+    /// Each batch as one frame (`Client::call_batch`): what a batching gateway sends.
+    #[default]
+    Frames,
+    /// Each request as its own call (`Client::call`), one at a time per caller, left to the
+    /// client's automatic batching: what order services with one handler per request send.
+    Client,
+}
+
 /// flashstock over QUIC, through the client library: `--connections` service connections and
 /// an admin one; each batch of requests goes out as one frame. A lost connection is replaced
 /// and its batch retried with the same request ids, so a rehearsal rides through a server
@@ -146,6 +157,7 @@ pub struct FlashstockTarget {
     addr: SocketAddr,
     admin: Client,
     service: Client,
+    calls: CallMode,
     /// Request ids unique to this run: a per-run prefix in the high 64 bits.
     run_prefix: u128,
     next_request: std::sync::atomic::AtomicU64,
@@ -164,6 +176,7 @@ impl FlashstockTarget {
         admin_token: &str,
         service_token: &str,
         connections: usize,
+        calls: CallMode,
         run_id: u64,
     ) -> Result<FlashstockTarget, LoadError> {
         let config = |token: &str, connections: usize| ClientConfig {
@@ -180,9 +193,26 @@ impl FlashstockTarget {
             addr,
             admin,
             service,
+            calls,
             run_prefix: u128::from(run_id) << 64,
             next_request: std::sync::atomic::AtomicU64::new(1),
         })
+    }
+
+    /// Sends requests as the call mode says; one reply per request, in order.
+    async fn send(&self, requests: &[Request]) -> Result<Vec<Reply>, LoadError> {
+        if self.calls == CallMode::Frames {
+            return Ok(self.service.call_batch(requests).await?);
+        }
+        let mut replies = Vec::with_capacity(requests.len());
+        for request in requests {
+            replies.push(match self.service.call(*request).await {
+                Ok(reply) => reply,
+                Err(flashstock_client::ClientError::Refused { refusal }) => Reply::Refused(refusal),
+                Err(err) => return Err(err.into()),
+            });
+        }
+        Ok(replies)
     }
 
     fn request(&self) -> RequestId {
@@ -231,7 +261,7 @@ impl FlashstockTarget {
                 }))
             })
             .collect();
-        let replies = self.service.call_batch(&requests).await?;
+        let replies = self.send(&requests).await?;
         Ok(replies
             .iter()
             .zip(ops)
@@ -256,7 +286,7 @@ impl FlashstockTarget {
                 })
             })
             .collect();
-        let replies = self.service.call_batch(&requests).await?;
+        let replies = self.send(&requests).await?;
         Ok(replies.iter().map(reply_name).collect())
     }
 

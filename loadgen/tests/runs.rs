@@ -8,7 +8,7 @@ use flashstock_loadgen::audit::audit;
 use flashstock_loadgen::report::Report;
 use flashstock_loadgen::run::RunConfig;
 use flashstock_loadgen::scenario::Scenario;
-use flashstock_loadgen::{execute, LoadOptions, TargetSpec};
+use flashstock_loadgen::{execute, CallMode, LoadOptions, TargetSpec};
 use flashstock_tests::server::TestServer;
 
 fn options(target: TargetSpec, scenario: Scenario, requests: u64) -> LoadOptions {
@@ -42,6 +42,7 @@ fn flashstock(server: &TestServer) -> TargetSpec {
         admin_token: server.admin_token.clone(),
         service_token: server.service_token.clone(),
         connections: 2,
+        calls: CallMode::Frames,
     }
 }
 
@@ -100,6 +101,34 @@ async fn a_flash_sale_against_flashstock_passes_its_audit_and_an_oversell_fails_
         .unwrap()
         .contains("<svg"));
     server.stop().await;
+}
+
+/// Callers that each send one reserve at a time through the client library, as order
+/// services do; and a timeline with points even though the run lasts well under a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_one_request_at_a_time_pass_the_audit_and_a_short_run_has_a_timeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_at(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let mut target = flashstock(&server);
+    if let TargetSpec::Flashstock { calls, .. } = &mut target {
+        *calls = CallMode::Client;
+    }
+    let scenario = Scenario::FlashSale { units: 100, buyers: 3_000, buyer_limit: Some(1) };
+    let mut options = options(target, scenario, 3_000);
+    options.run.concurrency = 50;
+    options.run.batch = 1;
+    let finished = execute(options).await.unwrap();
+    assert!(finished.audit.passed, "{:?}", finished.audit);
+    assert_eq!(finished.result.outcomes["reserved"], 100);
+    assert_eq!(finished.result.ops_total, 3_000);
+    let timeline = &finished.result.timeline;
+    assert!(timeline.len() >= 3, "a sub-second run still plots: {timeline:?}");
+    let width_s = finished.result.timeline_bucket_ms as f64 / 1e3;
+    let counted: f64 = timeline
+        .iter()
+        .map(|p| p.ops_per_s * width_s.min(finished.result.elapsed_s - p.start_s))
+        .sum();
+    assert!((counted - 3_000.0).abs() < 30.0, "the timeline holds every answer: {counted}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
