@@ -137,11 +137,8 @@ pub async fn execute(options: LoadOptions) -> Result<Finished, LoadError> {
             calls,
         } => Target::Flashstock(
             FlashstockTarget::connect(
-                *addr,
-                server_name,
-                tls,
-                admin_token,
-                service_token,
+                (*addr, server_name, tls),
+                (admin_token, service_token),
                 *connections,
                 *calls,
                 run_id,

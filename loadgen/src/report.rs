@@ -135,7 +135,7 @@ impl Report<'_> {
         plot_spectrum(&self.result.latency_us, &spectrum, self.target)
             .map_err(|detail| LoadError::File { path: spectrum.clone(), detail })?;
         let timeline = with_suffix(prefix, "-timeline.svg");
-        plot_timeline(&self.result, &timeline, self.target)
+        plot_timeline(self.result, &timeline, self.target)
             .map_err(|detail| LoadError::File { path: timeline.clone(), detail })?;
         Ok(())
     }

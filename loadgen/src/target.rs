@@ -168,13 +168,11 @@ pub struct FlashstockTarget {
 const BATCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl FlashstockTarget {
-    /// Connects `connections` service connections and one admin connection.
+    /// Connects `connections` service connections and one admin connection, with the
+    /// `(admin, service)` tokens.
     pub async fn connect(
-        addr: SocketAddr,
-        server_name: &str,
-        tls: &ClientTls,
-        admin_token: &str,
-        service_token: &str,
+        (addr, server_name, tls): (SocketAddr, &str, &ClientTls),
+        (admin_token, service_token): (&str, &str),
         connections: usize,
         calls: CallMode,
         run_id: u64,
