@@ -20,82 +20,84 @@ use crate::{Runtime, RuntimeConfig, RuntimeError, SystemClock};
 
 /// The default listen address.
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:7400";
+/// The default data directory.
+pub const DATA_DIR_DEFAULT: &str = "flashstock-data";
 /// The default address of the metrics and health listener.
 pub const METRICS_LISTEN_DEFAULT: &str = "127.0.0.1:9464";
 
 /// Every setting of the daemon, each optional so that file, environment and flags can layer.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq, clap::Args)]
+#[derive(Clone, Debug, Default, Deserialize, serde::Serialize, PartialEq, Eq, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    /// Where to listen (default 127.0.0.1:7400).
+    /// Where to listen.
     #[arg(long, env = "FLASHSTOCK_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// Where to serve `/metrics` (Prometheus), `/livez` and `/readyz` over plain HTTP
-    /// (default 127.0.0.1:9464; an empty value turns the listener off).
+    /// Where to serve `/metrics` (Prometheus), `/livez` and `/readyz` over plain HTTP; an
+    /// empty value turns the listener off.
     #[arg(long, env = "FLASHSTOCK_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
-    /// The data directory: log, TLS material, tokens (default ./flashstock-data).
+    /// The data directory: log, TLS material, tokens.
     #[arg(long, env = "FLASHSTOCK_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Shard actors (default: cores). Fixed for the life of a data directory.
+    /// Shard actors. Fixed for the life of a data directory.
     #[arg(long, env = "FLASHSTOCK_SHARDS")]
     pub shards: Option<u16>,
-    /// Records between snapshots (default 1,000,000).
+    /// Records between snapshots.
     #[arg(long, env = "FLASHSTOCK_SNAPSHOT_EVERY_RECORDS")]
     pub snapshot_every_records: Option<u64>,
-    /// Milliseconds between snapshots (default 60,000).
+    /// Milliseconds between snapshots.
     #[arg(long, env = "FLASHSTOCK_SNAPSHOT_EVERY_MS")]
     pub snapshot_every_ms: Option<u64>,
-    /// Times its last snapshot a shard's log grows before the next snapshot (default 4).
+    /// Times its last snapshot a shard's log grows before the next snapshot.
     #[arg(long, env = "FLASHSTOCK_SNAPSHOT_LOG_RATIO")]
     pub snapshot_log_ratio: Option<u64>,
-    /// sled's page cache for the log, in MiB (default 256).
+    /// sled's page cache for the log, in MiB.
     #[arg(long, env = "FLASHSTOCK_WAL_CACHE_MB")]
     pub wal_cache_mb: Option<u64>,
-    /// Jobs a shard's inbox holds before requests are refused as overloaded (default 65,536).
+    /// Jobs a shard's inbox holds before requests are refused as overloaded.
     #[arg(long, env = "FLASHSTOCK_INBOX_CAPACITY")]
     pub inbox_capacity: Option<usize>,
-    /// Jobs a shard applies per step (default 1,024, at most 4,096).
+    /// Jobs a shard applies per step (at most 4,096).
     #[arg(long, env = "FLASHSTOCK_BATCH_JOBS_MAX")]
     pub batch_jobs_max: Option<usize>,
-    /// Records per shard kept for a consumer that has not acknowledged them (default
-    /// 20,000,000); past it they are truncated anyway, with an error naming the consumer.
+    /// Records per shard kept for a consumer that has not acknowledged them; past it they
+    /// are truncated anyway, with an error naming the consumer.
     #[arg(long, env = "FLASHSTOCK_CONSUMER_RETENTION_RECORDS_MAX")]
     pub consumer_retention_records_max: Option<u64>,
-    /// The largest window of unacknowledged events a subscription may have (default 65,536).
+    /// The largest window of unacknowledged events a subscription may have.
     #[arg(long, env = "FLASHSTOCK_STREAM_WINDOW_EVENTS_MAX")]
     pub stream_window_events_max: Option<u32>,
-    /// The largest frame payload accepted, in bytes (default 1 MiB).
+    /// The largest frame payload accepted, in bytes.
     #[arg(long, env = "FLASHSTOCK_FRAME_BYTES_MAX")]
     pub frame_bytes_max: Option<u32>,
-    /// Connections served at once (default 1,024).
+    /// Connections served at once.
     #[arg(long, env = "FLASHSTOCK_CONNECTIONS_MAX")]
     pub connections_max: Option<usize>,
-    /// Connections served at once from one IP address (default 256).
+    /// Connections served at once from one IP address.
     #[arg(long, env = "FLASHSTOCK_CONNECTIONS_PER_ADDRESS_MAX")]
     pub connections_per_address_max: Option<usize>,
-    /// Requests one connection may have in flight (default 16,384).
+    /// Requests one connection may have in flight.
     #[arg(long, env = "FLASHSTOCK_IN_FLIGHT_MAX")]
     pub in_flight_max: Option<u32>,
-    /// Bytes a peer may send on one stream beyond what the server has read (default 2 MiB).
+    /// Bytes a peer may send on one stream beyond what the server has read.
     #[arg(long, env = "FLASHSTOCK_STREAM_RECEIVE_WINDOW_BYTES")]
     pub stream_receive_window_bytes: Option<u32>,
     /// Bytes an authenticated connection may send beyond what the server has read, over all
-    /// its streams (default 16 MiB; before authenticating, one Hello: 4,116 bytes).
+    /// its streams (before authenticating: one Hello, 4,116 bytes).
     #[arg(long, env = "FLASHSTOCK_CONNECTION_RECEIVE_WINDOW_BYTES")]
     pub connection_receive_window_bytes: Option<u32>,
-    /// Streams one authenticated connection may have open (default 16; before: one).
+    /// Streams one authenticated connection may have open (before authenticating: one).
     #[arg(long, env = "FLASHSTOCK_STREAMS_MAX")]
     pub streams_max: Option<u32>,
     /// Milliseconds a new connection has to authenticate (`Hello` answered by `Welcome`)
-    /// before it is closed as `Unauthenticated` (default 2,000).
+    /// before it is closed as `Unauthenticated`.
     #[arg(long, env = "FLASHSTOCK_HELLO_TIMEOUT_MS")]
     pub hello_timeout_ms: Option<u64>,
-    /// Milliseconds of silence before a connection is closed (default 30,000).
+    /// Milliseconds of silence before a connection is closed.
     #[arg(long, env = "FLASHSTOCK_IDLE_TIMEOUT_MS")]
     pub idle_timeout_ms: Option<u64>,
-    /// Kernel send and receive buffer asked for the UDP socket, in bytes (default 4 MiB;
-    /// the kernel caps it at `net.core.rmem_max`/`wmem_max`).
+    /// Kernel send and receive buffer asked for the UDP socket, in bytes (the kernel caps it
+    /// at `net.core.rmem_max`/`wmem_max`).
     #[arg(long, env = "FLASHSTOCK_UDP_BUFFER_BYTES")]
     pub udp_buffer_bytes: Option<usize>,
     /// A PEM certificate chain to serve instead of the generated self-signed one.
@@ -120,6 +122,75 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// Every setting's default, read from the structs that use them (`RuntimeConfig`,
+    /// `NetLimits`, `TransportLimits`): the one place defaults are written is those structs'
+    /// `Default`; the daemon, `--help`'s reference in `docs/configuration.md`, and the tests
+    /// all read them from here. Settings with no default (files to read instead of the
+    /// generated ones) are `None`.
+    pub fn defaults() -> Settings {
+        let runtime = RuntimeConfig::default();
+        let (net, transport) = (NetLimits::default(), TransportLimits::default());
+        Settings {
+            listen: Some(LISTEN_DEFAULT.parse().expect("a valid address")),
+            metrics_listen: Some(METRICS_LISTEN_DEFAULT.to_owned()),
+            data_dir: Some(PathBuf::from(DATA_DIR_DEFAULT)),
+            shards: Some(runtime.shard_count),
+            snapshot_every_records: Some(runtime.snapshot_every_records),
+            snapshot_every_ms: Some(runtime.snapshot_every_ms),
+            snapshot_log_ratio: Some(runtime.snapshot_log_ratio),
+            wal_cache_mb: Some(runtime.wal_cache_bytes >> 20),
+            inbox_capacity: Some(runtime.inbox_capacity),
+            batch_jobs_max: Some(runtime.batch_jobs_max),
+            consumer_retention_records_max: Some(runtime.consumer_retention_records_max),
+            stream_window_events_max: Some(net.stream_window_events_max),
+            frame_bytes_max: Some(net.frame_bytes_max),
+            connections_max: Some(net.connections_max),
+            connections_per_address_max: Some(net.connections_per_address_max),
+            in_flight_max: Some(net.in_flight_max),
+            stream_receive_window_bytes: Some(transport.stream_receive_window_bytes),
+            connection_receive_window_bytes: Some(net.connection_receive_window_bytes),
+            streams_max: Some(net.streams_max),
+            hello_timeout_ms: Some(net.hello_timeout_ms),
+            idle_timeout_ms: Some(transport.idle_timeout_ms),
+            udp_buffer_bytes: Some(net::UDP_BUFFER_BYTES_DEFAULT),
+            tls_cert: None,
+            tls_key: None,
+            tokens_file: None,
+            client_ca_admin: None,
+            client_ca_service: None,
+            client_ca_consumer: None,
+        }
+    }
+
+    /// The settings reference as a Markdown table (key, flag, environment, default,
+    /// meaning), read off the settings struct itself and [`Settings::defaults`], so that the
+    /// documentation cannot drift from the code. `docs/configuration.md` holds it; a test
+    /// fails when it differs.
+    pub fn reference() -> String {
+        let command = <Settings as clap::Args>::augment_args(clap::Command::new("flashstockd"));
+        let defaults = toml::Table::try_from(Settings::defaults()).expect("settings serialise");
+        let mut out = String::from("| TOML key | flag | environment | default | meaning |\n");
+        out.push_str("| --- | --- | --- | --- | --- |\n");
+        for arg in command.get_arguments() {
+            let key = arg.get_id().as_str();
+            let default = match (key, defaults.get(key)) {
+                // Machine-dependent: written as what it is, not as this machine's value.
+                ("shards", _) => "the machine's cores, at most 64".to_owned(),
+                (_, Some(toml::Value::String(text))) => format!("`{text}`"),
+                (_, Some(toml::Value::Integer(n))) => thousands(*n),
+                (_, Some(value)) => format!("{value:?}"),
+                (_, None) => "none (generated or off)".to_owned(),
+            };
+            let long = arg.get_long().map_or(String::new(), |long| format!("`--{long}`"));
+            let env =
+                arg.get_env().map_or(String::new(), |env| format!("`{}`", env.to_string_lossy()));
+            let help = arg.get_help().map_or(String::new(), |help| help.to_string());
+            let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+            out.push_str(&format!("| `{key}` | {long} | {env} | {default} | {help} |\n"));
+        }
+        out
+    }
+
     /// Reads a TOML settings file; unknown keys are an error, not silently ignored.
     pub fn from_file(path: &Path) -> Result<Settings, RuntimeError> {
         let error = |detail: String| RuntimeError::Config { path: path.to_path_buf(), detail };
@@ -240,6 +311,22 @@ impl Settings {
     }
 }
 
+/// `1048576` as `1,048,576`.
+fn thousands(n: i64) -> String {
+    let digits = n.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (index, digit) in digits.chars().enumerate() {
+        if index > 0 && (digits.len() - index) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    if n < 0 {
+        out.insert(0, '-');
+    }
+    out
+}
+
 /// Where a started daemon can be reached, for the binary to print and tests to read.
 #[derive(Clone, Debug)]
 pub struct Listening {
@@ -322,7 +409,8 @@ pub async fn run(
 ) -> Result<Served, RuntimeError> {
     settings.validate()?;
     let observing = Observing::start(&settings).await?;
-    let data_dir = settings.data_dir.clone().unwrap_or_else(|| PathBuf::from("flashstock-data"));
+    let settings = Settings::defaults().overridden_by(settings);
+    let data_dir = settings.data_dir.clone().expect("a default");
     net::secrets::ensure_private_dir(&data_dir)?;
     let runtime = {
         let (data_dir, config) = (data_dir.clone(), runtime_config(&settings));
@@ -340,10 +428,9 @@ pub async fn run(
     );
     let (tls, auth, tokens_path, client_certs) = credentials(&settings, &data_dir)?;
     let (transport, limits) = net_limits(&settings);
-    let listen =
-        settings.listen.unwrap_or_else(|| LISTEN_DEFAULT.parse().expect("a valid address"));
+    let listen = settings.listen.expect("a default");
     let server_config = net::server_config(&tls, transport, client_certs.as_deref())?;
-    let udp_buffer_bytes = settings.udp_buffer_bytes.unwrap_or(net::UDP_BUFFER_BYTES_DEFAULT);
+    let udp_buffer_bytes = settings.udp_buffer_bytes.expect("a default");
     let endpoint_config = net::secrets::endpoint_config(&data_dir)?;
     let endpoint = net::server_endpoint(listen, endpoint_config, server_config, udp_buffer_bytes)?;
     let bound =
@@ -442,22 +529,19 @@ impl Reload {
     }
 }
 
+/// The runtime's knobs from complete settings (defaults applied).
 fn runtime_config(settings: &Settings) -> RuntimeConfig {
-    let defaults = RuntimeConfig::default();
+    let given = "a default";
     RuntimeConfig {
-        shard_count: settings.shards.unwrap_or(defaults.shard_count),
-        snapshot_every_records: settings
-            .snapshot_every_records
-            .unwrap_or(defaults.snapshot_every_records),
-        snapshot_every_ms: settings.snapshot_every_ms.unwrap_or(defaults.snapshot_every_ms),
-        snapshot_log_ratio: settings.snapshot_log_ratio.unwrap_or(defaults.snapshot_log_ratio),
-        wal_cache_bytes: settings.wal_cache_mb.map_or(defaults.wal_cache_bytes, |mb| mb << 20),
-        inbox_capacity: settings.inbox_capacity.unwrap_or(defaults.inbox_capacity),
-        batch_jobs_max: settings.batch_jobs_max.unwrap_or(defaults.batch_jobs_max),
-        consumer_retention_records_max: settings
-            .consumer_retention_records_max
-            .unwrap_or(defaults.consumer_retention_records_max),
-        ..defaults
+        shard_count: settings.shards.expect(given),
+        snapshot_every_records: settings.snapshot_every_records.expect(given),
+        snapshot_every_ms: settings.snapshot_every_ms.expect(given),
+        snapshot_log_ratio: settings.snapshot_log_ratio.expect(given),
+        wal_cache_bytes: settings.wal_cache_mb.expect(given) << 20,
+        inbox_capacity: settings.inbox_capacity.expect(given),
+        batch_jobs_max: settings.batch_jobs_max.expect(given),
+        consumer_retention_records_max: settings.consumer_retention_records_max.expect(given),
+        ..RuntimeConfig::default()
     }
 }
 
@@ -495,30 +579,23 @@ fn credentials(settings: &Settings, data_dir: &Path) -> Result<Credentials, Runt
     Ok((tls, auth, tokens_path, client_certs))
 }
 
+/// The network layer's limits from complete settings (defaults applied).
 fn net_limits(settings: &Settings) -> (TransportLimits, NetLimits) {
-    let (transport_defaults, net_defaults) = (TransportLimits::default(), NetLimits::default());
+    let given = "a default";
     let transport = TransportLimits {
-        idle_timeout_ms: settings.idle_timeout_ms.unwrap_or(transport_defaults.idle_timeout_ms),
-        stream_receive_window_bytes: settings
-            .stream_receive_window_bytes
-            .unwrap_or(transport_defaults.stream_receive_window_bytes),
+        idle_timeout_ms: settings.idle_timeout_ms.expect(given),
+        stream_receive_window_bytes: settings.stream_receive_window_bytes.expect(given),
     };
     let limits = NetLimits {
-        frame_bytes_max: settings.frame_bytes_max.unwrap_or(net_defaults.frame_bytes_max),
-        connections_max: settings.connections_max.unwrap_or(net_defaults.connections_max),
-        connections_per_address_max: settings
-            .connections_per_address_max
-            .unwrap_or(net_defaults.connections_per_address_max),
-        in_flight_max: settings.in_flight_max.unwrap_or(net_defaults.in_flight_max),
-        streams_max: settings.streams_max.unwrap_or(net_defaults.streams_max),
-        connection_receive_window_bytes: settings
-            .connection_receive_window_bytes
-            .unwrap_or(net_defaults.connection_receive_window_bytes),
-        hello_timeout_ms: settings.hello_timeout_ms.unwrap_or(net_defaults.hello_timeout_ms),
-        stream_window_events_max: settings
-            .stream_window_events_max
-            .unwrap_or(net_defaults.stream_window_events_max),
-        ..net_defaults
+        frame_bytes_max: settings.frame_bytes_max.expect(given),
+        connections_max: settings.connections_max.expect(given),
+        connections_per_address_max: settings.connections_per_address_max.expect(given),
+        in_flight_max: settings.in_flight_max.expect(given),
+        streams_max: settings.streams_max.expect(given),
+        connection_receive_window_bytes: settings.connection_receive_window_bytes.expect(given),
+        hello_timeout_ms: settings.hello_timeout_ms.expect(given),
+        stream_window_events_max: settings.stream_window_events_max.expect(given),
+        ..NetLimits::default()
     };
     (transport, limits)
 }

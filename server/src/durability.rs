@@ -115,6 +115,7 @@ pub(crate) struct Durability<W> {
     pub(crate) committed: watch::Sender<u64>,
     pub(crate) failure: Arc<Failure>,
     pub(crate) stats: Arc<DurabilityStats>,
+    pub(crate) metrics: crate::metrics::WalMetrics,
 }
 
 impl<W: Wal> Durability<W> {
@@ -183,14 +184,14 @@ impl<W: Wal> Durability<W> {
         if appended {
             let started = Instant::now();
             let append_seconds = (started - append_started).as_secs_f64();
-            metrics::histogram!(metrics_names::WAL_APPEND_SECONDS).record(append_seconds);
-            metrics::counter!(metrics_names::WAL_RECORDS_TOTAL).increment(records_appended);
-            metrics::counter!(metrics_names::WAL_BYTES_TOTAL).increment(bytes_appended);
+            self.metrics.append_seconds.record(append_seconds);
+            self.metrics.records.increment(records_appended);
+            self.metrics.bytes.increment(bytes_appended);
             if let Err(err) = self.wal.sync() {
                 return Err(self.fail(format!("sync: {err}")));
             }
             let sync = started.elapsed();
-            metrics::histogram!(metrics_names::WAL_SYNC_SECONDS).record(sync.as_secs_f64());
+            self.metrics.sync_seconds.record(sync.as_secs_f64());
             let sync_us = sync.as_micros() as u64;
             self.stats.syncs.fetch_add(1, Ordering::Relaxed);
             self.stats.sync_us_total.fetch_add(sync_us, Ordering::Relaxed);

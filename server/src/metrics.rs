@@ -171,24 +171,60 @@ pub fn reply_outcome(reply: &Reply) -> &'static str {
     }
 }
 
-/// Adds a frame's replies to `flashstock_requests_total`: tallied here first, so a frame of
-/// 256 sold-out answers costs one counter update, not 256.
-pub fn count_replies(batch: &[Request], replies: &[Reply]) {
-    let mut tally: Vec<(&'static str, &'static str, u64)> = Vec::new();
-    let mut overloaded = 0;
-    for (request, reply) in batch.iter().zip(replies) {
-        let (kind, outcome) = (request_kind(request), reply_outcome(reply));
-        overloaded += u64::from(matches!(reply, Reply::Refused(Refusal::Overloaded)));
-        match tally.iter_mut().find(|(k, o, _)| *k == kind && *o == outcome) {
-            Some(entry) => entry.2 += 1,
-            None => tally.push((kind, outcome, 1)),
+/// `flashstock_requests_total`'s handles, resolved once per (kind, outcome): a frame's tally
+/// then costs a map read and an atomic add per distinct pair, not a registry lookup (which
+/// allocates the key's labels and hashes them).
+#[derive(Debug, Default)]
+pub struct RequestCounters {
+    by_kind_outcome: dashmap::DashMap<(&'static str, &'static str), metrics::Counter>,
+    overloaded: std::sync::OnceLock<metrics::Counter>,
+}
+
+impl RequestCounters {
+    /// Adds a frame's replies: tallied here first, so a frame of 256 sold-out answers costs
+    /// one counter update, not 256.
+    pub fn count(&self, batch: &[Request], replies: &[Reply]) {
+        let mut tally: Vec<(&'static str, &'static str, u64)> = Vec::new();
+        let mut overloaded = 0;
+        for (request, reply) in batch.iter().zip(replies) {
+            let (kind, outcome) = (request_kind(request), reply_outcome(reply));
+            overloaded += u64::from(matches!(reply, Reply::Refused(Refusal::Overloaded)));
+            match tally.iter_mut().find(|(k, o, _)| *k == kind && *o == outcome) {
+                Some(entry) => entry.2 += 1,
+                None => tally.push((kind, outcome, 1)),
+            }
+        }
+        for (kind, outcome, count) in tally {
+            let counter = self.by_kind_outcome.entry((kind, outcome)).or_insert_with(
+                || metrics::counter!(REQUESTS_TOTAL, "kind" => kind, "outcome" => outcome),
+            );
+            counter.increment(count);
+        }
+        if overloaded > 0 {
+            let counter =
+                self.overloaded.get_or_init(|| metrics::counter!(OVERLOAD_REFUSALS_TOTAL));
+            counter.increment(overloaded);
         }
     }
-    for (kind, outcome, count) in tally {
-        metrics::counter!(REQUESTS_TOTAL, "kind" => kind, "outcome" => outcome).increment(count);
-    }
-    if overloaded > 0 {
-        metrics::counter!(OVERLOAD_REFUSALS_TOTAL).increment(overloaded);
+}
+
+/// The write-ahead log's handles, resolved once.
+#[derive(Clone, Debug)]
+pub(crate) struct WalMetrics {
+    pub(crate) append_seconds: metrics::Histogram,
+    pub(crate) sync_seconds: metrics::Histogram,
+    pub(crate) records: metrics::Counter,
+    pub(crate) bytes: metrics::Counter,
+}
+
+impl WalMetrics {
+    pub(crate) fn new() -> WalMetrics {
+        WalMetrics {
+            append_seconds: metrics::histogram!(WAL_APPEND_SECONDS),
+            sync_seconds: metrics::histogram!(WAL_SYNC_SECONDS),
+            records: metrics::counter!(WAL_RECORDS_TOTAL),
+            bytes: metrics::counter!(WAL_BYTES_TOTAL),
+        }
     }
 }
 

@@ -99,6 +99,7 @@ impl Runtime {
             committed,
             failure: failure.clone(),
             stats: stats.clone(),
+            metrics: crate::metrics::WalMetrics::new(),
         };
         let durability = spawn("flashstock-wal".to_owned(), move || durability.run())?;
         let snapshotter = Snapshotter {

@@ -428,3 +428,27 @@ async fn sighup_reloads_tokens_and_certificate_without_dropping_connections() {
     still_answers(&open).await;
     terminate(daemon);
 }
+
+/// `docs/configuration.md`'s table is generated from the settings struct and its defaults:
+/// it fails here when they differ (regenerate with `UPDATE_DOCS=1`).
+#[test]
+fn the_configuration_reference_is_the_settings_struct() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/configuration.md");
+    let text = std::fs::read_to_string(path).unwrap();
+    let (begin, end) = ("<!-- settings:begin -->\n", "<!-- settings:end -->");
+    let start = text.find(begin).expect("the begin marker") + begin.len();
+    let stop = text.find(end).expect("the end marker");
+    let generated = flashstock_server::daemon::Settings::reference();
+    if std::env::var_os("UPDATE_DOCS").is_some() {
+        let updated = format!("{}{generated}{}", &text[..start], &text[stop..]);
+        std::fs::write(path, updated).unwrap();
+        return;
+    }
+    assert!(
+        text[start..stop] == generated,
+        "docs/configuration.md is stale; regenerate it with \
+         UPDATE_DOCS=1 cargo test -p flashstock-server --test daemon configuration_reference"
+    );
+    assert!(generated
+        .contains("| `in_flight_max` | `--in-flight-max` | `FLASHSTOCK_IN_FLIGHT_MAX` | 16,384 |"));
+}

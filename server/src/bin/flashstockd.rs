@@ -40,9 +40,11 @@ fn main() -> anyhow::Result<()> {
     };
     let settings = from_file.overridden_by(args.settings);
     let tokio = tokio::runtime::Runtime::new().context("starting tokio")?;
-    let reloads = {
+    // Handlers first, before anything can be told to the outside: a SIGTERM that arrives
+    // just after the listening line must stop the server cleanly, not kill it.
+    let (reloads, shutdown) = {
         let _in_runtime = tokio.enter();
-        reload_signals()?
+        (reload_signals()?, shutdown_signal()?)
     };
     tokio.block_on(daemon::run(
         settings,
@@ -57,7 +59,7 @@ fn main() -> anyhow::Result<()> {
             );
         },
         reloads,
-        shutdown_signal(),
+        shutdown,
     ))?;
     Ok(())
 }
@@ -76,12 +78,15 @@ fn reload_signals() -> anyhow::Result<tokio::sync::mpsc::Receiver<()>> {
     Ok(reloads)
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Completes on SIGINT or SIGTERM; the handlers are installed when this is called.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate()).expect("a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
-    }
+    let mut terminate = signal(SignalKind::terminate()).context("a SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("a SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
 }

@@ -146,6 +146,8 @@ struct Shared {
     stats: Arc<NetStats>,
     /// Reserve rate limits, shared by every connection.
     rates: RateGate,
+    /// `flashstock_requests_total`'s handles.
+    counters: crate::metrics::RequestCounters,
     /// Connections open per source address (only addresses with one or more).
     by_address: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
     stopping: watch::Receiver<bool>,
@@ -181,7 +183,9 @@ pub async fn serve(
     let wal_failed = wal.wal_failed();
     let by_address = std::sync::Mutex::new(std::collections::HashMap::new());
     let rates = RateGate::new(&stored_rate_limits(&handle).await);
-    let shared = Arc::new(Shared { handle, auth, limits, stats, rates, by_address, stopping });
+    let counters = crate::metrics::RequestCounters::default();
+    let shared =
+        Arc::new(Shared { handle, auth, limits, stats, rates, counters, by_address, stopping });
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown, wal_failed);
     let mut stopped = Stopped::Shutdown;
@@ -684,7 +688,7 @@ impl Session {
         let credential = self.credential.get().copied().unwrap_or(0);
         let rates = (&self.shared.rates, credential);
         let replies = dispatch(&self.shared.handle, role, rates, &batch).await;
-        crate::metrics::count_replies(&batch, &replies);
+        self.shared.counters.count(&batch, &replies);
         if role == Role::Admin {
             self.audit(&batch, &replies);
         }
