@@ -7,8 +7,9 @@ use flashstock_engine::{
 };
 use flashstock_protocol::{
     AdminReply, AdminRequest, ConnectionError, ConsumerInfo, Decoded, ErrorCode, EventBatch, Frame,
-    FrameDecoder, FrameEncoder, FrameError, Message, Refusal, Reply, Request, Role, StartAt,
-    StreamEvent, Subscribe, Subscribed, FRAME_BYTES_MAX_DEFAULT, HEADER_BYTES, SUPPORTED_VERSIONS,
+    FrameDecoder, FrameEncoder, FrameError, Message, RateLimit, RateLimitEntry, Refusal, Reply,
+    Request, Role, StartAt, StreamEvent, Subscribe, Subscribed, FRAME_BYTES_MAX_DEFAULT,
+    HEADER_BYTES, PROTOCOL_VERSION, SUPPORTED_VERSIONS,
 };
 use proptest::prelude::*;
 
@@ -108,7 +109,8 @@ fn reply() -> impl Strategy<Value = Reply> {
             Just(Refusal::Overloaded),
             Just(Refusal::PermissionDenied),
             Just(Refusal::ShuttingDown),
-            Just(Refusal::Unavailable)
+            Just(Refusal::Unavailable),
+            any::<u32>().prop_map(|retry_after_ms| Refusal::RateLimited { retry_after_ms }),
         ]
         .prop_map(Reply::Refused),
     ]
@@ -179,6 +181,36 @@ fn stream_message() -> impl Strategy<Value = Message> {
         }),
         any::<bool>()
             .prop_map(|existed| Message::AdminReply(AdminReply::ConsumerRemoved { existed })),
+        admin_v5(),
+    ]
+}
+
+/// What version 5 added: the SKU listing and rate limits.
+fn admin_v5() -> impl Strategy<Value = Message> {
+    let limit = (any::<Option<u32>>(), any::<Option<u32>>()).prop_map(
+        |(per_buyer_per_s, per_credential_per_s)| RateLimit {
+            per_buyer_per_s,
+            per_credential_per_s,
+        },
+    );
+    let sku = any::<Option<u64>>().prop_map(|sku| sku.map(SkuId));
+    let entries =
+        proptest::collection::vec((sku.clone(), limit.clone()), 0..4).prop_map(|entries| {
+            let entries = entries.into_iter().map(|(sku, limit)| RateLimitEntry { sku, limit });
+            Message::AdminReply(AdminReply::RateLimits(entries.collect()))
+        });
+    prop_oneof![
+        (sku.clone(), any::<u32>())
+            .prop_map(|(after, limit)| Message::Admin(AdminRequest::ListSkus { after, limit })),
+        (sku.clone(), limit)
+            .prop_map(|(sku, limit)| Message::Admin(AdminRequest::SetRateLimit { sku, limit })),
+        Just(Message::Admin(AdminRequest::ListRateLimits)),
+        entries,
+        ".{0,40}".prop_map(|detail| Message::AdminReply(AdminReply::Invalid { detail })),
+        sku.prop_map(|next_after| Message::AdminReply(AdminReply::Skus {
+            skus: Vec::new(),
+            next_after
+        })),
     ]
 }
 
@@ -318,7 +350,8 @@ fn bad_input_gets_typed_errors() {
     future[4] = 9;
     let err = decode_one(&future).unwrap_err();
     assert_eq!(err, FrameError::UnsupportedVersion { found: 9, supported: SUPPORTED_VERSIONS });
-    assert!(err.to_string().contains("supported: [4]"), "{err}");
+    let supported = format!("supported: [{PROTOCOL_VERSION}]");
+    assert!(err.to_string().contains(&supported), "{err}");
 
     // An oversized length is refused from the header alone, before any payload arrives.
     let mut huge = good[..HEADER_BYTES].to_vec();
