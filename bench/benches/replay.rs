@@ -11,7 +11,7 @@ use flashstock_bench::{records, shards};
 use flashstock_engine::{
     decode_records, Command, EncodedLog, RequestId, Shard, ShardId, ShardMap, SkuId,
 };
-use flashstock_server::{Runtime, RuntimeConfig, SystemClock};
+use flashstock_runtime::{Runtime, RuntimeConfig, SystemClock};
 use flashstock_wal::{SledWal, SledWalConfig, Wal};
 
 const RECORDS: u32 = 1_000_000;

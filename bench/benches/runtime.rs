@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use flashstock_engine::{BuyerId, Outcome, RequestId, SkuId};
-use flashstock_server::{Runtime, RuntimeConfig, SystemClock};
+use flashstock_runtime::{Runtime, RuntimeConfig, SystemClock};
 
 const SKUS: u64 = 64;
 

@@ -16,7 +16,8 @@ use flashstock_protocol::Role;
 use crate::net::{
     self, Authenticator, ClientCertRoles, NetLimits, SharedAuth, TlsFiles, TransportLimits,
 };
-use crate::{Runtime, RuntimeConfig, RuntimeError, SystemClock};
+use crate::ServerError;
+use flashstock_runtime::{Runtime, RuntimeConfig, RuntimeError, SystemClock};
 
 /// The default listen address.
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:7400";
@@ -192,15 +193,15 @@ impl Settings {
     }
 
     /// Reads a TOML settings file; unknown keys are an error, not silently ignored.
-    pub fn from_file(path: &Path) -> Result<Settings, RuntimeError> {
-        let error = |detail: String| RuntimeError::Config { path: path.to_path_buf(), detail };
+    pub fn from_file(path: &Path) -> Result<Settings, ServerError> {
+        let error = |detail: String| ServerError::Config { path: path.to_path_buf(), detail };
         let text = std::fs::read_to_string(path).map_err(|err| error(err.to_string()))?;
         toml::from_str(&text).map_err(|err| error(err.to_string()))
     }
 
     /// Refuses any numeric setting out of its range, naming it, before anything starts.
-    pub fn validate(&self) -> Result<(), RuntimeError> {
-        use crate::config::BATCH_JOBS_LIMIT;
+    pub fn validate(&self) -> Result<(), ServerError> {
+        use flashstock_runtime::config::BATCH_JOBS_LIMIT;
         // A Hello with a token must fit in a frame; 64 MiB is far past any batch's need.
         const FRAME_BYTES: std::ops::RangeInclusive<u64> = 4096..=64 << 20;
         // Flow-control windows: below 64 KiB every frame crawls a packet at a time.
@@ -245,7 +246,7 @@ impl Settings {
                 Some(value) if !range.contains(&value) => {
                     let (low, high) = (range.start(), range.end());
                     let detail = format!("must be in {low}..={high}");
-                    return Err(RuntimeError::Setting { name, value: value.to_string(), detail });
+                    return Err(ServerError::Setting { name, value: value.to_string(), detail });
                 }
                 _ => {}
             }
@@ -254,12 +255,12 @@ impl Settings {
     }
 
     /// Where the metrics listener listens; `None` when it is off.
-    pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, RuntimeError> {
+    pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, ServerError> {
         let text = self.metrics_listen.as_deref().unwrap_or(METRICS_LISTEN_DEFAULT).trim();
         if text.is_empty() {
             return Ok(None);
         }
-        text.parse().map(Some).map_err(|_| RuntimeError::Setting {
+        text.parse().map(Some).map_err(|_| ServerError::Setting {
             name: "metrics_listen",
             value: text.to_owned(),
             detail: "must be an address such as 127.0.0.1:9464, or empty for off".to_owned(),
@@ -356,7 +357,7 @@ struct Observing {
 impl Observing {
     /// Installs the recorder and starts the listener, when `metrics_listen` is set: before
     /// recovery, so that `/livez` answers and `/readyz` says "recovering" meanwhile.
-    async fn start(settings: &Settings) -> Result<Observing, RuntimeError> {
+    async fn start(settings: &Settings) -> Result<Observing, ServerError> {
         let health = flashstock_observe::Health::new();
         health.set("recovery", Err("recovering".into()));
         health.set("quic", Err("not listening yet".into()));
@@ -364,8 +365,7 @@ impl Observing {
         let Some(addr) = settings.metrics_addr()? else {
             return Ok(Observing { health, listening: None });
         };
-        let observe =
-            |err: flashstock_observe::ObserveError| RuntimeError::Observe(err.to_string());
+        let observe = |err: flashstock_observe::ObserveError| ServerError::Observe(err.to_string());
         let listening = flashstock_observe::start(addr, health.clone()).await.map_err(observe)?;
         crate::metrics::describe();
         flashstock_observe::build_info("flashstockd", env!("CARGO_PKG_VERSION"));
@@ -379,7 +379,7 @@ impl Observing {
 
     /// Samples the gauges that are read off state (connections, consumers' positions and
     /// lag), every second, until the listener stops.
-    fn sample(&self, handle: crate::Handle, stats: Arc<net::NetStats>) {
+    fn sample(&self, handle: flashstock_runtime::Handle, stats: Arc<net::NetStats>) {
         let Some(listening) = &self.listening else { return };
         let events = handle.events().clone();
         let stopped = listening.stopped();
@@ -392,7 +392,7 @@ impl Observing {
                     () = &mut stopped => return,
                 }
                 crate::metrics::sample_net(&stats);
-                crate::metrics::sample_consumers(&events);
+                flashstock_runtime::metrics::sample_consumers(&events);
             }
         });
     }
@@ -406,7 +406,7 @@ pub async fn run(
     on_listening: impl FnOnce(&Listening),
     reloads: tokio::sync::mpsc::Receiver<()>,
     shutdown: impl Future<Output = ()>,
-) -> Result<Served, RuntimeError> {
+) -> Result<Served, ServerError> {
     settings.validate()?;
     let observing = Observing::start(&settings).await?;
     let settings = Settings::defaults().overridden_by(settings);
@@ -434,7 +434,7 @@ pub async fn run(
     let endpoint_config = net::secrets::endpoint_config(&data_dir)?;
     let endpoint = net::server_endpoint(listen, endpoint_config, server_config, udp_buffer_bytes)?;
     let bound =
-        endpoint.local_addr().map_err(|source| RuntimeError::Bind { addr: listen, source })?;
+        endpoint.local_addr().map_err(|source| ServerError::Bind { addr: listen, source })?;
     tracing::info!(
         listen = %bound,
         data_dir = %data_dir.display(),
@@ -477,7 +477,7 @@ pub async fn run(
             Ok(Served { listen: bound })
         }
         // Exit non-zero, so that a supervisor restarts the server into recovery.
-        net::Stopped::WalFailed { reason } => Err(RuntimeError::WalFailed { reason }),
+        net::Stopped::WalFailed { reason } => Err(RuntimeError::WalFailed { reason }.into()),
     }
 }
 
@@ -512,14 +512,14 @@ impl Reload {
     }
 
     /// Reads both files first and puts them in force only if both are good.
-    fn reload(&self) -> Result<(), RuntimeError> {
+    fn reload(&self) -> Result<(), ServerError> {
         let mut auth = Authenticator::new(net::auth::read_tokens_file(&self.tokens_path)?);
         if let Some(roles) = &self.client_certs {
             auth = auth.with_client_certs(roles.clone());
         }
         if !auth.admits_anyone() {
             let detail = "no tokens and no client CA: nobody could connect".to_owned();
-            return Err(RuntimeError::Config { path: self.tokens_path.clone(), detail });
+            return Err(ServerError::Config { path: self.tokens_path.clone(), detail });
         }
         let server_config =
             net::server_config(&self.tls, self.transport, self.client_certs.as_deref())?;
@@ -548,7 +548,7 @@ fn runtime_config(settings: &Settings) -> RuntimeConfig {
 type Credentials = (TlsFiles, Authenticator, PathBuf, Option<Arc<ClientCertRoles>>);
 
 /// The TLS files, the tokens (and where they are read from) and the client CAs.
-fn credentials(settings: &Settings, data_dir: &Path) -> Result<Credentials, RuntimeError> {
+fn credentials(settings: &Settings, data_dir: &Path) -> Result<Credentials, ServerError> {
     let tls = match (&settings.tls_cert, &settings.tls_key) {
         (Some(cert_path), Some(key_path)) => {
             TlsFiles { cert_path: cert_path.clone(), key_path: key_path.clone() }
@@ -556,7 +556,7 @@ fn credentials(settings: &Settings, data_dir: &Path) -> Result<Credentials, Runt
         (None, None) => net::ensure_self_signed(data_dir)?,
         _ => {
             let detail = "tls_cert and tls_key go together".to_owned();
-            return Err(RuntimeError::Config { path: data_dir.to_path_buf(), detail });
+            return Err(ServerError::Config { path: data_dir.to_path_buf(), detail });
         }
     };
     let (mut auth, tokens_path) = match &settings.tokens_file {

@@ -1,52 +1,17 @@
-//! flashstock's runtime: the only place that wires threads, the clock and the log to the pure
-//! engine.
-//!
-//! ```text
-//! Handle ──try_send──► shard actor (one thread per shard, bounded inbox)
-//!                        │ applies a batch of jobs to its `Shard`
-//!                        ▼
-//!                      durability thread: appends every waiting batch, one sync, then
-//!                      releases the batch's replies (group commit)
-//!                        │ durable ends, per shard
-//!                        ▼
-//!                      snapshot thread: writes a shard's snapshot once the records it covers
-//!                      are durable, then truncates the log below it
-//! ```
-//! While the durability thread syncs one group, the actors already apply the next batch; a large
-//! snapshot being written never holds up a commit.
+//! flashstock's server: the network layer over the runtime (`flashstock-runtime`), its
+//! metrics, and the `flashstockd` daemon.
 //!
 //! Map of the modules:
-//! - [`config`]: [`RuntimeConfig`], every knob and its default.
-//! - [`clock`]: [`Clock`], with [`SystemClock`] and the [`ManualClock`] tests drive.
-//! - [`handle`]: [`Handle`], the async API the network layer and tests call.
-//! - [`runtime`]: [`Runtime`], start (with recovery) and graceful shutdown.
-//! - `actor`, `durability`, `recovery`: the shard loop; the group-commit and snapshot threads;
-//!   rebuilding shards (in parallel) from the latest snapshot plus the log.
-//! - [`stream`]: the committed-deduction stream's log reader ([`stream::EventLog`]) and the
-//!   consumer registry whose acknowledged cursors hold truncation back.
-//! - [`metrics`]: every metric the server exports, named and described in one place.
-//! - [`net`]: the QUIC listener: TLS, authentication, sessions, subscriptions.
-//! - [`daemon`]: the `flashstockd` settings (file, environment, flags) and `run`.
-//! - [`error`]: [`RuntimeError`], the one error type.
+//! - [`net`]: the QUIC listener: TLS, authentication, sessions, subscriptions, rate limits.
+//! - [`metrics`]: the metrics the network layer exports, named and described in one place
+//!   (the runtime's are `flashstock_runtime::metrics`).
+//! - [`daemon`]: the `flashstockd` settings (file, environment, flags; defaults; the
+//!   generated reference) and `run`.
+//! - [`error`]: [`ServerError`], what can stop the server from starting or serving.
 
-pub mod clock;
-pub mod config;
 pub mod daemon;
 pub mod error;
-pub mod handle;
 pub mod metrics;
 pub mod net;
-pub mod runtime;
-pub mod stream;
 
-mod actor;
-mod durability;
-mod recovery;
-
-pub use clock::{Clock, ManualClock, SystemClock};
-pub use config::RuntimeConfig;
-pub use durability::DurabilityStats;
-pub use error::RuntimeError;
-pub use handle::{Handle, Pending, PendingBatch};
-pub use recovery::RecoveryReport;
-pub use runtime::Runtime;
+pub use error::ServerError;

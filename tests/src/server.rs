@@ -8,10 +8,10 @@ use std::sync::Arc;
 use flashstock_client::{ClientTls, Connection};
 use flashstock_protocol::tokens::DEFAULT_CONSUMER;
 use flashstock_protocol::Role;
+use flashstock_runtime::{Runtime, RuntimeConfig, SystemClock};
 use flashstock_server::net::{
     self, Authenticator, ClientCertRoles, NetLimits, NetStats, Stopped, TransportLimits,
 };
-use flashstock_server::{Runtime, RuntimeConfig, SystemClock};
 
 /// A running server. `stop` shuts it down gracefully; dropping it without does not flush.
 #[derive(Debug)]

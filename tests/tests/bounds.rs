@@ -11,8 +11,8 @@ use flashstock_protocol::{
     ErrorCode, FrameEncoder, FrameError, Message, Refusal, Reply, Request, HELLO_BYTES_MAX,
     PROTOCOL_VERSION,
 };
+use flashstock_runtime::{Runtime, RuntimeConfig, SystemClock};
 use flashstock_server::net::{self, NetLimits, Stopped, TransportLimits, HELLO_TIMEOUT_MS_DEFAULT};
-use flashstock_server::{Runtime, RuntimeConfig, SystemClock};
 use flashstock_tests::server::TestServer;
 use flashstock_wal::MemWal;
 

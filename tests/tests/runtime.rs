@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use flashstock_engine::{BuyerId, Outcome, RequestId, ReservationState, SkuId, SkuView};
-use flashstock_server::{Handle, ManualClock, Runtime, RuntimeConfig, RuntimeError, SystemClock};
+use flashstock_runtime::{Handle, ManualClock, Runtime, RuntimeConfig, RuntimeError, SystemClock};
 use flashstock_wal::{BatchRef, LogId, MemWal, ReplaySummary, Snapshot, VisitError, Wal, WalError};
 
 static NEXT_REQUEST: AtomicU64 = AtomicU64::new(1);

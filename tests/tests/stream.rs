@@ -13,7 +13,7 @@ use flashstock_engine::{
 };
 use flashstock_protocol::tokens::DEFAULT_CONSUMER;
 use flashstock_protocol::{ErrorCode, EventBatch, Refusal, StartAt};
-use flashstock_server::RuntimeConfig;
+use flashstock_runtime::RuntimeConfig;
 use flashstock_tests::server::TestServer;
 
 const TTL_MS: u64 = 60_000;

@@ -15,7 +15,7 @@ use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 
-use crate::error::RuntimeError;
+use crate::error::ServerError;
 
 /// Bearer tokens and client-certificate authorities, and the roles they grant.
 ///
@@ -68,11 +68,11 @@ impl std::fmt::Debug for ClientCertRoles {
 
 impl ClientCertRoles {
     /// Loads a PEM CA file per role.
-    pub fn load(cas: &[(Role, PathBuf)]) -> Result<ClientCertRoles, RuntimeError> {
+    pub fn load(cas: &[(Role, PathBuf)]) -> Result<ClientCertRoles, ServerError> {
         let mut all = RootCertStore::empty();
         let mut by_role = Vec::new();
         for (role, path) in cas {
-            let error = |detail: String| RuntimeError::Tls { path: path.clone(), detail };
+            let error = |detail: String| ServerError::Tls { path: path.clone(), detail };
             let certs = CertificateDer::pem_file_iter(path)
                 .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
                 .map_err(|err| error(err.to_string()))?;
@@ -93,7 +93,7 @@ impl ClientCertRoles {
             WebPkiClientVerifier::builder_with_provider(Arc::new(all), crate::net::tls::provider())
                 .allow_unauthenticated()
                 .build()
-                .map_err(|err| RuntimeError::Tls {
+                .map_err(|err| ServerError::Tls {
                     path: PathBuf::from("client CAs"),
                     detail: err.to_string(),
                 })?;
@@ -174,7 +174,7 @@ impl Authenticator {
     /// The embedded default: an admin, a service and an `order-writer` consumer token in
     /// `<dir>/tokens.toml`, generated with the system's secure random source on first start
     /// and reused after (a file from before the consumer role gets a consumer token added).
-    pub fn ensure_default(dir: &Path) -> Result<(Authenticator, std::path::PathBuf), RuntimeError> {
+    pub fn ensure_default(dir: &Path) -> Result<(Authenticator, std::path::PathBuf), ServerError> {
         let path = dir.join("tokens.toml");
         if !path.exists() {
             let (admin, service, consumer) = (random_token()?, random_token()?, random_token()?);
@@ -196,7 +196,7 @@ impl Authenticator {
                 .append(true)
                 .open(&path)
                 .and_then(|mut file| std::io::Write::write_all(&mut file, line.as_bytes()));
-            appended.map_err(|err| RuntimeError::Config {
+            appended.map_err(|err| ServerError::Config {
                 path: path.clone(),
                 detail: err.to_string(),
             })?;
@@ -210,14 +210,14 @@ impl Authenticator {
 
 /// Reads a tokens file (see [`flashstock_protocol::tokens`] for its format). An empty token,
 /// or one listed twice, is refused: either would be a credential nobody meant to issue.
-pub fn read_tokens_file(path: &Path) -> Result<Vec<TokenEntry>, RuntimeError> {
-    let error = |detail: String| RuntimeError::Config { path: path.to_path_buf(), detail };
+pub fn read_tokens_file(path: &Path) -> Result<Vec<TokenEntry>, ServerError> {
+    let error = |detail: String| ServerError::Config { path: path.to_path_buf(), detail };
     crate::net::secrets::warn_if_readable_by_others(path);
     let text = std::fs::read_to_string(path).map_err(|err| error(err.to_string()))?;
     parse_tokens(&text).map_err(|err| error(err.to_string()))
 }
 
-fn random_token() -> Result<String, RuntimeError> {
+fn random_token() -> Result<String, ServerError> {
     let bytes = crate::net::secrets::random_bytes::<24>()?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }

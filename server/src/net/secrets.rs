@@ -4,14 +4,14 @@
 
 use std::path::Path;
 
-use crate::error::RuntimeError;
+use crate::error::ServerError;
 
 /// Bytes of the stateless-reset key.
 const RESET_KEY_BYTES: usize = 32;
 
 /// Creates `dir` (and its parents) if missing, the directory itself owner-only; an existing
 /// directory that others may enter is left alone but warned about.
-pub fn ensure_private_dir(dir: &Path) -> Result<(), RuntimeError> {
+pub fn ensure_private_dir(dir: &Path) -> Result<(), ServerError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let error = |err: std::io::Error| config_error(dir, err.to_string());
     if dir.is_dir() {
@@ -26,7 +26,7 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), RuntimeError> {
 }
 
 /// Writes a new file readable and writable by its owner only; refuses to overwrite one.
-pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), RuntimeError> {
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ServerError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let error = |err: std::io::Error| config_error(path, err.to_string());
@@ -52,7 +52,7 @@ pub fn warn_if_readable_by_others(path: &Path) {
 }
 
 /// `N` bytes from the system's secure random source.
-pub fn random_bytes<const N: usize>() -> Result<[u8; N], RuntimeError> {
+pub fn random_bytes<const N: usize>() -> Result<[u8; N], ServerError> {
     let mut bytes = [0u8; N];
     crate::net::tls::provider()
         .secure_random
@@ -67,7 +67,7 @@ pub fn random_bytes<const N: usize>() -> Result<[u8; N], RuntimeError> {
 /// Two things must survive the restart for that: the key stateless-reset tokens are derived
 /// from, and the key connection ids are signed with (quinn drops packets whose connection id
 /// another key signed without answering them).
-pub fn endpoint_config(dir: &Path) -> Result<quinn::EndpointConfig, RuntimeError> {
+pub fn endpoint_config(dir: &Path) -> Result<quinn::EndpointConfig, ServerError> {
     let path = dir.join("reset-key");
     if !path.exists() {
         ensure_private_dir(dir)?;
@@ -91,6 +91,6 @@ pub fn endpoint_config(dir: &Path) -> Result<quinn::EndpointConfig, RuntimeError
     Ok(config)
 }
 
-fn config_error(path: &Path, detail: String) -> RuntimeError {
-    RuntimeError::Config { path: path.to_path_buf(), detail }
+fn config_error(path: &Path, detail: String) -> ServerError {
+    ServerError::Config { path: path.to_path_buf(), detail }
 }

@@ -31,7 +31,7 @@ use tokio::task::JoinSet;
 
 use crate::net::auth::{permits, SharedAuth};
 use crate::net::rate::RateGate;
-use crate::{Handle, RuntimeError};
+use flashstock_runtime::{Handle, RuntimeError};
 
 /// Bytes read from a stream at a time.
 const READ_CHUNK_BYTES: usize = 64 * 1024;

@@ -13,7 +13,7 @@ use flashstock_protocol::{ErrorCode, EventBatch, Message, StartAt, Subscribe, Su
 use tokio::sync::mpsc;
 
 use crate::net::session::Outgoing;
-use crate::stream::{kinds_mask, EventLog, StreamError};
+use flashstock_runtime::stream::{kinds_mask, EventLog, StreamError};
 
 /// The most events one `Events` frame carries (about 100 bytes each archived, so a frame stays
 /// far below the 1 MiB default frame limit).
@@ -186,7 +186,7 @@ fn check_cursor(events: &EventLog, cursor: &[u64], first: &[u64]) -> Result<(), 
 
 /// Holds the consumer's name for the subscription's life.
 struct Claim {
-    subscription: crate::stream::Subscription,
+    subscription: flashstock_runtime::stream::Subscription,
     consumer: String,
 }
 

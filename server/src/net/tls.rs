@@ -12,7 +12,7 @@ use quinn::crypto::rustls::QuicServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::error::RuntimeError;
+use crate::error::ServerError;
 
 /// Where a server's certificate chain and key live.
 #[derive(Clone, Debug)]
@@ -29,7 +29,7 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// The self-signed certificate in `<dir>/tls/`, generated if absent.
-pub fn ensure_self_signed(dir: &Path) -> Result<TlsFiles, RuntimeError> {
+pub fn ensure_self_signed(dir: &Path) -> Result<TlsFiles, ServerError> {
     let tls_dir = dir.join("tls");
     let files = TlsFiles { cert_path: tls_dir.join("cert.pem"), key_path: tls_dir.join("key.pem") };
     if files.cert_path.exists() && files.key_path.exists() {
@@ -95,7 +95,7 @@ pub fn server_config(
     files: &TlsFiles,
     limits: TransportLimits,
     client_certs: Option<&crate::net::auth::ClientCertRoles>,
-) -> Result<quinn::ServerConfig, RuntimeError> {
+) -> Result<quinn::ServerConfig, ServerError> {
     let certs = CertificateDer::pem_file_iter(&files.cert_path)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .map_err(|err| tls_error(&files.cert_path, err.to_string()))?;
@@ -131,6 +131,6 @@ pub fn server_config(
     Ok(config)
 }
 
-fn tls_error(path: &Path, detail: String) -> RuntimeError {
-    RuntimeError::Tls { path: path.to_path_buf(), detail }
+fn tls_error(path: &Path, detail: String) -> ServerError {
+    ServerError::Tls { path: path.to_path_buf(), detail }
 }

@@ -9,7 +9,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::error::RuntimeError;
+use crate::error::ServerError;
 
 /// The send and receive buffer each QUIC socket asks the kernel for, by default.
 pub const UDP_BUFFER_BYTES_DEFAULT: usize = 4 << 20;
@@ -21,8 +21,8 @@ pub fn server_endpoint(
     endpoint_config: quinn::EndpointConfig,
     config: quinn::ServerConfig,
     buffer_bytes: usize,
-) -> Result<quinn::Endpoint, RuntimeError> {
-    let bind_error = |source| RuntimeError::Bind { addr, source };
+) -> Result<quinn::Endpoint, ServerError> {
+    let bind_error = |source| ServerError::Bind { addr, source };
     let socket = std::net::UdpSocket::bind(addr).map_err(bind_error)?;
     size_buffers(&socket, buffer_bytes).map_err(bind_error)?;
     let runtime = Arc::new(quinn::TokioRuntime);

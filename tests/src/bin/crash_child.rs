@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use flashstock_engine::{BuyerId, Outcome, RequestId, ReservationId, SkuId};
-use flashstock_server::{Handle, Runtime, RuntimeConfig, SystemClock};
+use flashstock_runtime::{Handle, Runtime, RuntimeConfig, SystemClock};
 use flashstock_tests::{states, Rng};
 
 const SKUS: [u64; 4] = [11, 12, 13, 14];

@@ -150,12 +150,12 @@ impl EventLog {
     }
 
     /// Reads a metadata value of the log (blocking: sled).
-    pub(crate) fn read_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StreamError> {
+    pub fn read_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StreamError> {
         self.wal.get()?.read_meta(key).map_err(StreamError::Store)
     }
 
     /// Writes a metadata value of the log, durable on return (blocking: sled).
-    pub(crate) fn write_meta(&self, key: &str, value: &[u8]) -> Result<(), StreamError> {
+    pub fn write_meta(&self, key: &str, value: &[u8]) -> Result<(), StreamError> {
         self.wal.get()?.write_meta(key, value).map_err(StreamError::Store)
     }
 

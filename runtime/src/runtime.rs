@@ -232,13 +232,15 @@ fn check_layout<W: Wal>(wal: &W, configured: u16) -> Result<(), RuntimeError> {
 /// way on every start (and no client can learn where from the outside).
 fn hash_seed<W: Wal>(wal: &W) -> Result<u64, RuntimeError> {
     if let Some(bytes) = wal.read_meta(HASH_SEED_KEY)? {
-        let bytes: [u8; 8] = bytes.try_into().map_err(|bytes: Vec<u8>| RuntimeError::Config {
-            path: HASH_SEED_KEY.into(),
-            detail: format!("the stored hash seed has {} bytes, not 8", bytes.len()),
+        let bytes: [u8; 8] = bytes.try_into().map_err(|bytes: Vec<u8>| {
+            RuntimeError::HashSeed(format!("the stored seed has {} bytes, not 8", bytes.len()))
         })?;
         return Ok(u64::from_le_bytes(bytes));
     }
-    let seed = u64::from_le_bytes(crate::net::secrets::random_bytes::<8>()?);
+    let mut bytes = [0u8; 8];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| RuntimeError::HashSeed("no secure random source".into()))?;
+    let seed = u64::from_le_bytes(bytes);
     wal.write_meta(HASH_SEED_KEY, &seed.to_le_bytes())?;
     Ok(seed)
 }

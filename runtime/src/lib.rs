@@ -1,0 +1,48 @@
+//! flashstock's runtime: the only place that wires threads, the clock and the log to the pure
+//! engine. It does no networking: the server's network layer drives it through [`Handle`].
+//!
+//! ```text
+//! Handle ──try_send──► shard actor (one thread per shard, bounded inbox)
+//!                        │ applies a batch of jobs to its `Shard`
+//!                        ▼
+//!                      durability thread: appends every waiting batch, one sync, then
+//!                      releases the batch's replies (group commit)
+//!                        │ durable ends, per shard
+//!                        ▼
+//!                      snapshot thread: writes a shard's snapshot once the records it covers
+//!                      are durable, then truncates the log below it
+//! ```
+//! While the durability thread syncs one group, the actors already apply the next batch; a large
+//! snapshot being written never holds up a commit.
+//!
+//! Map of the modules:
+//! - [`config`]: [`RuntimeConfig`], every knob and its default.
+//! - [`clock`]: [`Clock`], with [`SystemClock`] and the [`ManualClock`] tests drive.
+//! - [`handle`]: [`Handle`], the async API the network layer and tests call.
+//! - [`runtime`]: [`Runtime`], start (with recovery) and graceful shutdown.
+//! - `actor`, `durability`, `recovery`: the shard loop; the group-commit and snapshot threads;
+//!   rebuilding shards (in parallel) from the latest snapshot plus the log.
+//! - [`stream`]: the committed-deduction stream's log reader ([`stream::EventLog`]) and the
+//!   consumer registry whose acknowledged cursors hold truncation back.
+//! - [`metrics`]: the runtime's metrics (shards, log, snapshots, recovery, consumers).
+//! - [`error`]: [`RuntimeError`], the one error type.
+
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod handle;
+pub mod metrics;
+pub mod runtime;
+pub mod stream;
+
+mod actor;
+mod durability;
+mod recovery;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::RuntimeConfig;
+pub use durability::DurabilityStats;
+pub use error::RuntimeError;
+pub use handle::{Handle, Pending, PendingBatch};
+pub use recovery::RecoveryReport;
+pub use runtime::Runtime;
