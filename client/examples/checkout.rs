@@ -9,7 +9,7 @@
 
 use std::path::PathBuf;
 
-use flashstock_client::{Client, ClientConfig, ClientError, ClientTls};
+use flashstock_client::{Client, ClientConfig, ClientError};
 use flashstock_engine::{BuyerId, Outcome, SkuId};
 use flashstock_protocol::Role;
 
@@ -18,9 +18,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let data_dir = PathBuf::from(args.next().unwrap_or_else(|| "flashstock-data".into()));
     let addr = args.next().unwrap_or_else(|| "127.0.0.1:7400".into()).parse()?;
-    let tls = ClientTls::trust_pem_file(&data_dir.join("tls/cert.pem"))?;
-    let tokens = data_dir.join("tokens.toml");
-    let token = |role| flashstock_client::token_from_file(&tokens, role, None);
+    let files = flashstock_client::ServerFiles::new(data_dir);
+    let tls = files.tls(None)?;
+    let token = |role| files.token(None, role, None);
 
     // The operator puts 3 units of SKU 4242 on sale.
     let admin = Client::connect(ClientConfig::new(

@@ -19,7 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use flashstock_client::{token_from_file, Client, ClientConfig, ClientTls};
+use flashstock_client::{Client, ClientConfig, ClientTls, ServerFiles};
 use flashstock_engine::SkuId;
 use flashstock_protocol::Role;
 
@@ -88,10 +88,10 @@ pub async fn chaos(options: ChaosOptions) -> Result<ChaosReport, LoadError> {
     // Every writer process's subscriptions, in one timeline across restarts.
     let subscribed = Arc::new(Mutex::new(Vec::new()));
     let mut writer = Writer::start(&options, &server_dir, &writer_dir, &subscribed)?;
-    let tls = ClientTls::trust_pem_file(&server_dir.join("tls/cert.pem"))?;
-    let tokens = server_dir.join("tokens.toml");
-    let admin_token = token_from_file(&tokens, Role::Admin, None)?;
-    let service_token = token_from_file(&tokens, Role::Service, None)?;
+    let files = ServerFiles::new(&server_dir);
+    let tls = files.tls(None)?;
+    let admin_token = files.token(None, Role::Admin, None)?;
+    let service_token = files.token(None, Role::Service, None)?;
     let probe = Probe::start(options.listen, &tls, &admin_token).await?;
     let orders_db = format!("sqlite:{}", writer_dir.join("orders.db").display());
     let mut run = options.run.clone();

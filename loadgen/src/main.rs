@@ -3,12 +3,12 @@
 //! exits 1 when an audit fails.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use flashstock_client::{token_from_file, ClientTls};
+use flashstock_client::ServerFiles;
 use flashstock_loadgen::chaos::ChaosOptions;
 use flashstock_loadgen::report::Report;
 use flashstock_loadgen::run::RunConfig;
@@ -270,13 +270,13 @@ impl LoadArgs {
             bail!("unknown target {url:?}: use flashstock://HOST:PORT or redis://HOST:PORT");
         };
         let addr: SocketAddr = addr.parse().with_context(|| format!("target address {addr:?}"))?;
-        let cert = self.cert.clone().unwrap_or_else(|| self.server_data_dir.join("tls/cert.pem"));
-        let tls = ClientTls::trust_pem_file(&cert)
-            .with_context(|| format!("reading the server certificate {}", cert.display()))?;
-        let tokens = self.server_data_dir.join("tokens.toml");
-        let token = |given: &Option<String>, role: Role| match given {
-            Some(token) => Ok(token.clone()),
-            None => token_of(&tokens, role),
+        let files = ServerFiles::new(&self.server_data_dir);
+        let tls = files.tls(self.cert.as_deref()).context("reading the server certificate")?;
+        let token = |given: &Option<String>, role: Role| {
+            let flag = format!("{role:?}").to_lowercase();
+            files
+                .token(given.as_deref(), role, None)
+                .with_context(|| format!("finding a {flag} token (or pass --{flag}-token)"))
         };
         Ok(TargetSpec::Flashstock {
             addr,
@@ -304,12 +304,6 @@ impl LoadArgs {
             "seed": self.seed,
         })
     }
-}
-
-/// The `role = "..."` line of a flashstock tokens file.
-fn token_of(path: &Path, role: Role) -> anyhow::Result<String> {
-    let flag = format!("{role:?}").to_lowercase();
-    token_from_file(path, role, None).with_context(|| format!("(or pass --{flag}-token)"))
 }
 
 fn main() -> anyhow::Result<()> {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use flashstock_client::{token_from_file, ClientTls};
+use flashstock_client::ServerFiles;
 use flashstock_order_writer::{run, NatsConfig, WriterConfig, WriterStats};
 use flashstock_protocol::Role;
 
@@ -80,17 +80,11 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     flashstock_observe::init_logging("info", args.log_format);
-    let cert = args.cert.clone().unwrap_or_else(|| args.server_data_dir.join("tls/cert.pem"));
-    let tls = ClientTls::trust_pem_file(&cert)
-        .with_context(|| format!("reading the server certificate {}", cert.display()))?;
-    let token = match args.token.clone() {
-        Some(token) => token,
-        None => {
-            let tokens = args.server_data_dir.join("tokens.toml");
-            token_from_file(&tokens, Role::Consumer, Some(&args.consumer))
-                .context("finding this writer's consumer token (or pass --token)")?
-        }
-    };
+    let files = ServerFiles::new(&args.server_data_dir);
+    let tls = files.tls(args.cert.as_deref()).context("reading the server certificate")?;
+    let token = files
+        .token(args.token.as_deref(), Role::Consumer, Some(&args.consumer))
+        .context("finding this writer's consumer token (or pass --token)")?;
     let database_urls = if args.database_urls.is_empty() {
         std::fs::create_dir_all(&args.data_dir)
             .with_context(|| format!("creating {}", args.data_dir.display()))?;
