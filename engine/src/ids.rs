@@ -121,13 +121,37 @@ impl ShardMap {
     }
 }
 
-/// The splitmix64 finaliser: a cheap bijective mixer with good avalanche.
-fn mix64(mut x: u64) -> u64 {
+/// The splitmix64 finaliser: a cheap bijective mixer with good avalanche. The one copy of
+/// it: the shard map, the table keys and the seeded generators all mix with this.
+pub fn mix64(mut x: u64) -> u64 {
     x ^= x >> 30;
     x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x ^= x >> 27;
     x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
     x ^ (x >> 31)
+}
+
+/// splitmix64's step: the golden-ratio increment.
+const SPLITMIX_GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// A seeded generator (splitmix64): the same seed, the same numbers. For workloads and tests
+/// that must replay; not a source of secrets (the engine takes no randomness).
+#[derive(Clone, Debug)]
+pub struct SplitMix64 {
+    state: u64,
+}
+
+impl SplitMix64 {
+    /// A generator replaying from `seed`.
+    pub fn new(seed: u64) -> SplitMix64 {
+        SplitMix64 { state: seed }
+    }
+
+    /// The next 64 bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(SPLITMIX_GAMMA);
+        mix64(self.state)
+    }
 }
 
 #[cfg(test)]

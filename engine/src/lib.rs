@@ -44,7 +44,9 @@ mod taken;
 pub use command::{Command, Reserve, RouteKey, SaleWindow};
 pub use error::EngineError;
 pub use event::{Change, Event, EventKind};
-pub use ids::{BuyerId, OrderRef, RequestId, ReservationId, ShardId, ShardMap, SkuId};
+pub use ids::{
+    mix64, BuyerId, OrderRef, RequestId, ReservationId, ShardId, ShardMap, SkuId, SplitMix64,
+};
 pub use limits::{ShardConfig, RESERVE_QTY_MAX, STOCK_TOTAL_MAX, TICK_EXPIRIES_MAX, TTL_MS_MAX};
 pub use outcome::{Outcome, ReservationState, ReservationView, SkuView};
 pub use record::{

@@ -50,10 +50,7 @@ impl Default for HashKey {
 }
 
 fn splitmix64(seed: u64) -> u64 {
-    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+    crate::ids::SplitMix64::new(seed).next_u64()
 }
 
 /// Mixes a 64-bit id under `key` so that its low bits are usable as a table index: one

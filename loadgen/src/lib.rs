@@ -141,7 +141,6 @@ pub async fn execute(options: LoadOptions) -> Result<Finished, LoadError> {
                 (admin_token, service_token),
                 *connections,
                 *calls,
-                run_id,
             )
             .await?,
         ),

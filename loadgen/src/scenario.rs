@@ -5,21 +5,17 @@
 
 /// The seeded generator every random choice comes from (SplitMix64).
 #[derive(Clone, Debug)]
-pub struct Rng(u64);
+pub struct Rng(flashstock_engine::SplitMix64);
 
 impl Rng {
     /// A generator replaying from `seed`.
     pub fn new(seed: u64) -> Rng {
-        Rng(seed)
+        Rng(flashstock_engine::SplitMix64::new(seed))
     }
 
     /// The next 64 bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     /// A float in [0, 1).

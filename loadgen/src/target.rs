@@ -6,7 +6,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 
 use flashstock_client::{Client, ClientConfig, ClientTls};
 use flashstock_engine::{BuyerId, Command, Outcome, RequestId, ReservationId, Reserve, SkuId};
@@ -158,9 +157,6 @@ pub struct FlashstockTarget {
     admin: Client,
     service: Client,
     calls: CallMode,
-    /// Request ids unique to this run: a per-run prefix in the high 64 bits.
-    run_prefix: u128,
-    next_request: std::sync::atomic::AtomicU64,
 }
 
 /// How long one batch may take, retries and reconnects included, before it counts as unknown:
@@ -175,7 +171,6 @@ impl FlashstockTarget {
         (admin_token, service_token): (&str, &str),
         connections: usize,
         calls: CallMode,
-        run_id: u64,
     ) -> Result<FlashstockTarget, LoadError> {
         let config = |token: &str, connections: usize| ClientConfig {
             connections,
@@ -187,14 +182,7 @@ impl FlashstockTarget {
         };
         let admin = Client::connect(config(admin_token, 1)).await?;
         let service = Client::connect(config(service_token, connections.max(1))).await?;
-        Ok(FlashstockTarget {
-            addr,
-            admin,
-            service,
-            calls,
-            run_prefix: u128::from(run_id) << 64,
-            next_request: std::sync::atomic::AtomicU64::new(1),
-        })
+        Ok(FlashstockTarget { addr, admin, service, calls })
     }
 
     /// Sends requests as the call mode says; one reply per request, in order.
@@ -213,8 +201,9 @@ impl FlashstockTarget {
         Ok(replies)
     }
 
+    /// A request id unique to this run (the client's random prefix and its counter).
     fn request(&self) -> RequestId {
-        RequestId(self.run_prefix | u128::from(self.next_request.fetch_add(1, Ordering::Relaxed)))
+        self.service.request_id()
     }
 
     async fn setup(&self, skus: &[SkuSetup]) -> Result<(), LoadError> {

@@ -13,22 +13,18 @@ pub mod server;
 /// SplitMix64: small, fast, and good enough to pick test inputs from a seed.
 #[derive(Clone, Debug)]
 pub struct Rng {
-    state: u64,
+    state: flashstock_engine::SplitMix64,
 }
 
 impl Rng {
     /// A generator that replays from `seed`.
     pub fn new(seed: u64) -> Rng {
-        Rng { state: seed }
+        Rng { state: flashstock_engine::SplitMix64::new(seed) }
     }
 
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.state.next_u64()
     }
 
     /// A number in `range` (which must not be empty).
