@@ -7,7 +7,8 @@
 //!   so one shard does all the work;
 //! - `reserve_64skus`: the same spread over 64 SKUs, so over every shard.
 //!
-//! Each with 1 and 8 connections and 4,096 calls in flight.
+//! Each with 1 and 8 connections and 4,096 calls in flight. `FLASHSTOCK_BENCH_METRICS=1` runs
+//! it with the Prometheus recorder installed, as `flashstockd` runs by default.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -58,6 +59,11 @@ fn timed_sales<F: std::future::Future<Output = ()>>(
 const CALLS: u64 = 100_000;
 
 fn e2e(c: &mut Criterion) {
+    // With FLASHSTOCK_BENCH_METRICS set, the Prometheus recorder records as in flashstockd
+    // (metrics on): the same build then measures metrics' cost on the hot path.
+    if std::env::var_os("FLASHSTOCK_BENCH_METRICS").is_some() {
+        flashstock_observe::install().expect("the recorder installs");
+    }
     let tokio =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let dir = tempfile::tempdir().unwrap();

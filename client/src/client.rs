@@ -147,9 +147,30 @@ impl Client {
         };
         let client = Client { inner: Arc::new(inner) };
         for index in 0..client.inner.links.len() {
-            client.link(index).await?;
+            client.first_link(index).await?;
         }
         Ok(client)
+    }
+
+    /// Opens connection `index`, trying again within `call_timeout` while the server does not
+    /// answer (a busy server can take longer than one handshake's 250 ms, a restarting one
+    /// longer still); anything the server did answer (wrong credentials, an unknown
+    /// certificate) fails at once.
+    async fn first_link(&self, index: usize) -> Result<(), ClientError> {
+        let config = &self.inner.config;
+        let deadline = Instant::now() + config.call_timeout;
+        let mut backoff = config.retry_backoff;
+        loop {
+            match self.link(index).await {
+                Ok(_) => return Ok(()),
+                Err(err) if err.is_transport() && Instant::now() + backoff < deadline => {
+                    tracing::debug!(%err, "connecting failed; trying again");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(config.breaker_open_for);
+                }
+                Err(err) => return Err(err),
+            }
+        }
     }
 
     /// A fresh request id, unique to this client.

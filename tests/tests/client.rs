@@ -322,3 +322,32 @@ async fn rate_limits_hold_bots_to_their_budget_and_survive_a_restart() {
     assert_eq!(entries[1].limit, hot, "stored in the log's metadata");
     server.stop().await;
 }
+
+/// A client started while the server cannot answer a handshake in time (a busy machine, a
+/// restart) keeps trying within its call deadline instead of failing at the first 250 ms
+/// handshake timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_rides_out_a_server_that_is_slow_to_answer_the_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_at(dir.path(), any_port()).await;
+    let proxy = UdpProxy::start(server.addr).await;
+    proxy.drop_to_client.store(true, Ordering::Release);
+    let restore = proxy.drop_to_client.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        restore.store(false, Ordering::Release);
+    });
+    let config =
+        ClientConfig::new(proxy.addr, "localhost", server.tls(), Some(&server.admin_token));
+    let started = Instant::now();
+    let client = Client::connect(config).await.expect("connected once the server answers");
+    assert!(started.elapsed() >= Duration::from_millis(600), "{:?}", started.elapsed());
+    client.set_stock(SkuId(1), 1).await.unwrap();
+
+    // Wrong credentials are still refused at once, not retried until the deadline.
+    let config = ClientConfig::new(server.addr, "localhost", server.tls(), Some("wrong"));
+    let started = Instant::now();
+    assert!(Client::connect(config).await.is_err());
+    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+    server.stop().await;
+}
