@@ -29,17 +29,19 @@ pub async fn run(cli: &Cli) -> Result<Report, AdminError> {
     }
     let client = Client::connect(config).await?;
     let report = match &cli.command {
-        Command::Sku(command) => sku(&client, command).await?,
+        Command::Sku(command) => sku(&client, command).await,
         Command::Reservation(ReservationCommand::Get { reservation }) => {
             let id = ReservationId(*reservation);
-            reservation_report(client.query_reservation(id).await?, *reservation)
+            let view = client.query_reservation(id).await;
+            view.map(|view| reservation_report(view, *reservation)).map_err(AdminError::from)
         }
-        Command::Consumer(command) => consumer(&client, command).await?,
-        Command::RateLimit(command) => rate_limit(&client, command).await?,
+        Command::Consumer(command) => consumer(&client, command).await,
+        Command::RateLimit(command) => rate_limit(&client, command).await,
         Command::Health => unreachable!("answered above"),
     };
+    // Closed whatever the answer: the server frees the connection's place at once.
     client.close().await;
-    Ok(report)
+    report
 }
 
 async fn sku(client: &Client, command: &SkuCommand) -> Result<Report, AdminError> {

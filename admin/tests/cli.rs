@@ -114,3 +114,27 @@ async fn health_says_whether_the_server_answers_and_is_ready() {
     let down = flashstock(target, &check).await;
     assert!(!down.ok, "{}", down.render(false));
 }
+
+/// Each run of the command line closes its connection before it exits: a server allowing two
+/// connections per address serves any number of runs one after another (a run that left its
+/// connection to the idle timeout would hold a slot for 30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_of_the_command_line_do_not_leave_connections_behind() {
+    use flashstock_runtime::{Runtime, RuntimeConfig, SystemClock};
+    use flashstock_server::net::NetLimits;
+    let dir = tempfile::tempdir().unwrap();
+    let config = RuntimeConfig { shard_count: 2, ..RuntimeConfig::default() };
+    let runtime = Runtime::open(dir.path(), config, std::sync::Arc::new(SystemClock)).unwrap();
+    let limits = NetLimits { connections_per_address_max: 2, ..NetLimits::default() };
+    let addr = "127.0.0.1:0".parse().unwrap();
+    let server = TestServer::start_limited(runtime, dir.path(), addr, None, limits).await;
+    for run in 0..5 {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_flashstock"));
+        command.args(["--server", &server.addr.to_string(), "--cert"]).arg(&server.cert);
+        command.args(["--token", &server.admin_token, "sku", "set", "1", &run.to_string()]);
+        let output = tokio::task::spawn_blocking(move || command.output()).await.unwrap().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "run {run}: {stderr}");
+    }
+    server.stop().await;
+}

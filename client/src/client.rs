@@ -576,13 +576,18 @@ impl Client {
         }
     }
 
-    /// Closes every connection.
+    /// Closes every connection, and waits (at most `CLOSE_FLUSH_MAX`) until the closes have
+    /// gone out, so that the server frees their places at once even if the process exits.
     pub async fn close(&self) {
-        for slot in &self.inner.links {
-            let link = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-            if let Some(link) = link {
-                link.connection.close();
-            }
+        let links: Vec<Arc<Link>> = (self.inner.links.iter())
+            .filter_map(|slot| slot.lock().unwrap_or_else(|p| p.into_inner()).take())
+            .collect();
+        // All closes first, so that they go out together and the waits overlap.
+        for link in &links {
+            link.connection.close();
+        }
+        for link in &links {
+            link.connection.flushed().await;
         }
     }
 }

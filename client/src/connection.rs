@@ -101,6 +101,20 @@ impl Connection {
         self.connection.close(0u32.into(), b"client done");
     }
 
+    /// Closes the connection and waits (at most [`CLOSE_FLUSH_MAX`]) until the close has gone
+    /// out: a process that exits right after a bare `close` may never send it, and the server
+    /// then holds the connection, and its place in the per-address count, until its idle
+    /// timeout.
+    pub async fn close_and_flush(&self) {
+        self.close();
+        self.flushed().await;
+    }
+
+    /// Waits (at most [`CLOSE_FLUSH_MAX`]) until a closed connection's close has gone out.
+    pub async fn flushed(&self) {
+        let _ = tokio::time::timeout(CLOSE_FLUSH_MAX, self._endpoint.wait_idle()).await;
+    }
+
     async fn exchange(&self, message: Message) -> Result<ClientEvent, ClientError> {
         let correlation = self.next_correlation.fetch_add(1, Ordering::Relaxed);
         let (answered, answer) = oneshot::channel();
@@ -169,6 +183,9 @@ pub(crate) async fn open(
 /// once it is back; a new one reaches it at once. A handshake a data centre away takes a few
 /// milliseconds: 250 ms leaves room for a loaded server and finds a restarted one at once.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// The longest [`Connection::close_and_flush`] waits for the close to go out.
+pub const CLOSE_FLUSH_MAX: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// How long a connection may hear nothing at all from its server (keep-alives are acknowledged
 /// every [`crate::tls::KEEP_ALIVE_INTERVAL`]) before the client gives it up.
