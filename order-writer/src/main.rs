@@ -109,6 +109,11 @@ fn main() -> anyhow::Result<()> {
     };
     let stats = Arc::new(WriterStats::default());
     let tokio = tokio::runtime::Runtime::new().context("starting tokio")?;
+    // Handlers first: a SIGTERM during start-up must stop the writer cleanly, not kill it.
+    let shutdown = {
+        let _in_runtime = tokio.enter();
+        shutdown_signal()?
+    };
     tokio.block_on(async {
         let _listening = match args.metrics_listen.trim() {
             "" => None,
@@ -121,19 +126,22 @@ fn main() -> anyhow::Result<()> {
                 Some(listening)
             }
         };
-        run(config, stats.clone(), shutdown_signal()).await?;
+        run(config, stats.clone(), shutdown).await?;
         anyhow::Ok(())
     })?;
     tracing::info!(stats = %stats.summary(), "order writer stopped");
     Ok(())
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Completes on SIGINT or SIGTERM; the handlers are installed when this is called.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate()).expect("a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate.recv() => {}
-    }
+    let mut terminate = signal(SignalKind::terminate()).context("a SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("a SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
 }
