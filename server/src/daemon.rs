@@ -267,48 +267,21 @@ impl Settings {
         })
     }
 
-    /// `self`, with every setting `over` has taking its place.
+    /// `self`, with every setting `over` has taking its place. Generic over the fields (a
+    /// JSON merge of the two, `null` meaning unset), so a new setting needs no line here.
     pub fn overridden_by(self, over: Settings) -> Settings {
-        Settings {
-            listen: over.listen.or(self.listen),
-            metrics_listen: over.metrics_listen.or(self.metrics_listen),
-            data_dir: over.data_dir.or(self.data_dir),
-            shards: over.shards.or(self.shards),
-            snapshot_every_records: over.snapshot_every_records.or(self.snapshot_every_records),
-            snapshot_every_ms: over.snapshot_every_ms.or(self.snapshot_every_ms),
-            snapshot_log_ratio: over.snapshot_log_ratio.or(self.snapshot_log_ratio),
-            wal_cache_mb: over.wal_cache_mb.or(self.wal_cache_mb),
-            inbox_capacity: over.inbox_capacity.or(self.inbox_capacity),
-            batch_jobs_max: over.batch_jobs_max.or(self.batch_jobs_max),
-            consumer_retention_records_max: over
-                .consumer_retention_records_max
-                .or(self.consumer_retention_records_max),
-            stream_window_events_max: over
-                .stream_window_events_max
-                .or(self.stream_window_events_max),
-            frame_bytes_max: over.frame_bytes_max.or(self.frame_bytes_max),
-            connections_max: over.connections_max.or(self.connections_max),
-            connections_per_address_max: over
-                .connections_per_address_max
-                .or(self.connections_per_address_max),
-            in_flight_max: over.in_flight_max.or(self.in_flight_max),
-            streams_max: over.streams_max.or(self.streams_max),
-            stream_receive_window_bytes: over
-                .stream_receive_window_bytes
-                .or(self.stream_receive_window_bytes),
-            connection_receive_window_bytes: over
-                .connection_receive_window_bytes
-                .or(self.connection_receive_window_bytes),
-            hello_timeout_ms: over.hello_timeout_ms.or(self.hello_timeout_ms),
-            idle_timeout_ms: over.idle_timeout_ms.or(self.idle_timeout_ms),
-            udp_buffer_bytes: over.udp_buffer_bytes.or(self.udp_buffer_bytes),
-            tls_cert: over.tls_cert.or(self.tls_cert),
-            tls_key: over.tls_key.or(self.tls_key),
-            tokens_file: over.tokens_file.or(self.tokens_file),
-            client_ca_admin: over.client_ca_admin.or(self.client_ca_admin),
-            client_ca_service: over.client_ca_service.or(self.client_ca_service),
-            client_ca_consumer: over.client_ca_consumer.or(self.client_ca_consumer),
+        let as_object = |settings: Settings| match serde_json::to_value(settings) {
+            Ok(serde_json::Value::Object(fields)) => fields,
+            other => unreachable!("settings serialise to an object, not {other:?}"),
+        };
+        let mut merged = as_object(self);
+        for (name, value) in as_object(over) {
+            if !value.is_null() {
+                merged.insert(name, value);
+            }
         }
+        serde_json::from_value(serde_json::Value::Object(merged))
+            .expect("merged settings are settings")
     }
 }
 
@@ -598,4 +571,32 @@ fn net_limits(settings: &Settings) -> (TransportLimits, NetLimits) {
         ..NetLimits::default()
     };
     (transport, limits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn later_layers_win_only_where_they_set_something() {
+        let file = Settings {
+            shards: Some(4),
+            in_flight_max: Some(10),
+            tokens_file: Some("file.toml".into()),
+            ..Settings::default()
+        };
+        let flags = Settings {
+            in_flight_max: Some(20),
+            snapshot_every_records: Some(u64::MAX),
+            ..Settings::default()
+        };
+        let layered = Settings::defaults().overridden_by(file).overridden_by(flags);
+        assert_eq!(layered.shards, Some(4), "the file's, no flag given");
+        assert_eq!(layered.in_flight_max, Some(20), "the flag's over the file's");
+        assert_eq!(layered.snapshot_every_records, Some(u64::MAX), "the full u64 range");
+        assert_eq!(layered.tokens_file, Some("file.toml".into()));
+        let defaults = Settings::defaults();
+        assert_eq!(layered.frame_bytes_max, defaults.frame_bytes_max, "untouched: the default");
+        assert_eq!(layered.listen, defaults.listen);
+    }
 }
