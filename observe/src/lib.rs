@@ -8,6 +8,7 @@
 //!   stops.
 //! - [`fetch`]: a small blocking `GET` of that listener, for the admin CLI and tests.
 //! - [`logging`]: the binaries' logs, as text or JSON lines (`--log-format`).
+//! - [`signals`]: SIGINT and SIGTERM, installed before a process starts anything.
 //! - [`listener`]: the HTTP listener: `/metrics`, `/livez`, `/readyz`, with its bounds.
 //!
 //! Metric names follow Prometheus' conventions: a `flashstock_` prefix, base units in the name
@@ -19,12 +20,14 @@ pub mod health;
 pub mod listener;
 pub mod logging;
 pub mod recorder;
+pub mod signals;
 
 pub use fetch::{fetch, Fetched};
 pub use health::{Check, Health};
 pub use listener::{bind, serve, start, HttpLimits, Listening, Observed};
 pub use logging::{init_logging, LogFormat};
 pub use recorder::{build_info, install, SECONDS_BUCKETS};
+pub use signals::shutdown_signal;
 
 use std::net::SocketAddr;
 

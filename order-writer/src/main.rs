@@ -112,7 +112,7 @@ fn main() -> anyhow::Result<()> {
     // Handlers first: a SIGTERM during start-up must stop the writer cleanly, not kill it.
     let shutdown = {
         let _in_runtime = tokio.enter();
-        shutdown_signal()?
+        flashstock_observe::shutdown_signal().context("installing signal handlers")?
     };
     tokio.block_on(async {
         let _listening = match args.metrics_listen.trim() {
@@ -131,17 +131,4 @@ fn main() -> anyhow::Result<()> {
     })?;
     tracing::info!(stats = %stats.summary(), "order writer stopped");
     Ok(())
-}
-
-/// Completes on SIGINT or SIGTERM; the handlers are installed when this is called.
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate()).context("a SIGTERM handler")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("a SIGINT handler")?;
-    Ok(async move {
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = terminate.recv() => {}
-        }
-    })
 }

@@ -44,7 +44,10 @@ fn main() -> anyhow::Result<()> {
     // just after the listening line must stop the server cleanly, not kill it.
     let (reloads, shutdown) = {
         let _in_runtime = tokio.enter();
-        (reload_signals()?, shutdown_signal()?)
+        (
+            reload_signals()?,
+            flashstock_observe::shutdown_signal().context("installing signal handlers")?,
+        )
     };
     tokio.block_on(daemon::run(
         settings,
@@ -76,17 +79,4 @@ fn reload_signals() -> anyhow::Result<tokio::sync::mpsc::Receiver<()>> {
         }
     });
     Ok(reloads)
-}
-
-/// Completes on SIGINT or SIGTERM; the handlers are installed when this is called.
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate()).context("a SIGTERM handler")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("a SIGINT handler")?;
-    Ok(async move {
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = terminate.recv() => {}
-        }
-    })
 }
