@@ -23,9 +23,6 @@ const PREFETCH_AHEAD: usize = 8;
 /// How long a graceful shutdown waits for the shard's previous snapshot to be written.
 const SHUTDOWN_SNAPSHOT_WAIT: Duration = Duration::from_secs(120);
 
-/// A step taking this long is logged: all its callers waited for it.
-const SLOW_STEP_MS: u128 = 50;
-
 /// Where an actor sends a job's answer, in the wire's vocabulary. Answers leave only once
 /// everything the actor applied before them is durable, so no reader ever sees an effect that
 /// a crash could undo.
@@ -104,6 +101,7 @@ pub(crate) struct Actor {
     /// A job taken from the inbox that did not fit the previous step.
     pub(crate) carried: Option<Job>,
     pub(crate) metrics: ShardMetrics,
+    pub(crate) stats: Arc<crate::DurabilityStats>,
 }
 
 impl Actor {
@@ -170,7 +168,9 @@ impl Actor {
             shard.remembered_answers(),
         );
         let elapsed_ms = elapsed.as_millis();
-        if elapsed_ms >= SLOW_STEP_MS {
+        if elapsed_ms >= u128::from(self.config.slow_step_ms) {
+            self.stats.slow_steps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.metrics.slow_step();
             // Every reply of the step waited this long: worth a line when it hurts p99.
             let shard = self.shard.id().0;
             tracing::warn!(shard, jobs = weight, elapsed_ms, "slow shard step");

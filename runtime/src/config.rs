@@ -40,6 +40,9 @@ pub struct RuntimeConfig {
     pub consumer_retention_records_max: u64,
     /// sled's page cache for the log, in bytes (`Runtime::open` only).
     pub wal_cache_bytes: u64,
+    /// A shard step taking this long or longer is counted as slow (`slow_steps`, the
+    /// `flashstock_shard_slow_steps_total` metric) and logged: every reply of it waited.
+    pub slow_step_ms: u64,
     /// The engine's per-shard bounds.
     pub shard: ShardConfig,
 }
@@ -59,6 +62,7 @@ impl Default for RuntimeConfig {
             snapshot_log_ratio: 4,
             snapshot_on_shutdown: true,
             wal_cache_bytes: 256 << 20,
+            slow_step_ms: 50,
             shard: ShardConfig::default(),
         }
     }

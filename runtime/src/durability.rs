@@ -84,7 +84,8 @@ impl Failure {
     }
 }
 
-/// Counters of the group commit and the snapshots, for reports and benchmarks.
+/// Counters of the group commit, the snapshots and the shard steps, for reports, benchmarks
+/// and tests.
 #[derive(Debug, Default)]
 pub struct DurabilityStats {
     /// Syncs performed.
@@ -102,6 +103,8 @@ pub struct DurabilityStats {
     pub sync_us_total: AtomicU64,
     /// The slowest sync, in microseconds: every reply of its group waited that long.
     pub sync_us_max: AtomicU64,
+    /// Shard steps that took `slow_step_ms` or longer.
+    pub slow_steps: AtomicU64,
 }
 
 /// Per log, the sequence number below which every record is durable.

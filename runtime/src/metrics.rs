@@ -9,6 +9,8 @@ use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 
 /// Jobs waiting in a shard's inbox at the start of its step.
 pub const SHARD_INBOX_JOBS: &str = "flashstock_shard_inbox_jobs";
+/// Shard steps that took `slow_step_ms` or longer.
+pub const SHARD_SLOW_STEPS_TOTAL: &str = "flashstock_shard_slow_steps_total";
 /// Jobs one shard step applied.
 pub const SHARD_STEP_JOBS: &str = "flashstock_shard_step_jobs";
 /// How long one shard step took to apply its jobs.
@@ -86,6 +88,8 @@ pub fn describe() {
     }
     describe_histogram!(SHARD_STEP_JOBS, Unit::Count, "Jobs one shard step applied.");
     metrics::counter!(SNAPSHOT_FAILURES_TOTAL).absolute(0);
+    let slow = "Shard steps that took slow_step_ms or longer (every reply of one waited).";
+    describe_counter!(SHARD_SLOW_STEPS_TOTAL, Unit::Count, slow);
 }
 
 /// The write-ahead log's handles, resolved once.
@@ -114,6 +118,7 @@ pub(crate) struct ShardMetrics {
     inbox_jobs: metrics::Gauge,
     step_jobs: metrics::Histogram,
     step_seconds: metrics::Histogram,
+    slow_steps: metrics::Counter,
     reservations_live: metrics::Gauge,
     skus: metrics::Gauge,
     remembered_answers: metrics::Gauge,
@@ -129,6 +134,11 @@ impl ShardMetrics {
             inbox_jobs: metrics::gauge!(SHARD_INBOX_JOBS, "shard" => label.clone()),
             step_jobs: metrics::histogram!(SHARD_STEP_JOBS, "shard" => label.clone()),
             step_seconds: metrics::histogram!(SHARD_STEP_SECONDS, "shard" => label.clone()),
+            slow_steps: {
+                let counter = metrics::counter!(SHARD_SLOW_STEPS_TOTAL, "shard" => label.clone());
+                counter.absolute(0);
+                counter
+            },
             reservations_live: metrics::gauge!(RESERVATIONS_LIVE, "shard" => label.clone()),
             skus: metrics::gauge!(SKUS, "shard" => label.clone()),
             remembered_answers: metrics::gauge!(REMEMBERED_ANSWERS, "shard" => label.clone()),
@@ -141,6 +151,10 @@ impl ShardMetrics {
         self.inbox_jobs.set(inbox_jobs as f64);
         self.step_jobs.record(jobs as f64);
         self.step_seconds.record(elapsed.as_secs_f64());
+    }
+
+    pub(crate) fn slow_step(&self) {
+        self.slow_steps.increment(1);
     }
 
     pub(crate) fn state(&self, reservations_live: usize, skus: usize, remembered_answers: usize) {

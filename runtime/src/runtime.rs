@@ -138,6 +138,7 @@ impl Runtime {
                 carried: None,
                 last_snapshot_ms: now_ms,
                 metrics,
+                stats: stats.clone(),
             };
             actors.push(spawn(name, move || actor.run())?);
             inboxes.push(inbox_tx);

@@ -381,3 +381,19 @@ async fn a_restart_in_the_same_process_works_while_old_handles_live() {
     assert!(matches!(kept.query_sku(SkuId(1)).await, Err(RuntimeError::ShuttingDown)));
     restarted.shutdown();
 }
+
+/// Slow steps are counted against the configured threshold: at 0 ms every step that did
+/// work is slow, at a minute none is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_steps_are_counted_against_the_threshold() {
+    for (slow_step_ms, expect_slow) in [(0, true), (60_000, false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = RuntimeConfig { slow_step_ms, ..config(2) };
+        let runtime = Runtime::open(dir.path(), config, Arc::new(SystemClock)).unwrap();
+        stock(&runtime.handle(), 1, 10).await;
+        view(&runtime.handle(), 1).await;
+        let slow = runtime.durability_stats().slow_steps.load(Ordering::Relaxed);
+        assert_eq!(slow > 0, expect_slow, "threshold {slow_step_ms} ms: {slow} slow steps");
+        runtime.shutdown();
+    }
+}
