@@ -60,6 +60,9 @@ pub enum TargetSpec {
     Redis {
         /// Its URL.
         url: String,
+        /// Connections: one per caller in `--mode client` (as redis-benchmark's clients, no
+        /// pipelining), else one that pipelines every batch.
+        connections: usize,
     },
 }
 
@@ -144,7 +147,9 @@ pub async fn execute(options: LoadOptions) -> Result<Finished, LoadError> {
             )
             .await?,
         ),
-        TargetSpec::Redis { url } => Target::Redis(RedisTarget::connect(url, run_id).await?),
+        TargetSpec::Redis { url, connections } => {
+            Target::Redis(RedisTarget::connect(url, run_id, *connections).await?)
+        }
     };
     let sku_base = (run_id & 0xff_ffff) << 24;
     let skus = options.scenario.skus(sku_base);

@@ -155,7 +155,9 @@ struct LoadArgs {
     batch: usize,
     /// flashstock: `frames` sends each batch as one frame; `client` makes --concurrency
     /// callers each send one request at a time through the client library's automatic
-    /// batching, as order services do (--batch is then 1).
+    /// batching, as order services do (--batch is then 1). Redis: `client` gives each caller
+    /// a connection of its own and sends one command at a time, as redis-benchmark's clients
+    /// without pipelining.
     #[arg(long, value_enum, default_value_t = flashstock_loadgen::CallMode::Frames)]
     mode: flashstock_loadgen::CallMode,
     /// Open loop: send this many requests/s on schedule; latency counts from the scheduled
@@ -264,7 +266,11 @@ impl LoadArgs {
 
     fn target(&self, url: &str) -> anyhow::Result<TargetSpec> {
         if url.starts_with("redis://") || url.starts_with("rediss://") {
-            return Ok(TargetSpec::Redis { url: url.to_owned() });
+            let connections = match self.mode {
+                flashstock_loadgen::CallMode::Client => self.concurrency.max(1),
+                flashstock_loadgen::CallMode::Frames => 1,
+            };
+            return Ok(TargetSpec::Redis { url: url.to_owned(), connections });
         }
         let Some(addr) = url.strip_prefix("flashstock://") else {
             bail!("unknown target {url:?}: use flashstock://HOST:PORT or redis://HOST:PORT");
@@ -412,7 +418,7 @@ async fn chaos(args: ChaosArgs) -> anyhow::Result<bool> {
 type Figure = Box<dyn Fn(&Finished) -> f64>;
 
 async fn compare(args: CompareArgs) -> anyhow::Result<bool> {
-    let redis = flashstock_loadgen::redis_target::RedisTarget::connect(&args.redis, 0).await?;
+    let redis = flashstock_loadgen::redis_target::RedisTarget::connect(&args.redis, 0, 1).await?;
     if args.aof {
         redis.set_aof(true).await?;
     }

@@ -58,7 +58,10 @@ return 1
 #[derive(Debug)]
 pub struct RedisTarget {
     url: String,
-    connection: MultiplexedConnection,
+    /// One connection per caller in `--mode client` (as redis-benchmark's clients), else one
+    /// multiplexed connection that pipelines everything.
+    connections: Vec<MultiplexedConnection>,
+    next: std::sync::atomic::AtomicUsize,
     prefix: String,
     reserve_sha: String,
     settle_sha: String,
@@ -66,21 +69,37 @@ pub struct RedisTarget {
 }
 
 impl RedisTarget {
-    /// Connects and loads the scripts; keys of this run start with `fsl:<run_id>:`.
-    pub async fn connect(url: &str, run_id: u64) -> Result<RedisTarget, LoadError> {
+    /// Opens `connections` connections and loads the scripts; keys of this run start with
+    /// `fsl:<run_id>:`.
+    pub async fn connect(
+        url: &str,
+        run_id: u64,
+        connections: usize,
+    ) -> Result<RedisTarget, LoadError> {
         let client = redis::Client::open(url)?;
-        let mut connection = client.get_multiplexed_async_connection().await?;
+        let mut opened = Vec::with_capacity(connections.max(1));
+        for _ in 0..connections.max(1) {
+            opened.push(client.get_multiplexed_async_connection().await?);
+        }
+        let mut connection = opened[0].clone();
         let load = |src: &'static str| redis::cmd("SCRIPT").arg("LOAD").arg(src).clone();
         let reserve_sha: String = load(RESERVE_LUA).query_async(&mut connection).await?;
         let settle_sha: String = load(SETTLE_LUA).query_async(&mut connection).await?;
         Ok(RedisTarget {
             url: url.to_owned(),
-            connection,
+            connections: opened,
+            next: std::sync::atomic::AtomicUsize::new(0),
             prefix: format!("fsl:{run_id}:"),
             reserve_sha,
             settle_sha,
             limits: Default::default(),
         })
+    }
+
+    /// The next connection, in turn.
+    fn connection(&self) -> MultiplexedConnection {
+        let next = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.connections[next % self.connections.len()].clone()
     }
 
     fn key(&self, name: &str, sku: u64) -> String {
@@ -89,7 +108,7 @@ impl RedisTarget {
 
     /// Which persistence the server runs with, for reports.
     pub async fn describe(&self) -> String {
-        let mut connection = self.connection.clone();
+        let mut connection = self.connection();
         let persistence = persistence(&mut connection).await.unwrap_or_else(|err| err.to_string());
         format!("redis at {} ({persistence})", self.url)
     }
@@ -97,7 +116,7 @@ impl RedisTarget {
     /// Switches the server to AOF with `appendfsync everysec` (for a fair comparison with a
     /// durable flashstock) or back to no persistence.
     pub async fn set_aof(&self, on: bool) -> Result<(), LoadError> {
-        let mut connection = self.connection.clone();
+        let mut connection = self.connection();
         let (appendonly, fsync) = if on { ("yes", "everysec") } else { ("no", "everysec") };
         let _: () = redis::cmd("CONFIG")
             .arg("SET")
@@ -115,7 +134,7 @@ impl RedisTarget {
     }
 
     pub(crate) async fn setup(&self, skus: &[SkuSetup]) -> Result<(), LoadError> {
-        let mut connection = self.connection.clone();
+        let mut connection = self.connection();
         for chunk in skus.chunks(1_000) {
             let mut pipe = redis::pipe();
             for s in chunk {
@@ -158,7 +177,7 @@ impl RedisTarget {
                     .arg(op.sku);
             }
         }
-        let mut connection = self.connection.clone();
+        let mut connection = self.connection();
         let answers: Vec<i64> = pipe.query_async(&mut connection).await?;
         Ok(answers
             .into_iter()
@@ -204,14 +223,14 @@ impl RedisTarget {
                 .arg(action)
                 .arg(&self.prefix);
         }
-        let mut connection = self.connection.clone();
+        let mut connection = self.connection();
         let ended: Vec<i64> = pipe.query_async(&mut connection).await?;
         Ok(ended.into_iter().map(|e| e == 1).collect())
     }
 
     /// Expires holds past their deadline, up to `max` of them; returns how many expired.
     pub async fn sweep(&self, max: usize) -> Result<usize, LoadError> {
-        let mut connection = self.connection.clone();
+        let mut connection = self.connection();
         let due: Vec<u64> = redis::cmd("ZRANGEBYSCORE")
             .arg(format!("{}deadlines", self.prefix))
             .arg("-inf")
@@ -228,7 +247,7 @@ impl RedisTarget {
     }
 
     pub(crate) async fn counts(&self, skus: &[u64]) -> Result<Vec<SkuCounts>, LoadError> {
-        let mut connection = self.connection.clone();
+        let mut connection = self.connection();
         let mut counts = Vec::with_capacity(skus.len());
         for chunk in skus.chunks(1_000) {
             let mut pipe = redis::pipe();

@@ -152,7 +152,7 @@ async fn a_checkout_run_against_flashstock_passes_its_audit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flash_sale_against_redis_passes_its_audit() {
-    let redis = TargetSpec::Redis { url: "redis://127.0.0.1:6379".to_owned() };
+    let redis = TargetSpec::Redis { url: "redis://127.0.0.1:6379".to_owned(), connections: 4 };
     let options = options(redis, FLASH_SALE, 20_000);
     let finished = execute(options).await.unwrap();
     assert!(finished.audit.passed, "{:?}", finished.audit);
