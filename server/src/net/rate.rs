@@ -439,6 +439,21 @@ mod tests {
     }
 
     #[test]
+    fn skus_with_limits_of_their_own_are_capped() {
+        let mut limiter = RateLimiter::new();
+        for sku in 0..SKU_RATE_LIMITS_MAX as u64 {
+            limiter.set(Some(SkuId(sku)), limit(Some(1), None)).unwrap();
+        }
+        let one_more = limiter.set(Some(SkuId(u64::MAX)), limit(Some(1), None));
+        assert_eq!(one_more, Err(RateLimitError::TooManySkus));
+        assert!(
+            limiter.set(Some(SkuId(0)), limit(Some(2), None)).is_ok(),
+            "a change is no new one"
+        );
+        assert_eq!(limiter.entries().len(), SKU_RATE_LIMITS_MAX + 1);
+    }
+
+    #[test]
     fn the_stored_form_round_trips_and_refuses_garbage() {
         let entries = vec![
             RateLimitEntry { sku: None, limit: limit(Some(5), None) },

@@ -483,8 +483,8 @@ impl Session {
         let event = self.rules().handle_frame(stream, frame)?;
         match event {
             ServerEvent::Hello { correlation, token, client_name } => {
-                let grant = self.authenticate(token.as_deref());
-                let _ = self.credential.set(self.credential_id(token.as_deref()));
+                let (grant, credential) = self.authenticate(token.as_deref());
+                let _ = self.credential.set(credential);
                 if grant.is_none() {
                     auth_failed(if token.is_none() { "no_credentials" } else { "bad_credentials" });
                 }
@@ -656,25 +656,17 @@ impl Session {
             .spawn(async move { session.answer(correlation, batch, role, permit, frames).await });
     }
 
-    /// What a token or the handshake's client certificate grants. (Sync: the peer identity
-    /// is not `Send`, so it must not live across an await.)
-    fn authenticate(&self, token: Option<&str>) -> Option<Grant> {
+    /// What a token or the handshake's client certificate grants, and a stable id of that
+    /// credential (for per-credential rate limits). Sync: the peer identity is not `Send`,
+    /// so it must not live across an await.
+    fn authenticate(&self, token: Option<&str>) -> (Option<Grant>, u64) {
         let identity = self.connection.peer_identity();
         let chain = identity
             .as_ref()
             .and_then(|any| any.downcast_ref::<Vec<rustls::pki_types::CertificateDer<'static>>>());
-        self.shared.auth.current().authenticate(token, chain.map(Vec::as_slice))
-    }
-
-    /// A stable id of the connection's credential: of its token, else of its client
-    /// certificate.
-    fn credential_id(&self, token: Option<&str>) -> u64 {
-        let identity = self.connection.peer_identity();
-        let chain = identity
-            .as_ref()
-            .and_then(|any| any.downcast_ref::<Vec<rustls::pki_types::CertificateDer<'static>>>());
+        let grant = self.shared.auth.current().authenticate(token, chain.map(Vec::as_slice));
         let leaf = chain.and_then(|chain| chain.first()).map(|cert| cert.as_ref());
-        crate::net::auth::credential_id(token, leaf)
+        (grant, crate::net::auth::credential_id(token, leaf))
     }
 
     async fn answer(
