@@ -262,7 +262,8 @@ impl Settings {
 
     /// Where the metrics listener listens; `None` when it is off.
     pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, ServerError> {
-        let text = self.metrics_listen.as_deref().unwrap_or(METRICS_LISTEN_DEFAULT).trim();
+        // Unset means off here; `run` applies the default (METRICS_LISTEN_DEFAULT) first.
+        let text = self.metrics_listen.as_deref().unwrap_or_default().trim();
         if text.is_empty() {
             return Ok(None);
         }
@@ -386,9 +387,10 @@ pub async fn run(
     reloads: tokio::sync::mpsc::Receiver<()>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Served, ServerError> {
+    // Defaults applied once, here; everything below reads complete settings.
+    let settings = Settings::defaults().overridden_by(settings);
     settings.validate()?;
     let observing = Observing::start(&settings).await?;
-    let settings = Settings::defaults().overridden_by(settings);
     let data_dir = settings.data_dir.clone().expect("a default");
     net::secrets::ensure_private_dir(&data_dir)?;
     let runtime = {
