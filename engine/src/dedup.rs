@@ -77,7 +77,7 @@ impl Slot for IndexSlot {
 }
 
 /// Remembered answers: a ring in answer order plus an index by request.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Answers {
     ring: VecDeque<Answer>,
     /// The position of `ring[0]`, wrapping.
@@ -159,7 +159,7 @@ impl Answers {
     }
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Dedup {
     pub(crate) answers: Answers,
     rejections: Box<[Option<(RequestKey, Outcome)>]>,

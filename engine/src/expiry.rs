@@ -15,7 +15,7 @@ use crate::ids::ReservationId;
 
 type Entry = (u64, ReservationId);
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct ExpiryQueue {
     /// Entries in (deadline, id) order, pushed in that order.
     in_order: VecDeque<Entry>,

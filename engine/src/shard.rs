@@ -46,8 +46,9 @@ pub(crate) struct Reservation {
 
 const _: () = assert!(std::mem::size_of::<Reservation>() == 32);
 
-/// The stock state machine of one shard.
-#[derive(Debug)]
+/// The stock state machine of one shard. `Clone` is for the runtime's snapshot replica: a
+/// one-time copy at start-up, kept current by `replay`.
+#[derive(Clone, Debug)]
 pub struct Shard {
     pub(crate) id: ShardId,
     pub(crate) config: ShardConfig,

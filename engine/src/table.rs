@@ -18,7 +18,7 @@ use crate::shard::Reservation;
 /// Below this many slots the ring is never compacted: small rings are cheap either way.
 const RING_SLOTS_COMPACT_MIN: usize = 1024;
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct ReservationTable {
     shard: ShardId,
     /// The sequence number of `ring[0]`.

@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 
 use crate::clock::Clock;
 use crate::config::RuntimeConfig;
-use crate::durability::{Commit, SnapshotJob};
+use crate::durability::Commit;
 use crate::error::RuntimeError;
 use crate::metrics::ShardMetrics;
 use flashstock_wal::BATCH_RECORDS_BYTES_MAX;
@@ -19,9 +19,6 @@ use flashstock_wal::BATCH_RECORDS_BYTES_MAX;
 /// How many commands of a batch ahead the actor asks the shard to prefetch: the random cache
 /// misses of ~8 commands then overlap (see `Shard::prefetch`).
 const PREFETCH_AHEAD: usize = 8;
-
-/// How long a graceful shutdown waits for the shard's previous snapshot to be written.
-const SHUTDOWN_SNAPSHOT_WAIT: Duration = Duration::from_secs(120);
 
 /// Where an actor sends a job's answer, in the wire's vocabulary. Answers leave only once
 /// everything the actor applied before them is durable, so no reader ever sees an effect that
@@ -83,21 +80,10 @@ pub(crate) struct Actor {
     pub(crate) shard: Shard,
     pub(crate) inbox: Receiver<Job>,
     pub(crate) durable: Sender<Commit>,
-    pub(crate) snapshots: Sender<SnapshotJob>,
-    /// The shard's one snapshot buffer, when the snapshot thread is not writing from it: a
-    /// shard has at most one snapshot in flight, and encodes into memory already mapped.
-    pub(crate) snapshot_buffer: Receiver<Vec<u8>>,
-    pub(crate) snapshot_buffer_return: Sender<Vec<u8>>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) config: RuntimeConfig,
     /// The sequence number of the next record this shard logs.
     pub(crate) next_seq: u64,
-    pub(crate) records_since_snapshot: u64,
-    /// Log bytes written since the last snapshot, and that snapshot's size: a snapshot is due
-    /// only once the log behind it has grown as large as the snapshot itself.
-    pub(crate) log_bytes_since_snapshot: u64,
-    pub(crate) last_snapshot_bytes: u64,
-    pub(crate) last_snapshot_ms: u64,
     /// A job taken from the inbox that did not fit the previous step.
     pub(crate) carried: Option<Job>,
     pub(crate) metrics: ShardMetrics,
@@ -120,8 +106,6 @@ impl Actor {
                 break;
             }
         }
-        let now_ms = self.clock.now_ms();
-        self.snapshot(now_ms, self.config.snapshot_on_shutdown);
         tracing::debug!(shard = self.shard.id().0, next_seq = self.next_seq, "shard actor stopped");
     }
 
@@ -177,19 +161,15 @@ impl Actor {
         }
         if !replies.is_empty() || log.record_count > 0 {
             let record_count = log.record_count;
-            let record_bytes = log.bytes.len() as u64;
             let commit =
                 Commit { log: self.shard.id().0, first_seq: self.next_seq, records: log, replies };
             self.next_seq += u64::from(record_count);
-            self.records_since_snapshot += u64::from(record_count);
-            self.log_bytes_since_snapshot += record_bytes;
             // Blocks when the durability thread is behind: the inbox then fills, and callers
             // are told `Overloaded` instead of queueing without bound.
             if self.durable.send(commit).is_err() {
                 return true;
             }
         }
-        self.snapshot(now_ms, false);
         stop
     }
 
@@ -251,52 +231,6 @@ impl Actor {
             Request::QueryReservation(id) => {
                 Reply::Reservation(self.shard.query_reservation(id).map(Box::new))
             }
-        }
-    }
-
-    /// Snapshots at a batch boundary (the snapshot covers exactly the records below
-    /// `next_seq`) when `force`d at shutdown, or when enough records or time have passed *and*
-    /// the log written since the last snapshot is at least `snapshot_log_ratio` times as large
-    /// as it. The second rule bounds snapshot writes by a fraction of log writes, and recovery
-    /// by about (1 + ratio) x the state: a shard holding much state is not rewritten whole
-    /// every million records.
-    fn snapshot(&mut self, now_ms: u64, force: bool) {
-        if self.records_since_snapshot == 0 {
-            return;
-        }
-        let by_count = self.records_since_snapshot >= self.config.snapshot_every_records;
-        let by_time = now_ms.saturating_sub(self.last_snapshot_ms) >= self.config.snapshot_every_ms;
-        let log_caught_up = self.log_bytes_since_snapshot
-            >= self.last_snapshot_bytes.saturating_mul(self.config.snapshot_log_ratio);
-        if !(force || ((by_count || by_time) && log_caught_up)) {
-            return;
-        }
-        // Without the buffer the previous snapshot is still being written: skip this one and
-        // try again after the next step, rather than wait. A final snapshot at shutdown waits.
-        let buffer = if force {
-            self.snapshot_buffer.recv_timeout(SHUTDOWN_SNAPSHOT_WAIT).ok()
-        } else {
-            self.snapshot_buffer.try_recv().ok()
-        };
-        let Some(mut state) = buffer else { return };
-        state.clear();
-        let started = std::time::Instant::now();
-        self.shard.encode_snapshot(&mut state);
-        let snapshot_bytes = state.len() as u64;
-        // The shard answers nothing while it encodes: this is a stall every caller sees.
-        let encode = started.elapsed();
-        self.metrics.snapshot(snapshot_bytes, encode);
-        let encode_ms = encode.as_millis();
-        tracing::info!(shard = self.shard.id().0, snapshot_bytes, encode_ms, "snapshot encoded");
-        let recycle = self.snapshot_buffer_return.clone();
-        let job = SnapshotJob { log: self.shard.id().0, seq: self.next_seq, state, recycle };
-        // The queue holds one job per shard and each shard has one buffer: it never is full.
-        let sent = self.snapshots.send(job).is_ok();
-        if sent {
-            self.records_since_snapshot = 0;
-            self.log_bytes_since_snapshot = 0;
-            self.last_snapshot_bytes = snapshot_bytes;
-            self.last_snapshot_ms = now_ms;
         }
     }
 }

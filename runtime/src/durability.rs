@@ -1,19 +1,18 @@
-//! The durability thread and the snapshot thread.
+//! The durability thread.
 //!
 //! Durability is group commit: take every batch waiting, append each to its shard's log, sync
 //! once, and only then release the batches' replies. It then publishes, per log, the sequence
 //! number below which every record is durable.
 //!
-//! Snapshots are written by their own thread, so that writing a large one never holds up a
-//! commit: it waits until the records a snapshot covers are durable, writes it (durable on
-//! return), then truncates the log below it.
+//! Snapshots are the checkpoint thread's business (see `checkpoint`): it reads the durable
+//! log, never the commits in flight.
 //!
 //! A failed append or sync is final: the batch's effects are in memory but not durable, so the
 //! runtime stops acknowledging anything (fail-stop) until a restart recovers what is durable.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crossbeam_channel::Receiver;
 use flashstock_engine::EncodedLog;
@@ -21,8 +20,6 @@ use flashstock_wal::{LogId, Wal};
 
 use crate::actor::Delivery;
 use crate::error::RuntimeError;
-use crate::metrics as metrics_names;
-use crate::stream::Consumers;
 use tokio::sync::watch;
 
 /// The most actor steps one group commit takes.
@@ -36,16 +33,6 @@ pub(crate) struct Commit {
     pub(crate) first_seq: u64,
     pub(crate) records: EncodedLog,
     pub(crate) replies: Vec<Delivery>,
-}
-
-/// A shard snapshot covering the records below `seq`.
-#[derive(Debug)]
-pub(crate) struct SnapshotJob {
-    pub(crate) log: LogId,
-    pub(crate) seq: u64,
-    pub(crate) state: Vec<u8>,
-    /// Where `state`'s buffer goes back once written: the shard's one snapshot buffer.
-    pub(crate) recycle: crossbeam_channel::Sender<Vec<u8>>,
 }
 
 /// Set once the log fails; read by handles to refuse work at once, and awaited by the server,
@@ -207,103 +194,5 @@ impl<W: Wal> Durability<W> {
         tracing::error!(%reason, "write-ahead log failed; no further requests are acknowledged");
         self.failure.set(reason.clone());
         reason
-    }
-}
-
-pub(crate) struct Snapshotter<W> {
-    pub(crate) wal: Arc<W>,
-    pub(crate) jobs: Receiver<SnapshotJob>,
-    pub(crate) durable_ends: DurableEnds,
-    pub(crate) consumers: Arc<Consumers>,
-    pub(crate) consumer_retention_records_max: u64,
-    pub(crate) failure: Arc<Failure>,
-    pub(crate) stats: Arc<DurabilityStats>,
-}
-
-impl<W: Wal> Snapshotter<W> {
-    pub(crate) fn run(self) {
-        while let Ok(job) = self.jobs.recv() {
-            if self.wait_until_durable(&job) {
-                self.write(&job);
-            }
-            // Back to its shard, which encodes the next snapshot into it: a fresh buffer of
-            // hundreds of MB costs ~100 ms of page faults on the shard's thread, every time.
-            let _ = job.recycle.try_send(job.state);
-        }
-        tracing::debug!("snapshot thread stopped");
-    }
-
-    /// Waits until every record the snapshot covers is durable; false if the log failed first
-    /// (those records never will be, so the snapshot must not be written).
-    fn wait_until_durable(&self, job: &SnapshotJob) -> bool {
-        let durable_end = &self.durable_ends[usize::from(job.log)];
-        while durable_end.load(Ordering::Acquire) < job.seq {
-            if self.failure.reason().is_some() {
-                return false;
-            }
-            // Snapshots are rare and commits take about a millisecond: polling is enough.
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        true
-    }
-
-    fn write(&self, job: &SnapshotJob) {
-        // A failed snapshot loses nothing: the log still holds every record, and the previous
-        // snapshot stays in force. Report it and carry on.
-        let started = Instant::now();
-        let written = self.wal.write_snapshot(job.log, job.seq, &job.state);
-        let truncate_below = self.truncation_bound(job);
-        match written.and_then(|()| self.wal.truncate_below(job.log, truncate_below)) {
-            Ok(()) => {
-                self.stats.snapshots.fetch_add(1, Ordering::Relaxed);
-                let write_seconds = started.elapsed().as_secs_f64();
-                metrics::histogram!(metrics_names::SNAPSHOT_WRITE_SECONDS).record(write_seconds);
-                tracing::debug!(
-                    log = job.log,
-                    seq = job.seq,
-                    bytes = job.state.len(),
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "snapshot written"
-                );
-            }
-            Err(err) => {
-                self.stats.snapshot_failures.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!(metrics_names::SNAPSHOT_FAILURES_TOTAL).increment(1);
-                tracing::error!(log = job.log, seq = job.seq, %err, "snapshot failed; the log is kept")
-            }
-        }
-    }
-
-    /// Where the log may be cut after a snapshot at `job.seq`: below the snapshot, but not
-    /// past what the slowest registered consumer acknowledged, unless that consumer is more
-    /// than the retention cap behind. Then the cap wins (a stuck consumer must not fill the
-    /// disk), loudly: that consumer will find its cursor truncated.
-    fn truncation_bound(&self, job: &SnapshotJob) -> u64 {
-        let Some(holder) = self.consumers.slowest(job.log) else {
-            return job.seq;
-        };
-        let held_records = job.seq.saturating_sub(holder.acked_seq);
-        metrics::gauge!(
-            metrics_names::CONSUMER_HELD_RECORDS,
-            "consumer" => holder.consumer.clone(),
-            "shard" => job.log.to_string()
-        )
-        .set(held_records as f64);
-        if held_records <= self.consumer_retention_records_max {
-            return job.seq.min(holder.acked_seq);
-        }
-        let bound = job.seq - self.consumer_retention_records_max;
-        tracing::error!(
-            consumer = %holder.consumer,
-            shard = job.log,
-            acked_seq = holder.acked_seq,
-            snapshot_seq = job.seq,
-            truncating_below = bound,
-            retention_records_max = self.consumer_retention_records_max,
-            "consumer is holding the log back past the retention cap; records it has not \
-             acknowledged are being removed and it will have to resubscribe from the earliest \
-             record"
-        );
-        bound
     }
 }

@@ -9,19 +9,20 @@
 //!                      releases the batch's replies (group commit)
 //!                        │ durable ends, per shard
 //!                        ▼
-//!                      snapshot thread: writes a shard's snapshot once the records it covers
-//!                      are durable, then truncates the log below it
+//!                      checkpoint thread: replays the durable log into a replica of each
+//!                      shard, snapshots the replica, then truncates the log below it
 //! ```
-//! While the durability thread syncs one group, the actors already apply the next batch; a large
-//! snapshot being written never holds up a commit.
+//! While the durability thread syncs one group, the actors already apply the next batch; a
+//! snapshot is neither encoded nor written on a shard's thread, so it never stalls one.
 //!
 //! Map of the modules:
 //! - [`config`]: [`RuntimeConfig`], every knob and its default.
 //! - [`clock`]: [`Clock`], with [`SystemClock`] and the [`ManualClock`] tests drive.
 //! - [`handle`]: [`Handle`], the async API the network layer and tests call.
 //! - [`runtime`]: [`Runtime`], start (with recovery) and graceful shutdown.
-//! - `actor`, `durability`, `recovery`: the shard loop; the group-commit and snapshot threads;
-//!   rebuilding shards (in parallel) from the latest snapshot plus the log.
+//! - `actor`, `durability`, `checkpoint`, `recovery`: the shard loop; the group-commit thread;
+//!   the checkpoint thread and its replicas; rebuilding shards (in parallel) from the latest
+//!   snapshot plus the log.
 //! - [`stream`]: the committed-deduction stream's log reader ([`stream::EventLog`]) and the
 //!   consumer registry whose acknowledged cursors hold truncation back.
 //! - [`metrics`]: the runtime's metrics (shards, log, snapshots, recovery, consumers).
@@ -36,6 +37,7 @@ pub mod runtime;
 pub mod stream;
 
 mod actor;
+mod checkpoint;
 mod durability;
 mod recovery;
 

@@ -31,9 +31,11 @@ pub const WAL_RECORDS_TOTAL: &str = "flashstock_wal_records_total";
 pub const WAL_BYTES_TOTAL: &str = "flashstock_wal_bytes_total";
 /// Per shard, the sequence number below which the log is durable.
 pub const WAL_DURABLE_POSITION: &str = "flashstock_wal_durable_position";
-/// The shard thread encoding a snapshot (it answers nothing meanwhile).
+/// The checkpoint thread encoding a snapshot from a shard's replica.
 pub const SNAPSHOT_ENCODE_SECONDS: &str = "flashstock_snapshot_encode_seconds";
-/// The snapshot thread writing a snapshot and truncating the log below it.
+/// Records the checkpoint thread replayed into a shard's replica.
+pub const SNAPSHOT_REPLICA_RECORDS_TOTAL: &str = "flashstock_snapshot_replica_records_total";
+/// The checkpoint thread writing a snapshot and truncating the log below it.
 pub const SNAPSHOT_WRITE_SECONDS: &str = "flashstock_snapshot_write_seconds";
 /// The size of a shard's latest snapshot.
 pub const SNAPSHOT_BYTES: &str = "flashstock_snapshot_bytes";
@@ -60,6 +62,11 @@ pub fn describe() {
         "Snapshots that failed to be written (the log is kept)."
     );
     describe_counter!(WAL_BYTES_TOTAL, Unit::Bytes, "Record bytes appended to the log.");
+    describe_counter!(
+        SNAPSHOT_REPLICA_RECORDS_TOTAL,
+        Unit::Count,
+        "Records replayed into the shard's snapshot replica."
+    );
     let gauges = [
         (SHARD_INBOX_JOBS, "Jobs waiting in the shard's inbox at the start of its step."),
         (RESERVATIONS_LIVE, "Reservations held now."),
@@ -80,7 +87,7 @@ pub fn describe() {
         (SHARD_STEP_SECONDS, "One shard step applying its jobs."),
         (WAL_APPEND_SECONDS, "Appending one group commit's batches to the log."),
         (WAL_SYNC_SECONDS, "The one sync of a group commit."),
-        (SNAPSHOT_ENCODE_SECONDS, "The shard thread encoding a snapshot (a stall)."),
+        (SNAPSHOT_ENCODE_SECONDS, "Encoding a snapshot from the shard's replica (off the shard)."),
         (SNAPSHOT_WRITE_SECONDS, "Writing a snapshot and truncating the log below it."),
     ];
     for (name, help) in seconds {
@@ -122,8 +129,6 @@ pub(crate) struct ShardMetrics {
     reservations_live: metrics::Gauge,
     skus: metrics::Gauge,
     remembered_answers: metrics::Gauge,
-    snapshot_encode_seconds: metrics::Histogram,
-    snapshot_bytes: metrics::Gauge,
 }
 
 impl ShardMetrics {
@@ -141,9 +146,7 @@ impl ShardMetrics {
             },
             reservations_live: metrics::gauge!(RESERVATIONS_LIVE, "shard" => label.clone()),
             skus: metrics::gauge!(SKUS, "shard" => label.clone()),
-            remembered_answers: metrics::gauge!(REMEMBERED_ANSWERS, "shard" => label.clone()),
-            snapshot_encode_seconds: metrics::histogram!(SNAPSHOT_ENCODE_SECONDS, "shard" => label.clone()),
-            snapshot_bytes: metrics::gauge!(SNAPSHOT_BYTES, "shard" => label),
+            remembered_answers: metrics::gauge!(REMEMBERED_ANSWERS, "shard" => label),
         }
     }
 
@@ -162,16 +165,44 @@ impl ShardMetrics {
         self.skus.set(skus as f64);
         self.remembered_answers.set(remembered_answers as f64);
     }
-
-    pub(crate) fn snapshot(&self, bytes: u64, encode: Duration) {
-        self.snapshot_bytes.set(bytes as f64);
-        self.snapshot_encode_seconds.record(encode.as_secs_f64());
-    }
 }
 
 impl std::fmt::Debug for ShardMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("ShardMetrics")
+    }
+}
+
+/// One shard's snapshot handles, recorded by the checkpoint thread.
+pub(crate) struct SnapshotMetrics {
+    encode_seconds: metrics::Histogram,
+    write_seconds: metrics::Histogram,
+    bytes: metrics::Gauge,
+    replica_records: metrics::Counter,
+}
+
+impl SnapshotMetrics {
+    pub(crate) fn new(shard: u16) -> SnapshotMetrics {
+        let label = shard.to_string();
+        SnapshotMetrics {
+            encode_seconds: metrics::histogram!(SNAPSHOT_ENCODE_SECONDS, "shard" => label.clone()),
+            write_seconds: metrics::histogram!(SNAPSHOT_WRITE_SECONDS),
+            bytes: metrics::gauge!(SNAPSHOT_BYTES, "shard" => label.clone()),
+            replica_records: metrics::counter!(SNAPSHOT_REPLICA_RECORDS_TOTAL, "shard" => label),
+        }
+    }
+
+    pub(crate) fn replayed(&self, records: u64) {
+        self.replica_records.increment(records);
+    }
+
+    pub(crate) fn encoded(&self, bytes: u64, encode: Duration) {
+        self.bytes.set(bytes as f64);
+        self.encode_seconds.record(encode.as_secs_f64());
+    }
+
+    pub(crate) fn written(&self, write: Duration) {
+        self.write_seconds.record(write.as_secs_f64());
     }
 }
 

@@ -11,9 +11,10 @@ use flashstock_engine::ShardMap;
 use flashstock_wal::{SledWal, SledWalConfig, Wal};
 
 use crate::actor::{Actor, Job};
+use crate::checkpoint::{CheckpointParts, Checkpointer};
 use crate::clock::Clock;
 use crate::config::RuntimeConfig;
-use crate::durability::{Durability, DurabilityStats, DurableEnds, Failure, Snapshotter};
+use crate::durability::{Durability, DurabilityStats, DurableEnds, Failure};
 use crate::error::RuntimeError;
 use crate::handle::{Handle, Shared};
 use crate::recovery::{recover_shards, RecoveryReport};
@@ -28,7 +29,9 @@ pub struct Runtime {
     handle: Handle,
     actors: Vec<JoinHandle<()>>,
     durability: Option<JoinHandle<()>>,
-    snapshotter: Option<JoinHandle<()>>,
+    checkpointer: Option<JoinHandle<()>>,
+    /// Dropped to tell the checkpoint thread to take its last snapshots and exit.
+    checkpoint_stop: Option<crossbeam_channel::Sender<()>>,
     recovery: Vec<RecoveryReport>,
     stats: Arc<DurabilityStats>,
 }
@@ -88,8 +91,6 @@ impl Runtime {
         let events = EventLog::new(shared_wal, durable_ends.clone(), commits, consumers.clone());
         let queue = config.durability_queue_batches * usize::from(config.shard_count);
         let (durable_tx, durable_rx) = bounded(queue);
-        // One snapshot waiting per shard at most; actors skip a snapshot rather than queue more.
-        let (snapshot_tx, snapshot_rx) = bounded(usize::from(config.shard_count));
         let failure = Arc::new(Failure::default());
         let stats = Arc::new(DurabilityStats::default());
         let durability = Durability {
@@ -102,41 +103,36 @@ impl Runtime {
             metrics: crate::metrics::WalMetrics::new(),
         };
         let durability = spawn("flashstock-wal".to_owned(), move || durability.run())?;
-        let snapshotter = Snapshotter {
+        let (checkpoint_stop, stop) = bounded(0);
+        let parts = CheckpointParts {
             wal,
-            jobs: snapshot_rx,
             durable_ends,
             consumers,
-            consumer_retention_records_max: config.consumer_retention_records_max,
-            failure: failure.clone(),
+            config: config.clone(),
+            clock: clock.clone(),
+            stop,
             stats: stats.clone(),
         };
-        let snapshotter = spawn("flashstock-snapshot".to_owned(), move || snapshotter.run())?;
+        // The replicas start as copies of the recovered shards (a one-time copy at start-up,
+        // before any actor runs).
+        let replicas = shards.iter().map(|(shard, next_seq)| (shard.clone(), *next_seq)).collect();
+        let checkpointer = Checkpointer::new(parts, replicas);
+        let checkpointer = spawn("flashstock-checkpoint".to_owned(), move || checkpointer.run())?;
 
         let mut inboxes = Vec::with_capacity(shards.len());
         let mut actors = Vec::with_capacity(shards.len());
-        let now_ms = clock.now_ms();
         for (shard, next_seq) in shards {
             let (inbox_tx, inbox_rx) = bounded(config.inbox_capacity);
-            let (snapshot_buffer_return, snapshot_buffer) = bounded(1);
-            snapshot_buffer_return.send(Vec::new()).expect("an empty one-slot channel");
             let name = format!("flashstock-shard-{}", shard.id().0);
             let metrics = crate::metrics::ShardMetrics::new(shard.id().0);
             let actor = Actor {
                 shard,
                 inbox: inbox_rx,
                 durable: durable_tx.clone(),
-                snapshots: snapshot_tx.clone(),
-                snapshot_buffer,
-                snapshot_buffer_return,
                 clock: clock.clone(),
                 config: config.clone(),
                 next_seq,
-                records_since_snapshot: 0,
-                log_bytes_since_snapshot: 0,
-                last_snapshot_bytes: 0,
                 carried: None,
-                last_snapshot_ms: now_ms,
                 metrics,
                 stats: stats.clone(),
             };
@@ -155,7 +151,8 @@ impl Runtime {
             handle,
             actors,
             durability: Some(durability),
-            snapshotter: Some(snapshotter),
+            checkpointer: Some(checkpointer),
+            checkpoint_stop: Some(checkpoint_stop),
             recovery,
             stats,
         })
@@ -198,10 +195,12 @@ impl Runtime {
                 tracing::error!("the durability thread panicked");
             }
         }
-        // The snapshot thread drains last: its final jobs wait for the commits above.
-        if let Some(snapshotter) = self.snapshotter.take() {
-            if snapshotter.join().is_err() {
-                tracing::error!("the snapshot thread panicked");
+        // The checkpoint thread stops last: its final snapshots cover everything made durable
+        // above.
+        drop(self.checkpoint_stop.take());
+        if let Some(checkpointer) = self.checkpointer.take() {
+            if checkpointer.join().is_err() {
+                tracing::error!("the checkpoint thread panicked");
             }
         }
         // Handles may outlive the runtime; the log (and its lock) must not.

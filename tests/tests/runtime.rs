@@ -1,6 +1,6 @@
 //! The runtime end to end, in process: shard actors, group commit, recovery.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -155,6 +155,12 @@ async fn a_restart_recovers_from_a_snapshot_plus_the_log_tail() {
         RuntimeConfig { snapshot_every_records: 25, snapshot_on_shutdown: false, ..config(2) };
     let before = {
         let runtime = Runtime::start(config.clone(), wal.clone(), Arc::new(SystemClock)).unwrap();
+        traffic(&runtime.handle()).await;
+        // Snapshots are taken off the shards' threads, a few milliseconds behind the log:
+        // wait for one per shard, then leave a tail behind them.
+        let stats = runtime.durability_stats();
+        wait_for("a snapshot of each shard", async || stats.snapshots.load(Ordering::Relaxed) >= 2)
+            .await;
         let before = traffic(&runtime.handle()).await;
         runtime.shutdown();
         before
@@ -226,11 +232,55 @@ async fn a_failed_sync_stops_acknowledging_and_loses_nothing_acknowledged() {
     assert_eq!(view(&runtime.handle(), 40).await.total, 10, "the acknowledged stock survived");
 }
 
-/// A log whose syncs wait until the test opens the gate: it stands for a slow disk.
+/// A replica that cannot follow the log stops being snapshotted: the failure is counted, the
+/// log is kept whole (nothing is truncated that no snapshot covers), the shard keeps serving,
+/// and a restart recovers everything from the log.
+#[tokio::test]
+async fn a_snapshot_replica_that_cannot_read_the_log_keeps_the_log_and_the_shard_serving() {
+    let wal = GatedWal::new(true);
+    let config = RuntimeConfig { snapshot_every_records: 1, ..config(1) };
+    {
+        let runtime = Runtime::start(config.clone(), wal.clone(), Arc::new(SystemClock)).unwrap();
+        let handle = runtime.handle();
+        stock(&handle, 50, 10).await;
+        let stats = runtime.durability_stats();
+        wait_for("a first snapshot", async || stats.snapshots.load(Ordering::Relaxed) >= 1).await;
+        wal.reads_fail.store(true, Ordering::Relaxed);
+        for sku in 51..60 {
+            stock(&handle, sku, 10).await;
+        }
+        let failed = async || stats.snapshot_failures.load(Ordering::Relaxed) >= 1;
+        wait_for("the replica to report it cannot read", failed).await;
+        wal.reads_fail.store(false, Ordering::Relaxed);
+        let first_kept = wal.inner.batch_seqs(0)[0];
+        stock(&handle, 60, 10).await;
+        assert_eq!(view(&handle, 60).await.total, 10, "the shard still serves");
+        assert_eq!(stats.snapshots.load(Ordering::Relaxed), 1, "no snapshot since");
+        runtime.shutdown();
+        assert_eq!(wal.inner.batch_seqs(0)[0], first_kept, "nor at shutdown: the log is whole");
+    }
+    let runtime = Runtime::start(config, wal.inner.clone(), Arc::new(SystemClock)).unwrap();
+    let skus = runtime.handle().list_skus().await.unwrap();
+    assert_eq!(skus.len(), 11, "every acknowledged SKU recovered: {skus:?}");
+}
+
+/// A log whose syncs wait until the test opens the gate (a slow disk), and whose reads other
+/// than recovery's fail while `reads_fail` is set (a log the checkpoint thread cannot read).
 #[derive(Clone)]
 struct GatedWal {
     inner: MemWal,
     open: Arc<Mutex<bool>>,
+    reads_fail: Arc<AtomicBool>,
+}
+
+impl GatedWal {
+    fn new(open: bool) -> GatedWal {
+        GatedWal {
+            inner: MemWal::new(),
+            open: Arc::new(Mutex::new(open)),
+            reads_fail: Arc::new(AtomicBool::new(false)),
+        }
+    }
 }
 
 impl Wal for GatedWal {
@@ -258,6 +308,9 @@ impl Wal for GatedWal {
         until: u64,
         visit: &mut dyn FnMut(BatchRef<'_>) -> bool,
     ) -> Result<(), WalError> {
+        if self.reads_fail.load(Ordering::Relaxed) {
+            return Err(WalError::InjectedFault("read"));
+        }
         self.inner.read(log, from, until, visit)
     }
     fn discard_tail(&self, log: LogId, seq: u64) -> Result<(), WalError> {
@@ -282,8 +335,8 @@ impl Wal for GatedWal {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_inbox_answers_overloaded_at_once_and_nothing_is_lost() {
-    let open = Arc::new(Mutex::new(false));
-    let wal = GatedWal { inner: MemWal::new(), open: open.clone() };
+    let wal = GatedWal::new(false);
+    let open = wal.open.clone();
     let config = RuntimeConfig {
         inbox_capacity: 4,
         durability_queue_batches: 1,
