@@ -7,7 +7,8 @@
 //! Map of the modules:
 //! - [`batch`]: the on-disk batch format (header, checksum) and its validation.
 //! - [`sled_wal`]: [`SledWal`], the production log: one sled tree per shard, one insert per
-//!   batch, `flush` followed by an `fdatasync` of sled's data file, chunked snapshots.
+//!   batch, `flush` followed by an `fdatasync` of sled's data file.
+//! - `snapshot_files`: [`SledWal`]'s snapshots, one synced file each, outside sled.
 //! - [`mem`]: [`MemWal`], the in-memory twin for tests, with injectable faults.
 //! - [`error`]: [`WalError`], the one error type.
 //!
@@ -23,6 +24,7 @@ pub mod batch;
 pub mod error;
 pub mod mem;
 pub mod sled_wal;
+mod snapshot_files;
 
 pub use batch::{BatchRef, BATCH_HEADER_BYTES, BATCH_RECORDS_BYTES_MAX};
 pub use error::WalError;

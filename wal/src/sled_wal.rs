@@ -1,8 +1,11 @@
 //! `SledWal`: the production log on sled 0.34.
 //!
 //! Layout: tree `log.<id>` maps a batch's first sequence number (big-endian, so sled's order is
-//! log order) to the batch; tree `snap.<id>` holds snapshot chunks keyed by (seq, chunk index);
-//! tree `meta` holds each log's latest complete snapshot header and store-wide values.
+//! log order) to the batch; tree `meta` holds store-wide values. Snapshots are files in
+//! `shard-snapshots/` (see [`crate::snapshot_files`]), outside sled, so that writing one adds
+//! nothing to a log sync. Stores written before that kept them in sled (tree `snap.<id>`,
+//! chunks keyed by (seq, chunk index), header in `meta`); those are still read, and removed
+//! once a snapshot file replaces them.
 //!
 //! Blobs: see [`SLED_SEGMENT_BYTES`]; a test asserts `blobs/` stays empty under load.
 //!
@@ -17,14 +20,12 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::batch::{self, BATCH_RECORDS_BYTES_MAX};
+use crate::snapshot_files::SnapshotFiles;
 use crate::{BatchRef, LogId, ReplaySummary, Snapshot, VisitError, Wal, WalError};
 
-/// Bytes per stored snapshot chunk: the same bound as a batch.
-pub const SNAPSHOT_CHUNK_BYTES: usize = 60 * 1024;
-
-/// Snapshot chunks written between syncs (~4 MiB): the most snapshot data a concurrent log
-/// sync has to write out along with its own batches.
-const SNAPSHOT_CHUNKS_PER_SYNC: usize = 64;
+/// Bytes per snapshot chunk in stores that kept snapshots in sled: the same bound as a batch.
+#[cfg(test)]
+const LEGACY_SNAPSHOT_CHUNK_BYTES: usize = 60 * 1024;
 
 /// sled's segment size. sled writes any log item above a quarter of a segment to a blob file
 /// it never fsyncs, and a leaf node is one item holding up to 17 values (leaves split by count,
@@ -32,7 +33,6 @@ const SNAPSHOT_CHUNKS_PER_SYNC: usize = 64;
 pub const SLED_SEGMENT_BYTES: usize = 8 << 20;
 
 const _: () = assert!(17 * (BATCH_RECORDS_BYTES_MAX + 64) < SLED_SEGMENT_BYTES / 4 - 64);
-const _: () = assert!(17 * (SNAPSHOT_CHUNK_BYTES + 64) < SLED_SEGMENT_BYTES / 4 - 64);
 
 /// How to open a [`SledWal`].
 #[derive(Clone, Debug)]
@@ -62,6 +62,7 @@ pub struct SledWal {
     /// it exists because every method takes `&self` (sled's own API does too).
     appender: Mutex<Appender>,
     data_file: Option<(PathBuf, File)>,
+    snapshots: SnapshotFiles,
 }
 
 #[derive(Debug, Default)]
@@ -117,7 +118,9 @@ impl SledWal {
             None
         };
         let meta = db.open_tree("meta")?;
-        Ok(SledWal { db, meta, appender: Mutex::new(Appender::default()), data_file })
+        let snapshots = SnapshotFiles::open(config.path.join("shard-snapshots"))?;
+        let appender = Mutex::new(Appender::default());
+        Ok(SledWal { db, meta, appender, data_file, snapshots })
     }
 
     /// Bytes sled says the store occupies on disk.
@@ -259,55 +262,20 @@ impl Wal for SledWal {
     }
 
     fn write_snapshot(&self, log: LogId, seq: u64, state: &[u8]) -> Result<(), WalError> {
-        let chunks = self.db.open_tree(chunk_tree(log))?;
-        let chunk_count = state.chunks(SNAPSHOT_CHUNK_BYTES).count() as u32;
-        for (index, chunk) in state.chunks(SNAPSHOT_CHUNK_BYTES).enumerate() {
-            chunks.insert(chunk_key(seq, index as u32), chunk)?;
-            // sled has one flush for the whole store: a log sync that came after 170 MB of
-            // unsynced chunks had to write them all first, and held acknowledgements for up
-            // to 1.6 s. Syncing as the chunks go bounds what any log sync inherits.
-            if (index + 1) % SNAPSHOT_CHUNKS_PER_SYNC == 0 {
-                self.flush_and_sync()?;
-            }
-        }
-        // Chunks first, durably; only then the header that makes the snapshot visible. A crash
-        // in between leaves the previous snapshot in force.
-        self.flush_and_sync()?;
-        let header = SnapshotHeader {
-            seq,
-            len: state.len() as u64,
-            chunk_count,
-            crc: crc32fast::hash(state),
-        };
-        self.meta.insert(snapshot_meta_key(log), header.encode().as_slice())?;
-        self.flush_and_sync()?;
-        for key in chunks.range(..chunk_key(seq, 0)).keys() {
-            chunks.remove(key?)?;
+        self.snapshots.write(log, seq, state)?;
+        // A snapshot kept in sled by an older build is now superseded.
+        if self.meta.remove(snapshot_meta_key(log))?.is_some() {
+            self.db.drop_tree(chunk_tree(log))?;
+            self.flush_and_sync()?;
         }
         Ok(())
     }
 
     fn latest_snapshot(&self, log: LogId) -> Result<Option<Snapshot>, WalError> {
-        let Some(raw) = self.meta.get(snapshot_meta_key(log))? else {
-            return Ok(None);
-        };
-        let header = SnapshotHeader::decode(&raw).ok_or(WalError::CorruptSnapshot {
-            log,
-            seq: 0,
-            detail: "header unreadable",
-        })?;
-        let corrupt = |detail| WalError::CorruptSnapshot { log, seq: header.seq, detail };
-        let chunks = self.db.open_tree(chunk_tree(log))?;
-        let mut state = Vec::with_capacity(header.len as usize);
-        for index in 0..header.chunk_count {
-            let chunk =
-                chunks.get(chunk_key(header.seq, index))?.ok_or(corrupt("chunk missing"))?;
-            state.extend_from_slice(&chunk);
+        match self.snapshots.latest(log)? {
+            Some(snapshot) => Ok(Some(snapshot)),
+            None => self.legacy_snapshot(log),
         }
-        if state.len() as u64 != header.len || crc32fast::hash(&state) != header.crc {
-            return Err(corrupt("checksum or length mismatch"));
-        }
-        Ok(Some(Snapshot { seq: header.seq, state }))
     }
 
     fn truncate_below(&self, log: LogId, seq: u64) -> Result<(), WalError> {
@@ -333,6 +301,46 @@ impl Wal for SledWal {
     }
 }
 
+impl SledWal {
+    /// The snapshot a store written before snapshot files kept in sled, if any.
+    fn legacy_snapshot(&self, log: LogId) -> Result<Option<Snapshot>, WalError> {
+        let Some(raw) = self.meta.get(snapshot_meta_key(log))? else {
+            return Ok(None);
+        };
+        let header = SnapshotHeader::decode(&raw).ok_or(WalError::CorruptSnapshot {
+            log,
+            seq: 0,
+            detail: "header unreadable",
+        })?;
+        let corrupt = |detail| WalError::CorruptSnapshot { log, seq: header.seq, detail };
+        let chunks = self.db.open_tree(chunk_tree(log))?;
+        let mut state = Vec::with_capacity(header.len as usize);
+        for index in 0..header.chunk_count {
+            let chunk =
+                chunks.get(chunk_key(header.seq, index))?.ok_or(corrupt("chunk missing"))?;
+            state.extend_from_slice(&chunk);
+        }
+        if state.len() as u64 != header.len || crc32fast::hash(&state) != header.crc {
+            return Err(corrupt("checksum or length mismatch"));
+        }
+        Ok(Some(Snapshot { seq: header.seq, state }))
+    }
+
+    /// Stores a snapshot the way builds before snapshot files did, to test reading one.
+    #[cfg(test)]
+    fn write_legacy_snapshot(&self, log: LogId, seq: u64, state: &[u8]) -> Result<(), WalError> {
+        let chunks = self.db.open_tree(chunk_tree(log))?;
+        let chunk_count = state.chunks(LEGACY_SNAPSHOT_CHUNK_BYTES).count() as u32;
+        for (index, chunk) in state.chunks(LEGACY_SNAPSHOT_CHUNK_BYTES).enumerate() {
+            chunks.insert(chunk_key(seq, index as u32), chunk)?;
+        }
+        let crc = crc32fast::hash(state);
+        let header = SnapshotHeader { seq, len: state.len() as u64, chunk_count, crc };
+        self.meta.insert(snapshot_meta_key(log), header.encode().as_slice())?;
+        self.flush_and_sync()
+    }
+}
+
 /// Where the stored log ends: the last batch's first sequence number plus its record count.
 fn stored_end(batches: &sled::Tree) -> Result<Option<u64>, WalError> {
     let Some((key, value)) = batches.last()? else { return Ok(None) };
@@ -352,7 +360,7 @@ fn chunk_key(seq: u64, index: u32) -> [u8; 12] {
     key
 }
 
-/// The header that makes a snapshot visible once all its chunks are durable.
+/// The header that made a snapshot kept in sled visible once all its chunks were durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct SnapshotHeader {
     pub(crate) seq: u64,
@@ -362,6 +370,7 @@ pub(crate) struct SnapshotHeader {
 }
 
 impl SnapshotHeader {
+    #[cfg(test)]
     pub(crate) fn encode(&self) -> [u8; 24] {
         let mut out = [0u8; 24];
         out[..8].copy_from_slice(&self.seq.to_le_bytes());
@@ -379,5 +388,31 @@ impl SnapshotHeader {
             chunk_count: u32::from_le_bytes(bytes[16..20].try_into().ok()?),
             crc: u32::from_le_bytes(bytes[20..].try_into().ok()?),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store from a build that kept snapshots in sled recovers from that snapshot, and the
+    /// first snapshot file supersedes it (and removes it).
+    #[test]
+    fn a_snapshot_kept_in_sled_by_an_older_build_is_read_then_superseded() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SledWalConfig::new(dir.path());
+        let wal = SledWal::open(&config).unwrap();
+        let old_state: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+        wal.write_legacy_snapshot(3, 1_000, &old_state).unwrap();
+        let found = wal.latest_snapshot(3).unwrap().unwrap();
+        assert_eq!((found.seq, found.state.len()), (1_000, old_state.len()));
+        assert_eq!(found.state, old_state);
+
+        wal.write_snapshot(3, 2_000, b"newer").unwrap();
+        drop(wal);
+        let wal = SledWal::open(&config).unwrap();
+        let found = wal.latest_snapshot(3).unwrap().unwrap();
+        assert_eq!((found.seq, &found.state[..]), (2_000, &b"newer"[..]));
+        assert!(wal.legacy_snapshot(3).unwrap().is_none(), "the sled copy is gone");
     }
 }

@@ -186,7 +186,7 @@ fn sled_log_survives_reopen_drops_a_torn_tail_and_refuses_mid_log_corruption() {
 }
 
 #[test]
-fn sled_snapshots_are_chunked_and_nothing_falls_into_unsynced_blobs() {
+fn sled_log_nothing_falls_into_unsynced_blobs_and_snapshots_are_files_of_their_own() {
     let dir = tempfile::tempdir().unwrap();
     let config = SledWalConfig::new(dir.path());
     let wal = SledWal::open(&config).unwrap();
@@ -200,6 +200,7 @@ fn sled_snapshots_are_chunked_and_nothing_falls_into_unsynced_blobs() {
     }
     wal.sync().unwrap();
     let state: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    wal.write_snapshot(0, 200_000, &state[1..]).unwrap();
     wal.write_snapshot(0, 300_000, &state).unwrap();
     wal.write_snapshot(0, 300_000, &state).unwrap();
     drop(wal);
@@ -207,8 +208,37 @@ fn sled_snapshots_are_chunked_and_nothing_falls_into_unsynced_blobs() {
     let blobs = dir.path().join("blobs");
     let blob_count = std::fs::read_dir(&blobs).map(|d| d.count()).unwrap_or(0);
     assert_eq!(blob_count, 0, "sled wrote values to blobs/, which it never fsyncs");
+    let snapshots = dir.path().join("shard-snapshots");
+    let names = || {
+        let mut names: Vec<String> = std::fs::read_dir(&snapshots)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(names(), ["shard-00000-00000000000000300000.snapshot"], "older ones removed");
+    // A crash while writing the next one leaves a partial file: it is not a snapshot.
+    let partial = snapshots.join("shard-00000-00000000000000400000.partial");
+    std::fs::write(&partial, &state[..1000]).unwrap();
     let wal = SledWal::open(&config).unwrap();
-    assert_eq!(wal.latest_snapshot(0).unwrap().unwrap().state, state);
+    let latest = wal.latest_snapshot(0).unwrap().unwrap();
+    assert_eq!((latest.seq, latest.state == state), (300_000, true));
+    drop(wal);
+
+    // A damaged snapshot is refused by name, never half-restored.
+    let path = snapshots.join("shard-00000-00000000000000300000.snapshot");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[1_000_000] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    let wal = SledWal::open(&config).unwrap();
+    let err = wal.latest_snapshot(0).unwrap_err();
+    assert!(matches!(err, WalError::CorruptSnapshot { log: 0, seq: 300_000, .. }), "{err}");
+    assert!(err.to_string().contains("checksum"), "{err}");
+    // The next snapshot replaces both the damaged file and the partial one.
+    wal.write_snapshot(0, 500_000, b"next").unwrap();
+    assert_eq!(names(), ["shard-00000-00000000000000500000.snapshot"]);
+    assert_eq!(wal.latest_snapshot(0).unwrap().unwrap().state, b"next");
 }
 
 #[test]
