@@ -26,7 +26,10 @@ one() { # label, server command line
   local ticks; ticks=$(awk '{print $14 + $15}' "/proc/$server/stat")
   kill -TERM $server; wait $server || true
   echo "$ticks" > "$dir.ticks"
-  python3 - "$label" "$dir.json" "$dir.ticks" "$(getconf CLK_TCK)" <<'PY'
+  # Shard steps at or over the server's --slow-step-ms, and snapshots written, from its log.
+  local slow; slow=$(grep -c "slow shard step" "$dir.log" || true)
+  local snaps; snaps=$(grep -c "snapshot \(written\|encoded\)" "$dir.log" || true)
+  python3 - "$label" "$dir.json" "$dir.ticks" "$(getconf CLK_TCK)" "$slow" "$snaps" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[2]))
 cpu_s = int(open(sys.argv[3]).read()) / int(sys.argv[4])
@@ -34,7 +37,8 @@ lat = r["latency_us"]
 # Server CPU per request over the whole run (set-up and warm-up included).
 cpu_us = cpu_s * 1e6 / max(r["ops_total"], 1)
 print(f"{sys.argv[1]} {r['ops_per_s']:>10.0f} req/s  p50 {lat['p50']} us  p99 {lat['p99']} us  "
-      f"p999 {lat['p999']} us  server cpu {cpu_us:.2f} us/req  audit {'PASS' if r['audit']['passed'] else 'FAIL'}")
+      f"p999 {lat['p999']} us  max {lat['max']} us  server cpu {cpu_us:.2f} us/req  "
+      f"slow steps {sys.argv[5]}  snapshots {sys.argv[6]}  audit {'PASS' if r['audit']['passed'] else 'FAIL'}")
 PY
 }
 for round in $(seq 1 "$rounds"); do

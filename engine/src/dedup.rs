@@ -38,10 +38,10 @@ impl From<RequestKey> for RequestId {
 }
 
 impl RequestKey {
-    /// The index hash under `key`: 31 bits, so that a slot's hash half is never the free
-    /// marker.
+    /// The index hash under `key`: 31 bits, with the top bit set so that a slot's hash half
+    /// is never 0, the free marker (a free slot is all zero bytes: see `ProbeTable`).
     fn hash31(self, key: HashKey) -> u32 {
-        (mix(self.0[0] ^ self.0[1].rotate_left(32), key) & 0x7fff_ffff) as u32
+        (mix(self.0[0] ^ self.0[1].rotate_left(32), key) | 0x8000_0000) as u32
     }
 }
 
@@ -59,16 +59,17 @@ pub(crate) struct Answer {
 
 /// An index slot: the request's 31-bit hash and its answer's position in the ring (wrapping;
 /// the ring holds fewer than 2^31 answers, so the low 32 bits of a position name one answer).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
 struct IndexSlot {
     hash31: u32,
     position: u32,
 }
 
 impl Slot for IndexSlot {
-    const EMPTY: IndexSlot = IndexSlot { hash31: u32::MAX, position: u32::MAX };
+    const EMPTY: IndexSlot = IndexSlot { hash31: 0, position: 0 };
     fn is_empty(&self) -> bool {
-        self.hash31 == u32::MAX
+        self.hash31 == 0
     }
     fn hash(&self, _key: HashKey) -> u64 {
         // Computed under the key when the slot was made.
@@ -100,11 +101,18 @@ impl Answers {
     fn with_capacity(entries: usize, key: HashKey) -> Answers {
         let mut index = ProbeTable::with_spread(entries, INDEX_SPREAD);
         index.set_key(key);
-        Answers { ring: VecDeque::with_capacity(entries), front_position: 0, index }
+        // One more than `entries`: an answer is pushed before the oldest is evicted.
+        Answers { ring: VecDeque::with_capacity(entries + 1), front_position: 0, index }
     }
 
     pub(crate) fn len(&self) -> usize {
         self.ring.len()
+    }
+
+    /// (ring capacity, index slots): what remembering more answers would have to grow.
+    #[cfg(test)]
+    pub(crate) fn capacities(&self) -> (usize, usize) {
+        (self.ring.capacity(), self.index.slot_count())
     }
 
     /// Index entries; equal to `len()` unless the bookkeeping is broken.
@@ -173,7 +181,7 @@ impl Dedup {
     pub(crate) fn new(config: &ShardConfig) -> Dedup {
         let key = HashKey::new(config.hash_seed);
         Dedup {
-            answers: Answers::with_capacity(0, key),
+            answers: Answers::with_capacity(config.dedup_entries_max, key),
             rejections: vec![None; config.rejection_cache_slots].into_boxed_slice(),
             pending: None,
             key,
@@ -268,7 +276,7 @@ impl Dedup {
             answer.answered_at_ms.saturating_add(config.dedup_retention_ms) <= last_ms
         });
         let kept = &all[by_count.max(by_age)..];
-        self.answers = Answers::with_capacity(kept.len(), self.key);
+        self.answers = Answers::with_capacity(config.dedup_entries_max, self.key);
         for &answer in kept {
             if !self.answers.push(answer) {
                 return Err(answer.request.into());
@@ -285,8 +293,13 @@ impl Dedup {
 
     /// Rebuilds the durable store from answers oldest first (snapshot restore), or names a
     /// request that appears twice.
-    pub(crate) fn restore(&mut self, answers: Vec<Answer>) -> Result<(), RequestId> {
-        self.answers = Answers::with_capacity(answers.len(), self.key);
+    pub(crate) fn restore(
+        &mut self,
+        answers: Vec<Answer>,
+        config: &ShardConfig,
+    ) -> Result<(), RequestId> {
+        let capacity = answers.len().max(config.dedup_entries_max);
+        self.answers = Answers::with_capacity(capacity, self.key);
         for answer in answers {
             if !self.answers.push(answer) {
                 return Err(answer.request.into());

@@ -24,6 +24,17 @@ pub(crate) struct ExpiryQueue {
 }
 
 impl ExpiryQueue {
+    /// A queue whose in-order part holds `entries` before it grows.
+    pub(crate) fn with_capacity(entries: usize) -> ExpiryQueue {
+        ExpiryQueue { in_order: VecDeque::with_capacity(entries), out_of_order: BinaryHeap::new() }
+    }
+
+    /// Entries the in-order part holds before it must grow.
+    #[cfg(test)]
+    pub(crate) fn in_order_capacity(&self) -> usize {
+        self.in_order.capacity()
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.in_order.len() + self.out_of_order.len()
     }

@@ -16,6 +16,14 @@ pub const STOCK_TOTAL_MAX: u64 = 1 << 40;
 /// expiry never stalls a shard for longer than one bounded step.
 pub const TICK_EXPIRIES_MAX: u32 = 65_536;
 
+/// The most slots a shard's rings and queues (reservations, ended reservations, expiries) are
+/// given when it is built, short of their configured bounds: growing one later copies it
+/// while the shard waits (doubling a 64 MB ring stalled a shard for ~100-200 ms under load),
+/// so they start large. The memory is address space until used, but a ring that cycles
+/// through its buffer touches all of it in time: the cap bounds that to 64 MB for the
+/// reservation ring (32-byte slots), less for the others.
+pub const PRESIZED_SLOTS_MAX: usize = 1 << 21;
+
 const _: () = assert!((RESERVE_QTY_MAX as u64) < STOCK_TOTAL_MAX);
 const _: () = assert!(STOCK_TOTAL_MAX.checked_mul(4).is_some());
 const _: () = assert!(TTL_MS_MAX < u64::MAX / 4);
@@ -29,7 +37,9 @@ pub struct ShardConfig {
     pub reservations_live_max: usize,
     /// How long the answer to a state-changing request is remembered for retries.
     pub dedup_retention_ms: u64,
-    /// The most remembered answers to state-changing requests; the oldest go first.
+    /// The most remembered answers to state-changing requests; the oldest go first. Their
+    /// ring and index are sized for this many when the shard is built (~72 bytes an answer
+    /// of address space, committed as used), so they never grow on the hot path.
     pub dedup_entries_max: usize,
     /// Slots of the best-effort cache of answers to requests that changed nothing (sold out,
     /// limit exceeded...). A power of two; a colliding newer answer evicts an older one.
@@ -78,5 +88,22 @@ impl ShardConfig {
             "rejection_cache_slots must be a power of two"
         );
         assert!(self.ended_entries_max > 0, "ended_entries_max must be positive");
+    }
+
+    /// Slots a shard's reservation ring starts with: it spans the live reservations and the
+    /// ended ones still remembered.
+    pub(crate) fn reservation_slots_presized(&self) -> usize {
+        self.reservations_live_max.saturating_add(self.ended_entries_max).min(PRESIZED_SLOTS_MAX)
+    }
+
+    /// Slots a shard's expiry queue starts with: one per live reservation.
+    pub(crate) fn expiry_slots_presized(&self) -> usize {
+        self.reservations_live_max.min(PRESIZED_SLOTS_MAX)
+    }
+
+    /// Slots a shard's queue of ended reservations starts with (one more than its bound: an
+    /// end is queued before the oldest is forgotten).
+    pub(crate) fn ended_slots_presized(&self) -> usize {
+        self.ended_entries_max.saturating_add(1).min(PRESIZED_SLOTS_MAX)
     }
 }

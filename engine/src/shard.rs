@@ -96,11 +96,11 @@ impl Shard {
             clock_ms: 0,
             reservation_seq_next: 1,
             skus: FxHashMap::default(),
-            reservations: ReservationTable::new(id, 1),
+            reservations: ReservationTable::new(id, 1, config.reservation_slots_presized()),
             reservations_live: 0,
             order_refs: FxHashMap::default(),
-            ended: VecDeque::new(),
-            expiries: ExpiryQueue::default(),
+            ended: VecDeque::with_capacity(config.ended_slots_presized()),
+            expiries: ExpiryQueue::with_capacity(config.expiry_slots_presized()),
             expiries_stale: 0,
             dedup: Dedup::new(&config),
             hash_key: HashKey::new(config.hash_seed),
@@ -478,7 +478,7 @@ impl Shard {
             .map(|(id, r)| (r.expires_at_ms, id))
             .collect();
         held.sort_unstable();
-        self.expiries = ExpiryQueue::default();
+        self.expiries = ExpiryQueue::with_capacity(self.config.expiry_slots_presized());
         for (at_ms, id) in held {
             self.expiries.push(at_ms, id);
         }
@@ -591,5 +591,53 @@ fn window_refusal(window: &SaleWindow, now_ms: u64) -> Option<Outcome> {
     match window.closes_at_ms {
         Some(closed_at_ms) if now_ms >= closed_at_ms => Some(Outcome::SaleClosed { closed_at_ms }),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::RequestId;
+
+    /// Growing a table copies it while every caller of the shard waits (a doubling ring or
+    /// rehashed index stalled a busy shard for 100-500 ms): a shard's tables are sized for its
+    /// bounds when it is built, and stay that size while it works within them.
+    #[test]
+    fn tables_never_grow_while_the_shard_works_within_its_bounds() {
+        let config = ShardConfig {
+            dedup_entries_max: 3_000,
+            reservations_live_max: 1_000,
+            ended_entries_max: 2_000,
+            ..ShardConfig::default()
+        };
+        let mut shard = Shard::new(ShardId(0), config);
+        let capacities = |shard: &Shard| {
+            let (ring, index) = shard.dedup.answers.capacities();
+            let reservations = shard.reservations.ring_capacity();
+            (ring, index, reservations, shard.ended.capacity(), shard.expiries.in_order_capacity())
+        };
+        let built = capacities(&shard);
+        let mut log = Vec::new();
+        let stock = Command::SetStock { request: RequestId(1), sku: SkuId(1), total: 1 << 30 };
+        shard.apply(&stock, 0, &mut log);
+        for n in 0..20_000u64 {
+            let reserve = Reserve {
+                request: RequestId(u128::from(n) + 2),
+                buyer: BuyerId(n % 777),
+                sku: SkuId(1),
+                qty: 1,
+                ttl_ms: 500,
+                order_ref: None,
+            };
+            let outcome = shard.apply(&Command::Reserve(reserve), n, &mut log);
+            assert!(matches!(outcome, Outcome::Reserved { .. }), "{outcome:?}");
+            shard.tick(n, &mut log);
+        }
+        shard.check_invariants().unwrap();
+        // Every bound was reached, so every table was as full as it gets.
+        assert_eq!(shard.remembered_answers(), 3_000);
+        assert_eq!(shard.ended.len(), 2_000);
+        assert!(shard.reservations_live() >= 490, "{}", shard.reservations_live());
+        assert_eq!(capacities(&shard), built, "a table grew");
     }
 }

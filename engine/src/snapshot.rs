@@ -6,7 +6,7 @@
 
 use crate::codec::{Reader, Writer};
 use crate::command::SaleWindow;
-use crate::dedup::{Answer, Dedup};
+use crate::dedup::Answer;
 use crate::error::EngineError;
 use crate::ids::{BuyerId, OrderRef, RequestId, ReservationId, ShardId, SkuId};
 use crate::limits::ShardConfig;
@@ -143,7 +143,8 @@ impl Shard {
             reservations.push((id, reservation));
         }
         let first_seq = ring_start(&reservations).unwrap_or(shard.reservation_seq_next);
-        shard.reservations = ReservationTable::new(id, first_seq);
+        let ring_slots = config.reservation_slots_presized();
+        shard.reservations = ReservationTable::new(id, first_seq, ring_slots);
         for (id, reservation) in reservations {
             if reservation.state == ReservationState::Held {
                 shard.reservations_live += 1;
@@ -175,10 +176,9 @@ impl Shard {
         if r.remaining() != 0 {
             return Err(EngineError::TrailingBytes { count: r.remaining() });
         }
-        shard.dedup = Dedup::new(&config);
         shard
             .dedup
-            .restore(remembered)
+            .restore(remembered, &config)
             .map_err(|request| EngineError::DuplicateAnswer { request })?;
         shard.rebuild_expiries();
         shard.check_invariants()?;

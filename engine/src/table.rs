@@ -31,14 +31,21 @@ pub(crate) struct ReservationTable {
 }
 
 impl ReservationTable {
-    pub(crate) fn new(shard: ShardId, first_seq: u64) -> ReservationTable {
+    /// An empty table whose ring holds `ring_slots` before it grows.
+    pub(crate) fn new(shard: ShardId, first_seq: u64, ring_slots: usize) -> ReservationTable {
         ReservationTable {
             shard,
             base_seq: first_seq,
-            ring: VecDeque::new(),
+            ring: VecDeque::with_capacity(ring_slots),
             ring_entries: 0,
             overflow: FxHashMap::default(),
         }
+    }
+
+    /// Slots the ring holds before it must grow.
+    #[cfg(test)]
+    pub(crate) fn ring_capacity(&self) -> usize {
+        self.ring.capacity()
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -164,7 +171,7 @@ mod tests {
     #[test]
     fn a_long_lived_straggler_moves_to_overflow_and_the_ring_advances() {
         let shard = ShardId(5);
-        let mut table = ReservationTable::new(shard, 1);
+        let mut table = ReservationTable::new(shard, 1, 0);
         let id = |seq| ReservationId::new(shard, seq);
         for seq in 1..=10_000 {
             table.insert(id(seq), reservation(seq as u32));
@@ -194,7 +201,7 @@ mod tests {
             ops in proptest::collection::vec((0u8..10, proptest::prelude::any::<usize>()), 500..5_000)
         ) {
             let shard = ShardId(1);
-            let mut table = ReservationTable::new(shard, 1);
+            let mut table = ReservationTable::new(shard, 1, 0);
             let mut model = std::collections::BTreeMap::new();
             let mut next_seq = 1u64;
             for (kind, pick) in ops {

@@ -8,7 +8,8 @@
 use crate::ids::BuyerId;
 use crate::probe::{mix, HashKey, ProbeTable, Slot};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
 struct Taken {
     buyer: u64,
     units: u64,
