@@ -83,11 +83,101 @@ fn free_slots<S: Slot>(count: usize) -> Box<[S]> {
     bytemuck::allocation::zeroed_slice_box(count)
 }
 
+/// One linear-probing array: the table's current slots, or the old ones it is moving out of.
 #[derive(Clone, Debug)]
-pub(crate) struct ProbeTable<S> {
-    /// A power of two slots, at most 1/`spread` of them full.
+struct Slots<S> {
+    /// A power of two slots (or none).
     slots: Box<[S]>,
     len: usize,
+}
+
+impl<S: Slot> Slots<S> {
+    fn new(count: usize) -> Slots<S> {
+        Slots { slots: free_slots(count), len: 0 }
+    }
+
+    fn mask(&self) -> usize {
+        self.slots.len() - 1
+    }
+
+    fn find(&self, hash: u64, mut matches: impl FnMut(&S) -> bool) -> Option<usize> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let mask = self.mask();
+        let mut index = hash as usize & mask;
+        loop {
+            let slot = &self.slots[index];
+            if slot.is_empty() {
+                return None;
+            }
+            if matches(slot) {
+                return Some(index);
+            }
+            index = (index + 1) & mask;
+        }
+    }
+
+    fn prefetch(&self, hash: u64) {
+        if !self.slots.is_empty() {
+            prefetch_line(&self.slots[hash as usize & self.mask()]);
+        }
+    }
+
+    fn place(&mut self, slot: S, key: HashKey) -> usize {
+        let mask = self.mask();
+        let mut index = slot.hash(key) as usize & mask;
+        while !self.slots[index].is_empty() {
+            index = (index + 1) & mask;
+        }
+        self.slots[index] = slot;
+        self.len += 1;
+        index
+    }
+
+    /// Frees the slot at `index`, moving later slots of the run back so that no lookup
+    /// stops early at the hole.
+    fn remove(&mut self, index: usize, key: HashKey) -> S {
+        let mask = self.mask();
+        let removed = self.slots[index];
+        debug_assert!(!removed.is_empty(), "removing a free slot");
+        let mut hole = index;
+        let mut next = index;
+        loop {
+            next = (next + 1) & mask;
+            let slot = self.slots[next];
+            if slot.is_empty() {
+                break;
+            }
+            // `slot` may fill the hole when its home is not between the hole (exclusive) and
+            // itself, cyclically: it was placed at or before the hole.
+            let home = slot.hash(key) as usize & mask;
+            if next.wrapping_sub(home) & mask >= next.wrapping_sub(hole) & mask {
+                self.slots[hole] = slot;
+                hole = next;
+            }
+        }
+        self.slots[hole] = S::EMPTY;
+        self.len -= 1;
+        removed
+    }
+}
+
+/// The old slots of a table that grew, still being moved into the new ones.
+#[derive(Clone, Debug)]
+struct Draining<S> {
+    slots: Slots<S>,
+    /// Every slot below it is free: entries are moved out from the front, and a removal's
+    /// backward shift only ever fills its hole from behind, so nothing lands below it again.
+    cursor: usize,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct ProbeTable<S> {
+    /// Where inserts go: a power of two slots, at most 1/`spread` of them full.
+    current: Slots<S>,
+    /// After a growth, the old slots, emptied a few entries per insert.
+    draining: Option<Draining<S>>,
     /// Slots per stored entry, at least: 2 (half full) by default. A lookup of an absent key
     /// probes ~2.5 slots at half full and ~1.4 at a quarter, so a table probed for absent
     /// keys on every request (remembered answers) trades memory for speed with 4.
@@ -99,6 +189,15 @@ pub(crate) struct ProbeTable<S> {
 /// Smallest table once something is stored; an empty table allocates nothing (a shard may
 /// hold millions of SKUs, each with its own, mostly tiny, buyer counts).
 const SLOTS_MIN: usize = 8;
+
+/// Entries moved from the old slots to the new ones per insert while a table grows. Growth
+/// is incremental, as in Redis's dict: rehashing a 2M-entry index at once stalled its shard
+/// for ~100 ms. At 4 per insert the old slots are empty long before the new ones fill (they
+/// hold at most half as many entries as the new slots take).
+const MIGRATE_PER_INSERT: usize = 4;
+
+/// Marks an index into the draining slots (the top bit: no table has 2^63 slots).
+const DRAINING: usize = 1 << (usize::BITS - 1);
 
 impl<S: Slot> Default for ProbeTable<S> {
     fn default() -> Self {
@@ -118,7 +217,7 @@ impl<S: Slot> ProbeTable<S> {
         let slots =
             if entries == 0 { 0 } else { (entries * spread).next_power_of_two().max(SLOTS_MIN) };
         let key = HashKey::default();
-        ProbeTable { slots: free_slots(slots), len: 0, spread, key }
+        ProbeTable { current: Slots::new(slots), draining: None, spread, key }
     }
 
     /// The key its slots are hashed with.
@@ -129,118 +228,115 @@ impl<S: Slot> ProbeTable<S> {
     /// Hashes its slots with `key` from now on; only an empty table may change its key, as
     /// every stored slot sits where the old key put it.
     pub(crate) fn set_key(&mut self, key: HashKey) {
-        assert!(self.len == 0 || self.key == key, "re-keying a table that holds entries");
+        assert!(self.len() == 0 || self.key == key, "re-keying a table that holds entries");
         self.key = key;
     }
 
-    /// Slots allocated, free or not.
+    /// (slots allocated, entries still in the old slots of a growth).
     #[cfg(test)]
-    pub(crate) fn slot_count(&self) -> usize {
-        self.slots.len()
+    pub(crate) fn shape(&self) -> (usize, usize) {
+        let draining = self.draining.as_ref().map_or(0, |d| d.slots.len);
+        (self.current.slots.len(), draining)
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.len
-    }
-
-    fn mask(&self) -> usize {
-        self.slots.len() - 1
+        self.current.len + self.draining.as_ref().map_or(0, |d| d.slots.len)
     }
 
     /// The index of the first slot of `hash`'s run that `matches`, or `None` once the run
-    /// ends at a free slot.
+    /// ends at a free slot (in the old slots too, while the table grows).
     pub(crate) fn find(&self, hash: u64, mut matches: impl FnMut(&S) -> bool) -> Option<usize> {
-        if self.slots.is_empty() {
-            return None;
+        if let Some(index) = self.current.find(hash, &mut matches) {
+            return Some(index);
         }
-        let mask = self.mask();
-        let mut index = hash as usize & mask;
-        loop {
-            let slot = &self.slots[index];
-            if slot.is_empty() {
-                return None;
-            }
-            if matches(slot) {
-                return Some(index);
-            }
-            index = (index + 1) & mask;
-        }
+        let draining = self.draining.as_ref()?;
+        draining.slots.find(hash, matches).map(|index| index | DRAINING)
     }
 
     /// Asks the CPU to start loading the line of `hash`'s home slot, so that a lookup a few
     /// commands later finds it in cache instead of waiting ~100 ns for memory.
     pub(crate) fn prefetch(&self, hash: u64) {
-        if !self.slots.is_empty() {
-            prefetch_line(&self.slots[hash as usize & self.mask()]);
+        self.current.prefetch(hash);
+        if let Some(draining) = &self.draining {
+            draining.slots.prefetch(hash);
         }
     }
 
     pub(crate) fn slot(&self, index: usize) -> &S {
-        &self.slots[index]
+        match &self.draining {
+            Some(draining) if index & DRAINING != 0 => &draining.slots.slots[index & !DRAINING],
+            _ => &self.current.slots[index],
+        }
     }
 
     pub(crate) fn slot_mut(&mut self, index: usize) -> &mut S {
-        &mut self.slots[index]
+        match &mut self.draining {
+            Some(draining) if index & DRAINING != 0 => &mut draining.slots.slots[index & !DRAINING],
+            _ => &mut self.current.slots[index],
+        }
     }
 
     /// Stores `slot`, whose key the caller has checked is absent; returns its index.
     pub(crate) fn insert(&mut self, slot: S) -> usize {
         debug_assert!(!slot.is_empty(), "storing the free-slot value");
-        if (self.len + 1) * self.spread > self.slots.len() {
+        self.migrate(MIGRATE_PER_INSERT);
+        if (self.current.len + 1) * self.spread > self.current.slots.len() {
+            // Never two growths at once: finish the last one first (it is all but done).
+            self.migrate(usize::MAX);
             self.grow();
         }
-        self.len += 1;
-        self.place(slot)
+        self.current.place(slot, self.key)
     }
 
-    fn place(&mut self, slot: S) -> usize {
-        let mask = self.mask();
-        let mut index = slot.hash(self.key) as usize & mask;
-        while !self.slots[index].is_empty() {
-            index = (index + 1) & mask;
-        }
-        self.slots[index] = slot;
-        index
-    }
-
-    /// Frees the slot at `index`, moving later slots of the run back so that no lookup
-    /// stops early at the hole.
+    /// Frees the slot at `index`.
     pub(crate) fn remove(&mut self, index: usize) -> S {
-        let mask = self.mask();
-        let removed = self.slots[index];
-        debug_assert!(!removed.is_empty(), "removing a free slot");
-        let mut hole = index;
-        let mut next = index;
-        loop {
-            next = (next + 1) & mask;
-            let slot = self.slots[next];
-            if slot.is_empty() {
-                break;
+        match &mut self.draining {
+            Some(draining) if index & DRAINING != 0 => {
+                let removed = draining.slots.remove(index & !DRAINING, self.key);
+                if draining.slots.len == 0 {
+                    self.draining = None;
+                }
+                removed
             }
-            // `slot` may fill the hole when its home is not between the hole (exclusive) and
-            // itself, cyclically: it was placed at or before the hole.
-            let home = slot.hash(self.key) as usize & mask;
-            if next.wrapping_sub(home) & mask >= next.wrapping_sub(hole) & mask {
-                self.slots[hole] = slot;
-                hole = next;
-            }
+            _ => self.current.remove(index, self.key),
         }
-        self.slots[hole] = S::EMPTY;
-        self.len -= 1;
-        removed
     }
 
+    /// Starts a growth: new slots twice as many, the old ones draining into them.
     fn grow(&mut self) {
-        let doubled = free_slots((self.slots.len() * 2).max(SLOTS_MIN));
-        let old = std::mem::replace(&mut self.slots, doubled);
-        for slot in old.iter().filter(|slot| !slot.is_empty()) {
-            self.place(*slot);
+        let doubled = Slots::new((self.current.slots.len() * 2).max(SLOTS_MIN));
+        let old = std::mem::replace(&mut self.current, doubled);
+        if old.len > 0 {
+            self.draining = Some(Draining { slots: old, cursor: 0 });
+        }
+        self.migrate(MIGRATE_PER_INSERT);
+    }
+
+    /// Moves up to `entries` entries from the old slots to the new ones.
+    fn migrate(&mut self, entries: usize) {
+        let Some(draining) = &mut self.draining else { return };
+        let mut moved = 0;
+        while moved < entries && draining.slots.len > 0 {
+            let cursor = draining.cursor;
+            if draining.slots.slots[cursor].is_empty() {
+                draining.cursor += 1;
+                continue;
+            }
+            // The removal may shift a later entry of the run into the cursor's slot, which
+            // the next turn then moves too.
+            let slot = draining.slots.remove(cursor, self.key);
+            self.current.place(slot, self.key);
+            moved += 1;
+        }
+        if draining.slots.len == 0 {
+            self.draining = None;
         }
     }
 
     /// Every stored slot, in table order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = &S> + '_ {
-        self.slots.iter().filter(|slot| !slot.is_empty())
+        let draining = self.draining.iter().flat_map(|d| d.slots.slots.iter());
+        self.current.slots.iter().chain(draining).filter(|slot| !slot.is_empty())
     }
 }
 
@@ -303,6 +399,41 @@ mod tests {
                 proptest::prop_assert_eq!(table.iter().count(), model.len());
             }
         }
+    }
+
+    /// A growth never rehashes the whole table in one call: each insert moves at most
+    /// `MIGRATE_PER_INSERT` old entries (plus the one inserted), every key stays findable
+    /// while the old slots drain, and removals from either side keep it a map.
+    #[test]
+    fn growth_moves_a_few_entries_per_insert_and_loses_none() {
+        let key = HashKey::new(7);
+        let pair = |k: u32| Pair { key: k, hash: mix(u64::from(k), key) as u32 };
+        let mut table = ProbeTable::<Pair>::default();
+        let mut growths_seen = 0;
+        for k in 1..=5_000u32 {
+            let (before, len_before) = (table.shape(), table.len());
+            table.insert(pair(k));
+            let after = table.shape();
+            if after.0 > before.0 {
+                growths_seen += 1;
+                // All but a few entries are still in the old slots: nothing was rehashed.
+                assert!(after.1 + MIGRATE_PER_INSERT >= len_before, "{before:?} -> {after:?}");
+            } else {
+                assert!(before.1 - after.1 <= MIGRATE_PER_INSERT, "{before:?} -> {after:?}");
+            }
+            if k % 3 == 0 {
+                let found = find(&table, k - 1, pair(k - 1).hash).expect("present");
+                assert_eq!(table.remove(found).key, k - 1);
+            }
+            for probe in [1, (k / 2).max(1), k] {
+                let present = probe % 3 != 2 || probe == k;
+                let found = find(&table, probe, pair(probe).hash);
+                assert_eq!(found.is_some(), present, "key {probe} after inserting {k}");
+            }
+        }
+        assert!(growths_seen >= 8, "{growths_seen} growths");
+        let live = (1..=5_000u32).filter(|k| k % 3 != 2 || *k == 5_000).count();
+        assert_eq!((table.len(), table.iter().count()), (live, live));
     }
 
     #[test]

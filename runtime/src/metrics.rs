@@ -188,7 +188,11 @@ impl SnapshotMetrics {
             encode_seconds: metrics::histogram!(SNAPSHOT_ENCODE_SECONDS, "shard" => label.clone()),
             write_seconds: metrics::histogram!(SNAPSHOT_WRITE_SECONDS),
             bytes: metrics::gauge!(SNAPSHOT_BYTES, "shard" => label.clone()),
-            replica_records: metrics::counter!(SNAPSHOT_REPLICA_RECORDS_TOTAL, "shard" => label),
+            replica_records: {
+                let counter = metrics::counter!(SNAPSHOT_REPLICA_RECORDS_TOTAL, "shard" => label);
+                counter.absolute(0);
+                counter
+            },
         }
     }
 
