@@ -114,6 +114,11 @@ impl Answers {
         self.ring.len()
     }
 
+    /// Makes room in the ring for `entries` in all without growing.
+    pub(crate) fn reserve_ring(&mut self, entries: usize) {
+        self.ring.reserve_exact(entries.saturating_sub(self.ring.len()));
+    }
+
     /// The ring's capacity: what remembering more answers would have to grow.
     #[cfg(test)]
     pub(crate) fn ring_capacity(&self) -> usize {

@@ -29,6 +29,11 @@ impl ExpiryQueue {
         ExpiryQueue { in_order: VecDeque::with_capacity(entries), out_of_order: BinaryHeap::new() }
     }
 
+    /// Makes room in the in-order part for `entries` in all without growing.
+    pub(crate) fn reserve(&mut self, entries: usize) {
+        self.in_order.reserve_exact(entries.saturating_sub(self.in_order.len()));
+    }
+
     /// Entries the in-order part holds before it must grow.
     #[cfg(test)]
     pub(crate) fn in_order_capacity(&self) -> usize {

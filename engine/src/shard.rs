@@ -107,6 +107,19 @@ impl Shard {
         }
     }
 
+    /// A copy of the shard whose rings have the capacity `new` gives them (a derived clone's
+    /// are only as large as their contents, and would double, copying, as the copy is kept
+    /// current). For the runtime's snapshot replica.
+    pub fn replica(&self) -> Shard {
+        let mut copy = self.clone();
+        let config = copy.config;
+        copy.dedup.answers.reserve_ring(config.dedup_entries_max + 1);
+        copy.reservations.reserve_ring(config.reservation_slots_presized());
+        copy.ended.reserve_exact(config.ended_slots_presized().saturating_sub(copy.ended.len()));
+        copy.expiries.reserve(config.expiry_slots_presized());
+        copy
+    }
+
     /// This shard's id.
     pub fn id(&self) -> ShardId {
         self.id
@@ -640,5 +653,6 @@ mod tests {
         assert_eq!(shard.ended.len(), 2_000);
         assert!(shard.reservations_live() >= 490, "{}", shard.reservations_live());
         assert_eq!(capacities(&shard), built, "a table grew");
+        assert_eq!(capacities(&shard.replica()), built, "a replica starts as roomy");
     }
 }

@@ -42,6 +42,11 @@ impl ReservationTable {
         }
     }
 
+    /// Makes room in the ring for `slots` in all without growing.
+    pub(crate) fn reserve_ring(&mut self, slots: usize) {
+        self.ring.reserve_exact(slots.saturating_sub(self.ring.len()));
+    }
+
     /// Slots the ring holds before it must grow.
     #[cfg(test)]
     pub(crate) fn ring_capacity(&self) -> usize {

@@ -115,7 +115,8 @@ impl Runtime {
         };
         // The replicas start as copies of the recovered shards (a one-time copy at start-up,
         // before any actor runs).
-        let replicas = shards.iter().map(|(shard, next_seq)| (shard.clone(), *next_seq)).collect();
+        let replicas =
+            shards.iter().map(|(shard, next_seq)| (shard.replica(), *next_seq)).collect();
         let checkpointer = Checkpointer::new(parts, replicas);
         let checkpointer = spawn("flashstock-checkpoint".to_owned(), move || checkpointer.run())?;
 
