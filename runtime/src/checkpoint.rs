@@ -36,6 +36,11 @@ use crate::stream::Consumers;
 /// them in its cache.
 const CATCH_UP_INTERVAL: Duration = Duration::from_millis(10);
 
+/// How long after a failed snapshot the next attempt waits, doubling with each failure in a
+/// row up to `snapshot_every_ms`: each attempt encodes the whole state again (a full disk
+/// once had the thread re-encoding 150 MB every 50 ms).
+const SNAPSHOT_RETRY_MS_MIN: u64 = 1_000;
+
 /// One shard's replica and its snapshot bookkeeping.
 struct Replica {
     log: LogId,
@@ -48,6 +53,8 @@ struct Replica {
     log_bytes_since_snapshot: u64,
     last_snapshot_bytes: u64,
     last_snapshot_ms: u64,
+    /// After a failed snapshot: no attempt before this time, and the wait that led to it.
+    retry: Option<(u64, u64)>,
     metrics: SnapshotMetrics,
 }
 
@@ -93,6 +100,7 @@ impl<W: Wal> Checkpointer<W> {
                 log_bytes_since_snapshot: 0,
                 last_snapshot_bytes: 0,
                 last_snapshot_ms: now_ms,
+                retry: None,
             })
             .collect();
         let CheckpointParts { wal, durable_ends, consumers, config, clock, stop, stats } = parts;
@@ -190,6 +198,9 @@ impl<W: Wal> Checkpointer<W> {
         }
         let replica = &self.replicas[index];
         let now_ms = self.clock.now_ms();
+        if replica.retry.is_some_and(|(not_before_ms, _)| now_ms < not_before_ms) {
+            return false;
+        }
         let by_count = replica.records_since_snapshot >= self.config.snapshot_every_records;
         let by_time =
             now_ms.saturating_sub(replica.last_snapshot_ms) >= self.config.snapshot_every_ms;
@@ -221,6 +232,7 @@ impl<W: Wal> Checkpointer<W> {
                 replica.log_bytes_since_snapshot = 0;
                 replica.last_snapshot_bytes = snapshot_bytes;
                 replica.last_snapshot_ms = self.clock.now_ms();
+                replica.retry = None;
                 tracing::info!(
                     shard = log,
                     seq,
@@ -230,14 +242,24 @@ impl<W: Wal> Checkpointer<W> {
                     "snapshot written"
                 );
             }
-            Err(err) => {
-                // A failed snapshot loses nothing: the log still holds every record, and the
-                // previous snapshot stays in force. The next due check tries again.
-                self.stats.snapshot_failures.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!(metrics_names::SNAPSHOT_FAILURES_TOTAL).increment(1);
-                tracing::error!(shard = log, seq, %err, "snapshot failed; the log is kept");
-            }
+            Err(err) => self.failed(index, seq, &err),
         }
+    }
+
+    /// A failed snapshot loses nothing: the log still holds every record, and the previous
+    /// snapshot stays in force. The next attempt waits, longer after each failure in a row.
+    fn failed(&mut self, index: usize, seq: u64, err: &flashstock_wal::WalError) {
+        self.stats.snapshot_failures.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(metrics_names::SNAPSHOT_FAILURES_TOTAL).increment(1);
+        let replica = &mut self.replicas[index];
+        let cap_ms = self.config.snapshot_every_ms.max(SNAPSHOT_RETRY_MS_MIN);
+        let wait_ms = match replica.retry {
+            None => SNAPSHOT_RETRY_MS_MIN,
+            Some((_, last_wait_ms)) => last_wait_ms.saturating_mul(2).min(cap_ms),
+        };
+        replica.retry = Some((self.clock.now_ms().saturating_add(wait_ms), wait_ms));
+        let shard = replica.log;
+        tracing::error!(shard, seq, %err, retry_in_ms = wait_ms, "snapshot failed; the log is kept");
     }
 }
 

@@ -264,6 +264,31 @@ async fn a_snapshot_replica_that_cannot_read_the_log_keeps_the_log_and_the_shard
     assert_eq!(skus.len(), 11, "every acknowledged SKU recovered: {skus:?}");
 }
 
+/// A snapshot that fails (a full disk) is tried again after a wait, not re-encoded on every
+/// catch-up (each attempt encodes the whole state: a soak saw 150 MB encoded every 50 ms), and
+/// succeeds once the disk is back; the shard serves throughout.
+#[tokio::test]
+async fn a_failing_snapshot_is_retried_after_a_wait_not_at_every_catch_up() {
+    let wal = GatedWal::new(true);
+    let config = RuntimeConfig { snapshot_every_records: 1, ..config(1) };
+    let runtime = Runtime::start(config, wal.clone(), Arc::new(SystemClock)).unwrap();
+    let handle = runtime.handle();
+    wal.snapshots_fail.store(true, Ordering::Relaxed);
+    stock(&handle, 70, 10).await;
+    let stats = runtime.durability_stats();
+    wait_for("a failed snapshot", async || stats.snapshot_failures.load(Ordering::Relaxed) >= 1)
+        .await;
+    for sku in 71..80 {
+        stock(&handle, sku, 10).await;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let attempts = wal.snapshot_attempts.load(Ordering::Relaxed);
+    assert!(attempts <= 2, "{attempts} attempts in ~300 ms: retried without waiting");
+    wal.snapshots_fail.store(false, Ordering::Relaxed);
+    wait_for("the retried snapshot", async || stats.snapshots.load(Ordering::Relaxed) >= 1).await;
+    assert_eq!(view(&handle, 79).await.total, 10, "the shard served throughout");
+}
+
 /// A log whose syncs wait until the test opens the gate (a slow disk), and whose reads other
 /// than recovery's fail while `reads_fail` is set (a log the checkpoint thread cannot read).
 #[derive(Clone)]
@@ -271,6 +296,8 @@ struct GatedWal {
     inner: MemWal,
     open: Arc<Mutex<bool>>,
     reads_fail: Arc<AtomicBool>,
+    snapshots_fail: Arc<AtomicBool>,
+    snapshot_attempts: Arc<AtomicU64>,
 }
 
 impl GatedWal {
@@ -279,6 +306,8 @@ impl GatedWal {
             inner: MemWal::new(),
             open: Arc::new(Mutex::new(open)),
             reads_fail: Arc::new(AtomicBool::new(false)),
+            snapshots_fail: Arc::new(AtomicBool::new(false)),
+            snapshot_attempts: Arc::new(AtomicU64::new(0)),
         }
     }
 }
@@ -317,6 +346,10 @@ impl Wal for GatedWal {
         self.inner.discard_tail(log, seq)
     }
     fn write_snapshot(&self, log: LogId, seq: u64, state: &[u8]) -> Result<(), WalError> {
+        self.snapshot_attempts.fetch_add(1, Ordering::Relaxed);
+        if self.snapshots_fail.load(Ordering::Relaxed) {
+            return Err(WalError::InjectedFault("snapshot write"));
+        }
         self.inner.write_snapshot(log, seq, state)
     }
     fn latest_snapshot(&self, log: LogId) -> Result<Option<Snapshot>, WalError> {
