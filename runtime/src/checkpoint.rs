@@ -22,13 +22,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use flashstock_engine::{decode_records, Shard};
+use flashstock_engine::Shard;
 use flashstock_wal::{LogId, Wal};
 
 use crate::clock::Clock;
 use crate::config::RuntimeConfig;
 use crate::durability::{DurabilityStats, DurableEnds};
 use crate::metrics::{self as metrics_names, SnapshotMetrics};
+use crate::recovery::replay_batch;
 use crate::stream::Consumers;
 
 /// How often the checkpoint thread catches its replicas up with the durable log: the replay
@@ -159,7 +160,7 @@ impl<W: Wal> Checkpointer<W> {
                     Some(format!("expected a batch at {next_seq}, found {}", batch.first_seq));
                 return false;
             }
-            if let Err(err) = replay_batch(shard, batch.records, batch.record_count) {
+            if let Err(err) = replay_batch(shard, batch) {
                 failure = Some(format!("batch at {}: {err}", batch.first_seq));
                 return false;
             }
@@ -261,23 +262,6 @@ impl<W: Wal> Checkpointer<W> {
         let shard = replica.log;
         tracing::error!(shard, seq, %err, retry_in_ms = wait_ms, "snapshot failed; the log is kept");
     }
-}
-
-/// Replays one batch's records, checking the count its header gives.
-fn replay_batch(
-    shard: &mut Shard,
-    records: &[u8],
-    record_count: u32,
-) -> Result<(), Box<dyn std::error::Error>> {
-    let mut replayed = 0u32;
-    for record in decode_records(records) {
-        shard.replay(&record?)?;
-        replayed += 1;
-    }
-    if replayed != record_count {
-        return Err(format!("header says {record_count} records, found {replayed}").into());
-    }
-    Ok(())
 }
 
 /// Where the log may be cut after a snapshot at `seq`: below the snapshot, but not past what

@@ -99,6 +99,12 @@ pub fn describe() {
     describe_counter!(SHARD_SLOW_STEPS_TOTAL, Unit::Count, slow);
 }
 
+/// A counter exported at 0 before its first event, so that rates and alerts see it at once.
+fn from_zero(counter: metrics::Counter) -> metrics::Counter {
+    counter.absolute(0);
+    counter
+}
+
 /// The write-ahead log's handles, resolved once.
 #[derive(Clone, Debug)]
 pub(crate) struct WalMetrics {
@@ -139,11 +145,9 @@ impl ShardMetrics {
             inbox_jobs: metrics::gauge!(SHARD_INBOX_JOBS, "shard" => label.clone()),
             step_jobs: metrics::histogram!(SHARD_STEP_JOBS, "shard" => label.clone()),
             step_seconds: metrics::histogram!(SHARD_STEP_SECONDS, "shard" => label.clone()),
-            slow_steps: {
-                let counter = metrics::counter!(SHARD_SLOW_STEPS_TOTAL, "shard" => label.clone());
-                counter.absolute(0);
-                counter
-            },
+            slow_steps: from_zero(
+                metrics::counter!(SHARD_SLOW_STEPS_TOTAL, "shard" => label.clone()),
+            ),
             reservations_live: metrics::gauge!(RESERVATIONS_LIVE, "shard" => label.clone()),
             skus: metrics::gauge!(SKUS, "shard" => label.clone()),
             remembered_answers: metrics::gauge!(REMEMBERED_ANSWERS, "shard" => label),
@@ -188,11 +192,9 @@ impl SnapshotMetrics {
             encode_seconds: metrics::histogram!(SNAPSHOT_ENCODE_SECONDS, "shard" => label.clone()),
             write_seconds: metrics::histogram!(SNAPSHOT_WRITE_SECONDS),
             bytes: metrics::gauge!(SNAPSHOT_BYTES, "shard" => label.clone()),
-            replica_records: {
-                let counter = metrics::counter!(SNAPSHOT_REPLICA_RECORDS_TOTAL, "shard" => label);
-                counter.absolute(0);
-                counter
-            },
+            replica_records: from_zero(
+                metrics::counter!(SNAPSHOT_REPLICA_RECORDS_TOTAL, "shard" => label),
+            ),
         }
     }
 

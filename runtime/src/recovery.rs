@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use flashstock_engine::{decode_records, Shard, ShardConfig, ShardId};
-use flashstock_wal::{Wal, WalError};
+use flashstock_wal::{BatchRef, VisitError, Wal, WalError};
 
 use crate::error::RuntimeError;
 
@@ -71,21 +71,7 @@ fn recover_shard<W: Wal>(
     };
     shard.begin_replay();
     let summary = wal
-        .replay(id.0, from_seq, &mut |batch| {
-            let mut replayed = 0u32;
-            for record in decode_records(batch.records) {
-                shard.replay(&record?)?;
-                replayed += 1;
-            }
-            if replayed != batch.record_count {
-                return Err(format!(
-                    "batch header says {} records, found {replayed}",
-                    batch.record_count
-                )
-                .into());
-            }
-            Ok(())
-        })
+        .replay(id.0, from_seq, &mut |batch| replay_batch(&mut shard, batch))
         .map_err(recovery)?;
     shard
         .finish_replay()
@@ -102,4 +88,19 @@ fn recover_shard<W: Wal>(
         elapsed_us: started.elapsed().as_micros() as u64,
     };
     Ok((shard, report))
+}
+
+/// Replays one batch's records into `shard`, checking the count its header gives. Recovery
+/// and the checkpoint thread's replicas both take this path.
+pub(crate) fn replay_batch(shard: &mut Shard, batch: BatchRef<'_>) -> Result<(), VisitError> {
+    let mut replayed = 0u32;
+    for record in decode_records(batch.records) {
+        shard.replay(&record?)?;
+        replayed += 1;
+    }
+    if replayed != batch.record_count {
+        let expected = batch.record_count;
+        return Err(format!("batch header says {expected} records, found {replayed}").into());
+    }
+    Ok(())
 }

@@ -1,6 +1,6 @@
 //! The log's one error type.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::batch::BatchDefect;
 use crate::LogId;
@@ -109,4 +109,12 @@ pub enum WalError {
     /// A fault injected into the in-memory log by a test.
     #[error("injected fault: {0}")]
     InjectedFault(&'static str),
+}
+
+/// For `map_err`: an IO failure of `action` on `path`, as a [`WalError::Io`].
+pub(crate) fn io_error<'p>(
+    action: &'static str,
+    path: &'p Path,
+) -> impl FnOnce(std::io::Error) -> WalError + 'p {
+    move |source| WalError::Io { action, path: path.to_path_buf(), source }
 }

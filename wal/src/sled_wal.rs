@@ -15,11 +15,12 @@
 //! one file, and batches and snapshot chunks are kept small enough never to become blobs.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::batch::{self, BATCH_RECORDS_BYTES_MAX};
+use crate::error::io_error;
 use crate::snapshot_files::SnapshotFiles;
 use crate::{BatchRef, LogId, ReplaySummary, Snapshot, VisitError, Wal, WalError};
 
@@ -108,11 +109,10 @@ impl SledWal {
         let db = open_db(config)?;
         let data_file = if config.fdatasync {
             let path = config.path.join("db");
-            let file = File::open(&path).map_err(|source| io_error("open", &path, source))?;
+            let file = File::open(&path).map_err(io_error("open", &path))?;
             // The data file's directory entry must be durable too: sync the directory once.
-            let dir = File::open(&config.path)
-                .map_err(|source| io_error("open", &config.path, source))?;
-            dir.sync_all().map_err(|source| io_error("fsync", &config.path, source))?;
+            let dir = File::open(&config.path).map_err(io_error("open", &config.path))?;
+            dir.sync_all().map_err(io_error("fsync", &config.path))?;
             Some((path, file))
         } else {
             None
@@ -135,7 +135,7 @@ impl SledWal {
     fn flush_and_sync(&self) -> Result<(), WalError> {
         self.db.flush()?;
         if let Some((path, file)) = &self.data_file {
-            file.sync_data().map_err(|source| io_error("fdatasync", path, source))?;
+            file.sync_data().map_err(io_error("fdatasync", path))?;
         }
         Ok(())
     }
@@ -168,10 +168,6 @@ fn open_db(config: &SledWalConfig) -> Result<sled::Db, WalError> {
             other => return Ok(other?),
         }
     }
-}
-
-fn io_error(action: &'static str, path: &Path, source: std::io::Error) -> WalError {
-    WalError::Io { action, path: path.to_path_buf(), source }
 }
 
 fn snapshot_meta_key(log: LogId) -> String {

@@ -14,6 +14,7 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::error::io_error;
 use crate::{LogId, Snapshot, WalError};
 
 const FILE_MAGIC: [u8; 4] = *b"FSSF";
@@ -29,13 +30,6 @@ const PARTIAL_SUFFIX: &str = ".partial";
 #[derive(Debug)]
 pub(crate) struct SnapshotFiles {
     dir: PathBuf,
-}
-
-fn io_error<'p>(
-    action: &'static str,
-    path: &'p Path,
-) -> impl FnOnce(std::io::Error) -> WalError + 'p {
-    move |source| WalError::Io { action, path: path.to_path_buf(), source }
 }
 
 impl SnapshotFiles {
