@@ -1180,7 +1180,7 @@ pub(in crate::pagecache) fn maybe_seal_and_write_iobuf(
         );
         let iobufs = iobufs.clone();
         let iobuf = iobuf.clone();
-        let _result = threadpool::spawn(move || {
+        let write = move || {
             if let Err(e) = iobufs.write_to_log(&iobuf) {
                 error!(
                     "hit error while writing iobuf with lsn {}: {:?}",
@@ -1199,7 +1199,18 @@ pub(in crate::pagecache) fn maybe_seal_and_write_iobuf(
 
                 let _notified = iobufs.interval_updated.notify_all();
             }
-        })?;
+        };
+
+        // flashstock patch: a buffer sealed by a flush (or a roll) is written by the
+        // thread that sealed it, which is about to wait for it anyway. Handing it to the
+        // IO pool cost two context switches per commit (wake a pool thread, then wake the
+        // flusher back) for no overlap. Buffers sealed because a reservation found them
+        // full still go to the pool, so the reserving thread keeps appending.
+        if !from_reserve {
+            write();
+            return Ok(());
+        }
+        let _result = threadpool::spawn(write)?;
 
         #[cfg(feature = "event_log")]
         _result.wait();
