@@ -1,13 +1,15 @@
-//! The QUIC listener and its sessions: one task per connection, one per stream. The network
-//! code only moves bytes: what a peer may send, and when, is decided by the connection's
-//! sans-IO rules, `flashstock_protocol::session::ServerSession`, which every stream's frames
-//! go through (`Hello` first, small and in time; roles; one use per stream).
+//! The QUIC listener and its sessions: one task per connection, and one per stream (see
+//! `stream`: no task per frame). The network code only moves bytes: what a peer may send, and
+//! when, is decided by the connection's sans-IO rules,
+//! `flashstock_protocol::session::ServerSession`, which every stream's frames go through
+//! (`Hello` first, small and in time; roles; one use per stream).
 //!
 //! After `Welcome` a stream carries pipelined `Requests` frames: each batch is submitted to the
-//! shards whole, then its replies are awaited and written back as one `Replies` frame with the
-//! same correlation id; batches finish in any order. A per-connection semaphore caps requests
-//! in flight, from the frame being read until its replies are written: when it is exhausted
-//! the stream is simply not read, and QUIC flow control pushes back on the client.
+//! shards whole as soon as it is read, and its replies are written back, by the stream's own
+//! task, as one `Replies` frame with the same correlation id; batches finish in any order. A
+//! per-connection semaphore caps requests in flight, from the frame being read until its
+//! replies are written: when it is exhausted the stream is simply not read, and QUIC flow
+//! control pushes back on the client.
 //!
 //! A stream whose first message is `Subscribe` carries a subscription to the
 //! committed-deduction stream instead (see `subscription`); the consumer's `Ack`s arrive on it.
@@ -21,22 +23,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flashstock_engine::Command;
-use flashstock_protocol::session::{Close, Grant, ServerEvent, ServerLimits, ServerSession};
+use flashstock_protocol::session::{Close, Grant, ServerLimits, ServerSession};
 use flashstock_protocol::{
-    AdminReply, AdminRequest, ConnectionError, ConsumerInfo, Decoded, ErrorCode, Frame,
-    FrameDecoder, FrameEncoder, Message, Refusal, Reply, Request, Role, SUPPORTED_VERSIONS,
+    AdminReply, AdminRequest, ConsumerInfo, Message, Refusal, Reply, Request, Role,
 };
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::net::auth::{permits, SharedAuth};
+use crate::net::auth::SharedAuth;
 use crate::net::rate::RateGate;
 use flashstock_runtime::{Handle, RuntimeError};
 
-/// Bytes read from a stream at a time.
-const READ_CHUNK_BYTES: usize = 64 * 1024;
-/// Encoded frames waiting to be written on one stream.
-const WRITE_QUEUE_FRAMES: usize = 256;
+mod stream;
 
 /// Limits of the network layer. Each is a bound on what a peer can make the server hold.
 #[derive(Clone, Copy, Debug)]
@@ -91,8 +89,9 @@ pub struct NetStats {
     pub connections_open: AtomicUsize,
     /// Connections refused by `connections_max` or `connections_per_address_max`.
     pub connections_refused: AtomicUsize,
-    /// Request-batch tasks spawned and not yet joined: each holds its task's memory until it
-    /// is joined, so this must track requests in flight, not frames ever received.
+    /// Request batches being answered: taken off the wire and submitted, their replies not
+    /// yet queued for writing. Each holds memory until then, so this must track requests in
+    /// flight, not frames ever received.
     pub batch_tasks_held: AtomicUsize,
     /// Requests taken off the wire whose replies are not yet written to QUIC: bounded by
     /// `in_flight_max` per connection, however slowly a client reads.
@@ -102,7 +101,7 @@ pub struct NetStats {
 }
 
 impl NetStats {
-    /// Request-batch tasks spawned and not yet joined.
+    /// Request batches being answered.
     pub fn batch_tasks_held(&self) -> usize {
         self.batch_tasks_held.load(Ordering::Acquire)
     }
@@ -306,7 +305,7 @@ async fn run_connection(mut count: ConnectionCount, shared: Arc<Shared>) {
         };
         tokio::select! {
             stream = session.connection.accept_bi() => match stream {
-                Ok((send, recv)) => { streams.spawn(run_stream(session.clone(), send, recv)); }
+                Ok((send, recv)) => { streams.spawn(stream::run_stream(session.clone(), send, recv)); }
                 Err(_) => break,
             },
             Some(_) = streams.join_next(), if !streams.is_empty() => {}
@@ -386,153 +385,7 @@ impl Drop for ConnectionCount {
     }
 }
 
-/// Acks queued for a subscription task; the consumer waits for events between acks, so a
-/// few suffice.
-const ACKS_QUEUED_MAX: usize = 16;
-
-/// A stream's subscription task and the queue its acks go to.
-type Subscription = (tokio::task::JoinHandle<Result<(), Close>>, mpsc::Sender<Vec<u64>>);
-
-async fn run_stream(session: Arc<Session>, send: quinn::SendStream, mut recv: quinn::RecvStream) {
-    let stream = u64::from(recv.id());
-    let (frames, queued) = mpsc::channel(WRITE_QUEUE_FRAMES);
-    let writer = tokio::spawn(write_frames(send, queued));
-    // The rules say how large a frame may be: a Hello's until authenticated, so a header
-    // announcing more is refused before any of it is buffered.
-    let mut decoder = FrameDecoder::new(session.rules().frame_bytes_max());
-    let mut batches = JoinSet::new();
-    let mut stopping = session.shared.stopping.clone();
-    let mut close = None;
-    let mut subscription: Option<Subscription> = None;
-    'read: loop {
-        let chunk = tokio::select! {
-            chunk = recv.read_chunk(READ_CHUNK_BYTES, true) => chunk,
-            // A finished task keeps its memory until joined, and the stream may live for days.
-            Some(_) = batches.join_next(), if !batches.is_empty() => {
-                session.shared.stats.batch_tasks_held.fetch_sub(1, Ordering::AcqRel);
-                continue 'read;
-            }
-            _ = stopping.changed() => break 'read,
-            ended = async { (&mut subscription.as_mut().expect("guarded").0).await }, if subscription.is_some() => {
-                subscription = None;
-                if let Ok(Err(reason)) = ended {
-                    close = Some(reason);
-                }
-                break 'read;
-            }
-        };
-        match chunk {
-            Ok(Some(chunk)) => decoder.push(&chunk.bytes),
-            Ok(None) | Err(_) => break 'read,
-        }
-        loop {
-            let taken = match decoder.decode() {
-                Ok(Decoded::NeedMore { .. }) => break,
-                Ok(Decoded::Frame(frame)) => {
-                    session.route(stream, frame, &frames, &mut batches, &mut subscription).await
-                }
-                Err(err) => Err(Close::for_frame_error(&err)),
-            };
-            if let Err(reason) = taken {
-                close = Some(reason);
-                break 'read;
-            }
-            while batches.try_join_next().is_some() {
-                session.shared.stats.batch_tasks_held.fetch_sub(1, Ordering::AcqRel);
-            }
-            decoder.set_frame_bytes_max(session.rules().frame_bytes_max());
-        }
-    }
-    // A subscription ends with its stream: what it sent and was not acknowledged is sent
-    // again to the next subscription of its consumer.
-    if let Some((task, _)) = subscription {
-        task.abort();
-    }
-    while batches.join_next().await.is_some() {
-        session.shared.stats.batch_tasks_held.fetch_sub(1, Ordering::AcqRel);
-    }
-    session.rules().stream_ended(stream);
-    if let Some(Close { code, detail }) = &close {
-        tracing::info!(remote = %session.connection.remote_address(), ?code, %detail, "closing connection");
-        let supported_versions = if *code == ErrorCode::UnsupportedVersion {
-            SUPPORTED_VERSIONS.to_vec()
-        } else {
-            Vec::new()
-        };
-        let error = ConnectionError { code: *code, detail: detail.clone(), supported_versions };
-        let _ = frames.send((0, Message::Error(error), None)).await;
-    }
-    drop(frames);
-    let _ = writer.await;
-    if let Some(Close { code, detail }) = close {
-        session.connection.close(code.as_u32().into(), detail.as_bytes());
-    }
-}
-
 impl Session {
-    /// Puts a frame through the rules, then does what it asks: authenticate, answer a batch,
-    /// open a subscription, or pass an ack to this stream's subscription.
-    async fn route(
-        self: &Arc<Self>,
-        stream: u64,
-        frame: Frame,
-        frames: &mpsc::Sender<Outgoing>,
-        batches: &mut JoinSet<()>,
-        subscription: &mut Option<Subscription>,
-    ) -> Result<(), Close> {
-        let event = self.rules().handle_frame(stream, frame)?;
-        match event {
-            ServerEvent::Hello { correlation, token, client_name } => {
-                let (grant, credential) = self.authenticate(token.as_deref());
-                let _ = self.credential.set(credential);
-                if grant.is_none() {
-                    auth_failed(if token.is_none() { "no_credentials" } else { "bad_credentials" });
-                }
-                let welcome = self.rules().authenticated(grant)?;
-                tracing::debug!(client = %client_name, "authenticated");
-                let _ = self.client_name.set(client_name);
-                let limits = self.shared.limits;
-                // Now, and only now, the peer may open more streams and send more bytes.
-                self.connection.set_max_concurrent_bi_streams(limits.streams_max.into());
-                self.connection.set_receive_window(limits.connection_receive_window_bytes.into());
-                let _ = frames.send((correlation, welcome, None)).await;
-                Ok(())
-            }
-            ServerEvent::Requests { correlation, batch, role } => {
-                self.take(correlation, batch, role, frames, batches).await;
-                Ok(())
-            }
-            ServerEvent::Subscribe { correlation, subscribe } => {
-                let (acks, acks_rx) = mpsc::channel(ACKS_QUEUED_MAX);
-                let events = self.shared.handle.events().clone();
-                let window_max = self.shared.limits.stream_window_events_max;
-                let task = tokio::spawn(crate::net::subscription::run(
-                    events,
-                    subscribe,
-                    window_max,
-                    correlation,
-                    frames.clone(),
-                    acks_rx,
-                ));
-                *subscription = Some((task, acks));
-                Ok(())
-            }
-            ServerEvent::Admin { correlation, request, role } => {
-                let reply = self.admin(request, role).await;
-                let _ = frames.send((correlation, Message::AdminReply(reply), None)).await;
-                Ok(())
-            }
-            ServerEvent::Ack { cursor } => {
-                // A full queue means the consumer acks faster than they are stored: wait,
-                // which stops this stream being read.
-                if let Some((_, acks)) = subscription {
-                    let _ = acks.send(cursor).await;
-                }
-                Ok(())
-            }
-        }
-    }
-
     /// Does an operation on the server itself, for an admin; anyone else is refused. Each is
     /// written to the log with the caller's identity, as an audit trail.
     async fn admin(&self, request: AdminRequest, role: Role) -> AdminReply {
@@ -633,29 +486,6 @@ impl Session {
         }
     }
 
-    /// Takes a batch's requests in flight (waiting here stops this stream being read:
-    /// backpressure, not buffering) and answers it in a task of its own.
-    async fn take(
-        self: &Arc<Self>,
-        correlation: u64,
-        batch: Vec<Request>,
-        role: Role,
-        frames: &mpsc::Sender<Outgoing>,
-        batches: &mut JoinSet<()>,
-    ) {
-        let wanted = batch.len().clamp(1, self.shared.limits.in_flight_max as usize);
-        let permit = self.in_flight.clone().acquire_many_owned(wanted as u32).await;
-        let permit = permit.expect("the semaphore is never closed");
-        let stats = self.shared.stats.clone();
-        stats.requests_unwritten.fetch_add(wanted, Ordering::AcqRel);
-        let read_at = std::time::Instant::now();
-        let permit = InFlight { _permit: permit, requests: wanted, stats, read_at };
-        let (session, frames) = (self.clone(), frames.clone());
-        self.shared.stats.batch_tasks_held.fetch_add(1, Ordering::AcqRel);
-        batches
-            .spawn(async move { session.answer(correlation, batch, role, permit, frames).await });
-    }
-
     /// What a token or the handshake's client certificate grants, and a stable id of that
     /// credential (for per-credential rate limits). Sync: the peer identity is not `Send`,
     /// so it must not live across an await.
@@ -668,63 +498,6 @@ impl Session {
         let leaf = chain.and_then(|chain| chain.first()).map(|cert| cert.as_ref());
         (grant, crate::net::auth::credential_id(token, leaf))
     }
-
-    async fn answer(
-        &self,
-        correlation: u64,
-        batch: Vec<Request>,
-        role: Role,
-        in_flight: InFlight,
-        frames: mpsc::Sender<Outgoing>,
-    ) {
-        let credential = self.credential.get().copied().unwrap_or(0);
-        let rates = (&self.shared.rates, credential);
-        let replies = dispatch(&self.shared.handle, role, rates, &batch).await;
-        self.shared.counters.count(&batch, &replies);
-        if role == Role::Admin {
-            self.audit(&batch, &replies);
-        }
-        // The permits travel with the replies until they are written: a client that does not
-        // read holds its own in-flight budget, not the server's memory.
-        let _ = frames.send((correlation, Message::Replies(replies), Some(in_flight))).await;
-    }
-}
-
-/// Answers a batch: permission and rate limits checked per request, then the allowed ones
-/// submitted together (one job per owning shard), answers back in the batch's order.
-async fn dispatch(
-    handle: &Handle,
-    role: Role,
-    (rates, credential): (&RateGate, u64),
-    batch: &[Request],
-) -> Vec<Reply> {
-    let refused = Reply::Refused(Refusal::PermissionDenied);
-    let mut early: Vec<Option<Reply>> =
-        batch.iter().map(|request| (!permits(role, request)).then_some(refused.clone())).collect();
-    rates.check(credential, batch, &mut early);
-    // The runtime takes the wire's requests as they are; only refused ones are left out.
-    let answers = if early.iter().all(Option::is_none) {
-        handle.submit_batch(batch).wait().await
-    } else {
-        let permitted: Vec<Request> = batch
-            .iter()
-            .zip(&early)
-            .filter(|(_, early)| early.is_none())
-            .map(|(r, _)| *r)
-            .collect();
-        handle.submit_batch(&permitted).wait().await
-    };
-    let mut answers = answers.into_iter();
-    early
-        .into_iter()
-        .map(|early| match early {
-            Some(reply) => reply,
-            None => match answers.next().expect("one answer per permitted request") {
-                Ok(reply) => reply,
-                Err(err) => refusal(err),
-            },
-        })
-        .collect()
 }
 
 fn auth_failed(reason: &'static str) {
@@ -747,34 +520,3 @@ fn refusal_of(err: RuntimeError) -> Refusal {
 /// A frame to send: its correlation id and message, encoded by the stream's writer, and the
 /// requests it answers, released once it is written.
 pub(crate) type Outgoing = (u64, Message, Option<InFlight>);
-
-/// Encodes queued frames with one encoder and one buffer for the stream, coalescing whatever is
-/// waiting into one write; then finishes the stream and gives the peer a moment to read it all
-/// before the connection may close.
-async fn write_frames(mut send: quinn::SendStream, mut queued: mpsc::Receiver<Outgoing>) {
-    // Server frames are bounded by what the client sent (one reply per request), so the
-    // client's own limit is never exceeded; no limit is enforced on this side.
-    let mut encoder = FrameEncoder::new(u32::MAX);
-    let mut bytes = Vec::new();
-    let mut answered: Vec<InFlight> = Vec::new();
-    let frame_seconds = metrics::histogram!(crate::metrics::FRAME_DURATION_SECONDS);
-    let frame_requests = metrics::histogram!(crate::metrics::FRAME_REQUESTS);
-    while let Some((correlation, message, in_flight)) = queued.recv().await {
-        bytes.clear();
-        encoder.encode(correlation, &message, &mut bytes).expect("no limit to exceed");
-        answered.extend(in_flight);
-        while let Ok((correlation, message, in_flight)) = queued.try_recv() {
-            encoder.encode(correlation, &message, &mut bytes).expect("no limit to exceed");
-            answered.extend(in_flight);
-        }
-        if send.write_all(&bytes).await.is_err() {
-            return;
-        }
-        for frame in answered.drain(..) {
-            frame_seconds.record(frame.read_at.elapsed().as_secs_f64());
-            frame_requests.record(frame.requests as f64);
-        }
-    }
-    let _ = send.finish();
-    let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
-}
