@@ -1,8 +1,17 @@
-//! The durability thread.
+//! The durability threads.
 //!
 //! Durability is group commit: take every batch waiting, append each to its shard's log, sync
 //! once, and only then release the batches' replies. It then publishes, per log, the sequence
 //! number below which every record is durable.
+//!
+//! Syncs overlap. Up to `syncs_in_flight_max` threads take turns: one takes the waiting
+//! batches and appends them (in the order the actors sent them; appending is a copy into the
+//! log's buffer, under one lock), then syncs on its own while the next thread appends the next
+//! group. This disk runs several `fdatasync`s at once nearly as fast as one, so a batch that
+//! arrives during a sync starts its own instead of waiting for that one to end. Groups are
+//! released strictly in the order they were appended: a group's replies may show effects of
+//! earlier groups (a query, a sold-out answer), so it waits until those are durable too, and a
+//! failed sync fails every group after it.
 //!
 //! Snapshots are the checkpoint thread's business (see `checkpoint`): it reads the durable
 //! log, never the commits in flight.
@@ -11,7 +20,7 @@
 //! runtime stops acknowledging anything (fail-stop) until a restart recovers what is durable.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use crossbeam_channel::Receiver;
@@ -106,51 +115,87 @@ pub(crate) struct Durability<W> {
     pub(crate) failure: Arc<Failure>,
     pub(crate) stats: Arc<DurabilityStats>,
     pub(crate) metrics: crate::metrics::WalMetrics,
+    /// Held while a thread takes a group and appends it: the log sees batches in the order
+    /// the actors sent them. Holds the next group's turn number.
+    pub(crate) appending: Mutex<u64>,
+    /// The turn of the next group to release; groups wait here for theirs.
+    pub(crate) releasing: Mutex<u64>,
+    pub(crate) turn_released: Condvar,
 }
 
 impl<W: Wal> Durability<W> {
-    pub(crate) fn run(self) {
+    pub(crate) fn new(parts: DurabilityParts<W>) -> Durability<W> {
+        let DurabilityParts { wal, commits, durable_ends, committed, failure, stats } = parts;
+        Durability {
+            wal,
+            commits,
+            durable_ends,
+            committed,
+            failure,
+            stats,
+            metrics: crate::metrics::WalMetrics::new(),
+            appending: Mutex::new(0),
+            releasing: Mutex::new(0),
+            turn_released: Condvar::new(),
+        }
+    }
+
+    /// One durability thread's loop; several run it on one `Durability`.
+    pub(crate) fn run(&self) {
         let mut group = Vec::with_capacity(GROUP_JOBS_MAX);
-        while let Ok(first) = self.commits.recv() {
-            group.push(first);
-            while group.len() < GROUP_JOBS_MAX {
-                match self.commits.try_recv() {
-                    Ok(commit) => group.push(commit),
-                    Err(_) => break,
+        loop {
+            let (turn, appended) = {
+                let mut next_turn = self.appending.lock().unwrap_or_else(|p| p.into_inner());
+                let Ok(first) = self.commits.recv() else { break };
+                group.push(first);
+                while group.len() < GROUP_JOBS_MAX {
+                    match self.commits.try_recv() {
+                        Ok(commit) => group.push(commit),
+                        Err(_) => break,
+                    }
                 }
-            }
-            self.commit(&mut group);
+                let turn = *next_turn;
+                *next_turn += 1;
+                (turn, self.append(&group))
+            };
+            // Outside the lock: the next group is appended while this one syncs.
+            let durable = match appended {
+                Ok(true) => self.sync(),
+                Ok(false) => Ok(()),
+                Err(reason) => Err(reason),
+            };
+            self.release(turn, &mut group, durable);
         }
         tracing::debug!("durability thread stopped");
     }
 
-    fn commit(&self, group: &mut Vec<Commit>) {
-        let durable = self.append_and_sync(group);
+    /// Waits for `turn`, then delivers the group's replies (failed, if this or any earlier
+    /// group failed) and publishes what is durable.
+    fn release(&self, turn: u64, group: &mut Vec<Commit>, durable: Result<(), String>) {
+        let mut released = self.releasing.lock().unwrap_or_else(|p| p.into_inner());
+        while *released != turn {
+            released = self.turn_released.wait(released).unwrap_or_else(|p| p.into_inner());
+        }
+        // An earlier group's failure is this group's too: its replies may show those effects.
+        let durable = durable.and_then(|()| self.failure.reason().map_or(Ok(()), Err));
         let logged = group.iter().any(|commit| commit.records.record_count > 0);
         for commit in group.drain(..) {
             if durable.is_ok() && commit.records.record_count > 0 {
                 let end = commit.first_seq + u64::from(commit.records.record_count);
                 self.durable_ends[usize::from(commit.log)].store(end, Ordering::Release);
             }
-            let failed = |reason: &String| RuntimeError::WalFailed { reason: reason.clone() };
-            // A caller may have given up waiting; that is its business.
-            for delivery in commit.replies {
-                match (delivery, &durable) {
-                    (Delivery::One(reply, answer), Ok(())) => drop(reply.send(Ok(answer))),
-                    (Delivery::One(reply, _), Err(reason)) => drop(reply.send(Err(failed(reason)))),
-                    (Delivery::Many(reply, answers), Ok(())) => drop(reply.send(Ok(answers))),
-                    (Delivery::Many(reply, _), Err(reason)) => {
-                        drop(reply.send(Err(failed(reason))))
-                    }
-                }
-            }
+            deliver(commit.replies, &durable);
         }
         if durable.is_ok() && logged {
             self.committed.send_modify(|count| *count += 1);
         }
+        *released += 1;
+        drop(released);
+        self.turn_released.notify_all();
     }
 
-    fn append_and_sync(&self, group: &[Commit]) -> Result<(), String> {
+    /// Appends the group's records; whether there were any.
+    fn append(&self, group: &[Commit]) -> Result<bool, String> {
         if let Some(reason) = self.failure.reason() {
             return Err(reason);
         }
@@ -172,21 +217,25 @@ impl<W: Wal> Durability<W> {
             }
         }
         if appended {
-            let started = Instant::now();
-            let append_seconds = (started - append_started).as_secs_f64();
-            self.metrics.append_seconds.record(append_seconds);
+            self.metrics.append_seconds.record(append_started.elapsed().as_secs_f64());
             self.metrics.records.increment(records_appended);
             self.metrics.bytes.increment(bytes_appended);
-            if let Err(err) = self.wal.sync() {
-                return Err(self.fail(format!("sync: {err}")));
-            }
-            let sync = started.elapsed();
-            self.metrics.sync_seconds.record(sync.as_secs_f64());
-            let sync_us = sync.as_micros() as u64;
-            self.stats.syncs.fetch_add(1, Ordering::Relaxed);
-            self.stats.sync_us_total.fetch_add(sync_us, Ordering::Relaxed);
-            self.stats.sync_us_max.fetch_max(sync_us, Ordering::Relaxed);
         }
+        Ok(appended)
+    }
+
+    /// Makes everything appended so far durable (other threads' groups included).
+    fn sync(&self) -> Result<(), String> {
+        let started = Instant::now();
+        if let Err(err) = self.wal.sync() {
+            return Err(self.fail(format!("sync: {err}")));
+        }
+        let sync = started.elapsed();
+        self.metrics.sync_seconds.record(sync.as_secs_f64());
+        let sync_us = sync.as_micros() as u64;
+        self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+        self.stats.sync_us_total.fetch_add(sync_us, Ordering::Relaxed);
+        self.stats.sync_us_max.fetch_max(sync_us, Ordering::Relaxed);
         Ok(())
     }
 
@@ -194,5 +243,29 @@ impl<W: Wal> Durability<W> {
         tracing::error!(%reason, "write-ahead log failed; no further requests are acknowledged");
         self.failure.set(reason.clone());
         reason
+    }
+}
+
+/// What the runtime gives its durability threads.
+pub(crate) struct DurabilityParts<W> {
+    pub(crate) wal: Arc<W>,
+    pub(crate) commits: Receiver<Commit>,
+    pub(crate) durable_ends: DurableEnds,
+    pub(crate) committed: watch::Sender<u64>,
+    pub(crate) failure: Arc<Failure>,
+    pub(crate) stats: Arc<DurabilityStats>,
+}
+
+/// Hands a group's answers to their callers, or the log's failure.
+fn deliver(replies: Vec<Delivery>, durable: &Result<(), String>) {
+    let failed = |reason: &String| RuntimeError::WalFailed { reason: reason.clone() };
+    // A caller may have given up waiting; that is its business.
+    for delivery in replies {
+        match (delivery, durable) {
+            (Delivery::One(reply, answer), Ok(())) => drop(reply.send(Ok(answer))),
+            (Delivery::One(reply, _), Err(reason)) => drop(reply.send(Err(failed(reason)))),
+            (Delivery::Many(reply, answers), Ok(())) => drop(reply.send(Ok(answers))),
+            (Delivery::Many(reply, _), Err(reason)) => drop(reply.send(Err(failed(reason)))),
+        }
     }
 }

@@ -14,7 +14,7 @@ use crate::actor::{Actor, Job};
 use crate::checkpoint::{CheckpointParts, Checkpointer};
 use crate::clock::Clock;
 use crate::config::RuntimeConfig;
-use crate::durability::{Durability, DurabilityStats, DurableEnds, Failure};
+use crate::durability::{Durability, DurabilityParts, DurabilityStats, DurableEnds, Failure};
 use crate::error::RuntimeError;
 use crate::handle::{Handle, Shared};
 use crate::recovery::{recover_shards, RecoveryReport};
@@ -23,12 +23,12 @@ use tokio::sync::watch;
 
 const SHARD_COUNT_KEY: &str = "shard_count";
 
-/// The running shard actors and durability thread. Dropping it shuts down gracefully too.
+/// The running shard actors and durability threads. Dropping it shuts down gracefully too.
 #[derive(Debug)]
 pub struct Runtime {
     handle: Handle,
     actors: Vec<JoinHandle<()>>,
-    durability: Option<JoinHandle<()>>,
+    durability: Vec<JoinHandle<()>>,
     checkpointer: Option<JoinHandle<()>>,
     /// Dropped to tell the checkpoint thread to take its last snapshots and exit.
     checkpoint_stop: Option<crossbeam_channel::Sender<()>>,
@@ -93,16 +93,20 @@ impl Runtime {
         let (durable_tx, durable_rx) = bounded(queue);
         let failure = Arc::new(Failure::default());
         let stats = Arc::new(DurabilityStats::default());
-        let durability = Durability {
+        let durability = Arc::new(Durability::new(DurabilityParts {
             wal: wal.clone(),
             commits: durable_rx,
             durable_ends: durable_ends.clone(),
             committed,
             failure: failure.clone(),
             stats: stats.clone(),
-            metrics: crate::metrics::WalMetrics::new(),
-        };
-        let durability = spawn("flashstock-wal".to_owned(), move || durability.run())?;
+        }));
+        let durability = (0..config.syncs_in_flight_max)
+            .map(|n| {
+                let durability = durability.clone();
+                spawn(format!("flashstock-wal-{n}"), move || durability.run())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let (checkpoint_stop, stop) = bounded(0);
         let parts = CheckpointParts {
             wal,
@@ -151,7 +155,7 @@ impl Runtime {
         Ok(Runtime {
             handle,
             actors,
-            durability: Some(durability),
+            durability,
             checkpointer: Some(checkpointer),
             checkpoint_stop: Some(checkpoint_stop),
             recovery,
@@ -190,10 +194,10 @@ impl Runtime {
                 tracing::error!("a shard actor panicked");
             }
         }
-        // Every actor has dropped its sender, so the durability thread drains and exits.
-        if let Some(durability) = self.durability.take() {
+        // Every actor has dropped its sender, so the durability threads drain and exit.
+        for durability in self.durability.drain(..) {
             if durability.join().is_err() {
-                tracing::error!("the durability thread panicked");
+                tracing::error!("a durability thread panicked");
             }
         }
         // The checkpoint thread stops last: its final snapshots cover everything made durable

@@ -65,6 +65,10 @@ pub struct Settings {
     /// are truncated anyway, with an error naming the consumer.
     #[arg(long, env = "FLASHSTOCK_CONSUMER_RETENTION_RECORDS_MAX")]
     pub consumer_retention_records_max: Option<u64>,
+    /// Durability threads, so syncs in flight at once (1 to 8): a group appended while
+    /// another syncs starts its own sync rather than waiting for that one to end.
+    #[arg(long, env = "FLASHSTOCK_WAL_SYNCS_IN_FLIGHT_MAX")]
+    pub wal_syncs_in_flight_max: Option<usize>,
     /// A shard step taking this many milliseconds or more is logged and counted
     /// (`flashstock_shard_slow_steps_total`): every reply of it waited that long.
     #[arg(long, env = "FLASHSTOCK_SLOW_STEP_MS")]
@@ -148,6 +152,7 @@ impl Settings {
             batch_jobs_max: Some(runtime.batch_jobs_max),
             consumer_retention_records_max: Some(runtime.consumer_retention_records_max),
             slow_step_ms: Some(runtime.slow_step_ms),
+            wal_syncs_in_flight_max: Some(runtime.syncs_in_flight_max),
             stream_window_events_max: Some(net.stream_window_events_max),
             frame_bytes_max: Some(net.frame_bytes_max),
             connections_max: Some(net.connections_max),
@@ -211,7 +216,7 @@ impl Settings {
         const FRAME_BYTES: std::ops::RangeInclusive<u64> = 4096..=64 << 20;
         // Flow-control windows: below 64 KiB every frame crawls a packet at a time.
         let window = 64 << 10..=u64::from(u32::MAX);
-        let ranges: [(&'static str, Option<u64>, std::ops::RangeInclusive<u64>); 20] = [
+        let ranges: [(&'static str, Option<u64>, std::ops::RangeInclusive<u64>); 21] = [
             ("shards", self.shards.map(u64::from), 1..=1024),
             ("snapshot_every_records", self.snapshot_every_records, 1..=u64::MAX),
             ("snapshot_every_ms", self.snapshot_every_ms, 1..=u64::MAX),
@@ -234,6 +239,11 @@ impl Settings {
             ("idle_timeout_ms", self.idle_timeout_ms, 1..=(1 << 62) - 1),
             ("udp_buffer_bytes", self.udp_buffer_bytes.map(|n| n as u64), 64 << 10..=1 << 30),
             ("slow_step_ms", self.slow_step_ms, 0..=600_000),
+            (
+                "wal_syncs_in_flight_max",
+                self.wal_syncs_in_flight_max.map(|n| n as u64),
+                1..=flashstock_runtime::config::SYNCS_IN_FLIGHT_LIMIT as u64,
+            ),
             ("hello_timeout_ms", self.hello_timeout_ms, 1..=600_000),
             (
                 "stream_receive_window_bytes",
@@ -523,6 +533,7 @@ fn runtime_config(settings: &Settings) -> RuntimeConfig {
         batch_jobs_max: settings.batch_jobs_max.expect(given),
         consumer_retention_records_max: settings.consumer_retention_records_max.expect(given),
         slow_step_ms: settings.slow_step_ms.expect(given),
+        syncs_in_flight_max: settings.wal_syncs_in_flight_max.expect(given),
         ..RuntimeConfig::default()
     }
 }

@@ -232,6 +232,38 @@ async fn a_failed_sync_stops_acknowledging_and_loses_nothing_acknowledged() {
     assert_eq!(view(&runtime.handle(), 40).await.total, 10, "the acknowledged stock survived");
 }
 
+/// Syncs overlap, but groups are released in order: a query answered while an earlier write's
+/// sync is still in flight shows that write, so it must wait for that sync, although its own
+/// group logged nothing and needs none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_is_not_released_before_the_earlier_syncs_it_may_show() {
+    let wal = GatedWal::new(true);
+    let config = RuntimeConfig { syncs_in_flight_max: 2, ..config(1) };
+    let runtime = Runtime::start(config, wal.clone(), Arc::new(SystemClock)).unwrap();
+    let handle = runtime.handle();
+    stock(&handle, 70, 10).await;
+    *wal.open.lock().unwrap() = false;
+    let batches = wal.inner.batch_seqs(0).len();
+    let write = tokio::spawn({
+        let handle = handle.clone();
+        async move { handle.set_stock(request(), SkuId(70), 99).await }
+    });
+    wait_for("the write to be appended", async || wal.inner.batch_seqs(0).len() > batches).await;
+    let query = tokio::spawn({
+        let handle = handle.clone();
+        async move { view(&handle, 70).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (write_early, query_early) = (write.is_finished(), query.is_finished());
+    // Opened before asserting, so that a failure does not leave the runtime stuck in a sync.
+    *wal.open.lock().unwrap() = true;
+    assert!(!write_early, "the write's sync is held");
+    assert!(!query_early, "a query showing a write that is not yet durable was answered");
+    assert!(matches!(write.await.unwrap(), Ok(Outcome::StockChanged { .. })));
+    assert_eq!(query.await.unwrap().total, 99, "the query saw the write");
+    runtime.shutdown();
+}
+
 /// A replica that cannot follow the log stops being snapshotted: the failure is counted, the
 /// log is kept whole (nothing is truncated that no snapshot covers), the shard keeps serving,
 /// and a restart recovers everything from the log.
