@@ -39,7 +39,12 @@ fn main() -> anyhow::Result<()> {
         None => Settings::default(),
     };
     let settings = from_file.overridden_by(args.settings);
-    let tokio = tokio::runtime::Runtime::new().context("starting tokio")?;
+    let io_threads = settings.io_threads.unwrap_or_else(daemon::io_threads_default);
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(io_threads.max(1))
+        .enable_all()
+        .build()
+        .context("starting tokio")?;
     // Handlers first, before anything can be told to the outside: a SIGTERM that arrives
     // just after the listening line must stop the server cleanly, not kill it.
     let (reloads, shutdown) = {
