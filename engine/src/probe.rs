@@ -96,6 +96,12 @@ impl<S: Slot> Slots<S> {
         Slots { slots: free_slots(count), len: 0 }
     }
 
+    /// Free slots out of a growth's prepared memory, the rest of it written now.
+    fn from_prepared(mut prepared: Preparing<S>) -> Slots<S> {
+        prepared.write(usize::MAX);
+        Slots { slots: prepared.slots.into_boxed_slice(), len: 0 }
+    }
+
     fn mask(&self) -> usize {
         self.slots.len() - 1
     }
@@ -163,6 +169,50 @@ impl<S: Slot> Slots<S> {
     }
 }
 
+/// The slots of a big table's next growth, allocated ahead of it and written (free) a page per
+/// insert, so that their memory is committed by then. Left to the growth, the first touches
+/// come all at once: a drained entry lands on a random page of the new slots, so within a few
+/// thousand inserts every page is faulted in and zeroed, inside one or two shard steps. With
+/// transparent huge pages that was 30-60 faults of 2 MiB each: shard steps of 50-160 ms while
+/// a 4,000-caller load filled the remembered-answer index (`perf` of the shard threads:
+/// `clear_page_erms` under `Answers::push`).
+#[derive(Debug)]
+struct Preparing<S> {
+    /// Allocated for all the slots (not zeroed, so not touched), written up to its length.
+    slots: Vec<S>,
+}
+
+impl<S: Slot> Preparing<S> {
+    fn new(count: usize) -> Preparing<S> {
+        Preparing { slots: Vec::with_capacity(count) }
+    }
+
+    /// How many slots the growth takes.
+    fn count(&self) -> usize {
+        self.slots.capacity()
+    }
+
+    /// Writes up to `count` more slots free.
+    fn write(&mut self, count: usize) {
+        let more = count.min(self.slots.capacity() - self.slots.len());
+        self.slots.extend(std::iter::repeat_n(S::EMPTY, more));
+    }
+}
+
+/// Growths to slots of at least this many bytes are prepared ahead (see `Preparing`); smaller
+/// ones allocate zeroed memory when they happen. (Tiny in tests, so the property test covers
+/// prepared growths.)
+#[cfg(not(test))]
+const PREPARED_BYTES_MIN: usize = 1 << 20;
+#[cfg(test)]
+const PREPARED_BYTES_MIN: usize = 64;
+
+/// Bytes of the next growth's slots each insert writes: a page. A table starts preparing at
+/// three quarters of its load, so the last quarter's inserts write 4 KiB each; the new slots
+/// take 2 x spread x slot size bytes per entry of that quarter (at most 128 for the tables
+/// here), so they are written long before the growth comes.
+const PREPARED_BYTES_PER_INSERT: usize = 4096;
+
 /// The old slots of a table that grew, still being moved into the new ones.
 #[derive(Clone, Debug)]
 struct Draining<S> {
@@ -172,12 +222,14 @@ struct Draining<S> {
     cursor: usize,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub(crate) struct ProbeTable<S> {
     /// Where inserts go: a power of two slots, at most 1/`spread` of them full.
     current: Slots<S>,
     /// After a growth, the old slots, emptied a few entries per insert.
     draining: Option<Draining<S>>,
+    /// Before a big table's growth, its next slots, written a page per insert.
+    preparing: Option<Preparing<S>>,
     /// Slots per stored entry, at least: 2 (half full) by default. A lookup of an absent key
     /// probes ~2.5 slots at half full and ~1.4 at a quarter, so a table probed for absent
     /// keys on every request (remembered answers) trades memory for speed with 4.
@@ -199,6 +251,19 @@ const MIGRATE_PER_INSERT: usize = 4;
 /// Marks an index into the draining slots (the top bit: no table has 2^63 slots).
 const DRAINING: usize = 1 << (usize::BITS - 1);
 
+/// A copy does not copy a growth's prepared slots: the copy prepares its own if it grows.
+impl<S: Slot> Clone for ProbeTable<S> {
+    fn clone(&self) -> Self {
+        ProbeTable {
+            current: self.current.clone(),
+            draining: self.draining.clone(),
+            preparing: None,
+            spread: self.spread,
+            key: self.key,
+        }
+    }
+}
+
 impl<S: Slot> Default for ProbeTable<S> {
     fn default() -> Self {
         ProbeTable::with_capacity(0)
@@ -217,7 +282,7 @@ impl<S: Slot> ProbeTable<S> {
         let slots =
             if entries == 0 { 0 } else { (entries * spread).next_power_of_two().max(SLOTS_MIN) };
         let key = HashKey::default();
-        ProbeTable { current: Slots::new(slots), draining: None, spread, key }
+        ProbeTable { current: Slots::new(slots), draining: None, preparing: None, spread, key }
     }
 
     /// The key its slots are hashed with.
@@ -237,6 +302,12 @@ impl<S: Slot> ProbeTable<S> {
     pub(crate) fn shape(&self) -> (usize, usize) {
         let draining = self.draining.as_ref().map_or(0, |d| d.slots.len);
         (self.current.slots.len(), draining)
+    }
+
+    /// (slots written, slots to write) of the next growth being prepared.
+    #[cfg(test)]
+    fn prepared(&self) -> Option<(usize, usize)> {
+        self.preparing.as_ref().map(|p| (p.slots.len(), p.count()))
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -280,6 +351,7 @@ impl<S: Slot> ProbeTable<S> {
     pub(crate) fn insert(&mut self, slot: S) -> usize {
         debug_assert!(!slot.is_empty(), "storing the free-slot value");
         self.migrate(MIGRATE_PER_INSERT);
+        self.prepare();
         if (self.current.len + 1) * self.spread > self.current.slots.len() {
             // Never two growths at once: finish the last one first (it is all but done).
             self.migrate(usize::MAX);
@@ -302,9 +374,31 @@ impl<S: Slot> ProbeTable<S> {
         }
     }
 
-    /// Starts a growth: new slots twice as many, the old ones draining into them.
+    /// Past three quarters of its load, a big table prepares its next slots: a page more of
+    /// them per insert.
+    fn prepare(&mut self) {
+        if let Some(preparing) = &mut self.preparing {
+            preparing.write(PREPARED_BYTES_PER_INSERT / std::mem::size_of::<S>());
+            return;
+        }
+        let doubled = self.current.slots.len() * 2;
+        let loaded = 4 * (self.current.len + 1) * self.spread > 3 * self.current.slots.len();
+        if loaded
+            && self.draining.is_none()
+            && doubled * std::mem::size_of::<S>() >= PREPARED_BYTES_MIN
+        {
+            self.preparing = Some(Preparing::new(doubled));
+        }
+    }
+
+    /// Starts a growth: new slots twice as many (prepared ahead if the table is big), the old
+    /// ones draining into them.
     fn grow(&mut self) {
-        let doubled = Slots::new((self.current.slots.len() * 2).max(SLOTS_MIN));
+        let count = (self.current.slots.len() * 2).max(SLOTS_MIN);
+        let doubled = match self.preparing.take() {
+            Some(prepared) if prepared.count() == count => Slots::from_prepared(prepared),
+            _ => Slots::new(count),
+        };
         let old = std::mem::replace(&mut self.current, doubled);
         if old.len > 0 {
             self.draining = Some(Draining { slots: old, cursor: 0 });
@@ -434,6 +528,39 @@ mod tests {
         assert!(growths_seen >= 8, "{growths_seen} growths");
         let live = (1..=5_000u32).filter(|k| k % 3 != 2 || *k == 5_000).count();
         assert_eq!((table.len(), table.iter().count()), (live, live));
+    }
+
+    /// A big table writes its next slots ahead, a page per insert, from three quarters of its
+    /// load on, so that a growth finds them all written and touches no fresh memory at once.
+    #[test]
+    fn big_tables_write_their_next_slots_ahead_a_page_per_insert() {
+        let key = HashKey::new(9);
+        let pair = |k: u32| Pair { key: k, hash: mix(u64::from(k), key) as u32 };
+        let per_insert = PREPARED_BYTES_PER_INSERT / std::mem::size_of::<Pair>();
+        let mut table = ProbeTable::<Pair>::default();
+        let mut prepared_growths = 0;
+        for k in 1..=20_000u32 {
+            let (slots, before) = (table.shape().0, table.prepared());
+            let bytes_after_growth = 2 * slots * std::mem::size_of::<Pair>();
+            let growing = (table.current.len + 1) * table.spread > slots;
+            // (A table of a few slots reaches full load one insert after three quarters.)
+            if growing && slots >= 64 && bytes_after_growth >= PREPARED_BYTES_MIN {
+                let (written, count) = before.expect("a big table's growth is prepared");
+                assert_eq!((written, count), (2 * slots, 2 * slots), "all written before");
+                prepared_growths += 1;
+            }
+            table.insert(pair(k));
+            match (before, table.prepared()) {
+                (Some((was, _)), Some((now, _))) => assert!(now - was <= per_insert),
+                (None, Some((now, count))) => {
+                    assert!(4 * table.len() * table.spread > 3 * table.shape().0, "too early");
+                    assert!(now <= per_insert && count == 2 * table.shape().0);
+                }
+                _ => {}
+            }
+        }
+        assert!(prepared_growths >= 5, "{prepared_growths} prepared growths");
+        assert!((1..=20_000).all(|k| find(&table, k, pair(k).hash).is_some()));
     }
 
     #[test]
