@@ -140,8 +140,10 @@ impl Actor {
             }
             next = self.inbox.try_recv().ok();
         }
+        let applied = started.elapsed();
+        let mut expired = 0;
         if self.shard.next_expiry_ms().is_some_and(|due_ms| due_ms <= now_ms) {
-            self.shard.tick(now_ms, &mut log);
+            expired = self.shard.tick(now_ms, &mut log);
         }
         let elapsed = started.elapsed();
         self.metrics.step(inbox_jobs, weight, elapsed);
@@ -151,14 +153,7 @@ impl Actor {
             shard.sku_count(),
             shard.remembered_answers(),
         );
-        let elapsed_ms = elapsed.as_millis();
-        if elapsed_ms >= u128::from(self.config.slow_step_ms) {
-            self.stats.slow_steps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.metrics.slow_step();
-            // Every reply of the step waited this long: worth a line when it hurts p99.
-            let shard = self.shard.id().0;
-            tracing::warn!(shard, jobs = weight, elapsed_ms, "slow shard step");
-        }
+        self.count_if_slow(weight, expired, applied, elapsed);
         if !replies.is_empty() || log.record_count > 0 {
             let record_count = log.record_count;
             let commit =
@@ -171,6 +166,20 @@ impl Actor {
             }
         }
         stop
+    }
+
+    /// Counts and logs a step of `slow_step_ms` or more: every reply of it waited that long.
+    /// The log line splits it into the jobs applied and the expiries of its tick.
+    fn count_if_slow(&self, jobs: usize, expired: u32, applied: Duration, elapsed: Duration) {
+        let elapsed_ms = elapsed.as_millis();
+        if elapsed_ms < u128::from(self.config.slow_step_ms) {
+            return;
+        }
+        self.stats.slow_steps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.slow_step();
+        let shard = self.shard.id().0;
+        let (applied_ms, tick_ms) = (applied.as_millis(), (elapsed - applied).as_millis());
+        tracing::warn!(shard, jobs, expired, applied_ms, tick_ms, elapsed_ms, "slow shard step");
     }
 
     fn answer(&mut self, job: Job, now_ms: u64, log: &mut EncodedLog) -> Delivery {
