@@ -66,9 +66,9 @@ pub struct Settings {
     #[arg(long, env = "FLASHSTOCK_CONSUMER_RETENTION_RECORDS_MAX")]
     pub consumer_retention_records_max: Option<u64>,
     /// Threads that run the network (tokio workers): QUIC, framing and sessions. The shard,
-    /// durability and checkpoint threads are besides these. Fewer than cores leaves them room:
-    /// on 2 cores, one network thread served 16-deep frames at 1.19M/s against 0.91-1.19M/s
-    /// with two, at 10-40% less CPU per request (docs/performance.md).
+    /// durability and checkpoint threads are besides these. On 2 cores, one network thread
+    /// served 16-deep frames ~15% faster than two (more CPU left to the shards), but 50 single
+    /// callers ~7% slower (a reply waits for the one thread more often): docs/performance.md.
     #[arg(long, env = "FLASHSTOCK_IO_THREADS")]
     pub io_threads: Option<usize>,
     /// Durability threads, so syncs in flight at once (1 to 8): a group appended while
@@ -194,7 +194,7 @@ impl Settings {
             let default = match (key, defaults.get(key)) {
                 // Machine-dependent: written as what it is, not as this machine's value.
                 ("shards", _) => "the machine's cores, at most 64".to_owned(),
-                ("io_threads", _) => "half the machine's cores, at least 1".to_owned(),
+                ("io_threads", _) => "the machine's cores".to_owned(),
                 (_, Some(toml::Value::String(text))) => format!("`{text}`"),
                 (_, Some(toml::Value::Integer(n))) => thousands(*n),
                 (_, Some(value)) => format!("{value:?}"),
@@ -529,11 +529,10 @@ impl Reload {
     }
 }
 
-/// Default of `io_threads`: half the cores, so the shard and durability threads keep the
-/// other half.
+/// Default of `io_threads`: one per core, as tokio's own default. Single callers, the case
+/// furthest from its targets, do better with two than with one on 2 cores.
 pub fn io_threads_default() -> usize {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-    (cores / 2).max(1)
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
 }
 
 /// The runtime's knobs from complete settings (defaults applied).
