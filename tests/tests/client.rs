@@ -305,11 +305,13 @@ async fn rate_limits_hold_bots_to_their_budget_and_survive_a_restart() {
     assert!((50..=60).contains(&through), "{through} of 500 got through");
     assert_eq!(outcomes.iter().filter(|o| rate_limited(o)).count(), 500 - through);
 
-    // Another credential is not crowded out; one buyer gets its 2, not a third.
+    // Another credential is not crowded out; one buyer gets its 2, not a third. The three
+    // calls are concurrent (two frames may race to the wire), so which one is refused is not
+    // fixed: CI once saw the third reserved and an earlier one refused.
     let one_buyer: Vec<_> = (0..3).map(|_| (BuyerId(7), SkuId(1), 1, 60_000)).collect();
     let outcomes = admin.reserve_many(one_buyer).await;
     assert_eq!(outcomes.iter().filter(|o| reserved(o)).count(), 2, "{outcomes:?}");
-    assert!(rate_limited(&outcomes[2]), "{:?}", outcomes[2]);
+    assert_eq!(outcomes.iter().filter(|o| rate_limited(o)).count(), 1, "{outcomes:?}");
     // A SKU without limits of its own follows the global ones: none.
     let other = (0..200u64).map(|b| (BuyerId(b), SkuId(2), 1, 60_000));
     assert!(bot.reserve_many(other).await.iter().all(reserved));
