@@ -46,9 +46,9 @@ async fn answered_frames_are_not_held_for_the_streams_life() {
         let replies = service.call(vec![reserve(n, 1)]).await.unwrap();
         assert!(matches!(replies[..], [Reply::Outcome(_)]), "{replies:?}");
     }
-    // Every frame was answered, so at most the last one's task may still be finishing.
-    let held = server.stats.batch_tasks_held();
-    assert!(held <= 1, "{held} request-batch tasks held after {FRAMES} answered frames");
+    // Every frame was answered, so at most the last one may still be finishing.
+    let held = server.stats.batches_held();
+    assert!(held <= 1, "{held} request batches held after {FRAMES} answered frames");
     server.stop().await;
 }
 

@@ -92,7 +92,7 @@ pub struct NetStats {
     /// Request batches being answered: taken off the wire and submitted, their replies not
     /// yet queued for writing. Each holds memory until then, so this must track requests in
     /// flight, not frames ever received.
-    pub batch_tasks_held: AtomicUsize,
+    pub batches_held: AtomicUsize,
     /// Requests taken off the wire whose replies are not yet written to QUIC: bounded by
     /// `in_flight_max` per connection, however slowly a client reads.
     pub requests_unwritten: AtomicUsize,
@@ -102,8 +102,8 @@ pub struct NetStats {
 
 impl NetStats {
     /// Request batches being answered.
-    pub fn batch_tasks_held(&self) -> usize {
-        self.batch_tasks_held.load(Ordering::Acquire)
+    pub fn batches_held(&self) -> usize {
+        self.batches_held.load(Ordering::Acquire)
     }
 
     /// Requests taken whose replies are not yet written.

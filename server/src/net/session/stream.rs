@@ -26,7 +26,7 @@ use futures_util::FutureExt;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::JoinHandle;
 
-use super::{auth_failed, refusal, InFlight, Outgoing, Session};
+use super::{auth_failed, refusal, InFlight, NetStats, Outgoing, Session};
 use crate::net::auth::permits;
 use crate::net::rate::RateGate;
 use flashstock_runtime::{Handle, PendingBatch};
@@ -94,7 +94,7 @@ pub(super) async fn run_stream(
             break;
         }
         // Everything answered since the last write goes out in one.
-        io.collect_ready(&session, &mut queued);
+        io.collect_ready(&session.shared.stats, &mut queued);
         if io.writer.flush().await.is_err() {
             break;
         }
@@ -109,8 +109,7 @@ pub(super) async fn run_stream(
                 }
             }
             Some(answer) = io.answering.next(), if !io.answering.is_empty() => {
-                session.shared.stats.batch_tasks_held.fetch_sub(1, Ordering::AcqRel);
-                io.writer.queue(answer);
+                io.answered(&session.shared.stats, answer);
             }
             Some(frame) = queued.recv() => io.writer.queue(frame),
             _ = stopping.changed() => break,
@@ -156,12 +155,17 @@ async fn unpark(
 }
 
 impl StreamIo {
+    /// Queues a batch's answer for writing: the batch is no longer held.
+    fn answered(&mut self, stats: &NetStats, answer: Outgoing) {
+        stats.batches_held.fetch_sub(1, Ordering::AcqRel);
+        self.writer.queue(answer);
+    }
+
     /// Queues every answer already resolved and every frame the subscription queued, without
     /// waiting: they leave in one write.
-    fn collect_ready(&mut self, session: &Session, queued: &mut mpsc::Receiver<Outgoing>) {
+    fn collect_ready(&mut self, stats: &NetStats, queued: &mut mpsc::Receiver<Outgoing>) {
         while let Some(Some(answer)) = self.answering.next().now_or_never() {
-            session.shared.stats.batch_tasks_held.fetch_sub(1, Ordering::AcqRel);
-            self.writer.queue(answer);
+            self.answered(stats, answer);
         }
         while let Ok(frame) = queued.try_recv() {
             self.writer.queue(frame);
@@ -283,7 +287,7 @@ impl Session {
         let stats = self.shared.stats.clone();
         let requests = permit.num_permits();
         stats.requests_unwritten.fetch_add(requests, Ordering::AcqRel);
-        stats.batch_tasks_held.fetch_add(1, Ordering::AcqRel);
+        stats.batches_held.fetch_add(1, Ordering::AcqRel);
         let read_at = std::time::Instant::now();
         let in_flight = InFlight { _permit: permit, requests, stats, read_at };
         let credential = self.credential.get().copied().unwrap_or(0);
@@ -310,8 +314,7 @@ impl Session {
             task.abort();
         }
         while let Some(answer) = io.answering.next().await {
-            self.shared.stats.batch_tasks_held.fetch_sub(1, Ordering::AcqRel);
-            io.writer.queue(answer);
+            io.answered(&self.shared.stats, answer);
         }
         self.rules().stream_ended(stream);
         if let Some(Close { code, detail }) = &close {
