@@ -224,6 +224,8 @@ fn out_of_range_settings_are_refused_at_start_by_name() {
     refused_at_start(&["--inbox-capacity", "0"], "inbox_capacity");
     refused_at_start(&["--snapshot-log-ratio", "0"], "snapshot_log_ratio");
     refused_at_start(&["--shards", "0"], "shards");
+    refused_at_start(&["--io-threads", "0"], "io_threads");
+    refused_at_start(&["--wal-syncs-in-flight-max", "9"], "wal_syncs_in_flight_max");
 }
 
 /// A server restarted on the same data directory resets its predecessor's connections: the
