@@ -107,20 +107,20 @@ pub struct DurabilityStats {
 pub(crate) type DurableEnds = Arc<[AtomicU64]>;
 
 pub(crate) struct Durability<W> {
-    pub(crate) wal: Arc<W>,
-    pub(crate) commits: Receiver<Commit>,
-    pub(crate) durable_ends: DurableEnds,
+    wal: Arc<W>,
+    commits: Receiver<Commit>,
+    durable_ends: DurableEnds,
     /// Bumped after every group commit that made records durable: wakes the stream readers.
-    pub(crate) committed: watch::Sender<u64>,
-    pub(crate) failure: Arc<Failure>,
-    pub(crate) stats: Arc<DurabilityStats>,
-    pub(crate) metrics: crate::metrics::WalMetrics,
+    committed: watch::Sender<u64>,
+    failure: Arc<Failure>,
+    stats: Arc<DurabilityStats>,
+    metrics: crate::metrics::WalMetrics,
     /// Held while a thread takes a group and appends it: the log sees batches in the order
     /// the actors sent them. Holds the next group's turn number.
-    pub(crate) appending: Mutex<u64>,
+    appending: Mutex<u64>,
     /// The turn of the next group to release; groups wait here for theirs.
-    pub(crate) releasing: Mutex<u64>,
-    pub(crate) turn_released: Condvar,
+    releasing: Mutex<u64>,
+    turn_released: Condvar,
 }
 
 impl<W: Wal> Durability<W> {
