@@ -146,6 +146,22 @@ pub enum EngineError {
         /// Answers remembered, in eviction order.
         ordered: usize,
     },
+    /// A logged cart record did something else on replay than when it was logged.
+    #[error("cart record at {at_ms} ms: {detail}")]
+    ReplayCart {
+        /// The record's logged time.
+        at_ms: u64,
+        /// What disagrees.
+        detail: &'static str,
+    },
+    /// Carts and their line groups disagree, on one shard or between shards.
+    #[error("cart bookkeeping broken at {cart:?}: {detail}")]
+    CartBookkeeping {
+        /// The cart concerned, if one.
+        cart: Option<ReservationId>,
+        /// What disagrees.
+        detail: &'static str,
+    },
     /// A snapshot remembers two answers to one request.
     #[error("snapshot remembers request {request:?} twice")]
     DuplicateAnswer {

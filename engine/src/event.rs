@@ -5,6 +5,7 @@
 //! every admin change of stock. Reserves and the other admin commands are not: holds are not
 //! sales, and limits and windows are configuration.
 
+use crate::cart::LinesEnd;
 use crate::command::Command;
 use crate::ids::SkuId;
 use crate::outcome::ReservationState;
@@ -40,6 +41,15 @@ pub enum Change {
         /// Units added (negative: taken).
         delta: i64,
     },
+    // Added with carts, last so that the earlier variants keep their archived tags.
+    /// One line of a cart ended with its cart (`reservation` is the cart's id); a confirmed
+    /// line is a committed deduction, stored under the cart's id and the line's index.
+    CartLineEnded {
+        /// The line's index in the cart.
+        line: u8,
+        /// What the line held, and how the cart ended.
+        ended: Ended,
+    },
 }
 
 /// The kinds of events, for filtering a subscription.
@@ -71,7 +81,7 @@ impl Change {
     /// Which kind of event this is.
     pub fn kind(&self) -> EventKind {
         match self {
-            Change::Ended(ended) => match ended.state {
+            Change::Ended(ended) | Change::CartLineEnded { ended, .. } => match ended.state {
                 ReservationState::Confirmed => EventKind::Confirmed,
                 ReservationState::Cancelled => EventKind::Cancelled,
                 // `Held` never ends a reservation; decoding refuses it.
@@ -83,19 +93,42 @@ impl Change {
 }
 
 impl Record {
-    /// The event this record reports, if any.
-    pub fn event(&self) -> Option<Event> {
+    /// The events this record reports: none, one, or one per line of a cart's group that
+    /// ended (all with the record's time).
+    pub fn events(&self) -> impl Iterator<Item = Event> + '_ {
+        let at_ms = self.at_ms();
         let change = match *self {
-            Record::Ended { ended, .. } | Record::Expired { ended, .. } => Change::Ended(ended),
+            Record::Ended { ended, .. } | Record::Expired { ended, .. } => {
+                Some(Change::Ended(ended))
+            }
             Record::Apply { command: Command::SetStock { sku, total, .. }, .. } => {
-                Change::StockSet { sku, total }
+                Some(Change::StockSet { sku, total })
             }
             Record::Apply { command: Command::AdjustStock { sku, delta, .. }, .. } => {
-                Change::StockAdjusted { sku, delta }
+                Some(Change::StockAdjusted { sku, delta })
             }
-            Record::Apply { .. } => return None,
+            _ => None,
         };
-        Some(Event { at_ms: self.at_ms(), change })
+        let lines = match self {
+            Record::LinesEnded { end, .. } => end.lines.as_slice(),
+            _ => &[],
+        };
+        let line_events = lines.iter().map(move |line| {
+            let LinesEnd { end, buyer, .. } = match self {
+                Record::LinesEnded { end, .. } => **end,
+                _ => unreachable!("lines come from a LinesEnded record"),
+            };
+            let ended = Ended {
+                reservation: end.cart,
+                state: end.state,
+                buyer,
+                sku: line.sku,
+                qty: line.qty,
+                order_ref: end.order_ref,
+            };
+            Change::CartLineEnded { line: line.index, ended }
+        });
+        change.into_iter().chain(line_events).map(move |change| Event { at_ms, change })
     }
 }
 
@@ -140,7 +173,7 @@ mod tests {
         shard.apply(&confirm(6, second, Some(OrderRef(800))), 20, &mut log);
         shard.tick(200, &mut log);
 
-        let events: Vec<Event> = log.iter().filter_map(Record::event).collect();
+        let events: Vec<Event> = log.iter().flat_map(Record::events).collect();
         let ended = |reservation, state, buyer, order_ref| {
             Change::Ended(Ended {
                 reservation,

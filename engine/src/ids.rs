@@ -6,7 +6,7 @@
 use std::fmt;
 
 /// A stock-keeping unit: one product variant whose stock the engine holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[cfg_attr(feature = "rkyv", derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize))]
 pub struct SkuId(pub u64);
 
@@ -30,7 +30,7 @@ pub struct RequestId(pub u128);
 pub struct OrderRef(pub u128);
 
 /// The index of a shard: a single-threaded owner of a subset of SKUs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ShardId(pub u16);
 
 /// A reservation, named by the shard that made it and a per-shard sequence number.

@@ -35,6 +35,18 @@ impl Shard {
         if live != self.reservations_live {
             return Err(bookkeeping(None, "live count differs from held reservations"));
         }
+        for group in self.groups.values() {
+            if group.group == 0 || group.group >= self.group_seq_next {
+                return Err(cart_bookkeeping(None, "line group id not issued by this shard"));
+            }
+            for line in group.lines.as_slice() {
+                if !self.skus.contains_key(&line.sku) {
+                    return Err(cart_bookkeeping(None, "line group of an unknown SKU"));
+                }
+                *held_by_sku.entry(line.sku).or_insert(0) += u64::from(line.qty);
+            }
+        }
+        self.check_carts_here()?;
         for id in self.order_refs.keys() {
             if self.reservations.get(*id).is_none_or(|r| r.state != ReservationState::Held) {
                 return Err(bookkeeping(
@@ -54,7 +66,7 @@ impl Shard {
         }
         // Each held reservation has one expiry entry; entries of reservations that ended early
         // stay until popped or compacted, and are counted.
-        if self.expiries.len() != live + self.expiries_stale {
+        if self.expiries.len() != live + self.carts_live + self.expiries_stale {
             return Err(bookkeeping(None, "expiry entries differ from held plus stale"));
         }
         for (&sku_id, sku) in &self.skus {
@@ -66,6 +78,39 @@ impl Shard {
         }
         Ok(())
     }
+}
+
+impl Shard {
+    /// The carts this shard coordinates: live count, ended list, ids and the request index.
+    fn check_carts_here(&self) -> Result<(), EngineError> {
+        let live = self.carts.values().filter(|c| c.state == ReservationState::Held).count();
+        if live != self.carts_live || self.carts_ended.len() + live != self.carts.len() {
+            return Err(cart_bookkeeping(None, "live and ended carts differ from the carts"));
+        }
+        for (&id, cart) in &self.carts {
+            let issued =
+                id.shard() == self.id && (1..self.reservation_seq_next).contains(&id.seq());
+            if !issued || self.reservations.get(id).is_some() {
+                return Err(cart_bookkeeping(Some(id), "cart id not issued by this shard"));
+            }
+            if self.cart_ids.get(&cart.request) != Some(&id) {
+                return Err(cart_bookkeeping(Some(id), "cart missing from the request index"));
+            }
+        }
+        if self.cart_ids.len() != self.carts.len() {
+            return Err(cart_bookkeeping(None, "request index names forgotten carts"));
+        }
+        for &(id, _) in &self.carts_ended {
+            if self.carts.get(&id).is_none_or(|c| c.state == ReservationState::Held) {
+                return Err(cart_bookkeeping(Some(id), "ended list names a cart not ended"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn cart_bookkeeping(cart: Option<crate::ids::ReservationId>, detail: &'static str) -> EngineError {
+    EngineError::CartBookkeeping { cart, detail }
 }
 
 fn check_sku(sku_id: SkuId, sku: &crate::shard::SkuState, held: u64) -> Result<(), EngineError> {

@@ -8,6 +8,8 @@
 //! - [`ids`]: SKU, buyer, request, reservation and shard ids, and [`ShardMap`], the one place
 //!   that decides which shard owns a SKU or a reservation.
 //! - [`command`]: the state-changing commands ([`Command`]).
+//! - [`cart`]: all-or-nothing carts across shards: the participants' and the coordinator's
+//!   sides, the sans-IO [`CartDriver`], the start-up pass and the cross-shard invariants.
 //! - [`outcome`]: what a command did ([`Outcome`]), and the read views.
 //! - [`limits`]: every bound the engine enforces, and [`ShardConfig`].
 //! - [`shard`]: [`Shard`], with `apply`, `tick`, `replay` and the queries.
@@ -23,6 +25,7 @@
 //! - `expiry`: the expiry queue, a FIFO for in-order deadlines plus a heap for the rest.
 //! - [`error`]: [`EngineError`], for broken bytes and broken invariants.
 
+pub mod cart;
 pub mod command;
 pub mod error;
 pub mod event;
@@ -41,6 +44,11 @@ mod snapshot;
 mod table;
 mod taken;
 
+pub use cart::{
+    check_carts, settle_all, Ask, CartDriver, CartEnd, CartLine, CartMessage, CartView, CommitCart,
+    Decide, Fate, Groups, Lines, LinesEnd, PrepareLines, Prepared, ReserveCart, Settle,
+    CART_LINES_MAX, CART_PREPARE_TIMEOUT_MS,
+};
 pub use command::{Command, Reserve, RouteKey, SaleWindow};
 pub use error::EngineError;
 pub use event::{Change, Event, EventKind};
@@ -48,7 +56,7 @@ pub use ids::{
     mix64, BuyerId, OrderRef, RequestId, ReservationId, ShardId, ShardMap, SkuId, SplitMix64,
 };
 pub use limits::{ShardConfig, RESERVE_QTY_MAX, STOCK_TOTAL_MAX, TICK_EXPIRIES_MAX, TTL_MS_MAX};
-pub use outcome::{Outcome, ReservationState, ReservationView, SkuView};
+pub use outcome::{LineRefusal, Outcome, ReservationState, ReservationView, SkuView};
 pub use record::{
     decode_records, DiscardLog, EncodedLog, Ended, LogSink, Record, RECORD_BYTES_MAX,
 };

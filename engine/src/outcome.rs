@@ -105,6 +105,101 @@ pub enum Outcome {
     WindowSet,
     /// The window opens at or after it closes.
     InvalidWindow,
+    /// A line of a cart was refused, so no line of it is held.
+    CartRefused {
+        /// The failed line's index in the cart (the first failed one, when several did).
+        line: u8,
+        /// Why it failed.
+        refusal: LineRefusal,
+        /// The figure the refusal names (see [`LineRefusal`]).
+        value: u64,
+    },
+    /// The cart's lines were not all prepared in time (a driver stopped, or the server
+    /// restarted while it was in doubt): no line is held. A new request id may try again.
+    CartTimedOut,
+    /// The cart has no lines, more than `CART_LINES_MAX`, or names a SKU twice.
+    InvalidCart {
+        /// The most lines a cart may have.
+        lines_max: u32,
+    },
+}
+
+/// Why one line of a cart was refused. The value beside it in [`Outcome::CartRefused`] is
+/// the figure the single-line outcome of the same name carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "rkyv", derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize))]
+pub enum LineRefusal {
+    /// Fewer units available than the line asks (value: units available).
+    SoldOut,
+    /// The buyer's limit would be passed (value: units the buyer holds plus bought).
+    LimitExceeded,
+    /// The SKU's sale window has not opened (value: when it opens).
+    SaleNotOpen,
+    /// The SKU's sale window has closed (value: when it closed).
+    SaleClosed,
+    /// No stock was ever set for the SKU (value: 0).
+    UnknownSku,
+    /// The quantity is 0 or above the maximum (value: the maximum).
+    InvalidQuantity,
+    /// The shard holds as many reservations as it may (value: its bound).
+    TooManyReservations,
+    /// The cart's request id was used before for other lines (value: 0).
+    RequestReused,
+}
+
+impl LineRefusal {
+    /// The refusal's name: the single-line outcome's name where there is one.
+    pub fn name(self) -> &'static str {
+        match self {
+            LineRefusal::SoldOut => "sold_out",
+            LineRefusal::LimitExceeded => "limit_exceeded",
+            LineRefusal::SaleNotOpen => "sale_not_open",
+            LineRefusal::SaleClosed => "sale_closed",
+            LineRefusal::UnknownSku => "unknown_sku",
+            LineRefusal::InvalidQuantity => "invalid_quantity",
+            LineRefusal::TooManyReservations => "too_many_reservations",
+            LineRefusal::RequestReused => "request_reused",
+        }
+    }
+
+    /// The refusal's byte in log records and snapshots.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// The refusal a byte of [`LineRefusal::code`] names.
+    pub fn from_code(code: u8) -> Option<LineRefusal> {
+        const ALL: [LineRefusal; 8] = [
+            LineRefusal::SoldOut,
+            LineRefusal::LimitExceeded,
+            LineRefusal::SaleNotOpen,
+            LineRefusal::SaleClosed,
+            LineRefusal::UnknownSku,
+            LineRefusal::InvalidQuantity,
+            LineRefusal::TooManyReservations,
+            LineRefusal::RequestReused,
+        ];
+        ALL.get(usize::from(code)).copied()
+    }
+
+    /// A one-line refusal as a cart line's: `None` for an outcome that is not a refusal of
+    /// a line.
+    pub fn of(outcome: Outcome) -> Option<(LineRefusal, u64)> {
+        Some(match outcome {
+            Outcome::SoldOut { available } => (LineRefusal::SoldOut, available),
+            Outcome::LimitExceeded { taken, .. } => (LineRefusal::LimitExceeded, taken),
+            Outcome::SaleNotOpen { opens_at_ms } => (LineRefusal::SaleNotOpen, opens_at_ms),
+            Outcome::SaleClosed { closed_at_ms } => (LineRefusal::SaleClosed, closed_at_ms),
+            Outcome::UnknownSku => (LineRefusal::UnknownSku, 0),
+            Outcome::InvalidQuantity { qty_max } => {
+                (LineRefusal::InvalidQuantity, u64::from(qty_max))
+            }
+            Outcome::TooManyReservations { live_max } => {
+                (LineRefusal::TooManyReservations, live_max)
+            }
+            _ => return None,
+        })
+    }
 }
 
 impl Outcome {
@@ -135,6 +230,9 @@ impl Outcome {
             Outcome::LimitBelowHoldings { .. } => "limit_below_holdings",
             Outcome::WindowSet => "window_set",
             Outcome::InvalidWindow => "invalid_window",
+            Outcome::CartRefused { .. } => "cart_refused",
+            Outcome::CartTimedOut => "cart_timed_out",
+            Outcome::InvalidCart { .. } => "invalid_cart",
         }
     }
 }

@@ -6,18 +6,23 @@
 //!
 //! Encoding: one tag byte, then fixed-width little-endian fields (see `encode`).
 
+use crate::cart::codec::{self as cart_codec, GROUPS_BYTES_MAX, LINES_BYTES_MAX};
+use crate::cart::{CartEnd, CommitCart, Groups, LinesEnd, PrepareLines};
 use crate::codec::{Reader, Writer};
 use crate::command::{Command, Reserve, SaleWindow};
 use crate::error::EngineError;
 use crate::ids::{BuyerId, OrderRef, RequestId, ReservationId, SkuId};
-use crate::outcome::ReservationState;
+use crate::outcome::{Outcome, ReservationState};
 
 /// One entry of a shard's log.
 ///
 /// Records say what happened, not only what was asked: a confirm that ended a reservation is
 /// logged with what the reservation held, and every expiry is logged one by one. The
 /// committed-deduction stream is then read from the log alone, without replaying it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+///
+/// Cart records box their lines: a record is as large as its largest variant, and recovery
+/// moves every record it decodes, nearly all of them one-line ones.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Record {
     /// A reserve or admin `command` was applied at `at_ms` and changed state.
     Apply {
@@ -43,6 +48,58 @@ pub enum Record {
         /// What expired (`state` is `Expired`).
         ended: Ended,
     },
+    /// A participant held its lines of a cart, in doubt until the coordinator's decision.
+    LinesPrepared {
+        /// The shard's clock.
+        at_ms: u64,
+        /// What was prepared (the group's id is the shard's next one, as replay finds it).
+        prepare: Box<PrepareLines>,
+    },
+    /// A participant's group in doubt was settled: held by its cart, or released.
+    LinesResolved {
+        /// The shard's clock.
+        at_ms: u64,
+        /// The cart's request id.
+        cart: RequestId,
+        /// The group.
+        group: u64,
+        /// The cart holding it and when that lapses; `None` when released.
+        held_by: Option<(ReservationId, u64)>,
+    },
+    /// A participant's group ended with its cart (one event per line).
+    LinesEnded {
+        /// The shard's clock.
+        at_ms: u64,
+        /// What ended, and how.
+        end: Box<LinesEnd>,
+    },
+    /// The coordinator held a cart: the commit point of a cart reserve.
+    CartCommitted {
+        /// The shard's clock.
+        at_ms: u64,
+        /// The commit (the cart's id is the shard's next reservation id, as replay finds it).
+        commit: Box<CommitCart>,
+    },
+    /// The coordinator decided that a cart is never held.
+    CartAborted {
+        /// The shard's clock.
+        at_ms: u64,
+        /// The cart's request id: the outcome is remembered under it.
+        request: RequestId,
+        /// `CartRefused` or `CartTimedOut`.
+        outcome: Outcome,
+        /// The groups released by the decision.
+        groups: Box<Groups>,
+    },
+    /// The coordinator ended a cart: the commit point of its confirm, cancel or expiry.
+    CartEnded {
+        /// The shard's clock.
+        at_ms: u64,
+        /// The confirm or cancel that ended it; `None` for an expiry.
+        command: Option<Command>,
+        /// How it ended.
+        end: CartEnd,
+    },
 }
 
 /// A reservation that ended, with what it held: the detail of a committed deduction.
@@ -63,10 +120,15 @@ pub struct Ended {
     pub order_ref: Option<OrderRef>,
 }
 
-/// The longest encoded record, in bytes: a compact `Ended` with every integer at its widest
-/// varint (tag, time, request, reservation's shard and sequence, state, buyer, sku, qty,
-/// optional order reference).
-pub const RECORD_BYTES_MAX: usize = 1 + 10 + 16 + (3 + 7) + 1 + 10 + 10 + 5 + 17;
+/// The longest encoded record, in bytes: a `CartCommitted` of a full cart with every integer
+/// at its widest varint (tag, time, request, buyer, ttl, optional order reference, deadline,
+/// lines, groups).
+pub const RECORD_BYTES_MAX: usize =
+    1 + 10 + 16 + 10 + 10 + 17 + 10 + LINES_BYTES_MAX + GROUPS_BYTES_MAX;
+
+/// The longest single-line record (a compact `Ended`: tag, time, request, reservation's
+/// shard and sequence, state, buyer, sku, qty, optional order reference).
+const _: () = assert!(1 + 10 + 16 + (3 + 7) + 1 + 10 + 10 + 5 + 17 < RECORD_BYTES_MAX);
 
 const TAG_RESERVE: u8 = 1;
 const TAG_SET_STOCK: u8 = 4;
@@ -87,10 +149,17 @@ const TAG_RESERVE_COMPACT: u8 = 12;
 const TAG_CONFIRM_ENDED_COMPACT: u8 = 13;
 const TAG_CANCEL_ENDED_COMPACT: u8 = 14;
 const TAG_EXPIRED_COMPACT: u8 = 15;
+// Carts (docs/carts.md): varint integers, as the compact tags.
+pub(crate) const TAG_LINES_PREPARED: u8 = 16;
+pub(crate) const TAG_LINES_RESOLVED: u8 = 17;
+pub(crate) const TAG_LINES_ENDED: u8 = 18;
+pub(crate) const TAG_CART_COMMITTED: u8 = 19;
+pub(crate) const TAG_CART_ABORTED: u8 = 20;
+pub(crate) const TAG_CART_ENDED: u8 = 21;
 
 /// How a record's integers are written: at full width (the first tags) or as varints.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Ints {
+pub(crate) enum Ints {
     Fixed,
     Varint,
 }
@@ -102,7 +171,8 @@ impl Ints {
             TAG_RESERVE_COMPACT
             | TAG_CONFIRM_ENDED_COMPACT
             | TAG_CANCEL_ENDED_COMPACT
-            | TAG_EXPIRED_COMPACT => Some(Ints::Varint),
+            | TAG_EXPIRED_COMPACT
+            | TAG_LINES_PREPARED..=TAG_CART_ENDED => Some(Ints::Varint),
             TAG_RESERVE | TAG_SET_STOCK | TAG_ADJUST_STOCK | TAG_SET_BUYER_LIMIT
             | TAG_SET_SALE_WINDOW | TAG_CONFIRM_ENDED | TAG_CANCEL_ENDED | TAG_EXPIRED => {
                 Some(Ints::Fixed)
@@ -111,14 +181,14 @@ impl Ints {
         }
     }
 
-    fn u64(self, r: &mut Reader<'_>, field: &'static str) -> Result<u64, EngineError> {
+    pub(crate) fn u64(self, r: &mut Reader<'_>, field: &'static str) -> Result<u64, EngineError> {
         match self {
             Ints::Fixed => r.u64(),
             Ints::Varint => r.varint(field),
         }
     }
 
-    fn u32(self, r: &mut Reader<'_>, field: &'static str) -> Result<u32, EngineError> {
+    pub(crate) fn u32(self, r: &mut Reader<'_>, field: &'static str) -> Result<u32, EngineError> {
         match self {
             Ints::Fixed => r.u32(),
             Ints::Varint => {
@@ -128,7 +198,7 @@ impl Ints {
         }
     }
 
-    fn reservation(self, r: &mut Reader<'_>) -> Result<ReservationId, EngineError> {
+    pub(crate) fn reservation(self, r: &mut Reader<'_>) -> Result<ReservationId, EngineError> {
         if self == Ints::Fixed {
             return Ok(ReservationId(r.u64()?));
         }
@@ -152,7 +222,7 @@ pub trait LogSink {
 
 impl LogSink for Vec<Record> {
     fn push(&mut self, record: &Record) {
-        Vec::push(self, *record);
+        Vec::push(self, record.clone());
     }
 }
 
@@ -244,7 +314,13 @@ impl Record {
         match *self {
             Record::Apply { at_ms, .. }
             | Record::Ended { at_ms, .. }
-            | Record::Expired { at_ms, .. } => at_ms,
+            | Record::Expired { at_ms, .. }
+            | Record::LinesPrepared { at_ms, .. }
+            | Record::LinesResolved { at_ms, .. }
+            | Record::LinesEnded { at_ms, .. }
+            | Record::CartCommitted { at_ms, .. }
+            | Record::CartAborted { at_ms, .. }
+            | Record::CartEnded { at_ms, .. } => at_ms,
         }
     }
 
@@ -269,6 +345,7 @@ impl Record {
                 w.varint(at_ms);
                 encode_ended(&mut w, &ended);
             }
+            _ => cart_codec::encode(&mut w, self),
         }
     }
 }
@@ -322,9 +399,14 @@ fn encode_apply(w: &mut Writer<'_>, at_ms: u64, command: &Command) {
     }
 }
 
+/// A reservation id as two varints: its shard and its sequence.
+pub(crate) fn encode_reservation(w: &mut Writer<'_>, reservation: ReservationId) {
+    w.varint(u64::from(reservation.shard().0));
+    w.varint(reservation.seq());
+}
+
 fn encode_ended(w: &mut Writer<'_>, ended: &Ended) {
-    w.varint(u64::from(ended.reservation.shard().0));
-    w.varint(ended.reservation.seq());
+    encode_reservation(w, ended.reservation);
     w.u8(ended.state.code());
     w.varint(ended.buyer.0);
     w.varint(ended.sku.0);
@@ -388,6 +470,9 @@ fn decode_one(r: &mut Reader<'_>) -> Result<Record, EngineError> {
         return Err(EngineError::UnknownRecordTag { tag, offset });
     };
     let at_ms = ints.u64(r, "time")?;
+    if (TAG_LINES_PREPARED..=TAG_CART_ENDED).contains(&tag) {
+        return cart_codec::decode(r, tag, at_ms);
+    }
     if tag == TAG_EXPIRED || tag == TAG_EXPIRED_COMPACT {
         let ended = decode_ended(r, ints)?;
         if ended.state != ReservationState::Expired {
@@ -502,7 +587,8 @@ mod tests {
             ended: ended(ReservationState::Cancelled, order_ref),
         });
         records.push(Record::Expired { at_ms: 456, ended: ended(ReservationState::Expired, None) });
-        // Every integer at its widest varint: the longest record there is.
+        records.extend(cart_samples(request, order_ref));
+        // Every integer at its widest varint: the longest single-line record.
         let reservation = ReservationId::new(ShardId(u16::MAX), ReservationId::SEQ_MAX);
         records.push(Record::Ended {
             at_ms: u64::MAX,
@@ -517,6 +603,87 @@ mod tests {
             },
         });
         records
+    }
+
+    /// One of each cart record; the last, a full cart with every integer at its widest
+    /// varint, is the longest record there is.
+    fn cart_samples(request: RequestId, order_ref: Option<OrderRef>) -> Vec<Record> {
+        use crate::cart::{CartLine, Lines, CART_LINES_MAX};
+        let lines = Lines::numbered([(SkuId(7), 2), (SkuId(1 << 40), 1)]).unwrap();
+        let cart = ReservationId::new(ShardId(2), 99);
+        let mut groups = Groups::default();
+        groups.push(ShardId(0), 5);
+        groups.push(ShardId(1), 6);
+        let prepare = PrepareLines {
+            cart: request,
+            coordinator: ShardId(1),
+            buyer: BuyerId(4),
+            deadline_ms: 9,
+            lines,
+        };
+        let end = CartEnd { cart, state: ReservationState::Confirmed, order_ref };
+        let commit = CommitCart {
+            request,
+            buyer: BuyerId(4),
+            ttl_ms: 60_000,
+            order_ref: None,
+            deadline_ms: 5_000,
+            lines,
+            groups,
+        };
+        let refused = Outcome::CartRefused {
+            line: 1,
+            refusal: crate::outcome::LineRefusal::LimitExceeded,
+            value: 3,
+        };
+        let mut widest_lines = Lines::default();
+        let mut widest_groups = Groups::default();
+        for index in 0..CART_LINES_MAX {
+            widest_lines.push(CartLine { index: index as u8, sku: SkuId(u64::MAX), qty: u32::MAX });
+            widest_groups.push(ShardId(u16::MAX), u64::MAX);
+        }
+        let widest = CommitCart {
+            request,
+            buyer: BuyerId(u64::MAX),
+            ttl_ms: u64::MAX,
+            order_ref,
+            deadline_ms: u64::MAX,
+            lines: widest_lines,
+            groups: widest_groups,
+        };
+        vec![
+            Record::LinesPrepared { at_ms: 1, prepare: Box::new(prepare) },
+            Record::LinesResolved { at_ms: 2, cart: request, group: 5, held_by: Some((cart, 77)) },
+            Record::LinesResolved { at_ms: 2, cart: request, group: 5, held_by: None },
+            Record::LinesEnded {
+                at_ms: 3,
+                end: Box::new(LinesEnd { cart: request, group: 5, end, buyer: BuyerId(4), lines }),
+            },
+            Record::CartCommitted { at_ms: 4, commit: Box::new(commit) },
+            Record::CartAborted { at_ms: 5, request, outcome: refused, groups: Box::new(groups) },
+            Record::CartAborted {
+                at_ms: 5,
+                request,
+                outcome: Outcome::CartTimedOut,
+                groups: Box::new(groups),
+            },
+            Record::CartEnded {
+                at_ms: 6,
+                command: Some(Command::Confirm { request, reservation: cart, order_ref }),
+                end,
+            },
+            Record::CartEnded {
+                at_ms: 6,
+                command: Some(Command::Cancel { request, reservation: cart }),
+                end: CartEnd { cart, state: ReservationState::Cancelled, order_ref: None },
+            },
+            Record::CartEnded {
+                at_ms: 6,
+                command: None,
+                end: CartEnd { cart, state: ReservationState::Expired, order_ref: None },
+            },
+            Record::CartCommitted { at_ms: u64::MAX, commit: Box::new(widest) },
+        ]
     }
 
     /// Records as the first log format wrote them (every integer at full width) still decode,

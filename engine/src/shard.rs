@@ -4,15 +4,17 @@
 //! `replay` rebuild the same state. Nothing here reads a clock or does IO: time is an argument,
 //! and a shard's clock never runs backwards (an earlier `now_ms` is read as the latest seen).
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 
 use rustc_hash::FxHashMap;
 
+use crate::cart::{CartEnd, CartMessage, Groups, Lines};
 use crate::command::{Command, Reserve, SaleWindow};
 use crate::dedup::Dedup;
 use crate::error::EngineError;
 use crate::expiry::ExpiryQueue;
-use crate::ids::{BuyerId, OrderRef, ReservationId, ShardId, SkuId};
+use crate::ids::{BuyerId, OrderRef, RequestId, ReservationId, ShardId, SkuId};
 use crate::limits::{ShardConfig, RESERVE_QTY_MAX, STOCK_TOTAL_MAX, TICK_EXPIRIES_MAX, TTL_MS_MAX};
 use crate::outcome::{Outcome, ReservationState, ReservationView, SkuView};
 use crate::probe::HashKey;
@@ -46,6 +48,35 @@ pub(crate) struct Reservation {
 
 const _: () = assert!(std::mem::size_of::<Reservation>() == 32);
 
+/// A participant's lines of one cart: their units are reserved, in doubt until the
+/// coordinator's decision settles them (`held_by`), and released or sold when the cart ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct LineGroup {
+    /// This shard's id for the group: a stale prepare of the same cart gets another.
+    pub(crate) group: u64,
+    pub(crate) coordinator: ShardId,
+    pub(crate) buyer: BuyerId,
+    pub(crate) lines: Lines,
+    pub(crate) deadline_ms: u64,
+    /// The cart holding the group and when it lapses, once the coordinator committed it.
+    pub(crate) held_by: Option<(ReservationId, u64)>,
+    /// When the group next asks its coordinator what became of it. In memory only: a
+    /// restored group asks at its deadline (in doubt) or its cart's expiry plus a grace.
+    pub(crate) ask_at_ms: u64,
+}
+
+/// A cart this shard decided, as its coordinator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Cart {
+    pub(crate) request: RequestId,
+    pub(crate) buyer: BuyerId,
+    pub(crate) expires_at_ms: u64,
+    pub(crate) state: ReservationState,
+    pub(crate) order_ref: Option<OrderRef>,
+    pub(crate) lines: Lines,
+    pub(crate) groups: Groups,
+}
+
 /// The stock state machine of one shard. `Clone` is for the runtime's snapshot replica: a
 /// one-time copy at start-up, kept current by `replay`.
 #[derive(Clone, Debug)]
@@ -71,17 +102,35 @@ pub struct Shard {
     pub(crate) dedup: Dedup,
     /// What per-buyer counts hash buyer ids with (from `config.hash_seed`).
     pub(crate) hash_key: HashKey,
+    /// Participant: the groups of cart lines this shard holds, by the cart's request id.
+    pub(crate) groups: FxHashMap<RequestId, LineGroup>,
+    pub(crate) group_seq_next: u64,
+    /// When open groups ask their coordinator, earliest first: (ask time, cart, group).
+    /// Entries whose group moved on are skipped when popped.
+    pub(crate) asks_due: BinaryHeap<Reverse<(u64, RequestId, u64)>>,
+    /// Coordinator: carts decided here, held or ended and still remembered.
+    pub(crate) carts: FxHashMap<ReservationId, Cart>,
+    /// The same carts by their request id, for participants' questions.
+    pub(crate) cart_ids: FxHashMap<RequestId, ReservationId>,
+    pub(crate) carts_live: usize,
+    /// Ended carts still remembered, oldest first, with when they ended.
+    pub(crate) carts_ended: VecDeque<(ReservationId, u64)>,
+    /// Messages for other shards left by `apply`, the cart calls and `tick`; the runtime
+    /// takes them with `take_messages` and delivers them once the step is durable.
+    pub(crate) outbox: Vec<CartMessage>,
 }
 
 /// How many expiries ahead `expire_due` prefetches a buyer count (see `Shard::prefetch`).
 const EXPIRY_PREFETCH_AHEAD: usize = 8;
 
 /// What one step did, before the answer is remembered and logged.
-enum Step {
+pub(crate) enum Step {
     /// The state changed; the command must be logged.
     Changed(Outcome),
     /// A confirm or cancel ended a reservation; logged with what it held.
     Ended(Outcome, Ended),
+    /// A confirm or cancel ended a cart (this shard is its coordinator).
+    CartEnded(Outcome, CartEnd),
     /// Nothing changed.
     Unchanged(Outcome),
 }
@@ -104,6 +153,14 @@ impl Shard {
             expiries_stale: 0,
             dedup: Dedup::new(&config),
             hash_key: HashKey::new(config.hash_seed),
+            groups: FxHashMap::default(),
+            group_seq_next: 1,
+            asks_due: BinaryHeap::new(),
+            carts: FxHashMap::default(),
+            cart_ids: FxHashMap::default(),
+            carts_live: 0,
+            carts_ended: VecDeque::new(),
+            outbox: Vec::new(),
         }
     }
 
@@ -160,7 +217,22 @@ impl Shard {
 
     /// The earliest time at which a `tick` may have something to expire.
     pub fn next_expiry_ms(&self) -> Option<u64> {
-        self.expiries.peek().map(|(at_ms, _)| at_ms)
+        let expiry = self.expiries.peek().map(|(at_ms, _)| at_ms);
+        let ask = self.asks_due.peek().map(|Reverse((at_ms, _, _))| *at_ms);
+        match (expiry, ask) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Takes the messages for other shards that the calls since the last take left.
+    pub fn take_messages(&mut self, into: &mut Vec<CartMessage>) {
+        into.append(&mut self.outbox);
+    }
+
+    /// Reservations and cart line groups held right now: what `reservations_live_max` bounds.
+    pub(crate) fn holds_live(&self) -> usize {
+        self.reservations_live + self.groups.len()
     }
 
     /// Applies `command` at `now_ms`, emitting a record to `log` when the state changed.
@@ -175,6 +247,9 @@ impl Shard {
             Step::Ended(outcome, ended) => {
                 let command = with_effective_order_ref(command, &ended);
                 (outcome, Record::Ended { at_ms: now_ms, command, ended })
+            }
+            Step::CartEnded(outcome, end) => {
+                (outcome, Record::CartEnded { at_ms: now_ms, command: Some(*command), end })
             }
             Step::Unchanged(outcome) => {
                 self.dedup.remember_rejection(request, outcome);
@@ -193,7 +268,9 @@ impl Shard {
     /// call), emitting one record per expiry. Returns how many expired.
     pub fn tick(&mut self, now_ms: u64, log: &mut impl LogSink) -> u32 {
         let now_ms = self.advance_clock(now_ms);
-        self.expire_due(now_ms, TICK_EXPIRIES_MAX, log)
+        let expired = self.expire_due(now_ms, TICK_EXPIRIES_MAX, log);
+        self.ask_due(now_ms);
+        expired
     }
 
     /// Re-applies one logged record through the same decisions as `apply` and `tick`. Fails
@@ -203,6 +280,18 @@ impl Shard {
         let (at_ms, command, logged) = match *record {
             Record::Apply { at_ms, command } => (at_ms, command, None),
             Record::Ended { at_ms, command, ended } => (at_ms, command, Some(ended)),
+            Record::LinesPrepared { .. }
+            | Record::LinesResolved { .. }
+            | Record::LinesEnded { .. }
+            | Record::CartCommitted { .. }
+            | Record::CartAborted { .. }
+            | Record::CartEnded { .. } => {
+                let replayed = self.replay_cart(record);
+                // Replay rebuilds state; the messages a live step left were delivered then,
+                // and what was lost in a crash is settled by the start-up pass.
+                self.outbox.clear();
+                return replayed;
+            }
             Record::Expired { at_ms, ended } => {
                 let now_ms = self.advance_clock(at_ms);
                 let replayed = self.expire_logged(ended.reservation, now_ms);
@@ -281,12 +370,12 @@ impl Shard {
         self.skus.keys().filter_map(|&sku| self.query_sku(sku))
     }
 
-    fn advance_clock(&mut self, now_ms: u64) -> u64 {
+    pub(crate) fn advance_clock(&mut self, now_ms: u64) -> u64 {
         self.clock_ms = self.clock_ms.max(now_ms);
         self.clock_ms
     }
 
-    fn decide(&mut self, command: &Command, now_ms: u64) -> Step {
+    pub(crate) fn decide(&mut self, command: &Command, now_ms: u64) -> Step {
         match *command {
             Command::Reserve(ref reserve) => self.reserve(reserve, now_ms),
             Command::Confirm { reservation, order_ref, .. } => {
@@ -309,29 +398,13 @@ impl Shard {
         if r.ttl_ms == 0 || r.ttl_ms > TTL_MS_MAX {
             return Step::Unchanged(Outcome::InvalidTtl { ttl_ms_max: TTL_MS_MAX });
         }
-        let Some(sku) = self.skus.get_mut(&r.sku) else {
-            return Step::Unchanged(Outcome::UnknownSku);
-        };
-        if let Some(refusal) = window_refusal(&sku.window, now_ms) {
+        if let Err(refusal) = self.check_line(r.sku, r.buyer, r.qty, now_ms) {
             return Step::Unchanged(refusal);
         }
-        let qty = u64::from(r.qty);
-        if let Some(limit) = sku.buyer_limit {
-            let taken = sku.taken.get(r.buyer);
-            if taken + qty > u64::from(limit) {
-                return Step::Unchanged(Outcome::LimitExceeded { taken, limit });
-            }
+        if let Err(refusal) = self.check_room() {
+            return Step::Unchanged(refusal);
         }
-        if sku.available < qty {
-            return Step::Unchanged(Outcome::SoldOut { available: sku.available });
-        }
-        if self.reservations_live >= self.config.reservations_live_max {
-            let live_max = self.config.reservations_live_max as u64;
-            return Step::Unchanged(Outcome::TooManyReservations { live_max });
-        }
-        sku.available -= qty;
-        sku.reserved += qty;
-        sku.taken.add(r.buyer, qty, self.hash_key);
+        self.hold_units(r.sku, r.buyer, r.qty);
 
         let reservation = ReservationId::new(self.id, self.reservation_seq_next);
         self.reservation_seq_next += 1;
@@ -352,6 +425,75 @@ impl Shard {
         Step::Changed(Outcome::Reserved { reservation, expires_at_ms })
     }
 
+    /// Whether `qty` units of `sku` may be held for `buyer` now: quantity, SKU, sale window,
+    /// buyer limit and stock, in that order. One line of a reserve or of a cart.
+    pub(crate) fn check_line(
+        &self,
+        sku: SkuId,
+        buyer: BuyerId,
+        qty: u32,
+        now_ms: u64,
+    ) -> Result<(), Outcome> {
+        if qty == 0 || qty > RESERVE_QTY_MAX {
+            return Err(Outcome::InvalidQuantity { qty_max: RESERVE_QTY_MAX });
+        }
+        let Some(sku) = self.skus.get(&sku) else {
+            return Err(Outcome::UnknownSku);
+        };
+        if let Some(refusal) = window_refusal(&sku.window, now_ms) {
+            return Err(refusal);
+        }
+        let qty = u64::from(qty);
+        if let Some(limit) = sku.buyer_limit {
+            let taken = sku.taken.get(buyer);
+            if taken + qty > u64::from(limit) {
+                return Err(Outcome::LimitExceeded { taken, limit });
+            }
+        }
+        if sku.available < qty {
+            return Err(Outcome::SoldOut { available: sku.available });
+        }
+        Ok(())
+    }
+
+    /// Whether the shard may hold one more reservation or line group.
+    pub(crate) fn check_room(&self) -> Result<(), Outcome> {
+        if self.holds_live() >= self.config.reservations_live_max {
+            let live_max = self.config.reservations_live_max as u64;
+            return Err(Outcome::TooManyReservations { live_max });
+        }
+        Ok(())
+    }
+
+    /// Moves `qty` units of `sku` from available to reserved for `buyer` (checked before).
+    pub(crate) fn hold_units(&mut self, sku: SkuId, buyer: BuyerId, qty: u32) {
+        let sku = self.skus.get_mut(&sku).expect("a checked line's SKU exists");
+        let qty = u64::from(qty);
+        sku.available = sku.available.checked_sub(qty).expect("a checked line's units are there");
+        sku.reserved += qty;
+        sku.taken.add(buyer, qty, self.hash_key);
+    }
+
+    /// Moves `qty` held units of `sku` to sold (`Confirmed`) or back to available.
+    pub(crate) fn release_units(
+        &mut self,
+        sku: SkuId,
+        buyer: BuyerId,
+        qty: u32,
+        end: ReservationState,
+    ) {
+        debug_assert_ne!(end, ReservationState::Held);
+        let sku = self.skus.get_mut(&sku).expect("held units' SKU exists");
+        let qty = u64::from(qty);
+        sku.reserved = sku.reserved.checked_sub(qty).expect("reserved never goes negative");
+        if end == ReservationState::Confirmed {
+            sku.sold += qty;
+        } else {
+            sku.available += qty;
+            sku.taken.sub(buyer, qty);
+        }
+    }
+
     /// Confirm or cancel. A reservation past its time-to-live expires instead: a late confirm
     /// never resurrects units that were promised back to the pool.
     fn end_on_request(
@@ -363,7 +505,7 @@ impl Shard {
     ) -> Step {
         let found = self.reservations.get(reservation);
         let Some(held) = found else {
-            return Step::Unchanged(Outcome::UnknownReservation);
+            return self.end_cart_on_request(reservation, wanted, order_ref, now_ms);
         };
         let (end, outcome) = match held.state {
             ReservationState::Confirmed => return Step::Unchanged(Outcome::AlreadyConfirmed),
@@ -393,15 +535,8 @@ impl Shard {
         let r = self.reservations.get_mut(id).expect("ending a known reservation");
         assert_eq!(r.state, ReservationState::Held, "reservation {id} ends twice");
         r.state = end;
-        let (sku_id, buyer, qty) = (r.sku, r.buyer, u64::from(r.qty));
-        let sku = self.skus.get_mut(&sku_id).expect("a reservation's SKU exists");
-        sku.reserved = sku.reserved.checked_sub(qty).expect("reserved never goes negative");
-        if end == ReservationState::Confirmed {
-            sku.sold += qty;
-        } else {
-            sku.available += qty;
-            sku.taken.sub(buyer, qty);
-        }
+        let (sku_id, buyer, qty) = (r.sku, r.buyer, r.qty);
+        self.release_units(sku_id, buyer, qty, end);
         self.reservations_live -= 1;
         let order_ref = self.order_refs.remove(&id);
         self.ended.push_back((id, now_ms));
@@ -414,7 +549,7 @@ impl Shard {
             self.ended.pop_front();
             self.reservations.remove(oldest);
         }
-        Ended { reservation: id, state: end, buyer, sku: sku_id, qty: qty as u32, order_ref }
+        Ended { reservation: id, state: end, buyer, sku: sku_id, qty, order_ref }
     }
 
     fn expire_due(&mut self, now_ms: u64, expiries_max: u32, log: &mut impl LogSink) -> u32 {
@@ -428,13 +563,13 @@ impl Shard {
             }
             self.expiries.pop();
             self.prefetch_expiry(EXPIRY_PREFETCH_AHEAD);
-            let held = self
-                .reservations
-                .get(id)
-                .is_some_and(|r| r.state == ReservationState::Held && r.expires_at_ms == at_ms);
-            if held {
+            if self.reservation_due(id, at_ms) {
                 let ended = self.end_reservation(id, ReservationState::Expired, now_ms);
                 log.push(&Record::Expired { at_ms: now_ms, ended });
+                expired += 1;
+            } else if self.cart_due(id, at_ms) {
+                let end = self.end_cart(id, ReservationState::Expired, None, now_ms);
+                log.push(&Record::CartEnded { at_ms: now_ms, command: None, end });
                 expired += 1;
             } else {
                 self.expiries_stale -= 1;
@@ -469,17 +604,30 @@ impl Shard {
     /// Drops stale expiry entries once they outnumber live ones. The cost is the heap's size,
     /// which is then at most twice the stale count, so it is O(1) per ended reservation; the
     /// table is never walked here (it also holds up to `ended_entries_max` ended ones).
-    fn compact_expiries_if_stale(&mut self) {
-        if self.expiries_stale > 1024 && self.expiries_stale > self.reservations_live {
-            let reservations = &self.reservations;
-            self.expiries.retain(|at_ms, id| {
-                reservations
-                    .get(id)
-                    .is_some_and(|r| r.state == ReservationState::Held && r.expires_at_ms == at_ms)
-            });
+    pub(crate) fn compact_expiries_if_stale(&mut self) {
+        let live = self.reservations_live + self.carts_live;
+        if self.expiries_stale > 1024 && self.expiries_stale > live {
+            let mut expiries = std::mem::take(&mut self.expiries);
+            expiries
+                .retain(|at_ms, id| self.reservation_due(id, at_ms) || self.cart_due(id, at_ms));
+            self.expiries = expiries;
             self.expiries_stale = 0;
-            debug_assert_eq!(self.expiries.len(), self.reservations_live);
+            debug_assert_eq!(self.expiries.len(), live);
         }
+    }
+
+    /// Whether `(at_ms, id)` is the live expiry entry of a held reservation.
+    fn reservation_due(&self, id: ReservationId, at_ms: u64) -> bool {
+        self.reservations
+            .get(id)
+            .is_some_and(|r| r.state == ReservationState::Held && r.expires_at_ms == at_ms)
+    }
+
+    /// Whether `(at_ms, id)` is the live expiry entry of a held cart.
+    pub(crate) fn cart_due(&self, id: ReservationId, at_ms: u64) -> bool {
+        self.carts
+            .get(&id)
+            .is_some_and(|c| c.state == ReservationState::Held && c.expires_at_ms == at_ms)
     }
 
     /// Builds the expiry heap from the table (restore only).
@@ -490,6 +638,8 @@ impl Shard {
             .filter(|(_, r)| r.state == ReservationState::Held)
             .map(|(id, r)| (r.expires_at_ms, id))
             .collect();
+        let carts = self.carts.iter().filter(|(_, c)| c.state == ReservationState::Held);
+        held.extend(carts.map(|(&id, c)| (c.expires_at_ms, id)));
         held.sort_unstable();
         self.expiries = ExpiryQueue::with_capacity(self.config.expiry_slots_presized());
         for (at_ms, id) in held {

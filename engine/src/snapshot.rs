@@ -4,15 +4,16 @@
 //! to the same bytes: `digest` is a hash of this encoding and is how tests compare a replayed
 //! shard with the live one. The rejection cache is not part of it (see `dedup`).
 
+use crate::cart::codec as cart_codec;
 use crate::codec::{Reader, Writer};
 use crate::command::SaleWindow;
 use crate::dedup::Answer;
 use crate::error::EngineError;
 use crate::ids::{BuyerId, OrderRef, RequestId, ReservationId, ShardId, SkuId};
 use crate::limits::ShardConfig;
-use crate::outcome::{Outcome, ReservationState};
+use crate::outcome::{LineRefusal, Outcome, ReservationState};
 use crate::probe::HashKey;
-use crate::shard::{Reservation, Shard, SkuState};
+use crate::shard::{Cart, LineGroup, Reservation, Shard, SkuState};
 use crate::table::ReservationTable;
 use crate::taken::BuyerCounts;
 
@@ -20,7 +21,9 @@ const SNAPSHOT_MAGIC: u32 = u32::from_le_bytes(*b"FSSN");
 /// Where the clock sits in a snapshot: after magic, version and shard id.
 const CLOCK_FIELD: std::ops::Range<usize> = 8..16;
 /// The snapshot format this build writes and reads.
-pub const SNAPSHOT_VERSION: u16 = 2;
+pub const SNAPSHOT_VERSION: u16 = 3;
+/// The format before carts: the same, without the cart sections at the end.
+const SNAPSHOT_VERSION_NO_CARTS: u16 = 2;
 
 impl Shard {
     /// Appends the canonical encoding of the shard's durable state to `out`.
@@ -32,7 +35,9 @@ impl Shard {
             + self.reservations.len() * 37
             + self.order_refs.len() * 24
             + self.ended.len() * 16
-            + self.dedup.answers.len() * 41;
+            + self.dedup.answers.len() * 41
+            + self.groups.len() * 120
+            + self.carts.len() * 200;
         if out.is_empty() && out.capacity() < estimate {
             // A reused, cleared buffer that is too small: replace it rather than `reserve`,
             // which reallocates and so copies the old capacity's worth of stale bytes (under
@@ -85,6 +90,95 @@ impl Shard {
             w.u64(answer.answered_at_ms);
             encode_answer(&mut w, answer.outcome);
         }
+        self.encode_carts(&mut w);
+    }
+
+    /// The cart sections: line groups held as a participant, then carts as coordinator.
+    fn encode_carts(&self, w: &mut Writer<'_>) {
+        w.u64(self.group_seq_next);
+        let mut groups: Vec<_> = self.groups.iter().collect();
+        groups.sort_unstable_by_key(|(request, _)| **request);
+        w.u64(groups.len() as u64);
+        for (request, g) in groups {
+            w.u128(request.0);
+            w.u64(g.group);
+            w.u16(g.coordinator.0);
+            w.u64(g.buyer.0);
+            w.u64(g.deadline_ms);
+            w.u8(u8::from(g.held_by.is_some()));
+            let (cart, expires_at_ms) = g.held_by.unwrap_or((ReservationId(0), 0));
+            w.u64(cart.0);
+            w.u64(expires_at_ms);
+            cart_codec::encode_lines(w, &g.lines);
+        }
+        let mut carts: Vec<_> = self.carts.iter().collect();
+        carts.sort_unstable_by_key(|(id, _)| **id);
+        w.u64(carts.len() as u64);
+        for (id, c) in carts {
+            w.u64(id.0);
+            w.u128(c.request.0);
+            w.u64(c.buyer.0);
+            w.u64(c.expires_at_ms);
+            w.u8(c.state.code());
+            w.opt_u128(c.order_ref.map(|o| o.0));
+            cart_codec::encode_lines(w, &c.lines);
+            cart_codec::encode_groups(w, &c.groups);
+        }
+        w.u64(self.carts_ended.len() as u64);
+        for &(id, ended_at_ms) in &self.carts_ended {
+            w.u64(id.0);
+            w.u64(ended_at_ms);
+        }
+    }
+
+    /// Reads the cart sections back (restore only; the invariant check follows).
+    fn restore_carts(&mut self, r: &mut Reader<'_>) -> Result<(), EngineError> {
+        self.group_seq_next = r.u64()?;
+        for _ in 0..r.count(16 + 8 + 2 + 8 + 8 + 1 + 16 + 1)? {
+            let request = RequestId(r.u128()?);
+            let (group, coordinator) = (r.u64()?, ShardId(r.u16()?));
+            let (buyer, deadline_ms) = (BuyerId(r.u64()?), r.u64()?);
+            let held = r.u8()?;
+            let (cart, expires_at_ms) = (ReservationId(r.u64()?), r.u64()?);
+            let held_by = match held {
+                0 => None,
+                1 => Some((cart, expires_at_ms)),
+                value => return Err(invalid("group held flag", value.into())),
+            };
+            if group == 0 || group >= self.group_seq_next {
+                return Err(invalid("line group id", group));
+            }
+            let lines = cart_codec::decode_lines(r)?;
+            let entry =
+                LineGroup { group, coordinator, buyer, lines, deadline_ms, held_by, ask_at_ms: 0 };
+            if self.groups.insert(request, entry).is_some() {
+                return Err(invalid("line group's cart", request.0 as u64));
+            }
+        }
+        for _ in 0..r.count(8 + 16 + 8 + 8 + 1 + 1 + 2)? {
+            let id = ReservationId(r.u64()?);
+            let cart = Cart {
+                request: RequestId(r.u128()?),
+                buyer: BuyerId(r.u64()?),
+                expires_at_ms: r.u64()?,
+                state: decode_state(r.u8()?)?,
+                order_ref: r.opt_u128("order reference flag")?.map(OrderRef),
+                lines: cart_codec::decode_lines(r)?,
+                groups: cart_codec::decode_groups(r)?,
+            };
+            if self.cart_ids.insert(cart.request, id).is_some() {
+                return Err(invalid("cart request", cart.request.0 as u64));
+            }
+            self.carts_live += usize::from(cart.state == ReservationState::Held);
+            if self.carts.insert(id, cart).is_some() {
+                return Err(invalid("cart id", id.0));
+            }
+        }
+        for _ in 0..r.count(16)? {
+            self.carts_ended.push_back((ReservationId(r.u64()?), r.u64()?));
+        }
+        self.rebuild_asks();
+        Ok(())
     }
 
     /// A 64-bit FNV-1a hash of the canonical snapshot without the clock: equal digests, equal
@@ -109,7 +203,7 @@ impl Shard {
             return Err(EngineError::NotASnapshot);
         }
         let version = r.u16()?;
-        if version != SNAPSHOT_VERSION {
+        if version != SNAPSHOT_VERSION && version != SNAPSHOT_VERSION_NO_CARTS {
             return Err(EngineError::UnsupportedVersion { version, supported: SNAPSHOT_VERSION });
         }
         let found = r.u16()?;
@@ -172,6 +266,9 @@ impl Shard {
             let (request, answered_at_ms) = (RequestId(r.u128()?), r.u64()?);
             let outcome = decode_answer(&mut r)?;
             remembered.push(Answer { request: request.into(), answered_at_ms, outcome });
+        }
+        if version == SNAPSHOT_VERSION {
+            shard.restore_carts(&mut r)?;
         }
         if r.remaining() != 0 {
             return Err(EngineError::TrailingBytes { count: r.remaining() });
@@ -246,6 +343,10 @@ fn decode_sku(r: &mut Reader<'_>, key: HashKey) -> Result<(SkuId, SkuState), Eng
     Ok((id, sku))
 }
 
+fn invalid(field: &'static str, value: u64) -> EngineError {
+    EngineError::InvalidField { field, value }
+}
+
 fn decode_state(code: u8) -> Result<ReservationState, EngineError> {
     ReservationState::from_code(code)
         .ok_or(EngineError::InvalidField { field: "reservation state", value: code.into() })
@@ -261,6 +362,10 @@ fn encode_answer(w: &mut Writer<'_>, outcome: Outcome) {
         Outcome::StockChanged { total, available } => (5, total, available),
         Outcome::LimitSet => (6, 0, 0),
         Outcome::WindowSet => (7, 0, 0),
+        Outcome::CartTimedOut => (8, 0, 0),
+        Outcome::CartRefused { line, refusal, value } => {
+            (9, u64::from(line) | u64::from(refusal.code()) << 8, value)
+        }
         other => unreachable!("{other:?} never changes state, so it is never remembered"),
     };
     w.u8(tag);
@@ -278,6 +383,14 @@ fn decode_answer(r: &mut Reader<'_>) -> Result<Outcome, EngineError> {
         5 => Outcome::StockChanged { total: a, available: b },
         6 => Outcome::LimitSet,
         7 => Outcome::WindowSet,
+        8 => Outcome::CartTimedOut,
+        9 => {
+            let code = (a >> 8) as u8;
+            let refusal = LineRefusal::from_code(code)
+                .filter(|_| a >> 16 == 0)
+                .ok_or(EngineError::InvalidField { field: "answer's line refusal", value: a })?;
+            Outcome::CartRefused { line: a as u8, refusal, value: b }
+        }
         value => {
             return Err(EngineError::InvalidField { field: "answer tag", value: value.into() })
         }

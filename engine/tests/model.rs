@@ -488,7 +488,7 @@ proptest! {
         let endings: Vec<Ended> = run
             .log
             .iter()
-            .filter_map(Record::event)
+            .flat_map(Record::events)
             .filter_map(|event| match event.change {
                 Change::Ended(ended) => Some(ended),
                 _ => None,

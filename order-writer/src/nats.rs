@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_nats::header::{HeaderMap, NATS_MESSAGE_ID};
 use async_nats::jetstream::{self, stream};
-use flashstock_engine::{Change, ReservationState};
+use flashstock_engine::{Change, Ended, ReservationState};
 use flashstock_protocol::StreamEvent;
 use serde_json::json;
 
@@ -84,20 +84,13 @@ pub fn describe(shard: u16, event: &StreamEvent) -> (&'static str, String, Strin
     let (at_ms, seq) = (event.event.at_ms, event.seq);
     let (kind, id, body) = match event.event.change {
         Change::Ended(ended) => {
-            let kind = match ended.state {
-                ReservationState::Confirmed => "confirmed",
-                ReservationState::Cancelled => "cancelled",
-                ReservationState::Expired | ReservationState::Held => "expired",
-            };
-            let body = json!({
-                "event": kind,
-                "reservation_id": ended.reservation.0,
-                "order_ref": ended.order_ref.map(|r| format!("{:032x}", r.0)),
-                "buyer_id": ended.buyer.0,
-                "sku_id": ended.sku.0,
-                "qty": ended.qty,
-            });
+            let (kind, body) = describe_ended(&ended);
             (kind, ended.reservation.0.to_string(), body)
+        }
+        Change::CartLineEnded { line, ended } => {
+            let (kind, mut body) = describe_ended(&ended);
+            body["line"] = json!(line);
+            (kind, format!("{}-{line}", ended.reservation.0), body)
         }
         Change::StockSet { sku, total } => {
             let body = json!({"event": "stock_set", "sku_id": sku.0, "total": total});
@@ -115,10 +108,28 @@ pub fn describe(shard: u16, event: &StreamEvent) -> (&'static str, String, Strin
     (kind, id, body.to_string())
 }
 
+/// The subject suffix and JSON body of a reservation's (or a cart line's) end.
+fn describe_ended(ended: &Ended) -> (&'static str, serde_json::Value) {
+    let kind = match ended.state {
+        ReservationState::Confirmed => "confirmed",
+        ReservationState::Cancelled => "cancelled",
+        ReservationState::Expired | ReservationState::Held => "expired",
+    };
+    let body = json!({
+        "event": kind,
+        "reservation_id": ended.reservation.0,
+        "order_ref": ended.order_ref.map(|r| format!("{:032x}", r.0)),
+        "buyer_id": ended.buyer.0,
+        "sku_id": ended.sku.0,
+        "qty": ended.qty,
+    });
+    (kind, body)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flashstock_engine::{BuyerId, Ended, Event, OrderRef, ReservationId, SkuId};
+    use flashstock_engine::{BuyerId, Event, OrderRef, ReservationId, SkuId};
 
     #[test]
     fn a_confirm_is_named_by_its_reservation_and_described_in_json() {

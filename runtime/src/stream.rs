@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use flashstock_engine::{decode_records, EventKind};
+use flashstock_engine::{decode_records, Event, EventKind};
 use flashstock_protocol::StreamEvent;
 use flashstock_wal::{Wal, WalError};
 use tokio::sync::watch;
@@ -199,13 +199,16 @@ impl EventLog {
                     }
                 };
                 if seq >= from_seq {
-                    let event = record.event().filter(|e| kinds_mask & e.change.kind().bit() != 0);
-                    if let Some(event) = event {
-                        if read.events.len() == events_max {
-                            return false;
-                        }
-                        read.events.push(StreamEvent { seq, event });
+                    // A record's events travel together (a cart's lines share its sequence
+                    // number, and the cursor moves by records): the first record of a read
+                    // may pass `events_max` by up to `CART_LINES_MAX - 1`.
+                    let wanted = |e: &Event| kinds_mask & e.change.kind().bit() != 0;
+                    let count = record.events().filter(wanted).count();
+                    if !read.events.is_empty() && read.events.len() + count > events_max {
+                        return false;
                     }
+                    let events = record.events().filter(wanted);
+                    read.events.extend(events.map(|event| StreamEvent { seq, event }));
                     read.end_seq = seq + 1;
                 }
             }
