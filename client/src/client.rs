@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flashstock_engine::{
-    BuyerId, Command, OrderRef, Outcome, RequestId, ReservationId, ReservationView, Reserve,
-    SaleWindow, SkuId, SkuView,
+    BuyerId, CartView, Command, Lines, OrderRef, Outcome, RequestId, ReservationId,
+    ReservationView, Reserve, ReserveCart, SaleWindow, SkuId, SkuView, CART_LINES_MAX,
 };
 use flashstock_protocol::{
     AdminReply, AdminRequest, ConsumerInfo, RateLimit, RateLimitEntry, Refusal, Reply, Request,
@@ -261,6 +261,38 @@ impl Client {
         }
     }
 
+    /// Holds every line of a cart (`(sku, qty)` pairs, each SKU once, at most
+    /// `CART_LINES_MAX`) for `buyer` for `ttl_ms`, or none of them. A refusal names the line:
+    /// `Outcome::CartRefused { line, refusal, value }`.
+    pub async fn reserve_cart(
+        &self,
+        buyer: BuyerId,
+        lines: &[(SkuId, u32)],
+        ttl_ms: u64,
+    ) -> Result<Outcome, ClientError> {
+        let Some(lines) = Lines::numbered(lines.iter().copied()) else {
+            return Ok(Outcome::InvalidCart { lines_max: CART_LINES_MAX as u32 });
+        };
+        let request = self.request_id();
+        self.apply_cart(ReserveCart { request, buyer, ttl_ms, order_ref: None, lines }).await
+    }
+
+    /// Reserves a cart; the cart's own request id is reused by every retry.
+    pub async fn apply_cart(&self, cart: ReserveCart) -> Result<Outcome, ClientError> {
+        match self.call(Request::ReserveCart(Box::new(cart))).await? {
+            Reply::Outcome(outcome) => Ok(outcome),
+            other => Err(ClientError::Unexpected(format!("{other:?} for a cart"))),
+        }
+    }
+
+    /// Reads a cart (its lines, state and expiry).
+    pub async fn query_cart(&self, cart: ReservationId) -> Result<Option<CartView>, ClientError> {
+        match self.call(Request::QueryCart(cart)).await? {
+            Reply::Cart(view) => Ok(view.map(|view| *view)),
+            other => Err(ClientError::Unexpected(format!("{other:?} for a cart query"))),
+        }
+    }
+
     /// Many reserves at once: they travel together and come back in order.
     pub async fn reserve_many(
         &self,
@@ -309,8 +341,9 @@ impl Client {
         // batcher sees full batches: spreading calls one by one over 8 connections made every
         // frame 8x smaller and cost more per call than one connection did.
         let run = self.inner.next_link.fetch_add(1, Ordering::Relaxed) / batch_max;
+        let request = &request;
         self.with_retries(run, |index, deadline| async move {
-            match self.attempt(index, request, deadline).await? {
+            match self.attempt(index, request.clone(), deadline).await? {
                 Reply::Refused(refusal) => Err(ClientError::Refused { refusal }),
                 reply => Ok(reply),
             }

@@ -192,7 +192,7 @@ impl FlashstockTarget {
         }
         let mut replies = Vec::with_capacity(requests.len());
         for request in requests {
-            replies.push(match self.service.call(*request).await {
+            replies.push(match self.service.call(request.clone()).await {
                 Ok(reply) => reply,
                 Err(flashstock_client::ClientError::Refused { refusal }) => Reply::Refused(refusal),
                 Err(err) => return Err(err.into()),
@@ -315,6 +315,6 @@ fn reply_name(reply: &Reply) -> &'static str {
         },
         Reply::Refused(Refusal::Overloaded) => "overloaded",
         Reply::Refused(_) => "refused",
-        Reply::Sku(_) | Reply::Reservation(_) => "other",
+        Reply::Sku(_) | Reply::Reservation(_) | Reply::Cart(_) => "other",
     }
 }

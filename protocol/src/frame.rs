@@ -27,9 +27,10 @@ pub const ALPN: &[u8] = b"flashstock/1";
 /// confirm and the committed-deduction stream's messages; version 3 archives without
 /// alignment padding and boxes the query views in replies (a reserve request 112 -> 63 bytes,
 /// a reply 96 -> 18); version 4 added the `Admin` messages (consumers listed and removed);
-/// version 5 the paged SKU listing and rate limits (`ListSkus`, `SetRateLimit`, `RateLimited`). An
-/// older peer is answered `UnsupportedVersion` rather than misread.
-pub const PROTOCOL_VERSION: u8 = 5;
+/// version 5 the paged SKU listing and rate limits (`ListSkus`, `SetRateLimit`, `RateLimited`);
+/// version 6 carts (`ReserveCart`, `QueryCart`, `Reply::Cart`, the cart outcomes and the
+/// `CartLineEnded` event). An older peer is answered `UnsupportedVersion` rather than misread.
+pub const PROTOCOL_VERSION: u8 = 6;
 /// Every protocol version this build speaks.
 pub const SUPPORTED_VERSIONS: &[u8] = &[PROTOCOL_VERSION];
 /// Bytes of a frame header.

@@ -11,7 +11,8 @@
 //! The server sends at most the subscription's window of events beyond the last `Ack`.
 
 use flashstock_engine::{
-    Command, Event, EventKind, Outcome, ReservationId, ReservationView, SkuId, SkuView,
+    CartView, Command, Event, EventKind, Outcome, ReservationId, ReservationView, ReserveCart,
+    SkuId, SkuView,
 };
 use rkyv::{Archive, Deserialize, Serialize};
 
@@ -205,7 +206,7 @@ pub struct StreamEvent {
 }
 
 /// One request of a batch.
-#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum Request {
     /// A state-changing engine command (reserve, confirm, cancel, or an admin command).
     Apply(Command),
@@ -213,6 +214,12 @@ pub enum Request {
     QuerySku(SkuId),
     /// Read a reservation.
     QueryReservation(ReservationId),
+    // Version 6 added the two below; the earlier ones keep their archived tags.
+    /// Hold every line of a cart, or none (boxed: an archived enum is as large as its
+    /// largest variant, and a cart is ~280 bytes against a command's ~60).
+    ReserveCart(Box<ReserveCart>),
+    /// Read a cart (confirm and cancel take its id as a reservation's).
+    QueryCart(ReservationId),
 }
 
 /// The answer to one request.
@@ -229,6 +236,8 @@ pub enum Reply {
     Reservation(Option<Box<ReservationView>>),
     /// The request was not applied, and why; retrying with the same request id is safe.
     Refused(Refusal),
+    /// The cart read, if it is known.
+    Cart(Option<Box<CartView>>),
 }
 
 /// Why a request was not applied.

@@ -2,8 +2,9 @@
 //! bytes (never a panic, never more memory than one frame), and each kind of bad input.
 
 use flashstock_engine::{
-    BuyerId, Change, Command, Ended, Event, EventKind, OrderRef, Outcome, RequestId, ReservationId,
-    ReservationState, ReservationView, Reserve, SaleWindow, ShardId, SkuId, SkuView,
+    BuyerId, CartView, Change, Command, Ended, Event, EventKind, LineRefusal, Lines, OrderRef,
+    Outcome, RequestId, ReservationId, ReservationState, ReservationView, Reserve, ReserveCart,
+    SaleWindow, ShardId, SkuId, SkuView, CART_LINES_MAX,
 };
 use flashstock_protocol::{
     AdminReply, AdminRequest, ConnectionError, ConsumerInfo, Decoded, ErrorCode, EventBatch, Frame,
@@ -53,6 +54,20 @@ fn command() -> impl Strategy<Value = Command> {
     ]
 }
 
+/// What version 6 added: carts.
+fn cart() -> impl Strategy<Value = ReserveCart> {
+    let lines = proptest::collection::vec((any::<u64>(), any::<u32>()), 0..=CART_LINES_MAX);
+    (any::<u128>(), any::<u64>(), any::<u64>(), any::<Option<u128>>(), lines).prop_map(
+        |(request, buyer, ttl_ms, order_ref, lines)| ReserveCart {
+            request: RequestId(request),
+            buyer: BuyerId(buyer),
+            ttl_ms,
+            order_ref: order_ref.map(OrderRef),
+            lines: Lines::numbered(lines.into_iter().map(|(sku, qty)| (SkuId(sku), qty))).unwrap(),
+        },
+    )
+}
+
 fn outcome() -> impl Strategy<Value = Outcome> {
     prop_oneof![
         (any::<u64>(), any::<u64>()).prop_map(|(r, expires_at_ms)| Outcome::Reserved {
@@ -71,6 +86,12 @@ fn outcome() -> impl Strategy<Value = Outcome> {
         (any::<u64>(), any::<u64>())
             .prop_map(|(total, available)| Outcome::StockChanged { total, available }),
         any::<u64>().prop_map(|taken_max| Outcome::LimitBelowHoldings { taken_max }),
+        (any::<u8>(), 0u8..8, any::<u64>()).prop_map(|(line, code, value)| {
+            let refusal = LineRefusal::from_code(code).unwrap();
+            Outcome::CartRefused { line, refusal, value }
+        }),
+        Just(Outcome::CartTimedOut),
+        any::<u32>().prop_map(|lines_max| Outcome::InvalidCart { lines_max }),
     ]
 }
 
@@ -105,6 +126,17 @@ fn reply() -> impl Strategy<Value = Reply> {
         proptest::option::of(sku_view).prop_map(|view| Reply::Sku(view.map(Box::new))),
         proptest::option::of(reservation_view)
             .prop_map(|view| Reply::Reservation(view.map(Box::new))),
+        proptest::option::of((cart(), any::<u64>(), 0u8..4)).prop_map(|view| {
+            Reply::Cart(view.map(|(cart, expires_at_ms, state)| {
+                Box::new(CartView {
+                    cart: ReservationId(cart.buyer.0),
+                    buyer: cart.buyer,
+                    lines: cart.lines,
+                    expires_at_ms,
+                    state: ReservationState::from_code(state).unwrap(),
+                })
+            }))
+        }),
         prop_oneof![
             Just(Refusal::Overloaded),
             Just(Refusal::PermissionDenied),
@@ -137,6 +169,17 @@ fn event() -> impl Strategy<Value = StreamEvent> {
             .prop_map(|(sku, total)| Change::StockSet { sku: SkuId(sku), total }),
         (any::<u64>(), any::<i64>())
             .prop_map(|(sku, delta)| Change::StockAdjusted { sku: SkuId(sku), delta }),
+        (any::<u8>(), any::<[u64; 3]>(), any::<u32>()).prop_map(|(line, [id, buyer, sku], qty)| {
+            let ended = Ended {
+                reservation: ReservationId(id),
+                state: ReservationState::Confirmed,
+                buyer: BuyerId(buyer),
+                sku: SkuId(sku),
+                qty,
+                order_ref: None,
+            };
+            Change::CartLineEnded { line, ended }
+        }),
     ];
     (any::<u64>(), any::<u64>(), change)
         .prop_map(|(seq, at_ms, change)| StreamEvent { seq, event: Event { at_ms, change } })
@@ -219,6 +262,8 @@ fn message() -> impl Strategy<Value = Message> {
         command().prop_map(Request::Apply),
         any::<u64>().prop_map(|s| Request::QuerySku(SkuId(s))),
         any::<u64>().prop_map(|r| Request::QueryReservation(ReservationId(r))),
+        cart().prop_map(|cart| Request::ReserveCart(Box::new(cart))),
+        any::<u64>().prop_map(|r| Request::QueryCart(ReservationId(r))),
     ];
     prop_oneof![
         (proptest::option::of(".{0,40}"), ".{0,20}")

@@ -5,7 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-use flashstock_engine::{Command, EncodedLog, ReservationId, Shard, SkuId};
+use flashstock_engine::{
+    Ask, CartMessage, Command, Decide, EncodedLog, PrepareLines, Prepared, ReservationId, Settle,
+    Shard, SkuId,
+};
 use flashstock_protocol::{Reply, Request};
 use tokio::sync::oneshot;
 
@@ -52,8 +55,40 @@ pub(crate) enum Job {
         items: Vec<Request>,
         reply: BatchReply,
     },
+    /// A cart's participant: prepare this shard's lines (boxed: carts are rare, jobs many).
+    PrepareLines {
+        prepare: Box<PrepareLines>,
+        reply: PreparedTo,
+    },
+    /// A cart's coordinator: decide it. Answered with the cart's outcome.
+    DecideCart {
+        decide: Box<Decide>,
+        reply: AnswerTo,
+    },
+    /// A cart's participant: settle a group as the coordinator decided. Not answered.
+    Settle(Settle),
+    /// A cart's coordinator: a participant asks about its group. Answered with a `Settle`.
+    Ask(Ask),
+    /// Read a cart this shard coordinates.
+    QueryCart {
+        cart: ReservationId,
+        reply: AnswerTo,
+    },
     /// Finish the current step, snapshot, and exit.
     Stop,
+}
+
+/// Where a participant's answer to a prepare goes.
+pub(crate) type PreparedTo = oneshot::Sender<Result<Prepared, RuntimeError>>;
+
+impl Job {
+    /// The job that carries a message one shard left for another.
+    pub(crate) fn of_message(message: CartMessage) -> (u16, Job) {
+        match message {
+            CartMessage::Settle { to, settle } => (to.0, Job::Settle(settle)),
+            CartMessage::Ask { to, ask } => (to.0, Job::Ask(ask)),
+        }
+    }
 }
 
 impl Job {
@@ -74,6 +109,7 @@ pub(crate) type BatchReply = oneshot::Sender<Result<Vec<Reply>, RuntimeError>>;
 pub(crate) enum Delivery {
     One(AnswerTo, Reply),
     Many(BatchReply, Vec<Reply>),
+    Prepared(PreparedTo, Prepared),
 }
 
 pub(crate) struct Actor {
@@ -134,7 +170,7 @@ impl Actor {
                 break;
             }
             weight += job.weight();
-            replies.push(self.answer(job, now_ms, &mut log));
+            replies.extend(self.answer(job, now_ms, &mut log));
             if weight >= self.config.batch_jobs_max {
                 break;
             }
@@ -154,10 +190,12 @@ impl Actor {
             shard.remembered_answers(),
         );
         self.count_if_slow(weight, expired, applied, elapsed);
-        if !replies.is_empty() || log.record_count > 0 {
+        let mut messages = Vec::new();
+        self.shard.take_messages(&mut messages);
+        if !replies.is_empty() || log.record_count > 0 || !messages.is_empty() {
             let record_count = log.record_count;
-            let commit =
-                Commit { log: self.shard.id().0, first_seq: self.next_seq, records: log, replies };
+            let (log_id, first_seq) = (self.shard.id().0, self.next_seq);
+            let commit = Commit { log: log_id, first_seq, records: log, replies, messages };
             self.next_seq += u64::from(record_count);
             // Blocks when the durability thread is behind: the inbox then fills, and callers
             // are told `Overloaded` instead of queueing without bound.
@@ -182,8 +220,8 @@ impl Actor {
         tracing::warn!(shard, jobs, expired, applied_ms, tick_ms, elapsed_ms, "slow shard step");
     }
 
-    fn answer(&mut self, job: Job, now_ms: u64, log: &mut EncodedLog) -> Delivery {
-        let one = |reply, answer| Delivery::One(reply, answer);
+    fn answer(&mut self, job: Job, now_ms: u64, log: &mut EncodedLog) -> Option<Delivery> {
+        let one = |reply, answer| Some(Delivery::One(reply, answer));
         match job {
             Job::Apply { command, reply } => {
                 one(reply, Reply::Outcome(self.shard.apply(&command, now_ms, log)))
@@ -207,7 +245,7 @@ impl Actor {
                 }
                 page.sort_unstable_by_key(|view| view.sku);
                 let views = page.into_iter().map(|view| Reply::Sku(Some(Box::new(view))));
-                Delivery::Many(reply, views.collect())
+                Some(Delivery::Many(reply, views.collect()))
             }
             Job::Batch { items, reply } => {
                 for item in items.iter().take(PREFETCH_AHEAD) {
@@ -221,7 +259,25 @@ impl Actor {
                         self.answer_item(&items[index], now_ms, log)
                     })
                     .collect();
-                Delivery::Many(reply, answers)
+                Some(Delivery::Many(reply, answers))
+            }
+            Job::PrepareLines { prepare, reply } => {
+                let prepared = self.shard.prepare_lines(&prepare, now_ms, log);
+                Some(Delivery::Prepared(reply, prepared))
+            }
+            Job::DecideCart { decide, reply } => {
+                one(reply, Reply::Outcome(self.shard.decide_cart(&decide, now_ms, log)))
+            }
+            Job::Settle(settle) => {
+                self.shard.settle(&settle, now_ms, log);
+                None
+            }
+            Job::Ask(ask) => {
+                self.shard.answer_ask(&ask, now_ms, log);
+                None
+            }
+            Job::QueryCart { cart, reply } => {
+                one(reply, Reply::Cart(self.shard.query_cart(cart).map(Box::new)))
             }
             Job::Stop => unreachable!("handled by the caller"),
         }
@@ -235,11 +291,13 @@ impl Actor {
 
     fn answer_item(&mut self, item: &Request, now_ms: u64, log: &mut EncodedLog) -> Reply {
         match *item {
-            Request::Apply(command) => Reply::Outcome(self.shard.apply(&command, now_ms, log)),
+            Request::Apply(ref command) => Reply::Outcome(self.shard.apply(command, now_ms, log)),
             Request::QuerySku(sku) => Reply::Sku(self.shard.query_sku(sku).map(Box::new)),
             Request::QueryReservation(id) => {
                 Reply::Reservation(self.shard.query_reservation(id).map(Box::new))
             }
+            Request::QueryCart(id) => Reply::Cart(self.shard.query_cart(id).map(Box::new)),
+            Request::ReserveCart(_) => unreachable!("a cart is driven by the handle, not a shard"),
         }
     }
 }

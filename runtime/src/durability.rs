@@ -24,10 +24,11 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use crossbeam_channel::Receiver;
-use flashstock_engine::EncodedLog;
+use crossbeam_channel::{Sender, TrySendError};
+use flashstock_engine::{CartMessage, EncodedLog};
 use flashstock_wal::{LogId, Wal};
 
-use crate::actor::Delivery;
+use crate::actor::{Delivery, Job};
 use crate::error::RuntimeError;
 use tokio::sync::watch;
 
@@ -42,6 +43,8 @@ pub(crate) struct Commit {
     pub(crate) first_seq: u64,
     pub(crate) records: EncodedLog,
     pub(crate) replies: Vec<Delivery>,
+    /// Messages the step left for other shards (carts): sent once its records are durable.
+    pub(crate) messages: Vec<CartMessage>,
 }
 
 /// Set once the log fails; read by handles to refuse work at once, and awaited by the server,
@@ -101,6 +104,8 @@ pub struct DurabilityStats {
     pub sync_us_max: AtomicU64,
     /// Shard steps that took `slow_step_ms` or longer.
     pub slow_steps: AtomicU64,
+    /// Messages between shards dropped at a full inbox (the groups concerned ask later).
+    pub cart_messages_dropped: AtomicU64,
 }
 
 /// Per log, the sequence number below which every record is durable.
@@ -114,6 +119,8 @@ pub(crate) struct Durability<W> {
     committed: watch::Sender<u64>,
     failure: Arc<Failure>,
     stats: Arc<DurabilityStats>,
+    /// Every shard's inbox, for the messages between shards.
+    inboxes: Vec<Sender<Job>>,
     metrics: crate::metrics::WalMetrics,
     /// Held while a thread takes a group and appends it: the log sees batches in the order
     /// the actors sent them. Holds the next group's turn number.
@@ -125,8 +132,10 @@ pub(crate) struct Durability<W> {
 
 impl<W: Wal> Durability<W> {
     pub(crate) fn new(parts: DurabilityParts<W>) -> Durability<W> {
-        let DurabilityParts { wal, commits, durable_ends, committed, failure, stats } = parts;
+        let DurabilityParts { wal, commits, durable_ends, committed, failure, stats, inboxes } =
+            parts;
         Durability {
+            inboxes,
             wal,
             commits,
             durable_ends,
@@ -185,6 +194,9 @@ impl<W: Wal> Durability<W> {
                 self.durable_ends[usize::from(commit.log)].store(end, Ordering::Release);
             }
             deliver(commit.replies, &durable);
+            if durable.is_ok() {
+                self.forward(commit.messages);
+            }
         }
         if durable.is_ok() && logged {
             self.committed.send_modify(|count| *count += 1);
@@ -192,6 +204,24 @@ impl<W: Wal> Durability<W> {
         *released += 1;
         drop(released);
         self.turn_released.notify_all();
+    }
+
+    /// Hands messages between shards to their inboxes. A full inbox drops the message: it is
+    /// never needed for safety, since a group that hears nothing asks its coordinator once
+    /// its deadline passes (see docs/carts.md), and waiting here would stall every reply.
+    fn forward(&self, messages: Vec<CartMessage>) {
+        for message in messages {
+            let (to, job) = Job::of_message(message);
+            let Some(inbox) = self.inboxes.get(usize::from(to)) else { continue };
+            match inbox.try_send(job) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => {
+                    self.stats.cart_messages_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                // The shard stopped (shutdown): the start-up pass settles what is left.
+                Err(TrySendError::Disconnected(_)) => {}
+            }
+        }
     }
 
     /// Appends the group's records; whether there were any.
@@ -254,6 +284,7 @@ pub(crate) struct DurabilityParts<W> {
     pub(crate) committed: watch::Sender<u64>,
     pub(crate) failure: Arc<Failure>,
     pub(crate) stats: Arc<DurabilityStats>,
+    pub(crate) inboxes: Vec<Sender<Job>>,
 }
 
 /// Hands a group's answers to their callers, or the log's failure.
@@ -266,6 +297,8 @@ fn deliver(replies: Vec<Delivery>, durable: &Result<(), String>) {
             (Delivery::One(reply, _), Err(reason)) => drop(reply.send(Err(failed(reason)))),
             (Delivery::Many(reply, answers), Ok(())) => drop(reply.send(Ok(answers))),
             (Delivery::Many(reply, _), Err(reason)) => drop(reply.send(Err(failed(reason)))),
+            (Delivery::Prepared(reply, answer), Ok(())) => drop(reply.send(Ok(answer))),
+            (Delivery::Prepared(reply, _), Err(reason)) => drop(reply.send(Err(failed(reason)))),
         }
     }
 }

@@ -5,14 +5,15 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Sender, TrySendError};
 use flashstock_engine::{
-    BuyerId, Command, Outcome, RequestId, ReservationId, ReservationView, Reserve, RouteKey,
-    SaleWindow, ShardId, ShardMap, SkuId, SkuView,
+    BuyerId, CartDriver, CartView, Command, Outcome, RequestId, ReservationId, ReservationView,
+    Reserve, ReserveCart, RouteKey, SaleWindow, ShardId, ShardMap, SkuId, SkuView,
 };
 use tokio::sync::oneshot;
 
 use flashstock_protocol::{Reply, Request};
 
 use crate::actor::{AnswerTo, BatchReply, Job};
+use crate::clock::Clock;
 use crate::durability::Failure;
 use crate::error::RuntimeError;
 use crate::stream::EventLog;
@@ -31,6 +32,8 @@ pub(crate) struct Shared {
     /// The most items one batch job may carry (a step must be able to take it whole).
     pub(crate) batch_jobs_max: usize,
     pub(crate) events: EventLog,
+    /// Cart drivers read it for their prepare deadline.
+    pub(crate) clock: Arc<dyn Clock>,
 }
 
 impl Handle {
@@ -142,6 +145,98 @@ impl Handle {
         self.apply(Command::SetSaleWindow { request, sku, window }).await
     }
 
+    /// Holds every line of a cart, or none (docs/carts.md). The cart is driven by a task of
+    /// its own, so a caller that stops waiting leaves no group waiting for its deadline.
+    pub async fn reserve_cart(&self, cart: ReserveCart) -> Result<Outcome, RuntimeError> {
+        match self.spawn_cart(Box::new(cart)).await {
+            Ok(Ok(Reply::Outcome(outcome))) => Ok(outcome),
+            Ok(Ok(other)) => unreachable!("a cart answered {other:?}"),
+            Ok(Err(err)) => Err(err),
+            Err(_) => Err(RuntimeError::ShuttingDown),
+        }
+    }
+
+    /// Reads a cart, live or recently ended.
+    pub async fn query_cart(&self, cart: ReservationId) -> Result<Option<CartView>, RuntimeError> {
+        let Some(shard) = self.shared.map.shard_of_reservation(cart) else {
+            return Ok(None);
+        };
+        match self.ask(shard, |reply| Job::QueryCart { cart, reply }).await? {
+            Reply::Cart(view) => Ok(view.map(|view| *view)),
+            other => unreachable!("query_cart answered {other:?}"),
+        }
+    }
+
+    /// Runs a cart reserve to its decision: every prepare at once, then the coordinator.
+    async fn drive_cart(&self, mut driver: CartDriver) -> Result<Outcome, RuntimeError> {
+        let deadline_ms = driver.prepares()[0].1.deadline_ms;
+        let prepares: Vec<_> = driver.prepares().to_vec();
+        let answers = prepares.iter().map(|&(shard, prepare)| {
+            self.until_deadline(deadline_ms, move |handle| {
+                let (reply, answer) = oneshot::channel();
+                let job = Job::PrepareLines { prepare: Box::new(prepare), reply };
+                let sent = handle.send_job(shard, job);
+                async move {
+                    sent?;
+                    answer.await.map_err(|_| RuntimeError::ShuttingDown)?
+                }
+            })
+        });
+        let mut overloaded = false;
+        for (index, answer) in futures_util::future::join_all(answers).await.into_iter().enumerate()
+        {
+            match answer {
+                Ok(prepared) => driver.prepared(index, prepared),
+                Err(RuntimeError::Overloaded { .. }) => overloaded = true,
+                // The log failed or the runtime stops: what was prepared is settled by the
+                // participants' deadlines, or by the start-up pass.
+                Err(err) => return Err(err),
+            }
+        }
+        let decide = match driver.decision() {
+            Some(Ok(decide)) if !overloaded => decide,
+            Some(Err(refusal)) if !overloaded => return Ok(refusal),
+            _ => driver.give_up(),
+        };
+        let coordinator = driver.coordinator();
+        self.until_deadline(deadline_ms, move |handle| {
+            let decide = Box::new(decide);
+            let sent = handle.send(coordinator, |reply| Job::DecideCart { decide, reply });
+            async move {
+                match sent?.await? {
+                    Reply::Outcome(outcome) => Ok(outcome),
+                    other => unreachable!("a cart decision answered {other:?}"),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Retries `attempt` while the shard it asks is overloaded, backing off, until the
+    /// cart's prepare deadline (past it a commit is refused anyway).
+    async fn until_deadline<T, F>(
+        &self,
+        deadline_ms: u64,
+        attempt: impl Fn(&Handle) -> F,
+    ) -> Result<T, RuntimeError>
+    where
+        F: std::future::Future<Output = Result<T, RuntimeError>>,
+    {
+        let mut backoff_ms = 1;
+        loop {
+            match attempt(self).await {
+                Err(RuntimeError::Overloaded { shard })
+                    if self.shared.clock.now_ms() + backoff_ms < deadline_ms =>
+                {
+                    tracing::trace!(shard, backoff_ms, "cart job refused by a full inbox");
+                    tokio::time::sleep(std::time::Duration::from_millis(backoff_ms)).await;
+                    backoff_ms = (backoff_ms * 2).min(CART_BACKOFF_MS_MAX);
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Reads a SKU's stock.
     pub async fn query_sku(&self, sku: SkuId) -> Result<Option<SkuView>, RuntimeError> {
         let shard = self.shared.map.shard_of_sku(sku);
@@ -244,16 +339,18 @@ impl Handle {
         let mut results: Vec<Option<Result<Reply, RuntimeError>>> = Vec::new();
         results.resize_with(items.len(), || None);
         let mut by_shard: Vec<Vec<usize>> = vec![Vec::new(); self.shared.inboxes.len()];
+        let mut carts = Vec::new();
         for (index, item) in items.iter().enumerate() {
             match self.route_item(item) {
-                Ok(shard) => by_shard[usize::from(shard.0)].push(index),
-                Err(answer) => results[index] = Some(Ok(answer)),
+                Route::Shard(shard) => by_shard[usize::from(shard.0)].push(index),
+                Route::Answered(answer) => results[index] = Some(Ok(answer)),
+                Route::Cart(cart) => carts.push((index, self.spawn_cart(cart))),
             }
         }
         let mut waiting = Vec::new();
         for (shard, indices) in by_shard.into_iter().enumerate() {
             for chunk in indices.chunks(self.shared.batch_jobs_max) {
-                let batch: Vec<Request> = chunk.iter().map(|&index| items[index]).collect();
+                let batch: Vec<Request> = chunk.iter().map(|&index| items[index].clone()).collect();
                 let (reply, answers): (BatchReply, _) = oneshot::channel();
                 let job = Job::Batch { items: batch, reply };
                 match self.send_job(ShardId(shard as u16), job) {
@@ -266,23 +363,45 @@ impl Handle {
                 }
             }
         }
-        PendingBatch { results, waiting }
+        PendingBatch { results, waiting, carts }
     }
 
-    /// The shard an item goes to, or its answer when no shard could own it.
-    fn route_item(&self, item: &Request) -> Result<ShardId, Reply> {
+    /// Starts a cart's driver on a task of its own; its outcome arrives on the returned
+    /// channel (at once for a malformed cart).
+    fn spawn_cart(&self, cart: Box<ReserveCart>) -> oneshot::Receiver<Result<Reply, RuntimeError>> {
+        let (reply, answer) = oneshot::channel();
+        match CartDriver::start(*cart, &self.shared.map, self.shared.clock.now_ms()) {
+            Err(refusal) => drop(reply.send(Ok(Reply::Outcome(refusal)))),
+            Ok(driver) => {
+                let handle = self.clone();
+                tokio::spawn(async move {
+                    let outcome = handle.drive_cart(driver).await;
+                    let _ = reply.send(outcome.map(Reply::Outcome));
+                });
+            }
+        }
+        answer
+    }
+
+    /// Where an item goes: a shard, a cart driver, or straight back when no shard could own
+    /// it.
+    fn route_item(&self, item: &Request) -> Route {
         let map = &self.shared.map;
+        let by_reservation = |id, unknown| match map.shard_of_reservation(id) {
+            Some(shard) => Route::Shard(shard),
+            None => Route::Answered(unknown),
+        };
         match *item {
             Request::Apply(command) => match command.route_key() {
-                RouteKey::Sku(sku) => Ok(map.shard_of_sku(sku)),
+                RouteKey::Sku(sku) => Route::Shard(map.shard_of_sku(sku)),
                 RouteKey::Reservation(id) => {
-                    map.shard_of_reservation(id).ok_or(Reply::Outcome(Outcome::UnknownReservation))
+                    by_reservation(id, Reply::Outcome(Outcome::UnknownReservation))
                 }
             },
-            Request::QuerySku(sku) => Ok(map.shard_of_sku(sku)),
-            Request::QueryReservation(id) => {
-                map.shard_of_reservation(id).ok_or(Reply::Reservation(None))
-            }
+            Request::QuerySku(sku) => Route::Shard(map.shard_of_sku(sku)),
+            Request::QueryReservation(id) => by_reservation(id, Reply::Reservation(None)),
+            Request::QueryCart(id) => by_reservation(id, Reply::Cart(None)),
+            Request::ReserveCart(ref cart) => Route::Cart(cart.clone()),
         }
     }
 
@@ -329,6 +448,16 @@ impl Handle {
     }
 }
 
+/// The longest wait between two tries of a cart's job at a full inbox.
+const CART_BACKOFF_MS_MAX: u64 = 50;
+
+/// Where one item of a batch goes.
+enum Route {
+    Shard(ShardId),
+    Cart(Box<ReserveCart>),
+    Answered(Reply),
+}
+
 /// Where a batch job's answers arrive.
 type BatchAnswers = oneshot::Receiver<Result<Vec<Reply>, RuntimeError>>;
 
@@ -338,6 +467,8 @@ pub struct PendingBatch {
     results: Vec<Option<Result<Reply, RuntimeError>>>,
     /// Each job sent: the positions of its items, and where its answers arrive.
     waiting: Vec<(Vec<usize>, BatchAnswers)>,
+    /// Each cart's position, and where its driver's outcome arrives.
+    carts: Vec<(usize, oneshot::Receiver<Result<Reply, RuntimeError>>)>,
 }
 
 impl PendingBatch {
@@ -356,6 +487,9 @@ impl PendingBatch {
                     }
                 }
             }
+        }
+        for (index, answer) in self.carts {
+            self.results[index] = Some(answer.await.unwrap_or(Err(RuntimeError::ShuttingDown)));
         }
         self.results.into_iter().map(|r| r.expect("every item is answered")).collect()
     }

@@ -3,7 +3,10 @@
 
 use std::time::Instant;
 
-use flashstock_engine::{decode_records, Shard, ShardConfig, ShardId};
+use flashstock_engine::{
+    check_carts, decode_records, settle_all, EncodedLog, Shard, ShardConfig, ShardId,
+};
+use flashstock_wal::BATCH_RECORDS_BYTES_MAX;
 use flashstock_wal::{BatchRef, VisitError, Wal, WalError};
 
 use crate::error::RuntimeError;
@@ -103,4 +106,35 @@ pub(crate) fn replay_batch(shard: &mut Shard, batch: BatchRef<'_>) -> Result<(),
         return Err(format!("batch header says {expected} records, found {replayed}").into());
     }
     Ok(())
+}
+
+/// The start-up pass of carts (docs/carts.md): every line group a crash left open asks its
+/// coordinator, the answers are applied, and what that logs is appended and synced before any
+/// shard serves. Then the invariants between shards are checked. Returns how many groups
+/// asked.
+pub(crate) fn settle_open_carts<W: Wal>(
+    wal: &W,
+    shards: &mut [Shard],
+    next_seqs: &mut [u64],
+    now_ms: u64,
+) -> Result<usize, RuntimeError> {
+    let mut logs: Vec<EncodedLog> =
+        shards.iter().map(|_| EncodedLog::with_chunk_bytes_max(BATCH_RECORDS_BYTES_MAX)).collect();
+    let broken = |shard: u16| move |source| RuntimeError::RecoveredInvariant { shard, source };
+    let asked = settle_all(shards, now_ms, &mut logs).map_err(broken(0))?;
+    let mut appended = false;
+    for (index, (log, next_seq)) in logs.iter().zip(next_seqs.iter_mut()).enumerate() {
+        let shard = index as u16;
+        for (records, record_count) in log.chunks() {
+            wal.append(shard, *next_seq, record_count, records)
+                .map_err(|source| RuntimeError::Recovery { shard, source })?;
+            *next_seq += u64::from(record_count);
+            appended = true;
+        }
+    }
+    if appended {
+        wal.sync().map_err(|source| RuntimeError::Recovery { shard: 0, source })?;
+    }
+    check_carts(shards).map_err(broken(0))?;
+    Ok(asked)
 }

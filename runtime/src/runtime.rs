@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::bounded;
-use flashstock_engine::ShardMap;
+use flashstock_engine::{Shard, ShardMap};
 use flashstock_wal::{SledWal, SledWalConfig, Wal};
 
 use crate::actor::{Actor, Job};
@@ -17,7 +17,7 @@ use crate::config::RuntimeConfig;
 use crate::durability::{Durability, DurabilityParts, DurabilityStats, DurableEnds, Failure};
 use crate::error::RuntimeError;
 use crate::handle::{Handle, Shared};
-use crate::recovery::{recover_shards, RecoveryReport};
+use crate::recovery::{recover_shards, settle_open_carts, RecoveryReport};
 use crate::stream::{Consumers, EventLog, WalRef};
 use tokio::sync::watch;
 
@@ -62,6 +62,7 @@ impl Runtime {
         let mut config = config;
         config.shard.hash_seed = hash_seed(&wal)?;
         let mut shards = Vec::with_capacity(usize::from(config.shard_count));
+        let mut next_seqs = Vec::with_capacity(shards.capacity());
         let mut recovery = Vec::with_capacity(shards.capacity());
         let recovery_started = std::time::Instant::now();
         let recovered = recover_shards(&wal, config.shard_count, config.shard)?;
@@ -78,9 +79,15 @@ impl Runtime {
                 elapsed_us = report.elapsed_us,
                 "shard recovered"
             );
-            shards.push((shard, report.next_seq));
+            shards.push(shard);
+            next_seqs.push(report.next_seq);
             recovery.push(report);
         }
+        let groups = settle_open_carts(&wal, &mut shards, &mut next_seqs, clock.now_ms())?;
+        if groups > 0 {
+            tracing::info!(groups, "cart line groups left open by the last run settled");
+        }
+        let shards: Vec<(Shard, u64)> = shards.into_iter().zip(next_seqs).collect();
 
         let wal = Arc::new(wal);
         let durable_ends: DurableEnds =
@@ -91,6 +98,10 @@ impl Runtime {
         let events = EventLog::new(shared_wal, durable_ends.clone(), commits, consumers.clone());
         let queue = config.durability_queue_batches * usize::from(config.shard_count);
         let (durable_tx, durable_rx) = bounded(queue);
+        // The inboxes exist before the durability threads: they forward messages between
+        // shards once the steps that left them are durable.
+        let (inboxes, inbox_receivers): (Vec<_>, Vec<_>) =
+            shards.iter().map(|_| bounded(config.inbox_capacity)).unzip();
         let failure = Arc::new(Failure::default());
         let stats = Arc::new(DurabilityStats::default());
         let durability = Arc::new(Durability::new(DurabilityParts {
@@ -100,6 +111,7 @@ impl Runtime {
             committed,
             failure: failure.clone(),
             stats: stats.clone(),
+            inboxes: inboxes.clone(),
         }));
         let durability = (0..config.syncs_in_flight_max)
             .map(|n| {
@@ -124,10 +136,8 @@ impl Runtime {
         let checkpointer = Checkpointer::new(parts, replicas);
         let checkpointer = spawn("flashstock-checkpoint".to_owned(), move || checkpointer.run())?;
 
-        let mut inboxes = Vec::with_capacity(shards.len());
         let mut actors = Vec::with_capacity(shards.len());
-        for (shard, next_seq) in shards {
-            let (inbox_tx, inbox_rx) = bounded(config.inbox_capacity);
+        for ((shard, next_seq), inbox_rx) in shards.into_iter().zip(inbox_receivers) {
             let name = format!("flashstock-shard-{}", shard.id().0);
             let metrics = crate::metrics::ShardMetrics::new(shard.id().0);
             let actor = Actor {
@@ -142,7 +152,6 @@ impl Runtime {
                 stats: stats.clone(),
             };
             actors.push(spawn(name, move || actor.run())?);
-            inboxes.push(inbox_tx);
         }
         let map = ShardMap::new(config.shard_count);
         let handle = Handle::new(Shared {
@@ -151,6 +160,7 @@ impl Runtime {
             failure,
             batch_jobs_max: config.batch_jobs_max,
             events,
+            clock,
         });
         Ok(Runtime {
             handle,

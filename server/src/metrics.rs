@@ -88,6 +88,8 @@ pub fn request_kind(request: &Request) -> &'static str {
         Request::Apply(command) => command.name(),
         Request::QuerySku(_) => "query_sku",
         Request::QueryReservation(_) => "query_reservation",
+        Request::ReserveCart(_) => "reserve_cart",
+        Request::QueryCart(_) => "query_cart",
     }
 }
 
@@ -95,8 +97,8 @@ pub fn request_kind(request: &Request) -> &'static str {
 pub fn reply_outcome(reply: &Reply) -> &'static str {
     match reply {
         Reply::Outcome(outcome) => outcome.name(),
-        Reply::Sku(Some(_)) | Reply::Reservation(Some(_)) => "found",
-        Reply::Sku(None) | Reply::Reservation(None) => "not_found",
+        Reply::Sku(Some(_)) | Reply::Reservation(Some(_)) | Reply::Cart(Some(_)) => "found",
+        Reply::Sku(None) | Reply::Reservation(None) | Reply::Cart(None) => "not_found",
         Reply::Refused(Refusal::Overloaded) => "refused_overloaded",
         Reply::Refused(Refusal::PermissionDenied) => "refused_permission_denied",
         Reply::Refused(Refusal::ShuttingDown) => "refused_shutting_down",

@@ -353,3 +353,44 @@ async fn connect_rides_out_a_server_that_is_slow_to_answer_the_handshake() {
     assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cart_over_the_wire_is_held_whole_refused_whole_and_confirmed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_at(dir.path(), any_port()).await;
+    let admin = admin_client(&server).await;
+    for sku in 1..=3 {
+        admin.set_stock(SkuId(sku), 10).await.unwrap();
+    }
+    let config =
+        ClientConfig::new(server.addr, "localhost", server.tls(), Some(&server.service_token));
+    let client = Client::connect(config).await.unwrap();
+    let lines = [(SkuId(1), 2), (SkuId(2), 3), (SkuId(3), 1)];
+    let Outcome::Reserved { reservation, .. } =
+        client.reserve_cart(BuyerId(7), &lines, 60_000).await.unwrap()
+    else {
+        panic!("a held cart")
+    };
+    let view = client.query_cart(reservation).await.unwrap().expect("a known cart");
+    assert_eq!((view.state, view.lines.len(), view.buyer), (ReservationState::Held, 3, BuyerId(7)));
+    // One line short of stock refuses the whole cart, and names the line.
+    let refused = client.reserve_cart(BuyerId(8), &[(SkuId(3), 1), (SkuId(2), 8)], 60_000).await;
+    let refusal = flashstock_engine::LineRefusal::SoldOut;
+    assert_eq!(refused.unwrap(), Outcome::CartRefused { line: 1, refusal, value: 7 });
+    assert_eq!(client.confirm(reservation).await.unwrap(), Outcome::Confirmed);
+    for _ in 0..200 {
+        if counts(&client, 2).await == (10, 7, 0, 3) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        (counts(&client, 1).await, counts(&client, 2).await, counts(&client, 3).await),
+        ((10, 8, 0, 2), (10, 7, 0, 3), (10, 9, 0, 1))
+    );
+    assert_eq!(client.cancel(reservation).await.unwrap(), Outcome::AlreadyConfirmed);
+    let too_many: Vec<_> = (0..17).map(|sku| (SkuId(sku), 1)).collect();
+    let invalid = client.reserve_cart(BuyerId(9), &too_many, 60_000).await.unwrap();
+    assert!(matches!(invalid, Outcome::InvalidCart { lines_max: 16 }), "{invalid:?}");
+    server.stop().await;
+}

@@ -1,7 +1,8 @@
-//! Crash test with real processes: a child runs the runtime on a sled log under load and is
-//! killed with SIGKILL at random moments, 20 times. After each kill a fresh process recovers
-//! the log (recovery verifies every invariant) and reports; every effect the parent saw
-//! acknowledged must be there.
+//! Crash test with real processes: a child runs the runtime on a sled log under load (one-line
+//! reserves, and carts over both shards) and is killed with SIGKILL at random moments, 20
+//! times. After each kill a fresh process recovers the log (recovery settles the cart line
+//! groups a kill left open and verifies every invariant, within and between shards) and
+//! reports; every effect the parent saw acknowledged must be there.
 //!
 //! The seed is printed; `FLASHSTOCK_CRASH_SEED=<seed>` replays a run's choices of timing.
 
@@ -18,8 +19,9 @@ const CYCLES: u64 = 20;
 
 #[derive(Default)]
 struct Acknowledged {
-    /// Reservation id → (sku, qty).
-    reserved: BTreeMap<u64, (u64, u64)>,
+    /// Reservation or cart id → its (sku, qty) lines.
+    reserved: BTreeMap<u64, Vec<(u64, u64)>>,
+    carts: usize,
     confirmed: Vec<u64>,
     cancelled: Vec<u64>,
 }
@@ -30,7 +32,12 @@ impl Acknowledged {
             line.split_whitespace().skip(1).map(|f| f.parse().expect("a number")).collect();
         match (line.as_bytes()[0], fields.as_slice()) {
             (b'R', [id, sku, qty]) => {
-                self.reserved.insert(*id, (*sku, *qty));
+                self.reserved.insert(*id, vec![(*sku, *qty)]);
+            }
+            (b'K', [id, lines @ ..]) if lines.len() >= 4 && lines.len() % 2 == 0 => {
+                let lines = lines.chunks(2).map(|pair| (pair[0], pair[1])).collect();
+                self.reserved.insert(*id, lines);
+                self.carts += 1;
             }
             (b'C', [id]) => self.confirmed.push(*id),
             (b'X', [id]) => self.cancelled.push(*id),
@@ -117,10 +124,10 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         let ids: Vec<u64> = acked.reserved.keys().copied().collect();
         let (skus, states) = verify(dir.path(), &ids);
 
-        for (id, (sku, _)) in &acked.reserved {
+        for (id, lines) in &acked.reserved {
             assert_ne!(
                 states[id], "missing",
-                "cycle {cycle}: acknowledged reservation {id} of sku {sku} lost"
+                "cycle {cycle}: acknowledged reservation {id} of {lines:?} lost"
             );
         }
         for id in &acked.confirmed {
@@ -131,8 +138,9 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         }
         let mut confirmed_units: HashMap<u64, u64> = HashMap::new();
         for id in &acked.confirmed {
-            let (sku, qty) = acked.reserved[id];
-            *confirmed_units.entry(sku).or_default() += qty;
+            for &(sku, qty) in &acked.reserved[id] {
+                *confirmed_units.entry(sku).or_default() += qty;
+            }
         }
         for [sku, total, available, reserved, sold] in &skus {
             assert_eq!(
@@ -145,12 +153,14 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         }
     }
     println!(
-        "{} reservations, {} confirms, {} cancels acknowledged over {CYCLES} kills \
-         ({kills_under_load} under load); all present after recovery",
+        "{} reservations ({} of them carts), {} confirms, {} cancels acknowledged over {CYCLES} \
+         kills ({kills_under_load} under load); all present after recovery",
         acked.reserved.len(),
+        acked.carts,
         acked.confirmed.len(),
         acked.cancelled.len()
     );
     assert!(kills_under_load >= 10, "most kills must land while effects are being acknowledged");
     assert!(acked.confirmed.len() > 100 && acked.cancelled.len() > 100, "the load did real work");
+    assert!(acked.carts > 50, "carts were in flight: {}", acked.carts);
 }

@@ -303,11 +303,19 @@ impl RateGate {
         let now_ms = self.now_ms();
         let mut limiter = self.limiter();
         for (request, answer) in batch.iter().zip(early.iter_mut()) {
-            let Request::Apply(Command::Reserve(reserve)) = request else { continue };
+            // A cart is one attempt, counted against its first line's SKU.
+            let (buyer, sku) = match request {
+                Request::Apply(Command::Reserve(reserve)) => (reserve.buyer, reserve.sku),
+                Request::ReserveCart(cart) => match cart.lines.as_slice().first() {
+                    Some(line) => (cart.buyer, line.sku),
+                    None => continue,
+                },
+                _ => continue,
+            };
             if answer.is_some() {
                 continue;
             }
-            if let Err(limited) = limiter.check(credential, reserve.buyer, reserve.sku, now_ms) {
+            if let Err(limited) = limiter.check(credential, buyer, sku, now_ms) {
                 let by = match limited.by {
                     LimitedBy::Buyer => "buyer",
                     LimitedBy::Credential => "credential",

@@ -2,18 +2,20 @@
 //!
 //! `crash-child load <data_dir> <seed>`: recovers the runtime from the sled log in `data_dir`,
 //! creates the test SKUs if they are new, prints `READY`, then runs reserve / confirm / cancel
-//! traffic from 32 tasks forever, printing one line per acknowledged effect *after* the answer
-//! arrived: `R <reservation> <sku> <qty>`, `C <reservation>`, `X <reservation>`.
+//! traffic from 32 tasks forever (a quarter of them reserving carts of 2-3 SKUs across both
+//! shards), printing one line per acknowledged effect *after* the answer arrived:
+//! `R <reservation> <sku> <qty>`, `K <cart> <sku> <qty> <sku> <qty>...`, `C <id>`, `X <id>`.
 //!
 //! `crash-child verify <data_dir> <ids_file>`: recovers (which checks every invariant), prints
-//! `S <sku> <total> <available> <reserved> <sold>` per SKU and `<reservation> <state>` for each
-//! id in `ids_file`, then shuts down gracefully.
+//! `S <sku> <total> <available> <reserved> <sold>` per SKU and `<id> <state>` for each
+//! reservation or cart id in `ids_file`, then shuts down gracefully. Recovery settles every
+//! cart line group a kill left open and checks the invariants between shards.
 
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
-use flashstock_engine::{BuyerId, Outcome, RequestId, ReservationId, SkuId};
+use flashstock_engine::{BuyerId, Lines, Outcome, RequestId, ReservationId, ReserveCart, SkuId};
 use flashstock_runtime::{Handle, Runtime, RuntimeConfig, SystemClock};
 use flashstock_tests::{states, Rng};
 
@@ -86,14 +88,37 @@ async fn traffic(handle: Handle, seed: u64, task: u64) {
         RequestId((u128::from(seed) << 64) | (u128::from(task) << 40) | u128::from(counter))
     };
     loop {
-        let sku = SKUS[rng.below(SKUS.len() as u64) as usize];
-        let qty = 1 + rng.below(3) as u32;
         let buyer = BuyerId(rng.next_u64());
-        let outcome = handle.reserve(next_request(), buyer, SkuId(sku), qty, 600_000).await;
-        let Ok(Outcome::Reserved { reservation, .. }) = outcome else {
-            continue;
+        let reservation = if task % 4 == 0 {
+            let first = rng.below(SKUS.len() as u64) as usize;
+            let count = 2 + rng.below(2) as usize;
+            let lines: Vec<(SkuId, u32)> = (0..count)
+                .map(|n| (SkuId(SKUS[(first + n) % SKUS.len()]), 1 + rng.below(3) as u32))
+                .collect();
+            let cart = ReserveCart {
+                request: next_request(),
+                buyer,
+                ttl_ms: 600_000,
+                order_ref: None,
+                lines: Lines::numbered(lines.iter().copied()).expect("a few lines"),
+            };
+            let Ok(Outcome::Reserved { reservation, .. }) = handle.reserve_cart(cart).await else {
+                continue;
+            };
+            let lines: String =
+                lines.iter().map(|(sku, qty)| format!(" {} {qty}", sku.0)).collect();
+            say(format!("K {}{lines}\n", reservation.0));
+            reservation
+        } else {
+            let sku = SKUS[rng.below(SKUS.len() as u64) as usize];
+            let qty = 1 + rng.below(3) as u32;
+            let outcome = handle.reserve(next_request(), buyer, SkuId(sku), qty, 600_000).await;
+            let Ok(Outcome::Reserved { reservation, .. }) = outcome else {
+                continue;
+            };
+            say(format!("R {} {sku} {qty}\n", reservation.0));
+            reservation
         };
-        say(format!("R {} {sku} {qty}\n", reservation.0));
         match rng.below(3) {
             0 => {
                 if let Ok(Outcome::Confirmed) = handle.confirm(next_request(), reservation).await {
@@ -123,7 +148,11 @@ async fn verify(handle: Handle, ids_file: &Path) {
     for id in ids.lines().filter(|l| !l.is_empty()) {
         let reservation = ReservationId(id.parse().expect("a numeric reservation id"));
         let view = handle.query_reservation(reservation).await.expect("query reservation");
-        out.push_str(&format!("{id} {}\n", states::name(view.map(|v| v.state))));
+        let state = match view {
+            Some(view) => Some(view.state),
+            None => handle.query_cart(reservation).await.expect("query cart").map(|v| v.state),
+        };
+        out.push_str(&format!("{id} {}\n", states::name(state)));
     }
     say(out);
 }

@@ -363,7 +363,7 @@ fn submit(
             .iter()
             .zip(&early)
             .filter(|(_, early)| early.is_none())
-            .map(|(r, _)| *r)
+            .map(|(r, _)| r.clone())
             .collect();
         handle.submit_batch(&permitted)
     };
