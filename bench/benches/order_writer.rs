@@ -17,6 +17,7 @@ fn rows(first: u64) -> Vec<OrderRow> {
     (first..first + ROWS_PER_BATCH)
         .map(|n| OrderRow {
             reservation: ReservationId::new(ShardId((n % 2) as u16), n + 1),
+            line: 0,
             order_ref: (n % 3 == 0).then_some(OrderRef(u128::from(n) << 20)),
             buyer: n * 7,
             sku: 42,

@@ -2,7 +2,8 @@
 //! to one of them by a hash of the reservation id, each written with idempotent batched
 //! inserts inside one transaction.
 //!
-//! Idempotence is the primary key on `reservation_id`: a redelivered event (the writer died
+//! Idempotence is the primary key on `(reservation_id, line)` (a cart's lines share its id;
+//! a one-line reservation is line 0): a redelivered event (the writer died
 //! after its commit and before its acknowledgement) inserts nothing the second time. SQLite
 //! and PostgreSQL skip a duplicate with `ON CONFLICT DO NOTHING`. MySQL inserts plainly, and a
 //! batch with a duplicate in it is written again row by row, each duplicate-key refusal
@@ -26,7 +27,7 @@ use sqlx::QueryBuilder;
 use crate::error::WriterError;
 
 /// Rows per multi-row INSERT statement (SQLite and MySQL; PostgreSQL binds arrays instead).
-/// 9 columns x 1,000 rows stays under SQLite's 32,766 bound parameters and MySQL's 65,535.
+/// 10 columns x 1,000 rows stays under SQLite's 32,766 bound parameters and MySQL's 65,535.
 const ROWS_PER_STATEMENT: usize = 1_000;
 /// How long connecting (and taking a pooled connection) may take before it is an error.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -38,8 +39,10 @@ static MYSQL_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/my
 /// One order row: a reservation that ended, as the stream reported it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OrderRow {
-    /// The reservation (the primary key).
+    /// The reservation, or the cart (with `line`, the primary key).
     pub reservation: ReservationId,
+    /// The line of the cart (0 for a one-line reservation).
+    pub line: u8,
     /// The caller's order reference, if one was given.
     pub order_ref: Option<OrderRef>,
     /// Who bought.
@@ -186,18 +189,19 @@ impl Database {
 
     /// Stores `row` and why it was refused in `dead_letters` (once per reservation).
     async fn dead_letter(&self, row: &OrderRow, error: &str) -> Result<(), sqlx::Error> {
-        const COLUMNS: &str = "reservation_id, order_ref, buyer_id, sku_id, qty, status, \
+        const COLUMNS: &str = "reservation_id, line, order_ref, buyer_id, sku_id, qty, status, \
                                ended_at_ms, stream_shard, stream_seq, error";
         let (skip, placeholders) = match self {
             Database::Postgres(_) => (
-                " ON CONFLICT (reservation_id) DO NOTHING",
-                "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10",
+                " ON CONFLICT (reservation_id, line) DO NOTHING",
+                "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11",
             ),
-            Database::Sqlite(_) => {
-                (" ON CONFLICT (reservation_id) DO NOTHING", "?, ?, ?, ?, ?, ?, ?, ?, ?, ?")
-            }
+            Database::Sqlite(_) => (
+                " ON CONFLICT (reservation_id, line) DO NOTHING",
+                "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?",
+            ),
             Database::MySql(_) => {
-                (" ON DUPLICATE KEY UPDATE error = error", "?, ?, ?, ?, ?, ?, ?, ?, ?, ?")
+                (" ON DUPLICATE KEY UPDATE error = error", "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?")
             }
         };
         let sql = format!("INSERT INTO dead_letters ({COLUMNS}) VALUES ({placeholders}){skip}");
@@ -205,6 +209,7 @@ impl Database {
             ($pool:expr) => {
                 sqlx::query(&sql)
                     .bind(as_sql(row.reservation.0))
+                    .bind(i16::from(row.line))
                     .bind(row.order_ref_text())
                     .bind(as_sql(row.buyer))
                     .bind(as_sql(row.sku))
@@ -249,7 +254,7 @@ impl Database {
                 let mut inserted = 0;
                 for chunk in rows.chunks(ROWS_PER_STATEMENT) {
                     let mut query = values_insert("INSERT", chunk);
-                    query.push(" ON CONFLICT (reservation_id) DO NOTHING");
+                    query.push(" ON CONFLICT (reservation_id, line) DO NOTHING");
                     inserted += query.build().execute(&mut *tx).await?.rows_affected();
                 }
                 tx.commit().await?;
@@ -269,13 +274,15 @@ impl Database {
                 // One statement whatever the batch size: columns bound as arrays and UNNESTed,
                 // so the statement is prepared once and reused.
                 let inserted = sqlx::query(
-                    "INSERT INTO orders (reservation_id, order_ref, buyer_id, sku_id, qty, \
+                    "INSERT INTO orders (reservation_id, line, order_ref, buyer_id, sku_id, qty, \
                      status, ended_at_ms, stream_shard, stream_seq) \
-                     SELECT * FROM UNNEST($1::int8[], $2::varchar[], $3::int8[], $4::int8[], \
-                     $5::int4[], $6::varchar[], $7::int8[], $8::int2[], $9::int8[]) \
-                     ON CONFLICT (reservation_id) DO NOTHING",
+                     SELECT * FROM UNNEST($1::int8[], $2::int2[], $3::varchar[], $4::int8[], \
+                     $5::int8[], $6::int4[], $7::varchar[], $8::int8[], $9::int2[], \
+                     $10::int8[]) \
+                     ON CONFLICT (reservation_id, line) DO NOTHING",
                 )
                 .bind(rows.iter().map(|r| as_sql(r.reservation.0)).collect::<Vec<_>>())
+                .bind(rows.iter().map(|r| i16::from(r.line)).collect::<Vec<_>>())
                 .bind(rows.iter().map(OrderRow::order_ref_text).collect::<Vec<_>>())
                 .bind(rows.iter().map(|r| as_sql(r.buyer)).collect::<Vec<_>>())
                 .bind(rows.iter().map(|r| as_sql(r.sku)).collect::<Vec<_>>())
@@ -389,11 +396,12 @@ where
     &'static str: sqlx::Encode<'static, DB> + sqlx::Type<DB>,
 {
     let mut query = QueryBuilder::new(format!(
-        "{insert} INTO orders (reservation_id, order_ref, buyer_id, sku_id, qty, status, \
+        "{insert} INTO orders (reservation_id, line, order_ref, buyer_id, sku_id, qty, status, \
          ended_at_ms, stream_shard, stream_seq) "
     ));
     query.push_values(rows, |mut b, row| {
         b.push_bind(as_sql(row.reservation.0))
+            .push_bind(i32::from(row.line))
             .push_bind(row.order_ref_text())
             .push_bind(as_sql(row.buyer))
             .push_bind(as_sql(row.sku))

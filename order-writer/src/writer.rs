@@ -276,17 +276,23 @@ async fn consume(
     }
 }
 
-/// The rows the batches make: confirms, and with `record_ended` every ending.
+/// The rows the batches make: confirms (one per line of a cart), and with `record_ended`
+/// every ending.
 pub fn rows_of(batches: &[EventBatch], record_ended: bool) -> Vec<OrderRow> {
     let mut rows = Vec::new();
     for batch in batches {
         for event in &batch.events {
-            let Change::Ended(ended) = event.event.change else { continue };
+            let (line, ended) = match event.event.change {
+                Change::Ended(ended) => (0, ended),
+                Change::CartLineEnded { line, ended } => (line, ended),
+                _ => continue,
+            };
             if ended.state != ReservationState::Confirmed && !record_ended {
                 continue;
             }
             rows.push(OrderRow {
                 reservation: ended.reservation,
+                line,
                 order_ref: ended.order_ref,
                 buyer: ended.buyer.0,
                 sku: ended.sku.0,

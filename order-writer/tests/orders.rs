@@ -55,28 +55,34 @@ fn config(server: &TestServer, urls: Vec<String>, consumer: &str) -> WriterConfi
 async fn sale_server(dir: &std::path::Path) -> TestServer {
     let server = TestServer::start_at(dir, "127.0.0.1:0".parse().unwrap()).await;
     let admin = client(&server, &server.admin_token).await;
-    admin.set_stock(SkuId(1), 1_000_000).await.unwrap();
+    for sku in 1..=4 {
+        admin.set_stock(SkuId(sku), 1_000_000).await.unwrap();
+    }
     admin.close().await;
     server
 }
 
-/// 300 confirms → 300 rows; then a second consumer replays the whole stream into the same
-/// database and inserts nothing.
+/// 300 confirms and 20 confirmed carts of 3 lines → 360 rows (one per line of a cart); then a
+/// second consumer replays the whole stream into the same database and inserts nothing.
 async fn exactly_one_row_per_confirm(url: String) {
     let dir = tempfile::tempdir().unwrap();
     let server = sale_server(dir.path()).await;
     let service = client(&server, &server.service_token).await;
     let writer = RunningWriter::start(config(&server, vec![url.clone()], "writer"));
     sell(&service, SkuId(1), 0, 300).await;
+    sell_carts(&service, 1_000, 20).await;
     let store = OrderStore::connect(std::slice::from_ref(&url)).await.unwrap();
-    wait_for_rows(&store, "confirmed", 300, ROWS_TIMEOUT).await;
+    wait_for_rows(&store, "confirmed", 360, ROWS_TIMEOUT).await;
     assert_eq!(store.count("cancelled").await.unwrap(), 0, "cancels are not orders by default");
+    for sku in 2..=4 {
+        assert_eq!(store.count_for_skus("confirmed", &[sku]).await.unwrap(), 20, "sku {sku}");
+    }
     let stats = writer.stop().await;
-    assert_eq!(stats.rows_inserted.load(Ordering::Relaxed), 300);
+    assert_eq!(stats.rows_inserted.load(Ordering::Relaxed), 360);
 
     // Redelivery of everything (a new consumer starts at the log's start) is a no-op.
-    replay_inserts_nothing(&server, &url, "replayer", 300).await;
-    assert_eq!(store.count("confirmed").await.unwrap(), 300);
+    replay_inserts_nothing(&server, &url, "replayer", 360).await;
+    assert_eq!(store.count("confirmed").await.unwrap(), 360);
     store.close().await;
     service.close().await;
     server.stop().await;
@@ -208,8 +214,8 @@ async fn events_reach_nats_jetstream_once_even_when_published_twice() {
     first.nats = Some(nats.clone());
     let writer = RunningWriter::start(first);
     sell(&service, SkuId(1), 0, 50).await;
-    // 50 confirms, 5 cancels (buyers 0, 10, ..., 40), and the stock being set.
-    let expected = 56;
+    // 50 confirms, 5 cancels (buyers 0, 10, ..., 40), and the stock of four SKUs being set.
+    let expected = 59;
     let jetstream = async_nats::jetstream::new(async_nats::connect(&nats.url).await.unwrap());
     // The writer creates the stream once it has started: until then there is nothing in it.
     let messages = || async {

@@ -117,3 +117,20 @@ pub async fn wait_for_rows(store: &OrderStore, status: &str, count: u64, timeout
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Reserves and confirms `count` carts of three lines (SKUs 2, 3 and 4, one unit each), one
+/// after another; returns the carts.
+pub async fn sell_carts(service: &Client, first_buyer: u64, count: u64) -> Vec<ReservationId> {
+    let lines = [(SkuId(2), 1), (SkuId(3), 1), (SkuId(4), 1)];
+    let mut carts = Vec::new();
+    for buyer in first_buyer..first_buyer + count {
+        let Outcome::Reserved { reservation, .. } =
+            service.reserve_cart(BuyerId(buyer), &lines, 60_000).await.unwrap()
+        else {
+            panic!("stock for every cart");
+        };
+        assert_eq!(service.confirm(reservation).await.unwrap(), Outcome::Confirmed);
+        carts.push(reservation);
+    }
+    carts
+}
