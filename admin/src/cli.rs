@@ -17,6 +17,11 @@ pub struct Cli {
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
+    /// An idempotency key (a ticket number, say): the change's request id is derived from it,
+    /// so running the same command again with the same key (after a timeout, from another
+    /// shell) is the same request, answered as the first time and applied once. 1-256 bytes.
+    #[arg(long, global = true)]
+    pub key: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -1,5 +1,6 @@
 //! Each command against the server. Changes go through the client library with a fresh
-//! request id, so a retry after a lost connection is applied once.
+//! request id (or one derived from `--key`), so a retry after a lost connection is applied
+//! once.
 
 use std::time::{Duration, Instant};
 
@@ -27,7 +28,11 @@ pub async fn run(cli: &Cli) -> Result<Report, AdminError> {
     if let Command::Health = cli.command {
         return Ok(health(config, cli).await);
     }
-    let client = Client::connect(config).await?;
+    let connected = Client::connect(config).await?;
+    let client = match &cli.key {
+        Some(key) => connected.keyed(key)?,
+        None => connected.clone(),
+    };
     let report = match &cli.command {
         Command::Sku(command) => sku(&client, command).await,
         Command::Reservation(ReservationCommand::Get { reservation }) => {

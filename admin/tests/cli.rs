@@ -33,7 +33,12 @@ async fn an_operator_sets_up_and_inspects_a_sale_from_the_command_line() {
     let server = TestServer::start_at(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
 
     assert!(flashstock(&server, "sku set 7 100").await.ok);
-    assert!(flashstock(&server, "sku adjust 7 -10").await.ok);
+    // An adjustment run twice under one key (a timeout, then the same command again) is
+    // applied once; under another key it is another change.
+    assert!(flashstock(&server, "--key ticket-1 sku adjust 7 -5").await.ok);
+    assert!(flashstock(&server, "--key ticket-1 sku adjust 7 -5").await.ok);
+    assert_eq!(flashstock(&server, "sku get 7").await.rows[0][1], "95");
+    assert!(flashstock(&server, "--key ticket-2 sku adjust 7 -5").await.ok);
     assert!(flashstock(&server, "sku set 8 5").await.ok);
     assert!(flashstock(&server, "sku limit set 7 2").await.ok);
     assert!(

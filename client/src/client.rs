@@ -11,8 +11,8 @@ use flashstock_engine::{
     ReservationView, Reserve, ReserveCart, SaleWindow, SkuId, SkuView, CART_LINES_MAX,
 };
 use flashstock_protocol::{
-    AdminReply, AdminRequest, ConsumerInfo, RateLimit, RateLimitEntry, Refusal, Reply, Request,
-    SKU_PAGE_MAX,
+    keys, AdminReply, AdminRequest, ConsumerInfo, RateLimit, RateLimitEntry, Refusal, Reply,
+    Request, SKU_PAGE_MAX,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -93,6 +93,9 @@ impl ClientConfig {
 #[derive(Clone, Debug)]
 pub struct Client {
     inner: Arc<Inner>,
+    /// The caller's key every request id is derived from (see [`Client::keyed`]), or `None`
+    /// for fresh ids.
+    key: Option<Arc<str>>,
 }
 
 #[derive(Debug)]
@@ -145,7 +148,7 @@ impl Client {
             id_prefix: u64::from_le_bytes(prefix),
             id_counter: AtomicU64::new(1),
         };
-        let client = Client { inner: Arc::new(inner) };
+        let client = Client { inner: Arc::new(inner), key: None };
         for index in 0..client.inner.links.len() {
             client.first_link(index).await?;
         }
@@ -170,6 +173,28 @@ impl Client {
                 }
                 Err(err) => return Err(err),
             }
+        }
+    }
+
+    /// This client with every request id derived from `key` (the caller's order id, say)
+    /// instead of drawn fresh: a call made again with the same key and the same arguments,
+    /// even by another process after this one died, is the same request and gets the first
+    /// answer. One key serves every step of one order: the id covers the call's arguments,
+    /// so a confirm, a cancel or a reserve of another SKU under the same key is another
+    /// request. Shares the connections; cheap.
+    pub fn keyed(&self, key: &str) -> Result<Client, ClientError> {
+        let bytes_max = keys::REQUEST_KEY_BYTES_MAX;
+        if key.is_empty() || key.len() > bytes_max {
+            return Err(ClientError::InvalidKey { bytes: key.len(), bytes_max });
+        }
+        Ok(Client { inner: self.inner.clone(), key: Some(key.into()) })
+    }
+
+    /// `request` with its id derived from this client's key, if it has one.
+    fn identified(&self, request: Request) -> Request {
+        match &self.key {
+            Some(key) => keys::keyed(&request, key).expect("keys are checked by `keyed`"),
+            None => request,
         }
     }
 
@@ -326,7 +351,8 @@ impl Client {
         outcomes
     }
 
-    /// Applies any command; the command's own request id is reused by every retry.
+    /// Applies any command; the command's own request id (on a keyed client, the id its key
+    /// gives) is reused by every retry.
     pub async fn apply(&self, command: Command) -> Result<Outcome, ClientError> {
         match self.call(Request::Apply(command)).await? {
             Reply::Outcome(outcome) => Ok(outcome),
@@ -334,8 +360,10 @@ impl Client {
         }
     }
 
-    /// Sends one request, retrying transport failures and refusals within the deadline.
+    /// Sends one request, retrying transport failures and refusals within the deadline. A
+    /// keyed client replaces the request's id with the one its key gives.
     pub async fn call(&self, request: Request) -> Result<Reply, ClientError> {
+        let request = self.identified(request);
         let batch_max = self.inner.config.batch_requests_max.max(1);
         // Runs of `batch_requests_max` consecutive calls share a connection, so that each
         // batcher sees full batches: spreading calls one by one over 8 connections made every
@@ -356,6 +384,14 @@ impl Client {
     /// ids, so nothing is applied twice; a refusal of one request (`Overloaded`) is its reply,
     /// left to the caller.
     pub async fn call_batch(&self, requests: &[Request]) -> Result<Vec<Reply>, ClientError> {
+        let identified: Vec<Request>;
+        let requests = match self.key {
+            Some(_) => {
+                identified = requests.iter().map(|r| self.identified(r.clone())).collect();
+                &identified[..]
+            }
+            None => requests,
+        };
         let base = self.inner.next_link.fetch_add(1, Ordering::Relaxed);
         self.with_retries(base, |index, deadline| async move {
             let link = self.link_by(index, deadline).await?;

@@ -60,6 +60,14 @@ pub enum ClientError {
         /// When a probe call will be let through.
         retry_after_ms: u64,
     },
+    /// A caller's idempotency key that is empty or too long.
+    #[error("an idempotency key is 1 to {bytes_max} bytes, not {bytes}")]
+    InvalidKey {
+        /// The key's length.
+        bytes: usize,
+        /// The longest key accepted.
+        bytes_max: usize,
+    },
     /// The server kept refusing the call (overloaded or shutting down) through every retry.
     #[error("the server refused the call: {refusal:?}")]
     Refused {

@@ -12,6 +12,8 @@
 //! - [`session`]: a connection's rules as sans-IO state machines, [`session::ServerSession`]
 //!   and [`session::ClientSession`]: `Hello` first, small and in time; what each role may
 //!   send; acks checked. The server's session and the client drive them.
+//! - [`keys`]: request ids derived from a caller's own key (its order id), so a retry after
+//!   the caller restarts is the same request.
 //! - [`tokens`]: the tokens file's format (roles, and the consumer names a token may act for),
 //!   parsed without IO for the server and the tools alike.
 //! - [`error`]: [`FrameError`], the one error type.
@@ -26,6 +28,7 @@ pub mod error;
 pub mod frame;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod keys;
 pub mod message;
 pub mod session;
 pub mod tokens;
