@@ -239,6 +239,21 @@ impl Client {
         self.apply(Command::Cancel { request: self.request_id(), reservation }).await
     }
 
+    /// A refund or payment reversal after the sale: gives `qty` units of a confirmed
+    /// reservation (`line` 0) or of line `line` of a confirmed cart back to available, never
+    /// more than it sold. `sku` is the line's SKU. Each return of a sale needs a request of
+    /// its own: on a keyed client, give each return its own key (or a different `qty`).
+    pub async fn return_sold(
+        &self,
+        reservation: ReservationId,
+        line: u8,
+        sku: SkuId,
+        qty: u32,
+    ) -> Result<Outcome, ClientError> {
+        let request = self.request_id();
+        self.apply(Command::ReturnSold { request, reservation, line, sku, qty }).await
+    }
+
     /// Admin: sets a SKU's total stock.
     pub async fn set_stock(&self, sku: SkuId, total: u64) -> Result<Outcome, ClientError> {
         self.apply(Command::SetStock { request: self.request_id(), sku, total }).await

@@ -93,6 +93,21 @@ pub enum Command {
         /// The window; refused when it opens at or after it closes.
         window: SaleWindow,
     },
+    // Added with carts (protocol 6), last so that the earlier variants keep their tags.
+    /// A refund or a payment reversal after the sale: `qty` units of a confirmed reservation
+    /// (or of one line of a confirmed cart) go back to available, never more than it sold.
+    ReturnSold {
+        /// The client's id for this request; each return of a sale needs its own.
+        request: RequestId,
+        /// The reservation, or the cart.
+        reservation: ReservationId,
+        /// The cart's line (0 for a one-line reservation).
+        line: u8,
+        /// The line's SKU: the shard that owns it keeps the sale.
+        sku: SkuId,
+        /// Units returned, 1..=what the sale sold and has not returned yet.
+        qty: u32,
+    },
 }
 
 /// What decides the shard that must apply a command.
@@ -115,6 +130,7 @@ impl Command {
             Command::AdjustStock { .. } => "adjust_stock",
             Command::SetBuyerLimit { .. } => "set_buyer_limit",
             Command::SetSaleWindow { .. } => "set_sale_window",
+            Command::ReturnSold { .. } => "return_sold",
         }
     }
 
@@ -127,7 +143,8 @@ impl Command {
             | Command::SetStock { request, .. }
             | Command::AdjustStock { request, .. }
             | Command::SetBuyerLimit { request, .. }
-            | Command::SetSaleWindow { request, .. } => request,
+            | Command::SetSaleWindow { request, .. }
+            | Command::ReturnSold { request, .. } => request,
         }
     }
 
@@ -138,7 +155,8 @@ impl Command {
             | Command::SetStock { sku, .. }
             | Command::AdjustStock { sku, .. }
             | Command::SetBuyerLimit { sku, .. }
-            | Command::SetSaleWindow { sku, .. } => RouteKey::Sku(sku),
+            | Command::SetSaleWindow { sku, .. }
+            | Command::ReturnSold { sku, .. } => RouteKey::Sku(sku),
             Command::Confirm { reservation, .. } | Command::Cancel { reservation, .. } => {
                 RouteKey::Reservation(reservation)
             }

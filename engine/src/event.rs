@@ -9,7 +9,7 @@ use crate::cart::LinesEnd;
 use crate::command::Command;
 use crate::ids::SkuId;
 use crate::outcome::ReservationState;
-use crate::record::{Ended, Record};
+use crate::record::{Ended, Record, SaleReturned};
 
 /// Something that happened at `at_ms` (the owning shard's clock).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,7 +41,8 @@ pub enum Change {
         /// Units added (negative: taken).
         delta: i64,
     },
-    // Added with carts, last so that the earlier variants keep their archived tags.
+    // Added with carts and returns, last so that the earlier variants keep their archived
+    // tags.
     /// One line of a cart ended with its cart (`reservation` is the cart's id); a confirmed
     /// line is a committed deduction, stored under the cart's id and the line's index.
     CartLineEnded {
@@ -50,6 +51,8 @@ pub enum Change {
         /// What the line held, and how the cart ended.
         ended: Ended,
     },
+    /// Units of a sale came back: a refund or a payment reversal after the confirm.
+    Returned(SaleReturned),
 }
 
 /// The kinds of events, for filtering a subscription.
@@ -64,12 +67,19 @@ pub enum EventKind {
     Expired,
     /// A SKU's stock was set or adjusted.
     Stock,
+    /// Units of a sale came back.
+    Returned,
 }
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 4] =
-        [EventKind::Confirmed, EventKind::Cancelled, EventKind::Expired, EventKind::Stock];
+    pub const ALL: [EventKind; 5] = [
+        EventKind::Confirmed,
+        EventKind::Cancelled,
+        EventKind::Expired,
+        EventKind::Stock,
+        EventKind::Returned,
+    ];
 
     /// The kind's bit in a filter mask.
     pub fn bit(self) -> u8 {
@@ -88,6 +98,7 @@ impl Change {
                 ReservationState::Expired | ReservationState::Held => EventKind::Expired,
             },
             Change::StockSet { .. } | Change::StockAdjusted { .. } => EventKind::Stock,
+            Change::Returned(_) => EventKind::Returned,
         }
     }
 }
@@ -107,6 +118,7 @@ impl Record {
             Record::Apply { command: Command::AdjustStock { sku, delta, .. }, .. } => {
                 Some(Change::StockAdjusted { sku, delta })
             }
+            Record::Returned { returned, .. } => Some(Change::Returned(returned)),
             _ => None,
         };
         let lines = match self {

@@ -47,6 +47,7 @@ impl Shard {
             }
         }
         self.check_carts_here()?;
+        self.check_returnable()?;
         for id in self.order_refs.keys() {
             if self.reservations.get(*id).is_none_or(|r| r.state != ReservationState::Held) {
                 return Err(bookkeeping(
@@ -81,6 +82,24 @@ impl Shard {
 }
 
 impl Shard {
+    /// The returnable sales: one entry per sale in order, of known SKUs, never more returned
+    /// than sold.
+    fn check_returnable(&self) -> Result<(), EngineError> {
+        let returnable = &self.returnable;
+        if returnable.order.len() != returnable.sales.len() {
+            return Err(bookkeeping(None, "returnable order differs from returnable sales"));
+        }
+        for key in &returnable.order {
+            let Some(sale) = returnable.sales.get(key) else {
+                return Err(bookkeeping(Some(key.0), "returnable order names an unknown sale"));
+            };
+            if sale.returned > sale.qty || !self.skus.contains_key(&sale.sku) {
+                return Err(bookkeeping(Some(key.0), "a sale returned more than it sold"));
+            }
+        }
+        Ok(())
+    }
+
     /// The carts this shard coordinates: live count, ended list, ids and the request index.
     fn check_carts_here(&self) -> Result<(), EngineError> {
         let live = self.carts.values().filter(|c| c.state == ReservationState::Held).count();

@@ -18,6 +18,7 @@
 //! - `snapshot` and `invariants`: `Shard::encode_snapshot`, `Shard::restore`, `Shard::digest`
 //!   and `Shard::check_invariants`.
 //! - `dedup`: what is remembered of earlier answers, so retries are idempotent.
+//! - `returns`: the sales each shard keeps returnable, bounded by age and count.
 //! - `probe`: an open-addressing table with one cache line per lookup, under `dedup` and the
 //!   per-buyer counts.
 //! - `taken`: per-buyer counts of one SKU, for buyer limits.
@@ -40,6 +41,7 @@ mod dedup;
 mod expiry;
 mod invariants;
 mod probe;
+mod returns;
 mod snapshot;
 mod table;
 mod taken;
@@ -58,7 +60,7 @@ pub use ids::{
 pub use limits::{ShardConfig, RESERVE_QTY_MAX, STOCK_TOTAL_MAX, TICK_EXPIRIES_MAX, TTL_MS_MAX};
 pub use outcome::{LineRefusal, Outcome, ReservationState, ReservationView, SkuView};
 pub use record::{
-    decode_records, DiscardLog, EncodedLog, Ended, LogSink, Record, RECORD_BYTES_MAX,
+    decode_records, DiscardLog, EncodedLog, Ended, LogSink, Record, SaleReturned, RECORD_BYTES_MAX,
 };
 pub use shard::Shard;
 

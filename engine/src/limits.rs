@@ -51,6 +51,10 @@ pub struct ShardConfig {
     pub ended_retention_ms: u64,
     /// The most ended reservations remembered; the oldest go first.
     pub ended_entries_max: usize,
+    /// How long after a sale its units may still be returned (`ReturnSold`).
+    pub return_window_ms: u64,
+    /// The most sales one shard keeps returnable; the oldest go first. About 80 bytes each.
+    pub returnable_entries_max: usize,
     /// Seeds the keys the shard's hash tables hash client-chosen ids (buyers, requests) with,
     /// so that no client can pick ids that collide. The runtime draws it once per data
     /// directory and keeps it in the log's metadata; tables are rebuilt on recovery, so the
@@ -68,6 +72,8 @@ impl Default for ShardConfig {
             rejection_cache_slots: 1 << 14,
             ended_retention_ms: 15 * 60 * 1000,
             ended_entries_max: 1_000_000,
+            return_window_ms: 30 * 24 * 60 * 60 * 1000,
+            returnable_entries_max: 1_000_000,
             hash_seed: 0,
         }
     }
@@ -88,6 +94,7 @@ impl ShardConfig {
             "rejection_cache_slots must be a power of two"
         );
         assert!(self.ended_entries_max > 0, "ended_entries_max must be positive");
+        assert!(self.returnable_entries_max > 0, "returnable_entries_max must be positive");
     }
 
     /// Slots a shard's reservation ring starts with: it spans the live reservations and the

@@ -122,6 +122,19 @@ pub enum Outcome {
         /// The most lines a cart may have.
         lines_max: u32,
     },
+    /// The units went back to available.
+    Returned {
+        /// Units of the sale returned so far, this return included.
+        returned_total: u32,
+    },
+    /// No returnable sale of that reservation, line and SKU here: never confirmed, or sold
+    /// longer ago than the return window (an operator adjusts the stock instead).
+    NotReturnable,
+    /// More units than the sale has left to return.
+    ReturnExceedsSold {
+        /// Units of the sale not returned yet.
+        returnable: u32,
+    },
 }
 
 /// Why one line of a cart was refused. The value beside it in [`Outcome::CartRefused`] is
@@ -233,6 +246,9 @@ impl Outcome {
             Outcome::CartRefused { .. } => "cart_refused",
             Outcome::CartTimedOut => "cart_timed_out",
             Outcome::InvalidCart { .. } => "invalid_cart",
+            Outcome::Returned { .. } => "returned",
+            Outcome::NotReturnable => "not_returnable",
+            Outcome::ReturnExceedsSold { .. } => "return_exceeds_sold",
         }
     }
 }

@@ -91,6 +91,15 @@ pub enum Record {
         /// The groups released by the decision.
         groups: Box<Groups>,
     },
+    /// Units of a sale came back (`ReturnSold`).
+    Returned {
+        /// The shard's clock.
+        at_ms: u64,
+        /// The return's request id.
+        request: RequestId,
+        /// What came back.
+        returned: SaleReturned,
+    },
     /// The coordinator ended a cart: the commit point of its confirm, cancel or expiry.
     CartEnded {
         /// The shard's clock.
@@ -100,6 +109,25 @@ pub enum Record {
         /// How it ended.
         end: CartEnd,
     },
+}
+
+/// Units of a sale that came back: the detail of a return, for the stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "rkyv", derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize))]
+pub struct SaleReturned {
+    /// The reservation, or the cart.
+    pub reservation: ReservationId,
+    /// The cart's line (0 for a one-line reservation).
+    pub line: u8,
+    /// The SKU.
+    pub sku: SkuId,
+    /// Who had bought it.
+    pub buyer: BuyerId,
+    /// Units returned now.
+    pub qty: u32,
+    /// Units of the sale returned so far, this return included: an order store sets its
+    /// returned count to this, so applying one return twice changes nothing.
+    pub returned_total: u32,
 }
 
 /// A reservation that ended, with what it held: the detail of a committed deduction.
@@ -156,6 +184,7 @@ pub(crate) const TAG_LINES_ENDED: u8 = 18;
 pub(crate) const TAG_CART_COMMITTED: u8 = 19;
 pub(crate) const TAG_CART_ABORTED: u8 = 20;
 pub(crate) const TAG_CART_ENDED: u8 = 21;
+const TAG_RETURNED: u8 = 22;
 
 /// How a record's integers are written: at full width (the first tags) or as varints.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -172,7 +201,8 @@ impl Ints {
             | TAG_CONFIRM_ENDED_COMPACT
             | TAG_CANCEL_ENDED_COMPACT
             | TAG_EXPIRED_COMPACT
-            | TAG_LINES_PREPARED..=TAG_CART_ENDED => Some(Ints::Varint),
+            | TAG_LINES_PREPARED..=TAG_CART_ENDED
+            | TAG_RETURNED => Some(Ints::Varint),
             TAG_RESERVE | TAG_SET_STOCK | TAG_ADJUST_STOCK | TAG_SET_BUYER_LIMIT
             | TAG_SET_SALE_WINDOW | TAG_CONFIRM_ENDED | TAG_CANCEL_ENDED | TAG_EXPIRED => {
                 Some(Ints::Fixed)
@@ -320,7 +350,8 @@ impl Record {
             | Record::LinesEnded { at_ms, .. }
             | Record::CartCommitted { at_ms, .. }
             | Record::CartAborted { at_ms, .. }
-            | Record::CartEnded { at_ms, .. } => at_ms,
+            | Record::CartEnded { at_ms, .. }
+            | Record::Returned { at_ms, .. } => at_ms,
         }
     }
 
@@ -344,6 +375,17 @@ impl Record {
                 w.u8(TAG_EXPIRED_COMPACT);
                 w.varint(at_ms);
                 encode_ended(&mut w, &ended);
+            }
+            Record::Returned { at_ms, request, returned: r } => {
+                w.u8(TAG_RETURNED);
+                w.varint(at_ms);
+                w.u128(request.0);
+                encode_reservation(&mut w, r.reservation);
+                w.u8(r.line);
+                w.varint(r.sku.0);
+                w.varint(r.buyer.0);
+                w.varint(u64::from(r.qty));
+                w.varint(u64::from(r.returned_total));
             }
             _ => cart_codec::encode(&mut w, self),
         }
@@ -372,6 +414,7 @@ fn encode_apply(w: &mut Writer<'_>, at_ms: u64, command: &Command) {
         Command::Confirm { .. } | Command::Cancel { .. } => {
             unreachable!("confirm and cancel are logged as Record::Ended")
         }
+        Command::ReturnSold { .. } => unreachable!("a return is logged as Record::Returned"),
     };
     w.u8(tag);
     w.u64(at_ms);
@@ -395,7 +438,9 @@ fn encode_apply(w: &mut Writer<'_>, at_ms: u64, command: &Command) {
             w.opt_u64(window.opens_at_ms);
             w.opt_u64(window.closes_at_ms);
         }
-        Command::Confirm { .. } | Command::Cancel { .. } => unreachable!("refused above"),
+        Command::Confirm { .. } | Command::Cancel { .. } | Command::ReturnSold { .. } => {
+            unreachable!("refused above")
+        }
     }
 }
 
@@ -472,6 +517,18 @@ fn decode_one(r: &mut Reader<'_>) -> Result<Record, EngineError> {
     let at_ms = ints.u64(r, "time")?;
     if (TAG_LINES_PREPARED..=TAG_CART_ENDED).contains(&tag) {
         return cart_codec::decode(r, tag, at_ms);
+    }
+    if tag == TAG_RETURNED {
+        let request = RequestId(r.u128()?);
+        let returned = SaleReturned {
+            reservation: ints.reservation(r)?,
+            line: r.u8()?,
+            sku: SkuId(r.varint("sku")?),
+            buyer: BuyerId(r.varint("buyer")?),
+            qty: ints.u32(r, "qty")?,
+            returned_total: ints.u32(r, "returned total")?,
+        };
+        return Ok(Record::Returned { at_ms, request, returned });
     }
     if tag == TAG_EXPIRED || tag == TAG_EXPIRED_COMPACT {
         let ended = decode_ended(r, ints)?;

@@ -18,7 +18,8 @@ use crate::ids::{BuyerId, OrderRef, RequestId, ReservationId, ShardId, SkuId};
 use crate::limits::{ShardConfig, RESERVE_QTY_MAX, STOCK_TOTAL_MAX, TICK_EXPIRIES_MAX, TTL_MS_MAX};
 use crate::outcome::{Outcome, ReservationState, ReservationView, SkuView};
 use crate::probe::HashKey;
-use crate::record::{Ended, LogSink, Record};
+use crate::record::{Ended, LogSink, Record, SaleReturned};
+use crate::returns::{Returnable, Sale, SaleKey};
 use crate::table::ReservationTable;
 use crate::taken::BuyerCounts;
 
@@ -115,6 +116,8 @@ pub struct Shard {
     pub(crate) carts_live: usize,
     /// Ended carts still remembered, oldest first, with when they ended.
     pub(crate) carts_ended: VecDeque<(ReservationId, u64)>,
+    /// Sales that may still be returned (see `returns`).
+    pub(crate) returnable: Returnable,
     /// Messages for other shards left by `apply`, the cart calls and `tick`; the runtime
     /// takes them with `take_messages` and delivers them once the step is durable.
     pub(crate) outbox: Vec<CartMessage>,
@@ -131,6 +134,8 @@ pub(crate) enum Step {
     Ended(Outcome, Ended),
     /// A confirm or cancel ended a cart (this shard is its coordinator).
     CartEnded(Outcome, CartEnd),
+    /// Units of a sale came back.
+    Returned(Outcome, SaleReturned),
     /// Nothing changed.
     Unchanged(Outcome),
 }
@@ -160,6 +165,7 @@ impl Shard {
             cart_ids: FxHashMap::default(),
             carts_live: 0,
             carts_ended: VecDeque::new(),
+            returnable: Returnable::default(),
             outbox: Vec::new(),
         }
     }
@@ -251,6 +257,9 @@ impl Shard {
             Step::CartEnded(outcome, end) => {
                 (outcome, Record::CartEnded { at_ms: now_ms, command: Some(*command), end })
             }
+            Step::Returned(outcome, returned) => {
+                (outcome, Record::Returned { at_ms: now_ms, request, returned })
+            }
             Step::Unchanged(outcome) => {
                 self.dedup.remember_rejection(request, outcome);
                 return outcome;
@@ -280,6 +289,9 @@ impl Shard {
         let (at_ms, command, logged) = match *record {
             Record::Apply { at_ms, command } => (at_ms, command, None),
             Record::Ended { at_ms, command, ended } => (at_ms, command, Some(ended)),
+            Record::Returned { at_ms, request, returned } => {
+                return self.replay_return(at_ms, request, &returned);
+            }
             Record::LinesPrepared { .. }
             | Record::LinesResolved { .. }
             | Record::LinesEnded { .. }
@@ -323,6 +335,32 @@ impl Shard {
             return Err(EngineError::ReplayNoEffect { at_ms, command });
         }
         Ok(())
+    }
+
+    /// Replays a logged return through the same decision as `apply`.
+    fn replay_return(
+        &mut self,
+        at_ms: u64,
+        request: crate::ids::RequestId,
+        logged: &SaleReturned,
+    ) -> Result<(), EngineError> {
+        let now_ms = self.advance_clock(at_ms);
+        let command = Command::ReturnSold {
+            request,
+            reservation: logged.reservation,
+            line: logged.line,
+            sku: logged.sku,
+            qty: logged.qty,
+        };
+        match self.decide(&command, now_ms) {
+            Step::Returned(outcome, replayed) if replayed == *logged => {
+                if self.dedup.remember_change(request, outcome, now_ms, &self.config) {
+                    return Ok(());
+                }
+                Err(EngineError::ReplayNoEffect { at_ms, command })
+            }
+            _ => Err(EngineError::ReplayNoEffect { at_ms, command }),
+        }
     }
 
     /// Starts a bulk replay: `replay` then collects remembered answers in log order, and
@@ -388,6 +426,9 @@ impl Shard {
             Command::AdjustStock { sku, delta, .. } => self.adjust_stock(sku, delta),
             Command::SetBuyerLimit { sku, limit, .. } => self.set_buyer_limit(sku, limit),
             Command::SetSaleWindow { sku, window, .. } => self.set_sale_window(sku, window),
+            Command::ReturnSold { reservation, line, sku, qty, .. } => {
+                self.return_sold((reservation, line), sku, qty, now_ms)
+            }
         }
     }
 
@@ -537,6 +578,10 @@ impl Shard {
         r.state = end;
         let (sku_id, buyer, qty) = (r.sku, r.buyer, r.qty);
         self.release_units(sku_id, buyer, qty, end);
+        if end == ReservationState::Confirmed {
+            let sale = Sale { buyer, sku: sku_id, qty, returned: 0, sold_at_ms: now_ms };
+            self.returnable.record((id, 0), sale, &self.config);
+        }
         self.reservations_live -= 1;
         let order_ref = self.order_refs.remove(&id);
         self.ended.push_back((id, now_ms));
@@ -646,6 +691,32 @@ impl Shard {
             self.expiries.push(at_ms, id);
         }
         self.expiries_stale = 0;
+    }
+
+    /// Gives `qty` units of a returnable sale back to available (and to the buyer's limit).
+    fn return_sold(&mut self, key: SaleKey, sku_id: SkuId, qty: u32, now_ms: u64) -> Step {
+        if qty == 0 || qty > RESERVE_QTY_MAX {
+            return Step::Unchanged(Outcome::InvalidQuantity { qty_max: RESERVE_QTY_MAX });
+        }
+        let Some(sale) = self.returnable.get_mut(key, now_ms, &self.config) else {
+            return Step::Unchanged(Outcome::NotReturnable);
+        };
+        if sale.sku != sku_id {
+            return Step::Unchanged(Outcome::NotReturnable);
+        }
+        let returnable = sale.qty - sale.returned;
+        if qty > returnable {
+            return Step::Unchanged(Outcome::ReturnExceedsSold { returnable });
+        }
+        sale.returned += qty;
+        let (buyer, returned_total) = (sale.buyer, sale.returned);
+        let sku = self.skus.get_mut(&sku_id).expect("a sale's SKU exists");
+        sku.sold = sku.sold.checked_sub(u64::from(qty)).expect("a sale's units were sold");
+        sku.available += u64::from(qty);
+        sku.taken.sub(buyer, u64::from(qty));
+        let (reservation, line) = key;
+        let returned = SaleReturned { reservation, line, sku: sku_id, buyer, qty, returned_total };
+        Step::Returned(Outcome::Returned { returned_total }, returned)
     }
 
     fn set_stock(&mut self, sku_id: SkuId, total: u64) -> Step {

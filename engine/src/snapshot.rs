@@ -13,6 +13,7 @@ use crate::ids::{BuyerId, OrderRef, RequestId, ReservationId, ShardId, SkuId};
 use crate::limits::ShardConfig;
 use crate::outcome::{LineRefusal, Outcome, ReservationState};
 use crate::probe::HashKey;
+use crate::returns::Sale;
 use crate::shard::{Cart, LineGroup, Reservation, Shard, SkuState};
 use crate::table::ReservationTable;
 use crate::taken::BuyerCounts;
@@ -37,7 +38,8 @@ impl Shard {
             + self.ended.len() * 16
             + self.dedup.answers.len() * 41
             + self.groups.len() * 120
-            + self.carts.len() * 200;
+            + self.carts.len() * 200
+            + self.returnable.len() * 45;
         if out.is_empty() && out.capacity() < estimate {
             // A reused, cleared buffer that is too small: replace it rather than `reserve`,
             // which reallocates and so copies the old capacity's worth of stale bytes (under
@@ -129,6 +131,18 @@ impl Shard {
             w.u64(id.0);
             w.u64(ended_at_ms);
         }
+        // Sales still returnable, in the order they were made (the oldest go first).
+        w.u64(self.returnable.len() as u64);
+        for key in &self.returnable.order {
+            let sale = &self.returnable.sales[key];
+            w.u64(key.0 .0);
+            w.u8(key.1);
+            w.u64(sale.buyer.0);
+            w.u64(sale.sku.0);
+            w.u32(sale.qty);
+            w.u32(sale.returned);
+            w.u64(sale.sold_at_ms);
+        }
     }
 
     /// Reads the cart sections back (restore only; the invariant check follows).
@@ -176,6 +190,20 @@ impl Shard {
         }
         for _ in 0..r.count(16)? {
             self.carts_ended.push_back((ReservationId(r.u64()?), r.u64()?));
+        }
+        for _ in 0..r.count(8 + 1 + 8 + 8 + 4 + 4 + 8)? {
+            let key = (ReservationId(r.u64()?), r.u8()?);
+            let sale = Sale {
+                buyer: BuyerId(r.u64()?),
+                sku: SkuId(r.u64()?),
+                qty: r.u32()?,
+                returned: r.u32()?,
+                sold_at_ms: r.u64()?,
+            };
+            if self.returnable.sales.insert(key, sale).is_some() {
+                return Err(invalid("returnable sale", key.0 .0));
+            }
+            self.returnable.order.push_back(key);
         }
         self.rebuild_asks();
         Ok(())
@@ -366,6 +394,7 @@ fn encode_answer(w: &mut Writer<'_>, outcome: Outcome) {
         Outcome::CartRefused { line, refusal, value } => {
             (9, u64::from(line) | u64::from(refusal.code()) << 8, value)
         }
+        Outcome::Returned { returned_total } => (10, u64::from(returned_total), 0),
         other => unreachable!("{other:?} never changes state, so it is never remembered"),
     };
     w.u8(tag);
@@ -391,6 +420,12 @@ fn decode_answer(r: &mut Reader<'_>) -> Result<Outcome, EngineError> {
                 .ok_or(EngineError::InvalidField { field: "answer's line refusal", value: a })?;
             Outcome::CartRefused { line: a as u8, refusal, value: b }
         }
+        10 => Outcome::Returned {
+            returned_total: u32::try_from(a).map_err(|_| EngineError::InvalidField {
+                field: "answer's returned total",
+                value: a,
+            })?,
+        },
         value => {
             return Err(EngineError::InvalidField { field: "answer tag", value: value.into() })
         }

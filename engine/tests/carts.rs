@@ -7,7 +7,8 @@
 //!   its lines;
 //! - a cart that was acknowledged survives, in the state its acknowledged end gave it;
 //! - each confirmed cart has exactly one confirmed event per line in the logs, and the units
-//!   sold of every SKU are what the logs' confirmed events add up to.
+//!   sold of every SKU are what the logs' confirmed events add up to, less their returns
+//!   (returns of confirmed cart lines are part of the mix).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -32,6 +33,8 @@ fn config(hash_seed: u64) -> ShardConfig {
         // Long enough that no acknowledged cart is forgotten within a run.
         ended_retention_ms: 10_000_000,
         ended_entries_max: 10_000,
+        return_window_ms: 10_000_000,
+        returnable_entries_max: 10_000,
     }
 }
 
@@ -71,6 +74,12 @@ enum Op {
     Retry {
         pick: usize,
     },
+    /// Units of a confirmed cart's line come back.
+    Return {
+        pick: usize,
+        line: usize,
+        qty: u32,
+    },
     Tick {
         step_ms: u64,
     },
@@ -95,6 +104,8 @@ fn op() -> impl Strategy<Value = Op> {
         3 => any::<usize>().prop_map(|pick| Op::Confirm { pick }),
         2 => any::<usize>().prop_map(|pick| Op::Cancel { pick }),
         1 => any::<usize>().prop_map(|pick| Op::Retry { pick }),
+        2 => (any::<usize>(), any::<usize>(), 1u32..3)
+            .prop_map(|(pick, line, qty)| Op::Return { pick, line, qty }),
         4 => prop_oneof![4 => 0u64..50, 1 => 1_000u64..8_000].prop_map(|step_ms| Op::Tick { step_ms }),
         1 => (0usize..4).prop_map(|shard| Op::Snapshot { shard }),
         1 => proptest::collection::vec(any::<usize>(), 4).prop_map(|cuts| Op::Crash { cuts }),
@@ -127,6 +138,8 @@ struct Sim {
     held: Vec<ReservationId>,
     confirmed: BTreeSet<ReservationId>,
     ended: BTreeMap<ReservationId, ReservationState>,
+    /// Returns acknowledged.
+    returned: usize,
 }
 
 impl Sim {
@@ -150,6 +163,7 @@ impl Sim {
             held: Vec::new(),
             confirmed: BTreeSet::new(),
             ended: BTreeMap::new(),
+            returned: 0,
         };
         for sku in 0..SKUS {
             let total = 3 + sku % 4;
@@ -261,6 +275,37 @@ impl Sim {
         }
     }
 
+    /// Returns `qty` units of one line of a confirmed cart, at the shard owning its SKU.
+    fn return_line(&mut self, pick: usize, line: usize, qty: u32) {
+        if self.confirmed.is_empty() {
+            return;
+        }
+        let cart = *self.confirmed.iter().nth(pick % self.confirmed.len()).unwrap();
+        let view = self.shards[usize::from(cart.shard().0)].query_cart(cart).unwrap();
+        let line = view.lines.as_slice()[line % view.lines.len()];
+        let request = self.request();
+        let command = Command::ReturnSold {
+            request,
+            reservation: cart,
+            line: line.index,
+            sku: line.sku,
+            qty,
+        };
+        let outcome = self.apply(command);
+        assert!(
+            matches!(
+                outcome,
+                Outcome::Returned { .. }
+                    | Outcome::ReturnExceedsSold { .. }
+                    | Outcome::NotReturnable
+            ),
+            "{outcome:?}"
+        );
+        if let Outcome::Returned { .. } = outcome {
+            self.returned += 1;
+        }
+    }
+
     /// Collects every shard's messages into the network; their records are durable first.
     fn collect(&mut self) {
         for (index, shard) in self.shards.iter_mut().enumerate() {
@@ -363,6 +408,7 @@ impl Sim {
     fn check_events(&self) {
         let mut sold: BTreeMap<SkuId, u64> = BTreeMap::new();
         let mut cart_lines: BTreeMap<ReservationId, Vec<u8>> = BTreeMap::new();
+        let mut returns = 0;
         for event in self.logs.iter().flatten().flat_map(Record::events) {
             match event.change {
                 Change::Ended(ended) if ended.state == ReservationState::Confirmed => {
@@ -374,9 +420,15 @@ impl Sim {
                     *sold.entry(ended.sku).or_default() += u64::from(ended.qty);
                     cart_lines.entry(ended.reservation).or_default().push(line);
                 }
+                Change::Returned(returned) => {
+                    *sold.get_mut(&returned.sku).expect("a return follows its sale") -=
+                        u64::from(returned.qty);
+                    returns += 1;
+                }
                 _ => {}
             }
         }
+        assert_eq!(returns, self.returned, "every acknowledged return is in a log, once");
         for sku in (0..SKUS).map(SkuId) {
             let view = self.shards[self.owner(sku)].query_sku(sku).unwrap();
             assert_eq!(view.sold, sold.get(&sku).copied().unwrap_or(0), "{sku:?}: sold vs events");
@@ -433,6 +485,7 @@ impl Sim {
                     self.start_cart(cart);
                 }
             }
+            &Op::Return { pick, line, qty } => self.return_line(pick, line, qty),
             &Op::Tick { step_ms } => self.tick(step_ms),
             &Op::Snapshot { shard } => {
                 let index = shard % self.shards.len();

@@ -27,6 +27,8 @@ fn config(hash_seed: u64) -> ShardConfig {
         rejection_cache_slots: 1 << 12,
         ended_retention_ms: 3_000,
         ended_entries_max: 5,
+        return_window_ms: 4_000,
+        returnable_entries_max: 4,
     }
 }
 
@@ -62,6 +64,10 @@ struct Model {
     rejections: HashMap<u128, Outcome>,
     /// Every reservation that ended, in order: what the log's events must report.
     endings: Vec<Ended>,
+    /// Sales still returnable, oldest first: (reservation, sku, buyer, qty, returned, sold at).
+    sales: VecDeque<(u64, u64, u64, u32, u32, u64)>,
+    /// Every return, in order: (reservation, qty, returned total).
+    returns: Vec<(u64, u32, u32)>,
 }
 
 impl Model {
@@ -104,6 +110,9 @@ impl Model {
                 self.end(reservation, Some(order_ref), now)
             }
             Command::Cancel { reservation, .. } => self.end(reservation, None, now),
+            Command::ReturnSold { reservation, line, sku, qty, .. } => {
+                self.return_sold(reservation.0, line, sku.0, qty, now)
+            }
             Command::SetStock { sku, total, .. } => {
                 if total > STOCK_TOTAL_MAX {
                     return (Outcome::StockOutOfRange { total_max: STOCK_TOTAL_MAX }, false);
@@ -242,6 +251,32 @@ impl Model {
         }
     }
 
+    fn return_sold(&mut self, id: u64, line: u8, sku: u64, qty: u32, now: u64) -> (Outcome, bool) {
+        if qty == 0 || qty > RESERVE_QTY_MAX {
+            return (Outcome::InvalidQuantity { qty_max: RESERVE_QTY_MAX }, false);
+        }
+        let window_ms = config(0).return_window_ms;
+        let found = self.sales.iter_mut().find(|s| s.0 == id && line == 0 && s.5 + window_ms > now);
+        let Some(sale) = found.filter(|s| s.1 == sku) else {
+            return (Outcome::NotReturnable, false);
+        };
+        if qty > sale.3 - sale.4 {
+            return (Outcome::ReturnExceedsSold { returnable: sale.3 - sale.4 }, false);
+        }
+        sale.4 += qty;
+        let (buyer, returned_total) = (sale.2, sale.4);
+        self.returns.push((id, qty, returned_total));
+        let s = self.skus.get_mut(&sku).unwrap();
+        s.sold -= u64::from(qty);
+        s.available += u64::from(qty);
+        let t = s.taken.get_mut(&buyer).unwrap();
+        *t -= u64::from(qty);
+        if *t == 0 {
+            s.taken.remove(&buyer);
+        }
+        (Outcome::Returned { returned_total }, true)
+    }
+
     fn finish(&mut self, id: u64, end: ReservationState, now: u64) {
         let r = self.reservations.get_mut(&id).unwrap();
         r.state = end;
@@ -258,6 +293,17 @@ impl Model {
         s.reserved -= u64::from(r.qty);
         if end == ReservationState::Confirmed {
             s.sold += u64::from(r.qty);
+            self.sales.push_back((id, r.sku, r.buyer, r.qty, 0, now));
+            let c = config(0);
+            while let Some(&(_, _, _, _, _, sold_at)) = self.sales.front() {
+                if self.sales.len() > c.returnable_entries_max
+                    || sold_at + c.return_window_ms <= now
+                {
+                    self.sales.pop_front();
+                } else {
+                    break;
+                }
+            }
         } else {
             s.available += u64::from(r.qty);
             let t = s.taken.get_mut(&r.buyer).unwrap();
@@ -330,6 +376,7 @@ enum Op {
     Limit { sku: u64, limit: Option<u32> },
     Window { sku: u64, opens: Option<u64>, closes: Option<u64> },
     Retry { pick: usize },
+    Return { pick: usize, qty: u32, wrong_sku: bool },
     Tick,
 }
 
@@ -353,6 +400,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (sku, time.clone(), time)
             .prop_map(|(sku, opens, closes)| Op::Window { sku, opens, closes }),
         3 => any::<usize>().prop_map(|pick| Op::Retry { pick }),
+        3 => (any::<usize>(), prop_oneof![5 => 1u32..3, 1 => Just(0u32), 1 => 3u32..6], proptest::bool::weighted(0.1))
+            .prop_map(|(pick, qty, wrong_sku)| Op::Return { pick, qty, wrong_sku }),
         3 => Just(Op::Tick),
     ]
 }
@@ -418,6 +467,13 @@ impl Run {
                 sku: SkuId(sku),
                 window: SaleWindow { opens_at_ms: opens, closes_at_ms: closes },
             },
+            Op::Return { pick, qty, wrong_sku } => {
+                let reservation = pick_reservation(pick, &self.issued);
+                // The SKU the sale sold, if the model knows the reservation (else any).
+                let sku = self.model.reservations.get(&reservation.0).map_or(0, |r| r.sku);
+                let sku = SkuId(if wrong_sku { sku + 1 } else { sku });
+                Command::ReturnSold { request: request(), reservation, line: 0, sku, qty }
+            }
             Op::Retry { pick } if !self.sent.is_empty() => self.sent[pick % self.sent.len()],
             Op::Retry { .. } | Op::Tick => return None,
         })
@@ -495,6 +551,16 @@ proptest! {
             })
             .collect();
         prop_assert_eq!(&endings, &run.model.endings);
+        let returns: Vec<(u64, u32, u32)> = run
+            .log
+            .iter()
+            .flat_map(Record::events)
+            .filter_map(|event| match event.change {
+                Change::Returned(r) => Some((r.reservation.0, r.qty, r.returned_total)),
+                _ => None,
+            })
+            .collect();
+        prop_assert_eq!(&returns, &run.model.returns);
 
         let mut replayed = Shard::new(SHARD, config(!hash_seed));
         for record in &run.log {

@@ -22,5 +22,5 @@ pub mod writer;
 
 pub use error::WriterError;
 pub use nats::{NatsConfig, NatsSink};
-pub use store::{Database, OrderRow, OrderStore, Written};
+pub use store::{Database, OrderRow, OrderStore, ReturnRow, Written};
 pub use writer::{run, WriterConfig, WriterStats};

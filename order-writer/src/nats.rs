@@ -92,6 +92,20 @@ pub fn describe(shard: u16, event: &StreamEvent) -> (&'static str, String, Strin
             body["line"] = json!(line);
             (kind, format!("{}-{line}", ended.reservation.0), body)
         }
+        Change::Returned(r) => {
+            let body = json!({
+                "event": "returned",
+                "reservation_id": r.reservation.0,
+                "line": r.line,
+                "buyer_id": r.buyer.0,
+                "sku_id": r.sku.0,
+                "qty": r.qty,
+                "returned_total": r.returned_total,
+            });
+            // A sale's running total names each of its returns once.
+            let id = format!("return-{}-{}-{}", r.reservation.0, r.line, r.returned_total);
+            ("returned", id, body)
+        }
         Change::StockSet { sku, total } => {
             let body = json!({"event": "stock_set", "sku_id": sku.0, "total": total});
             ("stock", format!("stock-{shard}-{seq}"), body)

@@ -72,6 +72,18 @@ impl OrderRow {
     }
 }
 
+/// A return of units of an order row: the row's returned count becomes `returned_total`
+/// unless it is already that high.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReturnRow {
+    /// The row's reservation (or cart)...
+    pub reservation: ReservationId,
+    /// ...and line.
+    pub line: u8,
+    /// Units of the row returned so far, this return included.
+    pub returned_total: u32,
+}
+
 /// Ids are u64 in flashstock and BIGINT (signed) in SQL: stored bit for bit, so an id at or
 /// above 2^63 reads back negative. Reservation ids never are (their top 16 bits hold a shard
 /// number below 2^15).
@@ -229,6 +241,75 @@ impl Database {
             Database::Postgres(pool) => bound!(pool),
             Database::MySql(pool) => bound!(pool),
         }
+    }
+
+    /// Applies returns to their rows, in one transaction; returns how many found no row (an
+    /// order the writer never stored: dead-lettered, or confirmed before its consumer began).
+    /// Idempotent: a row's returned count only rises, to each return's running total.
+    pub async fn apply_returns(&self, returns: &[ReturnRow]) -> Result<u64, sqlx::Error> {
+        // Status first: MySQL evaluates assignments in order, the others on the old row.
+        const SET: &str = "status = CASE WHEN {max}(returned_qty, {p1}) >= qty THEN 'returned' \
+                           ELSE status END, returned_qty = {max}(returned_qty, {p2})";
+        let (max, p) = match self {
+            Database::Sqlite(_) => ("MAX", ["?", "?", "?", "?"]),
+            Database::Postgres(_) => ("GREATEST", ["$1", "$2", "$3", "$4"]),
+            Database::MySql(_) => ("GREATEST", ["?", "?", "?", "?"]),
+        };
+        let set = SET.replace("{max}", max).replace("{p1}", p[0]).replace("{p2}", p[1]);
+        let sql =
+            format!("UPDATE orders SET {set} WHERE reservation_id = {} AND line = {}", p[2], p[3]);
+        macro_rules! apply {
+            ($pool:expr) => {{
+                let mut tx = $pool.begin().await?;
+                let mut unmatched = 0;
+                for r in returns {
+                    let total = i64::from(r.returned_total);
+                    let matched = sqlx::query(&sql)
+                        .bind(total)
+                        .bind(total)
+                        .bind(as_sql(r.reservation.0))
+                        .bind(i16::from(r.line))
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    unmatched += u64::from(matched == 0);
+                }
+                tx.commit().await?;
+                Ok(unmatched)
+            }};
+        }
+        match self {
+            Database::Sqlite(pool) => apply!(pool),
+            Database::Postgres(pool) => apply!(pool),
+            Database::MySql(pool) => apply!(pool),
+        }
+    }
+
+    /// Units returned of the row `(reservation, line)`, and its status; `None` without a row.
+    pub async fn returned(
+        &self,
+        reservation: ReservationId,
+        line: u8,
+    ) -> Result<Option<(u32, String)>, sqlx::Error> {
+        let sql = "SELECT returned_qty, status FROM orders WHERE reservation_id = ";
+        let (id, line) = (as_sql(reservation.0), i16::from(line));
+        let row: Option<(i64, String)> = match self {
+            Database::Sqlite(pool) => {
+                let sql = format!("{sql}? AND line = ?");
+                sqlx::query_as(&sql).bind(id).bind(line).fetch_optional(pool).await?
+            }
+            Database::Postgres(pool) => {
+                let sql = "SELECT returned_qty::int8, status FROM orders \
+                           WHERE reservation_id = $1 AND line = $2";
+                sqlx::query_as(sql).bind(id).bind(line).fetch_optional(pool).await?
+            }
+            Database::MySql(pool) => {
+                let sql = "SELECT CAST(returned_qty AS SIGNED), status FROM orders \
+                           WHERE reservation_id = ? AND line = ?";
+                sqlx::query_as(sql).bind(id).bind(line).fetch_optional(pool).await?
+            }
+        };
+        Ok(row.map(|(returned, status)| (returned as u32, status)))
     }
 
     /// Rows kept in `dead_letters`.
@@ -495,6 +576,31 @@ impl OrderStore {
             Some(err) => Err(err),
             None => Ok(written),
         }
+    }
+
+    /// Applies returns (see [`Database::apply_returns`]), each to its row's database; returns
+    /// how many found no row.
+    pub async fn apply_returns(&self, returns: &[ReturnRow]) -> Result<u64, sqlx::Error> {
+        let mut shares = vec![Vec::new(); self.databases.len()];
+        for r in returns {
+            shares[self.route(r.reservation)].push(*r);
+        }
+        let mut unmatched = 0;
+        for (database, share) in self.databases.iter().zip(shares) {
+            if !share.is_empty() {
+                unmatched += database.apply_returns(&share).await?;
+            }
+        }
+        Ok(unmatched)
+    }
+
+    /// Units returned of the row `(reservation, line)` and its status, from its database.
+    pub async fn returned(
+        &self,
+        reservation: ReservationId,
+        line: u8,
+    ) -> Result<Option<(u32, String)>, sqlx::Error> {
+        self.databases[self.route(reservation)].returned(reservation, line).await
     }
 
     /// Rows kept in `dead_letters`, summed over the databases.

@@ -18,7 +18,7 @@ use hdrhistogram::Histogram;
 
 use crate::error::WriterError;
 use crate::nats::{NatsConfig, NatsSink};
-use crate::store::{OrderRow, OrderStore};
+use crate::store::{OrderRow, OrderStore, ReturnRow};
 
 /// Backoff after a failure: doubles from the first to the last.
 const BACKOFF_FIRST: Duration = Duration::from_millis(50);
@@ -91,6 +91,10 @@ pub struct WriterStats {
     /// Rows the database refused for good (a constraint, a type, a trigger), kept in the
     /// `dead_letters` table instead.
     pub rows_dead: AtomicU64,
+    /// Returns applied to their order rows (again, for a redelivered one: idempotent).
+    pub returns_applied: AtomicU64,
+    /// Returns that found no order row (an order this writer never stored).
+    pub returns_unmatched: AtomicU64,
     /// Write rounds committed (one transaction per database each).
     pub commits: AtomicU64,
     /// Write rounds that failed and were retried.
@@ -131,6 +135,8 @@ impl Default for WriterStats {
             rows_inserted: AtomicU64::new(0),
             rows_duplicate: AtomicU64::new(0),
             rows_dead: AtomicU64::new(0),
+            returns_applied: AtomicU64::new(0),
+            returns_unmatched: AtomicU64::new(0),
             commits: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             acks: AtomicU64::new(0),
@@ -207,8 +213,13 @@ async fn subscribe(config: &WriterConfig, every_kind: bool) -> Result<Subscriber
     options.window_events = config.window_events;
     options.kinds = match (every_kind, config.record_ended) {
         (true, _) => Vec::new(),
-        (false, true) => vec![EventKind::Confirmed, EventKind::Cancelled, EventKind::Expired],
-        (false, false) => vec![EventKind::Confirmed],
+        (false, true) => vec![
+            EventKind::Confirmed,
+            EventKind::Cancelled,
+            EventKind::Expired,
+            EventKind::Returned,
+        ],
+        (false, false) => vec![EventKind::Confirmed, EventKind::Returned],
     };
     Subscriber::connect(
         config.server,
@@ -267,6 +278,11 @@ async fn consume(
         if !rows.is_empty() {
             write(store, &rows, stats).await;
         }
+        // After the rows: a return in the same batch as its confirm finds the row.
+        let returns = returns_of(&batches);
+        if !returns.is_empty() {
+            apply_returns(store, &returns, stats).await;
+        }
         if let Some(nats) = nats {
             publish(nats, &batches, stats).await;
         }
@@ -305,6 +321,49 @@ pub fn rows_of(batches: &[EventBatch], record_ended: bool) -> Vec<OrderRow> {
         }
     }
     rows
+}
+
+/// The returns the batches carry, in stream order.
+pub fn returns_of(batches: &[EventBatch]) -> Vec<ReturnRow> {
+    let returns = batches.iter().flat_map(|batch| &batch.events);
+    returns
+        .filter_map(|event| match event.event.change {
+            Change::Returned(r) => Some(ReturnRow {
+                reservation: r.reservation,
+                line: r.line,
+                returned_total: r.returned_total,
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Applies returns until it succeeds, as `write` writes rows.
+async fn apply_returns(store: &OrderStore, returns: &[ReturnRow], stats: &WriterStats) {
+    let mut backoff = BACKOFF_FIRST;
+    loop {
+        match store.apply_returns(returns).await {
+            Ok(unmatched) => {
+                let applied = returns.len() as u64 - unmatched;
+                stats.returns_applied.fetch_add(applied, Ordering::Relaxed);
+                stats.returns_unmatched.fetch_add(unmatched, Ordering::Relaxed);
+                metrics::counter!(metric::RETURNS_TOTAL, "result" => "applied").increment(applied);
+                metrics::counter!(metric::RETURNS_TOTAL, "result" => "unmatched")
+                    .increment(unmatched);
+                if unmatched > 0 {
+                    tracing::warn!(unmatched, "returns of orders this writer never stored");
+                }
+                return;
+            }
+            Err(err) => {
+                stats.retries.fetch_add(1, Ordering::Relaxed);
+                stats.health.set("database", Err(format!("applying returns failed: {err}")));
+                tracing::warn!(%err, backoff_ms = backoff.as_millis() as u64, "applying returns failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
 }
 
 /// Writes until it succeeds: a database that went away is waited for, with backoff, and
@@ -378,6 +437,8 @@ pub mod metric {
     pub const EVENTS_TOTAL: &str = "flashstock_order_writer_events_total";
     /// Rows written, by `result`: inserted, duplicate (a redelivery), dead (a dead letter).
     pub const ROWS_TOTAL: &str = "flashstock_order_writer_rows_total";
+    /// Returns applied to order rows, by `result`: applied, unmatched (no such row).
+    pub const RETURNS_TOTAL: &str = "flashstock_order_writer_returns_total";
     /// Write rounds committed (one transaction per database each).
     pub const BATCHES_TOTAL: &str = "flashstock_order_writer_batches_total";
     /// Write rounds that failed and were retried.
@@ -391,6 +452,7 @@ pub mod metric {
     pub fn describe() {
         describe_counter!(EVENTS_TOTAL, Unit::Count, "Events received from the stream.");
         describe_counter!(ROWS_TOTAL, Unit::Count, "Rows written, by result.");
+        describe_counter!(RETURNS_TOTAL, Unit::Count, "Returns applied to order rows, by result.");
         describe_counter!(BATCHES_TOTAL, Unit::Count, "Write rounds committed.");
         describe_counter!(RETRIES_TOTAL, Unit::Count, "Write rounds that failed and were retried.");
         describe_histogram!(COMMIT_SECONDS, Unit::Seconds, "One write round's commit.");

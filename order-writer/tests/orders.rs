@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flashstock_client::ClientError;
-use flashstock_engine::SkuId;
+use flashstock_engine::{Outcome, SkuId};
 use flashstock_order_writer::{
     run, NatsConfig, OrderStore, WriterConfig, WriterError, WriterStats,
 };
@@ -69,20 +69,34 @@ async fn exactly_one_row_per_confirm(url: String) {
     let server = sale_server(dir.path()).await;
     let service = client(&server, &server.service_token).await;
     let writer = RunningWriter::start(config(&server, vec![url.clone()], "writer"));
-    sell(&service, SkuId(1), 0, 300).await;
-    sell_carts(&service, 1_000, 20).await;
+    let sold = sell(&service, SkuId(1), 0, 300).await;
+    let carts = sell_carts(&service, 1_000, 20).await;
+    // Returns: all of one reservation's unit, and one of a cart's line 2 (SKU 4, one unit).
+    let (single, cart) = (sold[0], carts[0]);
+    let returned = service.return_sold(single, 0, SkuId(1), 1).await.unwrap();
+    assert_eq!(returned, Outcome::Returned { returned_total: 1 });
+    let returned = service.return_sold(cart, 2, SkuId(4), 1).await.unwrap();
+    assert_eq!(returned, Outcome::Returned { returned_total: 1 });
     let store = OrderStore::connect(std::slice::from_ref(&url)).await.unwrap();
-    wait_for_rows(&store, "confirmed", 360, ROWS_TIMEOUT).await;
+    wait_for_rows(&store, "returned", 2, ROWS_TIMEOUT).await;
+    wait_for_rows(&store, "confirmed", 358, ROWS_TIMEOUT).await;
+    assert_eq!(store.returned(single, 0).await.unwrap(), Some((1, "returned".to_owned())));
+    assert_eq!(store.returned(cart, 2).await.unwrap(), Some((1, "returned".to_owned())));
+    assert_eq!(store.returned(cart, 1).await.unwrap(), Some((0, "confirmed".to_owned())));
     assert_eq!(store.count("cancelled").await.unwrap(), 0, "cancels are not orders by default");
-    for sku in 2..=4 {
+    for sku in 2..=3 {
         assert_eq!(store.count_for_skus("confirmed", &[sku]).await.unwrap(), 20, "sku {sku}");
     }
     let stats = writer.stop().await;
     assert_eq!(stats.rows_inserted.load(Ordering::Relaxed), 360);
+    assert_eq!(stats.returns_applied.load(Ordering::Relaxed), 2);
 
-    // Redelivery of everything (a new consumer starts at the log's start) is a no-op.
+    // Redelivery of everything (a new consumer starts at the log's start) is a no-op, the
+    // returns included.
     replay_inserts_nothing(&server, &url, "replayer", 360).await;
-    assert_eq!(store.count("confirmed").await.unwrap(), 360);
+    assert_eq!(store.count("confirmed").await.unwrap(), 358);
+    assert_eq!(store.count("returned").await.unwrap(), 2);
+    assert_eq!(store.returned(cart, 2).await.unwrap(), Some((1, "returned".to_owned())));
     store.close().await;
     service.close().await;
     server.stop().await;

@@ -50,7 +50,8 @@ fn request_id_mut(request: &mut Request) -> Option<&mut RequestId> {
             | Command::SetStock { request, .. }
             | Command::AdjustStock { request, .. }
             | Command::SetBuyerLimit { request, .. }
-            | Command::SetSaleWindow { request, .. } => request,
+            | Command::SetSaleWindow { request, .. }
+            | Command::ReturnSold { request, .. } => request,
         }),
         Request::ReserveCart(cart) => Some(&mut cart.request),
         Request::QuerySku(_) | Request::QueryReservation(_) | Request::QueryCart(_) => None,

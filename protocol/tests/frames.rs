@@ -4,7 +4,7 @@
 use flashstock_engine::{
     BuyerId, CartView, Change, Command, Ended, Event, EventKind, LineRefusal, Lines, OrderRef,
     Outcome, RequestId, ReservationId, ReservationState, ReservationView, Reserve, ReserveCart,
-    SaleWindow, ShardId, SkuId, SkuView, CART_LINES_MAX,
+    SaleReturned, SaleWindow, ShardId, SkuId, SkuView, CART_LINES_MAX,
 };
 use flashstock_protocol::{
     AdminReply, AdminRequest, ConnectionError, ConsumerInfo, Decoded, ErrorCode, EventBatch, Frame,
@@ -36,8 +36,17 @@ fn command() -> impl Strategy<Value = Command> {
                 Command::Confirm { request, reservation, order_ref: order_ref.map(OrderRef) }
             }
         ),
-        (request.clone(), reservation)
+        (request.clone(), reservation.clone())
             .prop_map(|(request, reservation)| Command::Cancel { request, reservation }),
+        (request.clone(), reservation, any::<u8>(), sku.clone(), any::<u32>()).prop_map(
+            |(request, reservation, line, sku, qty)| Command::ReturnSold {
+                request,
+                reservation,
+                line,
+                sku,
+                qty
+            }
+        ),
         (request.clone(), sku.clone(), any::<u64>())
             .prop_map(|(request, sku, total)| Command::SetStock { request, sku, total }),
         (request.clone(), sku.clone(), any::<i64>())
@@ -91,6 +100,9 @@ fn outcome() -> impl Strategy<Value = Outcome> {
             Outcome::CartRefused { line, refusal, value }
         }),
         Just(Outcome::CartTimedOut),
+        any::<u32>().prop_map(|returned_total| Outcome::Returned { returned_total }),
+        Just(Outcome::NotReturnable),
+        any::<u32>().prop_map(|returnable| Outcome::ReturnExceedsSold { returnable }),
         any::<u32>().prop_map(|lines_max| Outcome::InvalidCart { lines_max }),
     ]
 }
@@ -180,6 +192,18 @@ fn event() -> impl Strategy<Value = StreamEvent> {
             };
             Change::CartLineEnded { line, ended }
         }),
+        (any::<[u64; 3]>(), any::<u8>(), any::<[u32; 2]>()).prop_map(
+            |([id, buyer, sku], line, [qty, returned_total])| {
+                Change::Returned(SaleReturned {
+                    reservation: ReservationId(id),
+                    line,
+                    sku: SkuId(sku),
+                    buyer: BuyerId(buyer),
+                    qty,
+                    returned_total,
+                })
+            }
+        ),
     ];
     (any::<u64>(), any::<u64>(), change)
         .prop_map(|(seq, at_ms, change)| StreamEvent { seq, event: Event { at_ms, change } })

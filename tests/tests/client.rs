@@ -389,6 +389,15 @@ async fn a_cart_over_the_wire_is_held_whole_refused_whole_and_confirmed_once() {
         ((10, 8, 0, 2), (10, 7, 0, 3), (10, 9, 0, 1))
     );
     assert_eq!(client.cancel(reservation).await.unwrap(), Outcome::AlreadyConfirmed);
+    // A refund of one unit of line 1 (SKU 2): back to available, once per request, never more
+    // than the line sold.
+    let returned = client.return_sold(reservation, 1, SkuId(2), 1).await.unwrap();
+    assert_eq!(returned, Outcome::Returned { returned_total: 1 });
+    assert_eq!(counts(&client, 2).await, (10, 8, 0, 2));
+    let too_many = client.return_sold(reservation, 1, SkuId(2), 3).await.unwrap();
+    assert_eq!(too_many, Outcome::ReturnExceedsSold { returnable: 2 });
+    let wrong_sku = client.return_sold(reservation, 1, SkuId(3), 1).await.unwrap();
+    assert_eq!(wrong_sku, Outcome::NotReturnable);
     let too_many: Vec<_> = (0..17).map(|sku| (SkuId(sku), 1)).collect();
     let invalid = client.reserve_cart(BuyerId(9), &too_many, 60_000).await.unwrap();
     assert!(matches!(invalid, Outcome::InvalidCart { lines_max: 16 }), "{invalid:?}");

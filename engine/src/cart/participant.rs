@@ -113,7 +113,7 @@ impl Shard {
                 Some(Record::LinesResolved { at_ms: now_ms, cart, group: group.group, held_by })
             }
             (None, Fate::Released) => {
-                self.end_group(cart, &group, ReservationState::Cancelled);
+                self.end_group(cart, &group, ReservationState::Cancelled, now_ms, None);
                 Some(Record::LinesResolved {
                     at_ms: now_ms,
                     cart,
@@ -122,7 +122,7 @@ impl Shard {
                 })
             }
             (held_by, Fate::Ended(end)) if held_by.is_none_or(|(id, _)| id == end.cart) => {
-                self.end_group(cart, &group, end.state);
+                self.end_group(cart, &group, end.state, now_ms, Some(end.cart));
                 let (buyer, lines) = (group.buyer, group.lines);
                 let end = Box::new(LinesEnd { cart, group: group.group, end, buyer, lines });
                 Some(Record::LinesEnded { at_ms: now_ms, end })
@@ -133,10 +133,24 @@ impl Shard {
         }
     }
 
-    /// Sells (`Confirmed`) or gives back a group's units, and forgets the group.
-    fn end_group(&mut self, cart: RequestId, group: &LineGroup, state: ReservationState) {
+    /// Sells (`Confirmed`, each line then returnable under the cart's id) or gives back a
+    /// group's units, and forgets the group.
+    fn end_group(
+        &mut self,
+        cart: RequestId,
+        group: &LineGroup,
+        state: ReservationState,
+        now_ms: u64,
+        held_by: Option<crate::ids::ReservationId>,
+    ) {
         for line in group.lines.as_slice() {
             self.release_units(line.sku, group.buyer, line.qty, state);
+            if let (ReservationState::Confirmed, Some(id)) = (state, held_by) {
+                let (buyer, sku, qty) = (group.buyer, line.sku, line.qty);
+                let sale =
+                    crate::returns::Sale { buyer, sku, qty, returned: 0, sold_at_ms: now_ms };
+                self.returnable.record((id, line.index), sale, &self.config);
+            }
         }
         self.groups.remove(&cart);
     }
