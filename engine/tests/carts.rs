@@ -223,16 +223,10 @@ impl Sim {
             return;
         }
         let flight = self.flights.remove(index);
-        let outcome = match flight.driver.decision().expect("every prepare answered") {
-            Err(outcome) => outcome,
-            Ok(decide) => {
-                let shard = usize::from(flight.driver.coordinator().0);
-                let log = &mut self.logs[shard];
-                let outcome = self.shards[shard].decide_cart(&decide, self.now_ms, log);
-                self.durable[shard] = self.logs[shard].len();
-                outcome
-            }
-        };
+        let decide = flight.driver.decision().expect("every prepare answered");
+        let shard = usize::from(flight.driver.coordinator().0);
+        let outcome = self.shards[shard].decide_cart(&decide, self.now_ms, &mut self.logs[shard]);
+        self.durable[shard] = self.logs[shard].len();
         self.answer(flight.cart, outcome);
     }
 
@@ -603,13 +597,9 @@ mod scenarios {
                 Err(outcome) => return outcome,
             };
             self.prepare_all(&mut driver, now_ms);
-            let outcome = match driver.decision().unwrap() {
-                Err(outcome) => outcome,
-                Ok(decide) => {
-                    let index = usize::from(driver.coordinator().0);
-                    self.shards[index].decide_cart(&decide, now_ms, &mut self.logs[index])
-                }
-            };
+            let decide = driver.decision().unwrap();
+            let index = usize::from(driver.coordinator().0);
+            let outcome = self.shards[index].decide_cart(&decide, now_ms, &mut self.logs[index]);
             self.deliver_all(now_ms);
             outcome
         }
@@ -752,6 +742,26 @@ mod scenarios {
         check_carts(&c.shards).unwrap();
     }
 
+    /// A retry whose every line is refused now (the buyer reached its limit with the first
+    /// attempt itself) still gets the first answer: the coordinator is asked even when no
+    /// group was prepared.
+    #[test]
+    fn a_retry_refused_everywhere_still_gets_the_first_answer() {
+        let mut c = Cluster::new();
+        let (a, b) = c.split_pair();
+        for sku in [a, b] {
+            let request = c.request();
+            c.apply(Command::SetBuyerLimit { request, sku: SkuId(sku), limit: Some(1) }, 0);
+        }
+        let cart = c.cart(7, &[(a, 1), (b, 1)], 60_000);
+        let first = c.reserve(cart, 10);
+        let id = reserved(first);
+        let request = c.request();
+        c.apply(Command::Confirm { request, reservation: id, order_ref: None }, 11);
+        assert_eq!(c.reserve(cart, 12), first);
+        assert_eq!((c.held(a), c.held(b)), ((9, 0, 1), (9, 0, 1)));
+    }
+
     #[test]
     fn a_driver_that_dies_after_its_prepares_holds_nothing_past_the_deadline() {
         let mut c = Cluster::new();
@@ -765,7 +775,7 @@ mod scenarios {
         c.tick(10 + CART_PREPARE_TIMEOUT_MS);
         assert_eq!((c.held(a), c.held(b)), ((10, 0, 0), (10, 0, 0)), "released at the deadline");
         // The driver, had it only stalled, can no longer hold the cart.
-        let decide = driver.decision().unwrap().unwrap();
+        let decide = driver.decision().unwrap();
         let index = usize::from(driver.coordinator().0);
         let late = c.shards[index].decide_cart(&decide, 20, &mut c.logs[index]);
         assert_eq!(late, Outcome::CartTimedOut);

@@ -194,8 +194,7 @@ impl Handle {
             }
         }
         let decide = match driver.decision() {
-            Some(Ok(decide)) if !overloaded => decide,
-            Some(Err(refusal)) if !overloaded => return Ok(refusal),
+            Some(decide) if !overloaded => decide,
             _ => driver.give_up(),
         };
         let coordinator = driver.coordinator();

@@ -196,7 +196,7 @@ fn killed_mid_cart(decided: bool) -> (MemWal, ReserveCart, (u64, u64)) {
         driver.prepared(index, answer);
     }
     if decided {
-        let decide = driver.decision().unwrap().unwrap();
+        let decide = driver.decision().unwrap();
         let coordinator = usize::from(driver.coordinator().0);
         let outcome = shards[coordinator].decide_cart(&decide, now_ms, &mut logs[coordinator]);
         assert!(matches!(outcome, Outcome::Reserved { .. }), "{outcome:?}");

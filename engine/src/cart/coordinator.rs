@@ -35,7 +35,9 @@ impl Decide {
 impl Shard {
     /// Decides a cart: holds it (a commit before its prepare deadline) or refuses it for
     /// good, and leaves each group's settle in the outbox. A cart already decided gets its
-    /// first answer, and the groups of this attempt are settled to match it.
+    /// first answer, and the groups of this attempt are settled to match it. A refusal with
+    /// no group prepared undoes nothing, so it is not logged: it is remembered as a one-line
+    /// refusal is (best effort), and a retry may be decided afresh.
     pub fn decide_cart(&mut self, decide: &Decide, now_ms: u64, log: &mut impl LogSink) -> Outcome {
         let now_ms = self.advance_clock(now_ms);
         let request = decide.request();
@@ -44,6 +46,10 @@ impl Shard {
             return first;
         }
         let record = match *decide {
+            Decide::Abort { outcome, ref groups, .. } if groups.as_slice().is_empty() => {
+                self.dedup.remember_rejection(request, outcome);
+                return outcome;
+            }
             Decide::Commit(commit) if now_ms < commit.deadline_ms => {
                 assert!((1..=TTL_MS_MAX).contains(&commit.ttl_ms), "the driver checks the TTL");
                 Record::CartCommitted { at_ms: now_ms, commit: Box::new(commit) }

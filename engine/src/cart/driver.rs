@@ -14,8 +14,8 @@ use crate::shard::Shard;
 
 /// One cart reserve, from its lines to the coordinator's decision. The caller carries the
 /// jobs: each of [`CartDriver::prepares`] to its shard, their answers back through
-/// [`CartDriver::prepared`], then [`CartDriver::decision`] to the coordinator (or straight
-/// back to the caller when nothing was prepared). The coordinator's answer is the cart's.
+/// [`CartDriver::prepared`], then [`CartDriver::decision`] to the coordinator, whose answer
+/// is the cart's (even a refusal: a retry of a cart already decided gets its first answer).
 ///
 /// A driver holds no lock and decides nothing: if it stops halfway, the participants' groups
 /// ask the coordinator once their deadline passes.
@@ -75,9 +75,8 @@ impl CartDriver {
         self.coordinator
     }
 
-    /// Once every prepare is answered: the decision for the coordinator, or (`Err`) the
-    /// caller's answer when a line was refused and no group was prepared. `None` until then.
-    pub fn decision(&self) -> Option<Result<Decide, Outcome>> {
+    /// Once every prepare is answered, the decision for the coordinator; `None` until then.
+    pub fn decision(&self) -> Option<Decide> {
         let mut groups = Groups::default();
         let mut refused: Option<Outcome> = None;
         for ((shard, _), answer) in self.prepares.iter().zip(&self.answers) {
@@ -94,7 +93,7 @@ impl CartDriver {
         }
         let request = self.cart.request;
         Some(match refused {
-            None => Ok(Decide::Commit(CommitCart {
+            None => Decide::Commit(CommitCart {
                 request,
                 buyer: self.cart.buyer,
                 ttl_ms: self.cart.ttl_ms,
@@ -102,9 +101,8 @@ impl CartDriver {
                 deadline_ms: self.deadline_ms,
                 lines: self.cart.lines,
                 groups,
-            })),
-            Some(outcome) if groups.as_slice().is_empty() => Err(outcome),
-            Some(outcome) => Ok(Decide::Abort { request, outcome, groups }),
+            }),
+            Some(outcome) => Decide::Abort { request, outcome, groups },
         })
     }
 
