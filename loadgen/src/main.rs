@@ -113,6 +113,9 @@ enum ScenarioName {
     /// Reserve, think --think-ms, confirm with --confirm-probability else cancel; a fraction
     /// --abandon-fraction walk away and let the hold expire.
     Checkout,
+    /// Carts of 1 to --cart-lines-max SKUs drawn with Zipf skew --skew over --skus, held whole
+    /// or not at all, then settled as in checkout (flashstock only).
+    Cart,
 }
 
 #[derive(Debug, Args)]
@@ -129,19 +132,22 @@ struct LoadArgs {
     /// flash-sale: the most units one buyer may hold plus buy.
     #[arg(long)]
     buyer_limit: Option<u32>,
-    /// zipf and checkout: how many SKUs.
+    /// zipf, checkout and cart: how many SKUs.
     #[arg(long, default_value_t = 1_000)]
     skus: u64,
-    /// zipf: the skew exponent (0 uniform, 1 classic Zipf).
+    /// zipf and cart: the skew exponent (0 uniform, 1 classic Zipf).
     #[arg(long, default_value_t = 1.0)]
     skew: f64,
-    /// checkout: the chance a held reservation is paid.
+    /// cart: the most lines of one cart (1 to 16).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=16))]
+    cart_lines_max: u8,
+    /// checkout and cart: the chance a held reservation is paid.
     #[arg(long, default_value_t = 0.7)]
     confirm_probability: f64,
-    /// checkout: the fraction of holds abandoned to expire.
+    /// checkout and cart: the fraction of holds abandoned to expire.
     #[arg(long, default_value_t = 0.1)]
     abandon_fraction: f64,
-    /// checkout: milliseconds between reserve and confirm/cancel.
+    /// checkout and cart: milliseconds between reserve and confirm/cancel.
     #[arg(long, default_value_t = 5)]
     think_ms: u64,
     /// How long holds last, in milliseconds.
@@ -225,6 +231,15 @@ impl LoadArgs {
                 abandon_fraction: self.abandon_fraction,
                 think_ms: self.think_ms,
             },
+            ScenarioName::Cart => Scenario::Cart {
+                skus: self.skus,
+                units_per_sku: self.units,
+                skew: self.skew,
+                lines_max: usize::from(self.cart_lines_max),
+                confirm_probability: self.confirm_probability,
+                abandon_fraction: self.abandon_fraction,
+                think_ms: self.think_ms,
+            },
         }
     }
 
@@ -266,6 +281,9 @@ impl LoadArgs {
 
     fn target(&self, url: &str) -> anyhow::Result<TargetSpec> {
         if url.starts_with("redis://") || url.starts_with("rediss://") {
+            if self.scenario == ScenarioName::Cart {
+                bail!("the cart scenario runs against flashstock only (no Redis cart baseline)");
+            }
             let connections = match self.mode {
                 flashstock_loadgen::CallMode::Client => self.concurrency.max(1),
                 flashstock_loadgen::CallMode::Frames => 1,

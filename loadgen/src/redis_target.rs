@@ -160,21 +160,25 @@ impl RedisTarget {
         {
             let limits = self.limits.lock().unwrap_or_else(|p| p.into_inner());
             for op in ops {
-                let limit = limits.get(&op.sku).copied().unwrap_or(0);
+                if op.cart {
+                    return Err(LoadError::Setup("carts run against flashstock only".into()));
+                }
+                let (sku, qty) = op.units().next().expect("a reserve has a line");
+                let limit = limits.get(&sku).copied().unwrap_or(0);
                 pipe.cmd("EVALSHA")
                     .arg(&self.reserve_sha)
                     .arg(6)
-                    .arg(self.key("stock", op.sku))
-                    .arg(self.key("reserved", op.sku))
-                    .arg(self.key("taken", op.sku))
+                    .arg(self.key("stock", sku))
+                    .arg(self.key("reserved", sku))
+                    .arg(self.key("taken", sku))
                     .arg(format!("{}deadlines", self.prefix))
                     .arg(format!("{}holds", self.prefix))
                     .arg(format!("{}hold_seq", self.prefix))
-                    .arg(op.qty)
+                    .arg(qty)
                     .arg(op.buyer)
                     .arg(limit)
                     .arg(now_ms + op.ttl_ms)
-                    .arg(op.sku);
+                    .arg(sku);
             }
         }
         let mut connection = self.connection();
@@ -183,9 +187,7 @@ impl RedisTarget {
             .into_iter()
             .zip(ops)
             .map(|(answer, op)| match answer {
-                id if id > 0 => {
-                    ReserveAnswer::Held(Hold { id: id as u64, sku: op.sku, qty: op.qty })
-                }
+                id if id > 0 => ReserveAnswer::Held(Hold { id: id as u64, lines: op.lines }),
                 -1 => ReserveAnswer::Refused("sold_out"),
                 -2 => ReserveAnswer::Refused("limit_exceeded"),
                 _ => ReserveAnswer::Refused("other"),

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::scenario::{Rng, Settle, Workload};
+use crate::scenario::{ReserveOp, Rng, Settle, Workload};
 use crate::target::{Hold, ReserveAnswer, Target};
 
 /// How a run is driven.
@@ -267,8 +267,9 @@ async fn drive(
                         .iter()
                         .map(|a| match a {
                             ReserveAnswer::Held(hold) => {
-                                shared.acked.entry(hold.sku).or_default().reserved +=
-                                    u64::from(hold.qty);
+                                for (sku, qty) in hold.units() {
+                                    shared.acked.entry(sku).or_default().reserved += u64::from(qty);
+                                }
                                 holds.push(*hold);
                                 "reserved"
                             }
@@ -278,8 +279,8 @@ async fn drive(
                     shared.record(latency, &names);
                 }
                 Err(err) => {
-                    for op in &ops {
-                        shared.acked.entry(op.sku).or_default().unknown += u64::from(op.qty);
+                    for (sku, qty) in ops.iter().flat_map(ReserveOp::units) {
+                        shared.acked.entry(sku).or_default().unknown += u64::from(qty);
                     }
                     shared.record(latency, &vec!["error"; ops.len()]);
                     tracing_error(err);
@@ -323,18 +324,20 @@ async fn settle(
         match answers {
             Ok(names) => {
                 for (hold, name) in holds.iter().zip(&names) {
-                    let acked = shared.acked.entry(hold.sku).or_default();
-                    match *name {
-                        "confirmed" => acked.confirmed += u64::from(hold.qty),
-                        "cancelled" => acked.cancelled += u64::from(hold.qty),
-                        _ => {}
+                    for (sku, qty) in hold.units() {
+                        let acked = shared.acked.entry(sku).or_default();
+                        match *name {
+                            "confirmed" => acked.confirmed += u64::from(qty),
+                            "cancelled" => acked.cancelled += u64::from(qty),
+                            _ => {}
+                        }
                     }
                 }
                 shared.record(latency, &names);
             }
             Err(err) => {
-                for hold in &holds {
-                    shared.acked.entry(hold.sku).or_default().unknown += u64::from(hold.qty);
+                for (sku, qty) in holds.iter().flat_map(Hold::units) {
+                    shared.acked.entry(sku).or_default().unknown += u64::from(qty);
                 }
                 shared.record(latency, &vec!["error"; holds.len()]);
                 tracing_error(&err);

@@ -3,6 +3,8 @@
 //! Every run works on SKUs of its own (numbered from a per-run base), so runs against the
 //! same server never disturb each other.
 
+use flashstock_engine::{Lines, SkuId, CART_LINES_MAX};
+
 /// The seeded generator every random choice comes from (SplitMix64).
 #[derive(Clone, Debug)]
 pub struct Rng(flashstock_engine::SplitMix64);
@@ -45,6 +47,24 @@ pub enum Scenario {
         /// Zipf exponent (0 = uniform, 1 = classic Zipf).
         skew: f64,
     },
+    /// Carts of 1 to `lines_max` distinct SKUs, each picked with Zipf skew `skew` over
+    /// `skus`, one unit a line; then, as in `Checkout`, think, confirm or cancel, or abandon.
+    Cart {
+        /// SKUs.
+        skus: u64,
+        /// Units in stock per SKU.
+        units_per_sku: u64,
+        /// Zipf exponent of the SKU draws.
+        skew: f64,
+        /// The most lines of one cart.
+        lines_max: usize,
+        /// The chance a held cart is paid.
+        confirm_probability: f64,
+        /// The chance a held cart is abandoned (left to expire).
+        abandon_fraction: f64,
+        /// How long a buyer thinks before paying, in ms.
+        think_ms: u64,
+    },
     /// Reserve, think, then confirm with probability `confirm_probability`, else cancel; a
     /// fraction `abandon_fraction` of holds is left to expire.
     Checkout {
@@ -72,17 +92,30 @@ pub struct SkuSetup {
     pub buyer_limit: Option<u32>,
 }
 
-/// One reserve a buyer sends.
+/// One reserve a buyer sends: one line, or a cart of several.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReserveOp {
     /// The buyer.
     pub buyer: u64,
-    /// The SKU.
-    pub sku: u64,
-    /// Units.
-    pub qty: u32,
+    /// What is held: one line for a plain reserve.
+    pub lines: Lines,
+    /// Whether it is sent as a cart (the cart scenario's carts of one line too).
+    pub cart: bool,
     /// The hold's time to live.
     pub ttl_ms: u64,
+}
+
+impl ReserveOp {
+    /// A plain reserve of `qty` units of `sku`.
+    pub fn one(buyer: u64, sku: u64, qty: u32, ttl_ms: u64) -> ReserveOp {
+        let lines = Lines::numbered([(SkuId(sku), qty)]).expect("one line");
+        ReserveOp { buyer, lines, cart: false, ttl_ms }
+    }
+
+    /// Its lines as (SKU, units).
+    pub fn units(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        self.lines.as_slice().iter().map(|line| (line.sku.0, line.qty))
+    }
 }
 
 /// What a buyer does with a held reservation (checkout only).
@@ -103,6 +136,7 @@ impl Scenario {
             Scenario::FlashSale { .. } => "flash-sale",
             Scenario::Zipf { .. } => "zipf",
             Scenario::Checkout { .. } => "checkout",
+            Scenario::Cart { .. } => "cart",
         }
     }
 
@@ -113,6 +147,7 @@ impl Scenario {
                 vec![SkuSetup { sku: base, units, buyer_limit }]
             }
             Scenario::Zipf { skus, units_per_sku, .. }
+            | Scenario::Cart { skus, units_per_sku, .. }
             | Scenario::Checkout { skus, units_per_sku, .. } => (0..skus)
                 .map(|i| SkuSetup { sku: base + i, units: units_per_sku, buyer_limit: None })
                 .collect(),
@@ -123,18 +158,20 @@ impl Scenario {
     pub fn default_requests(&self) -> u64 {
         match *self {
             Scenario::FlashSale { buyers, .. } => buyers,
-            Scenario::Zipf { .. } | Scenario::Checkout { .. } => 100_000,
+            Scenario::Zipf { .. } | Scenario::Checkout { .. } | Scenario::Cart { .. } => 100_000,
         }
     }
 
     /// Whether a hold may be settled (checkout) or is kept until the run ends.
     pub fn settles(&self) -> bool {
-        matches!(self, Scenario::Checkout { .. })
+        matches!(self, Scenario::Checkout { .. } | Scenario::Cart { .. })
     }
 
     /// What to do with a held reservation.
     pub fn settle(&self, rng: &mut Rng) -> Settle {
-        let Scenario::Checkout { confirm_probability, abandon_fraction, .. } = *self else {
+        let (Scenario::Checkout { confirm_probability, abandon_fraction, .. }
+        | Scenario::Cart { confirm_probability, abandon_fraction, .. }) = *self
+        else {
             return Settle::Abandon;
         };
         let draw = rng.unit();
@@ -150,7 +187,7 @@ impl Scenario {
     /// How long a buyer thinks before settling.
     pub fn think_ms(&self) -> u64 {
         match *self {
-            Scenario::Checkout { think_ms, .. } => think_ms,
+            Scenario::Checkout { think_ms, .. } | Scenario::Cart { think_ms, .. } => think_ms,
             _ => 0,
         }
     }
@@ -170,7 +207,7 @@ impl Workload {
     /// The workload of `scenario` on the SKUs numbered from `base`, holds lasting `ttl_ms`.
     pub fn new(scenario: Scenario, base: u64, ttl_ms: u64) -> Workload {
         let cdf = match scenario {
-            Scenario::Zipf { skus, skew, .. } => {
+            Scenario::Zipf { skus, skew, .. } | Scenario::Cart { skus, skew, .. } => {
                 let weights: Vec<f64> =
                     (1..=skus).map(|rank| 1.0 / (rank as f64).powf(skew)).collect();
                 let total: f64 = weights.iter().sum();
@@ -197,19 +234,40 @@ impl Workload {
     pub fn reserve(&self, n: u64, rng: &mut Rng) -> ReserveOp {
         let sku = match self.scenario {
             Scenario::FlashSale { .. } => self.base,
-            Scenario::Zipf { .. } => {
-                let draw = rng.unit();
-                let rank = self.cdf.partition_point(|&c| c < draw).min(self.cdf.len() - 1);
-                self.base + rank as u64
-            }
+            Scenario::Zipf { .. } => self.zipf_sku(rng),
             Scenario::Checkout { skus, .. } => self.base + rng.next_u64() % skus,
+            Scenario::Cart { lines_max, .. } => return self.cart(lines_max, rng),
         };
         let buyer = match self.scenario {
             // Each flash-sale buyer tries once (a run longer than the crowd cycles through it).
             Scenario::FlashSale { buyers, .. } => n % buyers.max(1),
             _ => rng.next_u64() >> 1,
         };
-        ReserveOp { buyer, sku, qty: 1, ttl_ms: self.ttl_ms }
+        ReserveOp::one(buyer, sku, 1, self.ttl_ms)
+    }
+
+    fn zipf_sku(&self, rng: &mut Rng) -> u64 {
+        let draw = rng.unit();
+        let rank = self.cdf.partition_point(|&c| c < draw).min(self.cdf.len() - 1);
+        self.base + rank as u64
+    }
+
+    /// A cart of 1 to `lines_max` distinct Zipf-drawn SKUs, one unit each (a draw that
+    /// repeats a SKU already in the cart is dropped, so hot SKUs make carts a little shorter).
+    fn cart(&self, lines_max: usize, rng: &mut Rng) -> ReserveOp {
+        let wanted = 1 + (rng.next_u64() % lines_max.clamp(1, CART_LINES_MAX) as u64) as usize;
+        let mut skus: Vec<u64> = Vec::with_capacity(wanted);
+        for _ in 0..wanted * 2 {
+            let sku = self.zipf_sku(rng);
+            if !skus.contains(&sku) {
+                skus.push(sku);
+            }
+            if skus.len() == wanted {
+                break;
+            }
+        }
+        let lines = Lines::numbered(skus.into_iter().map(|sku| (SkuId(sku), 1))).expect("<= 16");
+        ReserveOp { buyer: rng.next_u64() >> 1, lines, cart: true, ttl_ms: self.ttl_ms }
     }
 }
 
@@ -225,7 +283,7 @@ mod tests {
         let mut counts = vec![0u32; 100];
         for n in 0..100_000 {
             let op = workload.reserve(n, &mut rng);
-            counts[(op.sku - 1_000) as usize] += 1;
+            counts[(op.lines.as_slice()[0].sku.0 - 1_000) as usize] += 1;
         }
         // Rank 1 gets about 1/H(100) = 19% of draws; rank 100 about 0.19%.
         assert!((17_000..21_000).contains(&counts[0]), "{}", counts[0]);

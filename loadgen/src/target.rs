@@ -8,7 +8,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use flashstock_client::{Client, ClientConfig, ClientTls};
-use flashstock_engine::{BuyerId, Command, Outcome, RequestId, ReservationId, Reserve, SkuId};
+use flashstock_engine::{
+    BuyerId, Command, Lines, Outcome, RequestId, ReservationId, Reserve, ReserveCart, SkuId,
+};
 use flashstock_protocol::{Refusal, Reply, Request};
 
 use crate::redis_target::RedisTarget;
@@ -36,19 +38,26 @@ pub enum LoadError {
     },
 }
 
-/// A held reservation, as the target names it.
+/// A held reservation or cart, as the target names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Hold {
     /// The target's id for it.
     pub id: u64,
-    /// Its SKU.
-    pub sku: u64,
-    /// Its units.
-    pub qty: u32,
+    /// What it holds.
+    pub lines: Lines,
 }
 
-/// The answer to one reserve.
+impl Hold {
+    /// Its lines as (SKU, units).
+    pub fn units(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        self.lines.as_slice().iter().map(|line| (line.sku.0, line.qty))
+    }
+}
+
+/// The answer to one reserve. A hold carries its lines inline (a cart's up to 16): answers
+/// live for one batch, and boxing would allocate once per reserve in the generator's hot loop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)]
 pub enum ReserveAnswer {
     /// Held.
     Held(Hold),
@@ -238,12 +247,20 @@ impl FlashstockTarget {
         let requests: Vec<Request> = ops
             .iter()
             .map(|op| {
+                let (request, buyer, ttl_ms) = (self.request(), BuyerId(op.buyer), op.ttl_ms);
+                if op.cart {
+                    let cart =
+                        ReserveCart { request, buyer, ttl_ms, order_ref: None, lines: op.lines };
+                    return Request::ReserveCart(Box::new(cart));
+                }
+                let line = op.lines.as_slice()[0];
+                let (sku, qty) = (line.sku, line.qty);
                 Request::Apply(Command::Reserve(Reserve {
-                    request: self.request(),
-                    buyer: BuyerId(op.buyer),
-                    sku: SkuId(op.sku),
-                    qty: op.qty,
-                    ttl_ms: op.ttl_ms,
+                    request,
+                    buyer,
+                    sku,
+                    qty,
+                    ttl_ms,
                     order_ref: None,
                 }))
             })
@@ -254,7 +271,7 @@ impl FlashstockTarget {
             .zip(ops)
             .map(|(reply, op)| match reply {
                 Reply::Outcome(Outcome::Reserved { reservation, .. }) => {
-                    ReserveAnswer::Held(Hold { id: reservation.0, sku: op.sku, qty: op.qty })
+                    ReserveAnswer::Held(Hold { id: reservation.0, lines: op.lines })
                 }
                 other => ReserveAnswer::Refused(reply_name(other)),
             })
@@ -311,6 +328,7 @@ fn reply_name(reply: &Reply) -> &'static str {
             Outcome::Cancelled => "cancelled",
             Outcome::Expired => "expired",
             Outcome::AlreadyConfirmed | Outcome::AlreadyCancelled => "already_ended",
+            Outcome::CartRefused { refusal, .. } => refusal.name(),
             _ => "other",
         },
         Reply::Refused(Refusal::Overloaded) => "overloaded",

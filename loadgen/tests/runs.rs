@@ -198,3 +198,50 @@ async fn with_an_order_database_the_audit_checks_one_row_per_confirm() {
     writer.await.unwrap().unwrap();
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cart_run_passes_its_audit_with_one_order_row_per_line_sold() {
+    use flashstock_order_writer::{run as write_orders, WriterConfig, WriterStats};
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_at(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let url = format!("sqlite:{}", dir.path().join("orders.db").display());
+    let config = WriterConfig::new(
+        server.addr,
+        server.tls(),
+        server.consumer_token.clone(),
+        vec![url.clone()],
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let writer =
+        tokio::spawn(write_orders(config, std::sync::Arc::new(WriterStats::default()), async {
+            let _ = stopped.await;
+        }));
+    // Skewed carts over few units: the hot SKUs sell out, so some carts are refused whole.
+    let carts = Scenario::Cart {
+        skus: 30,
+        units_per_sku: 100,
+        skew: 1.0,
+        lines_max: 4,
+        confirm_probability: 0.7,
+        abandon_fraction: 0.1,
+        think_ms: 1,
+    };
+    let options = LoadOptions {
+        target: flashstock(&server),
+        scenario: carts,
+        run: run_config(3_000),
+        ttl_ms: 600_000,
+        orders_db: vec![url],
+    };
+    let finished = execute(options).await.unwrap();
+    assert!(finished.audit.passed, "{:?}", finished.audit);
+    let outcomes = &finished.result.outcomes;
+    assert!(outcomes["reserved"] > 300 && outcomes["sold_out"] > 100, "{outcomes:?}");
+    assert!(outcomes["confirmed"] > 200, "{outcomes:?}");
+    let orders = finished.audit.checks.iter().find(|c| c.name == "orders_equal_confirms").unwrap();
+    assert!(orders.passed, "{:?}", finished.audit);
+    assert_eq!(finished.audit.totals.sold, finished.audit.acked.confirmed);
+    let _ = stop.send(());
+    writer.await.unwrap().unwrap();
+    server.stop().await;
+}
