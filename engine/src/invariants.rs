@@ -86,11 +86,11 @@ impl Shard {
     /// than sold.
     fn check_returnable(&self) -> Result<(), EngineError> {
         let returnable = &self.returnable;
-        if returnable.order.len() != returnable.sales.len() {
+        if returnable.len() != returnable.stored() {
             return Err(bookkeeping(None, "returnable order differs from returnable sales"));
         }
-        for key in &returnable.order {
-            let Some(sale) = returnable.sales.get(key) else {
+        for &key in &returnable.order {
+            let Some(sale) = returnable.get(key) else {
                 return Err(bookkeeping(Some(key.0), "returnable order names an unknown sale"));
             };
             if sale.returned > sale.qty || !self.skus.contains_key(&sale.sku) {

@@ -51,6 +51,12 @@ pub struct ShardConfig {
     pub ended_retention_ms: u64,
     /// The most ended reservations remembered; the oldest go first.
     pub ended_entries_max: usize,
+    /// How long a cart's coordinator remembers it after its end, so that a participant that
+    /// has not heard the end yet can still ask. Messages between shards are never dropped, so
+    /// a participant hears within milliseconds unless its inbox stays full for this long.
+    pub cart_ended_retention_ms: u64,
+    /// The most ended carts a coordinator remembers (~600 bytes each); the oldest go first.
+    pub carts_ended_max: usize,
     /// How long after a sale its units may still be returned (`ReturnSold`).
     pub return_window_ms: u64,
     /// The most sales one shard keeps returnable; the oldest go first. About 80 bytes each.
@@ -72,6 +78,8 @@ impl Default for ShardConfig {
             rejection_cache_slots: 1 << 14,
             ended_retention_ms: 15 * 60 * 1000,
             ended_entries_max: 1_000_000,
+            cart_ended_retention_ms: 60_000,
+            carts_ended_max: 200_000,
             return_window_ms: 30 * 24 * 60 * 60 * 1000,
             returnable_entries_max: 1_000_000,
             hash_seed: 0,
@@ -95,6 +103,7 @@ impl ShardConfig {
         );
         assert!(self.ended_entries_max > 0, "ended_entries_max must be positive");
         assert!(self.returnable_entries_max > 0, "returnable_entries_max must be positive");
+        assert!(self.carts_ended_max > 0, "carts_ended_max must be positive");
     }
 
     /// Slots a shard's reservation ring starts with: it spans the live reservations and the

@@ -104,13 +104,15 @@ pub struct Shard {
     /// What per-buyer counts hash buyer ids with (from `config.hash_seed`).
     pub(crate) hash_key: HashKey,
     /// Participant: the groups of cart lines this shard holds, by the cart's request id.
-    pub(crate) groups: FxHashMap<RequestId, LineGroup>,
+    /// Boxed: a group is ~330 bytes, and a map that doubles moves its values.
+    pub(crate) groups: FxHashMap<RequestId, Box<LineGroup>>,
     pub(crate) group_seq_next: u64,
     /// When open groups ask their coordinator, earliest first: (ask time, cart, group).
     /// Entries whose group moved on are skipped when popped.
     pub(crate) asks_due: BinaryHeap<Reverse<(u64, RequestId, u64)>>,
     /// Coordinator: carts decided here, held or ended and still remembered.
-    pub(crate) carts: FxHashMap<ReservationId, Cart>,
+    /// Boxed: a cart is ~600 bytes, and a map that doubles moves its values.
+    pub(crate) carts: FxHashMap<ReservationId, Box<Cart>>,
     /// The same carts by their request id, for participants' questions.
     pub(crate) cart_ids: FxHashMap<RequestId, ReservationId>,
     pub(crate) carts_live: usize,
@@ -165,7 +167,7 @@ impl Shard {
             cart_ids: FxHashMap::default(),
             carts_live: 0,
             carts_ended: VecDeque::new(),
-            returnable: Returnable::default(),
+            returnable: Returnable::new(HashKey::new(config.hash_seed)),
             outbox: Vec::new(),
         }
     }
@@ -698,18 +700,14 @@ impl Shard {
         if qty == 0 || qty > RESERVE_QTY_MAX {
             return Step::Unchanged(Outcome::InvalidQuantity { qty_max: RESERVE_QTY_MAX });
         }
-        let Some(sale) = self.returnable.get_mut(key, now_ms, &self.config) else {
-            return Step::Unchanged(Outcome::NotReturnable);
-        };
-        if sale.sku != sku_id {
-            return Step::Unchanged(Outcome::NotReturnable);
-        }
-        let returnable = sale.qty - sale.returned;
-        if qty > returnable {
-            return Step::Unchanged(Outcome::ReturnExceedsSold { returnable });
-        }
-        sale.returned += qty;
-        let (buyer, returned_total) = (sale.buyer, sale.returned);
+        let (buyer, returned_total) =
+            match self.returnable.take_back(key, sku_id, qty, now_ms, &self.config) {
+                Ok(taken) => taken,
+                Err(None) => return Step::Unchanged(Outcome::NotReturnable),
+                Err(Some(returnable)) => {
+                    return Step::Unchanged(Outcome::ReturnExceedsSold { returnable })
+                }
+            };
         let sku = self.skus.get_mut(&sku_id).expect("a sale's SKU exists");
         sku.sold = sku.sold.checked_sub(u64::from(qty)).expect("a sale's units were sold");
         sku.available += u64::from(qty);

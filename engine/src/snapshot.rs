@@ -133,8 +133,8 @@ impl Shard {
         }
         // Sales still returnable, in the order they were made (the oldest go first).
         w.u64(self.returnable.len() as u64);
-        for key in &self.returnable.order {
-            let sale = &self.returnable.sales[key];
+        for &key in &self.returnable.order {
+            let sale = self.returnable.get(key).expect("every sale in order is stored");
             w.u64(key.0 .0);
             w.u8(key.1);
             w.u64(sale.buyer.0);
@@ -165,7 +165,7 @@ impl Shard {
             let lines = cart_codec::decode_lines(r)?;
             let entry =
                 LineGroup { group, coordinator, buyer, lines, deadline_ms, held_by, ask_at_ms: 0 };
-            if self.groups.insert(request, entry).is_some() {
+            if self.groups.insert(request, Box::new(entry)).is_some() {
                 return Err(invalid("line group's cart", request.0 as u64));
             }
         }
@@ -184,7 +184,7 @@ impl Shard {
                 return Err(invalid("cart request", cart.request.0 as u64));
             }
             self.carts_live += usize::from(cart.state == ReservationState::Held);
-            if self.carts.insert(id, cart).is_some() {
+            if self.carts.insert(id, Box::new(cart)).is_some() {
                 return Err(invalid("cart id", id.0));
             }
         }
@@ -200,10 +200,9 @@ impl Shard {
                 returned: r.u32()?,
                 sold_at_ms: r.u64()?,
             };
-            if self.returnable.sales.insert(key, sale).is_some() {
+            if key.0 .0 == 0 || !self.returnable.insert(key, sale) {
                 return Err(invalid("returnable sale", key.0 .0));
             }
-            self.returnable.order.push_back(key);
         }
         self.rebuild_asks();
         Ok(())

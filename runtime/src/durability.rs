@@ -104,8 +104,8 @@ pub struct DurabilityStats {
     pub sync_us_max: AtomicU64,
     /// Shard steps that took `slow_step_ms` or longer.
     pub slow_steps: AtomicU64,
-    /// Messages between shards dropped at a full inbox (the groups concerned ask later).
-    pub cart_messages_dropped: AtomicU64,
+    /// Messages between shards that found their inbox full and waited for a later release.
+    pub cart_messages_deferred: AtomicU64,
 }
 
 /// Per log, the sequence number below which every record is durable.
@@ -121,6 +121,8 @@ pub(crate) struct Durability<W> {
     stats: Arc<DurabilityStats>,
     /// Every shard's inbox, for the messages between shards.
     inboxes: Vec<Sender<Job>>,
+    /// Messages between shards that found their inbox full, oldest first.
+    messages_waiting: Mutex<Vec<(u16, Job)>>,
     metrics: crate::metrics::WalMetrics,
     /// Held while a thread takes a group and appends it: the log sees batches in the order
     /// the actors sent them. Holds the next group's turn number.
@@ -136,6 +138,7 @@ impl<W: Wal> Durability<W> {
             parts;
         Durability {
             inboxes,
+            messages_waiting: Mutex::new(Vec::new()),
             wal,
             commits,
             durable_ends,
@@ -193,10 +196,13 @@ impl<W: Wal> Durability<W> {
                 let end = commit.first_seq + u64::from(commit.records.record_count);
                 self.durable_ends[usize::from(commit.log)].store(end, Ordering::Release);
             }
-            deliver(commit.replies, &durable);
+            // Messages first (waiting ones before these, even when this commit carries
+            // none): a caller that has its answer finds the settles it caused queued ahead of
+            // anything it sends next.
             if durable.is_ok() {
                 self.forward(commit.messages);
             }
+            deliver(commit.replies, &durable);
         }
         if durable.is_ok() && logged {
             self.committed.send_modify(|count| *count += 1);
@@ -206,17 +212,22 @@ impl<W: Wal> Durability<W> {
         self.turn_released.notify_all();
     }
 
-    /// Hands messages between shards to their inboxes. A full inbox drops the message: it is
-    /// never needed for safety, since a group that hears nothing asks its coordinator once
-    /// its deadline passes (see docs/carts.md), and waiting here would stall every reply.
+    /// Hands messages between shards to their inboxes, oldest first. A message that finds
+    /// its inbox full waits here for a later release (waiting in `send` would stall every
+    /// reply): none is dropped, so a participant hears its cart's end long before the
+    /// coordinator forgets the cart (see docs/carts.md). They are few: at most one per open
+    /// line group.
     fn forward(&self, messages: Vec<CartMessage>) {
-        for message in messages {
-            let (to, job) = Job::of_message(message);
+        let mut waiting = self.messages_waiting.lock().unwrap_or_else(|p| p.into_inner());
+        let queued = std::mem::take(&mut *waiting);
+        let fresh = messages.into_iter().map(Job::of_message);
+        for (to, job) in queued.into_iter().chain(fresh) {
             let Some(inbox) = self.inboxes.get(usize::from(to)) else { continue };
             match inbox.try_send(job) {
                 Ok(()) => {}
-                Err(TrySendError::Full(_)) => {
-                    self.stats.cart_messages_dropped.fetch_add(1, Ordering::Relaxed);
+                Err(TrySendError::Full(job)) => {
+                    self.stats.cart_messages_deferred.fetch_add(1, Ordering::Relaxed);
+                    waiting.push((to, job));
                 }
                 // The shard stopped (shutdown): the start-up pass settles what is left.
                 Err(TrySendError::Disconnected(_)) => {}

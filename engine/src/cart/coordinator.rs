@@ -113,7 +113,7 @@ impl Shard {
             lines: commit.lines,
             groups: commit.groups,
         };
-        self.carts.insert(cart, held);
+        self.carts.insert(cart, Box::new(held));
         let previous = self.cart_ids.insert(commit.request, cart);
         assert!(previous.is_none(), "cart request {:?} decided twice", commit.request);
         self.expiries.push(expires_at_ms, cart);
@@ -131,7 +131,7 @@ impl Shard {
     fn settle_late(&mut self, request: RequestId, groups: &Groups, first: Outcome) {
         let cart = match first {
             Outcome::Reserved { reservation, .. } => match self.carts.get(&reservation) {
-                Some(cart) if cart.request == request => Some((reservation, *cart)),
+                Some(cart) if cart.request == request => Some((reservation, **cart)),
                 // Forgotten, or the id of a one-line reserve: the groups ask in time.
                 _ => return,
             },
@@ -205,8 +205,8 @@ impl Shard {
         }
         self.carts_ended.push_back((id, now_ms));
         while let Some(&(oldest, ended_at_ms)) = self.carts_ended.front() {
-            let too_many = self.carts_ended.len() > self.config.ended_entries_max;
-            let too_old = ended_at_ms.saturating_add(self.config.ended_retention_ms) <= now_ms;
+            let too_many = self.carts_ended.len() > self.config.carts_ended_max;
+            let too_old = ended_at_ms.saturating_add(self.config.cart_ended_retention_ms) <= now_ms;
             if !(too_many || too_old) {
                 break;
             }

@@ -84,7 +84,7 @@ impl Shard {
             held_by: None,
             ask_at_ms: prepare.deadline_ms,
         };
-        self.groups.insert(prepare.cart, held);
+        self.groups.insert(prepare.cart, Box::new(held));
         self.asks_due.push(Reverse((prepare.deadline_ms, prepare.cart, group)));
         group
     }
@@ -101,7 +101,7 @@ impl Shard {
     /// Applies a settle: the record that says what it did, or `None` when it did nothing.
     fn settle_group(&mut self, settle: &Settle, now_ms: u64) -> Option<Record> {
         let cart = settle.cart;
-        let group = *self.groups.get(&cart).filter(|g| g.group == settle.group)?;
+        let group = **self.groups.get(&cart).filter(|g| g.group == settle.group)?;
         match (group.held_by, settle.fate) {
             (None, Fate::Held { cart: held_by, expires_at_ms }) => {
                 let ask_at_ms = expires_at_ms.saturating_add(CART_END_GRACE_MS);
