@@ -51,11 +51,10 @@ pub struct ShardConfig {
     pub ended_retention_ms: u64,
     /// The most ended reservations remembered; the oldest go first.
     pub ended_entries_max: usize,
-    /// How long a cart's coordinator remembers it after its end, so that a participant that
-    /// has not heard the end yet can still ask. Messages between shards are never dropped, so
-    /// a participant hears within milliseconds unless its inbox stays full for this long.
-    pub cart_ended_retention_ms: u64,
-    /// The most ended carts a coordinator remembers (~600 bytes each); the oldest go first.
+    /// The most ended carts a coordinator remembers (~600 bytes each), for
+    /// `ended_retention_ms` at most; the oldest go first. A participant that has not heard a
+    /// cart's end can still ask while it is remembered; messages between shards are never
+    /// dropped, so it hears within milliseconds unless its inbox stays full.
     pub carts_ended_max: usize,
     /// How long after a sale its units may still be returned (`ReturnSold`).
     pub return_window_ms: u64,
@@ -78,7 +77,6 @@ impl Default for ShardConfig {
             rejection_cache_slots: 1 << 14,
             ended_retention_ms: 15 * 60 * 1000,
             ended_entries_max: 1_000_000,
-            cart_ended_retention_ms: 60_000,
             carts_ended_max: 200_000,
             return_window_ms: 30 * 24 * 60 * 60 * 1000,
             returnable_entries_max: 1_000_000,

@@ -33,7 +33,6 @@ fn config(hash_seed: u64) -> ShardConfig {
         // Long enough that no acknowledged cart is forgotten within a run.
         ended_retention_ms: 10_000_000,
         ended_entries_max: 10_000,
-        cart_ended_retention_ms: 10_000_000,
         carts_ended_max: 10_000,
         return_window_ms: 10_000_000,
         returnable_entries_max: 10_000,

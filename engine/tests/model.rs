@@ -27,7 +27,6 @@ fn config(hash_seed: u64) -> ShardConfig {
         rejection_cache_slots: 1 << 12,
         ended_retention_ms: 3_000,
         ended_entries_max: 5,
-        cart_ended_retention_ms: 3_000,
         carts_ended_max: 5,
         return_window_ms: 4_000,
         returnable_entries_max: 4,

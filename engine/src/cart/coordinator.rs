@@ -206,7 +206,7 @@ impl Shard {
         self.carts_ended.push_back((id, now_ms));
         while let Some(&(oldest, ended_at_ms)) = self.carts_ended.front() {
             let too_many = self.carts_ended.len() > self.config.carts_ended_max;
-            let too_old = ended_at_ms.saturating_add(self.config.cart_ended_retention_ms) <= now_ms;
+            let too_old = ended_at_ms.saturating_add(self.config.ended_retention_ms) <= now_ms;
             if !(too_many || too_old) {
                 break;
             }
