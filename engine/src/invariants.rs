@@ -47,6 +47,9 @@ impl Shard {
             }
         }
         self.check_carts_here()?;
+        if self.asks_due.len() != self.groups.len() + self.asks_stale {
+            return Err(cart_bookkeeping(None, "scheduled questions differ from open plus stale"));
+        }
         self.check_returnable()?;
         for id in self.order_refs.keys() {
             if self.reservations.get(*id).is_none_or(|r| r.state != ReservationState::Held) {

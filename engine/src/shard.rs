@@ -108,8 +108,11 @@ pub struct Shard {
     pub(crate) groups: FxHashMap<RequestId, Box<LineGroup>>,
     pub(crate) group_seq_next: u64,
     /// When open groups ask their coordinator, earliest first: (ask time, cart, group).
-    /// Entries whose group moved on are skipped when popped.
+    /// Entries whose group moved on (counted in `asks_stale`) are skipped when popped, and
+    /// dropped all at once when they outnumber the open groups: a group held for 15 minutes
+    /// and confirmed at once would otherwise leave its entry for those 15 minutes.
     pub(crate) asks_due: BinaryHeap<Reverse<(u64, RequestId, u64)>>,
+    pub(crate) asks_stale: usize,
     /// Coordinator: carts decided here, held or ended and still remembered.
     /// Boxed: a cart is ~600 bytes, and a map that doubles moves its values.
     pub(crate) carts: FxHashMap<ReservationId, Box<Cart>>,
@@ -163,6 +166,7 @@ impl Shard {
             groups: FxHashMap::default(),
             group_seq_next: 1,
             asks_due: BinaryHeap::new(),
+            asks_stale: 0,
             carts: FxHashMap::default(),
             cart_ids: FxHashMap::default(),
             carts_live: 0,

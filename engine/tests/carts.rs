@@ -801,6 +801,30 @@ mod scenarios {
         check_carts(&c.shards).unwrap();
     }
 
+    /// A participant schedules a question per open group; the schedule of groups that
+    /// ended early (held for 15 minutes, confirmed at once) must not stay behind until their
+    /// expiry, or a busy shard would carry every cart of the last 15 minutes.
+    #[test]
+    fn the_schedule_of_questions_stays_near_the_open_groups() {
+        let mut c = Cluster::new();
+        let (a, b) = c.split_pair();
+        for sku in [a, b] {
+            let request = c.request();
+            c.apply(Command::SetStock { request, sku: SkuId(sku), total: 1 << 30 }, 0);
+        }
+        for buyer in 0..2_500 {
+            let cart = c.cart(buyer, &[(a, 1), (b, 1)], 15 * 60 * 1000);
+            let id = reserved(c.reserve(cart, 10 + buyer));
+            let request = c.request();
+            c.apply(Command::Confirm { request, reservation: id, order_ref: None }, 10 + buyer);
+        }
+        for shard in &c.shards {
+            assert_eq!(shard.line_groups(), 0);
+            let scheduled = shard.asks_scheduled();
+            assert!(scheduled <= 2 * 1_024, "{scheduled} questions scheduled for no open group");
+        }
+    }
+
     #[test]
     fn malformed_carts_are_refused_before_anything_is_held() {
         let mut c = Cluster::new();

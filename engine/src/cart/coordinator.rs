@@ -277,6 +277,12 @@ impl Shard {
         self.carts_live
     }
 
+    /// How many questions to coordinators this shard has scheduled (one per open group,
+    /// plus entries of groups that moved on, compacted once they outnumber the open ones).
+    pub fn asks_scheduled(&self) -> usize {
+        self.asks_due.len()
+    }
+
     /// How many cart line groups this shard holds as a participant (in doubt or held).
     pub fn line_groups(&self) -> usize {
         self.groups.len()

@@ -108,7 +108,10 @@ impl Shard {
                 let entry = self.groups.get_mut(&cart).expect("found above");
                 entry.held_by = Some((held_by, expires_at_ms));
                 entry.ask_at_ms = ask_at_ms;
+                // The entry at the deadline is stale now; this one replaces it.
                 self.asks_due.push(Reverse((ask_at_ms, cart, group.group)));
+                self.asks_stale += 1;
+                self.compact_asks_if_stale();
                 let held_by = Some((held_by, expires_at_ms));
                 Some(Record::LinesResolved { at_ms: now_ms, cart, group: group.group, held_by })
             }
@@ -153,6 +156,19 @@ impl Shard {
             }
         }
         self.groups.remove(&cart);
+        // The group's scheduled question is stale now.
+        self.asks_stale += 1;
+        self.compact_asks_if_stale();
+    }
+
+    /// Drops stale questions once they outnumber the open groups' (as the expiry queue
+    /// drops stale expiries): the schedule stays within about twice the open groups.
+    fn compact_asks_if_stale(&mut self) {
+        if self.asks_stale > 1024 && self.asks_stale > self.groups.len() {
+            let open = self.groups.iter().map(|(&cart, g)| Reverse((g.ask_at_ms, cart, g.group)));
+            self.asks_due = open.collect();
+            self.asks_stale = 0;
+        }
     }
 
     /// Leaves a question for the coordinator of every group whose time to ask has come, and
@@ -163,10 +179,13 @@ impl Shard {
                 break;
             }
             self.asks_due.pop();
-            let Some(entry) = self.groups.get_mut(&cart) else { continue };
-            if entry.group != group || entry.ask_at_ms != at_ms {
+            let live =
+                self.groups.get(&cart).is_some_and(|g| g.group == group && g.ask_at_ms == at_ms);
+            if !live {
+                self.asks_stale -= 1;
                 continue;
             }
+            let entry = self.groups.get_mut(&cart).expect("found just above");
             entry.ask_at_ms = now_ms + CART_ASK_RETRY_MS;
             let ask = Ask {
                 cart,
@@ -200,6 +219,7 @@ impl Shard {
     /// Rebuilds the ask schedule from the groups (restore only).
     pub(crate) fn rebuild_asks(&mut self) {
         self.asks_due.clear();
+        self.asks_stale = 0;
         for (&cart, entry) in self.groups.iter_mut() {
             entry.ask_at_ms = match entry.held_by {
                 None => entry.deadline_ms,
