@@ -136,7 +136,13 @@ impl Command {
 
     /// The client's request id.
     pub fn request(&self) -> RequestId {
-        match *self {
+        let mut command = *self;
+        *command.request_mut()
+    }
+
+    /// The client's request id, to set (a keyed client derives it from the caller's key).
+    pub fn request_mut(&mut self) -> &mut RequestId {
+        match self {
             Command::Reserve(Reserve { request, .. })
             | Command::Confirm { request, .. }
             | Command::Cancel { request, .. }

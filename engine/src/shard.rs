@@ -554,17 +554,9 @@ impl Shard {
         let Some(held) = found else {
             return self.end_cart_on_request(reservation, wanted, order_ref, now_ms);
         };
-        let (end, outcome) = match held.state {
-            ReservationState::Confirmed => return Step::Unchanged(Outcome::AlreadyConfirmed),
-            ReservationState::Cancelled => return Step::Unchanged(Outcome::AlreadyCancelled),
-            ReservationState::Expired => return Step::Unchanged(Outcome::Expired),
-            ReservationState::Held if now_ms >= held.expires_at_ms => {
-                (ReservationState::Expired, Outcome::Expired)
-            }
-            ReservationState::Held if wanted == ReservationState::Confirmed => {
-                (wanted, Outcome::Confirmed)
-            }
-            ReservationState::Held => (wanted, Outcome::Cancelled),
+        let (end, outcome) = match end_decision(held.state, held.expires_at_ms, wanted, now_ms) {
+            Ok(decided) => decided,
+            Err(answer) => return Step::Unchanged(answer),
         };
         let mut ended = self.end_reservation(reservation, end, now_ms);
         if end == ReservationState::Confirmed && order_ref.is_some() {
@@ -804,6 +796,30 @@ impl Shard {
             let taken = sku.taken.get(r.buyer);
             assert!(taken <= u64::from(limit), "buyer limit broken by {command:?}");
         }
+    }
+}
+
+/// How a confirm (`wanted` = `Confirmed`) or cancel of a reservation or cart in `state`,
+/// lapsing at `expires_at_ms`, ends it at `now_ms`: its end and the answer, or (`Err`) the
+/// answer when it already ended. Past its TTL it expires instead: a late confirm never
+/// resurrects units that were promised back to the pool.
+pub(crate) fn end_decision(
+    state: ReservationState,
+    expires_at_ms: u64,
+    wanted: ReservationState,
+    now_ms: u64,
+) -> Result<(ReservationState, Outcome), Outcome> {
+    match state {
+        ReservationState::Confirmed => Err(Outcome::AlreadyConfirmed),
+        ReservationState::Cancelled => Err(Outcome::AlreadyCancelled),
+        ReservationState::Expired => Err(Outcome::Expired),
+        ReservationState::Held if now_ms >= expires_at_ms => {
+            Ok((ReservationState::Expired, Outcome::Expired))
+        }
+        ReservationState::Held if wanted == ReservationState::Confirmed => {
+            Ok((wanted, Outcome::Confirmed))
+        }
+        ReservationState::Held => Ok((wanted, Outcome::Cancelled)),
     }
 }
 

@@ -46,6 +46,32 @@ fn flashstock(server: &TestServer) -> TargetSpec {
     }
 }
 
+/// An order writer into a SQLite file in `dir`, running until its sender is sent to: the
+/// database's URL, the stop, and the writer's task.
+fn start_writer(
+    server: &TestServer,
+    dir: &std::path::Path,
+) -> (
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), flashstock_order_writer::WriterError>>,
+) {
+    use flashstock_order_writer::{run as write_orders, WriterConfig, WriterStats};
+    let url = format!("sqlite:{}", dir.join("orders.db").display());
+    let config = WriterConfig::new(
+        server.addr,
+        server.tls(),
+        server.consumer_token.clone(),
+        vec![url.clone()],
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let writer =
+        tokio::spawn(write_orders(config, std::sync::Arc::new(WriterStats::default()), async {
+            let _ = stopped.await;
+        }));
+    (url, stop, writer)
+}
+
 const FLASH_SALE: Scenario =
     Scenario::FlashSale { units: 500, buyers: 20_000, buyer_limit: Some(1) };
 
@@ -162,21 +188,9 @@ async fn a_flash_sale_against_redis_passes_its_audit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_an_order_database_the_audit_checks_one_row_per_confirm() {
-    use flashstock_order_writer::{run as write_orders, WriterConfig, WriterStats};
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start_at(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
-    let url = format!("sqlite:{}", dir.path().join("orders.db").display());
-    let config = WriterConfig::new(
-        server.addr,
-        server.tls(),
-        server.consumer_token.clone(),
-        vec![url.clone()],
-    );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let writer =
-        tokio::spawn(write_orders(config, std::sync::Arc::new(WriterStats::default()), async {
-            let _ = stopped.await;
-        }));
+    let (url, stop, writer) = start_writer(&server, dir.path());
     let options = LoadOptions {
         target: flashstock(&server),
         scenario: Scenario::Checkout {
@@ -201,21 +215,9 @@ async fn with_an_order_database_the_audit_checks_one_row_per_confirm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cart_run_passes_its_audit_with_one_order_row_per_line_sold() {
-    use flashstock_order_writer::{run as write_orders, WriterConfig, WriterStats};
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start_at(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
-    let url = format!("sqlite:{}", dir.path().join("orders.db").display());
-    let config = WriterConfig::new(
-        server.addr,
-        server.tls(),
-        server.consumer_token.clone(),
-        vec![url.clone()],
-    );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let writer =
-        tokio::spawn(write_orders(config, std::sync::Arc::new(WriterStats::default()), async {
-            let _ = stopped.await;
-        }));
+    let (url, stop, writer) = start_writer(&server, dir.path());
     // Skewed carts over few units: the hot SKUs sell out, so some carts are refused whole.
     let carts = Scenario::Cart {
         skus: 30,

@@ -6,7 +6,7 @@
 //! reserve, another SKU, another quantity) is another request. A caller can so reuse one key,
 //! its order id, for every step of one order.
 
-use flashstock_engine::{Command, RequestId, Reserve};
+use flashstock_engine::RequestId;
 use ring::digest::{Context, SHA256};
 
 use crate::message::Request;
@@ -43,16 +43,7 @@ pub fn keyed(request: &Request, key: &str) -> Option<Request> {
 /// Where a request carries its id, if it has one.
 fn request_id_mut(request: &mut Request) -> Option<&mut RequestId> {
     match request {
-        Request::Apply(command) => Some(match command {
-            Command::Reserve(Reserve { request, .. })
-            | Command::Confirm { request, .. }
-            | Command::Cancel { request, .. }
-            | Command::SetStock { request, .. }
-            | Command::AdjustStock { request, .. }
-            | Command::SetBuyerLimit { request, .. }
-            | Command::SetSaleWindow { request, .. }
-            | Command::ReturnSold { request, .. } => request,
-        }),
+        Request::Apply(command) => Some(command.request_mut()),
         Request::ReserveCart(cart) => Some(&mut cart.request),
         Request::QuerySku(_) | Request::QueryReservation(_) | Request::QueryCart(_) => None,
     }
@@ -61,7 +52,7 @@ fn request_id_mut(request: &mut Request) -> Option<&mut RequestId> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flashstock_engine::{BuyerId, ReservationId, SkuId};
+    use flashstock_engine::{BuyerId, Command, ReservationId, Reserve, SkuId};
 
     fn reserve(request: u128, qty: u32) -> Request {
         Request::Apply(Command::Reserve(Reserve {

@@ -12,7 +12,7 @@ use crate::ids::{OrderRef, RequestId, ReservationId};
 use crate::limits::TTL_MS_MAX;
 use crate::outcome::{Outcome, ReservationState};
 use crate::record::{LogSink, Record};
-use crate::shard::{Cart, Shard, Step};
+use crate::shard::{end_decision, Cart, Shard, Step};
 
 impl Decide {
     /// The cart's request id.
@@ -163,17 +163,9 @@ impl Shard {
         let Some(cart) = self.carts.get(&id) else {
             return Step::Unchanged(Outcome::UnknownReservation);
         };
-        let (end, outcome) = match cart.state {
-            ReservationState::Confirmed => return Step::Unchanged(Outcome::AlreadyConfirmed),
-            ReservationState::Cancelled => return Step::Unchanged(Outcome::AlreadyCancelled),
-            ReservationState::Expired => return Step::Unchanged(Outcome::Expired),
-            ReservationState::Held if now_ms >= cart.expires_at_ms => {
-                (ReservationState::Expired, Outcome::Expired)
-            }
-            ReservationState::Held if wanted == ReservationState::Confirmed => {
-                (wanted, Outcome::Confirmed)
-            }
-            ReservationState::Held => (wanted, Outcome::Cancelled),
+        let (end, outcome) = match end_decision(cart.state, cart.expires_at_ms, wanted, now_ms) {
+            Ok(decided) => decided,
+            Err(answer) => return Step::Unchanged(answer),
         };
         let order_ref = order_ref.filter(|_| end == ReservationState::Confirmed);
         let ended = self.end_cart(id, end, order_ref, now_ms);
