@@ -106,6 +106,8 @@ impl Answers {
     fn new(ring_entries: usize, indexed_entries: usize, key: HashKey) -> Answers {
         let mut index = ProbeTable::with_spread(indexed_entries, INDEX_SPREAD);
         index.set_key(key);
+        // An answer is pushed before the oldest is evicted: one more than the ring's bound.
+        index.set_entries_max(ring_entries + 1);
         // One more than the bound: an answer is pushed before the oldest is evicted.
         Answers { ring: VecDeque::with_capacity(ring_entries + 1), front_position: 0, index }
     }

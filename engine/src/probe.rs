@@ -237,6 +237,9 @@ pub(crate) struct ProbeTable<S> {
     spread: usize,
     /// What the slots' hashes are keyed with.
     key: HashKey,
+    /// The most entries the owner ever stores, if it keeps a bound: a growth beyond what
+    /// holds them is never prepared (see `prepare`).
+    entries_max: Option<usize>,
 }
 
 /// Smallest table once something is stored; an empty table allocates nothing (a shard may
@@ -261,6 +264,7 @@ impl<S: Slot> Clone for ProbeTable<S> {
             preparing: None,
             spread: self.spread,
             key: self.key,
+            entries_max: self.entries_max,
         }
     }
 }
@@ -283,7 +287,16 @@ impl<S: Slot> ProbeTable<S> {
         let slots =
             if entries == 0 { 0 } else { (entries * spread).next_power_of_two().max(SLOTS_MIN) };
         let key = HashKey::default();
-        ProbeTable { current: Slots::new(slots), draining: None, preparing: None, spread, key }
+        let current = Slots::new(slots);
+        ProbeTable { current, draining: None, preparing: None, spread, key, entries_max: None }
+    }
+
+    /// Tells the table its owner never stores more than `entries` at once. A table held at
+    /// such a bound sits below its next growth for good: without this, past three quarters
+    /// of its load it would write all of a growth's slots ahead, memory never used (at the
+    /// bounds here, 128-192 MB for each remembered-answer index and returnable-sales table).
+    pub(crate) fn set_entries_max(&mut self, entries: usize) {
+        self.entries_max = Some(entries);
     }
 
     /// The key its slots are hashed with.
@@ -384,7 +397,11 @@ impl<S: Slot> ProbeTable<S> {
         }
         let doubled = self.current.slots.len() * 2;
         let loaded = 4 * (self.current.len + 1) * self.spread > 3 * self.current.slots.len();
+        // A growth only comes if the bound needs more than the current slots.
+        let may_grow =
+            self.entries_max.is_none_or(|max| max * self.spread > self.current.slots.len());
         if loaded
+            && may_grow
             && self.draining.is_none()
             && doubled * std::mem::size_of::<S>() >= PREPARED_BYTES_MIN
         {
@@ -562,6 +579,33 @@ mod tests {
         }
         assert!(prepared_growths >= 5, "{prepared_growths} prepared growths");
         assert!((1..=20_000).all(|k| find(&table, k, pair(k).hash).is_some()));
+    }
+
+    /// A table kept at a bound below its growth point (as the remembered answers and the
+    /// returnable sales are) never writes a growth's slots ahead: it would never use them.
+    #[test]
+    fn a_table_held_at_its_bound_prepares_no_growth() {
+        let key = HashKey::new(3);
+        let pair = |k: u32| Pair { key: k, hash: mix(u64::from(k), key) as u32 };
+        let bound = 3_500u32;
+        let mut table = ProbeTable::<Pair>::default();
+        table.set_entries_max(bound as usize);
+        for k in 1..=20_000u32 {
+            table.insert(pair(k));
+            if k > bound {
+                // Evict the oldest, as a bounded owner does.
+                let old = k - bound;
+                let found = find(&table, old, pair(old).hash).expect("present");
+                table.remove(found);
+            }
+            if table.draining.is_none() && table.len() * table.spread * 2 > table.shape().0 {
+                // Past half its growth point with room for the bound: nothing to prepare.
+                let fits = bound as usize * table.spread <= table.shape().0;
+                assert!(!(fits && table.prepared().is_some()), "k {k}: a growth prepared");
+            }
+        }
+        assert_eq!(table.len(), bound as usize);
+        assert!(table.prepared().is_none(), "{:?}", table.prepared());
     }
 
     #[test]

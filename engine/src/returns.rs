@@ -79,10 +79,13 @@ pub(crate) struct Returnable {
 }
 
 impl Returnable {
-    /// An empty table whose slots are placed by `key` (the shard's).
-    pub(crate) fn new(key: HashKey) -> Returnable {
+    /// An empty table whose slots are placed by `key` (the shard's), holding at most
+    /// `entries_max` sales.
+    pub(crate) fn new(key: HashKey, entries_max: usize) -> Returnable {
         let mut table = ProbeTable::with_capacity(0);
         table.set_key(key);
+        // A sale is recorded before the oldest is forgotten: one more than the bound.
+        table.set_entries_max(entries_max + 1);
         Returnable { table, order: VecDeque::new() }
     }
 

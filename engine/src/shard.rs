@@ -171,7 +171,10 @@ impl Shard {
             cart_ids: FxHashMap::default(),
             carts_live: 0,
             carts_ended: VecDeque::new(),
-            returnable: Returnable::new(HashKey::new(config.hash_seed)),
+            returnable: Returnable::new(
+                HashKey::new(config.hash_seed),
+                config.returnable_entries_max,
+            ),
             outbox: Vec::new(),
         }
     }
