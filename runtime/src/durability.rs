@@ -215,8 +215,8 @@ impl<W: Wal> Durability<W> {
     /// Hands messages between shards to their inboxes, oldest first. A message that finds
     /// its inbox full waits here for a later release (waiting in `send` would stall every
     /// reply): none is dropped, so a participant hears its cart's end long before the
-    /// coordinator forgets the cart (see docs/carts.md). They are few: at most one per open
-    /// line group.
+    /// coordinator forgets the cart (see docs/carts.md). While an inbox stays full they add
+    /// up: a settle per group decided or ended, and a question per open group per second.
     fn forward(&self, messages: Vec<CartMessage>) {
         let mut waiting = self.messages_waiting.lock().unwrap_or_else(|p| p.into_inner());
         let queued = std::mem::take(&mut *waiting);
