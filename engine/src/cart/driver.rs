@@ -122,7 +122,7 @@ impl CartDriver {
 fn validate(cart: &ReserveCart) -> Result<(), Outcome> {
     let lines = cart.lines.as_slice();
     let lines_max = CART_LINES_MAX as u32;
-    if lines.is_empty() {
+    if lines.is_empty() || !cart.lines.is_well_formed() {
         return Err(Outcome::InvalidCart { lines_max });
     }
     for (position, line) in lines.iter().enumerate() {

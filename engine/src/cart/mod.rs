@@ -84,14 +84,21 @@ impl Lines {
         self.len += 1;
     }
 
-    /// The lines, in order.
+    /// The lines, in order. Lines read off the wire may carry a forged count (an archive's
+    /// structure is checked, not its values): never more than the array is read, and
+    /// [`Lines::is_well_formed`] tells such lines apart.
     pub fn as_slice(&self) -> &[CartLine] {
-        &self.items[..usize::from(self.len)]
+        &self.items[..self.len()]
     }
 
     /// How many lines.
     pub fn len(&self) -> usize {
-        usize::from(self.len)
+        usize::from(self.len).min(CART_LINES_MAX)
+    }
+
+    /// Whether the count is one this type could have built (at most [`CART_LINES_MAX`]).
+    pub fn is_well_formed(&self) -> bool {
+        usize::from(self.len) <= CART_LINES_MAX
     }
 
     /// Whether there are none.
@@ -315,4 +322,29 @@ pub struct CartView {
     pub expires_at_ms: u64,
     /// Where it is in its life.
     pub state: ReservationState,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{BuyerId, ShardMap};
+
+    /// Lines come off the wire as an archive: its structure is checked, not that its count
+    /// is at most `CART_LINES_MAX`. A forged count must be refused, never read past.
+    #[test]
+    fn a_forged_line_count_is_refused_not_read_past() {
+        let item = CartLine { index: 0, sku: SkuId(1), qty: 1 };
+        let forged = Lines { len: 200, items: [item; CART_LINES_MAX] };
+        assert!(forged.as_slice().len() <= CART_LINES_MAX);
+        assert!(forged.len() <= CART_LINES_MAX);
+        let cart = ReserveCart {
+            request: RequestId(1),
+            buyer: BuyerId(1),
+            ttl_ms: 1_000,
+            order_ref: None,
+            lines: forged,
+        };
+        let refused = CartDriver::start(cart, &ShardMap::new(2), 0).map(|_| ());
+        assert_eq!(refused, Err(Outcome::InvalidCart { lines_max: CART_LINES_MAX as u32 }));
+    }
 }
