@@ -6,10 +6,13 @@
 #
 #   bench/scripts/soak.sh            # 10 minutes
 #   DURATION_S=120 bench/scripts/soak.sh
+#   LOAD_ARGS="--scenario cart --skus 1000 --skew 1 --units 1000000000 --ttl-ms 30000 \
+#     --mode client --concurrency 50" bench/scripts/soak.sh      # carts, as in stop 20
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 duration_s=${DURATION_S:-600}
 sample_s=${SAMPLE_S:-10}
+load_args=${LOAD_ARGS:---scenario flash-sale --units 10 --connections 1 --concurrency 16 --batch 256}
 work=$(mktemp -d /tmp/flashstock-soak.XXXXXX)
 cargo build --release -q -p flashstock-server -p flashstock-loadgen
 target/release/flashstockd --listen 127.0.0.1:0 --data-dir "$work/server" >"$work/listening" \
@@ -31,7 +34,6 @@ rss_mb() { awk '/VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/$server/status"; }
 ) &
 sampler=$!
 target/release/flashstock-loadgen run --target "flashstock://$addr" --server-data-dir "$work/server" \
-  --scenario flash-sale --units 10 --connections 1 --concurrency 16 --batch 256 \
-  --duration-s "$duration_s" --quiet --json "$work/soak.json"
+  $load_args --duration-s "$duration_s" --quiet --json "$work/soak.json"
 printf '%8s %8s %10s   (after the run)\n' end "$(rss_mb)" "$(ls "/proc/$server/fd" | wc -l)"
 kill $sampler 2>/dev/null || true
