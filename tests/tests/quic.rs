@@ -298,3 +298,51 @@ async fn wrong_credentials_roles_and_alpn_are_refused() {
     still_served_and_unchanged(&admin).await;
     server.stop().await;
 }
+
+/// A cart whose archived line count says 200 (bytecheck checks an archive's structure, not
+/// that count): answered `InvalidCart`, the server and its other callers unharmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cart_with_a_forged_line_count_is_refused_over_the_wire() {
+    use flashstock_engine::{BuyerId, Lines, Outcome, ReserveCart, CART_LINES_MAX};
+    use flashstock_protocol::{Decoded, FrameDecoder, FrameEncoder, Message, Reply};
+    let (_dir, server, admin) = server_with_stock().await;
+    let (connection, mut send, mut recv) = raw_stream(&server, true).await;
+    let marker = 0x1122_3344_5566_7788u64;
+    let lines = Lines::numbered([(SkuId(marker), 1)]).unwrap();
+    let cart = ReserveCart {
+        request: request(),
+        buyer: BuyerId(1),
+        ttl_ms: 1_000,
+        order_ref: None,
+        lines,
+    };
+    let requests = Message::Requests(vec![Request::ReserveCart(Box::new(cart))]);
+    let mut frame = Vec::new();
+    FrameEncoder::new(1 << 20).encode(2, &requests, &mut frame).unwrap();
+    // The archived lines: a count byte, then each line's index byte and SKU (little-endian).
+    let sku_at = frame.windows(8).position(|w| w == marker.to_le_bytes()).expect("the SKU");
+    assert_eq!((frame[sku_at - 2], frame[sku_at - 1]), (1, 0), "count 1, then line 0");
+    frame[sku_at - 2] = 200;
+    send.write_all(&frame).await.unwrap();
+    let mut decoder = FrameDecoder::new(1 << 20);
+    let mut buf = vec![0u8; 1 << 16];
+    let reply = loop {
+        match decoder.decode().unwrap() {
+            Decoded::Frame(frame) => match frame.message {
+                Message::Replies(mut replies) => break replies.remove(0),
+                Message::Welcome { .. } => continue,
+                other => panic!("unexpected {other:?}"),
+            },
+            _ => {
+                let read = tokio::time::timeout(Duration::from_secs(5), recv.read(&mut buf));
+                let n = read.await.unwrap().unwrap().expect("the stream stays open");
+                decoder.push(&buf[..n]);
+            }
+        }
+    };
+    let lines_max = CART_LINES_MAX as u32;
+    assert_eq!(reply, Reply::Outcome(Outcome::InvalidCart { lines_max }));
+    connection.close(0u32.into(), b"done");
+    still_served_and_unchanged(&admin).await;
+    server.stop().await;
+}
