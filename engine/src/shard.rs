@@ -585,16 +585,11 @@ impl Shard {
         }
         self.reservations_live -= 1;
         let order_ref = self.order_refs.remove(&id);
-        self.ended.push_back((id, now_ms));
-        while let Some(&(oldest, ended_at_ms)) = self.ended.front() {
-            let too_many = self.ended.len() > self.config.ended_entries_max;
-            let too_old = ended_at_ms.saturating_add(self.config.ended_retention_ms) <= now_ms;
-            if !(too_many || too_old) {
-                break;
-            }
-            self.ended.pop_front();
-            self.reservations.remove(oldest);
-        }
+        let (max, retention_ms) = (self.config.ended_entries_max, self.config.ended_retention_ms);
+        let reservations = &mut self.reservations;
+        remember_ended(&mut self.ended, (id, now_ms), (max, retention_ms), |oldest| {
+            reservations.remove(oldest);
+        });
         Ended { reservation: id, state: end, buyer, sku: sku_id, qty, order_ref }
     }
 
@@ -799,6 +794,28 @@ impl Shard {
             let taken = sku.taken.get(r.buyer);
             assert!(taken <= u64::from(limit), "buyer limit broken by {command:?}");
         }
+    }
+}
+
+/// Queues `ended` (an id and when it ended) and forgets, oldest first, what is past the
+/// `(entries_max, retention_ms)` bound, calling `forget` on each: the one eviction rule of
+/// ended reservations and ended carts. Run live and on replay alike, so both forget the same.
+pub(crate) fn remember_ended(
+    queue: &mut VecDeque<(ReservationId, u64)>,
+    ended: (ReservationId, u64),
+    (entries_max, retention_ms): (usize, u64),
+    mut forget: impl FnMut(ReservationId),
+) {
+    let now_ms = ended.1;
+    queue.push_back(ended);
+    while let Some(&(oldest, ended_at_ms)) = queue.front() {
+        let too_many = queue.len() > entries_max;
+        let too_old = ended_at_ms.saturating_add(retention_ms) <= now_ms;
+        if !(too_many || too_old) {
+            break;
+        }
+        queue.pop_front();
+        forget(oldest);
     }
 }
 

@@ -12,7 +12,7 @@ use crate::ids::{OrderRef, RequestId, ReservationId};
 use crate::limits::TTL_MS_MAX;
 use crate::outcome::{Outcome, ReservationState};
 use crate::record::{LogSink, Record};
-use crate::shard::{end_decision, Cart, Shard, Step};
+use crate::shard::{end_decision, remember_ended, Cart, Shard, Step};
 
 impl Decide {
     /// The cart's request id.
@@ -195,17 +195,12 @@ impl Shard {
         for &(shard, group) in groups.as_slice() {
             self.send_settle(shard, request, group, Fate::Ended(end));
         }
-        self.carts_ended.push_back((id, now_ms));
-        while let Some(&(oldest, ended_at_ms)) = self.carts_ended.front() {
-            let too_many = self.carts_ended.len() > self.config.carts_ended_max;
-            let too_old = ended_at_ms.saturating_add(self.config.ended_retention_ms) <= now_ms;
-            if !(too_many || too_old) {
-                break;
-            }
-            self.carts_ended.pop_front();
-            let forgotten = self.carts.remove(&oldest).expect("an ended cart is remembered");
-            self.cart_ids.remove(&forgotten.request);
-        }
+        let bound = (self.config.carts_ended_max, self.config.ended_retention_ms);
+        let (carts, cart_ids) = (&mut self.carts, &mut self.cart_ids);
+        remember_ended(&mut self.carts_ended, (id, now_ms), bound, |oldest| {
+            let forgotten = carts.remove(&oldest).expect("an ended cart is remembered");
+            cart_ids.remove(&forgotten.request);
+        });
         end
     }
 
