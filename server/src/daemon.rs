@@ -37,6 +37,20 @@ pub struct Settings {
     /// empty value turns the listener off.
     #[arg(long, env = "FLASHSTOCK_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
+    /// Where to serve the HTTP/JSON API (plain HTTP/1.1: put TLS in front of it off
+    /// loopback); empty, the default, turns it off.
+    #[arg(long, env = "FLASHSTOCK_HTTP_LISTEN")]
+    pub http_listen: Option<String>,
+    /// HTTP API connections served at once (each has one call in flight).
+    #[arg(long, env = "FLASHSTOCK_HTTP_CONNECTIONS_MAX")]
+    pub http_connections_max: Option<usize>,
+    /// The largest HTTP API request body read, in bytes.
+    #[arg(long, env = "FLASHSTOCK_HTTP_BODY_BYTES_MAX")]
+    pub http_body_bytes_max: Option<usize>,
+    /// Milliseconds an HTTP API request may take to arrive, and an idle keep-alive
+    /// connection may stay open.
+    #[arg(long, env = "FLASHSTOCK_HTTP_REQUEST_TIMEOUT_MS")]
+    pub http_request_timeout_ms: Option<u64>,
     /// The data directory: log, TLS material, tokens.
     #[arg(long, env = "FLASHSTOCK_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -145,9 +159,14 @@ impl Settings {
     pub fn defaults() -> Settings {
         let runtime = RuntimeConfig::default();
         let (net, transport) = (NetLimits::default(), TransportLimits::default());
+        let http = crate::http::HttpApiLimits::default();
         Settings {
             listen: Some(LISTEN_DEFAULT.parse().expect("a valid address")),
             metrics_listen: Some(METRICS_LISTEN_DEFAULT.to_owned()),
+            http_listen: Some(String::new()),
+            http_connections_max: Some(http.connections_max),
+            http_body_bytes_max: Some(http.body_bytes_max),
+            http_request_timeout_ms: Some(http.request_timeout_ms),
             data_dir: Some(PathBuf::from(DATA_DIR_DEFAULT)),
             shards: Some(runtime.shard_count),
             snapshot_every_records: Some(runtime.snapshot_every_records),
@@ -224,7 +243,11 @@ impl Settings {
         const FRAME_BYTES: std::ops::RangeInclusive<u64> = 4096..=64 << 20;
         // Flow-control windows: below 64 KiB every frame crawls a packet at a time.
         let window = 64 << 10..=u64::from(u32::MAX);
-        let ranges: [(&'static str, Option<u64>, std::ops::RangeInclusive<u64>); 22] = [
+        let ranges: [(&'static str, Option<u64>, std::ops::RangeInclusive<u64>); 25] = [
+            ("http_connections_max", self.http_connections_max.map(|n| n as u64), 1..=1 << 20),
+            // Below 1 KiB a cart does not fit; above 1 MiB is no API call's need.
+            ("http_body_bytes_max", self.http_body_bytes_max.map(|n| n as u64), 1 << 10..=1 << 20),
+            ("http_request_timeout_ms", self.http_request_timeout_ms, 1..=600_000),
             ("shards", self.shards.map(u64::from), 1..=1024),
             ("snapshot_every_records", self.snapshot_every_records, 1..=u64::MAX),
             ("snapshot_every_ms", self.snapshot_every_ms, 1..=u64::MAX),
@@ -266,6 +289,7 @@ impl Settings {
             ),
         ];
         self.metrics_addr()?;
+        self.http_addr()?;
         for (name, value, range) in ranges {
             match value {
                 Some(value) if !range.contains(&value) => {
@@ -291,6 +315,30 @@ impl Settings {
             value: text.to_owned(),
             detail: "must be an address such as 127.0.0.1:9464, or empty for off".to_owned(),
         })
+    }
+
+    /// Where the HTTP API listens; `None` when it is off (unset or empty).
+    pub fn http_addr(&self) -> Result<Option<SocketAddr>, ServerError> {
+        let text = self.http_listen.as_deref().unwrap_or_default().trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        text.parse().map(Some).map_err(|_| ServerError::Setting {
+            name: "http_listen",
+            value: text.to_owned(),
+            detail: "must be an address such as 127.0.0.1:7480, or empty for off".to_owned(),
+        })
+    }
+
+    /// The HTTP API's limits from complete settings (defaults applied).
+    fn http_limits(&self) -> crate::http::HttpApiLimits {
+        let given = "a default";
+        crate::http::HttpApiLimits {
+            connections_max: self.http_connections_max.expect(given),
+            body_bytes_max: self.http_body_bytes_max.expect(given),
+            request_timeout_ms: self.http_request_timeout_ms.expect(given),
+            ..crate::http::HttpApiLimits::default()
+        }
     }
 
     /// `self`, with every setting `over` has taking its place. Generic over the fields (a
@@ -338,6 +386,8 @@ pub struct Listening {
     pub tokens: PathBuf,
     /// The metrics and health listener's address, if on.
     pub metrics: Option<SocketAddr>,
+    /// The HTTP API's address, if on.
+    pub http: Option<SocketAddr>,
 }
 
 /// What `run` did, for the binary to report.
@@ -443,16 +493,20 @@ pub async fn run(
         "flashstockd serving"
     );
     observing.health.set("quic", Ok(()));
+    let auth = SharedAuth::from(auth);
+    let rates = Arc::new(net::stored_rate_gate(&runtime.handle()).await);
+    let (http_stop, http_stopping) = tokio::sync::watch::channel(false);
+    let http = serve_http(&settings, &runtime, (&auth, &rates), http_stopping).await?;
     let listening_tokens = tokens_path;
     on_listening(&Listening {
         listen: bound,
         cert: tls.cert_path.clone(),
         tokens: listening_tokens.clone(),
         metrics: observing.addr(),
+        http: http.as_ref().map(|(addr, _)| *addr),
     });
     let stats = Arc::new(net::NetStats::default());
     observing.sample(runtime.handle().clone(), stats.clone());
-    let auth = SharedAuth::from(auth);
     let reload = Reload {
         auth: auth.clone(),
         endpoint: endpoint.clone(),
@@ -463,12 +517,20 @@ pub async fn run(
     };
     tokio::spawn(reload.serve(reloads));
     let health = observing.health.clone();
+    let stop_http = http_stop.clone();
     let shutdown = async move {
         shutdown.await;
         health.set("shutdown", Err("shutting down".into()));
+        let _ = stop_http.send(true);
     };
-    let stopped = net::serve(endpoint, runtime.handle(), auth, limits, stats, shutdown).await;
+    let stopped =
+        net::serve(endpoint, runtime.handle(), auth, rates, limits, stats, shutdown).await;
     observing.health.set("shutdown", Err("shutting down".into()));
+    // The HTTP API drains too (it stops with the QUIC listener, or after a log failure).
+    let _ = http_stop.send(true);
+    if let Some((_, serving)) = http {
+        let _ = serving.await;
+    }
     // Every session has drained: flush the log and stop the shards.
     runtime.shutdown();
     match stopped {
@@ -479,6 +541,27 @@ pub async fn run(
         // Exit non-zero, so that a supervisor restarts the server into recovery.
         net::Stopped::WalFailed { reason } => Err(RuntimeError::WalFailed { reason }.into()),
     }
+}
+
+/// The HTTP API, when `http_listen` is set: bound now (a taken port fails the start),
+/// served on a task of its own until `stopping` turns true.
+async fn serve_http(
+    settings: &Settings,
+    runtime: &Runtime,
+    (auth, rates): (&SharedAuth, &Arc<net::rate::RateGate>),
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) -> Result<Option<(SocketAddr, tokio::task::JoinHandle<()>)>, ServerError> {
+    let Some(addr) = settings.http_addr()? else { return Ok(None) };
+    let listener = crate::http::bind(addr).await?;
+    let bound = listener.local_addr().map_err(|source| ServerError::Bind { addr, source })?;
+    let limits = settings.http_limits();
+    let api = crate::http::Api::new(runtime.handle(), auth.clone(), rates.clone(), limits)?;
+    let shutdown = async move {
+        let _ = stopping.wait_for(|stop| *stop).await;
+    };
+    tracing::info!(http = %bound, "serving the HTTP API; its document is /openapi.json");
+    let serving = tokio::spawn(crate::http::serve(listener, Arc::new(api), shutdown));
+    Ok(Some((bound, serving)))
 }
 
 /// What a reload re-reads, and where it puts the result. A file that fails to read or parse

@@ -3,6 +3,9 @@
 //!
 //! Map of the modules:
 //! - [`net`]: the QUIC listener: TLS, authentication, sessions, subscriptions, rate limits.
+//! - [`http`]: the HTTP/JSON API (off by default): the same calls, tokens, keys and outcome
+//!   names for services not written in Rust, coalesced into shard batches; its OpenAPI
+//!   document.
 //! - [`metrics`]: the metrics the network layer exports, named and described in one place
 //!   (the runtime's are `flashstock_runtime::metrics`).
 //! - [`daemon`]: the `flashstockd` settings (file, environment, flags; defaults; the
@@ -11,6 +14,7 @@
 
 pub mod daemon;
 pub mod error;
+pub mod http;
 pub mod metrics;
 pub mod net;
 

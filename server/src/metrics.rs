@@ -34,6 +34,12 @@ pub const RATE_LIMITED_TOTAL: &str = "flashstock_rate_limited_total";
 pub const RELOADS_TOTAL: &str = "flashstock_reloads_total";
 /// Admin operations, by `operation`.
 pub const ADMIN_OPERATIONS_TOTAL: &str = "flashstock_admin_operations_total";
+/// HTTP API responses, by `status` (200, 409, 401...).
+pub const HTTP_RESPONSES_TOTAL: &str = "flashstock_http_responses_total";
+/// HTTP API connections refused by `http_connections_max`.
+pub const HTTP_CONNECTIONS_REFUSED_TOTAL: &str = "flashstock_http_connections_refused_total";
+/// HTTP API calls per batch submitted to the shards (coalesced from concurrent calls).
+pub const HTTP_BATCH_REQUESTS: &str = "flashstock_http_batch_requests";
 
 /// Describes every metric of the server, the runtime's included (help text and unit), and
 /// starts the counters of rare events at 0: a dashboard then shows "none happened", not "no
@@ -48,6 +54,8 @@ pub fn describe() {
         (ADMIN_OPERATIONS_TOTAL, "Admin operations served, by operation."),
         (RELOADS_TOTAL, "Credential reloads (SIGHUP), by result."),
         (RATE_LIMITED_TOTAL, "Reserves refused by a rate limit, by whose bucket."),
+        (HTTP_RESPONSES_TOTAL, "HTTP API responses, by status."),
+        (HTTP_CONNECTIONS_REFUSED_TOTAL, "HTTP API connections refused by the connection limit."),
     ];
     for (name, help) in counters {
         describe_counter!(name, Unit::Count, help);
@@ -63,6 +71,8 @@ pub fn describe() {
     let frame_help = "From a Requests frame read to its Replies frame written.";
     describe_histogram!(FRAME_DURATION_SECONDS, Unit::Seconds, frame_help);
     describe_histogram!(FRAME_REQUESTS, Unit::Count, "Requests per Requests frame.");
+    let batch_help = "HTTP API calls per batch submitted to the shards.";
+    describe_histogram!(HTTP_BATCH_REQUESTS, Unit::Count, batch_help);
     metrics::counter!(OVERLOAD_REFUSALS_TOTAL).absolute(0);
     for reason in AUTHENTICATION_FAILURE_REASONS {
         metrics::counter!(AUTHENTICATION_FAILURES_TOTAL, "reason" => reason).absolute(0);

@@ -3,9 +3,8 @@
 //! on the same data directory finds every acknowledged effect.
 
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 
 use flashstock_client::{Client, ClientConfig, ClientTls, Connection};
 use flashstock_engine::{
@@ -13,49 +12,8 @@ use flashstock_engine::{
 };
 use flashstock_protocol::{Reply, Request};
 
-struct Daemon {
-    child: Child,
-    addr: SocketAddr,
-    cert: PathBuf,
-    tokens: PathBuf,
-    metrics: SocketAddr,
-}
-
-fn start(data_dir: &Path, extra: &[&str]) -> Daemon {
-    start_on(data_dir, "127.0.0.1:0", extra)
-}
-
-fn start_on(data_dir: &Path, listen: &str, extra: &[&str]) -> Daemon {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_flashstockd"))
-        .args(["--listen", listen, "--metrics-listen", "127.0.0.1:0", "--shards", "2"])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(extra)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start flashstockd");
-    // Logs go to stderr (at info here, on purpose): stdout carries only this one line.
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    // "flashstockd listening on ADDR cert PATH tokens PATH metrics ADDR"
-    let words: Vec<&str> = line.split_whitespace().collect();
-    assert_eq!(&words[..3], ["flashstockd", "listening", "on"], "{line}");
-    Daemon {
-        child,
-        addr: words[3].parse().unwrap(),
-        cert: PathBuf::from(words[5]),
-        tokens: PathBuf::from(words[7]),
-        metrics: words[9].parse().unwrap(),
-    }
-}
-
-fn token(tokens: &Path, role: &str) -> String {
-    let text = std::fs::read_to_string(tokens).unwrap();
-    let line = text.lines().find(|l| l.starts_with(role)).unwrap();
-    line.split('"').nth(1).unwrap().to_owned()
-}
+mod common;
+use common::{scrape, series_value, start, start_on, terminate, token, Daemon};
 
 async fn connect(daemon: &Daemon, role: &str) -> Connection {
     let tls = ClientTls::trust_pem_file(&daemon.cert).unwrap();
@@ -69,13 +27,6 @@ async fn outcome(connection: &Connection, command: Apply) -> Outcome {
         Reply::Outcome(outcome) => outcome,
         other => panic!("expected an outcome, got {other:?}"),
     }
-}
-
-fn terminate(mut daemon: Daemon) {
-    let pid = daemon.child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let status = daemon.child.wait().unwrap();
-    assert!(status.success(), "SIGTERM must end in a clean exit, got {status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -256,16 +207,6 @@ async fn a_restarted_server_resets_its_predecessors_connections() {
     );
     assert!(listening.elapsed() < std::time::Duration::from_secs(5), "{:?}", listening.elapsed());
     terminate(daemon);
-}
-
-fn scrape(daemon: &Daemon, path: &str) -> flashstock_observe::Fetched {
-    flashstock_observe::fetch(daemon.metrics, path, std::time::Duration::from_secs(5)).unwrap()
-}
-
-/// The value of the series `series` (name and labels exactly as exported), if exported.
-fn series_value(scrape: &str, series: &str) -> Option<f64> {
-    let line = scrape.lines().find(|line| line.split_whitespace().next() == Some(series))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -145,7 +145,8 @@ impl TestServer {
             let shutdown = async {
                 let _ = stopped.await;
             };
-            net::serve(endpoint, handle, auth, net_limits, serving_stats, shutdown).await
+            let rates = Arc::new(net::stored_rate_gate(&handle).await);
+            net::serve(endpoint, handle, auth, rates, net_limits, serving_stats, shutdown).await
         });
         TestServer {
             addr,

@@ -58,9 +58,12 @@ fn main() -> anyhow::Result<()> {
         settings,
         |listening| {
             // One machine-readable line for scripts and tests, besides the log.
-            let metrics = listening.metrics.map_or("off".to_owned(), |addr| addr.to_string());
+            let or_off = |addr: Option<std::net::SocketAddr>| {
+                addr.map_or("off".to_owned(), |addr| addr.to_string())
+            };
+            let (metrics, http) = (or_off(listening.metrics), or_off(listening.http));
             println!(
-                "flashstockd listening on {} cert {} tokens {} metrics {metrics}",
+                "flashstockd listening on {} cert {} tokens {} metrics {metrics} http {http}",
                 listening.listen,
                 listening.cert.display(),
                 listening.tokens.display()

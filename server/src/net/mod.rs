@@ -17,7 +17,9 @@ pub mod tls;
 pub mod udp;
 
 pub use auth::{Authenticator, ClientCertRoles, SharedAuth};
-pub use session::{serve, NetLimits, NetStats, Stopped, HELLO_TIMEOUT_MS_DEFAULT};
+pub use session::{
+    serve, stored_rate_gate, NetLimits, NetStats, Stopped, HELLO_TIMEOUT_MS_DEFAULT,
+};
 pub use tls::{
     ensure_self_signed, server_config, TlsFiles, TransportLimits, SEND_WINDOW_BYTES,
     STREAM_RECEIVE_WINDOW_BYTES_DEFAULT, UNAUTHENTICATED_RECEIVE_WINDOW_BYTES,

@@ -143,8 +143,8 @@ struct Shared {
     auth: SharedAuth,
     limits: NetLimits,
     stats: Arc<NetStats>,
-    /// Reserve rate limits, shared by every connection.
-    rates: RateGate,
+    /// Reserve rate limits, shared by every connection (and the HTTP API).
+    rates: Arc<RateGate>,
     /// `flashstock_requests_total`'s handles.
     counters: crate::metrics::RequestCounters,
     /// Connections open per source address (only addresses with one or more).
@@ -172,6 +172,7 @@ pub async fn serve(
     endpoint: quinn::Endpoint,
     handle: Handle,
     auth: impl Into<SharedAuth>,
+    rates: Arc<RateGate>,
     limits: NetLimits,
     stats: Arc<NetStats>,
     shutdown: impl Future<Output = ()>,
@@ -181,7 +182,6 @@ pub async fn serve(
     let wal = handle.clone();
     let wal_failed = wal.wal_failed();
     let by_address = std::sync::Mutex::new(std::collections::HashMap::new());
-    let rates = RateGate::new(&stored_rate_limits(&handle).await);
     let counters = crate::metrics::RequestCounters::default();
     let shared =
         Arc::new(Shared { handle, auth, limits, stats, rates, counters, by_address, stopping });
@@ -216,6 +216,12 @@ pub async fn serve(
     endpoint.close(0u32.into(), b"server shutting down");
     endpoint.wait_idle().await;
     stopped
+}
+
+/// The reserve rate limits stored in the log's metadata, in force: what [`serve`] and the
+/// HTTP API share.
+pub async fn stored_rate_gate(handle: &Handle) -> RateGate {
+    RateGate::new(&stored_rate_limits(handle).await)
 }
 
 /// The rate limits stored in the log's metadata (none when unreadable, loudly).
@@ -500,7 +506,7 @@ impl Session {
     }
 }
 
-fn auth_failed(reason: &'static str) {
+pub(crate) fn auth_failed(reason: &'static str) {
     let name = crate::metrics::AUTHENTICATION_FAILURES_TOTAL;
     metrics::counter!(name, "reason" => reason).increment(1);
 }
@@ -509,7 +515,7 @@ fn refusal(err: RuntimeError) -> Reply {
     Reply::Refused(refusal_of(err))
 }
 
-fn refusal_of(err: RuntimeError) -> Refusal {
+pub(crate) fn refusal_of(err: RuntimeError) -> Refusal {
     match err {
         RuntimeError::Overloaded { .. } => Refusal::Overloaded,
         RuntimeError::ShuttingDown => Refusal::ShuttingDown,

@@ -291,7 +291,8 @@ impl Session {
         let read_at = std::time::Instant::now();
         let in_flight = InFlight { _permit: permit, requests, stats, read_at };
         let credential = self.credential.get().copied().unwrap_or(0);
-        let submitted = submit(&self.shared.handle, role, (&self.shared.rates, credential), &batch);
+        let submitted =
+            submit(&self.shared.handle, role, (&*self.shared.rates, credential), &batch);
         let session = self.clone();
         Box::pin(async move {
             let replies = submitted.replies().await;
