@@ -6,21 +6,24 @@
 #
 #   A="/tmp/base-bin/flashstockd" B="target/release/flashstockd --metrics-listen 127.0.0.1:0" \
 #     bench/scripts/ab.sh
+#
+# A_LOAD_ARGS and B_LOAD_ARGS, when set, are added to LOAD_ARGS for that side only: the same
+# server driven two ways (QUIC client against the HTTP API, say).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 rounds=${ROUNDS:-3}
 loadgen=${LOADGEN:-target/release/flashstock-loadgen}
 load_args=${LOAD_ARGS:---buyers 2000000 --units 100000}
 work=$(mktemp -d /tmp/flashstock-ab.XXXXXX)
-one() { # label, server command line
-  local label=$1; local dir="$work/$1-$2"; shift 2
+one() { # label, round, extra load arguments, server command line
+  local label=$1; local dir="$work/$1-$2"; local extra=$3; shift 3
   # shellcheck disable=SC2086
   $@ --listen 127.0.0.1:0 --data-dir "$dir" >"$dir.listening" 2>"$dir.log" &
   local server=$!
   for _ in $(seq 1 100); do [[ -s "$dir.listening" ]] && break; sleep 0.1; done
   local addr; addr=$(awk '{print $4}' "$dir.listening")
   # shellcheck disable=SC2086
-  "$loadgen" run --target "flashstock://$addr" --server-data-dir "$dir" $load_args --quiet \
+  "$loadgen" run --target "flashstock://$addr" --server-data-dir "$dir" $load_args $extra --quiet \
     --json "$dir.json" >/dev/null
   # The server's CPU time (user + system, clock ticks) for the run: steadier than throughput.
   local ticks; ticks=$(awk '{print $14 + $15}' "/proc/$server/stat")
@@ -42,6 +45,6 @@ print(f"{sys.argv[1]} {r['ops_per_s']:>10.0f} req/s  p50 {lat['p50']} us  p99 {l
 PY
 }
 for round in $(seq 1 "$rounds"); do
-  one A "$round" ${A:?set A to a flashstockd command line}
-  one B "$round" ${B:?set B to a flashstockd command line}
+  one A "$round" "${A_LOAD_ARGS:-}" ${A:?set A to a flashstockd command line}
+  one B "$round" "${B_LOAD_ARGS:-}" ${B:?set B to a flashstockd command line}
 done

@@ -106,6 +106,7 @@ pub async fn chaos(options: ChaosOptions) -> Result<ChaosReport, LoadError> {
             service_token,
             connections: options.connections,
             calls: crate::CallMode::Frames,
+            http_addr: ([127, 0, 0, 1], 0).into(),
         },
         scenario: options.scenario.clone(),
         run,

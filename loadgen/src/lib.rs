@@ -17,6 +17,7 @@
 
 pub mod audit;
 pub mod chaos;
+pub mod http_target;
 pub mod redis_target;
 pub mod report;
 pub mod run;
@@ -55,6 +56,8 @@ pub enum TargetSpec {
         connections: usize,
         /// How requests reach the client library.
         calls: CallMode,
+        /// The server's HTTP API, for [`CallMode::Http`].
+        http_addr: SocketAddr,
     },
     /// A Redis server, e.g. `redis://127.0.0.1:6379`.
     Redis {
@@ -138,15 +141,20 @@ pub async fn execute(options: LoadOptions) -> Result<Finished, LoadError> {
             service_token,
             connections,
             calls,
-        } => Target::Flashstock(
-            FlashstockTarget::connect(
+            http_addr,
+        } => {
+            let target = FlashstockTarget::connect(
                 (*addr, server_name, tls),
                 (admin_token, service_token),
                 *connections,
                 *calls,
             )
-            .await?,
-        ),
+            .await?;
+            Target::Flashstock(match calls {
+                CallMode::Http => target.with_http(*http_addr, service_token),
+                _ => target,
+            })
+        }
         TargetSpec::Redis { url, connections } => {
             Target::Redis(RedisTarget::connect(url, run_id, *connections).await?)
         }

@@ -166,6 +166,9 @@ struct LoadArgs {
     /// without pipelining.
     #[arg(long, value_enum, default_value_t = flashstock_loadgen::CallMode::Frames)]
     mode: flashstock_loadgen::CallMode,
+    /// flashstock, `--mode http`: the server's HTTP API (its `http_listen`).
+    #[arg(long, default_value = "127.0.0.1:7480")]
+    http_addr: SocketAddr,
     /// Open loop: send this many requests/s on schedule; latency counts from the scheduled
     /// time (coordinated-omission correction, as wrk2). Closed loop when absent.
     #[arg(long)]
@@ -247,10 +250,10 @@ impl LoadArgs {
         let scenario = self.scenario();
         RunConfig {
             concurrency: self.concurrency.max(1),
-            batch: if self.mode == flashstock_loadgen::CallMode::Client {
-                1
-            } else {
+            batch: if self.mode == flashstock_loadgen::CallMode::Frames {
                 self.batch.max(1)
+            } else {
+                1
             },
             rate_per_s: self.rate,
             duration: self.duration_s.map(Duration::from_secs_f64),
@@ -287,6 +290,7 @@ impl LoadArgs {
             let connections = match self.mode {
                 flashstock_loadgen::CallMode::Client => self.concurrency.max(1),
                 flashstock_loadgen::CallMode::Frames => 1,
+                flashstock_loadgen::CallMode::Http => bail!("--mode http is for flashstock"),
             };
             return Ok(TargetSpec::Redis { url: url.to_owned(), connections });
         }
@@ -310,6 +314,7 @@ impl LoadArgs {
             service_token: token(&self.service_token, Role::Service)?,
             connections: self.connections.max(1),
             calls: self.mode,
+            http_addr: self.http_addr,
         })
     }
 

@@ -154,6 +154,10 @@ pub enum CallMode {
     /// Each request as its own call (`Client::call`), one at a time per caller, left to the
     /// client's automatic batching: what order services with one handler per request send.
     Client,
+    /// Each request as its own call over the server's HTTP/JSON API (`--http-addr`), one at
+    /// a time per caller, each caller on a keep-alive connection: what a service in another
+    /// language sends. Setting up and the audit's reads stay on QUIC.
+    Http,
 }
 
 /// flashstock over QUIC, through the client library: `--connections` service connections and
@@ -166,6 +170,8 @@ pub struct FlashstockTarget {
     admin: Client,
     service: Client,
     calls: CallMode,
+    /// The HTTP API's caller, in [`CallMode::Http`].
+    http: Option<crate::http_target::HttpCaller>,
 }
 
 /// How long one batch may take, retries and reconnects included, before it counts as unknown:
@@ -191,13 +197,26 @@ impl FlashstockTarget {
         };
         let admin = Client::connect(config(admin_token, 1)).await?;
         let service = Client::connect(config(service_token, connections.max(1))).await?;
-        Ok(FlashstockTarget { addr, admin, service, calls })
+        Ok(FlashstockTarget { addr, admin, service, calls, http: None })
+    }
+
+    /// Sends the service calls over the HTTP API at `addr` (in [`CallMode::Http`]).
+    pub fn with_http(self, addr: SocketAddr, service_token: &str) -> FlashstockTarget {
+        let http = Some(crate::http_target::HttpCaller::new(addr, service_token));
+        FlashstockTarget { http, ..self }
     }
 
     /// Sends requests as the call mode says; one reply per request, in order.
     async fn send(&self, requests: &[Request]) -> Result<Vec<Reply>, LoadError> {
         if self.calls == CallMode::Frames {
             return Ok(self.service.call_batch(requests).await?);
+        }
+        if let Some(http) = &self.http {
+            let mut replies = Vec::with_capacity(requests.len());
+            for request in requests {
+                replies.push(http.call(request).await?);
+            }
+            return Ok(replies);
         }
         let mut replies = Vec::with_capacity(requests.len());
         for request in requests {

@@ -17,6 +17,17 @@ pub struct Daemon {
     pub http: Option<SocketAddr>,
 }
 
+/// A test that fails must not leave its server running (it would hold its ports and CPU
+/// for every test after it).
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 pub fn start(data_dir: &Path, extra: &[&str]) -> Daemon {
     start_on(data_dir, "127.0.0.1:0", extra)
 }
