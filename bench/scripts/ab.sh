@@ -22,6 +22,7 @@ one() { # label, round, extra load arguments, server command line
   local server=$!
   for _ in $(seq 1 100); do [[ -s "$dir.listening" ]] && break; sleep 0.1; done
   local addr; addr=$(awk '{print $4}' "$dir.listening")
+  if [[ -z "$addr" ]]; then echo "$label: the server did not start:"; tail -3 "$dir.log"; exit 1; fi
   # shellcheck disable=SC2086
   "$loadgen" run --target "flashstock://$addr" --server-data-dir "$dir" $load_args $extra --quiet \
     --json "$dir.json" >/dev/null

@@ -92,7 +92,8 @@ fn http_call(request: &Request) -> Result<(hyper::Method, String, Value), LoadEr
     use hyper::Method;
     Ok(match request {
         Request::Apply(Command::Reserve(r)) => {
-            let body = json!({"buyer": r.buyer.0, "sku": r.sku.0, "qty": r.qty, "ttl_ms": r.ttl_ms});
+            let body =
+                json!({"buyer": r.buyer.0, "sku": r.sku.0, "qty": r.qty, "ttl_ms": r.ttl_ms});
             (Method::POST, "/v1/reservations".to_owned(), body)
         }
         Request::ReserveCart(cart) => {
@@ -131,7 +132,10 @@ fn reply_of(answer: &Value) -> Reply {
         "reserved" => {
             let id = answer["reservation"].as_str().and_then(|id| id.parse().ok());
             let Some(id) = id else { return Reply::Refused(Refusal::Unavailable) };
-            Outcome::Reserved { reservation: ReservationId(id), expires_at_ms: number("expires_at_ms") }
+            Outcome::Reserved {
+                reservation: ReservationId(id),
+                expires_at_ms: number("expires_at_ms"),
+            }
         }
         "sold_out" => Outcome::SoldOut { available: number("available") },
         "limit_exceeded" => {

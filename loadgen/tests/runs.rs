@@ -43,6 +43,7 @@ fn flashstock(server: &TestServer) -> TargetSpec {
         service_token: server.service_token.clone(),
         connections: 2,
         calls: CallMode::Frames,
+        http_addr: server.http,
     }
 }
 
@@ -172,6 +173,32 @@ async fn a_checkout_run_against_flashstock_passes_its_audit() {
     let finished = execute(options).await.unwrap();
     assert!(finished.audit.passed, "{:?}", finished.audit);
     assert!(finished.result.outcomes["confirmed"] > 2_000, "{:?}", finished.result.outcomes);
+    assert_eq!(finished.audit.totals.sold, finished.audit.acked.confirmed);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkout_over_the_http_api_passes_its_audit() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_at(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let mut target = flashstock(&server);
+    if let TargetSpec::Flashstock { calls, .. } = &mut target {
+        *calls = CallMode::Http;
+    }
+    let checkout = Scenario::Checkout {
+        skus: 20,
+        units_per_sku: 100,
+        confirm_probability: 0.7,
+        abandon_fraction: 0.1,
+        think_ms: 1,
+    };
+    let mut options = options(target, checkout, 3_000);
+    options.run.concurrency = 32;
+    options.run.batch = 1;
+    let finished = execute(options).await.unwrap();
+    assert!(finished.audit.passed, "{:?}", finished.audit);
+    let outcomes = &finished.result.outcomes;
+    assert!(outcomes["confirmed"] > 500 && outcomes["sold_out"] > 0, "{outcomes:?}");
     assert_eq!(finished.audit.totals.sold, finished.audit.acked.confirmed);
     server.stop().await;
 }

@@ -214,6 +214,7 @@ impl Settings {
                 // Machine-dependent: written as what it is, not as this machine's value.
                 ("shards", _) => "the machine's cores, at most 64".to_owned(),
                 ("io_threads", _) => "the machine's cores".to_owned(),
+                (_, Some(toml::Value::String(text))) if text.is_empty() => "empty (off)".to_owned(),
                 (_, Some(toml::Value::String(text))) => format!("`{text}`"),
                 (_, Some(toml::Value::Integer(n))) => thousands(*n),
                 (_, Some(value)) => format!("{value:?}"),

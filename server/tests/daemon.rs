@@ -118,7 +118,8 @@ async fn a_client_rides_through_a_sigkill_and_restart_of_the_server() {
     };
     assert_eq!(client.confirm(reservation).await.unwrap(), Outcome::Confirmed);
 
-    let mut killed = daemon.child;
+    let mut daemon = daemon;
+    let killed = &mut daemon.child;
     assert!(Command::new("kill")
         .args(["-KILL", &killed.id().to_string()])
         .status()
@@ -189,7 +190,8 @@ async fn a_restarted_server_resets_its_predecessors_connections() {
     let addr = daemon.addr;
     let service = connect(&daemon, "service").await;
     service.call(vec![Request::QuerySku(SkuId(1))]).await.unwrap();
-    let mut killed = daemon.child;
+    let mut daemon = daemon;
+    let killed = &mut daemon.child;
     killed.kill().unwrap();
     killed.wait().unwrap();
     let daemon = start_on(dir.path(), &addr.to_string(), &[]);

@@ -32,6 +32,9 @@ pub struct TestServer {
     pub audit_token: String,
     /// What its network layer holds.
     pub stats: Arc<NetStats>,
+    /// Its HTTP/JSON API (the same runtime, tokens and rate limits).
+    pub http: SocketAddr,
+    http_serving: Option<tokio::task::JoinHandle<()>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     serving: Option<tokio::task::JoinHandle<Stopped>>,
     runtime: Option<Runtime>,
@@ -138,15 +141,22 @@ impl TestServer {
             net::server_endpoint(addr, endpoint_config, server_config, buffer_bytes).unwrap();
         let addr = endpoint.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel();
+        let (stop_http, http_stopping) = tokio::sync::watch::channel(false);
         let handle = runtime.handle();
+        let auth = net::SharedAuth::from(auth);
+        let rates = Arc::new(net::stored_rate_gate(&handle).await);
+        let (http, http_serving) = serve_http(&runtime, &auth, &rates, http_stopping).await;
         let stats = Arc::new(NetStats::default());
         let serving_stats = stats.clone();
         let serving = tokio::spawn(async move {
             let shutdown = async {
                 let _ = stopped.await;
             };
-            let rates = Arc::new(net::stored_rate_gate(&handle).await);
-            net::serve(endpoint, handle, auth, rates, net_limits, serving_stats, shutdown).await
+            let stopped =
+                net::serve(endpoint, handle, auth, rates, net_limits, serving_stats, shutdown)
+                    .await;
+            let _ = stop_http.send(true);
+            stopped
         });
         TestServer {
             addr,
@@ -157,6 +167,8 @@ impl TestServer {
             order_writer_token: token(Role::Consumer, Some(DEFAULT_CONSUMER)),
             audit_token: token(Role::Consumer, Some("audit")),
             stats,
+            http,
+            http_serving: Some(http_serving),
             stop: Some(stop),
             serving: Some(serving),
             runtime: Some(runtime),
@@ -177,6 +189,7 @@ impl TestServer {
     pub async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
         self.serving.take().unwrap().await.unwrap();
+        self.http_serving.take().unwrap().await.unwrap();
         self.runtime.take().unwrap().shutdown();
     }
 
@@ -187,4 +200,22 @@ impl TestServer {
         self.runtime.take().unwrap().shutdown();
         stopped
     }
+}
+
+/// The HTTP API of a test server, on any free port, until `stopping` turns true.
+async fn serve_http(
+    runtime: &Runtime,
+    auth: &net::SharedAuth,
+    rates: &Arc<net::rate::RateGate>,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    use flashstock_server::http;
+    let listener = http::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let limits = http::HttpApiLimits::default();
+    let api = http::Api::new(runtime.handle(), auth.clone(), rates.clone(), limits).unwrap();
+    let shutdown = async move {
+        let _ = stopping.wait_for(|stop| *stop).await;
+    };
+    (addr, tokio::spawn(http::serve(listener, Arc::new(api), shutdown)))
 }

@@ -75,6 +75,7 @@ pub struct Api {
     rates: Arc<RateGate>,
     limits: HttpApiLimits,
     counters: crate::metrics::RequestCounters,
+    responses: ResponseCounters,
     /// Request ids of calls with no `Idempotency-Key`: a random prefix and a counter, as the
     /// Rust client makes them.
     id_prefix: u64,
@@ -98,6 +99,7 @@ impl Api {
             rates,
             limits,
             counters: crate::metrics::RequestCounters::default(),
+            responses: ResponseCounters::new(),
             id_prefix,
             id_counter: AtomicU64::new(0),
         })
@@ -111,6 +113,33 @@ impl Api {
     fn fresh_request_id(&self) -> flashstock_engine::RequestId {
         let counter = self.id_counter.fetch_add(1, Ordering::Relaxed);
         flashstock_engine::RequestId((u128::from(self.id_prefix) << 64) | u128::from(counter))
+    }
+}
+
+/// `flashstock_http_responses_total`'s handles for the statuses the API answers, looked up
+/// once rather than per call (a labelled lookup hashes and allocates).
+#[derive(Debug)]
+struct ResponseCounters(Vec<(hyper::StatusCode, metrics::Counter)>);
+
+impl ResponseCounters {
+    fn new() -> ResponseCounters {
+        let statuses = [200, 400, 401, 403, 404, 405, 408, 409, 413, 429, 503];
+        let counters = statuses.into_iter().map(|code| {
+            let status = hyper::StatusCode::from_u16(code).expect("a status");
+            let name = crate::metrics::HTTP_RESPONSES_TOTAL;
+            (status, metrics::counter!(name, "status" => status.as_str().to_owned()))
+        });
+        ResponseCounters(counters.collect())
+    }
+
+    fn count(&self, status: hyper::StatusCode) {
+        match self.0.iter().find(|(known, _)| *known == status) {
+            Some((_, counter)) => counter.increment(1),
+            None => {
+                let name = crate::metrics::HTTP_RESPONSES_TOTAL;
+                metrics::counter!(name, "status" => status.as_str().to_owned()).increment(1);
+            }
+        }
     }
 }
 

@@ -72,8 +72,7 @@ fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, Answer> {
 /// Answers one HTTP request.
 pub async fn respond(api: &Api, request: hyper::Request<Incoming>) -> Response<Full<Bytes>> {
     let answer = call(api, request).await.unwrap_or_else(|refused| refused);
-    metrics::counter!(crate::metrics::HTTP_RESPONSES_TOTAL, "status" => answer.status.as_str().to_owned())
-        .increment(1);
+    api.responses.count(answer.status);
     let mut response = Response::new(Full::new(Bytes::from(answer.body)));
     *response.status_mut() = answer.status;
     let headers = response.headers_mut();
