@@ -8,15 +8,19 @@
 #   DURATION_S=120 bench/scripts/soak.sh
 #   LOAD_ARGS="--scenario cart --skus 1000 --skew 1 --units 1000000000 --ttl-ms 30000 \
 #     --mode client --concurrency 50" bench/scripts/soak.sh      # carts, as in stop 20
+#   SERVER_ARGS="--http-listen 127.0.0.1:7480" LOAD_ARGS="--scenario zipf --skus 1000 --skew 0 \
+#     --units 1000000000 --ttl-ms 2000 --mode http --concurrency 500" bench/scripts/soak.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 duration_s=${DURATION_S:-600}
 sample_s=${SAMPLE_S:-10}
 load_args=${LOAD_ARGS:---scenario flash-sale --units 10 --connections 1 --concurrency 16 --batch 256}
+server_args=${SERVER_ARGS:-}
 work=$(mktemp -d /tmp/flashstock-soak.XXXXXX)
 cargo build --release -q -p flashstock-server -p flashstock-loadgen
-target/release/flashstockd --listen 127.0.0.1:0 --data-dir "$work/server" >"$work/listening" \
-  2>"$work/server.log" &
+# shellcheck disable=SC2086
+target/release/flashstockd --listen 127.0.0.1:0 --data-dir "$work/server" $server_args \
+  >"$work/listening" 2>"$work/server.log" &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do [[ -s "$work/listening" ]] && break; sleep 0.1; done
