@@ -24,7 +24,7 @@ pub mod signals;
 
 pub use fetch::{fetch, Fetched};
 pub use health::{Check, Health};
-pub use listener::{bind, serve, start, HttpLimits, Listening, Observed};
+pub use listener::{accept, bind, serve, start, HttpLimits, Listening, Observed};
 pub use logging::{init_logging, LogFormat};
 pub use recorder::{build_info, install, SECONDS_BUCKETS};
 pub use signals::shutdown_signal;

@@ -67,15 +67,7 @@ pub async fn serve(
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                // Out of file descriptors, say: keep serving once some are back.
-                Err(err) => {
-                    tracing::warn!(%err, "metrics listener accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+            accepted = accept(&listener, "metrics listener") => accepted,
             () = &mut shutdown => return,
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
@@ -102,6 +94,21 @@ pub async fn serve(
                 Err(_) => tracing::debug!(%peer, "metrics connection timed out"),
             }
         });
+    }
+}
+
+/// The next connection of `listener`. A failed accept (out of file descriptors, say) is
+/// logged as `what`'s and retried after a pause, so the listener serves again once some are
+/// back.
+pub async fn accept(listener: &TcpListener, what: &str) -> (tokio::net::TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => return accepted,
+            Err(err) => {
+                tracing::warn!(%err, "{what} accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
     }
 }
 
