@@ -62,7 +62,7 @@ pub use outcome::{LineRefusal, Outcome, ReservationState, ReservationView, SkuVi
 pub use record::{
     decode_records, DiscardLog, EncodedLog, Ended, LogSink, Record, SaleReturned, RECORD_BYTES_MAX,
 };
-pub use shard::Shard;
+pub use shard::{Shard, TableEntries};
 
 /// The body of the `snapshot` fuzz target (and of the test replaying its corpus): arbitrary
 /// bytes as a shard snapshot and as log records must be refused or decoded, never panic, and

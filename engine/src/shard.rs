@@ -128,6 +128,23 @@ pub struct Shard {
     pub(crate) outbox: Vec<CartMessage>,
 }
 
+/// Entries in each of a shard's bounded tables (see [`Shard::table_entries`]); the bounds
+/// are [`ShardConfig`]'s.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableEntries {
+    /// Answers remembered for retries (`dedup_entries_max`, `dedup_retention_ms`).
+    pub remembered_answers: usize,
+    /// Ended reservations still remembered (`ended_entries_max`, `ended_retention_ms`).
+    pub ended_reservations: usize,
+    /// Carts this shard coordinates, held or ended and remembered (live ones, plus
+    /// `carts_ended_max` ended ones at most).
+    pub carts: usize,
+    /// Cart line groups this shard holds as a participant (in doubt or held).
+    pub cart_groups: usize,
+    /// Sales that may still be returned (`returnable_entries_max`, `return_window_ms`).
+    pub returnable_sales: usize,
+}
+
 /// How many expiries ahead `expire_due` prefetches a buyer count (see `Shard::prefetch`).
 const EXPIRY_PREFETCH_AHEAD: usize = 8;
 
@@ -215,6 +232,19 @@ impl Shard {
     /// How many answers to state-changing requests the shard remembers for retries.
     pub fn remembered_answers(&self) -> usize {
         self.dedup.answers.len()
+    }
+
+    /// How full each of the shard's bounded tables is, for operators: every one of them
+    /// grows until its bound (count or age) and then stays there, so a gauge that keeps
+    /// rising past its bound is a leak, and one still short of it is not.
+    pub fn table_entries(&self) -> TableEntries {
+        TableEntries {
+            remembered_answers: self.dedup.answers.len(),
+            ended_reservations: self.ended.len(),
+            carts: self.carts.len(),
+            cart_groups: self.groups.len(),
+            returnable_sales: self.returnable.len(),
+        }
     }
 
     /// Starts loading into cache the lines `apply(command)` will touch at random: its

@@ -382,3 +382,18 @@ fn bulk_replay_refuses_a_request_answered_twice() {
     let err = replayed.finish_replay().unwrap_err();
     assert_eq!(err, EngineError::ReplayDuplicateRequest { request: command.request() });
 }
+
+#[test]
+fn the_table_gauges_count_what_each_bounded_table_holds() {
+    let mut f = Fixture::with_stock(10);
+    let a = f.reserved(1, 3, 1_000, 10);
+    let b = f.reserved(2, 2, 1_000, 10);
+    f.confirm(a, 20);
+    f.cancel(b, 20);
+    let tables = f.shard.table_entries();
+    // Set stock, two reserves, a confirm and a cancel: five answers to remember.
+    assert_eq!(tables.remembered_answers, 5);
+    assert_eq!(tables.ended_reservations, 2);
+    assert_eq!(tables.returnable_sales, 1, "the confirmed sale, not the cancelled hold");
+    assert_eq!((tables.carts, tables.cart_groups), (0, 0));
+}

@@ -184,11 +184,7 @@ impl Actor {
         let elapsed = started.elapsed();
         self.metrics.step(inbox_jobs, weight, elapsed);
         let shard = &self.shard;
-        self.metrics.state(
-            shard.reservations_live(),
-            shard.sku_count(),
-            shard.remembered_answers(),
-        );
+        self.metrics.state(shard.reservations_live(), shard.sku_count(), shard.table_entries());
         self.count_if_slow(weight, expired, applied, elapsed);
         let mut messages = Vec::new();
         self.shard.take_messages(&mut messages);

@@ -3,6 +3,7 @@
 //! Prometheus one). Shard steps and group commits record through handles resolved when the
 //! runtime starts, never through a registry lookup per step.
 
+use flashstock_engine::TableEntries;
 use std::time::Duration;
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
@@ -21,6 +22,9 @@ pub const RESERVATIONS_LIVE: &str = "flashstock_reservations_live";
 pub const SKUS: &str = "flashstock_skus";
 /// Answers remembered for retried request ids.
 pub const REMEMBERED_ANSWERS: &str = "flashstock_remembered_answers";
+/// Entries of a shard's bounded tables, by `table` (ended_reservations, carts, cart_groups,
+/// returnable_sales): each rises to its bound and stays.
+pub const SHARD_TABLE_ENTRIES: &str = "flashstock_shard_table_entries";
 /// Appending one group's batches to the log.
 pub const WAL_APPEND_SECONDS: &str = "flashstock_wal_append_seconds";
 /// The one sync of a group commit.
@@ -72,6 +76,7 @@ pub fn describe() {
         (RESERVATIONS_LIVE, "Reservations held now."),
         (SKUS, "SKUs known."),
         (REMEMBERED_ANSWERS, "Answers remembered for retried request ids."),
+        (SHARD_TABLE_ENTRIES, "Entries of a shard's bounded tables, by table."),
         (WAL_DURABLE_POSITION, "The sequence number below which the shard's log is durable."),
         (CONSUMER_ACKED_POSITION, "The stream position the consumer acknowledged."),
         (CONSUMER_LAG_RECORDS, "Durable records the consumer has not acknowledged."),
@@ -135,6 +140,8 @@ pub(crate) struct ShardMetrics {
     reservations_live: metrics::Gauge,
     skus: metrics::Gauge,
     remembered_answers: metrics::Gauge,
+    /// `SHARD_TABLE_ENTRIES` by table: ended reservations, carts, cart groups, returnable.
+    tables: [metrics::Gauge; 4],
 }
 
 impl ShardMetrics {
@@ -150,7 +157,10 @@ impl ShardMetrics {
             ),
             reservations_live: metrics::gauge!(RESERVATIONS_LIVE, "shard" => label.clone()),
             skus: metrics::gauge!(SKUS, "shard" => label.clone()),
-            remembered_answers: metrics::gauge!(REMEMBERED_ANSWERS, "shard" => label),
+            remembered_answers: metrics::gauge!(REMEMBERED_ANSWERS, "shard" => label.clone()),
+            tables: ["ended_reservations", "carts", "cart_groups", "returnable_sales"].map(
+                |table| metrics::gauge!(SHARD_TABLE_ENTRIES, "shard" => label.clone(), "table" => table),
+            ),
         }
     }
 
@@ -164,10 +174,15 @@ impl ShardMetrics {
         self.slow_steps.increment(1);
     }
 
-    pub(crate) fn state(&self, reservations_live: usize, skus: usize, remembered_answers: usize) {
+    pub(crate) fn state(&self, reservations_live: usize, skus: usize, tables: TableEntries) {
         self.reservations_live.set(reservations_live as f64);
         self.skus.set(skus as f64);
-        self.remembered_answers.set(remembered_answers as f64);
+        self.remembered_answers.set(tables.remembered_answers as f64);
+        let [ended, carts, groups, returnable] = &self.tables;
+        ended.set(tables.ended_reservations as f64);
+        carts.set(tables.carts as f64);
+        groups.set(tables.cart_groups as f64);
+        returnable.set(tables.returnable_sales as f64);
     }
 }
 
