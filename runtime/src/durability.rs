@@ -219,20 +219,9 @@ impl<W: Wal> Durability<W> {
     /// up: a settle per group decided or ended, and a question per open group per second.
     fn forward(&self, messages: Vec<CartMessage>) {
         let mut waiting = self.messages_waiting.lock().unwrap_or_else(|p| p.into_inner());
-        let queued = std::mem::take(&mut *waiting);
         let fresh = messages.into_iter().map(Job::of_message);
-        for (to, job) in queued.into_iter().chain(fresh) {
-            let Some(inbox) = self.inboxes.get(usize::from(to)) else { continue };
-            match inbox.try_send(job) {
-                Ok(()) => {}
-                Err(TrySendError::Full(job)) => {
-                    self.stats.cart_messages_deferred.fetch_add(1, Ordering::Relaxed);
-                    waiting.push((to, job));
-                }
-                // The shard stopped (shutdown): the start-up pass settles what is left.
-                Err(TrySendError::Disconnected(_)) => {}
-            }
-        }
+        let deferred = forward_in_order(&mut waiting, fresh, &self.inboxes);
+        self.stats.cart_messages_deferred.fetch_add(deferred, Ordering::Relaxed);
     }
 
     /// Appends the group's records; whether there were any.
@@ -311,5 +300,70 @@ fn deliver(replies: Vec<Delivery>, durable: &Result<(), String>) {
             (Delivery::Prepared(reply, answer), Ok(())) => drop(reply.send(Ok(answer))),
             (Delivery::Prepared(reply, _), Err(reason)) => drop(reply.send(Err(failed(reason)))),
         }
+    }
+}
+
+/// Sends the messages waiting, then the fresh ones, each to its shard's inbox, keeping the
+/// order of the messages to any one shard: once one to a shard finds its inbox full, every
+/// later one to that shard waits behind it, even if the shard frees a slot meanwhile (it
+/// drains its inbox while this runs). Messages that wait are left in `waiting`, oldest
+/// first; returns how many were deferred. A message to a shard that stopped is dropped (the
+/// start-up pass settles what is left).
+fn forward_in_order<T>(
+    waiting: &mut Vec<(u16, T)>,
+    fresh: impl Iterator<Item = (u16, T)>,
+    inboxes: &[Sender<T>],
+) -> u64 {
+    let queued = std::mem::take(waiting);
+    let mut blocked = vec![false; inboxes.len()];
+    let mut deferred = 0;
+    for (to, message) in queued.into_iter().chain(fresh) {
+        let Some(inbox) = inboxes.get(usize::from(to)) else { continue };
+        let message = if blocked[usize::from(to)] {
+            message
+        } else {
+            match inbox.try_send(message) {
+                Ok(()) | Err(TrySendError::Disconnected(_)) => continue,
+                Err(TrySendError::Full(message)) => message,
+            }
+        };
+        blocked[usize::from(to)] = true;
+        deferred += 1;
+        waiting.push((to, message));
+    }
+    deferred
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Shard 0 drains its inbox on a thread of its own while messages are forwarded to it: a
+    /// slot that frees between two sends must not let a later message pass an earlier one
+    /// that is waiting (the stock moves between buckets count on each sibling's moves
+    /// arriving in order).
+    #[test]
+    fn messages_to_one_shard_arrive_in_order_while_it_drains_its_inbox() {
+        let (to_zero, inbox) = crossbeam_channel::bounded::<u64>(4);
+        let (to_one, _other) = crossbeam_channel::bounded::<u64>(1 << 20);
+        let inboxes = vec![to_zero, to_one];
+        let count = 20_000u64;
+        let drainer = std::thread::spawn(move || {
+            let mut received = Vec::with_capacity(count as usize);
+            while (received.len() as u64) < count {
+                received.push(inbox.recv().expect("sent"));
+            }
+            received
+        });
+        let mut waiting = Vec::new();
+        for chunk in (0..count).collect::<Vec<_>>().chunks(16) {
+            let fresh = chunk.iter().flat_map(|&n| [(0u16, n), (1u16, n)]);
+            forward_in_order(&mut waiting, fresh, &inboxes);
+        }
+        while !waiting.is_empty() {
+            forward_in_order(&mut waiting, std::iter::empty(), &inboxes);
+        }
+        let received = drainer.join().unwrap();
+        assert!(received.windows(2).all(|pair| pair[0] < pair[1]), "out of order");
     }
 }
