@@ -129,6 +129,11 @@ struct LoadArgs {
     /// flash-sale: distinct buyers, each trying once; the request count unless --duration-s.
     #[arg(long, default_value_t = 1_000_000)]
     buyers: u64,
+    /// cart: draw each cart's buyer from this many customers [default: a new buyer per cart].
+    /// The server keeps what each buyer bought of each SKU, so an endless population grows it
+    /// without end (docs/staying-up.md).
+    #[arg(long)]
+    cart_buyers: Option<u64>,
     /// flash-sale: the most units one buyer may hold plus buy.
     #[arg(long)]
     buyer_limit: Option<u32>,
@@ -239,6 +244,7 @@ impl LoadArgs {
                 units_per_sku: self.units,
                 skew: self.skew,
                 lines_max: usize::from(self.cart_lines_max),
+                buyers: self.cart_buyers,
                 confirm_probability: self.confirm_probability,
                 abandon_fraction: self.abandon_fraction,
                 think_ms: self.think_ms,

@@ -58,6 +58,10 @@ pub enum Scenario {
         skew: f64,
         /// The most lines of one cart.
         lines_max: usize,
+        /// How many distinct buyers the carts come from (a store's customers); `None`: a new
+        /// buyer for every cart. The server keeps what each buyer bought of each SKU (for
+        /// limits), so this population bounds that memory and an endless one does not.
+        buyers: Option<u64>,
         /// The chance a held cart is paid.
         confirm_probability: f64,
         /// The chance a held cart is abandoned (left to expire).
@@ -236,7 +240,7 @@ impl Workload {
             Scenario::FlashSale { .. } => self.base,
             Scenario::Zipf { .. } => self.zipf_sku(rng),
             Scenario::Checkout { skus, .. } => self.base + rng.next_u64() % skus,
-            Scenario::Cart { lines_max, .. } => return self.cart(lines_max, rng),
+            Scenario::Cart { lines_max, buyers, .. } => return self.cart(lines_max, buyers, rng),
         };
         let buyer = match self.scenario {
             // Each flash-sale buyer tries once (a run longer than the crowd cycles through it).
@@ -254,7 +258,7 @@ impl Workload {
 
     /// A cart of 1 to `lines_max` distinct Zipf-drawn SKUs, one unit each (a draw that
     /// repeats a SKU already in the cart is dropped, so hot SKUs make carts a little shorter).
-    fn cart(&self, lines_max: usize, rng: &mut Rng) -> ReserveOp {
+    fn cart(&self, lines_max: usize, buyers: Option<u64>, rng: &mut Rng) -> ReserveOp {
         let wanted = 1 + (rng.next_u64() % lines_max.clamp(1, CART_LINES_MAX) as u64) as usize;
         let mut skus: Vec<u64> = Vec::with_capacity(wanted);
         for _ in 0..wanted * 2 {
@@ -267,7 +271,11 @@ impl Workload {
             }
         }
         let lines = Lines::numbered(skus.into_iter().map(|sku| (SkuId(sku), 1))).expect("<= 16");
-        ReserveOp { buyer: rng.next_u64() >> 1, lines, cart: true, ttl_ms: self.ttl_ms }
+        let buyer = match buyers {
+            Some(buyers) => rng.next_u64() % buyers.max(1),
+            None => rng.next_u64() >> 1,
+        };
+        ReserveOp { buyer, lines, cart: true, ttl_ms: self.ttl_ms }
     }
 }
 

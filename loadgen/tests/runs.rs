@@ -251,6 +251,7 @@ async fn a_cart_run_passes_its_audit_with_one_order_row_per_line_sold() {
         units_per_sku: 100,
         skew: 1.0,
         lines_max: 4,
+        buyers: None,
         confirm_probability: 0.7,
         abandon_fraction: 0.1,
         think_ms: 1,
