@@ -282,6 +282,14 @@ impl Client {
         self.apply(Command::SetSaleWindow { request: self.request_id(), sku, window }).await
     }
 
+    /// Admin: spreads a SKU's stock over `buckets` buckets on as many shards, so that its
+    /// reserves are decided by several threads (docs/hot-skus.md). Set once, after the SKU's
+    /// stock, limit and window and before any buyer holds it; answered `BucketsSet`, or
+    /// `InvalidBuckets`, `Bucketed` or `BuyersCounted`.
+    pub async fn set_buckets(&self, sku: SkuId, buckets: u32) -> Result<Outcome, ClientError> {
+        self.apply(Command::SetBuckets { request: self.request_id(), sku, buckets }).await
+    }
+
     /// Reads a SKU.
     pub async fn query_sku(&self, sku: SkuId) -> Result<Option<SkuView>, ClientError> {
         match self.call(Request::QuerySku(sku)).await? {

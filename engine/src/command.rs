@@ -108,6 +108,18 @@ pub enum Command {
         /// Units returned, 1..=what the sale sold and has not returned yet.
         qty: u32,
     },
+    // Added with hot-SKU buckets (protocol 7), last for the same reason.
+    /// Admin: spread a SKU's stock over `buckets` buckets on as many shards, so that its
+    /// reserves are decided by several threads (docs/hot-skus.md). Set once, after its
+    /// stock, limit and window and before any buyer holds it.
+    SetBuckets {
+        /// The client's id for this request.
+        request: RequestId,
+        /// The SKU to spread.
+        sku: SkuId,
+        /// How many buckets, 2..=`BUCKETS_MAX` (and at most the server's shard count).
+        buckets: u32,
+    },
 }
 
 /// What decides the shard that must apply a command.
@@ -131,6 +143,22 @@ impl Command {
             Command::SetBuyerLimit { .. } => "set_buyer_limit",
             Command::SetSaleWindow { .. } => "set_sale_window",
             Command::ReturnSold { .. } => "return_sold",
+            Command::SetBuckets { .. } => "set_buckets",
+        }
+    }
+
+    /// Whether only an admin may send it: it changes a SKU's stock or its rules.
+    pub fn is_admin(&self) -> bool {
+        match self {
+            Command::SetStock { .. }
+            | Command::AdjustStock { .. }
+            | Command::SetBuyerLimit { .. }
+            | Command::SetSaleWindow { .. }
+            | Command::SetBuckets { .. } => true,
+            Command::Reserve(_)
+            | Command::Confirm { .. }
+            | Command::Cancel { .. }
+            | Command::ReturnSold { .. } => false,
         }
     }
 
@@ -150,7 +178,8 @@ impl Command {
             | Command::AdjustStock { request, .. }
             | Command::SetBuyerLimit { request, .. }
             | Command::SetSaleWindow { request, .. }
-            | Command::ReturnSold { request, .. } => request,
+            | Command::ReturnSold { request, .. }
+            | Command::SetBuckets { request, .. } => request,
         }
     }
 
@@ -162,7 +191,8 @@ impl Command {
             | Command::AdjustStock { sku, .. }
             | Command::SetBuyerLimit { sku, .. }
             | Command::SetSaleWindow { sku, .. }
-            | Command::ReturnSold { sku, .. } => RouteKey::Sku(sku),
+            | Command::ReturnSold { sku, .. }
+            | Command::SetBuckets { sku, .. } => RouteKey::Sku(sku),
             Command::Confirm { reservation, .. } | Command::Cancel { reservation, .. } => {
                 RouteKey::Reservation(reservation)
             }

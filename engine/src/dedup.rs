@@ -303,6 +303,16 @@ impl Dedup {
         self.rejections[slot] = Some((request.into(), outcome));
     }
 
+    /// Forgets the remembered refusal of `request`, if it is the one in its slot: the
+    /// request is about to be tried again because what refused it changed (a hot SKU's bucket
+    /// was refilled). Answers that changed state stay.
+    pub(crate) fn forget_rejection(&mut self, request: RequestId) {
+        let slot = self.rejection_slot(request);
+        if matches!(self.rejections[slot], Some((seen, _)) if seen == RequestKey::from(request)) {
+            self.rejections[slot] = None;
+        }
+    }
+
     /// Rebuilds the durable store from answers oldest first (snapshot restore), or names a
     /// request that appears twice.
     pub(crate) fn restore(

@@ -162,6 +162,14 @@ pub enum EngineError {
         /// What disagrees.
         detail: &'static str,
     },
+    /// A move of stock between buckets disagrees with the shard's moves (docs/hot-skus.md).
+    #[error("bucket move {id} broken: {detail}")]
+    MoveBookkeeping {
+        /// The move's id (its sender's).
+        id: u64,
+        /// What disagrees.
+        detail: &'static str,
+    },
     /// A snapshot remembers two answers to one request.
     #[error("snapshot remembers request {request:?} twice")]
     DuplicateAnswer {

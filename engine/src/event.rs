@@ -140,7 +140,25 @@ impl Record {
             };
             Change::CartLineEnded { line: line.index, ended }
         });
-        change.into_iter().chain(line_events).map(move |change| Event { at_ms, change })
+        let events = change.into_iter().chain(line_events);
+        events.map(move |change| Event { at_ms, change: change.of_named_sku() })
+    }
+}
+
+impl Change {
+    /// The change as of the SKU its callers name: a bucket's sale is a sale of its SKU
+    /// (docs/hot-skus.md), and the stream never shows a bucket's id.
+    fn of_named_sku(self) -> Change {
+        match self {
+            Change::Ended(ended) => Change::Ended(Ended { sku: ended.sku.base(), ..ended }),
+            Change::CartLineEnded { line, ended } => {
+                Change::CartLineEnded { line, ended: Ended { sku: ended.sku.base(), ..ended } }
+            }
+            Change::Returned(returned) => {
+                Change::Returned(SaleReturned { sku: returned.sku.base(), ..returned })
+            }
+            stock @ (Change::StockSet { .. } | Change::StockAdjusted { .. }) => stock,
+        }
     }
 }
 

@@ -10,6 +10,50 @@ use std::fmt;
 #[cfg_attr(feature = "rkyv", derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize))]
 pub struct SkuId(pub u64);
 
+impl SkuId {
+    /// The top bit marks a hot SKU's bucket (docs/hot-skus.md): ids with it set are the
+    /// engine's own, and a client naming one is refused before any shard sees it.
+    pub const BUCKET_FLAG: u64 = 1 << 63;
+    /// The largest SKU id that may be spread over buckets: a bucket's id keeps the SKU's id
+    /// in its low 55 bits, and the bucket's index in the 8 above them.
+    pub const BUCKETED_MAX: u64 = (1 << 55) - 1;
+    const BUCKET_INDEX_SHIFT: u32 = 55;
+
+    /// Bucket `index` of this SKU: bucket 0 is the SKU itself, so a SKU spread over buckets
+    /// keeps its stock, holds and buyer counts where they were. `index` is below 256 and the
+    /// SKU at most [`SkuId::BUCKETED_MAX`] (callers check: `BUCKETS_MAX` and `set_buckets`).
+    pub fn bucket(self, index: u32) -> SkuId {
+        debug_assert!(index < 256 && self.0 <= Self::BUCKETED_MAX, "{self:?} bucket {index}");
+        if index == 0 {
+            return self;
+        }
+        SkuId(Self::BUCKET_FLAG | (u64::from(index) << Self::BUCKET_INDEX_SHIFT) | self.0)
+    }
+
+    /// Whether this is a bucket other than bucket 0 (an id only the engine makes).
+    pub fn is_bucket(self) -> bool {
+        self.0 & Self::BUCKET_FLAG != 0
+    }
+
+    /// The SKU this bucket belongs to (itself when it is no bucket).
+    pub fn base(self) -> SkuId {
+        if self.is_bucket() {
+            SkuId(self.0 & Self::BUCKETED_MAX)
+        } else {
+            self
+        }
+    }
+
+    /// Which bucket of its SKU this is (0 when it is no bucket).
+    pub fn bucket_index(self) -> u32 {
+        if self.is_bucket() {
+            ((self.0 >> Self::BUCKET_INDEX_SHIFT) & 0xff) as u32
+        } else {
+            0
+        }
+    }
+}
+
 /// The buyer on whose behalf a reservation is made; per-buyer limits count against it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[cfg_attr(feature = "rkyv", derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize))]
@@ -108,8 +152,10 @@ impl ShardMap {
     pub fn shard_of_sku(&self, sku: SkuId) -> ShardId {
         // SKU ids are often sequential; mix them first so neighbours spread evenly, then map
         // the 64-bit hash onto 0..count with a multiply instead of a division.
-        let mixed = mix64(sku.0);
-        let index = (u128::from(mixed) * u128::from(self.shard_count)) >> 64;
+        let mixed = mix64(sku.base().0);
+        let home = ((u128::from(mixed) * u128::from(self.shard_count)) >> 64) as u32;
+        // Bucket i of a SKU sits i shards after its bucket 0: B buckets on B shards.
+        let index = (home + sku.bucket_index()) % u32::from(self.shard_count);
         ShardId(index as u16)
     }
 
@@ -176,6 +222,20 @@ mod tests {
         for count in counts {
             assert!((9_000..11_000).contains(&count), "uneven spread: {counts:?}");
         }
+    }
+
+    #[test]
+    fn buckets_of_a_sku_sit_on_consecutive_shards_and_name_their_sku() {
+        let map = ShardMap::new(4);
+        let sku = SkuId(SkuId::BUCKETED_MAX);
+        let home = map.shard_of_sku(sku).0;
+        for index in 0..4 {
+            let bucket = sku.bucket(index);
+            assert_eq!(bucket.is_bucket(), index > 0);
+            assert_eq!((bucket.base(), bucket.bucket_index()), (sku, index));
+            assert_eq!(map.shard_of_sku(bucket).0, (home + index as u16) % 4);
+        }
+        assert_eq!(SkuId(7).bucket(0), SkuId(7));
     }
 
     #[test]

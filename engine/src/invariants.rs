@@ -51,6 +51,7 @@ impl Shard {
             return Err(cart_bookkeeping(None, "scheduled questions differ from open plus stale"));
         }
         self.check_returnable()?;
+        self.check_moves()?;
         for id in self.order_refs.keys() {
             if self.reservations.get(*id).is_none_or(|r| r.state != ReservationState::Held) {
                 return Err(bookkeeping(
@@ -174,4 +175,26 @@ fn bookkeeping(
     detail: &'static str,
 ) -> EngineError {
     EngineError::ReservationBookkeeping { reservation, detail }
+}
+
+impl Shard {
+    /// Moves in flight were sent by this shard, in sequence, from its buckets; spread SKUs
+    /// exist here as bucket 0 (docs/hot-skus.md).
+    fn check_moves(&self) -> Result<(), EngineError> {
+        let broken = |id, detail| Err(EngineError::MoveBookkeeping { id, detail });
+        for (&id, stock_move) in &self.moves.in_flight {
+            if id != stock_move.id || id == 0 || id >= self.moves.seq_next {
+                return broken(id, "a move in flight with an id this shard did not issue");
+            }
+            if stock_move.from_sku.base() != stock_move.to_sku.base() {
+                return broken(id, "a move between two SKUs");
+            }
+        }
+        for (&sku, &buckets) in &self.moves.bucketed {
+            if sku.is_bucket() || !self.skus.contains_key(&sku) || buckets < 2 {
+                return broken(0, "a spread SKU whose bucket 0 is not here");
+            }
+        }
+        Ok(())
+    }
 }

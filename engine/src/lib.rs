@@ -8,6 +8,9 @@
 //! - [`ids`]: SKU, buyer, request, reservation and shard ids, and [`ShardMap`], the one place
 //!   that decides which shard owns a SKU or a reservation.
 //! - [`command`]: the state-changing commands ([`Command`]).
+//! - [`buckets`]: hot-SKU buckets: one SKU spread over several shards, and the moves of
+//!   stock between its buckets.
+//! - [`message`]: [`ShardMessage`], what one shard's step leaves for another.
 //! - [`cart`]: all-or-nothing carts across shards: the participants' and the coordinator's
 //!   sides, the sans-IO [`CartDriver`], the start-up pass and the cross-shard invariants.
 //! - [`outcome`]: what a command did ([`Outcome`]), and the read views.
@@ -26,12 +29,14 @@
 //! - `expiry`: the expiry queue, a FIFO for in-order deadlines plus a heap for the rest.
 //! - [`error`]: [`EngineError`], for broken bytes and broken invariants.
 
+pub mod buckets;
 pub mod cart;
 pub mod command;
 pub mod error;
 pub mod event;
 pub mod ids;
 pub mod limits;
+pub mod message;
 pub mod outcome;
 pub mod record;
 pub mod shard;
@@ -46,10 +51,11 @@ mod snapshot;
 mod table;
 mod taken;
 
+pub use buckets::{MoveOut, MoveSplit, StockMove, BUCKETS_MAX};
 pub use cart::{
-    check_carts, settle_all, Ask, CartDriver, CartEnd, CartLine, CartMessage, CartView, CommitCart,
-    Decide, Fate, Groups, Lines, LinesEnd, PrepareLines, Prepared, ReserveCart, Settle,
-    CART_LINES_MAX, CART_PREPARE_TIMEOUT_MS,
+    check_carts, settle_all, Ask, CartDriver, CartEnd, CartLine, CartView, CommitCart, Decide,
+    Fate, Groups, Lines, LinesEnd, PrepareLines, Prepared, ReserveCart, Settle, CART_LINES_MAX,
+    CART_PREPARE_TIMEOUT_MS,
 };
 pub use command::{Command, Reserve, RouteKey, SaleWindow};
 pub use error::EngineError;
@@ -58,6 +64,7 @@ pub use ids::{
     mix64, BuyerId, OrderRef, RequestId, ReservationId, ShardId, ShardMap, SkuId, SplitMix64,
 };
 pub use limits::{ShardConfig, RESERVE_QTY_MAX, STOCK_TOTAL_MAX, TICK_EXPIRIES_MAX, TTL_MS_MAX};
+pub use message::ShardMessage;
 pub use outcome::{LineRefusal, Outcome, ReservationState, ReservationView, SkuView};
 pub use record::{
     decode_records, DiscardLog, EncodedLog, Ended, LogSink, Record, SaleReturned, RECORD_BYTES_MAX,

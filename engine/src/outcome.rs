@@ -135,6 +135,30 @@ pub enum Outcome {
         /// Units of the sale not returned yet.
         returnable: u32,
     },
+    // Added with hot-SKU buckets (protocol 7).
+    /// The SKU is spread over this many buckets now.
+    BucketsSet {
+        /// The bucket count.
+        buckets: u32,
+    },
+    /// The bucket count is below 2 or above the maximum, or the SKU's id is too large to
+    /// be spread.
+    InvalidBuckets {
+        /// The most buckets a SKU may have here (the server's shard count, or less).
+        buckets_max: u32,
+    },
+    /// The SKU is spread over buckets: it cannot be spread again, and its total, limit and
+    /// window are fixed (stock is added with `adjust_stock`).
+    Bucketed {
+        /// Its bucket count.
+        buckets: u32,
+    },
+    /// Buyers already hold or bought the SKU, so it cannot be spread: their counts would
+    /// stay in one bucket while their reserves went to another.
+    BuyersCounted {
+        /// How many buyers.
+        buyers: u64,
+    },
 }
 
 /// Why one line of a cart was refused. The value beside it in [`Outcome::CartRefused`] is
@@ -249,6 +273,10 @@ impl Outcome {
             Outcome::Returned { .. } => "returned",
             Outcome::NotReturnable => "not_returnable",
             Outcome::ReturnExceedsSold { .. } => "return_exceeds_sold",
+            Outcome::BucketsSet { .. } => "buckets_set",
+            Outcome::InvalidBuckets { .. } => "invalid_buckets",
+            Outcome::Bucketed { .. } => "bucketed",
+            Outcome::BuyersCounted { .. } => "buyers_counted",
         }
     }
 }

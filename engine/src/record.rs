@@ -6,12 +6,13 @@
 //!
 //! Encoding: one tag byte, then fixed-width little-endian fields (see `encode`).
 
+use crate::buckets::StockMove;
 use crate::cart::codec::{self as cart_codec, GROUPS_BYTES_MAX, LINES_BYTES_MAX};
 use crate::cart::{CartEnd, CommitCart, Groups, LinesEnd, PrepareLines};
 use crate::codec::{Reader, Writer};
 use crate::command::{Command, Reserve, SaleWindow};
 use crate::error::EngineError;
-use crate::ids::{BuyerId, OrderRef, RequestId, ReservationId, SkuId};
+use crate::ids::{BuyerId, OrderRef, RequestId, ReservationId, ShardId, SkuId};
 use crate::outcome::{Outcome, ReservationState};
 
 /// One entry of a shard's log.
@@ -109,6 +110,30 @@ pub enum Record {
         /// How it ended.
         end: CartEnd,
     },
+    /// Units left one of this shard's buckets for another bucket of the SKU; the move is in
+    /// flight until acknowledged (docs/hot-skus.md).
+    MovedOut {
+        /// The shard's clock.
+        at_ms: u64,
+        /// The move (its id is the shard's next one, as replay checks).
+        stock_move: StockMove,
+    },
+    /// Units another shard moved out arrived in one of this shard's buckets.
+    MovedIn {
+        /// The shard's clock.
+        at_ms: u64,
+        /// The sending shard.
+        from: ShardId,
+        /// The move.
+        stock_move: StockMove,
+    },
+    /// The receiver has a move this shard sent: it is no longer in flight.
+    MoveAcked {
+        /// The shard's clock.
+        at_ms: u64,
+        /// The move's id.
+        id: u64,
+    },
 }
 
 /// Units of a sale that came back: the detail of a return, for the stream.
@@ -185,6 +210,12 @@ pub(crate) const TAG_CART_COMMITTED: u8 = 19;
 pub(crate) const TAG_CART_ABORTED: u8 = 20;
 pub(crate) const TAG_CART_ENDED: u8 = 21;
 const TAG_RETURNED: u8 = 22;
+// Hot-SKU buckets (docs/hot-skus.md): moves with varint integers, and the admin command at
+// full width as the other admin commands.
+const TAG_MOVED_OUT: u8 = 23;
+const TAG_MOVED_IN: u8 = 24;
+const TAG_MOVE_ACKED: u8 = 25;
+const TAG_SET_BUCKETS: u8 = 26;
 
 /// How a record's integers are written: at full width (the first tags) or as varints.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -202,11 +233,11 @@ impl Ints {
             | TAG_CANCEL_ENDED_COMPACT
             | TAG_EXPIRED_COMPACT
             | TAG_LINES_PREPARED..=TAG_CART_ENDED
-            | TAG_RETURNED => Some(Ints::Varint),
+            | TAG_RETURNED
+            | TAG_MOVED_OUT..=TAG_MOVE_ACKED => Some(Ints::Varint),
             TAG_RESERVE | TAG_SET_STOCK | TAG_ADJUST_STOCK | TAG_SET_BUYER_LIMIT
-            | TAG_SET_SALE_WINDOW | TAG_CONFIRM_ENDED | TAG_CANCEL_ENDED | TAG_EXPIRED => {
-                Some(Ints::Fixed)
-            }
+            | TAG_SET_SALE_WINDOW | TAG_CONFIRM_ENDED | TAG_CANCEL_ENDED | TAG_EXPIRED
+            | TAG_SET_BUCKETS => Some(Ints::Fixed),
             _ => None,
         }
     }
@@ -351,7 +382,10 @@ impl Record {
             | Record::CartCommitted { at_ms, .. }
             | Record::CartAborted { at_ms, .. }
             | Record::CartEnded { at_ms, .. }
-            | Record::Returned { at_ms, .. } => at_ms,
+            | Record::Returned { at_ms, .. }
+            | Record::MovedOut { at_ms, .. }
+            | Record::MovedIn { at_ms, .. }
+            | Record::MoveAcked { at_ms, .. } => at_ms,
         }
     }
 
@@ -387,9 +421,68 @@ impl Record {
                 w.varint(u64::from(r.qty));
                 w.varint(u64::from(r.returned_total));
             }
+            Record::MovedOut { at_ms, ref stock_move } => {
+                w.u8(TAG_MOVED_OUT);
+                w.varint(at_ms);
+                encode_move(&mut w, stock_move);
+            }
+            Record::MovedIn { at_ms, from, ref stock_move } => {
+                w.u8(TAG_MOVED_IN);
+                w.varint(at_ms);
+                w.varint(u64::from(from.0));
+                encode_move(&mut w, stock_move);
+            }
+            Record::MoveAcked { at_ms, id } => {
+                w.u8(TAG_MOVE_ACKED);
+                w.varint(at_ms);
+                w.varint(id);
+            }
             _ => cart_codec::encode(&mut w, self),
         }
     }
+}
+
+fn encode_move(w: &mut Writer<'_>, m: &StockMove) {
+    w.varint(m.id);
+    w.varint(m.from_sku.0);
+    w.varint(m.to_sku.0);
+    w.varint(u64::from(m.to.0));
+    w.varint(m.units);
+    w.opt_u32(m.buyer_limit);
+    w.opt_u64(m.window.opens_at_ms);
+    w.opt_u64(m.window.closes_at_ms);
+}
+
+fn decode_shard(r: &mut Reader<'_>, field: &'static str) -> Result<ShardId, EngineError> {
+    let value = r.varint(field)?;
+    u16::try_from(value).map(ShardId).map_err(|_| EngineError::InvalidField { field, value })
+}
+
+fn decode_move(r: &mut Reader<'_>) -> Result<StockMove, EngineError> {
+    Ok(StockMove {
+        id: r.varint("move id")?,
+        from_sku: SkuId(r.varint("move's sending SKU")?),
+        to_sku: SkuId(r.varint("move's receiving SKU")?),
+        to: decode_shard(r, "move's receiving shard")?,
+        units: r.varint("move's units")?,
+        buyer_limit: r.opt_u32("move's buyer limit flag")?,
+        window: SaleWindow {
+            opens_at_ms: r.opt_u64("move's window open flag")?,
+            closes_at_ms: r.opt_u64("move's window close flag")?,
+        },
+    })
+}
+
+/// Decodes the move records' fields after their tag and time.
+fn decode_move_record(r: &mut Reader<'_>, tag: u8, at_ms: u64) -> Result<Record, EngineError> {
+    Ok(match tag {
+        TAG_MOVED_OUT => Record::MovedOut { at_ms, stock_move: decode_move(r)? },
+        TAG_MOVED_IN => {
+            let from = decode_shard(r, "move's sending shard")?;
+            Record::MovedIn { at_ms, from, stock_move: decode_move(r)? }
+        }
+        _ => Record::MoveAcked { at_ms, id: r.varint("move id")? },
+    })
 }
 
 fn encode_apply(w: &mut Writer<'_>, at_ms: u64, command: &Command) {
@@ -415,6 +508,7 @@ fn encode_apply(w: &mut Writer<'_>, at_ms: u64, command: &Command) {
             unreachable!("confirm and cancel are logged as Record::Ended")
         }
         Command::ReturnSold { .. } => unreachable!("a return is logged as Record::Returned"),
+        Command::SetBuckets { .. } => TAG_SET_BUCKETS,
     };
     w.u8(tag);
     w.u64(at_ms);
@@ -437,6 +531,10 @@ fn encode_apply(w: &mut Writer<'_>, at_ms: u64, command: &Command) {
             w.u64(sku.0);
             w.opt_u64(window.opens_at_ms);
             w.opt_u64(window.closes_at_ms);
+        }
+        Command::SetBuckets { sku, buckets, .. } => {
+            w.u64(sku.0);
+            w.u32(buckets);
         }
         Command::Confirm { .. } | Command::Cancel { .. } | Command::ReturnSold { .. } => {
             unreachable!("refused above")
@@ -507,7 +605,9 @@ impl Iterator for RecordDecoder<'_> {
     }
 }
 
-fn decode_one(r: &mut Reader<'_>) -> Result<Record, EngineError> {
+/// Decodes one record at the reader's position (also for snapshots, which keep moves in
+/// flight as their records).
+pub(crate) fn decode_one(r: &mut Reader<'_>) -> Result<Record, EngineError> {
     let offset = r.offset();
     let tag = r.u8()?;
     // An unknown tag is named as such, not reported as whatever its bytes fail to parse as.
@@ -517,6 +617,9 @@ fn decode_one(r: &mut Reader<'_>) -> Result<Record, EngineError> {
     let at_ms = ints.u64(r, "time")?;
     if (TAG_LINES_PREPARED..=TAG_CART_ENDED).contains(&tag) {
         return cart_codec::decode(r, tag, at_ms);
+    }
+    if (TAG_MOVED_OUT..=TAG_MOVE_ACKED).contains(&tag) {
+        return decode_move_record(r, tag, at_ms);
     }
     if tag == TAG_RETURNED {
         let request = RequestId(r.u128()?);
@@ -576,6 +679,7 @@ fn decode_one(r: &mut Reader<'_>) -> Result<Record, EngineError> {
                 closes_at_ms: r.opt_u64("window close flag")?,
             },
         },
+        TAG_SET_BUCKETS => Command::SetBuckets { request, sku: SkuId(r.u64()?), buckets: r.u32()? },
         tag => return Err(EngineError::UnknownRecordTag { tag, offset }),
     };
     Ok(Record::Apply { at_ms, command })
@@ -616,6 +720,7 @@ mod tests {
                 sku,
                 window: SaleWindow { opens_at_ms: Some(10), closes_at_ms: None },
             },
+            Command::SetBuckets { request, sku, buckets: 4 },
         ];
         let mut records: Vec<Record> =
             commands.iter().map(|&command| Record::Apply { at_ms: 123, command }).collect();
@@ -645,6 +750,20 @@ mod tests {
         });
         records.push(Record::Expired { at_ms: 456, ended: ended(ReservationState::Expired, None) });
         records.extend(cart_samples(request, order_ref));
+        let stock_move = StockMove {
+            id: u64::MAX,
+            from_sku: SkuId(u64::MAX),
+            to_sku: sku.bucket(3),
+            to: ShardId(u16::MAX),
+            units: u64::MAX,
+            buyer_limit: Some(u32::MAX),
+            window: SaleWindow { opens_at_ms: Some(u64::MAX), closes_at_ms: Some(1) },
+        };
+        records.push(Record::MovedOut { at_ms: 7, stock_move });
+        let stock_move =
+            StockMove { buyer_limit: None, window: SaleWindow::default(), ..stock_move };
+        records.push(Record::MovedIn { at_ms: u64::MAX, from: ShardId(3), stock_move });
+        records.push(Record::MoveAcked { at_ms: 8, id: u64::MAX });
         // Every integer at its widest varint: the longest single-line record.
         let reservation = ReservationId::new(ShardId(u16::MAX), ReservationId::SEQ_MAX);
         records.push(Record::Ended {

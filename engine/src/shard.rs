@@ -9,13 +9,15 @@ use std::collections::{BinaryHeap, VecDeque};
 
 use rustc_hash::FxHashMap;
 
-use crate::cart::{CartEnd, CartMessage, Groups, Lines};
+use crate::buckets::Moves;
+use crate::cart::{CartEnd, Groups, Lines};
 use crate::command::{Command, Reserve, SaleWindow};
 use crate::dedup::Dedup;
 use crate::error::EngineError;
 use crate::expiry::ExpiryQueue;
 use crate::ids::{BuyerId, OrderRef, RequestId, ReservationId, ShardId, SkuId};
 use crate::limits::{ShardConfig, RESERVE_QTY_MAX, STOCK_TOTAL_MAX, TICK_EXPIRIES_MAX, TTL_MS_MAX};
+use crate::message::ShardMessage;
 use crate::outcome::{Outcome, ReservationState, ReservationView, SkuView};
 use crate::probe::HashKey;
 use crate::record::{Ended, LogSink, Record, SaleReturned};
@@ -125,7 +127,9 @@ pub struct Shard {
     pub(crate) returnable: Returnable,
     /// Messages for other shards left by `apply`, the cart calls and `tick`; the runtime
     /// takes them with `take_messages` and delivers them once the step is durable.
-    pub(crate) outbox: Vec<CartMessage>,
+    pub(crate) outbox: Vec<ShardMessage>,
+    /// Hot-SKU buckets: the SKUs spread from here, and the moves of stock between buckets.
+    pub(crate) moves: Moves,
 }
 
 /// Entries in each of a shard's bounded tables (see [`Shard::table_entries`]); the bounds
@@ -193,6 +197,7 @@ impl Shard {
                 config.returnable_entries_max,
             ),
             outbox: Vec::new(),
+            moves: Moves::new(),
         }
     }
 
@@ -271,7 +276,7 @@ impl Shard {
     }
 
     /// Takes the messages for other shards that the calls since the last take left.
-    pub fn take_messages(&mut self, into: &mut Vec<CartMessage>) {
+    pub fn take_messages(&mut self, into: &mut Vec<ShardMessage>) {
         into.append(&mut self.outbox);
     }
 
@@ -312,6 +317,20 @@ impl Shard {
         outcome
     }
 
+    /// Applies `command` again after its first refusal went stale: a refusal is remembered
+    /// for retries, and would be answered again without this. A request that changed state
+    /// is still answered from what was remembered, so this never applies one twice. The
+    /// runtime calls it once a hot SKU's drained bucket was refilled (docs/hot-skus.md).
+    pub fn apply_again(
+        &mut self,
+        command: &Command,
+        now_ms: u64,
+        log: &mut impl LogSink,
+    ) -> Outcome {
+        self.dedup.forget_rejection(command.request());
+        self.apply(command, now_ms, log)
+    }
+
     /// Expires reservations whose time-to-live has passed (at most `TICK_EXPIRIES_MAX` per
     /// call), emitting one record per expiry. Returns how many expired.
     pub fn tick(&mut self, now_ms: u64, log: &mut impl LogSink) -> u32 {
@@ -340,6 +359,11 @@ impl Shard {
                 let replayed = self.replay_cart(record);
                 // Replay rebuilds state; the messages a live step left were delivered then,
                 // and what was lost in a crash is settled by the start-up pass.
+                self.outbox.clear();
+                return replayed;
+            }
+            Record::MovedOut { .. } | Record::MovedIn { .. } | Record::MoveAcked { .. } => {
+                let replayed = self.replay_move(record);
                 self.outbox.clear();
                 return replayed;
             }
@@ -435,7 +459,8 @@ impl Shard {
         self.reservations.get(reservation).map(|r| ReservationView {
             reservation,
             buyer: r.buyer,
-            sku: r.sku,
+            // A bucket's reservation is of the SKU the caller named.
+            sku: r.sku.base(),
             qty: r.qty,
             expires_at_ms: r.expires_at_ms,
             state: r.state,
@@ -461,10 +486,20 @@ impl Shard {
             Command::Cancel { reservation, .. } => {
                 self.end_on_request(reservation, ReservationState::Cancelled, None, now_ms)
             }
-            Command::SetStock { sku, total, .. } => self.set_stock(sku, total),
+            Command::SetStock { sku, total, .. } => match self.refuse_if_bucketed(sku) {
+                Some(refusal) => Step::Unchanged(refusal),
+                None => self.set_stock(sku, total),
+            },
             Command::AdjustStock { sku, delta, .. } => self.adjust_stock(sku, delta),
-            Command::SetBuyerLimit { sku, limit, .. } => self.set_buyer_limit(sku, limit),
-            Command::SetSaleWindow { sku, window, .. } => self.set_sale_window(sku, window),
+            Command::SetBuyerLimit { sku, limit, .. } => match self.refuse_if_bucketed(sku) {
+                Some(refusal) => Step::Unchanged(refusal),
+                None => self.set_buyer_limit(sku, limit),
+            },
+            Command::SetSaleWindow { sku, window, .. } => match self.refuse_if_bucketed(sku) {
+                Some(refusal) => Step::Unchanged(refusal),
+                None => self.set_sale_window(sku, window),
+            },
+            Command::SetBuckets { sku, buckets, .. } => self.set_buckets(sku, buckets),
             Command::ReturnSold { reservation, line, sku, qty, .. } => {
                 self.return_sold((reservation, line), sku, qty, now_ms)
             }

@@ -13,6 +13,7 @@ use crate::ids::{BuyerId, OrderRef, RequestId, ReservationId, ShardId, SkuId};
 use crate::limits::ShardConfig;
 use crate::outcome::{LineRefusal, Outcome, ReservationState};
 use crate::probe::HashKey;
+use crate::record::Record;
 use crate::returns::Sale;
 use crate::shard::{Cart, LineGroup, Reservation, Shard, SkuState};
 use crate::table::ReservationTable;
@@ -22,8 +23,10 @@ const SNAPSHOT_MAGIC: u32 = u32::from_le_bytes(*b"FSSN");
 /// Where the clock sits in a snapshot: after magic, version and shard id.
 const CLOCK_FIELD: std::ops::Range<usize> = 8..16;
 /// The snapshot format this build writes and reads.
-pub const SNAPSHOT_VERSION: u16 = 3;
-/// The format before carts: the same, without the cart sections at the end.
+pub const SNAPSHOT_VERSION: u16 = 4;
+/// The format before hot-SKU buckets: the same, without the buckets section at the end.
+const SNAPSHOT_VERSION_NO_BUCKETS: u16 = 3;
+/// The format before carts: without the cart sections either.
 const SNAPSHOT_VERSION_NO_CARTS: u16 = 2;
 
 impl Shard {
@@ -93,6 +96,55 @@ impl Shard {
             encode_answer(&mut w, answer.outcome);
         }
         self.encode_carts(&mut w);
+        self.encode_buckets(&mut w);
+    }
+
+    /// The buckets section: spread SKUs, then moves sent and not acknowledged, then the
+    /// highest move applied from each sender (docs/hot-skus.md).
+    fn encode_buckets(&self, w: &mut Writer<'_>) {
+        let moves = &self.moves;
+        w.u64(moves.bucketed.len() as u64);
+        for (&sku, &buckets) in &moves.bucketed {
+            w.u64(sku.0);
+            w.u32(buckets);
+        }
+        w.u64(moves.seq_next);
+        w.u64(moves.in_flight.len() as u64);
+        for stock_move in moves.in_flight.values() {
+            Record::MovedOut { at_ms: 0, stock_move: *stock_move }.encode(w.bytes);
+        }
+        w.u64(moves.applied.len() as u64);
+        for (&from, &id) in &moves.applied {
+            w.u16(from.0);
+            w.u64(id);
+        }
+    }
+
+    /// Reads the buckets section back (restore only; the invariant check follows).
+    fn restore_buckets(&mut self, r: &mut Reader<'_>) -> Result<(), EngineError> {
+        for _ in 0..r.count(12)? {
+            let (sku, buckets) = (SkuId(r.u64()?), r.u32()?);
+            if self.moves.bucketed.insert(sku, buckets).is_some() {
+                return Err(invalid("spread SKU", sku.0));
+            }
+        }
+        self.moves.seq_next = r.u64()?;
+        for _ in 0..r.count(9)? {
+            let record = crate::record::decode_one(r)?;
+            let Record::MovedOut { stock_move, .. } = record else {
+                return Err(invalid("move in flight", 0));
+            };
+            if self.moves.in_flight.insert(stock_move.id, stock_move).is_some() {
+                return Err(invalid("move in flight", stock_move.id));
+            }
+        }
+        for _ in 0..r.count(10)? {
+            let (from, id) = (ShardId(r.u16()?), r.u64()?);
+            if self.moves.applied.insert(from, id).is_some() {
+                return Err(invalid("move sender", from.0.into()));
+            }
+        }
+        Ok(())
     }
 
     /// The cart sections: line groups held as a participant, then carts as coordinator.
@@ -230,7 +282,8 @@ impl Shard {
             return Err(EngineError::NotASnapshot);
         }
         let version = r.u16()?;
-        if version != SNAPSHOT_VERSION && version != SNAPSHOT_VERSION_NO_CARTS {
+        let known = [SNAPSHOT_VERSION, SNAPSHOT_VERSION_NO_BUCKETS, SNAPSHOT_VERSION_NO_CARTS];
+        if !known.contains(&version) {
             return Err(EngineError::UnsupportedVersion { version, supported: SNAPSHOT_VERSION });
         }
         let found = r.u16()?;
@@ -294,8 +347,11 @@ impl Shard {
             let outcome = decode_answer(&mut r)?;
             remembered.push(Answer { request: request.into(), answered_at_ms, outcome });
         }
-        if version == SNAPSHOT_VERSION {
+        if version >= SNAPSHOT_VERSION_NO_BUCKETS {
             shard.restore_carts(&mut r)?;
+        }
+        if version >= SNAPSHOT_VERSION {
+            shard.restore_buckets(&mut r)?;
         }
         if r.remaining() != 0 {
             return Err(EngineError::TrailingBytes { count: r.remaining() });
@@ -394,6 +450,7 @@ fn encode_answer(w: &mut Writer<'_>, outcome: Outcome) {
             (9, u64::from(line) | u64::from(refusal.code()) << 8, value)
         }
         Outcome::Returned { returned_total } => (10, u64::from(returned_total), 0),
+        Outcome::BucketsSet { buckets } => (11, u64::from(buckets), 0),
         other => unreachable!("{other:?} never changes state, so it is never remembered"),
     };
     w.u8(tag);
@@ -424,6 +481,10 @@ fn decode_answer(r: &mut Reader<'_>) -> Result<Outcome, EngineError> {
                 field: "answer's returned total",
                 value: a,
             })?,
+        },
+        11 => Outcome::BucketsSet {
+            buckets: u32::try_from(a)
+                .map_err(|_| EngineError::InvalidField { field: "answer's buckets", value: a })?,
         },
         value => {
             return Err(EngineError::InvalidField { field: "answer tag", value: value.into() })

@@ -14,9 +14,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use flashstock_engine::cart::deliver;
 use flashstock_engine::{
-    check_carts, settle_all, BuyerId, CartDriver, CartMessage, Change, Command, Lines, Outcome,
-    Record, RequestId, ReservationId, ReservationState, Reserve, ReserveCart, Shard, ShardConfig,
-    ShardId, ShardMap, SkuId,
+    check_carts, settle_all, BuyerId, CartDriver, Change, Command, Lines, Outcome, Record,
+    RequestId, ReservationId, ReservationState, Reserve, ReserveCart, Shard, ShardConfig, ShardId,
+    ShardMap, ShardMessage, SkuId,
 };
 use proptest::prelude::*;
 
@@ -130,7 +130,7 @@ struct Sim {
     /// may lose only what lies beyond (the runtime releases both after the sync).
     durable: Vec<usize>,
     snapshots: Vec<Option<(Vec<u8>, usize)>>,
-    network: Vec<CartMessage>,
+    network: Vec<ShardMessage>,
     flights: Vec<Flight>,
     next_request: u128,
     /// Cart reserves answered, with the answer the caller got.

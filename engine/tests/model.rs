@@ -169,6 +169,7 @@ impl Model {
                 s.window = window;
                 (Outcome::WindowSet, true)
             }
+            Command::SetBuckets { .. } => unreachable!("spread SKUs are engine/tests/buckets.rs"),
         }
     }
 

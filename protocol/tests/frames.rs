@@ -53,13 +53,19 @@ fn command() -> impl Strategy<Value = Command> {
             .prop_map(|(request, sku, delta)| Command::AdjustStock { request, sku, delta }),
         (request.clone(), sku.clone(), any::<Option<u32>>())
             .prop_map(|(request, sku, limit)| Command::SetBuyerLimit { request, sku, limit }),
-        (request, sku, any::<Option<u64>>(), any::<Option<u64>>()).prop_map(
+        (request.clone(), sku.clone(), any::<Option<u64>>(), any::<Option<u64>>()).prop_map(
             |(request, sku, opens_at_ms, closes_at_ms)| Command::SetSaleWindow {
                 request,
                 sku,
                 window: SaleWindow { opens_at_ms, closes_at_ms },
             }
         ),
+        // What version 7 added: hot-SKU buckets.
+        (request, sku, any::<u32>()).prop_map(|(request, sku, buckets)| Command::SetBuckets {
+            request,
+            sku,
+            buckets
+        }),
     ]
 }
 
@@ -104,6 +110,10 @@ fn outcome() -> impl Strategy<Value = Outcome> {
         Just(Outcome::NotReturnable),
         any::<u32>().prop_map(|returnable| Outcome::ReturnExceedsSold { returnable }),
         any::<u32>().prop_map(|lines_max| Outcome::InvalidCart { lines_max }),
+        any::<u32>().prop_map(|buckets| Outcome::BucketsSet { buckets }),
+        any::<u32>().prop_map(|buckets_max| Outcome::InvalidBuckets { buckets_max }),
+        any::<u32>().prop_map(|buckets| Outcome::Bucketed { buckets }),
+        any::<u64>().prop_map(|buyers| Outcome::BuyersCounted { buyers }),
     ]
 }
 

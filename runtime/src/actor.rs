@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use flashstock_engine::{
-    Ask, CartMessage, Command, Decide, EncodedLog, PrepareLines, Prepared, ReservationId, Settle,
-    Shard, SkuId,
+    Ask, Command, Decide, EncodedLog, MoveOut, PrepareLines, Prepared, ReservationId, Settle,
+    Shard, ShardId, ShardMessage, SkuId, SkuView, StockMove,
 };
 use flashstock_protocol::{Reply, Request};
 use tokio::sync::oneshot;
@@ -74,6 +74,30 @@ pub(crate) enum Job {
         cart: ReservationId,
         reply: AnswerTo,
     },
+    /// Hot-SKU buckets: move units out of one of this shard's buckets. Answered with the
+    /// move (`None` when the bucket had none) once it is durable.
+    MoveOut {
+        ask: MoveOut,
+        reply: MovedTo,
+    },
+    /// Units another shard moved out arrive here. Not answered.
+    MoveIn {
+        from: ShardId,
+        stock_move: StockMove,
+    },
+    /// A move this shard sent is in. Not answered.
+    MoveAck(u64),
+    /// Answered once move `id` from `from` is in here (at once when it is already).
+    AwaitMove {
+        from: ShardId,
+        id: u64,
+        reply: oneshot::Sender<()>,
+    },
+    /// Applies a command whose earlier refusal went stale (`Shard::apply_again`).
+    ApplyAgain {
+        command: Command,
+        reply: AnswerTo,
+    },
     /// Finish the current step, snapshot, and exit.
     Stop,
 }
@@ -81,12 +105,19 @@ pub(crate) enum Job {
 /// Where a participant's answer to a prepare goes.
 pub(crate) type PreparedTo = oneshot::Sender<Result<Prepared, RuntimeError>>;
 
+/// Where the answer to a `MoveOut` goes.
+pub(crate) type MovedTo = oneshot::Sender<Result<Option<StockMove>, RuntimeError>>;
+
 impl Job {
     /// The job that carries a message one shard left for another.
-    pub(crate) fn of_message(message: CartMessage) -> (u16, Job) {
+    pub(crate) fn of_message(message: ShardMessage) -> (u16, Job) {
         match message {
-            CartMessage::Settle { to, settle } => (to.0, Job::Settle(settle)),
-            CartMessage::Ask { to, ask } => (to.0, Job::Ask(ask)),
+            ShardMessage::Settle { to, settle } => (to.0, Job::Settle(settle)),
+            ShardMessage::Ask { to, ask } => (to.0, Job::Ask(ask)),
+            ShardMessage::MoveIn { to, from, stock_move } => {
+                (to.0, Job::MoveIn { from, stock_move })
+            }
+            ShardMessage::MoveAck { to, id } => (to.0, Job::MoveAck(id)),
         }
     }
 }
@@ -110,6 +141,8 @@ pub(crate) enum Delivery {
     One(AnswerTo, Reply),
     Many(BatchReply, Vec<Reply>),
     Prepared(PreparedTo, Prepared),
+    Moved(MovedTo, Option<StockMove>),
+    Arrived(oneshot::Sender<()>),
 }
 
 pub(crate) struct Actor {
@@ -124,6 +157,9 @@ pub(crate) struct Actor {
     pub(crate) carried: Option<Job>,
     pub(crate) metrics: ShardMetrics,
     pub(crate) stats: Arc<crate::DurabilityStats>,
+    /// Callers waiting for a move to arrive here: its sender, its id, and where to answer.
+    /// Lost with the process, as their callers are.
+    pub(crate) move_waiters: Vec<(ShardId, u64, oneshot::Sender<()>)>,
 }
 
 impl Actor {
@@ -222,9 +258,7 @@ impl Actor {
             Job::Apply { command, reply } => {
                 one(reply, Reply::Outcome(self.shard.apply(&command, now_ms, log)))
             }
-            Job::QuerySku { sku, reply } => {
-                one(reply, Reply::Sku(self.shard.query_sku(sku).map(Box::new)))
-            }
+            Job::QuerySku { sku, reply } => one(reply, self.sku_view(sku)),
             Job::QueryReservation { reservation, reply } => one(
                 reply,
                 Reply::Reservation(self.shard.query_reservation(reservation).map(Box::new)),
@@ -233,8 +267,9 @@ impl Actor {
                 // One pass over the shard's SKUs, keeping the page: a stall of the shard in
                 // proportion to its SKUs, for an admin's listing.
                 let after = after.map_or(0, |sku| sku.0.wrapping_add(1));
-                let mut page: Vec<_> =
-                    self.shard.skus().filter(|view| view.sku.0 >= after).collect();
+                // A spread SKU is listed once, as its bucket 0 (the handle adds the others).
+                let listed = |view: &SkuView| view.sku.0 >= after && !view.sku.is_bucket();
+                let mut page: Vec<_> = self.shard.skus().filter(listed).collect();
                 if page.len() > limit {
                     page.select_nth_unstable_by_key(limit, |view| view.sku);
                     page.truncate(limit);
@@ -275,8 +310,50 @@ impl Actor {
             Job::QueryCart { cart, reply } => {
                 one(reply, Reply::Cart(self.shard.query_cart(cart).map(Box::new)))
             }
+            Job::MoveOut { ask, reply } => {
+                Some(Delivery::Moved(reply, self.shard.move_out(&ask, now_ms, log)))
+            }
+            Job::MoveIn { from, stock_move } => {
+                self.shard.move_in(from, &stock_move, now_ms, log);
+                self.wake_move_waiter(from)
+            }
+            Job::MoveAck(id) => {
+                self.shard.move_acked(id, now_ms, log);
+                None
+            }
+            Job::AwaitMove { from, id, reply } => {
+                if self.shard.move_applied_from(from) >= id {
+                    return Some(Delivery::Arrived(reply));
+                }
+                self.move_waiters.push((from, id, reply));
+                None
+            }
+            Job::ApplyAgain { command, reply } => {
+                one(reply, Reply::Outcome(self.shard.apply_again(&command, now_ms, log)))
+            }
             Job::Stop => unreachable!("handled by the caller"),
         }
+    }
+
+    /// Answers a caller waiting for a move from `from` that is now in. One at most per
+    /// move: each caller waits for the move it asked for.
+    fn wake_move_waiter(&mut self, from: ShardId) -> Option<Delivery> {
+        let applied = self.shard.move_applied_from(from);
+        let ready = self.move_waiters.iter().position(|&(f, id, _)| f == from && id <= applied)?;
+        let (_, _, reply) = self.move_waiters.swap_remove(ready);
+        Some(Delivery::Arrived(reply))
+    }
+
+    /// A SKU's read; a bucket's units on their way to another bucket still count here
+    /// until they arrive (docs/hot-skus.md), so a spread SKU's buckets add up at rest.
+    fn sku_view(&self, sku: SkuId) -> Reply {
+        let view = self.shard.query_sku(sku).map(|mut view| {
+            let moving = self.shard.units_moving_out(sku);
+            view.total += moving;
+            view.available += moving;
+            Box::new(view)
+        });
+        Reply::Sku(view)
     }
 
     fn prefetch_item(&self, item: &Request) {
@@ -288,7 +365,7 @@ impl Actor {
     fn answer_item(&mut self, item: &Request, now_ms: u64, log: &mut EncodedLog) -> Reply {
         match *item {
             Request::Apply(ref command) => Reply::Outcome(self.shard.apply(command, now_ms, log)),
-            Request::QuerySku(sku) => Reply::Sku(self.shard.query_sku(sku).map(Box::new)),
+            Request::QuerySku(sku) => self.sku_view(sku),
             Request::QueryReservation(id) => {
                 Reply::Reservation(self.shard.query_reservation(id).map(Box::new))
             }

@@ -25,7 +25,7 @@ use std::time::Instant;
 
 use crossbeam_channel::Receiver;
 use crossbeam_channel::{Sender, TrySendError};
-use flashstock_engine::{CartMessage, EncodedLog};
+use flashstock_engine::{EncodedLog, ShardMessage};
 use flashstock_wal::{LogId, Wal};
 
 use crate::actor::{Delivery, Job};
@@ -44,7 +44,7 @@ pub(crate) struct Commit {
     pub(crate) records: EncodedLog,
     pub(crate) replies: Vec<Delivery>,
     /// Messages the step left for other shards (carts): sent once its records are durable.
-    pub(crate) messages: Vec<CartMessage>,
+    pub(crate) messages: Vec<ShardMessage>,
 }
 
 /// Set once the log fails; read by handles to refuse work at once, and awaited by the server,
@@ -217,7 +217,7 @@ impl<W: Wal> Durability<W> {
     /// reply): none is dropped, so a participant hears its cart's end long before the
     /// coordinator forgets the cart (see docs/carts.md). While an inbox stays full they add
     /// up: a settle per group decided or ended, and a question per open group per second.
-    fn forward(&self, messages: Vec<CartMessage>) {
+    fn forward(&self, messages: Vec<ShardMessage>) {
         let mut waiting = self.messages_waiting.lock().unwrap_or_else(|p| p.into_inner());
         let fresh = messages.into_iter().map(Job::of_message);
         let deferred = forward_in_order(&mut waiting, fresh, &self.inboxes);
@@ -299,6 +299,12 @@ fn deliver(replies: Vec<Delivery>, durable: &Result<(), String>) {
             (Delivery::Many(reply, _), Err(reason)) => drop(reply.send(Err(failed(reason)))),
             (Delivery::Prepared(reply, answer), Ok(())) => drop(reply.send(Ok(answer))),
             (Delivery::Prepared(reply, _), Err(reason)) => drop(reply.send(Err(failed(reason)))),
+            (Delivery::Moved(reply, moved), Ok(())) => drop(reply.send(Ok(moved))),
+            (Delivery::Moved(reply, _), Err(reason)) => drop(reply.send(Err(failed(reason)))),
+            // A waiter for a move is told it is in once this step is durable; on failure its
+            // channel closes, and the caller sees the runtime stop.
+            (Delivery::Arrived(reply), Ok(())) => drop(reply.send(())),
+            (Delivery::Arrived(_), Err(_)) => {}
         }
     }
 }

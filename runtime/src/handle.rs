@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 use flashstock_protocol::{Reply, Request};
 
 use crate::actor::{AnswerTo, BatchReply, Job};
+use crate::buckets::{BucketTable, Refill, Rewrite};
 use crate::clock::Clock;
 use crate::durability::Failure;
 use crate::error::RuntimeError;
@@ -34,6 +35,8 @@ pub(crate) struct Shared {
     pub(crate) events: EventLog,
     /// Cart drivers read it for their prepare deadline.
     pub(crate) clock: Arc<dyn Clock>,
+    /// The SKUs spread over buckets (docs/hot-skus.md).
+    pub(crate) buckets: BucketTable,
 }
 
 impl Handle {
@@ -43,6 +46,10 @@ impl Handle {
 
     pub(crate) fn inboxes(&self) -> &[Sender<Job>] {
         &self.shared.inboxes
+    }
+
+    pub(crate) fn buckets(&self) -> &BucketTable {
+        &self.shared.buckets
     }
 
     /// Which shard owns what.
@@ -145,6 +152,17 @@ impl Handle {
         self.apply(Command::SetSaleWindow { request, sku, window }).await
     }
 
+    /// Admin: spreads a SKU over `buckets` buckets on as many shards (docs/hot-skus.md),
+    /// then moves an even share of its available units into each.
+    pub async fn set_buckets(
+        &self,
+        request: RequestId,
+        sku: SkuId,
+        buckets: u32,
+    ) -> Result<Outcome, RuntimeError> {
+        self.apply(Command::SetBuckets { request, sku, buckets }).await
+    }
+
     /// Holds every line of a cart, or none (docs/carts.md). The cart is driven by a task of
     /// its own, so a caller that stops waiting leaves no group waiting for its deadline.
     pub async fn reserve_cart(&self, cart: ReserveCart) -> Result<Outcome, RuntimeError> {
@@ -237,12 +255,12 @@ impl Handle {
     }
 
     /// Reads a SKU's stock.
+    /// A SKU spread over buckets reads as one: its buckets added up.
     pub async fn query_sku(&self, sku: SkuId) -> Result<Option<SkuView>, RuntimeError> {
-        let shard = self.shared.map.shard_of_sku(sku);
-        match self.ask(shard, |reply| Job::QuerySku { sku, reply }).await? {
-            Reply::Sku(view) => Ok(view.map(|view| *view)),
-            other => unreachable!("query_sku answered {other:?}"),
+        if sku.is_bucket() {
+            return Ok(None);
         }
+        self.query_spread(sku).await
     }
 
     /// Reads a reservation, live or recently ended.
@@ -301,6 +319,11 @@ impl Handle {
                 }
             }
         }
+        for view in &mut all {
+            if self.buckets().buckets_of(view.sku).is_some() {
+                *view = self.query_spread(view.sku).await?.unwrap_or(*view);
+            }
+        }
         all.sort_unstable_by_key(|view| view.sku);
         // More follow if this page left some out, or a shard may have had more than it sent.
         let more = all.len() > limit || some_shard_full;
@@ -309,7 +332,7 @@ impl Handle {
         Ok((all, next_after))
     }
 
-    async fn ask(
+    pub(crate) async fn ask(
         &self,
         shard: ShardId,
         job: impl FnOnce(AnswerTo) -> Job,
@@ -337,39 +360,55 @@ impl Handle {
     pub fn submit_batch(&self, items: &[Request]) -> PendingBatch {
         let mut results: Vec<Option<Result<Reply, RuntimeError>>> = Vec::new();
         results.resize_with(items.len(), || None);
-        let mut by_shard: Vec<Vec<usize>> = vec![Vec::new(); self.shared.inboxes.len()];
-        let mut carts = Vec::new();
+        let mut by_shard: Vec<Vec<(usize, Request)>> = vec![Vec::new(); self.shared.inboxes.len()];
+        let (mut tasks, mut refills) = (Vec::new(), Vec::new());
         for (index, item) in items.iter().enumerate() {
             match self.route_item(item) {
-                Route::Shard(shard) => by_shard[usize::from(shard.0)].push(index),
+                Route::Shard(shard, request, refill) => {
+                    by_shard[usize::from(shard.0)].push((index, request));
+                    refills.extend(refill.map(|refill| (index, refill)));
+                }
                 Route::Answered(answer) => results[index] = Some(Ok(answer)),
-                Route::Cart(cart) => carts.push((index, self.spawn_cart(cart))),
+                Route::Cart(cart) => tasks.push((index, self.spawn_cart(cart))),
+                Route::Task(answer) => tasks.push((index, answer)),
             }
         }
         let mut waiting = Vec::new();
-        for (shard, indices) in by_shard.into_iter().enumerate() {
-            for chunk in indices.chunks(self.shared.batch_jobs_max) {
-                let batch: Vec<Request> = chunk.iter().map(|&index| items[index].clone()).collect();
+        for (shard, mut routed) in by_shard.into_iter().enumerate() {
+            while !routed.is_empty() {
+                let rest = routed.split_off(routed.len().min(self.shared.batch_jobs_max));
+                let (indices, batch): (Vec<usize>, Vec<Request>) = routed.into_iter().unzip();
+                routed = rest;
                 let (reply, answers): (BatchReply, _) = oneshot::channel();
                 let job = Job::Batch { items: batch, reply };
                 match self.send_job(ShardId(shard as u16), job) {
-                    Ok(()) => waiting.push((chunk.to_vec(), answers)),
+                    Ok(()) => waiting.push((indices, answers)),
                     Err(refusal) => {
-                        for &index in chunk {
+                        for index in indices {
                             results[index] = Some(Err(refusal.duplicate()));
                         }
                     }
                 }
             }
         }
-        PendingBatch { results, waiting, carts }
+        let handle = (!refills.is_empty()).then(|| self.clone());
+        PendingBatch { results, waiting, tasks, refills, handle }
     }
 
     /// Starts a cart's driver on a task of its own; its outcome arrives on the returned
     /// channel (at once for a malformed cart).
     fn spawn_cart(&self, cart: Box<ReserveCart>) -> oneshot::Receiver<Result<Reply, RuntimeError>> {
         let (reply, answer) = oneshot::channel();
-        match CartDriver::start(*cart, &self.shared.map, self.shared.clock.now_ms()) {
+        // Lines of spread SKUs go to the buyer's home buckets (a line naming a bucket's own
+        // id is refused); such a line is not refilled from the other buckets.
+        let cart = match self.cart_of_named_skus(&cart) {
+            Ok(rewritten) => rewritten.unwrap_or(*cart),
+            Err(refused) => {
+                let _ = reply.send(Ok(Reply::Outcome(refused)));
+                return answer;
+            }
+        };
+        match CartDriver::start(cart, &self.shared.map, self.shared.clock.now_ms()) {
             Err(refusal) => drop(reply.send(Ok(Reply::Outcome(refusal)))),
             Ok(driver) => {
                 let handle = self.clone();
@@ -382,30 +421,63 @@ impl Handle {
         answer
     }
 
-    /// Where an item goes: a shard, a cart driver, or straight back when no shard could own
-    /// it.
+    /// Where an item goes: a shard (as it is, or rewritten for a spread SKU), a cart driver,
+    /// a task, or straight back when no shard could own it.
     fn route_item(&self, item: &Request) -> Route {
-        let map = &self.shared.map;
-        let by_reservation = |id, unknown| match map.shard_of_reservation(id) {
-            Some(shard) => Route::Shard(shard),
-            None => Route::Answered(unknown),
+        let (item, refill) = match self.rewrite(item) {
+            Rewrite::Unchanged => (item.clone(), None),
+            Rewrite::Sent(request, refill) => (request, refill),
+            Rewrite::Answered(reply) => return Route::Answered(reply),
+            Rewrite::Task => return Route::Task(self.spawn_task(item.clone())),
         };
-        match *item {
+        let map = &self.shared.map;
+        let shard = match item {
             Request::Apply(command) => match command.route_key() {
-                RouteKey::Sku(sku) => Route::Shard(map.shard_of_sku(sku)),
-                RouteKey::Reservation(id) => {
-                    by_reservation(id, Reply::Outcome(Outcome::UnknownReservation))
-                }
+                RouteKey::Sku(sku) => Some(map.shard_of_sku(sku)),
+                RouteKey::Reservation(id) => map.shard_of_reservation(id),
             },
-            Request::QuerySku(sku) => Route::Shard(map.shard_of_sku(sku)),
-            Request::QueryReservation(id) => by_reservation(id, Reply::Reservation(None)),
-            Request::QueryCart(id) => by_reservation(id, Reply::Cart(None)),
-            Request::ReserveCart(ref cart) => Route::Cart(cart.clone()),
+            Request::QuerySku(sku) => Some(map.shard_of_sku(sku)),
+            Request::QueryReservation(id) | Request::QueryCart(id) => map.shard_of_reservation(id),
+            Request::ReserveCart(cart) => return Route::Cart(cart),
+        };
+        match (shard, &item) {
+            (Some(shard), _) => Route::Shard(shard, item, refill),
+            (None, Request::Apply(_)) => {
+                Route::Answered(Reply::Outcome(Outcome::UnknownReservation))
+            }
+            (None, Request::QueryCart(_)) => Route::Answered(Reply::Cart(None)),
+            (None, _) => Route::Answered(Reply::Reservation(None)),
+        }
+    }
+
+    /// Answers `item` on a task of its own (see `buckets::Rewrite::Task`).
+    fn spawn_task(&self, item: Request) -> oneshot::Receiver<Result<Reply, RuntimeError>> {
+        let (reply, answer) = oneshot::channel();
+        let handle = self.clone();
+        tokio::spawn(async move {
+            let _ = reply.send(handle.run_task(item).await);
+        });
+        answer
+    }
+
+    /// Applies `command` on the shard its key names, with no rewrite for spread SKUs (the
+    /// bucket modules' own commands).
+    pub(crate) async fn apply_unrouted(&self, command: Command) -> Result<Outcome, RuntimeError> {
+        let shard = match command.route_key() {
+            RouteKey::Sku(sku) => self.shared.map.shard_of_sku(sku),
+            RouteKey::Reservation(id) => match self.shared.map.shard_of_reservation(id) {
+                Some(shard) => shard,
+                None => return Ok(Outcome::UnknownReservation),
+            },
+        };
+        match self.ask(shard, |reply| Job::Apply { command, reply }).await? {
+            Reply::Outcome(outcome) => Ok(outcome),
+            other => unreachable!("apply answered {other:?}"),
         }
     }
 
     /// Hands a job to a shard's inbox at once: a full inbox is `Overloaded`, never a wait.
-    fn send_job(&self, shard: ShardId, job: Job) -> Result<(), RuntimeError> {
+    pub(crate) fn send_job(&self, shard: ShardId, job: Job) -> Result<(), RuntimeError> {
         if let Some(reason) = self.shared.failure.reason() {
             return Err(RuntimeError::WalFailed { reason });
         }
@@ -418,21 +490,41 @@ impl Handle {
 
     /// Submits a state-changing command without waiting for its answer.
     pub fn submit_command(&self, command: Command) -> Result<Pending, RuntimeError> {
-        let shard = match command.route_key() {
-            RouteKey::Sku(sku) => self.shared.map.shard_of_sku(sku),
-            RouteKey::Reservation(reservation) => {
-                match self.shared.map.shard_of_reservation(reservation) {
-                    Some(shard) => shard,
-                    None => return Ok(Pending::ready(Reply::Outcome(Outcome::UnknownReservation))),
-                }
-            }
-        };
-        self.send(shard, |reply| Job::Apply { command, reply })
+        self.submit_one(Request::Apply(command))
     }
 
     /// Submits a SKU read without waiting for its answer.
     pub fn submit_query_sku(&self, sku: SkuId) -> Result<Pending, RuntimeError> {
-        self.send(self.shared.map.shard_of_sku(sku), |reply| Job::QuerySku { sku, reply })
+        self.submit_one(Request::QuerySku(sku))
+    }
+
+    fn submit_one(&self, item: Request) -> Result<Pending, RuntimeError> {
+        match self.route_item(&item) {
+            Route::Shard(shard, Request::Apply(command), None) => {
+                self.send(shard, |reply| Job::Apply { command, reply })
+            }
+            Route::Shard(shard, Request::QuerySku(sku), None) => {
+                self.send(shard, |reply| Job::QuerySku { sku, reply })
+            }
+            Route::Shard(shard, Request::Apply(command), Some(refill)) => {
+                let first = self.send(shard, |reply| Job::Apply { command, reply })?;
+                let (reply, answer) = oneshot::channel();
+                let handle = self.clone();
+                tokio::spawn(async move {
+                    let answered = match first.await {
+                        Ok(Reply::Outcome(outcome)) if Refill::wanted(&outcome) => {
+                            handle.refill(refill, outcome).await.map(Reply::Outcome)
+                        }
+                        other => other,
+                    };
+                    let _ = reply.send(answered);
+                });
+                Ok(Pending { answer })
+            }
+            Route::Answered(reply) => Ok(Pending::ready(reply)),
+            Route::Task(answer) => Ok(Pending { answer }),
+            other => unreachable!("one command or SKU read routed as {other:?}"),
+        }
     }
 
     /// Submits a reservation read without waiting for its answer.
@@ -451,10 +543,14 @@ impl Handle {
 const CART_BACKOFF_MS_MAX: u64 = 50;
 
 /// Where one item of a batch goes.
+#[derive(Debug)]
 enum Route {
-    Shard(ShardId),
+    /// To this shard, as this request; a reserve of a spread SKU may need a refill after.
+    Shard(ShardId, Request, Option<Refill>),
     Cart(Box<ReserveCart>),
     Answered(Reply),
+    /// Answered by a task of its own.
+    Task(oneshot::Receiver<Result<Reply, RuntimeError>>),
 }
 
 /// Where a batch job's answers arrive.
@@ -466,8 +562,12 @@ pub struct PendingBatch {
     results: Vec<Option<Result<Reply, RuntimeError>>>,
     /// Each job sent: the positions of its items, and where its answers arrive.
     waiting: Vec<(Vec<usize>, BatchAnswers)>,
-    /// Each cart's position, and where its driver's outcome arrives.
-    carts: Vec<(usize, oneshot::Receiver<Result<Reply, RuntimeError>>)>,
+    /// Each cart's or task's position, and where its outcome arrives.
+    tasks: Vec<(usize, oneshot::Receiver<Result<Reply, RuntimeError>>)>,
+    /// Reserves of spread SKUs, by position: refilled when their bucket was sold out.
+    refills: Vec<(usize, Refill)>,
+    /// For the refills (only when there are some).
+    handle: Option<Handle>,
 }
 
 impl PendingBatch {
@@ -487,8 +587,22 @@ impl PendingBatch {
                 }
             }
         }
-        for (index, answer) in self.carts {
+        for (index, answer) in self.tasks {
             self.results[index] = Some(answer.await.unwrap_or(Err(RuntimeError::ShuttingDown)));
+        }
+        if let Some(handle) = self.handle {
+            let mut refilled = Vec::new();
+            for (index, refill) in self.refills {
+                if let Some(Ok(Reply::Outcome(outcome))) = self.results[index] {
+                    if Refill::wanted(&outcome) {
+                        let handle = handle.clone();
+                        refilled.push(async move { (index, handle.refill(refill, outcome).await) });
+                    }
+                }
+            }
+            for (index, outcome) in futures_util::future::join_all(refilled).await {
+                self.results[index] = Some(outcome.map(Reply::Outcome));
+            }
         }
         self.results.into_iter().map(|r| r.expect("every item is answered")).collect()
     }

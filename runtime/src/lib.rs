@@ -23,6 +23,8 @@
 //! - `actor`, `durability`, `checkpoint`, `recovery`: the shard loop; the group-commit thread;
 //!   the checkpoint thread and its replicas; rebuilding shards (in parallel) from the latest
 //!   snapshot plus the log.
+//! - `buckets`: hot-SKU buckets: the table of spread SKUs, how a request naming one is
+//!   rewritten for its buckets, refills from sibling buckets, and reads that add them up.
 //! - [`stream`]: the committed-deduction stream's log reader ([`stream::EventLog`]) and the
 //!   consumer registry whose acknowledged cursors hold truncation back.
 //! - [`metrics`]: the runtime's metrics (shards, log, snapshots, recovery, consumers).
@@ -37,6 +39,7 @@ pub mod runtime;
 pub mod stream;
 
 mod actor;
+mod buckets;
 mod checkpoint;
 mod durability;
 mod recovery;

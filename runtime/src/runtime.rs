@@ -11,6 +11,7 @@ use flashstock_engine::{Shard, ShardMap};
 use flashstock_wal::{SledWal, SledWalConfig, Wal};
 
 use crate::actor::{Actor, Job};
+use crate::buckets::BucketTable;
 use crate::checkpoint::{CheckpointParts, Checkpointer};
 use crate::clock::Clock;
 use crate::config::RuntimeConfig;
@@ -87,6 +88,8 @@ impl Runtime {
         if groups > 0 {
             tracing::info!(groups, "cart line groups left open by the last run settled");
         }
+        let spread = shards.iter().flat_map(|shard| shard.bucketed_skus().collect::<Vec<_>>());
+        let buckets = BucketTable::new(spread.collect::<Vec<_>>());
         let shards: Vec<(Shard, u64)> = shards.into_iter().zip(next_seqs).collect();
 
         let wal = Arc::new(wal);
@@ -150,6 +153,7 @@ impl Runtime {
                 carried: None,
                 metrics,
                 stats: stats.clone(),
+                move_waiters: Vec::new(),
             };
             actors.push(spawn(name, move || actor.run())?);
         }
@@ -161,6 +165,7 @@ impl Runtime {
             batch_jobs_max: config.batch_jobs_max,
             events,
             clock,
+            buckets,
         });
         Ok(Runtime {
             handle,

@@ -6,7 +6,7 @@
 //! question), so participants always follow what the coordinator's log says.
 
 use crate::cart::participant::replay_error;
-use crate::cart::{Ask, CartEnd, CartMessage, CartView, CommitCart, Decide, Fate, Groups, Settle};
+use crate::cart::{Ask, CartEnd, CartView, CommitCart, Decide, Fate, Groups, Settle, ShardMessage};
 use crate::error::EngineError;
 use crate::ids::{OrderRef, RequestId, ReservationId};
 use crate::limits::TTL_MS_MAX;
@@ -147,7 +147,7 @@ impl Shard {
     }
 
     fn send_settle(&mut self, to: crate::ids::ShardId, cart: RequestId, group: u64, fate: Fate) {
-        self.outbox.push(CartMessage::Settle { to, settle: Settle { cart, group, fate } });
+        self.outbox.push(ShardMessage::Settle { to, settle: Settle { cart, group, fate } });
     }
 
     /// A confirm or cancel of a cart this shard coordinates (`Step::Unchanged` with

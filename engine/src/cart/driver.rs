@@ -2,7 +2,7 @@
 //! invariants that span shards.
 
 use crate::cart::{
-    CartMessage, CommitCart, Decide, Groups, Lines, PrepareLines, Prepared, ReserveCart,
+    CommitCart, Decide, Groups, Lines, PrepareLines, Prepared, ReserveCart, ShardMessage,
     CART_LINES_MAX, CART_PREPARE_TIMEOUT_MS,
 };
 use crate::error::EngineError;
@@ -145,29 +145,30 @@ fn validate(cart: &ReserveCart) -> Result<(), Outcome> {
 /// Delivers one message between shards held in one slice (tests, and the start-up pass).
 pub fn deliver(
     shards: &mut [Shard],
-    message: CartMessage,
+    message: ShardMessage,
     now_ms: u64,
     logs: &mut [impl LogSink],
 ) -> Result<(), EngineError> {
-    let (to, ask, settle) = match message {
-        CartMessage::Ask { to, ask } => (to, Some(ask), None),
-        CartMessage::Settle { to, settle } => (to, None, Some(settle)),
-    };
-    let index = usize::from(to.0);
+    let index = usize::from(message.to().0);
     if index >= shards.len() {
         return Err(EngineError::CartBookkeeping { cart: None, detail: "message to no shard" });
     }
-    match (ask, settle) {
-        (Some(ask), _) => shards[index].answer_ask(&ask, now_ms, &mut logs[index]),
-        (_, Some(settle)) => shards[index].settle(&settle, now_ms, &mut logs[index]),
-        _ => unreachable!("one or the other"),
+    let (shard, log) = (&mut shards[index], &mut logs[index]);
+    match message {
+        ShardMessage::Ask { ask, .. } => shard.answer_ask(&ask, now_ms, log),
+        ShardMessage::Settle { settle, .. } => shard.settle(&settle, now_ms, log),
+        ShardMessage::MoveIn { from, stock_move, .. } => {
+            shard.move_in(from, &stock_move, now_ms, log);
+        }
+        ShardMessage::MoveAck { id, .. } => shard.move_acked(id, now_ms, log),
     }
     Ok(())
 }
 
 /// The start-up pass: every open group (in doubt, or held by a cart that may have ended)
-/// asks its coordinator, and every answer is applied, until no message is left. Afterwards
-/// no group is in doubt and [`check_carts`] holds. Returns how many groups asked.
+/// asks its coordinator, every move of stock still in flight is sent again, and every
+/// answer is applied, until no message is left. Afterwards no group is in doubt, no move is
+/// in flight, and [`check_carts`] holds. Returns how many groups asked.
 pub fn settle_all(
     shards: &mut [Shard],
     now_ms: u64,
@@ -176,9 +177,18 @@ pub fn settle_all(
     let mut messages = Vec::new();
     for shard in shards.iter() {
         let asks = shard.asks_for_all_groups();
-        messages.extend(asks.into_iter().map(|(to, ask)| CartMessage::Ask { to, ask }));
+        messages.extend(asks.into_iter().map(|(to, ask)| ShardMessage::Ask { to, ask }));
     }
     let asked = messages.len();
+    for shard in shards.iter() {
+        let from = shard.id();
+        let resends = shard.moves_in_flight().map(|&stock_move| ShardMessage::MoveIn {
+            to: stock_move.to,
+            from,
+            stock_move,
+        });
+        messages.extend(resends);
+    }
     while !messages.is_empty() {
         for message in messages.drain(..) {
             deliver(shards, message, now_ms, logs)?;
@@ -194,6 +204,12 @@ pub fn settle_all(
 /// delivered): every group is held by a held cart that lists it, with the cart's own lines;
 /// every held cart's groups are all there; no ended cart has a group left.
 pub fn check_carts(shards: &[Shard]) -> Result<(), EngineError> {
+    for shard in shards {
+        if let Some(stock_move) = shard.moves_in_flight().next() {
+            let detail = "a move is still in flight at a quiet moment";
+            return Err(EngineError::MoveBookkeeping { id: stock_move.id, detail });
+        }
+    }
     let cart_of = |id: ReservationId| shards.get(usize::from(id.shard().0))?.carts.get(&id);
     let broken = |cart, detail| Err(EngineError::CartBookkeeping { cart, detail });
     for shard in shards {

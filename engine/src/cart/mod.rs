@@ -22,6 +22,7 @@ mod coordinator;
 mod driver;
 mod participant;
 
+pub(crate) use crate::message::ShardMessage;
 pub use driver::{check_carts, deliver, settle_all, CartDriver};
 
 use crate::ids::{BuyerId, OrderRef, RequestId, ReservationId, ShardId, SkuId};
@@ -259,26 +260,6 @@ pub struct Ask {
     /// The group's prepare deadline: a coordinator that has no decision yet presumes abort,
     /// with its clock moved to at least this, so no commit can follow.
     pub deadline_ms: u64,
-}
-
-/// A message one shard's step leaves for another shard; the runtime delivers it once the
-/// step's records are durable.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CartMessage {
-    /// Coordinator → participant.
-    Settle {
-        /// The participant.
-        to: ShardId,
-        /// What to do.
-        settle: Settle,
-    },
-    /// Participant → coordinator.
-    Ask {
-        /// The coordinator.
-        to: ShardId,
-        /// The question.
-        ask: Ask,
-    },
 }
 
 /// How a cart ended, as its coordinator logs it and tells its participants.

@@ -9,7 +9,7 @@
 use std::cmp::Reverse;
 
 use crate::cart::{
-    Ask, CartMessage, Fate, LinesEnd, PrepareLines, Prepared, Settle, CART_ASK_RETRY_MS,
+    Ask, Fate, LinesEnd, PrepareLines, Prepared, Settle, ShardMessage, CART_ASK_RETRY_MS,
     CART_END_GRACE_MS,
 };
 use crate::error::EngineError;
@@ -194,7 +194,7 @@ impl Shard {
                 held_by: entry.held_by.map(|(id, _)| id),
                 deadline_ms: entry.deadline_ms,
             };
-            self.outbox.push(CartMessage::Ask { to: entry.coordinator, ask });
+            self.outbox.push(ShardMessage::Ask { to: entry.coordinator, ask });
             self.asks_due.push(Reverse((entry.ask_at_ms, cart, group)));
         }
     }

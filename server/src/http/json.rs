@@ -180,6 +180,14 @@ pub enum OutcomeBody {
     NotReturnable,
     /// More units than the sale has left to return.
     ReturnExceedsSold { returnable: u32 },
+    /// The SKU is spread over `buckets` buckets now.
+    BucketsSet { buckets: u32 },
+    /// The bucket count is below 2 or above the maximum.
+    InvalidBuckets { buckets_max: u32 },
+    /// The SKU is spread over buckets: its total, limit and window are fixed.
+    Bucketed { buckets: u32 },
+    /// Buyers already hold or bought the SKU, so it cannot be spread.
+    BuyersCounted { buyers: u64 },
 }
 
 impl From<Outcome> for OutcomeBody {
@@ -220,6 +228,10 @@ impl From<Outcome> for OutcomeBody {
             Outcome::Returned { returned_total } => B::Returned { returned_total },
             Outcome::NotReturnable => B::NotReturnable,
             Outcome::ReturnExceedsSold { returnable } => B::ReturnExceedsSold { returnable },
+            Outcome::BucketsSet { buckets } => B::BucketsSet { buckets },
+            Outcome::InvalidBuckets { buckets_max } => B::InvalidBuckets { buckets_max },
+            Outcome::Bucketed { buckets } => B::Bucketed { buckets },
+            Outcome::BuyersCounted { buyers } => B::BuyersCounted { buyers },
         }
     }
 }
@@ -383,7 +395,8 @@ pub fn status_of(outcome: &Outcome) -> StatusCode {
         | Outcome::StockChanged { .. }
         | Outcome::LimitSet
         | Outcome::WindowSet
-        | Outcome::Returned { .. } => StatusCode::OK,
+        | Outcome::Returned { .. }
+        | Outcome::BucketsSet { .. } => StatusCode::OK,
         Outcome::UnknownSku | Outcome::UnknownReservation | Outcome::NotReturnable => {
             StatusCode::NOT_FOUND
         }
@@ -391,6 +404,9 @@ pub fn status_of(outcome: &Outcome) -> StatusCode {
         | Outcome::InvalidTtl { .. }
         | Outcome::InvalidCart { .. }
         | Outcome::InvalidWindow
+        | Outcome::InvalidBuckets { .. }
+        | Outcome::Bucketed { .. }
+        | Outcome::BuyersCounted { .. }
         | Outcome::StockOutOfRange { .. }
         | Outcome::SoldOut { .. }
         | Outcome::LimitExceeded { .. }
@@ -625,6 +641,10 @@ mod tests {
             Outcome::Returned { returned_total: 1 },
             Outcome::NotReturnable,
             Outcome::ReturnExceedsSold { returnable: 1 },
+            Outcome::BucketsSet { buckets: 2 },
+            Outcome::InvalidBuckets { buckets_max: 2 },
+            Outcome::Bucketed { buckets: 2 },
+            Outcome::BuyersCounted { buyers: 1 },
         ];
         for outcome in &all {
             match outcome {
@@ -657,7 +677,11 @@ mod tests {
                 | Outcome::InvalidCart { .. }
                 | Outcome::Returned { .. }
                 | Outcome::NotReturnable
-                | Outcome::ReturnExceedsSold { .. } => {}
+                | Outcome::ReturnExceedsSold { .. }
+                | Outcome::BucketsSet { .. }
+                | Outcome::InvalidBuckets { .. }
+                | Outcome::Bucketed { .. }
+                | Outcome::BuyersCounted { .. } => {}
             }
         }
         all

@@ -5,7 +5,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use flashstock_engine::Command;
 use flashstock_protocol::session::Grant;
 use flashstock_protocol::tokens::{parse_tokens, TokenEntry, DEFAULT_CONSUMER};
 use flashstock_protocol::{Request, Role};
@@ -224,15 +223,7 @@ fn random_token() -> Result<String, ServerError> {
 
 /// Whether `role` may send `request`.
 pub fn permits(role: Role, request: &Request) -> bool {
-    let admin_only = matches!(
-        request,
-        Request::Apply(
-            Command::SetStock { .. }
-                | Command::AdjustStock { .. }
-                | Command::SetBuyerLimit { .. }
-                | Command::SetSaleWindow { .. }
-        )
-    );
+    let admin_only = matches!(request, Request::Apply(command) if command.is_admin());
     match role {
         Role::Admin => true,
         Role::Service => !admin_only,

@@ -22,7 +22,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flashstock_engine::Command;
 use flashstock_protocol::session::{Close, Grant, ServerLimits, ServerSession};
 use flashstock_protocol::{
     AdminReply, AdminRequest, ConsumerInfo, Message, Refusal, Reply, Request, Role,
@@ -479,13 +478,7 @@ impl Session {
         let client = self.client_name.get().map_or("", String::as_str);
         for (request, reply) in batch.iter().zip(replies) {
             let Request::Apply(command) = request else { continue };
-            if matches!(
-                command,
-                Command::SetStock { .. }
-                    | Command::AdjustStock { .. }
-                    | Command::SetBuyerLimit { .. }
-                    | Command::SetSaleWindow { .. }
-            ) {
+            if command.is_admin() {
                 let outcome = crate::metrics::reply_outcome(reply);
                 tracing::info!(target: "flashstock::audit", %remote, client, role = "admin", ?command, outcome, "admin command");
             }

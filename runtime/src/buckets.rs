@@ -1,0 +1,351 @@
+//! Hot-SKU buckets in the runtime (docs/hot-skus.md): which SKUs are spread, how a request
+//! naming one is rewritten for its buckets, a reserve's refill from the sibling buckets when
+//! its own runs dry, the spread after `SetBuckets`, and reads that add the buckets up.
+//!
+//! The engine decides every unit (moves are logged on both sides, idempotent by id); this
+//! module only chooses which bucket a request goes to, and waits on other shards, which the
+//! engine never does.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use flashstock_engine::{
+    mix64, CartLine, Command, LineRefusal, Lines, MoveOut, MoveSplit, Outcome, Reserve,
+    ReserveCart, ShardId, SkuId, SkuView, StockMove, BUCKETS_MAX,
+};
+use flashstock_protocol::{Reply, Request};
+use tokio::sync::oneshot;
+
+use crate::actor::Job;
+use crate::error::RuntimeError;
+use crate::handle::Handle;
+
+/// The spread SKUs and their bucket counts, read on every reserve: a concurrent map, with a
+/// flag that lets the common case (nothing spread) skip even its lookup.
+#[derive(Debug, Default)]
+pub(crate) struct BucketTable {
+    skus: DashMap<SkuId, Arc<Spread>>,
+    any: AtomicBool,
+}
+
+/// One spread SKU.
+#[derive(Debug)]
+struct Spread {
+    buckets: u32,
+    /// Held by a refill that a first, unlocked try did not settle: two refills moving units
+    /// towards each other's buckets at once could pass the same units back and forth, each
+    /// then finding its own bucket short.
+    refill: tokio::sync::Mutex<()>,
+}
+
+/// The most rounds of one locked refill (each asks every sibling once). Every round that
+/// moves units either holds the reserve or lost them to reserves that held, so the bound is
+/// never reached in practice; it keeps a pathological case from looping for good.
+const REFILL_ROUNDS_MAX: usize = 64;
+
+impl BucketTable {
+    /// The table as the recovered shards' logs left it.
+    pub(crate) fn new(spread: impl IntoIterator<Item = (SkuId, u32)>) -> BucketTable {
+        let table = BucketTable::default();
+        for (sku, buckets) in spread {
+            table.insert(sku, buckets);
+        }
+        table
+    }
+
+    /// How many buckets `sku` is spread over, when it is.
+    pub(crate) fn buckets_of(&self, sku: SkuId) -> Option<u32> {
+        if !self.any.load(Ordering::Acquire) {
+            return None;
+        }
+        self.skus.get(&sku).map(|entry| entry.buckets)
+    }
+
+    fn spread(&self, sku: SkuId) -> Option<Arc<Spread>> {
+        self.skus.get(&sku).map(|entry| entry.clone())
+    }
+
+    fn insert(&self, sku: SkuId, buckets: u32) {
+        let spread = Spread { buckets, refill: tokio::sync::Mutex::new(()) };
+        self.skus.entry(sku).or_insert_with(|| Arc::new(spread));
+        self.any.store(true, Ordering::Release);
+    }
+}
+
+/// The bucket a buyer's reserves of a SKU spread over `buckets` go to: always the same one,
+/// so that the buyer's count (and its limit) lives in one place.
+pub(crate) fn home_bucket(sku: SkuId, buyer: u64, buckets: u32) -> SkuId {
+    sku.bucket((mix64(buyer) % u64::from(buckets)) as u32)
+}
+
+/// What a request naming a spread SKU (or a bucket's own id) becomes.
+pub(crate) enum Rewrite {
+    /// Nothing to change.
+    Unchanged,
+    /// Sent as this request instead; a reserve may need a refill afterwards.
+    Sent(Request, Option<Refill>),
+    /// Answered at once (a client named a bucket's id).
+    Answered(Reply),
+    /// Answered by a task of its own (a spread SKU's read, a `SetBuckets`).
+    Task,
+}
+
+/// A reserve sent to its buyer's home bucket: if that answers sold out, the siblings refill
+/// it and it is applied again.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Refill {
+    pub(crate) reserve: Reserve,
+    pub(crate) buckets: u32,
+}
+
+impl Refill {
+    /// Whether `outcome` asks for this refill.
+    pub(crate) fn wanted(outcome: &Outcome) -> bool {
+        matches!(outcome, Outcome::SoldOut { .. } | Outcome::UnknownSku)
+    }
+}
+
+/// A home bucket no move ever reached is as sold out as an empty one.
+fn sold_out_if_unknown(outcome: Outcome) -> Outcome {
+    if outcome == Outcome::UnknownSku {
+        Outcome::SoldOut { available: 0 }
+    } else {
+        outcome
+    }
+}
+
+impl Handle {
+    /// How `item` is rewritten for spread SKUs (nothing at all while none is spread).
+    pub(crate) fn rewrite(&self, item: &Request) -> Rewrite {
+        let unknown = |reply| Rewrite::Answered(reply);
+        match *item {
+            Request::Apply(command) => self.rewrite_command(command),
+            Request::QuerySku(sku) if sku.is_bucket() => unknown(Reply::Sku(None)),
+            Request::QuerySku(sku) if self.buckets().buckets_of(sku).is_some() => Rewrite::Task,
+            // A cart's lines are rewritten where its driver starts (`Handle::spawn_cart`).
+            _ => Rewrite::Unchanged,
+        }
+    }
+
+    fn rewrite_command(&self, command: Command) -> Rewrite {
+        let sku = match command.route_key() {
+            flashstock_engine::RouteKey::Sku(sku) => sku,
+            flashstock_engine::RouteKey::Reservation(_) => return Rewrite::Unchanged,
+        };
+        if sku.is_bucket() {
+            return Rewrite::Answered(Reply::Outcome(Outcome::UnknownSku));
+        }
+        if let Command::SetBuckets { .. } = command {
+            return Rewrite::Task;
+        }
+        let Some(buckets) = self.buckets().buckets_of(sku) else {
+            return Rewrite::Unchanged;
+        };
+        match command {
+            Command::Reserve(reserve) => {
+                let reserve =
+                    Reserve { sku: home_bucket(sku, reserve.buyer.0, buckets), ..reserve };
+                let refill = Some(Refill { reserve, buckets });
+                Rewrite::Sent(Request::Apply(Command::Reserve(reserve)), refill)
+            }
+            // The sale is kept by the bucket that made the reservation: the one on its shard.
+            Command::ReturnSold { request, reservation, line, qty, .. } => {
+                let map = self.shard_map();
+                let home = u32::from(map.shard_of_sku(sku).0);
+                let count = u32::from(map.shard_count());
+                let index = (u32::from(reservation.shard().0) + count - home) % count;
+                let sku = if index < buckets { sku.bucket(index) } else { sku };
+                Rewrite::Sent(
+                    Request::Apply(Command::ReturnSold { request, reservation, line, sku, qty }),
+                    None,
+                )
+            }
+            _ => Rewrite::Unchanged,
+        }
+    }
+
+    /// The cart with each line of a spread SKU sent to the buyer's home bucket; `None` when
+    /// no line names one. A line naming a bucket's own id is refused as an unknown SKU.
+    pub(crate) fn cart_of_named_skus(
+        &self,
+        cart: &ReserveCart,
+    ) -> Result<Option<ReserveCart>, Outcome> {
+        let mut lines = Lines::default();
+        let mut changed = false;
+        for line in cart.lines.as_slice() {
+            if line.sku.is_bucket() {
+                let refusal = LineRefusal::UnknownSku;
+                return Err(Outcome::CartRefused { line: line.index, refusal, value: 0 });
+            }
+            let sku = match self.buckets().buckets_of(line.sku) {
+                Some(buckets) => home_bucket(line.sku, cart.buyer.0, buckets),
+                None => line.sku,
+            };
+            changed |= sku != line.sku;
+            lines.push(CartLine { sku, ..*line });
+        }
+        Ok(changed.then_some(ReserveCart { lines, ..*cart }))
+    }
+
+    /// Answers a request the rewrite gave to a task: a spread SKU's read, or `SetBuckets`.
+    pub(crate) async fn run_task(&self, item: Request) -> Result<Reply, RuntimeError> {
+        match item {
+            Request::QuerySku(sku) => Ok(Reply::Sku(self.query_spread(sku).await?.map(Box::new))),
+            Request::Apply(Command::SetBuckets { request, sku, buckets }) => {
+                let outcome = self.set_buckets_and_spread(request, sku, buckets).await?;
+                Ok(Reply::Outcome(outcome))
+            }
+            other => unreachable!("no task answers {other:?}"),
+        }
+    }
+
+    /// A reserve its home bucket answered sold out (or never had stock): the siblings move
+    /// units into the home bucket (at least the reserve's, and half of their own) and the
+    /// reserve is applied again. A first round runs unlocked; if it moved units and still
+    /// failed (other refills took them, or moved them away), rounds run under the SKU's
+    /// refill lock until the reserve holds or a round finds every sibling empty. So sold out
+    /// means: the home bucket was short, and then no sibling had a unit, when each was asked.
+    pub(crate) async fn refill(
+        &self,
+        refill: Refill,
+        first: Outcome,
+    ) -> Result<Outcome, RuntimeError> {
+        let (outcome, moved) = self.refill_round(refill, first).await?;
+        if !moved || !Refill::wanted(&outcome) {
+            return Ok(sold_out_if_unknown(outcome));
+        }
+        let Some(spread) = self.buckets().spread(refill.reserve.sku.base()) else {
+            return Ok(sold_out_if_unknown(outcome));
+        };
+        let _locked = spread.refill.lock().await;
+        let mut outcome = outcome;
+        for _ in 0..REFILL_ROUNDS_MAX {
+            let (next, moved) = self.refill_round(refill, outcome).await?;
+            outcome = next;
+            if !moved || !Refill::wanted(&outcome) {
+                break;
+            }
+        }
+        Ok(sold_out_if_unknown(outcome))
+    }
+
+    /// One round: each sibling in turn, until the reserve holds. Returns the last outcome
+    /// and whether any sibling moved units.
+    async fn refill_round(
+        &self,
+        refill: Refill,
+        first: Outcome,
+    ) -> Result<(Outcome, bool), RuntimeError> {
+        let Refill { reserve, buckets } = refill;
+        let (sku, home) = (reserve.sku.base(), reserve.sku.bucket_index());
+        let home_shard = self.shard_map().shard_of_sku(reserve.sku);
+        let (mut outcome, mut moved_any) = (first, false);
+        for step in 1..buckets {
+            if !Refill::wanted(&outcome) {
+                break;
+            }
+            let sibling = sku.bucket((home + step) % buckets);
+            let from = self.shard_map().shard_of_sku(sibling);
+            let units = u64::from(reserve.qty);
+            let split = MoveSplit::HalfOrMore;
+            let ask =
+                MoveOut { from_sku: sibling, to_sku: reserve.sku, to: home_shard, units, split };
+            let Some(moved) = self.move_out(from, ask).await? else { continue };
+            moved_any = true;
+            self.await_move(home_shard, from, moved.id).await?;
+            let command = Command::Reserve(reserve);
+            outcome = match self.ask(home_shard, |reply| Job::ApplyAgain { command, reply }).await?
+            {
+                Reply::Outcome(outcome) => outcome,
+                other => unreachable!("a reserve answered {other:?}"),
+            };
+        }
+        Ok((outcome, moved_any))
+    }
+
+    /// Logs `SetBuckets` on the SKU's bucket 0, then spreads its available units evenly.
+    /// A retry (same request id) spreads again what is still uneven, so a spread cut short
+    /// by a crash is finished by retrying; reserves refill their buckets meanwhile.
+    async fn set_buckets_and_spread(
+        &self,
+        request: flashstock_engine::RequestId,
+        sku: SkuId,
+        buckets: u32,
+    ) -> Result<Outcome, RuntimeError> {
+        let buckets_max = BUCKETS_MAX.min(u32::from(self.shard_map().shard_count()));
+        if buckets > buckets_max {
+            return Ok(Outcome::InvalidBuckets { buckets_max });
+        }
+        let outcome = self.apply_unrouted(Command::SetBuckets { request, sku, buckets }).await?;
+        let Outcome::BucketsSet { buckets } = outcome else {
+            return Ok(outcome);
+        };
+        self.buckets().insert(sku, buckets);
+        let mut available = Vec::with_capacity(buckets as usize);
+        for index in 0..buckets {
+            available.push(self.query_bucket(sku.bucket(index)).await?.map_or(0, |v| v.available));
+        }
+        let share = available.iter().sum::<u64>() / u64::from(buckets);
+        let from = self.shard_map().shard_of_sku(sku);
+        for index in 1..buckets {
+            let short = share.saturating_sub(available[index as usize]);
+            if short == 0 {
+                continue;
+            }
+            let to_sku = sku.bucket(index);
+            let to = self.shard_map().shard_of_sku(to_sku);
+            let ask = MoveOut { from_sku: sku, to_sku, to, units: short, split: MoveSplit::Exact };
+            if let Some(moved) = self.move_out(from, ask).await? {
+                self.await_move(to, from, moved.id).await?;
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// A SKU's read: its buckets added up when it is spread. Units moving between buckets
+    /// count with the bucket they left until the receiver has them, so a read at rest is
+    /// exact; a read taken while a move lands may count it twice for that instant.
+    pub(crate) async fn query_spread(&self, sku: SkuId) -> Result<Option<SkuView>, RuntimeError> {
+        let Some(buckets) = self.buckets().buckets_of(sku) else {
+            return self.query_bucket(sku).await;
+        };
+        let Some(mut sum) = self.query_bucket(sku).await? else {
+            return Ok(None);
+        };
+        for index in 1..buckets {
+            if let Some(view) = self.query_bucket(sku.bucket(index)).await? {
+                sum.total += view.total;
+                sum.available += view.available;
+                sum.reserved += view.reserved;
+                sum.sold += view.sold;
+            }
+        }
+        Ok(Some(sum))
+    }
+
+    async fn query_bucket(&self, sku: SkuId) -> Result<Option<SkuView>, RuntimeError> {
+        let shard = self.shard_map().shard_of_sku(sku);
+        match self.ask(shard, |reply| Job::QuerySku { sku, reply }).await? {
+            Reply::Sku(view) => Ok(view.map(|view| *view)),
+            other => unreachable!("query_sku answered {other:?}"),
+        }
+    }
+
+    async fn move_out(
+        &self,
+        shard: ShardId,
+        ask: MoveOut,
+    ) -> Result<Option<StockMove>, RuntimeError> {
+        let (reply, answer) = oneshot::channel();
+        self.send_job(shard, Job::MoveOut { ask, reply })?;
+        answer.await.map_err(|_| RuntimeError::ShuttingDown)?
+    }
+
+    /// Waits until move `id` from `from` is in on `shard`, and durable there.
+    async fn await_move(&self, shard: ShardId, from: ShardId, id: u64) -> Result<(), RuntimeError> {
+        let (reply, arrived) = oneshot::channel();
+        self.send_job(shard, Job::AwaitMove { from, id, reply })?;
+        arrived.await.map_err(|_| RuntimeError::ShuttingDown)
+    }
+}
