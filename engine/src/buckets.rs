@@ -95,8 +95,10 @@ impl Moves {
 
 impl Shard {
     /// Moves units out of bucket `ask.from_sku` towards `ask.to_sku`, logging `MovedOut` and
-    /// leaving `MoveIn` in the outbox. `None` when the bucket has nothing to give (or is not
-    /// on this shard).
+    /// leaving `MoveIn` in the outbox. When the bucket has nothing to give but units of an
+    /// earlier move to `ask.to_sku` may not have arrived yet, that move: the caller waits for
+    /// it as for a new one, so units in flight are never missed by both buckets at once.
+    /// `None` when the bucket has nothing to give and nothing on its way (or is not here).
     pub fn move_out(
         &mut self,
         ask: &MoveOut,
@@ -111,7 +113,8 @@ impl Shard {
             MoveSplit::HalfOrMore => ask.units.max(sku.available.div_ceil(2)).min(sku.available),
         };
         if units == 0 {
-            return None;
+            let mut towards = self.moves.in_flight.values().rev();
+            return towards.find(|m| m.from_sku == ask.from_sku && m.to_sku == ask.to_sku).copied();
         }
         let stock_move = StockMove {
             id: self.moves.seq_next,

@@ -137,6 +137,10 @@ struct LoadArgs {
     /// flash-sale: the most units one buyer may hold plus buy.
     #[arg(long)]
     buyer_limit: Option<u32>,
+    /// flash-sale, flashstock: spread the hot SKU over this many buckets on as many shards
+    /// (2 to the server's shard count; docs/hot-skus.md). Redis ignores it.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(2..=64))]
+    hot_sku_buckets: Option<u32>,
     /// zipf, checkout and cart: how many SKUs.
     #[arg(long, default_value_t = 1_000)]
     skus: u64,
@@ -228,6 +232,7 @@ impl LoadArgs {
                 units: self.units,
                 buyers: self.buyers,
                 buyer_limit: self.buyer_limit,
+                buckets: self.hot_sku_buckets,
             },
             ScenarioName::Zipf => {
                 Scenario::Zipf { skus: self.skus, units_per_sku: self.units, skew: self.skew }

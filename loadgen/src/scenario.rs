@@ -37,6 +37,9 @@ pub enum Scenario {
         buyers: u64,
         /// The most units one buyer may hold plus buy, if limited.
         buyer_limit: Option<u32>,
+        /// flashstock: spread the SKU over this many buckets on as many shards
+        /// (docs/hot-skus.md); a Redis target ignores it.
+        buckets: Option<u32>,
     },
     /// `skus` SKUs with `units_per_sku` each; each request picks a SKU with Zipf skew `skew`.
     Zipf {
@@ -94,6 +97,8 @@ pub struct SkuSetup {
     pub units: u64,
     /// The per-buyer limit, if any.
     pub buyer_limit: Option<u32>,
+    /// flashstock: the buckets to spread it over, if any.
+    pub buckets: Option<u32>,
 }
 
 /// One reserve a buyer sends: one line, or a cart of several.
@@ -147,13 +152,18 @@ impl Scenario {
     /// The SKUs to set up, numbered from `base`.
     pub fn skus(&self, base: u64) -> Vec<SkuSetup> {
         match *self {
-            Scenario::FlashSale { units, buyer_limit, .. } => {
-                vec![SkuSetup { sku: base, units, buyer_limit }]
+            Scenario::FlashSale { units, buyer_limit, buckets, .. } => {
+                vec![SkuSetup { sku: base, units, buyer_limit, buckets }]
             }
             Scenario::Zipf { skus, units_per_sku, .. }
             | Scenario::Cart { skus, units_per_sku, .. }
             | Scenario::Checkout { skus, units_per_sku, .. } => (0..skus)
-                .map(|i| SkuSetup { sku: base + i, units: units_per_sku, buyer_limit: None })
+                .map(|i| SkuSetup {
+                    sku: base + i,
+                    units: units_per_sku,
+                    buyer_limit: None,
+                    buckets: None,
+                })
                 .collect(),
         }
     }

@@ -251,10 +251,22 @@ impl FlashstockTarget {
                 }));
             }
         }
-        for chunk in requests.chunks(1_000) {
+        // The buckets after the stock and the limit (a spread SKU's are fixed), in a batch of
+        // their own: one batch's requests may be applied in any order.
+        let spread = skus.iter().filter_map(|s| {
+            let buckets = s.buckets?;
+            let request = self.request();
+            Some(Request::Apply(Command::SetBuckets { request, sku: SkuId(s.sku), buckets }))
+        });
+        let spread: Vec<Request> = spread.collect();
+        for chunk in requests.chunks(1_000).chain(spread.chunks(1_000)) {
             for reply in self.admin.call_batch(chunk).await? {
                 match reply {
-                    Reply::Outcome(Outcome::StockChanged { .. } | Outcome::LimitSet) => {}
+                    Reply::Outcome(
+                        Outcome::StockChanged { .. }
+                        | Outcome::LimitSet
+                        | Outcome::BucketsSet { .. },
+                    ) => {}
                     other => return Err(LoadError::Setup(format!("{other:?}"))),
                 }
             }

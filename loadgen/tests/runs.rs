@@ -74,7 +74,7 @@ fn start_writer(
 }
 
 const FLASH_SALE: Scenario =
-    Scenario::FlashSale { units: 500, buyers: 20_000, buyer_limit: Some(1) };
+    Scenario::FlashSale { units: 500, buyers: 20_000, buyer_limit: Some(1), buckets: None };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flash_sale_against_flashstock_passes_its_audit_and_an_oversell_fails_it() {
@@ -130,6 +130,30 @@ async fn a_flash_sale_against_flashstock_passes_its_audit_and_an_oversell_fails_
     server.stop().await;
 }
 
+/// A flash sale with the hot SKU spread over both shards and exactly as many buyers as
+/// units: every buyer gets one, though their home buckets split them unevenly (the buckets
+/// refill each other, so no buyer hears sold out while a unit is left); then the rest hear
+/// sold out, and the audit, which reads the SKU as one, passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flash_sale_on_a_spread_hot_sku_sells_every_unit_and_passes_its_audit() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_at(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let mut target = flashstock(&server);
+    if let TargetSpec::Flashstock { calls, .. } = &mut target {
+        *calls = CallMode::Client;
+    }
+    let scenario =
+        Scenario::FlashSale { units: 500, buyers: 500, buyer_limit: Some(1), buckets: Some(2) };
+    let mut options = options(target, scenario, 500);
+    options.run.concurrency = 64;
+    options.run.batch = 1;
+    let finished = execute(options).await.unwrap();
+    assert!(finished.audit.passed, "{:?}", finished.audit);
+    assert_eq!(finished.result.outcomes["reserved"], 500, "{:?}", finished.result.outcomes);
+    assert_eq!((finished.audit.totals.reserved, finished.audit.totals.available), (500, 0));
+    server.stop().await;
+}
+
 /// Callers that each send one reserve at a time through the client library, as order
 /// services do; and a timeline with points even though the run lasts well under a second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,7 +164,8 @@ async fn callers_one_request_at_a_time_pass_the_audit_and_a_short_run_has_a_time
     if let TargetSpec::Flashstock { calls, .. } = &mut target {
         *calls = CallMode::Client;
     }
-    let scenario = Scenario::FlashSale { units: 100, buyers: 3_000, buyer_limit: Some(1) };
+    let scenario =
+        Scenario::FlashSale { units: 100, buyers: 3_000, buyer_limit: Some(1), buckets: None };
     let mut options = options(target, scenario, 3_000);
     options.run.concurrency = 50;
     options.run.batch = 1;

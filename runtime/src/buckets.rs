@@ -202,36 +202,63 @@ impl Handle {
 
     /// A reserve its home bucket answered sold out (or never had stock): the siblings move
     /// units into the home bucket (at least the reserve's, and half of their own) and the
-    /// reserve is applied again. A first round runs unlocked; if it moved units and still
-    /// failed (other refills took them, or moved them away), rounds run under the SKU's
-    /// refill lock until the reserve holds or a round finds every sibling empty. So sold out
-    /// means: the home bucket was short, and then no sibling had a unit, when each was asked.
+    /// reserve is applied again. The first round runs unlocked; later ones (when units moved
+    /// but other refills took them, or moved them away) run under the SKU's refill lock. A
+    /// round in which no sibling had a unit for the home bucket ends the refill, unless units
+    /// the home bucket itself sent to a sibling were still on their way: then, once they
+    /// are in, another round asks again. Last, the home bucket is asked once more. So sold
+    /// out means: no bucket had a unit for this reserve when it was asked, and none was in
+    /// flight between them.
     pub(crate) async fn refill(
         &self,
         refill: Refill,
         first: Outcome,
     ) -> Result<Outcome, RuntimeError> {
-        let (outcome, moved) = self.refill_round(refill, first).await?;
-        if !moved || !Refill::wanted(&outcome) {
-            return Ok(sold_out_if_unknown(outcome));
-        }
-        let Some(spread) = self.buckets().spread(refill.reserve.sku.base()) else {
-            return Ok(sold_out_if_unknown(outcome));
-        };
-        let _locked = spread.refill.lock().await;
-        let mut outcome = outcome;
+        let spread = self.buckets().spread(refill.reserve.sku.base());
+        let mut locked = None;
+        let mut outcome = first;
         for _ in 0..REFILL_ROUNDS_MAX {
             let (next, moved) = self.refill_round(refill, outcome).await?;
             outcome = next;
-            if !moved || !Refill::wanted(&outcome) {
+            if !Refill::wanted(&outcome) {
                 break;
+            }
+            if !moved && !self.await_moves_from_home(refill).await? {
+                // Units that reached the home bucket after its last answer (a move another
+                // refill asked for) are found here.
+                outcome = self.apply_again(refill.reserve).await?;
+                break;
+            }
+            if let (None, Some(spread)) = (&locked, &spread) {
+                locked = Some(spread.refill.lock().await);
             }
         }
         Ok(sold_out_if_unknown(outcome))
     }
 
+    /// Waits for the moves the home bucket sent to its siblings that may not have arrived
+    /// yet; whether there were any.
+    async fn await_moves_from_home(&self, refill: Refill) -> Result<bool, RuntimeError> {
+        let Refill { reserve, buckets } = refill;
+        let (sku, home) = (reserve.sku.base(), reserve.sku.bucket_index());
+        let home_shard = self.shard_map().shard_of_sku(reserve.sku);
+        let mut waited = false;
+        for step in 1..buckets {
+            let to_sku = sku.bucket((home + step) % buckets);
+            let to = self.shard_map().shard_of_sku(to_sku);
+            // Zero units, exactly: moves nothing, and names a move still on its way.
+            let ask =
+                MoveOut { from_sku: reserve.sku, to_sku, to, units: 0, split: MoveSplit::Exact };
+            if let Some(moving) = self.move_out(home_shard, ask).await? {
+                self.await_move(to, home_shard, moving.id).await?;
+                waited = true;
+            }
+        }
+        Ok(waited)
+    }
+
     /// One round: each sibling in turn, until the reserve holds. Returns the last outcome
-    /// and whether any sibling moved units.
+    /// and whether any sibling moved units (or had some on their way).
     async fn refill_round(
         &self,
         refill: Refill,
@@ -254,14 +281,19 @@ impl Handle {
             let Some(moved) = self.move_out(from, ask).await? else { continue };
             moved_any = true;
             self.await_move(home_shard, from, moved.id).await?;
-            let command = Command::Reserve(reserve);
-            outcome = match self.ask(home_shard, |reply| Job::ApplyAgain { command, reply }).await?
-            {
-                Reply::Outcome(outcome) => outcome,
-                other => unreachable!("a reserve answered {other:?}"),
-            };
+            outcome = self.apply_again(reserve).await?;
         }
         Ok((outcome, moved_any))
+    }
+
+    /// Applies a reserve again at its bucket, past its stale refusal.
+    async fn apply_again(&self, reserve: Reserve) -> Result<Outcome, RuntimeError> {
+        let shard = self.shard_map().shard_of_sku(reserve.sku);
+        let command = Command::Reserve(reserve);
+        match self.ask(shard, |reply| Job::ApplyAgain { command, reply }).await? {
+            Reply::Outcome(outcome) => Ok(outcome),
+            other => unreachable!("a reserve answered {other:?}"),
+        }
     }
 
     /// Logs `SetBuckets` on the SKU's bucket 0, then spreads its available units evenly.

@@ -3,6 +3,7 @@
 //! - [`Rng`]: a tiny seeded generator, so every random choice a test makes replays from the
 //!   seed it prints.
 //! - [`states`]: the text form of reservation states the child prints and the parent parses.
+//! - [`hot`]: the crash test's hot SKU, spread over buckets.
 //! - [`server`]: [`server::TestServer`], an in-process server on loopback QUIC.
 //! - [`proxy`]: [`proxy::UdpProxy`], a forwarder that can black-hole either direction, and
 //!   [`proxy::TcpProxy`], one that can cut its connections (a database going away).
@@ -43,6 +44,17 @@ impl Rng {
 }
 
 /// The text form of reservation states shared by the crash child and its parent.
+/// The crash test's hot SKU, spread over both shards' buckets (docs/hot-skus.md): the child
+/// loads it, and the parent checks its total.
+pub mod hot {
+    /// Its id.
+    pub const SKU: u64 = 15;
+    /// Its first stock: small, so that its buckets drain and stock moves between them.
+    pub const UNITS: u64 = 300;
+    /// Units of each of its restocks.
+    pub const RESTOCK_UNITS: u64 = 10;
+}
+
 pub mod states {
     use flashstock_engine::ReservationState;
 

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use flashstock_tests::Rng;
+use flashstock_tests::{hot, Rng};
 
 const CYCLES: u64 = 20;
 
@@ -24,6 +24,8 @@ struct Acknowledged {
     carts: usize,
     confirmed: Vec<u64>,
     cancelled: Vec<u64>,
+    /// Units of the hot SKU's restocks acknowledged.
+    restocked: u64,
 }
 
 impl Acknowledged {
@@ -41,6 +43,7 @@ impl Acknowledged {
             }
             (b'C', [id]) => self.confirmed.push(*id),
             (b'X', [id]) => self.cancelled.push(*id),
+            (b'A', [units]) => self.restocked += units,
             _ => panic!("unexpected line from the child: {line:?}"),
         }
     }
@@ -150,7 +153,19 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
             );
             let floor = confirmed_units.get(sku).copied().unwrap_or(0);
             assert!(*sold >= floor, "cycle {cycle}: sku {sku} sold {sold} < acknowledged {floor}");
+            if *sku == hot::SKU {
+                // Moves between its buckets neither lose nor make units: its total is its first
+                // stock plus the restocks, of which each kill may have cut one answer.
+                let least = hot::UNITS + acked.restocked;
+                let most = least + (cycle + 1) * hot::RESTOCK_UNITS;
+                assert!(
+                    (least..=most).contains(total),
+                    "cycle {cycle}: hot sku total {total} outside {least}..={most}"
+                );
+            }
         }
+        let listed = skus.iter().filter(|[sku, ..]| *sku == hot::SKU).count();
+        assert!(listed == 1 || cycle == 0, "cycle {cycle}: the hot SKU listed {listed} times");
     }
     println!(
         "{} reservations ({} of them carts), {} confirms, {} cancels acknowledged over {CYCLES} \

@@ -3,8 +3,10 @@
 //! `crash-child load <data_dir> <seed>`: recovers the runtime from the sled log in `data_dir`,
 //! creates the test SKUs if they are new, prints `READY`, then runs reserve / confirm / cancel
 //! traffic from 32 tasks forever (a quarter of them reserving carts of 2-3 SKUs across both
-//! shards), printing one line per acknowledged effect *after* the answer arrived:
-//! `R <reservation> <sku> <qty>`, `K <cart> <sku> <qty> <sku> <qty>...`, `C <id>`, `X <id>`.
+//! shards, a quarter reserving a hot SKU spread over both shards, whose buckets run dry and
+//! refill each other while one more task restocks it), printing one line per acknowledged
+//! effect *after* the answer arrived: `R <reservation> <sku> <qty>`,
+//! `K <cart> <sku> <qty> <sku> <qty>...`, `C <id>`, `X <id>`, `A <units restocked>`.
 //!
 //! `crash-child verify <data_dir> <ids_file>`: recovers (which checks every invariant), prints
 //! `S <sku> <total> <available> <reserved> <sold>` per SKU and `<id> <state>` for each
@@ -17,10 +19,11 @@ use std::sync::Arc;
 
 use flashstock_engine::{BuyerId, Lines, Outcome, RequestId, ReservationId, ReserveCart, SkuId};
 use flashstock_runtime::{Handle, Runtime, RuntimeConfig, SystemClock};
-use flashstock_tests::{states, Rng};
+use flashstock_tests::{hot, states, Rng};
 
 const SKUS: [u64; 4] = [11, 12, 13, 14];
 const UNITS_PER_SKU: u64 = 1_000_000;
+const HOT_SKU: u64 = hot::SKU;
 
 fn config() -> RuntimeConfig {
     RuntimeConfig {
@@ -69,14 +72,39 @@ async fn load(handle: Handle, seed: u64) {
             handle.set_stock(request, SkuId(*sku), UNITS_PER_SKU).await.expect("set stock");
         }
     }
+    if handle.query_sku(SkuId(HOT_SKU)).await.expect("query").is_none() {
+        let request = RequestId((u128::from(seed) << 64) | 99);
+        handle.set_stock(request, SkuId(HOT_SKU), hot::UNITS).await.expect("set stock");
+    }
+    // Once for good: later runs are told it is spread already (or the first answer again).
+    let spread = handle.set_buckets(RequestId(u128::MAX - 15), SkuId(HOT_SKU), 2).await;
+    match spread.expect("set buckets") {
+        Outcome::BucketsSet { buckets: 2 } | Outcome::Bucketed { buckets: 2 } => {}
+        other => panic!("spreading the hot SKU answered {other:?}"),
+    }
     say("READY\n".to_owned());
     let mut tasks = Vec::new();
+    let restocks = handle.clone();
+    tasks.push(tokio::spawn(async move { restock(restocks, seed).await }));
     for task in 0..32u64 {
         let handle = handle.clone();
         tasks.push(tokio::spawn(async move { traffic(handle, seed, task).await }));
     }
     for task in tasks {
         task.await.expect("traffic task");
+    }
+}
+
+/// Restocks the hot SKU (into its bucket 0) every 5 ms.
+async fn restock(handle: Handle, seed: u64) {
+    for counter in 0u128.. {
+        let request = RequestId((u128::from(seed) << 64) | (1 << 63) | counter);
+        let units = hot::RESTOCK_UNITS;
+        let added = handle.adjust_stock(request, SkuId(HOT_SKU), units as i64).await;
+        if let Ok(Outcome::StockChanged { .. }) = added {
+            say(format!("A {units}\n"));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
 }
 
@@ -110,7 +138,10 @@ async fn traffic(handle: Handle, seed: u64, task: u64) {
             say(format!("K {}{lines}\n", reservation.0));
             reservation
         } else {
-            let sku = SKUS[rng.below(SKUS.len() as u64) as usize];
+            let sku = match task % 4 {
+                1 => HOT_SKU,
+                _ => SKUS[rng.below(SKUS.len() as u64) as usize],
+            };
             let qty = 1 + rng.below(3) as u32;
             let outcome = handle.reserve(next_request(), buyer, SkuId(sku), qty, 600_000).await;
             let Ok(Outcome::Reserved { reservation, .. }) = outcome else {
