@@ -130,6 +130,15 @@ pub enum SkuCommand {
     /// When a SKU may be reserved.
     #[command(subcommand)]
     Window(WindowCommand),
+    /// Spread a hot SKU over buckets on as many shards, so that several threads take its
+    /// reserves (docs/hot-skus.md). Once, after its stock, limit and window, before any
+    /// buyer holds it.
+    Spread {
+        /// The SKU id.
+        sku: u64,
+        /// Buckets: 2 to the server's shard count.
+        buckets: u32,
+    },
 }
 
 /// Buyer-limit commands.

@@ -76,6 +76,7 @@ async fn sku(client: &Client, command: &SkuCommand) -> Result<Report, AdminError
             let window = SaleWindow { opens_at_ms: None, closes_at_ms: None };
             client.set_sale_window(SkuId(sku), window).await?
         }
+        SkuCommand::Spread { sku, buckets } => client.set_buckets(SkuId(sku), buckets).await?,
     };
     Ok(outcome_report(&outcome))
 }
@@ -141,8 +142,13 @@ fn skus_report(skus: &[SkuView], next_after: Option<SkuId>) -> Report {
 
 /// A change's outcome: a success, or a refusal (exit status 1) with the engine's reason.
 fn outcome_report(outcome: &Outcome) -> Report {
-    let ok =
-        matches!(outcome, Outcome::StockChanged { .. } | Outcome::LimitSet | Outcome::WindowSet);
+    let ok = matches!(
+        outcome,
+        Outcome::StockChanged { .. }
+            | Outcome::LimitSet
+            | Outcome::WindowSet
+            | Outcome::BucketsSet { .. }
+    );
     let detail = format!("{outcome:?}");
     let json = json!({ "outcome": outcome.name(), "ok": ok, "detail": detail });
     let report =

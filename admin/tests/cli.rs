@@ -78,6 +78,15 @@ async fn an_operator_sets_up_and_inspects_a_sale_from_the_command_line() {
     assert_eq!(first.json["next_after"], 7);
     assert_eq!(flashstock(&server, "sku list --limit 1 --all").await.rows.len(), 2);
 
+    // A hot SKU spread over the test server's two shards lists and reads as one SKU.
+    assert!(flashstock(&server, "sku spread 8 2").await.ok);
+    let again = flashstock(&server, "sku spread 8 2").await;
+    assert_eq!((again.ok, again.json["outcome"].as_str()), (false, Some("bucketed")));
+    let wide = flashstock(&server, "sku spread 7 3").await;
+    assert_eq!((wide.ok, wide.json["outcome"].as_str()), (false, Some("invalid_buckets")));
+    assert_eq!(flashstock(&server, "sku list --all").await.rows.len(), 2);
+    assert_eq!(flashstock(&server, "sku get 8 --json").await.json["skus"][0]["available"], 5);
+
     let limits = flashstock(&server, "rate-limit set --sku 7 --per-buyer-per-s 2").await;
     assert!(limits.ok);
     assert_eq!(limits.rows, [["global", "-", "-"], ["7", "2", "-"]]);

@@ -15,7 +15,7 @@
 //! pass sends it again, and step 2 makes that harmless. So a SKU's total over its buckets,
 //! plus the units in flight, never changes by a move.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::command::SaleWindow;
 use crate::error::EngineError;
@@ -85,6 +85,9 @@ pub(crate) struct Moves {
     pub(crate) in_flight: BTreeMap<u64, StockMove>,
     /// The highest move id applied from each sending shard.
     pub(crate) applied: BTreeMap<ShardId, u64>,
+    /// The buckets held here (bucket 0 of the spread SKUs, and buckets moves made): derived,
+    /// not in snapshots.
+    pub(crate) buckets_here: BTreeSet<SkuId>,
 }
 
 impl Moves {
@@ -176,6 +179,21 @@ impl Shard {
         moving.map(|m| m.units).sum()
     }
 
+    /// Each bucket held here, with its available units plus those on their way out of it:
+    /// what it could give a refill. The runtime publishes these after every step, so that a
+    /// reserve refused at the end of a sale is answered without asking every bucket.
+    pub fn bucket_stock(&self) -> impl Iterator<Item = (SkuId, u64)> + '_ {
+        self.moves.buckets_here.iter().map(|&sku| {
+            let available = self.skus.get(&sku).map_or(0, |state| state.available);
+            (sku, available + self.units_moving_out(sku))
+        })
+    }
+
+    /// Whether any bucket is held here (so [`Shard::bucket_stock`] has something to say).
+    pub fn holds_buckets(&self) -> bool {
+        !self.moves.buckets_here.is_empty()
+    }
+
     /// The SKUs whose bucket 0 is on this shard and that are spread, with their bucket
     /// counts: the runtime's routing table is rebuilt from these at start-up.
     pub fn bucketed_skus(&self) -> impl Iterator<Item = (SkuId, u32)> + '_ {
@@ -201,6 +219,7 @@ impl Shard {
             return Step::Unchanged(Outcome::BuyersCounted { buyers: sku.taken.len() as u64 });
         }
         self.moves.bucketed.insert(sku_id, buckets);
+        self.moves.buckets_here.insert(sku_id);
         Step::Changed(Outcome::BucketsSet { buckets })
     }
 
@@ -241,6 +260,7 @@ impl Shard {
         sku.total += stock_move.units;
         sku.available += stock_move.units;
         self.moves.applied.insert(from, stock_move.id);
+        self.moves.buckets_here.insert(stock_move.to_sku);
     }
 
     /// Replays one logged step of a move through the same code as the live run.

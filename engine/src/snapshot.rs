@@ -144,6 +144,8 @@ impl Shard {
                 return Err(invalid("move sender", from.0.into()));
             }
         }
+        let buckets = self.skus.keys().copied().filter(|sku| sku.is_bucket());
+        self.moves.buckets_here = self.moves.bucketed.keys().copied().chain(buckets).collect();
         Ok(())
     }
 

@@ -12,6 +12,7 @@ use flashstock_engine::{
 use flashstock_protocol::{Reply, Request};
 use tokio::sync::oneshot;
 
+use crate::buckets::BucketTable;
 use crate::clock::Clock;
 use crate::config::RuntimeConfig;
 use crate::durability::Commit;
@@ -160,6 +161,8 @@ pub(crate) struct Actor {
     /// Callers waiting for a move to arrive here: its sender, its id, and where to answer.
     /// Lost with the process, as their callers are.
     pub(crate) move_waiters: Vec<(ShardId, u64, oneshot::Sender<()>)>,
+    /// Where the buckets held here publish their stock after each step.
+    pub(crate) buckets: Arc<BucketTable>,
 }
 
 impl Actor {
@@ -222,6 +225,11 @@ impl Actor {
         let shard = &self.shard;
         self.metrics.state(shard.reservations_live(), shard.sku_count(), shard.table_entries());
         self.count_if_slow(weight, expired, applied, elapsed);
+        if self.shard.holds_buckets() {
+            for (bucket, units) in self.shard.bucket_stock() {
+                self.buckets.publish(bucket, units);
+            }
+        }
         let mut messages = Vec::new();
         self.shard.take_messages(&mut messages);
         if !replies.is_empty() || log.record_count > 0 || !messages.is_empty() {

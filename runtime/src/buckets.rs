@@ -27,6 +27,9 @@ use crate::handle::Handle;
 pub(crate) struct BucketTable {
     skus: DashMap<SkuId, Arc<Spread>>,
     any: AtomicBool,
+    /// Each bucket's available units plus those on their way out of it, as its shard
+    /// published them after its latest step (`Shard::bucket_stock`).
+    published: DashMap<SkuId, u64>,
 }
 
 /// One spread SKU.
@@ -60,6 +63,18 @@ impl BucketTable {
             return None;
         }
         self.skus.get(&sku).map(|entry| entry.buckets)
+    }
+
+    /// Called by a shard actor after each step, for each bucket it holds.
+    pub(crate) fn publish(&self, bucket: SkuId, units: u64) {
+        self.published.insert(bucket, units);
+    }
+
+    /// The units every bucket of `sku` had to give as of its shard's latest step; `None`
+    /// while a bucket has published nothing yet.
+    fn published_total(&self, sku: SkuId, buckets: u32) -> Option<u64> {
+        let units = (0..buckets).map(|index| self.published.get(&sku.bucket(index)).map(|u| *u));
+        units.sum()
     }
 
     fn spread(&self, sku: SkuId) -> Option<Arc<Spread>> {
@@ -214,6 +229,9 @@ impl Handle {
         refill: Refill,
         first: Outcome,
     ) -> Result<Outcome, RuntimeError> {
+        if !self.refill_may_help(&refill, &first) {
+            return Ok(sold_out_if_unknown(first));
+        }
         let spread = self.buckets().spread(refill.reserve.sku.base());
         let mut locked = None;
         let mut outcome = first;
@@ -255,6 +273,16 @@ impl Handle {
             }
         }
         Ok(waited)
+    }
+
+    /// Whether a refill could hold the reserve that answered `outcome`: it was refused for
+    /// want of units, and, as of their shards' latest steps, the buckets had at least the
+    /// units asked between them. At the end of a sale every reserve is refused, and asking
+    /// every bucket each time would cost a round trip to each; this costs a lookup a bucket.
+    pub(crate) fn refill_may_help(&self, refill: &Refill, outcome: &Outcome) -> bool {
+        let (sku, qty) = (refill.reserve.sku.base(), u64::from(refill.reserve.qty));
+        let published = self.buckets().published_total(sku, refill.buckets);
+        Refill::wanted(outcome) && published.is_none_or(|units| units >= qty)
     }
 
     /// One round: each sibling in turn, until the reserve holds. Returns the last outcome

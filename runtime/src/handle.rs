@@ -35,8 +35,9 @@ pub(crate) struct Shared {
     pub(crate) events: EventLog,
     /// Cart drivers read it for their prepare deadline.
     pub(crate) clock: Arc<dyn Clock>,
-    /// The SKUs spread over buckets (docs/hot-skus.md).
-    pub(crate) buckets: BucketTable,
+    /// The SKUs spread over buckets (docs/hot-skus.md); the shard actors publish their
+    /// buckets' stock into it.
+    pub(crate) buckets: Arc<BucketTable>,
 }
 
 impl Handle {
@@ -593,11 +594,18 @@ impl PendingBatch {
         if let Some(handle) = self.handle {
             let mut refilled = Vec::new();
             for (index, refill) in self.refills {
-                if let Some(Ok(Reply::Outcome(outcome))) = self.results[index] {
-                    if Refill::wanted(&outcome) {
+                match self.results[index] {
+                    Some(Ok(Reply::Outcome(outcome)))
+                        if handle.refill_may_help(&refill, &outcome) =>
+                    {
                         let handle = handle.clone();
                         refilled.push(async move { (index, handle.refill(refill, outcome).await) });
                     }
+                    Some(Ok(Reply::Outcome(Outcome::UnknownSku))) => {
+                        let sold_out = Outcome::SoldOut { available: 0 };
+                        self.results[index] = Some(Ok(Reply::Outcome(sold_out)));
+                    }
+                    _ => {}
                 }
             }
             for (index, outcome) in futures_util::future::join_all(refilled).await {

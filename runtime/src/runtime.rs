@@ -89,7 +89,7 @@ impl Runtime {
             tracing::info!(groups, "cart line groups left open by the last run settled");
         }
         let spread = shards.iter().flat_map(|shard| shard.bucketed_skus().collect::<Vec<_>>());
-        let buckets = BucketTable::new(spread.collect::<Vec<_>>());
+        let buckets = Arc::new(BucketTable::new(spread.collect::<Vec<_>>()));
         let shards: Vec<(Shard, u64)> = shards.into_iter().zip(next_seqs).collect();
 
         let wal = Arc::new(wal);
@@ -154,6 +154,7 @@ impl Runtime {
                 metrics,
                 stats: stats.clone(),
                 move_waiters: Vec::new(),
+                buckets: buckets.clone(),
             };
             actors.push(spawn(name, move || actor.run())?);
         }
