@@ -5,7 +5,9 @@
 //! - `flash_sale`: a hot SKU with 1% of the demand in stock (most answers are "sold out");
 //! - `reserve`: every reserve succeeds (short holds, expired by the server), all on one SKU,
 //!   so one shard does all the work;
-//! - `reserve_64skus`: the same spread over 64 SKUs, so over every shard.
+//! - `reserve_64skus`: the same spread over 64 SKUs, so over every shard;
+//! - `reserve_spread2`: `reserve`'s one SKU spread over two buckets on both shards
+//!   (docs/hot-skus.md).
 //!
 //! Each with 1 and 8 connections and 4,096 calls in flight. `FLASHSTOCK_BENCH_METRICS=1` runs
 //! it with the Prometheus recorder installed, as `flashstockd` runs by default.
@@ -26,21 +28,24 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const IN_FLIGHT: u64 = 4_096;
 
-/// (name, units in stock per SKU, hold ttl, SKUs): a flash sale with 1% of the demand in
-/// stock, and holds that all succeed and lapse quickly, on one SKU or spread over 64.
-const SCENARIOS: [(&str, u64, u64, u64); 3] = [
-    ("flash_sale", CALLS / 100, 600_000, 1),
-    ("reserve", 1 << 40, 2_000, 1),
-    ("reserve_64skus", 1 << 40, 2_000, 64),
+/// (name, units in stock per SKU, hold ttl, SKUs, buckets per SKU): a flash sale with 1% of
+/// the demand in stock, and holds that all succeed and lapse quickly, on one SKU, on one SKU
+/// spread over two buckets, or over 64 SKUs.
+const SCENARIOS: [(&str, u64, u64, u64, u32); 4] = [
+    ("flash_sale", CALLS / 100, 600_000, 1, 1),
+    ("reserve", 1 << 40, 2_000, 1, 1),
+    ("reserve_spread2", 1 << 40, 2_000, 1, 2),
+    ("reserve_64skus", 1 << 40, 2_000, 64, 1),
 ];
 
-/// Runs `iters` sales, each on `skus` fresh SKUs stocked with `units` before the clock starts,
-/// and returns the time spent in `sale` alone. `sale` gets the first of the SKUs.
+/// Runs `iters` sales, each on `skus` fresh SKUs stocked with `units` (and spread over
+/// `buckets`) before the clock starts, and returns the time spent in `sale` alone. `sale`
+/// gets the first of the SKUs.
 fn timed_sales<F: std::future::Future<Output = ()>>(
     tokio: &tokio::runtime::Runtime,
     admin: &Client,
     next_sku: &AtomicU64,
-    (units, skus): (u64, u64),
+    (units, skus, buckets): (u64, u64, u32),
     iters: u64,
     sale: impl Fn(SkuId) -> F,
 ) -> Duration {
@@ -48,7 +53,12 @@ fn timed_sales<F: std::future::Future<Output = ()>>(
     for _ in 0..iters {
         let sku = SkuId(next_sku.fetch_add(skus, Ordering::Relaxed));
         for offset in 0..skus {
-            tokio.block_on(admin.set_stock(SkuId(sku.0 + offset), units)).unwrap();
+            let on = SkuId(sku.0 + offset);
+            tokio.block_on(admin.set_stock(on, units)).unwrap();
+            if buckets > 1 {
+                let spread = tokio.block_on(admin.set_buckets(on, buckets)).unwrap();
+                assert_eq!(spread, Outcome::BucketsSet { buckets });
+            }
         }
         let started = Instant::now();
         tokio.block_on(sale(sku));
@@ -88,10 +98,10 @@ fn e2e(c: &mut Criterion) {
             config.connections = connections;
             Client::connect(config).await.unwrap()
         });
-        for (name, units, ttl_ms, skus) in SCENARIOS {
+        for (name, units, ttl_ms, skus, buckets) in SCENARIOS {
             group.bench_function(BenchmarkId::new(name, connections), |b| {
                 b.iter_custom(|iters| {
-                    timed_sales(&tokio, &admin, &next_sku, (units, skus), iters, |sku| {
+                    timed_sales(&tokio, &admin, &next_sku, (units, skus, buckets), iters, |sku| {
                         race(&client, sku, skus, ttl_ms)
                     })
                 })
@@ -108,11 +118,11 @@ fn e2e(c: &mut Criterion) {
             }
             raw
         });
-        for (name, units, ttl_ms, skus) in SCENARIOS {
+        for (name, units, ttl_ms, skus, buckets) in SCENARIOS {
             let name = format!("batched{batch}_{name}");
             group.bench_function(BenchmarkId::new(name, connections), |b| {
                 b.iter_custom(|iters| {
-                    timed_sales(&tokio, &admin, &next_sku, (units, skus), iters, |sku| {
+                    timed_sales(&tokio, &admin, &next_sku, (units, skus, buckets), iters, |sku| {
                         batched_race(&raw, sku, skus, ttl_ms, batch)
                     })
                 })
