@@ -275,6 +275,42 @@ impl Handle {
         Ok(waited)
     }
 
+    /// Fills, before a cart is decided, each of its lines' home buckets that is short of the
+    /// line's units while the SKU's buckets have them between them (as published). A cart's
+    /// refusal is its coordinator's logged decision, so it cannot be refilled and tried
+    /// again under the same id as a reserve is: its buckets are filled first instead. Not
+    /// exact (another reserve may take the units before the cart's prepare), but a line
+    /// is then refused only in a race.
+    pub(crate) async fn fill_cart_buckets(&self, cart: &ReserveCart) -> Result<(), RuntimeError> {
+        for line in cart.lines.as_slice() {
+            let (sku, home) = (line.sku.base(), line.sku.bucket_index());
+            let Some(buckets) = self.buckets().buckets_of(sku) else { continue };
+            let qty = u64::from(line.qty);
+            let published = |bucket: SkuId| self.buckets().published.get(&bucket).map(|u| *u);
+            let home_units = published(line.sku).unwrap_or(0);
+            let total = self.buckets().published_total(sku, buckets);
+            if home_units >= qty || total.is_some_and(|units| units < qty) {
+                continue;
+            }
+            let home_shard = self.shard_map().shard_of_sku(line.sku);
+            for step in 1..buckets {
+                let sibling = sku.bucket((home + step) % buckets);
+                let from = self.shard_map().shard_of_sku(sibling);
+                let units = qty - home_units;
+                let split = MoveSplit::HalfOrMore;
+                let ask =
+                    MoveOut { from_sku: sibling, to_sku: line.sku, to: home_shard, units, split };
+                if let Some(moved) = self.move_out(from, ask).await? {
+                    self.await_move(home_shard, from, moved.id).await?;
+                    if moved.units >= units {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Whether a refill could hold the reserve that answered `outcome`: it was refused for
     /// want of units, and, as of their shards' latest steps, the buckets had at least the
     /// units asked between them. At the end of a sale every reserve is refused, and asking

@@ -401,9 +401,10 @@ impl Handle {
     fn spawn_cart(&self, cart: Box<ReserveCart>) -> oneshot::Receiver<Result<Reply, RuntimeError>> {
         let (reply, answer) = oneshot::channel();
         // Lines of spread SKUs go to the buyer's home buckets (a line naming a bucket's own
-        // id is refused); such a line is not refilled from the other buckets.
-        let cart = match self.cart_of_named_skus(&cart) {
-            Ok(rewritten) => rewritten.unwrap_or(*cart),
+        // id is refused), which are filled from the other buckets first when short.
+        let (cart, spread) = match self.cart_of_named_skus(&cart) {
+            Ok(Some(rewritten)) => (rewritten, true),
+            Ok(None) => (*cart, false),
             Err(refused) => {
                 let _ = reply.send(Ok(Reply::Outcome(refused)));
                 return answer;
@@ -411,9 +412,19 @@ impl Handle {
         };
         match CartDriver::start(cart, &self.shared.map, self.shared.clock.now_ms()) {
             Err(refusal) => drop(reply.send(Ok(Reply::Outcome(refusal)))),
-            Ok(driver) => {
+            Ok(mut driver) => {
                 let handle = self.clone();
                 tokio::spawn(async move {
+                    if spread {
+                        if let Err(err) = handle.fill_cart_buckets(&cart).await {
+                            let _ = reply.send(Err(err));
+                            return;
+                        }
+                        // The prepare deadline counts from now, after the fill.
+                        let now_ms = handle.shared.clock.now_ms();
+                        driver = CartDriver::start(cart, &handle.shared.map, now_ms)
+                            .expect("the cart was valid a moment ago");
+                    }
                     let outcome = handle.drive_cart(driver).await;
                     let _ = reply.send(outcome.map(Reply::Outcome));
                 });

@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use flashstock_engine::{
-    BuyerId, Change, Command, Outcome, RequestId, ReservationState, Reserve, SkuId,
+    mix64, BuyerId, Change, Command, Lines, Outcome, RequestId, ReservationState, Reserve,
+    ReserveCart, SkuId,
 };
 use flashstock_protocol::{Reply, Request};
 use flashstock_runtime::{Handle, Runtime, RuntimeConfig, SystemClock};
@@ -165,6 +166,56 @@ async fn an_empty_home_bucket_is_refilled_before_sold_out_is_answered() {
     assert_eq!(handle.query_sku(bucket).await.unwrap(), None);
     let named = handle.apply(Command::SetStock { request: request(), sku: bucket, total: 9 }).await;
     assert_eq!(named.unwrap(), Outcome::UnknownSku);
+    runtime.shutdown();
+}
+
+/// A cart's line of a spread SKU is held from the buyer's home bucket, which is filled from
+/// the other bucket first when it is short: a cart is never refilled after its refusal (the
+/// refusal is its coordinator's logged decision).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cart_line_of_a_spread_sku_is_filled_before_the_cart_is_decided() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = Runtime::open(dir.path(), config(), Arc::new(SystemClock)).unwrap();
+    let handle = runtime.handle();
+    // 4 units: 2 in each bucket.
+    spread(&handle, 4, None).await;
+    handle.set_stock(request(), SkuId(7), 10).await.unwrap();
+    let homed_in = |bucket: u64| (0..).find(|&b| mix64(b) % 2 == bucket).unwrap();
+    for buyer in [homed_in(0), homed_in(1)] {
+        let lines = Lines::numbered([(SkuId(7), 1), (HOT, 2)]).unwrap();
+        let cart = ReserveCart {
+            request: request(),
+            buyer: BuyerId(buyer),
+            ttl_ms: 60_000,
+            order_ref: None,
+            lines,
+        };
+        assert!(matches!(handle.reserve_cart(cart).await.unwrap(), Outcome::Reserved { .. }));
+    }
+    // Both buckets are empty now; a third cart of 1 is refused, as it should be.
+    let lines = Lines::numbered([(HOT, 1)]).unwrap();
+    let cart = ReserveCart {
+        request: request(),
+        buyer: BuyerId(homed_in(1)),
+        ttl_ms: 60_000,
+        order_ref: None,
+        lines,
+    };
+    assert!(matches!(handle.reserve_cart(cart).await.unwrap(), Outcome::CartRefused { .. }));
+    // A home bucket short of a line: 3 units left over 2 buckets after a restock of 3.
+    handle.adjust_stock(request(), HOT, 3).await.unwrap();
+    let lines = Lines::numbered([(HOT, 3)]).unwrap();
+    let cart = ReserveCart {
+        request: request(),
+        buyer: BuyerId(homed_in(1)),
+        ttl_ms: 60_000,
+        order_ref: None,
+        lines,
+    };
+    let held = handle.reserve_cart(cart).await.unwrap();
+    assert!(matches!(held, Outcome::Reserved { .. }), "the home bucket was not filled: {held:?}");
+    let view = handle.query_sku(HOT).await.unwrap().unwrap();
+    assert_eq!((view.total, view.available, view.reserved), (7, 0, 7));
     runtime.shutdown();
 }
 
