@@ -164,18 +164,8 @@ impl Handle {
                 let refill = Some(Refill { reserve, buckets });
                 Rewrite::Sent(Request::Apply(Command::Reserve(reserve)), refill)
             }
-            // The sale is kept by the bucket that made the reservation: the one on its shard.
-            Command::ReturnSold { request, reservation, line, qty, .. } => {
-                let map = self.shard_map();
-                let home = u32::from(map.shard_of_sku(sku).0);
-                let count = u32::from(map.shard_count());
-                let index = (u32::from(reservation.shard().0) + count - home) % count;
-                let sku = if index < buckets { sku.bucket(index) } else { sku };
-                Rewrite::Sent(
-                    Request::Apply(Command::ReturnSold { request, reservation, line, sku, qty }),
-                    None,
-                )
-            }
+            // The sale is kept by one bucket: the reservation's, or the cart line's.
+            Command::ReturnSold { .. } => Rewrite::Task,
             _ => Rewrite::Unchanged,
         }
     }
@@ -211,6 +201,26 @@ impl Handle {
                 let outcome = self.set_buckets_and_spread(request, sku, buckets).await?;
                 Ok(Reply::Outcome(outcome))
             }
+            Request::Apply(Command::ReturnSold { request, reservation, line, sku, qty }) => {
+                let buckets = self.buckets().buckets_of(sku).unwrap_or(1);
+                let map = self.shard_map();
+                let (home, count) =
+                    (u32::from(map.shard_of_sku(sku).0), u32::from(map.shard_count()));
+                // A one-line reservation's bucket is on its shard; a cart line's is its buyer's
+                // home bucket, which the return does not name: the others answer
+                // `not_returnable` and change nothing, so each is asked in turn.
+                let first = (u32::from(reservation.shard().0) + count - home) % count;
+                let mut outcome = Outcome::NotReturnable;
+                for step in 0..buckets {
+                    let sku = sku.bucket((first + step) % buckets);
+                    let command = Command::ReturnSold { request, reservation, line, sku, qty };
+                    outcome = self.apply_unrouted(command).await?;
+                    if outcome != Outcome::NotReturnable {
+                        break;
+                    }
+                }
+                Ok(Reply::Outcome(outcome))
+            }
             other => unreachable!("no task answers {other:?}"),
         }
     }
@@ -229,8 +239,8 @@ impl Handle {
         refill: Refill,
         first: Outcome,
     ) -> Result<Outcome, RuntimeError> {
-        if !self.refill_may_help(&refill, &first) {
-            return Ok(sold_out_if_unknown(first));
+        if let Some(answer) = self.answer_without_refill(&refill, first) {
+            return Ok(answer);
         }
         let spread = self.buckets().spread(refill.reserve.sku.base());
         let mut locked = None;
@@ -311,14 +321,38 @@ impl Handle {
         Ok(())
     }
 
-    /// Whether a refill could hold the reserve that answered `outcome`: it was refused for
-    /// want of units, and, as of their shards' latest steps, the buckets had at least the
-    /// units asked between them. At the end of a sale every reserve is refused, and asking
-    /// every bucket each time would cost a round trip to each; this costs a lookup a bucket.
-    pub(crate) fn refill_may_help(&self, refill: &Refill, outcome: &Outcome) -> bool {
+    /// A cart's outcome as of the SKUs its caller named: a line of a spread SKU refused
+    /// sold out names the units all its buckets had, as a one-line reserve's refusal does.
+    pub(crate) fn cart_answer(&self, cart: &ReserveCart, outcome: Outcome) -> Outcome {
+        let Outcome::CartRefused { line, refusal: LineRefusal::SoldOut, value } = outcome else {
+            return outcome;
+        };
+        let sku = cart.lines.as_slice().get(usize::from(line)).map(|l| l.sku.base());
+        let buckets = sku.and_then(|sku| Some((sku, self.buckets().buckets_of(sku)?)));
+        let total = buckets.and_then(|(sku, buckets)| self.buckets().published_total(sku, buckets));
+        let value = total.map_or(value, |total| total.max(value));
+        Outcome::CartRefused { line, refusal: LineRefusal::SoldOut, value }
+    }
+
+    /// The answer to a reserve of a spread SKU whose home bucket answered `outcome`, when
+    /// no refill could change it; `None` when one might. A refill might when the reserve was
+    /// refused for want of units and, as of their shards' latest steps, the buckets had at
+    /// least the units asked between them. At the end of a sale every reserve is refused,
+    /// and asking every bucket each time would cost a round trip to each; this costs a
+    /// lookup a bucket. Sold out then names the units all buckets had.
+    pub(crate) fn answer_without_refill(
+        &self,
+        refill: &Refill,
+        outcome: Outcome,
+    ) -> Option<Outcome> {
+        if !Refill::wanted(&outcome) {
+            return Some(outcome);
+        }
         let (sku, qty) = (refill.reserve.sku.base(), u64::from(refill.reserve.qty));
-        let published = self.buckets().published_total(sku, refill.buckets);
-        Refill::wanted(outcome) && published.is_none_or(|units| units >= qty)
+        match self.buckets().published_total(sku, refill.buckets) {
+            Some(available) if available < qty => Some(Outcome::SoldOut { available }),
+            _ => None,
+        }
     }
 
     /// One round: each sibling in turn, until the reserve holds. Returns the last outcome

@@ -425,7 +425,10 @@ impl Handle {
                         driver = CartDriver::start(cart, &handle.shared.map, now_ms)
                             .expect("the cart was valid a moment ago");
                     }
-                    let outcome = handle.drive_cart(driver).await;
+                    let mut outcome = handle.drive_cart(driver).await;
+                    if spread {
+                        outcome = outcome.map(|outcome| handle.cart_answer(&cart, outcome));
+                    }
                     let _ = reply.send(outcome.map(Reply::Outcome));
                 });
             }
@@ -605,18 +608,13 @@ impl PendingBatch {
         if let Some(handle) = self.handle {
             let mut refilled = Vec::new();
             for (index, refill) in self.refills {
-                match self.results[index] {
-                    Some(Ok(Reply::Outcome(outcome)))
-                        if handle.refill_may_help(&refill, &outcome) =>
-                    {
+                let Some(Ok(Reply::Outcome(outcome))) = self.results[index] else { continue };
+                match handle.answer_without_refill(&refill, outcome) {
+                    Some(answer) => self.results[index] = Some(Ok(Reply::Outcome(answer))),
+                    None => {
                         let handle = handle.clone();
                         refilled.push(async move { (index, handle.refill(refill, outcome).await) });
                     }
-                    Some(Ok(Reply::Outcome(Outcome::UnknownSku))) => {
-                        let sold_out = Outcome::SoldOut { available: 0 };
-                        self.results[index] = Some(Ok(Reply::Outcome(sold_out)));
-                    }
-                    _ => {}
                 }
             }
             for (index, outcome) in futures_util::future::join_all(refilled).await {

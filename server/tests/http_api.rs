@@ -120,6 +120,12 @@ async fn a_multi_item_checkout_over_http_with_the_same_tokens_keys_and_outcomes(
         let set = api.admin("PUT", &format!("/v1/skus/{sku}/stock"), json!({"total": 10}));
         assert_eq!((set.status, &set.body["outcome"]), (200, &json!("stock_changed")), "{set:?}");
     }
+    // SKU 2 is spread over both shards (docs/hot-skus.md): it still reads as one SKU.
+    let spread = api.admin("PUT", "/v1/skus/2/buckets", json!({"buckets": 2}));
+    assert_eq!((spread.status, &spread.body["outcome"]), (200, &json!("buckets_set")));
+    let again = api.admin("PUT", "/v1/skus/2/buckets", json!({"buckets": 3}));
+    assert_eq!((again.status, &again.body["outcome"]), (409, &json!("invalid_buckets")));
+    assert_eq!(api.service("GET", "/v1/skus/2", None, None).body["available"], json!(10));
 
     // A reserve retried with its key is one effect with one answer.
     let reserve = json!({"buyer": 7, "sku": 1, "qty": 2, "ttl_ms": 60_000});
@@ -344,6 +350,7 @@ fn the_openapi_document_is_served_and_names_every_route() {
         "/v1/carts/{id}",
         "/v1/skus/{sku}",
         "/v1/skus/{sku}/stock",
+        "/v1/skus/{sku}/buckets",
     ] {
         assert!(paths.contains_key(path), "{path} is missing from {paths:?}");
     }
@@ -356,5 +363,7 @@ fn the_openapi_document_is_served_and_names_every_route() {
     assert_eq!(lines["maxItems"], json!(flashstock_engine::CART_LINES_MAX));
     let total = &schemas["StockBody"]["properties"]["total"];
     assert_eq!(total["maximum"], json!(flashstock_engine::STOCK_TOTAL_MAX));
+    let buckets = &schemas["BucketsBody"]["properties"]["buckets"];
+    assert_eq!(buckets["maximum"], json!(flashstock_engine::BUCKETS_MAX));
     terminate(daemon);
 }

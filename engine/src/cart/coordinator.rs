@@ -250,12 +250,13 @@ impl Shard {
 
     /// Reads a cart this shard coordinates, held or remembered after its end.
     pub fn query_cart(&self, cart: ReservationId) -> Option<CartView> {
-        self.carts.get(&cart).map(|c| CartView {
-            cart,
-            buyer: c.buyer,
-            lines: c.lines,
-            expires_at_ms: c.expires_at_ms,
-            state: c.state,
+        self.carts.get(&cart).map(|c| {
+            // A line held from a hot SKU's bucket is a line of the SKU the caller named.
+            let mut lines = c.lines;
+            for line in lines.as_mut_slice() {
+                line.sku = line.sku.base();
+            }
+            CartView { cart, buyer: c.buyer, lines, expires_at_ms: c.expires_at_ms, state: c.state }
         })
     }
 

@@ -92,6 +92,12 @@ impl Lines {
         &self.items[..self.len()]
     }
 
+    /// The lines, to change in place (never more than the count says).
+    pub fn as_mut_slice(&mut self) -> &mut [CartLine] {
+        let len = self.len();
+        &mut self.items[..len]
+    }
+
     /// How many lines.
     pub fn len(&self) -> usize {
         usize::from(self.len).min(CART_LINES_MAX)

@@ -115,6 +115,16 @@ pub struct StockBody {
     pub total: u64,
 }
 
+/// `PUT /v1/skus/{sku}/buckets` (admin): spread a SKU over buckets.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BucketsBody {
+    /// Buckets: 2 to the server's shard count (`invalid_buckets` names the most).
+    #[schema(minimum = 2, maximum = 64)]
+    #[serde(deserialize_with = "whole")]
+    pub buckets: u32,
+}
+
 /// What a command did: the protocol's outcome, named by its `outcome` field.
 #[derive(Debug, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
@@ -595,6 +605,11 @@ pub fn return_sold(reservation: ReservationId, body: ReturnBody) -> Request {
 /// The request a stock body asks for.
 pub fn set_stock(sku: SkuId, body: StockBody) -> Request {
     Request::Apply(Command::SetStock { request: RequestId(0), sku, total: body.total })
+}
+
+/// `PUT /v1/skus/{sku}/buckets`: the request (its id set by the caller's key or fresh).
+pub fn set_buckets(sku: SkuId, body: BucketsBody) -> Request {
+    Request::Apply(Command::SetBuckets { request: RequestId(0), sku, buckets: body.buckets })
 }
 
 /// A cart line as the API writes it.

@@ -40,6 +40,7 @@ enum Route<'a> {
     QueryCart(&'a str),
     QuerySku(&'a str),
     SetStock(&'a str),
+    SetBuckets(&'a str),
 }
 
 /// The route of a method and path; an error answer for an unknown path or method.
@@ -56,6 +57,7 @@ fn route<'a>(method: &Method, path: &'a str) -> Result<Route<'a>, Answer> {
         ["v1", "carts", id] => (Method::GET, Route::QueryCart(id)),
         ["v1", "skus", sku] => (Method::GET, Route::QuerySku(sku)),
         ["v1", "skus", sku, "stock"] => (Method::PUT, Route::SetStock(sku)),
+        ["v1", "skus", sku, "buckets"] => (Method::PUT, Route::SetBuckets(sku)),
         _ => {
             let detail = format!("no route {path}; the API is described at /openapi.json");
             return Err(Answer::error(StatusCode::NOT_FOUND, "not_found", detail));
@@ -219,6 +221,7 @@ fn request_of(route: &Route<'_>, body: &[u8]) -> Result<Taken, BadRequest> {
         Route::QueryCart(id) => Ok(query_cart(id)),
         Route::QuerySku(sku) => Ok(query_sku(sku)),
         Route::SetStock(sku) => set_stock(sku, body),
+        Route::SetBuckets(sku) => set_buckets(sku, body),
         Route::OpenApi => unreachable!("answered before"),
     }
 }
@@ -354,11 +357,28 @@ fn set_stock(sku: &str, body: &[u8]) -> Result<Taken, BadRequest> {
     Ok(Taken::Submit(json::set_stock(sku, body)))
 }
 
+/// Admin: spread a hot SKU over buckets on as many shards (docs/hot-skus.md).
+#[utoipa::path(put, path = "/v1/skus/{sku}/buckets", request_body = json::BucketsBody,
+    params(("sku" = String, Path, description = "The SKU id (decimal)", pattern = "^[0-9]{1,20}$"),
+        ("Idempotency-Key" = Option<String>, Header, description = "The caller's key.", min_length = 1, max_length = 256, pattern = "^[!-~]+$")),
+    responses(
+        (status = 200, description = "buckets_set", body = json::OutcomeBody),
+        (status = 404, description = "unknown_sku", body = json::OutcomeBody),
+        (status = 409, description = "invalid_buckets, bucketed, buyers_counted", body = json::OutcomeBody),
+        (status = "4XX", description = "refused unapplied (a service token: permission_denied; a path no SKU id can have: not_found)", body = json::ErrorBody),
+        (status = 503, description = "overloaded, shutting_down, unavailable", body = json::ErrorBody)),
+    security(("bearer" = [])))]
+fn set_buckets(sku: &str, body: &[u8]) -> Result<Taken, BadRequest> {
+    let body = json::body(body)?;
+    let Some(sku) = json::sku_id(sku) else { return Ok(Taken::Answered(Reply::Sku(None))) };
+    Ok(Taken::Submit(json::set_buckets(sku, body)))
+}
+
 /// The OpenAPI document, generated from the routes above and the bodies' types.
 #[derive(Debug, OpenApi)]
 #[openapi(
     info(title = "flashstock HTTP API", description = "Reserve, confirm, cancel and return stock; the QUIC protocol's calls, outcomes and idempotency keys as JSON."),
-    paths(reserve, reserve_cart, confirm, cancel, return_sold, query_reservation, query_cart, query_sku, set_stock),
+    paths(reserve, reserve_cart, confirm, cancel, return_sold, query_reservation, query_cart, query_sku, set_stock, set_buckets),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;
