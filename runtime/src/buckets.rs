@@ -36,15 +36,13 @@ pub(crate) struct BucketTable {
 #[derive(Debug)]
 struct Spread {
     buckets: u32,
-    /// Held by a refill that a first, unlocked try did not settle: two refills moving units
-    /// towards each other's buckets at once could pass the same units back and forth, each
-    /// then finding its own bucket short.
+    /// Held by the one refill moving units into a bucket of this SKU (see `Handle::refill`).
     refill: tokio::sync::Mutex<()>,
 }
 
-/// The most rounds of one locked refill (each asks every sibling once). Every round that
-/// moves units either holds the reserve or lost them to reserves that held, so the bound is
-/// never reached in practice; it keeps a pathological case from looping for good.
+/// The most rounds of one refill (each asks every sibling once, or waits for another
+/// refill). Every round that moves units either holds the reserve or lost them to reserves
+/// that held, so the bound is hardly reached; it keeps a pathological case from looping.
 const REFILL_ROUNDS_MAX: usize = 64;
 
 impl BucketTable {
@@ -227,38 +225,44 @@ impl Handle {
 
     /// A reserve its home bucket answered sold out (or never had stock): the siblings move
     /// units into the home bucket (at least the reserve's, and half of their own) and the
-    /// reserve is applied again. The first round runs unlocked; later ones (when units moved
-    /// but other refills took them, or moved them away) run under the SKU's refill lock. A
-    /// round in which no sibling had a unit for the home bucket ends the refill, unless units
-    /// the home bucket itself sent to a sibling were still on their way: then, once they
-    /// are in, another round asks again. Last, the home bucket is asked once more. So sold
-    /// out means: no bucket had a unit for this reserve when it was asked, and none was in
-    /// flight between them.
+    /// reserve is applied again.
+    ///
+    /// One refill of a SKU moves units at a time (its refill lock): two moving units towards
+    /// each other's buckets at once could pass the same units back and forth, and a crowd of
+    /// refused reserves asking at once would each move a share. A reserve that finds a
+    /// refill under way waits for it, then tries its home bucket again, and moves units
+    /// itself only if that fails. The refill that holds the lock asks each sibling in turn;
+    /// a round in which none had a unit for the home bucket ends it, unless units the home
+    /// bucket itself sent to a sibling were still on their way (then it waits for them and
+    /// asks again); last, the home bucket is asked once more. So sold out means: no bucket
+    /// had a unit for this reserve when it was asked, and none was in flight between them
+    /// (or, at once, that the buckets' published stock was short: `answer_without_refill`).
     pub(crate) async fn refill(
         &self,
         refill: Refill,
         first: Outcome,
     ) -> Result<Outcome, RuntimeError> {
-        if let Some(answer) = self.answer_without_refill(&refill, first) {
-            return Ok(answer);
-        }
-        let spread = self.buckets().spread(refill.reserve.sku.base());
-        let mut locked = None;
+        let Some(spread) = self.buckets().spread(refill.reserve.sku.base()) else {
+            return Ok(sold_out_if_unknown(first));
+        };
         let mut outcome = first;
         for _ in 0..REFILL_ROUNDS_MAX {
+            if let Some(answer) = self.answer_without_refill(&refill, outcome) {
+                return Ok(answer);
+            }
+            let Ok(_moving) = spread.refill.try_lock() else {
+                // Another refill is moving units: wait for it, then look again.
+                drop(spread.refill.lock().await);
+                outcome = self.apply_again(refill.reserve).await?;
+                continue;
+            };
             let (next, moved) = self.refill_round(refill, outcome).await?;
             outcome = next;
-            if !Refill::wanted(&outcome) {
-                break;
-            }
-            if !moved && !self.await_moves_from_home(refill).await? {
+            if Refill::wanted(&outcome) && !moved && !self.await_moves_from_home(refill).await? {
                 // Units that reached the home bucket after its last answer (a move another
                 // refill asked for) are found here.
-                outcome = self.apply_again(refill.reserve).await?;
-                break;
-            }
-            if let (None, Some(spread)) = (&locked, &spread) {
-                locked = Some(spread.refill.lock().await);
+                let last = self.apply_again(refill.reserve).await?;
+                return Ok(sold_out_if_unknown(last));
             }
         }
         Ok(sold_out_if_unknown(outcome))
