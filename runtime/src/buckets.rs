@@ -199,28 +199,36 @@ impl Handle {
                 let outcome = self.set_buckets_and_spread(request, sku, buckets).await?;
                 Ok(Reply::Outcome(outcome))
             }
-            Request::Apply(Command::ReturnSold { request, reservation, line, sku, qty }) => {
-                let buckets = self.buckets().buckets_of(sku).unwrap_or(1);
-                let map = self.shard_map();
-                let (home, count) =
-                    (u32::from(map.shard_of_sku(sku).0), u32::from(map.shard_count()));
-                // A one-line reservation's bucket is on its shard; a cart line's is its buyer's
-                // home bucket, which the return does not name: the others answer
-                // `not_returnable` and change nothing, so each is asked in turn.
-                let first = (u32::from(reservation.shard().0) + count - home) % count;
-                let mut outcome = Outcome::NotReturnable;
-                for step in 0..buckets {
-                    let sku = sku.bucket((first + step) % buckets);
-                    let command = Command::ReturnSold { request, reservation, line, sku, qty };
-                    outcome = self.apply_unrouted(command).await?;
-                    if outcome != Outcome::NotReturnable {
-                        break;
-                    }
-                }
-                Ok(Reply::Outcome(outcome))
+            Request::Apply(command @ Command::ReturnSold { .. }) => {
+                Ok(Reply::Outcome(self.return_to_its_bucket(command).await?))
             }
             other => unreachable!("no task answers {other:?}"),
         }
+    }
+
+    /// A return of a spread SKU, at the bucket that sold it. A one-line reservation's bucket
+    /// is on its shard; a cart line's is its buyer's home bucket, which the return does not
+    /// name: the other buckets answer `not_returnable` and change nothing, so each is asked
+    /// in turn, the reservation's shard's first.
+    async fn return_to_its_bucket(&self, command: Command) -> Result<Outcome, RuntimeError> {
+        let Command::ReturnSold { request, reservation, line, sku, qty } = command else {
+            unreachable!("only returns are sent here: {command:?}");
+        };
+        let buckets = self.buckets().buckets_of(sku).unwrap_or(1);
+        let map = self.shard_map();
+        let (home, count) = (u32::from(map.shard_of_sku(sku).0), u32::from(map.shard_count()));
+        let first = (u32::from(reservation.shard().0) + count - home) % count;
+        let mut outcome = Outcome::NotReturnable;
+        for step in 0..buckets {
+            let sku = sku.bucket((first + step) % buckets);
+            outcome = self
+                .apply_unrouted(Command::ReturnSold { request, reservation, line, sku, qty })
+                .await?;
+            if outcome != Outcome::NotReturnable {
+                break;
+            }
+        }
+        Ok(outcome)
     }
 
     /// A reserve its home bucket answered sold out (or never had stock): the siblings move
