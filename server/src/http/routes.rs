@@ -365,12 +365,14 @@ fn set_stock(sku: &str, body: &[u8]) -> Result<Taken, BadRequest> {
         (status = 200, description = "buckets_set", body = json::OutcomeBody),
         (status = 404, description = "unknown_sku", body = json::OutcomeBody),
         (status = 409, description = "invalid_buckets, bucketed, buyers_counted", body = json::OutcomeBody),
-        (status = "4XX", description = "refused unapplied (a service token: permission_denied; a path no SKU id can have: not_found)", body = json::ErrorBody),
+        (status = "4XX", description = "refused unapplied (a service token: permission_denied)", body = json::ErrorBody),
         (status = 503, description = "overloaded, shutting_down, unavailable", body = json::ErrorBody)),
     security(("bearer" = [])))]
 fn set_buckets(sku: &str, body: &[u8]) -> Result<Taken, BadRequest> {
     let body = json::body(body)?;
-    let Some(sku) = json::sku_id(sku) else { return Ok(Taken::Answered(Reply::Sku(None))) };
+    // A path no SKU id can have names a SKU that does not exist, as an unknown id does.
+    let unknown = Reply::Outcome(Outcome::UnknownSku);
+    let Some(sku) = json::sku_id(sku) else { return Ok(Taken::Answered(unknown)) };
     Ok(Taken::Submit(json::set_buckets(sku, body)))
 }
 
