@@ -52,8 +52,12 @@ fi
 echo "PASS: refused requests changed nothing ($before)"
 echo "== a service token, then an admin token: every check"
 for who in "$service" "$admin"; do
+  # The summary, and every failure in full (a curl line reproduces each).
   "$st" run "$http/openapi.json" -H "Authorization: Bearer $who" --max-examples "$examples" \
-    | tail -n 6
+    >"$work/run.txt" || true
+  sed -n '/= FAILURES =/,/= WARNINGS =\|= SUMMARY =/p' "$work/run.txt"
+  tail -n 6 "$work/run.txt"
+  if grep -q "unique failure" "$work/run.txt"; then echo "FAIL: see above"; exit 1; fi
 done
 if grep -q "panicked" "$work/server.log"; then
   echo "FAIL: the server panicked (see $work/server.log)"; exit 1
