@@ -12,7 +12,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use flashstock_engine::{
     mix64, CartLine, Command, LineRefusal, Lines, MoveOut, MoveSplit, Outcome, Reserve,
-    ReserveCart, ShardId, SkuId, SkuView, StockMove, BUCKETS_MAX,
+    ReserveCart, SkuId, SkuView, StockMove, BUCKETS_MAX,
 };
 use flashstock_protocol::{Reply, Request};
 use tokio::sync::oneshot;
@@ -281,18 +281,12 @@ impl Handle {
     async fn await_moves_from_home(&self, refill: Refill) -> Result<bool, RuntimeError> {
         let Refill { reserve, buckets } = refill;
         let (sku, home) = (reserve.sku.base(), reserve.sku.bucket_index());
-        let home_shard = self.shard_map().shard_of_sku(reserve.sku);
         let mut waited = false;
         for step in 1..buckets {
             let to_sku = sku.bucket((home + step) % buckets);
-            let to = self.shard_map().shard_of_sku(to_sku);
             // Zero units, exactly: moves nothing, and names a move still on its way.
-            let ask =
-                MoveOut { from_sku: reserve.sku, to_sku, to, units: 0, split: MoveSplit::Exact };
-            if let Some(moving) = self.move_out(home_shard, ask).await? {
-                self.await_move(to, home_shard, moving.id).await?;
-                waited = true;
-            }
+            let moving = self.move_and_wait(reserve.sku, to_sku, 0, MoveSplit::Exact).await?;
+            waited |= moving.is_some();
         }
         Ok(waited)
     }
@@ -314,19 +308,12 @@ impl Handle {
             if home_units >= qty || total.is_some_and(|units| units < qty) {
                 continue;
             }
-            let home_shard = self.shard_map().shard_of_sku(line.sku);
+            let units = qty - home_units;
             for step in 1..buckets {
                 let sibling = sku.bucket((home + step) % buckets);
-                let from = self.shard_map().shard_of_sku(sibling);
-                let units = qty - home_units;
-                let split = MoveSplit::HalfOrMore;
-                let ask =
-                    MoveOut { from_sku: sibling, to_sku: line.sku, to: home_shard, units, split };
-                if let Some(moved) = self.move_out(from, ask).await? {
-                    self.await_move(home_shard, from, moved.id).await?;
-                    if moved.units >= units {
-                        break;
-                    }
+                let moved = self.move_and_wait(sibling, line.sku, units, MoveSplit::HalfOrMore);
+                if moved.await?.is_some_and(|moved| moved.units >= units) {
+                    break;
                 }
             }
         }
@@ -376,21 +363,18 @@ impl Handle {
     ) -> Result<(Outcome, bool), RuntimeError> {
         let Refill { reserve, buckets } = refill;
         let (sku, home) = (reserve.sku.base(), reserve.sku.bucket_index());
-        let home_shard = self.shard_map().shard_of_sku(reserve.sku);
         let (mut outcome, mut moved_any) = (first, false);
         for step in 1..buckets {
             if !Refill::wanted(&outcome) {
                 break;
             }
             let sibling = sku.bucket((home + step) % buckets);
-            let from = self.shard_map().shard_of_sku(sibling);
             let units = u64::from(reserve.qty);
-            let split = MoveSplit::HalfOrMore;
-            let ask =
-                MoveOut { from_sku: sibling, to_sku: reserve.sku, to: home_shard, units, split };
-            let Some(moved) = self.move_out(from, ask).await? else { continue };
+            let moved = self.move_and_wait(sibling, reserve.sku, units, MoveSplit::HalfOrMore);
+            if moved.await?.is_none() {
+                continue;
+            }
             moved_any = true;
-            self.await_move(home_shard, from, moved.id).await?;
             outcome = self.apply_again(reserve).await?;
         }
         Ok((outcome, moved_any))
@@ -429,17 +413,10 @@ impl Handle {
             available.push(self.query_bucket(sku.bucket(index)).await?.map_or(0, |v| v.available));
         }
         let share = available.iter().sum::<u64>() / u64::from(buckets);
-        let from = self.shard_map().shard_of_sku(sku);
         for index in 1..buckets {
             let short = share.saturating_sub(available[index as usize]);
-            if short == 0 {
-                continue;
-            }
-            let to_sku = sku.bucket(index);
-            let to = self.shard_map().shard_of_sku(to_sku);
-            let ask = MoveOut { from_sku: sku, to_sku, to, units: short, split: MoveSplit::Exact };
-            if let Some(moved) = self.move_out(from, ask).await? {
-                self.await_move(to, from, moved.id).await?;
+            if short > 0 {
+                self.move_and_wait(sku, sku.bucket(index), short, MoveSplit::Exact).await?;
             }
         }
         Ok(outcome)
@@ -474,20 +451,27 @@ impl Handle {
         }
     }
 
-    async fn move_out(
+    /// Moves units from bucket `from_sku` to bucket `to_sku` (as `Shard::move_out` reads
+    /// `units` and `split`) and waits until they are in, durably; the move, or `None` when
+    /// the sender had nothing to give and nothing on its way.
+    async fn move_and_wait(
         &self,
-        shard: ShardId,
-        ask: MoveOut,
+        from_sku: SkuId,
+        to_sku: SkuId,
+        units: u64,
+        split: MoveSplit,
     ) -> Result<Option<StockMove>, RuntimeError> {
+        let (from, to) =
+            (self.shard_map().shard_of_sku(from_sku), self.shard_map().shard_of_sku(to_sku));
+        let ask = MoveOut { from_sku, to_sku, to, units, split };
         let (reply, answer) = oneshot::channel();
-        self.send_job(shard, Job::MoveOut { ask, reply })?;
-        answer.await.map_err(|_| RuntimeError::ShuttingDown)?
-    }
-
-    /// Waits until move `id` from `from` is in on `shard`, and durable there.
-    async fn await_move(&self, shard: ShardId, from: ShardId, id: u64) -> Result<(), RuntimeError> {
-        let (reply, arrived) = oneshot::channel();
-        self.send_job(shard, Job::AwaitMove { from, id, reply })?;
-        arrived.await.map_err(|_| RuntimeError::ShuttingDown)
+        self.send_job(from, Job::MoveOut { ask, reply })?;
+        let moved = answer.await.map_err(|_| RuntimeError::ShuttingDown)??;
+        if let Some(moved) = moved {
+            let (reply, arrived) = oneshot::channel();
+            self.send_job(to, Job::AwaitMove { from, id: moved.id, reply })?;
+            arrived.await.map_err(|_| RuntimeError::ShuttingDown)?;
+        }
+        Ok(moved)
     }
 }
