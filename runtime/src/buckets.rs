@@ -30,6 +30,42 @@ pub(crate) struct BucketTable {
     /// Each bucket's available units plus those on their way out of it, as its shard
     /// published them after its latest step (`Shard::bucket_stock`).
     published: DashMap<SkuId, u64>,
+    metrics: BucketMetrics,
+}
+
+/// The buckets' metrics, resolved once (a sold-out storm counts one per refused reserve).
+#[derive(Debug)]
+struct BucketMetrics {
+    moves: metrics::Counter,
+    held: metrics::Counter,
+    sold_out: metrics::Counter,
+    sold_out_published: metrics::Counter,
+}
+
+impl Default for BucketMetrics {
+    fn default() -> BucketMetrics {
+        use crate::metrics::{from_zero, BUCKET_MOVES_TOTAL, BUCKET_REFILLS_TOTAL};
+        let refills = |result: &'static str| {
+            from_zero(metrics::counter!(BUCKET_REFILLS_TOTAL, "result" => result))
+        };
+        BucketMetrics {
+            moves: from_zero(metrics::counter!(BUCKET_MOVES_TOTAL)),
+            held: refills("held"),
+            sold_out: refills("sold_out"),
+            sold_out_published: refills("sold_out_published"),
+        }
+    }
+}
+
+impl BucketMetrics {
+    /// Counts what a refill ended with.
+    fn refilled(&self, outcome: &Outcome) {
+        match outcome {
+            Outcome::SoldOut { .. } => self.sold_out.increment(1),
+            Outcome::Reserved { .. } => self.held.increment(1),
+            _ => {}
+        }
+    }
 }
 
 /// One spread SKU.
@@ -250,13 +286,26 @@ impl Handle {
         refill: Refill,
         first: Outcome,
     ) -> Result<Outcome, RuntimeError> {
+        if let Some(answer) = self.answer_without_refill(&refill, first) {
+            return Ok(answer);
+        }
+        let outcome = self.refill_rounds(refill, first).await?;
+        self.buckets().metrics.refilled(&outcome);
+        Ok(outcome)
+    }
+
+    /// The rounds of [`Handle::refill`], once a refill may help.
+    async fn refill_rounds(&self, refill: Refill, first: Outcome) -> Result<Outcome, RuntimeError> {
         let Some(spread) = self.buckets().spread(refill.reserve.sku.base()) else {
             return Ok(sold_out_if_unknown(first));
         };
         let mut outcome = first;
         for _ in 0..REFILL_ROUNDS_MAX {
-            if let Some(answer) = self.answer_without_refill(&refill, outcome) {
-                return Ok(answer);
+            if !Refill::wanted(&outcome) {
+                return Ok(outcome);
+            }
+            if let Some(available) = self.published_short(&refill) {
+                return Ok(Outcome::SoldOut { available });
             }
             let Ok(_moving) = spread.refill.try_lock() else {
                 // Another refill is moving units: wait for it, then look again.
@@ -347,11 +396,17 @@ impl Handle {
         if !Refill::wanted(&outcome) {
             return Some(outcome);
         }
+        let available = self.published_short(refill)?;
+        self.buckets().metrics.sold_out_published.increment(1);
+        Some(Outcome::SoldOut { available })
+    }
+
+    /// The units all buckets of the reserve's SKU had between them as published, when fewer
+    /// than it asks.
+    fn published_short(&self, refill: &Refill) -> Option<u64> {
         let (sku, qty) = (refill.reserve.sku.base(), u64::from(refill.reserve.qty));
-        match self.buckets().published_total(sku, refill.buckets) {
-            Some(available) if available < qty => Some(Outcome::SoldOut { available }),
-            _ => None,
-        }
+        let available = self.buckets().published_total(sku, refill.buckets)?;
+        (available < qty).then_some(available)
     }
 
     /// One round: each sibling in turn, until the reserve holds. Returns the last outcome
@@ -468,6 +523,7 @@ impl Handle {
         self.send_job(from, Job::MoveOut { ask, reply })?;
         let moved = answer.await.map_err(|_| RuntimeError::ShuttingDown)??;
         if let Some(moved) = moved {
+            self.buckets().metrics.moves.increment(1);
             let (reply, arrived) = oneshot::channel();
             self.send_job(to, Job::AwaitMove { from, id: moved.id, reply })?;
             arrived.await.map_err(|_| RuntimeError::ShuttingDown)?;

@@ -51,6 +51,13 @@ pub const CONSUMER_ACKED_POSITION: &str = "flashstock_consumer_acked_position";
 pub const CONSUMER_LAG_RECORDS: &str = "flashstock_consumer_lag_records";
 /// Per consumer and shard, records the log keeps only for it.
 pub const CONSUMER_HELD_RECORDS: &str = "flashstock_consumer_held_records";
+/// Moves of stock between a hot SKU's buckets that the runtime asked for (refills, cart
+/// fills, spreading; docs/hot-skus.md).
+pub const BUCKET_MOVES_TOTAL: &str = "flashstock_bucket_moves_total";
+/// Reserves of spread SKUs refused by their home bucket, by `result`: `held` after a
+/// refill, `sold_out` after asking every bucket, `sold_out_published` answered at once from
+/// the buckets' published stock.
+pub const BUCKET_REFILLS_TOTAL: &str = "flashstock_bucket_refills_total";
 /// How long the last start's recovery took.
 pub const RECOVERY_SECONDS: &str = "flashstock_recovery_seconds";
 /// Records the last start's recovery replayed.
@@ -66,6 +73,10 @@ pub fn describe() {
         "Snapshots that failed to be written (the log is kept)."
     );
     describe_counter!(WAL_BYTES_TOTAL, Unit::Bytes, "Record bytes appended to the log.");
+    let moves = "Moves of stock between a hot SKU's buckets (refills, cart fills, spreading).";
+    describe_counter!(BUCKET_MOVES_TOTAL, Unit::Count, moves);
+    let refills = "Reserves of spread SKUs refused by their home bucket, by what became of them.";
+    describe_counter!(BUCKET_REFILLS_TOTAL, Unit::Count, refills);
     describe_counter!(
         SNAPSHOT_REPLICA_RECORDS_TOTAL,
         Unit::Count,
@@ -105,7 +116,7 @@ pub fn describe() {
 }
 
 /// A counter exported at 0 before its first event, so that rates and alerts see it at once.
-fn from_zero(counter: metrics::Counter) -> metrics::Counter {
+pub(crate) fn from_zero(counter: metrics::Counter) -> metrics::Counter {
     counter.absolute(0);
     counter
 }

@@ -123,6 +123,8 @@ async fn a_multi_item_checkout_over_http_with_the_same_tokens_keys_and_outcomes(
     // SKU 2 is spread over both shards (docs/hot-skus.md): it still reads as one SKU.
     let spread = api.admin("PUT", "/v1/skus/2/buckets", json!({"buckets": 2}));
     assert_eq!((spread.status, &spread.body["outcome"]), (200, &json!("buckets_set")));
+    let moves = series_value(&scrape(&daemon, "/metrics").body, "flashstock_bucket_moves_total");
+    assert_eq!(moves, Some(1.0), "the spread moved half the stock to the other bucket");
     let again = api.admin("PUT", "/v1/skus/2/buckets", json!({"buckets": 3}));
     assert_eq!((again.status, &again.body["outcome"]), (409, &json!("invalid_buckets")));
     assert_eq!(api.service("GET", "/v1/skus/2", None, None).body["available"], json!(10));
