@@ -431,6 +431,31 @@ proptest! {
     }
 }
 
+/// A snapshot holding spread SKUs and moves in flight restores to the same state, and every
+/// cut of it (a torn file) is refused with a typed error, never a panic.
+#[test]
+fn a_snapshot_with_moves_in_flight_restores_exactly_and_refuses_every_cut() {
+    let mut sim = Sim::new(2, 2);
+    // Two moves left in flight: sent, not delivered.
+    assert!(sim.move_units(0, 1, 3, MoveSplit::Exact));
+    assert!(sim.move_units(1, 0, 2, MoveSplit::Exact));
+    for shard in &sim.shards {
+        let mut bytes = Vec::new();
+        shard.encode_snapshot(&mut bytes);
+        let restored = Shard::restore(shard.id(), config(), &bytes).unwrap();
+        assert_eq!(restored.digest(), shard.digest());
+        assert_eq!(restored.moves_in_flight().count(), shard.moves_in_flight().count());
+        assert_eq!(
+            restored.bucket_stock().collect::<Vec<_>>(),
+            shard.bucket_stock().collect::<Vec<_>>()
+        );
+        for cut in 0..bytes.len() {
+            assert!(Shard::restore(shard.id(), config(), &bytes[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+    assert_eq!(sim.shards.iter().map(|s| s.moves_in_flight().count()).sum::<usize>(), 2);
+}
+
 /// A spread SKU's admin rules: set once, before any buyer; its total, limit and window are
 /// fixed from then on, and stock is added into bucket 0.
 #[test]
