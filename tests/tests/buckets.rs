@@ -36,6 +36,17 @@ fn reserve(buyer: u64, qty: u32) -> Reserve {
     }
 }
 
+/// A cart of `lines` for `buyer`, held for a minute.
+fn cart_of(buyer: u64, lines: Lines) -> ReserveCart {
+    ReserveCart {
+        request: request(),
+        buyer: BuyerId(buyer),
+        ttl_ms: 60_000,
+        order_ref: None,
+        lines,
+    }
+}
+
 async fn spread(handle: &Handle, units: u64, limit: Option<u32>) {
     handle.set_stock(request(), HOT, units).await.unwrap();
     handle.set_buyer_limit(request(), HOT, limit).await.unwrap();
@@ -196,35 +207,17 @@ async fn a_cart_line_of_a_spread_sku_is_filled_before_the_cart_is_decided() {
     let homed_in = |bucket: u64| (0..).find(|&b| mix64(b) % 2 == bucket).unwrap();
     for buyer in [homed_in(0), homed_in(1)] {
         let lines = Lines::numbered([(SkuId(7), 1), (HOT, 2)]).unwrap();
-        let cart = ReserveCart {
-            request: request(),
-            buyer: BuyerId(buyer),
-            ttl_ms: 60_000,
-            order_ref: None,
-            lines,
-        };
+        let cart = cart_of(buyer, lines);
         assert!(matches!(handle.reserve_cart(cart).await.unwrap(), Outcome::Reserved { .. }));
     }
     // Both buckets are empty now; a third cart of 1 is refused, as it should be.
     let lines = Lines::numbered([(HOT, 1)]).unwrap();
-    let cart = ReserveCart {
-        request: request(),
-        buyer: BuyerId(homed_in(1)),
-        ttl_ms: 60_000,
-        order_ref: None,
-        lines,
-    };
+    let cart = cart_of(homed_in(1), lines);
     assert!(matches!(handle.reserve_cart(cart).await.unwrap(), Outcome::CartRefused { .. }));
     // A home bucket short of a line: 3 units left over 2 buckets after a restock of 3.
     handle.adjust_stock(request(), HOT, 3).await.unwrap();
     let lines = Lines::numbered([(HOT, 3)]).unwrap();
-    let cart = ReserveCart {
-        request: request(),
-        buyer: BuyerId(homed_in(1)),
-        ttl_ms: 60_000,
-        order_ref: None,
-        lines,
-    };
+    let cart = cart_of(homed_in(1), lines);
     let held = handle.reserve_cart(cart).await.unwrap();
     assert!(matches!(held, Outcome::Reserved { .. }), "the home bucket was not filled: {held:?}");
     let view = handle.query_sku(HOT).await.unwrap().unwrap();
