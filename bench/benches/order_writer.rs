@@ -16,7 +16,11 @@ const ROWS_PER_BATCH: u64 = 8_192;
 fn rows(first: u64) -> Vec<OrderRow> {
     (first..first + ROWS_PER_BATCH)
         .map(|n| OrderRow {
-            reservation: ReservationId::new(ShardId((n % 2) as u16), n + 1),
+            reservation: ReservationId::new(
+                flashstock_engine::Slot(0),
+                ShardId((n % 2) as u16),
+                n + 1,
+            ),
             line: 0,
             order_ref: (n % 3 == 0).then_some(OrderRef(u128::from(n) << 20)),
             buyer: n * 7,

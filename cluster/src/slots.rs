@@ -1,26 +1,14 @@
 //! Slots: SKUs hash to a fixed number of slots, and servers own ranges of slots (as Redis
 //! Cluster does), so that moving work between servers moves whole slots.
 
-use flashstock_engine::{mix64, SkuId};
-
-/// How many slots there are. A power of two: a slot is the SKU hash's low bits.
-pub const SLOT_COUNT: u16 = 4_096;
-
-/// One slot, `0..SLOT_COUNT`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Slot(pub u16);
-
-/// The slot of `sku`: the low bits of its hash. A server's shard map uses the hash's high
-/// bits (`ShardMap::shard_of_sku`), so slots and shards spread independently; a hot SKU's
-/// buckets hash by the SKU itself, so they share its slot and move with it.
-pub fn slot_of(sku: SkuId) -> Slot {
-    Slot((mix64(sku.base().0) & u64::from(SLOT_COUNT - 1)) as u16)
-}
+// One definition: the engine names reservations by their slot, so the slot function is
+// the engine's; this crate re-exports it.
+pub use flashstock_engine::{slot_of, Slot, SLOT_COUNT};
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flashstock_engine::ShardMap;
+    use flashstock_engine::{ShardMap, SkuId};
 
     #[test]
     fn skus_spread_over_every_slot_and_independently_of_shards() {

@@ -337,7 +337,7 @@ mod tests {
     use crate::ids::{ReservationId, ShardId};
 
     fn answer(n: u64) -> Answer {
-        let reservation = ReservationId::new(ShardId(0), n + 1);
+        let reservation = ReservationId::new(crate::ids::Slot(0), ShardId(0), n + 1);
         Answer {
             request: RequestId(u128::from(n) << 64 | 7).into(),
             answered_at_ms: n,

@@ -190,9 +190,9 @@ mod tests {
         shard.apply(&reserve(2, 7, Some(OrderRef(700))), 10, &mut log);
         shard.apply(&reserve(3, 8, None), 10, &mut log);
         shard.apply(&reserve(4, 9, Some(OrderRef(900))), 10, &mut log);
-        let first = ReservationId::new(ShardId(0), 1);
-        let second = ReservationId::new(ShardId(0), 2);
-        let third = ReservationId::new(ShardId(0), 3);
+        let first = ReservationId::new(crate::ids::slot_of(sku), ShardId(0), 1);
+        let second = ReservationId::new(crate::ids::slot_of(sku), ShardId(0), 2);
+        let third = ReservationId::new(crate::ids::slot_of(sku), ShardId(0), 3);
         // The order reference given at reserve reaches the event; one given at confirm wins.
         let confirm = |n, reservation, order_ref| Command::Confirm {
             request: request(n),

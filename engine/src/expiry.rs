@@ -101,7 +101,7 @@ mod tests {
             let mut queue = ExpiryQueue::default();
             let mut model = std::collections::BTreeSet::new();
             for (seq, &at_ms) in deadlines.iter().enumerate() {
-                let id = ReservationId::new(ShardId(0), seq as u64 + 1);
+                let id = ReservationId::new(crate::ids::Slot(0), ShardId(0), seq as u64 + 1);
                 queue.push(at_ms, id);
                 model.insert((at_ms, id));
                 for _ in 0..pops_between.get(seq).copied().unwrap_or(0) {

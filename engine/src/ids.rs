@@ -77,29 +77,57 @@ pub struct OrderRef(pub u128);
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ShardId(pub u16);
 
-/// A reservation, named by the shard that made it and a per-shard sequence number.
+/// How many slots SKUs hash to (docs/cluster.md). A power of two: a slot is the low bits of
+/// the SKU's hash. Servers of a cluster own ranges of slots, so a move moves whole slots.
+pub const SLOT_COUNT: u16 = 4_096;
+
+/// One slot, `0..SLOT_COUNT`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Slot(pub u16);
+
+/// The slot of `sku`: the low bits of its hash. A server's shard map uses the hash's high
+/// bits ([`ShardMap::shard_of_sku`]), so slots and shards spread independently; a hot SKU's
+/// buckets hash by the SKU itself, so they share its slot and move with it.
+pub fn slot_of(sku: SkuId) -> Slot {
+    Slot((mix64(sku.base().0) & u64::from(SLOT_COUNT - 1)) as u16)
+}
+
+/// A reservation (or a cart), named by its SKU's slot, the shard that made it and a per-shard
+/// sequence number: `[slot 12 bits][shard 8 bits][sequence 44 bits]`.
 ///
-/// The owning shard sits in the top 16 bits so that confirm and cancel route without a lookup;
-/// the low 48 bits are the shard's sequence, which never repeats (2^48 reservations per shard).
+/// The slot lets a cluster's clients route confirm and cancel to the server owning the slot
+/// now, after a move, with no lookup; the shard routes inside the server. The sequence never
+/// repeats within a shard (2^44 reservations, ~200 days at 1M/s on one shard).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[cfg_attr(feature = "rkyv", derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize))]
 pub struct ReservationId(pub u64);
 
 impl ReservationId {
     /// Bits of the id that hold the per-shard sequence number.
-    pub const SEQ_BITS: u32 = 48;
+    pub const SEQ_BITS: u32 = 44;
     /// The largest sequence number a shard may issue.
     pub const SEQ_MAX: u64 = (1 << Self::SEQ_BITS) - 1;
+    /// Bits of the id that hold the shard: a server runs at most 2^8 shards.
+    pub const SHARD_BITS: u32 = 8;
+    const SLOT_SHIFT: u32 = Self::SEQ_BITS + Self::SHARD_BITS;
 
-    /// Builds the id of reservation `seq` made by `shard`.
-    pub fn new(shard: ShardId, seq: u64) -> ReservationId {
-        assert!(seq <= Self::SEQ_MAX, "reservation sequence {seq} exceeds 48 bits");
-        ReservationId((u64::from(shard.0) << Self::SEQ_BITS) | seq)
+    /// Builds the id of reservation `seq` of a SKU in `slot`, made by `shard`.
+    pub fn new(slot: Slot, shard: ShardId, seq: u64) -> ReservationId {
+        assert!(seq <= Self::SEQ_MAX, "reservation sequence {seq} exceeds 44 bits");
+        assert!(shard.0 < ShardMap::SHARDS_MAX && slot.0 < SLOT_COUNT, "{slot:?} {shard:?}");
+        ReservationId(
+            (u64::from(slot.0) << Self::SLOT_SHIFT) | (u64::from(shard.0) << Self::SEQ_BITS) | seq,
+        )
+    }
+
+    /// The slot of the reservation's SKU (of a cart's first line).
+    pub fn slot(self) -> Slot {
+        Slot((self.0 >> Self::SLOT_SHIFT) as u16)
     }
 
     /// The shard that made this reservation (and alone can end it).
     pub fn shard(self) -> ShardId {
-        ShardId((self.0 >> Self::SEQ_BITS) as u16)
+        ShardId(((self.0 >> Self::SEQ_BITS) & ((1 << Self::SHARD_BITS) - 1)) as u16)
     }
 
     /// The per-shard sequence number.
@@ -110,7 +138,7 @@ impl ReservationId {
 
 impl fmt::Debug for ReservationId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "R{}.{}", self.shard().0, self.seq())
+        write!(f, "R{}.{}.{}", self.slot().0, self.shard().0, self.seq())
     }
 }
 
@@ -130,8 +158,8 @@ pub struct ShardMap {
 }
 
 impl ShardMap {
-    /// The most shards one process may run.
-    pub const SHARDS_MAX: u16 = 1024;
+    /// The most shards one process may run: a reservation id has 8 bits for its shard.
+    pub const SHARDS_MAX: u16 = 1 << ReservationId::SHARD_BITS;
 
     /// A map over `shard_count` shards; panics when the count is 0 or above [`Self::SHARDS_MAX`].
     pub fn new(shard_count: u16) -> ShardMap {
@@ -206,10 +234,14 @@ mod tests {
 
     #[test]
     fn reservation_id_round_trips_shard_and_seq() {
-        let id = ReservationId::new(ShardId(1023), ReservationId::SEQ_MAX);
-        assert_eq!(id.shard(), ShardId(1023));
-        assert_eq!(id.seq(), ReservationId::SEQ_MAX);
-        assert_eq!(format!("{id}"), format!("R1023.{}", ReservationId::SEQ_MAX));
+        let id = ReservationId::new(Slot(4095), ShardId(255), ReservationId::SEQ_MAX);
+        assert_eq!(
+            (id.slot(), id.shard(), id.seq()),
+            (Slot(4095), ShardId(255), ReservationId::SEQ_MAX)
+        );
+        assert_eq!(format!("{id}"), format!("R4095.255.{}", ReservationId::SEQ_MAX));
+        let id = ReservationId::new(Slot(7), ShardId(0), 1);
+        assert_eq!((id.slot(), id.shard(), id.seq()), (Slot(7), ShardId(0), 1));
     }
 
     #[test]
@@ -241,7 +273,10 @@ mod tests {
     #[test]
     fn forged_reservation_shard_is_refused() {
         let map = ShardMap::new(2);
-        assert_eq!(map.shard_of_reservation(ReservationId::new(ShardId(1), 5)), Some(ShardId(1)));
-        assert_eq!(map.shard_of_reservation(ReservationId::new(ShardId(2), 5)), None);
+        assert_eq!(
+            map.shard_of_reservation(ReservationId::new(Slot(0), ShardId(1), 5)),
+            Some(ShardId(1))
+        );
+        assert_eq!(map.shard_of_reservation(ReservationId::new(Slot(0), ShardId(2), 5)), None);
     }
 }

@@ -4,7 +4,7 @@
 use rustc_hash::FxHashMap;
 
 use crate::error::EngineError;
-use crate::ids::SkuId;
+use crate::ids::{slot_of, SkuId};
 use crate::outcome::ReservationState;
 use crate::shard::Shard;
 
@@ -111,8 +111,11 @@ impl Shard {
             return Err(cart_bookkeeping(None, "live and ended carts differ from the carts"));
         }
         for (&id, cart) in &self.carts {
-            let issued =
-                id.shard() == self.id && (1..self.reservation_seq_next).contains(&id.seq());
+            // A cart is named by its first line's slot (its coordinator's SKU).
+            let first_slot = cart.lines.as_slice().first().map(|line| slot_of(line.sku));
+            let issued = id.shard() == self.id
+                && (1..self.reservation_seq_next).contains(&id.seq())
+                && first_slot == Some(id.slot());
             if !issued || self.reservations.get(id).is_some() {
                 return Err(cart_bookkeeping(Some(id), "cart id not issued by this shard"));
             }

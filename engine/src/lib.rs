@@ -61,7 +61,8 @@ pub use command::{Command, Reserve, RouteKey, SaleWindow};
 pub use error::EngineError;
 pub use event::{Change, Event, EventKind};
 pub use ids::{
-    mix64, BuyerId, OrderRef, RequestId, ReservationId, ShardId, ShardMap, SkuId, SplitMix64,
+    mix64, slot_of, BuyerId, OrderRef, RequestId, ReservationId, ShardId, ShardMap, SkuId, Slot,
+    SplitMix64, SLOT_COUNT,
 };
 pub use limits::{ShardConfig, RESERVE_QTY_MAX, STOCK_TOTAL_MAX, TICK_EXPIRIES_MAX, TTL_MS_MAX};
 pub use message::ShardMessage;

@@ -263,15 +263,16 @@ impl Ints {
         if self == Ints::Fixed {
             return Ok(ReservationId(r.u64()?));
         }
-        let shard = r.varint("reservation shard")?;
+        let slot_and_shard = r.varint("reservation slot and shard")?;
         let seq = r.varint("reservation sequence")?;
-        if shard > u64::from(u16::MAX) {
-            return Err(EngineError::InvalidField { field: "reservation shard", value: shard });
+        if slot_and_shard >> (64 - ReservationId::SEQ_BITS) != 0 {
+            let value = slot_and_shard;
+            return Err(EngineError::InvalidField { field: "reservation slot and shard", value });
         }
         if seq > ReservationId::SEQ_MAX {
             return Err(EngineError::InvalidField { field: "reservation sequence", value: seq });
         }
-        Ok(ReservationId((shard << ReservationId::SEQ_BITS) | seq))
+        Ok(ReservationId((slot_and_shard << ReservationId::SEQ_BITS) | seq))
     }
 }
 
@@ -542,9 +543,10 @@ fn encode_apply(w: &mut Writer<'_>, at_ms: u64, command: &Command) {
     }
 }
 
-/// A reservation id as two varints: its shard and its sequence.
+/// A reservation id as two varints: its slot and shard (the bits above the sequence), and
+/// its sequence.
 pub(crate) fn encode_reservation(w: &mut Writer<'_>, reservation: ReservationId) {
-    w.varint(u64::from(reservation.shard().0));
+    w.varint(reservation.0 >> ReservationId::SEQ_BITS);
     w.varint(reservation.seq());
 }
 
@@ -765,7 +767,8 @@ mod tests {
         records.push(Record::MovedIn { at_ms: u64::MAX, from: ShardId(3), stock_move });
         records.push(Record::MoveAcked { at_ms: 8, id: u64::MAX });
         // Every integer at its widest varint: the longest single-line record.
-        let reservation = ReservationId::new(ShardId(u16::MAX), ReservationId::SEQ_MAX);
+        let reservation =
+            ReservationId::new(crate::ids::Slot(4095), ShardId(255), ReservationId::SEQ_MAX);
         records.push(Record::Ended {
             at_ms: u64::MAX,
             command: Command::Confirm { request, reservation, order_ref },
@@ -786,7 +789,7 @@ mod tests {
     fn cart_samples(request: RequestId, order_ref: Option<OrderRef>) -> Vec<Record> {
         use crate::cart::{CartLine, Lines, CART_LINES_MAX};
         let lines = Lines::numbered([(SkuId(7), 2), (SkuId(1 << 40), 1)]).unwrap();
-        let cart = ReservationId::new(ShardId(2), 99);
+        let cart = ReservationId::new(crate::ids::Slot(0), ShardId(2), 99);
         let mut groups = Groups::default();
         groups.push(ShardId(0), 5);
         groups.push(ShardId(1), 6);
@@ -875,7 +878,7 @@ mod tests {
         bytes.extend_from_slice(&3u32.to_le_bytes());
         bytes.extend_from_slice(&500u64.to_le_bytes());
         bytes.push(0);
-        let reservation = ReservationId::new(ShardId(1), 77);
+        let reservation = ReservationId::new(crate::ids::Slot(0), ShardId(1), 77);
         bytes.push(TAG_EXPIRED);
         bytes.extend_from_slice(&456u64.to_le_bytes());
         bytes.extend_from_slice(&reservation.0.to_le_bytes());

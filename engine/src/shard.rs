@@ -15,7 +15,7 @@ use crate::command::{Command, Reserve, SaleWindow};
 use crate::dedup::Dedup;
 use crate::error::EngineError;
 use crate::expiry::ExpiryQueue;
-use crate::ids::{BuyerId, OrderRef, RequestId, ReservationId, ShardId, SkuId};
+use crate::ids::{slot_of, BuyerId, OrderRef, RequestId, ReservationId, ShardId, SkuId};
 use crate::limits::{ShardConfig, RESERVE_QTY_MAX, STOCK_TOTAL_MAX, TICK_EXPIRIES_MAX, TTL_MS_MAX};
 use crate::message::ShardMessage;
 use crate::outcome::{Outcome, ReservationState, ReservationView, SkuView};
@@ -521,7 +521,7 @@ impl Shard {
         }
         self.hold_units(r.sku, r.buyer, r.qty);
 
-        let reservation = ReservationId::new(self.id, self.reservation_seq_next);
+        let reservation = ReservationId::new(slot_of(r.sku), self.id, self.reservation_seq_next);
         self.reservation_seq_next += 1;
         let expires_at_ms = now_ms + r.ttl_ms;
         let held = Reservation {

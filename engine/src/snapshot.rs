@@ -9,7 +9,7 @@ use crate::codec::{Reader, Writer};
 use crate::command::SaleWindow;
 use crate::dedup::Answer;
 use crate::error::EngineError;
-use crate::ids::{BuyerId, OrderRef, RequestId, ReservationId, ShardId, SkuId};
+use crate::ids::{slot_of, BuyerId, OrderRef, RequestId, ReservationId, ShardId, SkuId};
 use crate::limits::ShardConfig;
 use crate::outcome::{LineRefusal, Outcome, ReservationState};
 use crate::probe::HashKey;
@@ -309,11 +309,14 @@ impl Shard {
                 qty: r.u32()?,
                 state: decode_state(r.u8()?)?,
             };
-            let in_order =
-                reservations.last().is_none_or(|&(last, _): &(ReservationId, _)| last < id);
+            // In sequence order (the slot bits above it do not order ids by age).
+            let in_order = reservations
+                .last()
+                .is_none_or(|&(last, _): &(ReservationId, _)| last.seq() < id.seq());
             // A reservation is never newer than the shard's next sequence number.
             let issued = id.seq() < shard.reservation_seq_next;
-            if id.shard() != shard.id || id.seq() == 0 || !in_order || !issued {
+            let slot_right = id.slot() == slot_of(reservation.sku);
+            if id.shard() != shard.id || id.seq() == 0 || !in_order || !issued || !slot_right {
                 return Err(EngineError::InvalidField { field: "reservation id", value: id.0 });
             }
             reservations.push((id, reservation));

@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 
 use rustc_hash::FxHashMap;
 
-use crate::ids::{ReservationId, ShardId};
+use crate::ids::{slot_of, ReservationId, ShardId};
 use crate::shard::Reservation;
 
 /// Below this many slots the ring is never compacted: small rings are cheap either way.
@@ -61,26 +61,33 @@ impl ReservationTable {
         (id.shard() == self.shard).then_some(id.seq())
     }
 
+    /// The reservation named `id`: its sequence finds it, and its slot must be its SKU's (an
+    /// id with another slot is forged or corrupted, and names nothing).
     pub(crate) fn get(&self, id: ReservationId) -> Option<&Reservation> {
         let seq = self.seq_of(id)?;
-        if seq < self.base_seq {
-            return self.overflow.get(&seq);
-        }
-        self.ring.get((seq - self.base_seq) as usize)?.as_ref()
+        let found = if seq < self.base_seq {
+            self.overflow.get(&seq)
+        } else {
+            self.ring.get((seq - self.base_seq) as usize)?.as_ref()
+        };
+        found.filter(|r| slot_of(r.sku) == id.slot())
     }
 
     pub(crate) fn get_mut(&mut self, id: ReservationId) -> Option<&mut Reservation> {
         let seq = self.seq_of(id)?;
-        if seq < self.base_seq {
-            return self.overflow.get_mut(&seq);
-        }
-        self.ring.get_mut((seq - self.base_seq) as usize)?.as_mut()
+        let found = if seq < self.base_seq {
+            self.overflow.get_mut(&seq)
+        } else {
+            self.ring.get_mut((seq - self.base_seq) as usize)?.as_mut()
+        };
+        found.filter(|r| slot_of(r.sku) == id.slot())
     }
 
     /// Stores `reservation` under `id`, which must be new. Issued ids arrive in order and land
     /// at the back of the ring; a restore may leave gaps, which stay empty.
     pub(crate) fn insert(&mut self, id: ReservationId, reservation: Reservation) {
         assert_eq!(id.shard(), self.shard, "reservation {id} stored in the wrong shard");
+        assert_eq!(id.slot(), slot_of(reservation.sku), "reservation {id} names another slot");
         let seq = id.seq();
         if seq < self.base_seq {
             let previous = self.overflow.insert(seq, reservation);
@@ -97,7 +104,8 @@ impl ReservationTable {
     }
 
     pub(crate) fn remove(&mut self, id: ReservationId) -> Option<Reservation> {
-        let seq = self.seq_of(id)?;
+        self.get(id)?;
+        let seq = id.seq();
         if seq < self.base_seq {
             return self.overflow.remove(&seq);
         }
@@ -130,17 +138,21 @@ impl ReservationTable {
         }
     }
 
+    /// The id of the reservation at `seq`: its slot is its SKU's.
+    fn id_of(&self, seq: u64, reservation: &Reservation) -> ReservationId {
+        ReservationId::new(slot_of(reservation.sku), self.shard, seq)
+    }
+
     /// Every reservation held, in id order, without collecting and sorting them all (a busy
     /// shard holds millions; the snapshot encoder walks them). Overflow entries all precede
     /// `base_seq`, so they come first, sorted (there are few), then the ring in order.
     pub(crate) fn iter_in_order(&self) -> impl Iterator<Item = (ReservationId, &Reservation)> + '_ {
         let mut overflow: Vec<_> = self.overflow.iter().collect();
         overflow.sort_unstable_by_key(|(&seq, _)| seq);
-        let overflow =
-            overflow.into_iter().map(move |(&seq, r)| (ReservationId::new(self.shard, seq), r));
+        let overflow = overflow.into_iter().map(move |(&seq, r)| (self.id_of(seq, r), r));
         let ring = self.ring.iter().enumerate().filter_map(move |(index, slot)| {
             let seq = self.base_seq + index as u64;
-            slot.as_ref().map(|r| (ReservationId::new(self.shard, seq), r))
+            slot.as_ref().map(|r| (self.id_of(seq, r), r))
         });
         overflow.chain(ring)
     }
@@ -149,10 +161,9 @@ impl ReservationTable {
     pub(crate) fn iter(&self) -> impl Iterator<Item = (ReservationId, &Reservation)> + '_ {
         let ring = self.ring.iter().enumerate().filter_map(move |(index, slot)| {
             let seq = self.base_seq + index as u64;
-            slot.as_ref().map(|r| (ReservationId::new(self.shard, seq), r))
+            slot.as_ref().map(|r| (self.id_of(seq, r), r))
         });
-        let overflow =
-            self.overflow.iter().map(move |(&seq, r)| (ReservationId::new(self.shard, seq), r));
+        let overflow = self.overflow.iter().map(move |(&seq, r)| (self.id_of(seq, r), r));
         ring.chain(overflow)
     }
 }
@@ -177,7 +188,8 @@ mod tests {
     fn a_long_lived_straggler_moves_to_overflow_and_the_ring_advances() {
         let shard = ShardId(5);
         let mut table = ReservationTable::new(shard, 1, 0);
-        let id = |seq| ReservationId::new(shard, seq);
+        let slot = slot_of(SkuId(2));
+        let id = |seq| ReservationId::new(slot, shard, seq);
         for seq in 1..=10_000 {
             table.insert(id(seq), reservation(seq as u32));
         }
@@ -192,7 +204,11 @@ mod tests {
         assert_eq!(table.iter().count(), 2);
         assert_eq!(table.remove(id(1)).unwrap().qty, 1);
         assert!(table.get(id(1)).is_none());
-        assert!(table.get(ReservationId::new(ShardId(6), 10_001)).is_none(), "foreign shard");
+        assert!(table.get(ReservationId::new(slot, ShardId(6), 10_001)).is_none(), "foreign shard");
+        let other_slot = crate::ids::Slot((slot.0 + 1) % crate::ids::SLOT_COUNT);
+        let forged = ReservationId::new(other_slot, shard, 10_001);
+        assert!(table.get(forged).is_none(), "another slot's id names nothing");
+        assert!(table.remove(forged).is_none(), "another slot's id ends nothing");
         assert_eq!(table.get(id(10_001)).unwrap().qty, 7);
     }
 
@@ -211,7 +227,7 @@ mod tests {
             let mut next_seq = 1u64;
             for (kind, pick) in ops {
                 if kind < 6 || model.is_empty() {
-                    let id = ReservationId::new(shard, next_seq);
+                    let id = ReservationId::new(slot_of(SkuId(2)), shard, next_seq);
                     table.insert(id, reservation(next_seq as u32));
                     model.insert(next_seq, next_seq as u32);
                     next_seq += 1;
@@ -219,13 +235,13 @@ mod tests {
                     // Mostly remove recent entries, so old ones linger as stragglers.
                     let keys: Vec<u64> = model.keys().copied().collect();
                     let seq = keys[keys.len() - 1 - pick % keys.len().min(50)];
-                    let removed = table.remove(ReservationId::new(shard, seq)).map(|r| r.qty);
+                    let removed = table.remove(ReservationId::new(slot_of(SkuId(2)), shard, seq)).map(|r| r.qty);
                     proptest::prop_assert_eq!(removed, model.remove(&seq));
                 }
             }
             proptest::prop_assert_eq!(table.len(), model.len());
             for seq in 1..next_seq {
-                let got = table.get(ReservationId::new(shard, seq)).map(|r| r.qty);
+                let got = table.get(ReservationId::new(slot_of(SkuId(2)), shard, seq)).map(|r| r.qty);
                 proptest::prop_assert_eq!(got, model.get(&seq).copied(), "seq {}", seq);
             }
             let mut listed: Vec<u64> = table.iter().map(|(id, _)| id.seq()).collect();

@@ -6,9 +6,9 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use flashstock_engine::{
-    BuyerId, Change, Command, Ended, OrderRef, Outcome, Record, RequestId, ReservationId,
+    slot_of, BuyerId, Change, Command, Ended, OrderRef, Outcome, Record, RequestId, ReservationId,
     ReservationState, ReservationView, Reserve, SaleWindow, Shard, ShardConfig, ShardId, SkuId,
-    SkuView, RESERVE_QTY_MAX, STOCK_TOTAL_MAX, TTL_MS_MAX,
+    SkuView, Slot, RESERVE_QTY_MAX, SLOT_COUNT, STOCK_TOTAL_MAX, TTL_MS_MAX,
 };
 use proptest::prelude::*;
 
@@ -206,7 +206,7 @@ impl Model {
         s.available -= u64::from(r.qty);
         s.reserved += u64::from(r.qty);
         *s.taken.entry(r.buyer.0).or_default() += u64::from(r.qty);
-        let id = ReservationId::new(SHARD, self.seq_next);
+        let id = ReservationId::new(slot_of(r.sku), SHARD, self.seq_next);
         self.seq_next += 1;
         let expires_at_ms = now + r.ttl_ms;
         let held = ModelReservation {
@@ -429,9 +429,11 @@ impl Run {
             RequestId(self.next_request)
         };
         let pick_reservation = |pick: usize, issued: &[ReservationId]| {
-            // One pick in eight names a reservation nobody issued.
+            // One pick in eight names a reservation nobody issued: mostly an issued sequence
+            // under another SKU's slot (a forged id), which must name nothing.
             if issued.is_empty() || pick % 8 == 0 {
-                ReservationId::new(SHARD, 10_000 + pick as u64 % 7)
+                let slot = Slot((pick / 8 % usize::from(SLOT_COUNT)) as u16);
+                ReservationId::new(slot, SHARD, 1 + pick as u64 % 7)
             } else {
                 issued[pick % issued.len()]
             }

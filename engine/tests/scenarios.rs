@@ -230,7 +230,10 @@ fn bad_quantities_ttls_and_skus_are_refused_without_effect() {
         0,
     );
     assert_eq!(unknown, Outcome::UnknownSku);
-    assert_eq!(f.confirm(ReservationId::new(ShardId(3), 1), 0), Outcome::UnknownReservation);
+    assert_eq!(
+        f.confirm(ReservationId::new(flashstock_engine::Slot(0), ShardId(3), 1), 0),
+        Outcome::UnknownReservation
+    );
     assert_eq!(f.counts(), (10, 10, 0, 0));
     assert_eq!(f.log.len(), 1, "only the set_stock was logged");
 }

@@ -511,11 +511,7 @@ pub fn redact(url: &str) -> String {
 
 /// See [`OrderStore::route`].
 pub fn route(reservation: ReservationId, database_count: usize) -> usize {
-    let mut x = reservation.0;
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^= x >> 31;
-    (x % database_count as u64) as usize
+    (flashstock_engine::mix64(reservation.0) % database_count as u64) as usize
 }
 
 /// Several databases, each holding the orders whose reservation id hashes to it.
@@ -650,7 +646,10 @@ mod tests {
         // Consecutive reservations of one shard spread evenly over three databases.
         let mut counts = [0u32; 3];
         for seq in 1..=3_000 {
-            counts[route(ReservationId::new(flashstock_engine::ShardId(1), seq), 3)] += 1;
+            counts[route(
+                ReservationId::new(flashstock_engine::Slot(0), flashstock_engine::ShardId(1), seq),
+                3,
+            )] += 1;
         }
         assert!(counts.iter().all(|&c| (900..=1_100).contains(&c)), "{counts:?}");
         assert_eq!(route(ReservationId(42), 1), 0);

@@ -130,7 +130,11 @@ fn reply() -> impl Strategy<Value = Reply> {
         });
     let reservation_view = (any::<u64>(), any::<u64>(), any::<u32>(), 0u8..4).prop_map(
         |(id, expires_at_ms, qty, state)| ReservationView {
-            reservation: ReservationId::new(ShardId(1), id & ReservationId::SEQ_MAX),
+            reservation: ReservationId::new(
+                flashstock_engine::Slot(9),
+                ShardId(1),
+                id & ReservationId::SEQ_MAX,
+            ),
             buyer: BuyerId(id ^ 7),
             sku: SkuId(id >> 3),
             qty,

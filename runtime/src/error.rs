@@ -28,6 +28,19 @@ pub enum RuntimeError {
         /// The count configured now.
         configured: u16,
     },
+    /// The store names reservations in another id layout than this runtime's (1: written
+    /// before reservation ids carried their slot). There is no rewrite: drain the old server
+    /// (let its holds end and its stream be read) and start this one on a new data directory.
+    #[error(
+        "the store's reservation ids are in layout {stored}, this server reads layout \
+         {supported}: drain it with the version that wrote it, then start on a new data directory"
+    )]
+    IdLayout {
+        /// The layout the store was written with (1 when unmarked).
+        stored: u8,
+        /// The layout this runtime reads and writes.
+        supported: u8,
+    },
     /// Recovery found a log it cannot use (corruption mid-log, a gap, a bad snapshot...).
     #[error("recovery of shard {shard} failed: {source}")]
     Recovery {

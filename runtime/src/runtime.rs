@@ -23,6 +23,11 @@ use crate::stream::{Consumers, EventLog, WalRef};
 use tokio::sync::watch;
 
 const SHARD_COUNT_KEY: &str = "shard_count";
+/// The metadata key of the store's reservation-id layout.
+const ID_LAYOUT_KEY: &str = "id_layout";
+/// The reservation-id layout this runtime writes: 2 is `[slot 12][shard 8][sequence 44]`
+/// (docs/cluster.md); 1, unmarked, was `[shard 16][sequence 48]`.
+const ID_LAYOUT: u8 = 2;
 
 /// The running shard actors and durability threads. Dropping it shuts down gracefully too.
 #[derive(Debug)]
@@ -237,8 +242,17 @@ impl Drop for Runtime {
 
 fn check_layout<W: Wal>(wal: &W, configured: u16) -> Result<(), RuntimeError> {
     match wal.read_meta(SHARD_COUNT_KEY)? {
-        None => wal.write_meta(SHARD_COUNT_KEY, &configured.to_le_bytes())?,
+        None => {
+            // A new store: the layout first, so a store with a shard count always has one.
+            wal.write_meta(ID_LAYOUT_KEY, &[ID_LAYOUT])?;
+            wal.write_meta(SHARD_COUNT_KEY, &configured.to_le_bytes())?;
+        }
         Some(bytes) => {
+            let layout =
+                wal.read_meta(ID_LAYOUT_KEY)?.map_or(1, |b| b.first().copied().unwrap_or(0));
+            if layout != ID_LAYOUT {
+                return Err(RuntimeError::IdLayout { stored: layout, supported: ID_LAYOUT });
+            }
             let stored = bytes.try_into().map(u16::from_le_bytes).unwrap_or(0);
             if stored != configured {
                 return Err(RuntimeError::ShardCountMismatch { stored, configured });

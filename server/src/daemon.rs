@@ -17,6 +17,7 @@ use crate::net::{
     self, Authenticator, ClientCertRoles, NetLimits, SharedAuth, TlsFiles, TransportLimits,
 };
 use crate::ServerError;
+use flashstock_engine::ShardMap;
 use flashstock_runtime::{Runtime, RuntimeConfig, RuntimeError, SystemClock};
 
 /// The default listen address.
@@ -54,7 +55,8 @@ pub struct Settings {
     /// The data directory: log, TLS material, tokens.
     #[arg(long, env = "FLASHSTOCK_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Shard actors. Fixed for the life of a data directory.
+    /// Shard actors, at most 256 (a reservation id has 8 bits for its shard). Fixed for the life
+    /// of a data directory.
     #[arg(long, env = "FLASHSTOCK_SHARDS")]
     pub shards: Option<u16>,
     /// Records between snapshots.
@@ -249,7 +251,7 @@ impl Settings {
             // Below 1 KiB a cart does not fit; above 1 MiB is no API call's need.
             ("http_body_bytes_max", self.http_body_bytes_max.map(|n| n as u64), 1 << 10..=1 << 20),
             ("http_request_timeout_ms", self.http_request_timeout_ms, 1..=600_000),
-            ("shards", self.shards.map(u64::from), 1..=1024),
+            ("shards", self.shards.map(u64::from), 1..=u64::from(ShardMap::SHARDS_MAX)),
             ("snapshot_every_records", self.snapshot_every_records, 1..=u64::MAX),
             ("snapshot_every_ms", self.snapshot_every_ms, 1..=u64::MAX),
             ("snapshot_log_ratio", self.snapshot_log_ratio, 1..=1_000),

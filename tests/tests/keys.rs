@@ -123,10 +123,11 @@ async fn a_caller_killed_mid_call_and_a_new_process_retrying_its_key_make_one_ef
     server.stop().await;
 }
 
-/// The reservation in `ANSWER Reserved { reservation: R<shard>.<seq>, .. }`.
+/// The reservation in `ANSWER Reserved { reservation: R<slot>.<shard>.<seq>, .. }`.
 fn parse_reservation(answer: &str) -> ReservationId {
     let id = answer.split("reservation: R").nth(1).expect("a reservation");
-    let (shard, rest) = id.split_once('.').unwrap();
-    let seq: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    ReservationId::new(flashstock_engine::ShardId(shard.parse().unwrap()), seq.parse().unwrap())
+    let parts: Vec<u64> =
+        id.split(|c: char| !c.is_ascii_digit()).take(3).map(|part| part.parse().unwrap()).collect();
+    let (slot, shard) = (flashstock_engine::Slot(parts[0] as u16), parts[1] as u16);
+    ReservationId::new(slot, flashstock_engine::ShardId(shard), parts[2])
 }

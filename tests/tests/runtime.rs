@@ -214,6 +214,20 @@ async fn a_store_refuses_another_shard_count() {
 }
 
 #[tokio::test]
+async fn a_store_written_before_ids_carried_their_slot_is_refused_by_name() {
+    // A store of the old layout has a shard count and no layout mark.
+    let wal = MemWal::new();
+    wal.write_meta("shard_count", &2u16.to_le_bytes()).unwrap();
+    let err = Runtime::start(config(2), wal, Arc::new(SystemClock)).unwrap_err();
+    assert!(matches!(err, RuntimeError::IdLayout { stored: 1, supported: 2 }), "{err}");
+    assert!(err.to_string().contains("new data directory"), "{err}");
+    // A store this runtime made starts again.
+    let wal = MemWal::new();
+    drop(Runtime::start(config(2), wal.clone(), Arc::new(SystemClock)).unwrap());
+    drop(Runtime::start(config(2), wal, Arc::new(SystemClock)).unwrap());
+}
+
+#[tokio::test]
 async fn a_failed_sync_stops_acknowledging_and_loses_nothing_acknowledged() {
     let wal = MemWal::new();
     {
@@ -462,6 +476,7 @@ async fn a_batch_larger_than_a_step_is_answered_in_order_across_shards() {
         items.push(Request::QuerySku(SkuId(sku)));
     }
     items.push(Request::QueryReservation(flashstock_engine::ReservationId::new(
+        flashstock_engine::Slot(0),
         flashstock_engine::ShardId(9),
         1,
     )));

@@ -8,7 +8,7 @@
 use crate::cart::participant::replay_error;
 use crate::cart::{Ask, CartEnd, CartView, CommitCart, Decide, Fate, Groups, Settle, ShardMessage};
 use crate::error::EngineError;
-use crate::ids::{OrderRef, RequestId, ReservationId};
+use crate::ids::{slot_of, OrderRef, RequestId, ReservationId};
 use crate::limits::TTL_MS_MAX;
 use crate::outcome::{Outcome, ReservationState};
 use crate::record::{LogSink, Record};
@@ -101,7 +101,9 @@ impl Shard {
     }
 
     fn hold_cart(&mut self, commit: &CommitCart, now_ms: u64) -> Outcome {
-        let cart = ReservationId::new(self.id, self.reservation_seq_next);
+        // A cart is named by its first line's slot: its coordinator's SKU.
+        let slot = slot_of(commit.lines.as_slice()[0].sku);
+        let cart = ReservationId::new(slot, self.id, self.reservation_seq_next);
         self.reservation_seq_next += 1;
         let expires_at_ms = now_ms + commit.ttl_ms;
         let held = Cart {
