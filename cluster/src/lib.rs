@@ -5,12 +5,16 @@
 //! - [`slots`]: [`Slot`], [`slot_of`] and [`SLOT_COUNT`]: SKUs hash to 4,096 slots.
 //! - [`map`]: [`SlotMap`], the ranges of slots each server owns, as stored in etcd, with the
 //!   checks every stored map must pass and the change a slot move makes.
+//! - [`view`]: [`ClusterView`], the map and the live [`Member`]s as read from etcd, and
+//!   [`OwnedSlots`], the per-request check a server makes.
 //! - [`error`]: [`MapError`], what is wrong with a stored map or a change to it.
 
 pub mod error;
 pub mod map;
 pub mod slots;
+pub mod view;
 
 pub use error::MapError;
 pub use map::{ServerId, SlotMap, SlotRange};
 pub use slots::{slot_of, Slot, SLOT_COUNT};
+pub use view::{ClusterView, Member, OwnedSlots, MEMBER_BYTES_MAX};

@@ -53,6 +53,23 @@ impl SlotMap {
         SlotMap::checked(vec![all], 0)
     }
 
+    /// The slots split evenly over `servers`, in the order given: a new cluster's map
+    /// (`flashstock cluster init`).
+    pub fn even(servers: &[ServerId]) -> Result<SlotMap, MapError> {
+        let count = servers.len().clamp(1, usize::from(SLOT_COUNT));
+        let ranges = servers
+            .iter()
+            .take(count)
+            .enumerate()
+            .map(|(index, server)| SlotRange {
+                first: (index * usize::from(SLOT_COUNT) / count) as u16,
+                last: ((index + 1) * usize::from(SLOT_COUNT) / count - 1) as u16,
+                server: server.clone(),
+            })
+            .collect();
+        SlotMap::checked(ranges, 0)
+    }
+
     /// The map stored as `bytes` at etcd revision `revision`, if it passes every check.
     pub fn parse(bytes: &[u8], revision: i64) -> Result<SlotMap, MapError> {
         let stored: Stored =

@@ -1,7 +1,7 @@
 //! The commands a shard applies. Every command here may change state and carries the
 //! client's request id; reads go through `Shard::query_*` instead.
 
-use crate::ids::{BuyerId, OrderRef, RequestId, ReservationId, SkuId};
+use crate::ids::{slot_of, BuyerId, OrderRef, RequestId, ReservationId, SkuId, Slot};
 
 /// Hold `qty` units of `sku` for `buyer` for `ttl_ms`.
 ///
@@ -129,6 +129,17 @@ pub enum RouteKey {
     Sku(SkuId),
     /// The shard that made this reservation.
     Reservation(ReservationId),
+}
+
+impl RouteKey {
+    /// The cluster slot owning what this key names (docs/cluster.md): a SKU's by its hash, a
+    /// reservation's by the slot its id carries.
+    pub fn slot(self) -> Slot {
+        match self {
+            RouteKey::Sku(sku) => slot_of(sku),
+            RouteKey::Reservation(reservation) => reservation.slot(),
+        }
+    }
 }
 
 impl Command {

@@ -364,6 +364,7 @@ fn reply_name(reply: &Reply) -> &'static str {
         },
         Reply::Refused(Refusal::Overloaded) => "overloaded",
         Reply::Refused(_) => "refused",
+        Reply::Moved(_) => "moved",
         Reply::Sku(_) | Reply::Reservation(_) | Reply::Cart(_) => "other",
     }
 }

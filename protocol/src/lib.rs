@@ -39,7 +39,7 @@ pub use frame::{
     HELLO_BYTES_MAX, PROTOCOL_VERSION, SUPPORTED_VERSIONS,
 };
 pub use message::{
-    AdminReply, AdminRequest, ConnectionError, ConsumerInfo, ErrorCode, EventBatch, Message,
+    AdminReply, AdminRequest, ConnectionError, ConsumerInfo, ErrorCode, EventBatch, Message, Moved,
     RateLimit, RateLimitEntry, Refusal, Reply, Request, Role, StartAt, StreamEvent, Subscribe,
     Subscribed, SKU_PAGE_MAX,
 };

@@ -11,8 +11,8 @@
 //! The server sends at most the subscription's window of events beyond the last `Ack`.
 
 use flashstock_engine::{
-    CartView, Command, Event, EventKind, Outcome, ReservationId, ReservationView, ReserveCart,
-    SkuId, SkuView,
+    slot_of, CartView, Command, Event, EventKind, Outcome, ReservationId, ReservationView,
+    ReserveCart, SkuId, SkuView, Slot,
 };
 use rkyv::{Archive, Deserialize, Serialize};
 
@@ -222,6 +222,22 @@ pub enum Request {
     QueryCart(ReservationId),
 }
 
+impl Request {
+    /// The cluster slot that must answer this request: its SKU's, or the slot its reservation
+    /// or cart id carries; a cart's is its first line's (its id's). An empty cart, which every
+    /// server refuses alike, has slot 0.
+    pub fn slot(&self) -> Slot {
+        match self {
+            Request::Apply(command) => command.route_key().slot(),
+            Request::QuerySku(sku) => slot_of(*sku),
+            Request::QueryReservation(id) | Request::QueryCart(id) => id.slot(),
+            Request::ReserveCart(cart) => {
+                cart.lines.as_slice().first().map_or(Slot(0), |line| slot_of(line.sku))
+            }
+        }
+    }
+}
+
 /// The answer to one request.
 ///
 /// The views are boxed: an archived enum is as large as its largest variant, and a batch of
@@ -238,6 +254,22 @@ pub enum Reply {
     Refused(Refusal),
     /// The cart read, if it is known.
     Cart(Option<Box<CartView>>),
+    // Version 8 added the one below.
+    /// Not applied: this server of a cluster does not own the request's slot. Send it to
+    /// `server` (after reading the map at `map_revision` or later); retrying with the same
+    /// request id is safe.
+    Moved(Box<Moved>),
+}
+
+/// Where a request of a slot this server does not own must go (docs/cluster.md).
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Moved {
+    /// The request's slot.
+    pub slot: u16,
+    /// The server that owns it in this server's map; empty when no map is stored yet.
+    pub server: String,
+    /// The etcd revision of that map.
+    pub map_revision: i64,
 }
 
 /// Why a request was not applied.
@@ -256,6 +288,13 @@ pub enum Refusal {
     RateLimited {
         /// When a retry may succeed.
         retry_after_ms: u32,
+    },
+    /// A cart whose lines are owned by more than one server of a cluster: carts across
+    /// servers are not supported (docs/cluster.md); `slot` is the first line's slot owned
+    /// elsewhere. Not retryable as it is.
+    SpansServers {
+        /// That line's slot.
+        slot: u16,
     },
 }
 

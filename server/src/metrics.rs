@@ -114,6 +114,8 @@ pub fn reply_outcome(reply: &Reply) -> &'static str {
         Reply::Refused(Refusal::ShuttingDown) => "refused_shutting_down",
         Reply::Refused(Refusal::Unavailable) => "refused_unavailable",
         Reply::Refused(Refusal::RateLimited { .. }) => "refused_rate_limited",
+        Reply::Refused(Refusal::SpansServers { .. }) => "refused_spans_servers",
+        Reply::Moved(_) => "moved",
     }
 }
 

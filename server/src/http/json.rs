@@ -368,6 +368,12 @@ impl Answer {
             Refusal::Unavailable => {
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the log failed", None)
             }
+            Refusal::SpansServers { .. } => (
+                StatusCode::CONFLICT,
+                "spans_servers",
+                "the cart's lines are owned by more than one server of the cluster",
+                None,
+            ),
         };
         let body = ErrorBody { error: error.to_owned(), detail: detail.to_owned(), retry_after_ms };
         Answer { retry_after_ms, ..Answer::json(status, &body) }
@@ -391,6 +397,13 @@ pub fn answer(reply: Reply) -> Answer {
         Reply::Sku(None) => not_found("no such SKU"),
         Reply::Reservation(None) => not_found("no such reservation"),
         Reply::Cart(None) => not_found("no such cart"),
+        Reply::Moved(moved) => {
+            let detail = format!(
+                "slot {} is served by server {:?} (shard map revision {})",
+                moved.slot, moved.server, moved.map_revision
+            );
+            Answer::error(StatusCode::MISDIRECTED_REQUEST, "moved", detail)
+        }
     }
 }
 
