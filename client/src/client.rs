@@ -18,9 +18,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::breaker::Breaker;
+use crate::cluster::ClusterRoute;
 use crate::connection::Connection;
 use crate::error::ClientError;
 use crate::tls::ClientTls;
+use flashstock_cluster_etcd::EtcdConfig;
 
 /// How a [`Client`] connects and behaves.
 #[derive(Clone, Debug)]
@@ -50,6 +52,10 @@ pub struct ClientConfig {
     /// How long an open circuit fails calls fast before it lets a probe through (default
     /// 250 ms: a server back from a restart is found within that).
     pub breaker_open_for: Duration,
+    /// A cluster to route by (its etcd and prefix) instead of the one server at `addr`:
+    /// see [`ClientConfig::cluster`]. Each server gets connections of its own, with these
+    /// settings.
+    pub cluster: Option<EtcdConfig>,
 }
 
 impl ClientConfig {
@@ -68,7 +74,17 @@ impl ClientConfig {
             retry_backoff: Duration::from_millis(10),
             breaker_failures_max: 5,
             breaker_open_for: Duration::from_millis(250),
+            cluster: None,
         }
+    }
+
+    /// The defaults for a cluster whose map and members live in `etcd` (docs/cluster.md):
+    /// each request goes to the server owning its SKU's slot (confirm, cancel and return:
+    /// the slot their reservation id carries), a batch is split by server, and a `Moved`
+    /// answer is followed. Every server must trust `tls` and accept `token`.
+    pub fn cluster(etcd: EtcdConfig, tls: ClientTls, token: Option<&str>) -> Self {
+        let unrouted = SocketAddr::from(([0, 0, 0, 0], 0));
+        ClientConfig { cluster: Some(etcd), ..ClientConfig::new(unrouted, "", tls, token) }
     }
 }
 
@@ -107,6 +123,8 @@ struct Inner {
     reconnecting: Vec<tokio::sync::Mutex<()>>,
     next_link: AtomicUsize,
     breaker: Breaker,
+    /// The cluster's routes, when this client is a cluster's (and has no links of its own).
+    cluster: Option<ClusterRoute>,
     /// Request ids: a random prefix per client, a counter per request.
     id_prefix: u64,
     id_counter: AtomicU64,
@@ -136,7 +154,12 @@ impl Client {
             .fill(&mut prefix)
             .map_err(|_| ClientError::Setup("no secure random source".into()))?;
         let breaker = Breaker::new(config.breaker_failures_max, config.breaker_open_for);
-        let slots = config.connections.max(1);
+        let cluster = match &config.cluster {
+            Some(etcd) => Some(ClusterRoute::start(etcd.clone(), config.clone()).await?),
+            None => None,
+        };
+        // A cluster's client holds no connections itself: each server's client does.
+        let slots = if cluster.is_some() { 0 } else { config.connections.max(1) };
         let links = (0..slots).map(|_| std::sync::Mutex::new(None)).collect();
         let reconnecting = (0..slots).map(|_| tokio::sync::Mutex::new(())).collect();
         let inner = Inner {
@@ -145,6 +168,7 @@ impl Client {
             reconnecting,
             next_link: AtomicUsize::new(0),
             breaker,
+            cluster,
             id_prefix: u64::from_le_bytes(prefix),
             id_counter: AtomicU64::new(1),
         };
@@ -174,6 +198,16 @@ impl Client {
                 Err(err) => return Err(err),
             }
         }
+    }
+
+    /// The server this client talks to (unspecified for a cluster's client).
+    pub fn addr(&self) -> SocketAddr {
+        self.inner.config.addr
+    }
+
+    /// The revision of the shard map a cluster's client routes by (0: none, or no cluster).
+    pub fn map_revision(&self) -> i64 {
+        self.inner.cluster.as_ref().map_or(0, |cluster| cluster.view().map_revision())
     }
 
     /// This client with every request id derived from `key` (the caller's order id, say)
@@ -387,6 +421,10 @@ impl Client {
     /// keyed client replaces the request's id with the one its key gives.
     pub async fn call(&self, request: Request) -> Result<Reply, ClientError> {
         let request = self.identified(request);
+        if let Some(cluster) = &self.inner.cluster {
+            // Boxed: each server's client is called through this same method.
+            return Box::pin(cluster.call(request)).await;
+        }
         let batch_max = self.inner.config.batch_requests_max.max(1);
         // Runs of `batch_requests_max` consecutive calls share a connection, so that each
         // batcher sees full batches: spreading calls one by one over 8 connections made every
@@ -415,6 +453,9 @@ impl Client {
             }
             None => requests,
         };
+        if let Some(cluster) = &self.inner.cluster {
+            return Box::pin(cluster.call_batch(requests)).await;
+        }
         let base = self.inner.next_link.fetch_add(1, Ordering::Relaxed);
         self.with_retries(base, |index, deadline| async move {
             let link = self.link_by(index, deadline).await?;
@@ -501,6 +542,9 @@ impl Client {
 
     /// Sends an admin operation, retried on a lost connection; a refusal is an error.
     async fn admin(&self, request: AdminRequest) -> Result<AdminReply, ClientError> {
+        if self.inner.cluster.is_some() {
+            return Err(ClientError::AdminInCluster);
+        }
         let base = self.inner.next_link.fetch_add(1, Ordering::Relaxed);
         let reply = self
             .with_retries(base, |index, deadline| {
@@ -671,6 +715,10 @@ impl Client {
     /// Closes every connection, and waits (at most `CLOSE_FLUSH_MAX`) until the closes have
     /// gone out, so that the server frees their places at once even if the process exits.
     pub async fn close(&self) {
+        if let Some(cluster) = &self.inner.cluster {
+            // Boxed: each server's client closes through this same method.
+            Box::pin(cluster.close()).await;
+        }
         let links: Vec<Arc<Link>> = (self.inner.links.iter())
             .filter_map(|slot| slot.lock().unwrap_or_else(|p| p.into_inner()).take())
             .collect();

@@ -68,6 +68,34 @@ pub enum ClientError {
         /// The longest key accepted.
         bytes_max: usize,
     },
+    /// The cluster could not be read from etcd (at connect: etcd did not answer).
+    #[error("the cluster: {0}")]
+    Cluster(#[from] flashstock_cluster_etcd::EtcdError),
+    /// No shard map is stored in the cluster's etcd yet: no server owns any SKU.
+    #[error("no shard map is stored for the cluster")]
+    NoMap,
+    /// The map gives the request's slot to a server with no live member entry (it is down
+    /// or has not registered yet): retried like a lost connection, within the deadline.
+    #[error("slot {slot} is owned by server {server:?}, which is not registered")]
+    ServerDown {
+        /// The request's slot.
+        slot: u16,
+        /// Its owner in the map.
+        server: String,
+    },
+    /// Servers kept answering `Moved` for the request's slot through every follow (a map
+    /// change that does not settle): the last answer's slot and server.
+    #[error("slot {slot} kept moving (last said to be on {server:?})")]
+    Moved {
+        /// The request's slot.
+        slot: u16,
+        /// The server last named.
+        server: String,
+    },
+    /// An admin request sent through a cluster client: admin requests are one server's
+    /// (its rate limits, its SKUs, its consumers); connect to that server.
+    #[error("admin requests go to one server: connect to it, not to the cluster")]
+    AdminInCluster,
     /// The server kept refusing the call (overloaded or shutting down) through every retry.
     #[error("the server refused the call: {refusal:?}")]
     Refused {
@@ -87,6 +115,7 @@ impl ClientError {
                 | ClientError::Closed
                 | ClientError::ConnectionLost { .. }
                 | ClientError::Timeout { .. }
+                | ClientError::ServerDown { .. }
         )
     }
 }

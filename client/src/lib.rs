@@ -5,6 +5,8 @@
 //!   confirm, cancel, queries, admin calls, `reserve_many`), pipelined and automatically
 //!   batched, with per-call deadlines, reconnects, retries that reuse the request id, and a
 //!   circuit breaker ([`breaker`]).
+//! - [`cluster`]: a cluster's client (`ClientConfig::cluster`): requests routed by slot over
+//!   the shard map in etcd, batches split by server, `Moved` answers followed.
 //! - [`tls`]: [`ClientTls`], which certificate the client trusts (the server's self-signed
 //!   certificate file, or a CA); the only way to skip verification is loudly named and meant
 //!   for local tests.
@@ -18,6 +20,7 @@
 
 pub mod breaker;
 pub mod client;
+pub mod cluster;
 pub mod connection;
 pub mod credentials;
 pub mod error;
@@ -25,8 +28,10 @@ pub mod subscriber;
 pub mod tls;
 
 pub use client::{Client, ClientConfig};
+pub use cluster::MOVED_FOLLOWS_MAX;
 pub use connection::{Connection, REPLY_FRAME_BYTES_MAX};
 pub use credentials::{token_from_file, ServerFiles};
 pub use error::ClientError;
+pub use flashstock_cluster_etcd::EtcdConfig;
 pub use subscriber::{SubscribeOptions, Subscriber};
 pub use tls::ClientTls;

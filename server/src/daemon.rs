@@ -52,6 +52,24 @@ pub struct Settings {
     /// connection may stay open.
     #[arg(long, env = "FLASHSTOCK_HTTP_REQUEST_TIMEOUT_MS")]
     pub http_request_timeout_ms: Option<u64>,
+    /// etcd's client URLs (comma-separated) holding the cluster this server joins
+    /// (docs/cluster.md); empty, the default, serves every SKU alone.
+    #[arg(long, env = "FLASHSTOCK_ETCD")]
+    pub etcd: Option<String>,
+    /// The cluster's key prefix in etcd (several clusters may share one etcd).
+    #[arg(long, env = "FLASHSTOCK_CLUSTER_PREFIX")]
+    pub cluster_prefix: Option<String>,
+    /// This server's id in the cluster (1 to 64 bytes; the map names servers by it); empty,
+    /// the default, takes the advertised address.
+    #[arg(long, env = "FLASHSTOCK_SERVER_ID")]
+    pub server_id: Option<String>,
+    /// The QUIC address the cluster's clients dial for this server; empty, the default,
+    /// takes the bound address (refused if it is unspecified, such as 0.0.0.0).
+    #[arg(long, env = "FLASHSTOCK_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// The name the cluster's clients check this server's TLS certificate against.
+    #[arg(long, env = "FLASHSTOCK_ADVERTISE_NAME")]
+    pub advertise_name: Option<String>,
     /// The data directory: log, TLS material, tokens.
     #[arg(long, env = "FLASHSTOCK_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -166,6 +184,11 @@ impl Settings {
             listen: Some(LISTEN_DEFAULT.parse().expect("a valid address")),
             metrics_listen: Some(METRICS_LISTEN_DEFAULT.to_owned()),
             http_listen: Some(String::new()),
+            etcd: Some(String::new()),
+            cluster_prefix: Some(flashstock_cluster_etcd::keys::CLUSTER_PREFIX_DEFAULT.to_owned()),
+            server_id: Some(String::new()),
+            advertise: Some(String::new()),
+            advertise_name: Some("localhost".to_owned()),
             http_connections_max: Some(http.connections_max),
             http_body_bytes_max: Some(http.body_bytes_max),
             http_request_timeout_ms: Some(http.request_timeout_ms),
@@ -331,6 +354,52 @@ impl Settings {
             value: text.to_owned(),
             detail: "must be an address such as 127.0.0.1:7480, or empty for off".to_owned(),
         })
+    }
+
+    /// The cluster to join, if `etcd` is set: its etcd, this server's id and member entry.
+    fn cluster(
+        &self,
+        bound: SocketAddr,
+        http: Option<SocketAddr>,
+    ) -> Result<Option<Joining>, ServerError> {
+        let setting = |name, value: &str, detail: &str| ServerError::Setting {
+            name,
+            value: value.to_owned(),
+            detail: detail.to_owned(),
+        };
+        let urls = self.etcd.as_deref().unwrap_or_default().trim();
+        if urls.is_empty() {
+            return Ok(None);
+        }
+        let endpoints = urls.split(',').map(|url| url.trim().to_owned()).collect();
+        let prefix = self.cluster_prefix.as_deref().expect("a default");
+        let advertise = match self.advertise.as_deref().unwrap_or_default().trim() {
+            "" if bound.ip().is_unspecified() => {
+                return Err(setting(
+                    "advertise",
+                    "",
+                    "must be set when listening on an unspecified address",
+                ))
+            }
+            "" => bound,
+            text => text.parse().map_err(|_| {
+                setting("advertise", text, "must be an address such as 10.0.0.2:7400")
+            })?,
+        };
+        let id = match self.server_id.as_deref().unwrap_or_default().trim() {
+            "" => advertise.to_string(),
+            id if id.len() > flashstock_cluster::map::SERVER_ID_BYTES_MAX => {
+                return Err(setting("server_id", id, "must be at most 64 bytes"))
+            }
+            id => id.to_owned(),
+        };
+        let server_name = self.advertise_name.clone().expect("a default");
+        let member = flashstock_cluster::Member { quic: advertise, server_name, http };
+        Ok(Some(Joining {
+            etcd: flashstock_cluster_etcd::EtcdConfig::new(endpoints, prefix),
+            server: flashstock_cluster::ServerId(id),
+            member,
+        }))
     }
 
     /// The HTTP API's limits from complete settings (defaults applied).
@@ -499,7 +568,14 @@ pub async fn run(
     let auth = SharedAuth::from(auth);
     let rates = Arc::new(net::stored_rate_gate(&runtime.handle()).await);
     let (http_stop, http_stopping) = tokio::sync::watch::channel(false);
-    let http = serve_http(&settings, &runtime, (&auth, &rates), http_stopping).await?;
+    let http_addr = settings.http_addr()?;
+    let joined = match settings.cluster(bound, http_addr)? {
+        Some(joining) => Some(joining.join().await?),
+        None => None,
+    };
+    let ownership = joined.as_ref().map(|joined| joined.ownership.clone());
+    let gates = net::Gates { rates, ownership };
+    let http = serve_http(&settings, &runtime, (&auth, &gates), http_stopping).await?;
     let listening_tokens = tokens_path;
     on_listening(&Listening {
         listen: bound,
@@ -527,7 +603,11 @@ pub async fn run(
         let _ = stop_http.send(true);
     };
     let stopped =
-        net::serve(endpoint, runtime.handle(), auth, rates, limits, stats, shutdown).await;
+        net::serve(endpoint, runtime.handle(), auth, gates, limits, stats, shutdown).await;
+    if let Some(joined) = joined {
+        // Clients stop dialling this server at once, not when its lease lapses.
+        joined.membership.leave().await;
+    }
     observing.health.set("shutdown", Err("shutting down".into()));
     // The HTTP API drains too (it stops with the QUIC listener, or after a log failure).
     let _ = http_stop.send(true);
@@ -546,19 +626,47 @@ pub async fn run(
     }
 }
 
+/// What joining a cluster takes, from the settings.
+struct Joining {
+    etcd: flashstock_cluster_etcd::EtcdConfig,
+    server: flashstock_cluster::ServerId,
+    member: flashstock_cluster::Member,
+}
+
+/// A server of a cluster: following the map, and registered as a member while it serves.
+struct Joined {
+    ownership: Arc<net::Ownership>,
+    membership: flashstock_cluster_etcd::Membership,
+    _watch: flashstock_cluster_etcd::ClusterWatch,
+}
+
+impl Joining {
+    /// Reads the map (this server answers `Moved` for every slot it does not own from its
+    /// first request on), then registers the member entry clients dial.
+    async fn join(self) -> Result<Joined, ServerError> {
+        let watch = flashstock_cluster_etcd::ClusterWatch::start(self.etcd.clone()).await?;
+        let ownership = Arc::new(net::Ownership::follow(self.server.clone(), watch.subscribe()));
+        tracing::info!(server_id = %self.server.0, prefix = %self.etcd.prefix, quic = %self.member.quic, "joining the cluster");
+        let membership =
+            flashstock_cluster_etcd::Membership::register(self.etcd, self.server, self.member)
+                .await?;
+        Ok(Joined { ownership, membership, _watch: watch })
+    }
+}
+
 /// The HTTP API, when `http_listen` is set: bound now (a taken port fails the start),
 /// served on a task of its own until `stopping` turns true.
 async fn serve_http(
     settings: &Settings,
     runtime: &Runtime,
-    (auth, rates): (&SharedAuth, &Arc<net::rate::RateGate>),
+    (auth, gates): (&SharedAuth, &net::Gates),
     mut stopping: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Option<(SocketAddr, tokio::task::JoinHandle<()>)>, ServerError> {
     let Some(addr) = settings.http_addr()? else { return Ok(None) };
     let listener = crate::http::bind(addr).await?;
     let bound = listener.local_addr().map_err(|source| ServerError::Bind { addr, source })?;
     let limits = settings.http_limits();
-    let api = crate::http::Api::new(runtime.handle(), auth.clone(), rates.clone(), limits)?;
+    let api = crate::http::Api::new(runtime.handle(), auth.clone(), gates.clone(), limits)?;
     let shutdown = async move {
         let _ = stopping.wait_for(|stop| *stop).await;
     };

@@ -20,6 +20,9 @@ pub enum ServerError {
         /// What went wrong.
         detail: String,
     },
+    /// Joining the cluster failed: etcd did not answer, or this server's id is taken.
+    #[error("joining the cluster: {0}")]
+    Cluster(#[from] flashstock_cluster_etcd::EtcdError),
     /// A setting is out of its range; the daemon refuses to start rather than misbehave.
     #[error("setting {name} = {value}: {detail}")]
     Setting {

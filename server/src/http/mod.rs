@@ -30,7 +30,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::net::rate::RateGate;
+use crate::net::gates::Gates;
 use crate::net::SharedAuth;
 use crate::ServerError;
 use flashstock_runtime::Handle;
@@ -72,7 +72,7 @@ impl Default for HttpApiLimits {
 pub struct Api {
     coalescer: Coalescer,
     auth: SharedAuth,
-    rates: Arc<RateGate>,
+    gates: Gates,
     limits: HttpApiLimits,
     counters: crate::metrics::RequestCounters,
     responses: ResponseCounters,
@@ -83,20 +83,20 @@ pub struct Api {
 }
 
 impl Api {
-    /// The API over `handle`, checking credentials with `auth` and reserve rates with
-    /// `rates` (both shared with the QUIC listener, so a reload or a new limit holds for
-    /// both).
+    /// The API over `handle`, checking credentials with `auth`, and slot ownership and
+    /// reserve rates with `gates` (both shared with the QUIC listener, so a reload, a new
+    /// limit or a new map holds for both).
     pub fn new(
         handle: Handle,
         auth: SharedAuth,
-        rates: Arc<RateGate>,
+        gates: impl Into<Gates>,
         limits: HttpApiLimits,
     ) -> Result<Api, ServerError> {
         let id_prefix = u64::from_le_bytes(crate::net::secrets::random_bytes::<8>()?);
         Ok(Api {
             coalescer: Coalescer::start(handle, limits.connections_max),
             auth,
-            rates,
+            gates: gates.into(),
             limits,
             counters: crate::metrics::RequestCounters::default(),
             responses: ResponseCounters::new(),

@@ -118,7 +118,7 @@ async fn call(api: &Api, request: hyper::Request<Incoming>) -> Result<Answer, An
         return Err(json::answer(Reply::Refused(Refusal::PermissionDenied)));
     }
     let mut early = [None];
-    api.rates.check(credential, std::slice::from_ref(&request), &mut early);
+    api.gates.check(credential, std::slice::from_ref(&request), &mut early);
     if let [Some(limited)] = early {
         return Err(json::answer(limited));
     }

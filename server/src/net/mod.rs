@@ -2,6 +2,7 @@
 //!
 //! - [`tls`]: the self-signed default certificate and the quinn/rustls server configuration.
 //! - [`auth`]: bearer tokens and client certificates → roles, and which role may send what.
+//! - [`gates`]: the checks before the shards: slot ownership in a cluster, then rate limits.
 //! - [`rate`]: reserve rate limits per buyer and per credential (token buckets).
 //! - [`secrets`]: the data directory's secret files (owner-only) and the stateless-reset key.
 //! - [`session`]: the listener (`serve`), per-connection and per-stream sessions.
@@ -9,6 +10,7 @@
 //! - [`udp`]: the listener's socket, with kernel buffers sized for bursts.
 
 pub mod auth;
+pub mod gates;
 pub mod rate;
 pub mod secrets;
 pub mod session;
@@ -17,6 +19,7 @@ pub mod tls;
 pub mod udp;
 
 pub use auth::{Authenticator, ClientCertRoles, SharedAuth};
+pub use gates::{Gates, Ownership};
 pub use session::{
     serve, stored_rate_gate, NetLimits, NetStats, Stopped, HELLO_TIMEOUT_MS_DEFAULT,
 };

@@ -30,6 +30,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::net::auth::SharedAuth;
+use crate::net::gates::Gates;
 use crate::net::rate::RateGate;
 use flashstock_runtime::{Handle, RuntimeError};
 
@@ -142,8 +143,8 @@ struct Shared {
     auth: SharedAuth,
     limits: NetLimits,
     stats: Arc<NetStats>,
-    /// Reserve rate limits, shared by every connection (and the HTTP API).
-    rates: Arc<RateGate>,
+    /// Slot ownership and reserve rate limits, shared by every connection (and the HTTP API).
+    gates: Gates,
     /// `flashstock_requests_total`'s handles.
     counters: crate::metrics::RequestCounters,
     /// Connections open per source address (only addresses with one or more).
@@ -171,19 +172,20 @@ pub async fn serve(
     endpoint: quinn::Endpoint,
     handle: Handle,
     auth: impl Into<SharedAuth>,
-    rates: Arc<RateGate>,
+    gates: impl Into<Gates>,
     limits: NetLimits,
     stats: Arc<NetStats>,
     shutdown: impl Future<Output = ()>,
 ) -> Stopped {
     let auth = auth.into();
+    let gates = gates.into();
     let (stop, stopping) = watch::channel(false);
     let wal = handle.clone();
     let wal_failed = wal.wal_failed();
     let by_address = std::sync::Mutex::new(std::collections::HashMap::new());
     let counters = crate::metrics::RequestCounters::default();
     let shared =
-        Arc::new(Shared { handle, auth, limits, stats, rates, counters, by_address, stopping });
+        Arc::new(Shared { handle, auth, limits, stats, gates, counters, by_address, stopping });
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown, wal_failed);
     let mut stopped = Stopped::Shutdown;
@@ -418,7 +420,9 @@ impl Session {
                     Err(err) => AdminReply::Refused(refusal_of(err)),
                 }
             }
-            AdminRequest::ListRateLimits => AdminReply::RateLimits(self.shared.rates.entries()),
+            AdminRequest::ListRateLimits => {
+                AdminReply::RateLimits(self.shared.gates.rates.entries())
+            }
             AdminRequest::SetRateLimit { sku, limit } => self.set_rate_limit(sku, limit).await,
             request => self.admin_consumers(request).await,
         }
@@ -430,7 +434,7 @@ impl Session {
         sku: Option<flashstock_engine::SkuId>,
         limit: flashstock_protocol::RateLimit,
     ) -> AdminReply {
-        let entries = match self.shared.rates.set(sku, limit) {
+        let entries = match self.shared.gates.rates.set(sku, limit) {
             Ok(entries) => entries,
             Err(err) => return AdminReply::Invalid { detail: err.to_string() },
         };

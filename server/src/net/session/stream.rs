@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 
 use super::{auth_failed, refusal, InFlight, NetStats, Outgoing, Session};
 use crate::net::auth::permits;
-use crate::net::rate::RateGate;
+use crate::net::gates::Gates;
 use flashstock_runtime::{Handle, PendingBatch};
 
 /// Bytes read from a stream at a time.
@@ -291,8 +291,7 @@ impl Session {
         let read_at = std::time::Instant::now();
         let in_flight = InFlight { _permit: permit, requests, stats, read_at };
         let credential = self.credential.get().copied().unwrap_or(0);
-        let submitted =
-            submit(&self.shared.handle, role, (&*self.shared.rates, credential), &batch);
+        let submitted = submit(&self.shared.handle, role, (&self.shared.gates, credential), &batch);
         let session = self.clone();
         Box::pin(async move {
             let replies = submitted.replies().await;
@@ -349,13 +348,13 @@ struct Submitted {
 fn submit(
     handle: &Handle,
     role: Role,
-    (rates, credential): (&RateGate, u64),
+    (gates, credential): (&Gates, u64),
     batch: &[Request],
 ) -> Submitted {
     let refused = Reply::Refused(flashstock_protocol::Refusal::PermissionDenied);
     let mut early: Vec<Option<Reply>> =
         batch.iter().map(|request| (!permits(role, request)).then_some(refused.clone())).collect();
-    rates.check(credential, batch, &mut early);
+    gates.check(credential, batch, &mut early);
     // The runtime takes the wire's requests as they are; only refused ones are left out.
     let pending = if early.iter().all(Option::is_none) {
         handle.submit_batch(batch)

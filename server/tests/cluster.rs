@@ -1,0 +1,248 @@
+//! Three `flashstockd` processes and the machine's etcd (127.0.0.1:2379, started by `.ci/run`):
+//! each serves only the slots the map in etcd gives it, answers `Moved` (naming the owner)
+//! for the others, and a cluster client routes every call (confirm and cancel by the slot in
+//! the reservation id), splits batches by server and follows `Moved` from a stale map.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{start, terminate, token, Daemon};
+use flashstock_client::{Client, ClientConfig, ClientError, ClientTls, EtcdConfig};
+use flashstock_cluster::{slot_of, Member, ServerId, SlotMap};
+use flashstock_cluster_etcd::{store_map, ClusterWatch};
+use flashstock_engine::{BuyerId, Command, Lines, Outcome, RequestId, Reserve, ReserveCart, SkuId};
+use flashstock_protocol::{Refusal, Reply, Request};
+
+const ETCD: &str = "http://127.0.0.1:2379";
+
+fn prefix(test: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    format!("/flashstock-test/{test}-{}-{}", std::process::id(), nanos.as_nanos())
+}
+
+/// Three servers `a`, `b`, `c` of the cluster under `prefix`, sharing `a`'s certificate and
+/// tokens (a cluster's clients trust one certificate and hold one token).
+fn three_servers(dirs: &[tempfile::TempDir; 3], prefix: &str) -> Vec<Daemon> {
+    let cluster =
+        |id: &'static str| ["--etcd", ETCD, "--cluster-prefix", prefix, "--server-id", id];
+    let a = start(dirs[0].path(), &cluster("a"));
+    let key = a.cert.with_file_name("key.pem");
+    let shared = [
+        "--tls-cert",
+        a.cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--tokens-file",
+        a.tokens.to_str().unwrap(),
+    ];
+    let b = start(dirs[1].path(), &[&cluster("b")[..], &shared[..]].concat());
+    let c = start(dirs[2].path(), &[&cluster("c")[..], &shared[..]].concat());
+    vec![a, b, c]
+}
+
+async fn cluster_client(daemon: &Daemon, prefix: &str) -> Client {
+    let tls = ClientTls::trust_pem_file(&daemon.cert).unwrap();
+    let etcd = EtcdConfig::new(vec![ETCD.into()], prefix);
+    let admin = token(&daemon.tokens, "admin");
+    Client::connect(ClientConfig::cluster(etcd, tls, Some(&admin))).await.unwrap()
+}
+
+async fn server_client(daemon: &Daemon) -> Client {
+    let tls = ClientTls::trust_pem_file(&daemon.cert).unwrap();
+    let admin = token(&daemon.tokens, "admin");
+    Client::connect(ClientConfig::new(daemon.addr, "localhost", tls, Some(&admin))).await.unwrap()
+}
+
+fn reserve(sku: u64, buyer: u64) -> Request {
+    let request = RequestId(u128::from(sku) << 64 | u128::from(buyer));
+    Request::Apply(Command::Reserve(Reserve {
+        request,
+        buyer: BuyerId(buyer),
+        sku: SkuId(sku),
+        qty: 1,
+        ttl_ms: 60_000,
+        order_ref: None,
+    }))
+}
+
+/// The map's three ranges, each named by its server: `a`, `b`, `c`.
+fn even_map() -> SlotMap {
+    SlotMap::even(&[ServerId("a".into()), ServerId("b".into()), ServerId("c".into())]).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_servers_serve_their_slots_and_a_cluster_client_routes_every_call() {
+    let prefix = prefix("three");
+    let dirs =
+        [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let daemons = three_servers(&dirs, &prefix);
+    let client = cluster_client(&daemons[0], &prefix).await;
+    // No map yet: nobody owns anything, and the client says so.
+    assert!(matches!(client.set_stock(SkuId(1), 5).await, Err(ClientError::NoMap)));
+    let etcd = EtcdConfig::new(vec![ETCD.into()], &prefix);
+    let map = even_map();
+    let revision = store_map(&etcd, &map, 0).await.unwrap();
+    let watch = ClusterWatch::start(etcd.clone()).await.unwrap();
+    assert!(watch.wait_for_map(revision, Duration::from_secs(5)).await);
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while client.map_revision() < revision || watch.view().members.len() < 3 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the client and the watch see the map and three members");
+
+    // 90 SKUs over the three servers: stock, a batch of reserves split by server, confirms
+    // and cancels routed by the reservation id's slot.
+    let skus: Vec<u64> = (1..=90).collect();
+    for &sku in &skus {
+        assert!(matches!(
+            client.set_stock(SkuId(sku), 10).await.unwrap(),
+            Outcome::StockChanged { .. }
+        ));
+    }
+    let batch: Vec<Request> =
+        skus.iter().flat_map(|&sku| [reserve(sku, 1), reserve(sku, 2)]).collect();
+    let replies = client.call_batch(&batch).await.unwrap();
+    let mut held = Vec::new();
+    for reply in &replies {
+        let Reply::Outcome(Outcome::Reserved { reservation, .. }) = reply else {
+            panic!("{reply:?}")
+        };
+        held.push(*reservation);
+    }
+    for (index, &reservation) in held.iter().enumerate() {
+        let outcome = if index % 2 == 0 {
+            client.confirm(reservation).await
+        } else {
+            client.cancel(reservation).await
+        };
+        assert!(matches!(outcome.unwrap(), Outcome::Confirmed | Outcome::Cancelled));
+    }
+    // Each SKU lives on its owner only; the others answer Moved, naming the owner.
+    let per_server = [
+        server_client(&daemons[0]).await,
+        server_client(&daemons[1]).await,
+        server_client(&daemons[2]).await,
+    ];
+    let mut owned_per_server = BTreeMap::new();
+    for &sku in &skus {
+        let owner = map.owner(slot_of(SkuId(sku))).0.clone();
+        *owned_per_server.entry(owner.clone()).or_insert(0) += 1;
+        for (name, server) in ["a", "b", "c"].iter().zip(&per_server) {
+            let reply = server.call(Request::QuerySku(SkuId(sku))).await.unwrap();
+            match reply {
+                Reply::Sku(Some(view)) if *name == owner => {
+                    assert_eq!((view.total, view.available, view.sold), (10, 9, 1), "sku {sku}");
+                }
+                Reply::Moved(moved) if *name != owner => {
+                    assert_eq!(
+                        (moved.server.as_str(), moved.slot, moved.map_revision),
+                        (owner.as_str(), slot_of(SkuId(sku)).0, revision)
+                    );
+                }
+                other => panic!("sku {sku} on {name} (owner {owner}): {other:?}"),
+            }
+        }
+    }
+    assert_eq!(
+        owned_per_server.len(),
+        3,
+        "every server owns some of the SKUs: {owned_per_server:?}"
+    );
+
+    // A cart whose lines live on two servers is refused as such, never half-applied.
+    let (sku_a, sku_b) = {
+        let on = |name: &str| {
+            skus.iter().copied().find(|&s| map.owner(slot_of(SkuId(s))).0 == name).unwrap()
+        };
+        (on("a"), on("b"))
+    };
+    let lines = Lines::numbered([(SkuId(sku_a), 1), (SkuId(sku_b), 1)]).unwrap();
+    let cart = ReserveCart {
+        request: RequestId(77),
+        buyer: BuyerId(9),
+        lines,
+        ttl_ms: 60_000,
+        order_ref: None,
+    };
+    let reply = per_server[0].call(Request::ReserveCart(Box::new(cart))).await;
+    assert!(
+        matches!(reply, Err(ClientError::Refused { refusal: Refusal::SpansServers { .. } })),
+        "{reply:?}"
+    );
+
+    // A server that leaves is gone from the members at once: its slots' calls fail typed.
+    let [a, b, c]: [Daemon; 3] = daemons.try_into().ok().unwrap();
+    terminate(c);
+    let sku_c = skus.iter().copied().find(|&s| map.owner(slot_of(SkuId(s))).0 == "c").unwrap();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while watch.view().members.len() > 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("c's member entry is removed when it stops");
+    let err = client.query_sku(SkuId(sku_c)).await.unwrap_err();
+    assert!(matches!(&err, ClientError::ServerDown { server, .. } if server == "c"), "{err}");
+    assert!(client.query_sku(SkuId(sku_a)).await.unwrap().is_some(), "the others still serve");
+    client.close().await;
+    terminate(a);
+    terminate(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_with_a_stale_map_follows_moved_to_the_owner() {
+    let prefix = prefix("stale");
+    let dirs =
+        [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let daemons = three_servers(&dirs, &prefix);
+    let etcd = EtcdConfig::new(vec![ETCD.into()], &prefix);
+    store_map(&etcd, &even_map(), 0).await.unwrap();
+    // The client reads another prefix, where every slot is `a`'s and the members are the
+    // real ones: a map as stale as a client's can get.
+    let stale_prefix = format!("{prefix}-stale");
+    let stale = EtcdConfig::new(vec![ETCD.into()], &stale_prefix);
+    let mut etcd_client = stale.connect().await.unwrap();
+    for (name, daemon) in ["a", "b", "c"].iter().zip(&daemons) {
+        let member = Member { quic: daemon.addr, server_name: "localhost".into(), http: None };
+        etcd_client
+            .put(stale.member_key(&ServerId((*name).into())), member.to_json(), None)
+            .await
+            .unwrap();
+    }
+    store_map(&stale, &SlotMap::single(ServerId("a".into())).unwrap(), 0).await.unwrap();
+    let client = cluster_client(&daemons[0], &stale_prefix).await;
+    let map = even_map();
+    let skus: Vec<u64> = (1..=30).collect();
+    for &sku in &skus {
+        assert!(
+            matches!(client.set_stock(SkuId(sku), 3).await.unwrap(), Outcome::StockChanged { .. }),
+            "sku {sku}"
+        );
+    }
+    // Batches too: the requests answered Moved go on to their owners.
+    let batch: Vec<Request> = skus.iter().map(|&sku| reserve(sku, 5)).collect();
+    for reply in client.call_batch(&batch).await.unwrap() {
+        assert!(matches!(reply, Reply::Outcome(Outcome::Reserved { .. })), "{reply:?}");
+    }
+    // And the stock is where the real map puts it.
+    for (name, daemon) in ["a", "b", "c"].iter().zip(&daemons) {
+        let server = server_client(daemon).await;
+        for &sku in &skus {
+            let on_it = map.owner(slot_of(SkuId(sku))).0 == *name;
+            let reply = server.call(Request::QuerySku(SkuId(sku))).await.unwrap();
+            assert_eq!(
+                matches!(reply, Reply::Sku(Some(ref v)) if v.available == 2),
+                on_it,
+                "sku {sku} on {name}: {reply:?}"
+            );
+        }
+    }
+    client.close().await;
+    for daemon in daemons {
+        terminate(daemon);
+    }
+}
