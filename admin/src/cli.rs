@@ -45,6 +45,19 @@ pub struct ServerArgs {
     /// An admin token [default: from <server-data-dir>/tokens.toml].
     #[arg(long, env = "FLASHSTOCK_ADMIN_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
+    /// etcd's client URLs (comma-separated) of a cluster: SKU and reservation commands then
+    /// go to the server owning the SKU's slot, and `cluster` commands read and change the
+    /// cluster's map.
+    #[arg(long, env = "FLASHSTOCK_ETCD", global = true)]
+    pub etcd: Option<String>,
+    /// The cluster's key prefix in etcd.
+    #[arg(
+        long,
+        env = "FLASHSTOCK_CLUSTER_PREFIX",
+        default_value = "/flashstock/default",
+        global = true
+    )]
+    pub cluster_prefix: String,
     /// The server's metrics and health listener, for `health`.
     #[arg(long, env = "FLASHSTOCK_METRICS", default_value = "127.0.0.1:9464", global = true)]
     pub metrics: SocketAddr,
@@ -67,6 +80,24 @@ pub enum Command {
     RateLimit(RateLimitCommand),
     /// Whether the server answers over QUIC and says it is ready (`/readyz`).
     Health,
+    /// A cluster's shard map and members in etcd (needs --etcd).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+/// Cluster commands (docs/cluster.md).
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// The map's ranges (slots and their server), its revision, and the live members.
+    Show,
+    /// A new cluster's first map: the 4,096 slots split evenly over the servers given, in
+    /// that order. Refused when a map is stored already (its SKUs would change owner
+    /// without their state; moving slots is its own command).
+    Init {
+        /// The servers' ids, as each was started with --server-id.
+        #[arg(required = true)]
+        servers: Vec<String>,
+    },
 }
 
 /// Rate-limit commands.

@@ -21,10 +21,16 @@ const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Runs `cli`'s command and says what the server answered.
 pub async fn run(cli: &Cli) -> Result<Report, AdminError> {
+    if let Command::Cluster(command) = &cli.command {
+        return crate::cluster::run(&etcd_of(cli)?, command).await;
+    }
     let files = ServerFiles::new(&cli.server.server_data_dir);
     let tls = files.tls(cli.server.cert.as_deref())?;
     let token = files.token(cli.server.token.as_deref(), Role::Admin, None)?;
-    let config = ClientConfig::new(cli.server.server, &cli.server.server_name, tls, Some(&token));
+    let config = match cli.server.etcd {
+        Some(_) => ClientConfig::cluster(etcd_of(cli)?, tls, Some(&token)),
+        None => ClientConfig::new(cli.server.server, &cli.server.server_name, tls, Some(&token)),
+    };
     if let Command::Health = cli.command {
         return Ok(health(config, cli).await);
     }
@@ -42,11 +48,21 @@ pub async fn run(cli: &Cli) -> Result<Report, AdminError> {
         }
         Command::Consumer(command) => consumer(&client, command).await,
         Command::RateLimit(command) => rate_limit(&client, command).await,
-        Command::Health => unreachable!("answered above"),
+        Command::Health | Command::Cluster(_) => unreachable!("answered above"),
     };
     // Closed whatever the answer: the server frees the connection's place at once.
     client.close().await;
     report
+}
+
+/// The cluster named by --etcd and --cluster-prefix.
+fn etcd_of(cli: &Cli) -> Result<flashstock_client::EtcdConfig, AdminError> {
+    let urls = cli.server.etcd.as_deref().unwrap_or_default().trim();
+    if urls.is_empty() {
+        return Err(AdminError::Usage("cluster commands need --etcd URL".into()));
+    }
+    let endpoints = urls.split(',').map(|url| url.trim().to_owned()).collect();
+    Ok(flashstock_client::EtcdConfig::new(endpoints, &cli.server.cluster_prefix))
 }
 
 async fn sku(client: &Client, command: &SkuCommand) -> Result<Report, AdminError> {

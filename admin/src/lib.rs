@@ -6,9 +6,11 @@
 //! Map of the modules:
 //! - [`cli`]: the commands and flags (clap), with the server, certificate and token to use.
 //! - [`commands`]: each command against the server, answered as a [`Report`].
+//! - [`cluster`]: `cluster show` and `cluster init`, against the cluster's etcd.
 //! - [`report`]: [`Report`], rendered as a table or JSON.
 
 pub mod cli;
+pub mod cluster;
 pub mod commands;
 pub mod report;
 
@@ -22,6 +24,9 @@ pub enum AdminError {
     /// The certificate or token could not be read, or the server not reached.
     #[error(transparent)]
     Client(#[from] flashstock_client::ClientError),
+    /// etcd did not answer, or refused a change to the cluster's map.
+    #[error(transparent)]
+    Cluster(#[from] flashstock_cluster_etcd::EtcdError),
     /// A value given on the command line is out of range.
     #[error("{0}")]
     Usage(String),

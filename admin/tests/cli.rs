@@ -152,3 +152,37 @@ async fn runs_of_the_command_line_do_not_leave_connections_behind() {
     }
     server.stop().await;
 }
+
+/// `flashstock --etcd URL --cluster-prefix P ...` for a cluster in the machine's etcd.
+async fn flashstock_cluster(
+    prefix: &str,
+    args: &str,
+) -> Result<Report, flashstock_admin::AdminError> {
+    let mut argv =
+        vec!["flashstock", "--etcd", "http://127.0.0.1:2379", "--cluster-prefix", prefix];
+    argv.extend(args.split_whitespace());
+    run(&Cli::try_parse_from(argv).unwrap()).await
+}
+
+#[tokio::test]
+async fn an_operator_initialises_a_clusters_map_once_and_reads_it() {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let prefix = format!("/flashstock-test/cli-{}-{}", std::process::id(), nanos.as_nanos());
+    let empty = flashstock_cluster(&prefix, "cluster show").await.unwrap();
+    assert!(!empty.ok && empty.note.as_deref().unwrap().contains("no shard map"), "{empty:?}");
+    let init = flashstock_cluster(&prefix, "cluster init a b").await.unwrap();
+    assert!(init.ok);
+    assert_eq!(init.rows, [["0", "2047", "a", "-"], ["2048", "4095", "b", "-"]]);
+    let shown = flashstock_cluster(&prefix, "cluster show").await.unwrap();
+    assert_eq!(shown.json["ranges"][1]["server"], "b");
+    assert_eq!(shown.rows[0][3], "(not registered)", "no server of it runs");
+    // A second init would give SKUs to new owners without their state: refused.
+    let again = flashstock_cluster(&prefix, "cluster init c").await.unwrap_err();
+    assert!(again.to_string().contains("read it again"), "{again}");
+    let bad = flashstock_cluster(&prefix, "--json cluster show").await.unwrap();
+    assert_eq!(bad.json["revision"], shown.json["revision"], "nothing changed");
+    // Without --etcd, cluster commands say what they need.
+    let argv = ["flashstock", "cluster", "show"];
+    let err = run(&Cli::try_parse_from(argv).unwrap()).await.unwrap_err();
+    assert!(err.to_string().contains("--etcd"), "{err}");
+}

@@ -107,6 +107,7 @@ pub async fn chaos(options: ChaosOptions) -> Result<ChaosReport, LoadError> {
             connections: options.connections,
             calls: crate::CallMode::Frames,
             http_addr: ([127, 0, 0, 1], 0).into(),
+            cluster: None,
         },
         scenario: options.scenario.clone(),
         run,

@@ -58,6 +58,8 @@ pub enum TargetSpec {
         calls: CallMode,
         /// The server's HTTP API, for [`CallMode::Http`].
         http_addr: SocketAddr,
+        /// A cluster to route through instead of the one server at `addr`.
+        cluster: Option<Box<flashstock_client::EtcdConfig>>,
     },
     /// A Redis server, e.g. `redis://127.0.0.1:6379`.
     Redis {
@@ -142,9 +144,10 @@ pub async fn execute(options: LoadOptions) -> Result<Finished, LoadError> {
             connections,
             calls,
             http_addr,
+            cluster,
         } => {
             let target = FlashstockTarget::connect(
-                (*addr, server_name, tls),
+                (*addr, server_name, tls, cluster.as_deref()),
                 (admin_token, service_token),
                 *connections,
                 *calls,

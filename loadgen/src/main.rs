@@ -198,6 +198,14 @@ struct LoadArgs {
     /// The seed of every random choice [default: from the clock].
     #[arg(long)]
     seed: Option<u64>,
+    /// flashstock: etcd's client URLs (comma-separated) of a cluster to load through the
+    /// cluster client (each request to its slot's owner); the target is then
+    /// `flashstock://cluster`, and the certificate and tokens must be the servers' shared ones.
+    #[arg(long, env = "FLASHSTOCK_ETCD")]
+    etcd: Option<String>,
+    /// flashstock, with --etcd: the cluster's key prefix.
+    #[arg(long, default_value = "/flashstock/default")]
+    cluster_prefix: String,
     /// flashstock: the server's data directory, for its certificate and tokens.
     #[arg(long, env = "FLASHSTOCK_DATA_DIR", default_value = "flashstock-data")]
     server_data_dir: PathBuf,
@@ -308,7 +316,15 @@ impl LoadArgs {
         let Some(addr) = url.strip_prefix("flashstock://") else {
             bail!("unknown target {url:?}: use flashstock://HOST:PORT or redis://HOST:PORT");
         };
-        let addr: SocketAddr = addr.parse().with_context(|| format!("target address {addr:?}"))?;
+        let cluster = self.etcd.as_deref().map(|urls| {
+            let endpoints = urls.split(',').map(|url| url.trim().to_owned()).collect();
+            Box::new(flashstock_client::EtcdConfig::new(endpoints, &self.cluster_prefix))
+        });
+        let addr: SocketAddr = match (addr, &cluster) {
+            ("cluster", Some(_)) => ([0, 0, 0, 0], 0).into(),
+            ("cluster", None) => bail!("flashstock://cluster needs --etcd URL"),
+            (addr, _) => addr.parse().with_context(|| format!("target address {addr:?}"))?,
+        };
         let files = ServerFiles::new(&self.server_data_dir);
         let tls = files.tls(self.cert.as_deref()).context("reading the server certificate")?;
         let token = |given: &Option<String>, role: Role| {
@@ -326,6 +342,7 @@ impl LoadArgs {
             connections: self.connections.max(1),
             calls: self.mode,
             http_addr: self.http_addr,
+            cluster,
         })
     }
 

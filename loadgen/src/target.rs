@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use flashstock_client::{Client, ClientConfig, ClientTls};
+use flashstock_client::{Client, ClientConfig, ClientTls, EtcdConfig};
 use flashstock_engine::{
     BuyerId, Command, Lines, Outcome, RequestId, ReservationId, Reserve, ReserveCart, SkuId,
 };
@@ -137,6 +137,10 @@ impl Target {
     /// A line saying what the target is and how it persists, for reports.
     pub async fn describe(&self) -> String {
         match self {
+            Target::Flashstock(t) if t.service.map_revision() > 0 => format!(
+                "a flashstock cluster (map revision {}; WAL, fsync before every answer)",
+                t.service.map_revision()
+            ),
             Target::Flashstock(t) => {
                 format!("flashstock at {} (WAL, fsync before every answer)", t.addr)
             }
@@ -182,7 +186,7 @@ impl FlashstockTarget {
     /// Connects `connections` service connections and one admin connection, with the
     /// `(admin, service)` tokens.
     pub async fn connect(
-        (addr, server_name, tls): (SocketAddr, &str, &ClientTls),
+        (addr, server_name, tls, cluster): (SocketAddr, &str, &ClientTls, Option<&EtcdConfig>),
         (admin_token, service_token): (&str, &str),
         connections: usize,
         calls: CallMode,
@@ -193,7 +197,10 @@ impl FlashstockTarget {
             retries_max: 100,
             // A rehearsal wants every answer it can get: keep trying through an outage.
             breaker_failures_max: u32::MAX,
-            ..ClientConfig::new(addr, server_name, tls.clone(), Some(token))
+            ..match cluster {
+                Some(etcd) => ClientConfig::cluster(etcd.clone(), tls.clone(), Some(token)),
+                None => ClientConfig::new(addr, server_name, tls.clone(), Some(token)),
+            }
         };
         let admin = Client::connect(config(admin_token, 1)).await?;
         let service = Client::connect(config(service_token, connections.max(1))).await?;

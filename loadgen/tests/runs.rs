@@ -44,6 +44,7 @@ fn flashstock(server: &TestServer) -> TargetSpec {
         connections: 2,
         calls: CallMode::Frames,
         http_addr: server.http,
+        cluster: None,
     }
 }
 

@@ -1,0 +1,58 @@
+//! `flashstock cluster ...`: the cluster's map and members, read from and stored in etcd.
+
+use flashstock_cluster::{ServerId, SlotMap};
+use flashstock_cluster_etcd::{read_map, store_map, ClusterWatch, EtcdConfig};
+use serde_json::{json, Value};
+
+use crate::cli::ClusterCommand;
+use crate::report::Report;
+use crate::AdminError;
+
+/// Runs a cluster command against `etcd`.
+pub async fn run(etcd: &EtcdConfig, command: &ClusterCommand) -> Result<Report, AdminError> {
+    match command {
+        ClusterCommand::Show => show(etcd).await,
+        ClusterCommand::Init { servers } => {
+            let ids: Vec<ServerId> = servers.iter().map(|id| ServerId(id.clone())).collect();
+            let map = SlotMap::even(&ids).map_err(flashstock_cluster_etcd::EtcdError::from)?;
+            let revision = store_map(etcd, &map, 0).await?;
+            let stored = SlotMap::parse(&map.to_json(), revision).expect("the map just checked");
+            Ok(map_report(&stored, None).with_note(format!("stored at revision {revision}")))
+        }
+    }
+}
+
+async fn show(etcd: &EtcdConfig) -> Result<Report, AdminError> {
+    let view = ClusterWatch::start(etcd.clone()).await?.view();
+    let Some(map) = read_map(etcd).await? else {
+        let report =
+            Report::table(vec!["first", "last", "server", "address"], vec![], json!({"map": null}));
+        return Ok(report.failed(format!("no shard map stored under {}", etcd.prefix)));
+    };
+    Ok(map_report(&map, Some(&view)))
+}
+
+/// The map's ranges, each with its server's address when `view` has the member.
+fn map_report(map: &SlotMap, view: Option<&flashstock_cluster::ClusterView>) -> Report {
+    let address = |server: &ServerId| {
+        view.and_then(|view| view.members.get(server)).map(|member| member.quic.to_string())
+    };
+    let rows = map
+        .ranges()
+        .iter()
+        .map(|range| {
+            // "-": members not read (init); "(not registered)": no live server of that id.
+            let missing = if view.is_some() { "(not registered)" } else { "-" };
+            let at = address(&range.server).unwrap_or_else(|| missing.into());
+            vec![range.first.to_string(), range.last.to_string(), range.server.0.clone(), at]
+        })
+        .collect();
+    let ranges: Vec<Value> = map
+        .ranges()
+        .iter()
+        .map(|r| json!({"first": r.first, "last": r.last, "server": r.server.0, "address": address(&r.server)}))
+        .collect();
+    let json = json!({"revision": map.revision(), "ranges": ranges});
+    Report::table(vec!["first", "last", "server", "address"], rows, json)
+        .with_note(format!("map revision {}", map.revision()))
+}
