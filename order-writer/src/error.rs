@@ -35,6 +35,12 @@ pub enum WriterError {
     /// The flashstock server refused the subscription (credentials, role, cursor).
     #[error("flashstock server: {0}")]
     Server(ClientError),
+    /// The cluster's etcd could not be read (at start: etcd did not answer).
+    #[error("the cluster: {0}")]
+    Cluster(#[from] flashstock_cluster_etcd::EtcdError),
+    /// A server's writer task panicked.
+    #[error("a server's writer task failed: {0}")]
+    Task(String),
     /// NATS could not be reached or its stream set up.
     #[error("NATS {url}: {detail}")]
     Nats {

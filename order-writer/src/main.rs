@@ -75,6 +75,14 @@ struct Args {
     /// Events the server may send beyond the last acknowledgement.
     #[arg(long, env = "ORDER_WRITER_WINDOW_EVENTS", default_value_t = 65_536)]
     window_events: u32,
+    /// etcd's client URLs (comma-separated) of a cluster: subscribe to every server the
+    /// cluster registers (following them as they come and go) instead of --server; the
+    /// certificate and token are the servers' shared ones.
+    #[arg(long, env = "FLASHSTOCK_ETCD")]
+    etcd: Option<String>,
+    /// With --etcd: the cluster's key prefix.
+    #[arg(long, env = "FLASHSTOCK_CLUSTER_PREFIX", default_value = "/flashstock/default")]
+    cluster_prefix: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -105,6 +113,10 @@ fn main() -> anyhow::Result<()> {
         batch_events_max: args.batch_events_max.max(1),
         linger_ms: args.linger_ms,
         window_events: args.window_events.max(1),
+        cluster: args.etcd.as_deref().map(|urls| {
+            let endpoints = urls.split(',').map(|url| url.trim().to_owned()).collect();
+            flashstock_client::EtcdConfig::new(endpoints, &args.cluster_prefix)
+        }),
         ..WriterConfig::new(args.server, tls, token, database_urls)
     };
     let stats = Arc::new(WriterStats::default());

@@ -53,6 +53,11 @@ pub struct WriterConfig {
     pub linger_ms: u64,
     /// Events the server may send beyond the last acknowledgement.
     pub window_events: u32,
+    /// A cluster (its etcd and prefix): subscribe to every registered server instead of
+    /// `server`, under the same consumer name on each, and follow the members as they
+    /// change. Rows are keyed by (reservation, line), so a reservation whose events come
+    /// from two servers is still stored once.
+    pub cluster: Option<flashstock_client::EtcdConfig>,
 }
 
 impl WriterConfig {
@@ -75,6 +80,7 @@ impl WriterConfig {
             batch_events_max: 8_192,
             linger_ms: 2,
             window_events: 65_536,
+            cluster: None,
         }
     }
 }
@@ -168,12 +174,77 @@ pub async fn run(
         None => None,
     };
     tokio::pin!(shutdown);
-    let result = tokio::select! {
-        result = serve(&config, &store, nats.as_ref(), &stats) => result,
-        () = &mut shutdown => Ok(()),
+    let result = match config.cluster.clone() {
+        Some(etcd) => tokio::select! {
+            result = serve_cluster(&config, etcd, &store, nats.as_ref(), &stats) => result,
+            () = &mut shutdown => Ok(()),
+        },
+        None => tokio::select! {
+            result = serve(&config, &store, nats.as_ref(), &stats) => result,
+            () = &mut shutdown => Ok(()),
+        },
     };
     store.close().await;
     result
+}
+
+/// Every registered server of the cluster, each by [`serve`] on a task of its own, started
+/// as its member entry appears and restarted when its address changes. A server that goes
+/// away keeps its task (subscribing again with backoff): its events must still be stored
+/// when it comes back.
+async fn serve_cluster(
+    config: &WriterConfig,
+    etcd: flashstock_client::EtcdConfig,
+    store: &OrderStore,
+    nats: Option<&NatsSink>,
+    stats: &Arc<WriterStats>,
+) -> Result<(), WriterError> {
+    let watch = flashstock_cluster_etcd::ClusterWatch::start(etcd).await?;
+    let mut views = watch.subscribe();
+    let mut servers: std::collections::HashMap<String, (flashstock_cluster::Member, Serving)> =
+        std::collections::HashMap::new();
+    loop {
+        let view = views.borrow_and_update().clone();
+        for (id, member) in &view.members {
+            if servers.get(&id.0).is_some_and(|(known, _)| known == member) {
+                continue;
+            }
+            let config = WriterConfig {
+                server: member.quic,
+                server_name: member.server_name.clone(),
+                cluster: None,
+                ..config.clone()
+            };
+            let (store, nats, stats) = (store.clone(), nats.cloned(), stats.clone());
+            tracing::info!(server = %id.0, quic = %member.quic, "subscribing to a server of the cluster");
+            let task =
+                tokio::spawn(async move { serve(&config, &store, nats.as_ref(), &stats).await });
+            if let Some((_, old)) = servers.insert(id.0.clone(), (member.clone(), Serving(task))) {
+                old.0.abort();
+            }
+        }
+        // A task ends only with an error no retry fixes: it ends the writer.
+        for (id, (_, serving)) in servers.iter_mut() {
+            if serving.0.is_finished() {
+                let ended = (&mut serving.0).await;
+                tracing::error!(server = %id, "the stream of a server of the cluster ended");
+                return ended.unwrap_or_else(|err| Err(WriterError::Task(err.to_string())));
+            }
+        }
+        tokio::select! {
+            changed = views.changed() => if changed.is_err() { return Ok(()) },
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// A server's writer task, stopped when dropped (the writer stopping stops them all).
+struct Serving(tokio::task::JoinHandle<Result<(), WriterError>>);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Subscribes, and after a lost connection subscribes again (from the acknowledged cursor).

@@ -246,3 +246,116 @@ async fn a_client_with_a_stale_map_follows_moved_to_the_owner() {
         terminate(daemon);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_order_writer_stores_every_servers_sales_once_and_follows_a_restarted_server() {
+    use flashstock_order_writer::{OrderStore, WriterConfig, WriterStats};
+    let prefix = prefix("writer");
+    let dirs =
+        [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut daemons = three_servers(&dirs, &prefix);
+    let etcd = EtcdConfig::new(vec![ETCD.into()], &prefix);
+    let revision = store_map(&etcd, &even_map(), 0).await.unwrap();
+    let client = cluster_client(&daemons[0], &prefix).await;
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while client.map_revision() < revision {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let confirm_all = |skus: std::ops::RangeInclusive<u64>, buyer: u64| {
+        let client = client.clone();
+        async move {
+            for sku in skus.clone() {
+                client.set_stock(SkuId(sku), 5).await.unwrap();
+            }
+            let batch: Vec<Request> = skus.map(|sku| reserve(sku, buyer)).collect();
+            for reply in client.call_batch(&batch).await.unwrap() {
+                let Reply::Outcome(Outcome::Reserved { reservation, .. }) = reply else {
+                    panic!("{reply:?}")
+                };
+                assert_eq!(client.confirm(reservation).await.unwrap(), Outcome::Confirmed);
+            }
+        }
+    };
+    confirm_all(1..=60, 1).await;
+
+    let orders = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", orders.path().join("orders.db").display());
+    let tls = ClientTls::trust_pem_file(&daemons[0].cert).unwrap();
+    let consumer = token(&daemons[0].tokens, "consumer");
+    let config = WriterConfig {
+        cluster: Some(etcd.clone()),
+        ..WriterConfig::new(daemons[0].addr, tls, consumer, vec![url.clone()])
+    };
+    // Connected (and migrated) before the writer starts: two migrations at once collide.
+    let store = OrderStore::connect(std::slice::from_ref(&url)).await.unwrap();
+    let stats = std::sync::Arc::new(WriterStats::default());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let writer = tokio::spawn(flashstock_order_writer::run(config, stats.clone(), async {
+        let _ = stopped.await;
+    }));
+    let rows_reach = |count: u64| {
+        let store = store.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(20), async {
+                while store.count("confirmed").await.unwrap() < count {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("{count} rows"));
+        }
+    };
+    rows_reach(60).await;
+
+    // b stops and comes back on another port: the writer finds it again by its new entry,
+    // and what b sold meanwhile (nothing) and after arrives once.
+    let b = daemons.remove(1);
+    terminate(b);
+    let restarted = {
+        let key = daemons[0].cert.with_file_name("key.pem");
+        let args = [
+            "--etcd",
+            ETCD,
+            "--cluster-prefix",
+            &prefix,
+            "--server-id",
+            "b",
+            "--tls-cert",
+            daemons[0].cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--tokens-file",
+            daemons[0].tokens.to_str().unwrap(),
+        ];
+        start(dirs[1].path(), &args)
+    };
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            // Until the client's view has b's new address, b's SKUs fail ServerDown.
+            let mut reachable = true;
+            for sku in 61..=120 {
+                reachable &= client.query_sku(SkuId(sku)).await.is_ok();
+            }
+            if reachable {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap();
+    confirm_all(61..=120, 2).await;
+    rows_reach(120).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(store.count("confirmed").await.unwrap(), 120, "each sale stored once");
+    let _ = stop.send(());
+    writer.await.unwrap().unwrap();
+    client.close().await;
+    terminate(restarted);
+    for daemon in daemons {
+        terminate(daemon);
+    }
+}
