@@ -153,9 +153,8 @@ impl ClusterRoute {
 
     /// The client of `server`, connected on first use (and again when its address changed).
     async fn client_of(&self, server: &ServerId, slot: u16) -> Result<Client, ClientError> {
-        let view = self.view();
-        let down = || ClientError::ServerDown { slot, server: server.0.clone() };
-        let member = view.members.get(server).ok_or_else(down)?;
+        let view = self.member_view(server, slot).await?;
+        let member = &view.members[server];
         let current = |servers: &HashMap<ServerId, Client>| {
             servers.get(server).filter(|client| client.addr() == member.quic).cloned()
         };
@@ -181,6 +180,31 @@ impl ClusterRoute {
             old.close().await;
         }
         Ok(client)
+    }
+
+    /// The view once it has `server`'s member entry: a server restarting (its entry gone until
+    /// it registers again) is waited for up to the call timeout, as a single server's client
+    /// rides through a restart; then `ServerDown`.
+    async fn member_view(
+        &self,
+        server: &ServerId,
+        slot: u16,
+    ) -> Result<Arc<ClusterView>, ClientError> {
+        let view = self.view();
+        if view.members.contains_key(server) {
+            return Ok(view);
+        }
+        let mut views = self.watch.subscribe();
+        let registered = tokio::time::timeout(
+            self.template.call_timeout,
+            views.wait_for(|view| view.members.contains_key(server)),
+        )
+        .await
+        .map(|view| view.map(|view| view.clone()));
+        match registered {
+            Ok(Ok(view)) => Ok(view),
+            _ => Err(ClientError::ServerDown { slot, server: server.0.clone() }),
+        }
     }
 
     /// Closes every server's connections.

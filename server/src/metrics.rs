@@ -38,6 +38,10 @@ pub const ADMIN_OPERATIONS_TOTAL: &str = "flashstock_admin_operations_total";
 pub const HTTP_RESPONSES_TOTAL: &str = "flashstock_http_responses_total";
 /// HTTP API connections refused by `http_connections_max`.
 pub const HTTP_CONNECTIONS_REFUSED_TOTAL: &str = "flashstock_http_connections_refused_total";
+/// Slots the cluster's map gives this server (absent when it is in no cluster).
+pub const CLUSTER_SLOTS_OWNED: &str = "flashstock_cluster_slots_owned";
+/// The etcd revision of the shard map this server answers by (0: none stored yet).
+pub const CLUSTER_MAP_REVISION: &str = "flashstock_cluster_map_revision";
 /// HTTP API calls per batch submitted to the shards (coalesced from concurrent calls).
 pub const HTTP_BATCH_REQUESTS: &str = "flashstock_http_batch_requests";
 
@@ -64,6 +68,8 @@ pub fn describe() {
         (CONNECTIONS_OPEN, "QUIC connections open, handshakes included."),
         (REQUESTS_UNWRITTEN, "Requests read whose replies are not yet written."),
         (CONSUMER_DELIVERED_POSITION, "The stream position delivered to the consumer."),
+        (CLUSTER_SLOTS_OWNED, "Slots the cluster's shard map gives this server."),
+        (CLUSTER_MAP_REVISION, "The etcd revision of the shard map this server answers by."),
     ];
     for (name, help) in gauges {
         describe_gauge!(name, Unit::Count, help);

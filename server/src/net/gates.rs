@@ -51,12 +51,21 @@ struct Owned {
     slots: OwnedSlots,
 }
 
+impl Owned {
+    fn publish_metrics(&self) {
+        metrics::gauge!(crate::metrics::CLUSTER_SLOTS_OWNED).set(self.slots.len() as f64);
+        let revision = self.view.map_revision() as f64;
+        metrics::gauge!(crate::metrics::CLUSTER_MAP_REVISION).set(revision);
+    }
+}
+
 impl Ownership {
     /// `server`'s slots, following `views` (a `ClusterWatch`'s receiver).
     pub fn follow(server: ServerId, mut views: watch::Receiver<Arc<ClusterView>>) -> Ownership {
         let owned =
             move |view: Arc<ClusterView>| Arc::new(Owned { slots: view.owned_by(&server), view });
         let first = owned(views.borrow_and_update().clone());
+        first.publish_metrics();
         tracing::info!(
             slots = first.slots.len(),
             map_revision = first.view.map_revision(),
@@ -73,6 +82,7 @@ impl Ownership {
                         "the map changed this server's slots"
                     );
                 }
+                next.publish_metrics();
                 publish.send_replace(next);
             }
         });
