@@ -301,3 +301,61 @@ async fn a_cart_run_passes_its_audit_with_one_order_row_per_line_sold() {
     writer.await.unwrap().unwrap();
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkout_run_through_a_cluster_of_three_servers_passes_its_audit() {
+    use flashstock_client::{Client, ClientConfig, EtcdConfig};
+    use flashstock_cluster::{ServerId, SlotMap};
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let prefix = format!("/flashstock-test/loadgen-{}-{}", std::process::id(), nanos.as_nanos());
+    let etcd = EtcdConfig::new(vec!["http://127.0.0.1:2379".into()], &prefix);
+    let ids = ["a", "b", "c"].map(|id| ServerId(id.into()));
+    flashstock_cluster_etcd::store_map(&etcd, &SlotMap::even(&ids).unwrap(), 0).await.unwrap();
+    let dirs = [(); 3].map(|()| tempfile::tempdir().unwrap());
+    let mut servers = Vec::new();
+    for (index, (dir, id)) in dirs.iter().zip(&ids).enumerate() {
+        if index > 0 {
+            // One certificate and one set of tokens for the whole cluster: a's.
+            let from = dirs[0].path();
+            std::fs::create_dir_all(dir.path().join("tls")).unwrap();
+            for file in ["tls/cert.pem", "tls/key.pem", "tokens.toml"] {
+                std::fs::copy(from.join(file), dir.path().join(file)).unwrap();
+            }
+        }
+        servers.push(TestServer::start_in_cluster(dir.path(), &etcd, &id.0).await);
+    }
+    let (first, _) = &servers[0];
+    let mut target = flashstock(first);
+    if let TargetSpec::Flashstock { cluster, .. } = &mut target {
+        *cluster = Some(Box::new(etcd.clone()));
+    }
+    let checkout = Scenario::Checkout {
+        skus: 60,
+        units_per_sku: 1_000,
+        confirm_probability: 0.7,
+        abandon_fraction: 0.1,
+        think_ms: 1,
+    };
+    let finished = execute(options(target, checkout, 5_000)).await.unwrap();
+    assert!(finished.audit.passed, "{:?}", finished.audit);
+    assert!(finished.result.outcomes["confirmed"] > 2_000, "{:?}", finished.result.outcomes);
+    assert_eq!(finished.audit.totals.sold, finished.audit.acked.confirmed);
+    // Every server holds some of the run's SKUs, and no SKU is on two servers.
+    let mut held = Vec::new();
+    for (server, _) in &servers {
+        let config =
+            ClientConfig::new(server.addr, "localhost", server.tls(), Some(&server.admin_token));
+        let client = Client::connect(config).await.unwrap();
+        let skus: Vec<u64> =
+            client.list_skus().await.unwrap().iter().map(|view| view.sku.0).collect();
+        assert!(!skus.is_empty(), "{} holds none of the SKUs", server.addr);
+        held.extend(skus);
+        client.close().await;
+    }
+    let distinct: std::collections::BTreeSet<u64> = held.iter().copied().collect();
+    assert_eq!((held.len(), distinct.len()), (60, 60), "each SKU on exactly one server");
+    for (server, joined) in servers {
+        server.stop().await;
+        drop(joined);
+    }
+}

@@ -40,6 +40,14 @@ pub struct TestServer {
     runtime: Option<Runtime>,
 }
 
+/// A test server's place in its cluster: following the map, registered as a member (the
+/// entry lapses with its lease once this is dropped).
+#[derive(Debug)]
+pub struct Joined {
+    _watch: flashstock_cluster_etcd::ClusterWatch,
+    _membership: flashstock_cluster_etcd::Membership,
+}
+
 /// Test servers' tokens: the default file's (admin, service, a consumer token for
 /// `order-writer` only), one for `audit` only, and one for any name, which tests subscribe
 /// with under names of their own.
@@ -120,6 +128,43 @@ impl TestServer {
         client_certs: Option<Arc<ClientCertRoles>>,
         net_limits: NetLimits,
     ) -> TestServer {
+        TestServer::start_gated(runtime, data_dir, (addr, client_certs, net_limits), None).await
+    }
+
+    /// Server `id` of the cluster in `etcd` (2 shards, on any port), registered as a member
+    /// until the returned [`Joined`] is dropped. Copy one server's `tls/` and `tokens.toml`
+    /// into the others' data directories first, so that one client trusts them all.
+    pub async fn start_in_cluster(
+        data_dir: &Path,
+        etcd: &flashstock_cluster_etcd::EtcdConfig,
+        id: &str,
+    ) -> (TestServer, Joined) {
+        let config = RuntimeConfig { shard_count: 2, ..RuntimeConfig::default() };
+        let runtime = Runtime::open(data_dir, config, Arc::new(SystemClock)).unwrap();
+        let watch = flashstock_cluster_etcd::ClusterWatch::start(etcd.clone()).await.unwrap();
+        let server = flashstock_cluster::ServerId(id.to_owned());
+        let ownership = Arc::new(net::Ownership::follow(server.clone(), watch.subscribe()));
+        let any_port = (SocketAddr::from(([127, 0, 0, 1], 0)), None, NetLimits::default());
+        let started = TestServer::start_gated(runtime, data_dir, any_port, Some(ownership)).await;
+        let member = flashstock_cluster::Member {
+            quic: started.addr,
+            server_name: "localhost".into(),
+            http: Some(started.http),
+        };
+        let membership =
+            flashstock_cluster_etcd::Membership::register(etcd.clone(), server, member)
+                .await
+                .unwrap();
+        (started, Joined { _watch: watch, _membership: membership })
+    }
+
+    /// Serves `runtime`, answering `Moved` for slots `ownership` does not give it.
+    async fn start_gated(
+        runtime: Runtime,
+        data_dir: &Path,
+        (addr, client_certs, net_limits): (SocketAddr, Option<Arc<ClientCertRoles>>, NetLimits),
+        ownership: Option<Arc<net::Ownership>>,
+    ) -> TestServer {
         let files = net::ensure_self_signed(data_dir).unwrap();
         write_test_tokens(data_dir);
         let (mut auth, tokens_path) = Authenticator::ensure_default(data_dir).unwrap();
@@ -145,7 +190,8 @@ impl TestServer {
         let handle = runtime.handle();
         let auth = net::SharedAuth::from(auth);
         let rates = Arc::new(net::stored_rate_gate(&handle).await);
-        let (http, http_serving) = serve_http(&runtime, &auth, &rates, http_stopping).await;
+        let gates = net::Gates { rates, ownership };
+        let (http, http_serving) = serve_http(&runtime, &auth, &gates, http_stopping).await;
         let stats = Arc::new(NetStats::default());
         let serving_stats = stats.clone();
         let serving = tokio::spawn(async move {
@@ -153,7 +199,7 @@ impl TestServer {
                 let _ = stopped.await;
             };
             let stopped =
-                net::serve(endpoint, handle, auth, rates, net_limits, serving_stats, shutdown)
+                net::serve(endpoint, handle, auth, gates, net_limits, serving_stats, shutdown)
                     .await;
             let _ = stop_http.send(true);
             stopped
@@ -206,14 +252,14 @@ impl TestServer {
 async fn serve_http(
     runtime: &Runtime,
     auth: &net::SharedAuth,
-    rates: &Arc<net::rate::RateGate>,
+    gates: &net::Gates,
     mut stopping: tokio::sync::watch::Receiver<bool>,
 ) -> (SocketAddr, tokio::task::JoinHandle<()>) {
     use flashstock_server::http;
     let listener = http::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let limits = http::HttpApiLimits::default();
-    let api = http::Api::new(runtime.handle(), auth.clone(), rates.clone(), limits).unwrap();
+    let api = http::Api::new(runtime.handle(), auth.clone(), gates.clone(), limits).unwrap();
     let shutdown = async move {
         let _ = stopping.wait_for(|stop| *stop).await;
     };
