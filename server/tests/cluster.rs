@@ -25,8 +25,10 @@ fn prefix(test: &str) -> String {
 /// Three servers `a`, `b`, `c` of the cluster under `prefix`, sharing `a`'s certificate and
 /// tokens (a cluster's clients trust one certificate and hold one token).
 fn three_servers(dirs: &[tempfile::TempDir; 3], prefix: &str) -> Vec<Daemon> {
-    let cluster =
-        |id: &'static str| ["--etcd", ETCD, "--cluster-prefix", prefix, "--server-id", id];
+    let cluster = |id: &'static str| {
+        let http = ["--http-listen", "127.0.0.1:0"];
+        [&["--etcd", ETCD, "--cluster-prefix", prefix, "--server-id", id][..], &http[..]].concat()
+    };
     let a = start(dirs[0].path(), &cluster("a"));
     let key = a.cert.with_file_name("key.pem");
     let shared = [
@@ -65,6 +67,19 @@ fn reserve(sku: u64, buyer: u64) -> Request {
         ttl_ms: 60_000,
         order_ref: None,
     }))
+}
+
+/// A GET over plain HTTP/1.1, the whole answer as text.
+fn http_get(addr: std::net::SocketAddr, path: &str, token: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let head = format!(
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
 }
 
 /// The map's three ranges, each named by its server: `a`, `b`, `c`.
@@ -152,6 +167,15 @@ async fn three_servers_serve_their_slots_and_a_cluster_client_routes_every_call(
         3,
         "every server owns some of the SKUs: {owned_per_server:?}"
     );
+
+    // Over HTTP too: another server's SKU is answered 421, naming the owner.
+    let sku_of_b = skus.iter().find(|&&s| map.owner(slot_of(SkuId(s))).0 == "b").unwrap();
+    let admin = token(&daemons[0].tokens, "admin");
+    let answer = http_get(daemons[0].http.unwrap(), &format!("/v1/skus/{sku_of_b}"), &admin);
+    assert!(answer.starts_with("HTTP/1.1 421"), "{answer}");
+    assert!(answer.contains("\"moved\"") && answer.contains("\\\"b\\\""), "{answer}");
+    let answer = http_get(daemons[1].http.unwrap(), &format!("/v1/skus/{sku_of_b}"), &admin);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 
     // A cart whose lines live on two servers is refused as such, never half-applied.
     let (sku_a, sku_b) = {

@@ -233,7 +233,7 @@ fn request_of(route: &Route<'_>, body: &[u8]) -> Result<Taken, BadRequest> {
         (status = 200, description = "reserved", body = json::OutcomeBody),
         (status = 404, description = "unknown_sku", body = json::OutcomeBody),
         (status = 409, description = "sold_out, limit_exceeded, sale_not_open, sale_closed, too_many_reservations, invalid_quantity, invalid_ttl", body = json::OutcomeBody),
-        (status = "4XX", description = "refused unapplied", body = json::ErrorBody),
+        (status = "4XX", description = "refused unapplied (in a cluster, 421 moved: another server owns the slot)", body = json::ErrorBody),
         (status = 503, description = "overloaded, shutting_down, unavailable: retry with the same key", body = json::ErrorBody)),
     security(("bearer" = [])))]
 fn reserve(body: &[u8]) -> Result<Taken, BadRequest> {
@@ -246,7 +246,7 @@ fn reserve(body: &[u8]) -> Result<Taken, BadRequest> {
     responses(
         (status = 200, description = "reserved: the cart's id confirms and cancels it", body = json::OutcomeBody),
         (status = 409, description = "cart_refused (which line, and why), cart_timed_out, invalid_cart, invalid_ttl", body = json::OutcomeBody),
-        (status = "4XX", description = "refused unapplied", body = json::ErrorBody),
+        (status = "4XX", description = "refused unapplied (in a cluster, 421 moved: another server owns the slot)", body = json::ErrorBody),
         (status = 503, description = "overloaded, shutting_down, unavailable", body = json::ErrorBody)),
     security(("bearer" = [])))]
 fn reserve_cart(body: &[u8]) -> Result<Taken, BadRequest> {
@@ -264,7 +264,7 @@ fn reserve_cart(body: &[u8]) -> Result<Taken, BadRequest> {
         (status = 200, description = "confirmed, already_confirmed", body = json::OutcomeBody),
         (status = 404, description = "unknown_reservation", body = json::OutcomeBody),
         (status = 409, description = "expired, already_cancelled", body = json::OutcomeBody),
-        (status = "4XX", description = "refused unapplied", body = json::ErrorBody),
+        (status = "4XX", description = "refused unapplied (in a cluster, 421 moved: another server owns the slot)", body = json::ErrorBody),
         (status = 503, description = "overloaded, shutting_down, unavailable", body = json::ErrorBody)),
     security(("bearer" = [])))]
 fn confirm(id: &str, body: &[u8]) -> Result<Taken, BadRequest> {
@@ -284,7 +284,7 @@ const UNKNOWN: Reply = Reply::Outcome(Outcome::UnknownReservation);
         (status = 200, description = "cancelled, already_cancelled", body = json::OutcomeBody),
         (status = 404, description = "unknown_reservation", body = json::OutcomeBody),
         (status = 409, description = "expired, already_confirmed", body = json::OutcomeBody),
-        (status = "4XX", description = "refused unapplied", body = json::ErrorBody),
+        (status = "4XX", description = "refused unapplied (in a cluster, 421 moved: another server owns the slot)", body = json::ErrorBody),
         (status = 503, description = "overloaded, shutting_down, unavailable", body = json::ErrorBody)),
     security(("bearer" = [])))]
 fn cancel(id: &str) -> Taken {
@@ -299,7 +299,7 @@ fn cancel(id: &str) -> Taken {
         (status = 200, description = "returned", body = json::OutcomeBody),
         (status = 404, description = "not_returnable", body = json::OutcomeBody),
         (status = 409, description = "return_exceeds_sold, invalid_quantity", body = json::OutcomeBody),
-        (status = "4XX", description = "refused unapplied", body = json::ErrorBody),
+        (status = "4XX", description = "refused unapplied (in a cluster, 421 moved: another server owns the slot)", body = json::ErrorBody),
         (status = 503, description = "overloaded, shutting_down, unavailable", body = json::ErrorBody)),
     security(("bearer" = [])))]
 fn return_sold(id: &str, body: &[u8]) -> Result<Taken, BadRequest> {
