@@ -24,6 +24,7 @@ fn member(port: u16) -> Member {
         quic: format!("127.0.0.1:{port}").parse().unwrap(),
         server_name: "localhost".into(),
         http: None,
+        shards: 2,
     }
 }
 

@@ -26,6 +26,10 @@ pub struct Member {
     /// Its HTTP API address, if it serves one.
     #[serde(default)]
     pub http: Option<SocketAddr>,
+    /// Its shard count: a reservation id names its shard, so every server of a cluster must
+    /// run the same count for reservations to move between them (0: not said).
+    #[serde(default)]
+    pub shards: u16,
 }
 
 impl Member {
@@ -56,6 +60,15 @@ pub struct ClusterView {
 }
 
 impl ClusterView {
+    /// A member other than `server` whose shard count is not `shards`, if any: `server`
+    /// must not join a cluster whose reservations it could not name.
+    pub fn other_shard_count(&self, server: &ServerId, shards: u16) -> Option<(&ServerId, u16)> {
+        self.members
+            .iter()
+            .find(|(id, member)| *id != server && member.shards != 0 && member.shards != shards)
+            .map(|(id, member)| (id, member.shards))
+    }
+
     /// The server owning `slot`, if a map is stored.
     pub fn owner(&self, slot: Slot) -> Option<&ServerId> {
         self.map.as_ref().map(|map| map.owner(slot))
@@ -138,6 +151,7 @@ mod tests {
             quic: "127.0.0.1:7400".parse().unwrap(),
             server_name: "localhost".into(),
             http: None,
+            shards: 2,
         };
         assert_eq!(Member::parse(&member.to_json()).unwrap(), member);
         assert!(Member::parse(br#"{"quic":"127.0.0.1:1","server_name":"x","role":"a"}"#).is_err());

@@ -394,7 +394,8 @@ impl Settings {
             id => id.to_owned(),
         };
         let server_name = self.advertise_name.clone().expect("a default");
-        let member = flashstock_cluster::Member { quic: advertise, server_name, http };
+        let shards = self.shards.expect("a default");
+        let member = flashstock_cluster::Member { quic: advertise, server_name, http, shards };
         Ok(Some(Joining {
             etcd: flashstock_cluster_etcd::EtcdConfig::new(endpoints, prefix),
             server: flashstock_cluster::ServerId(id),
@@ -568,14 +569,19 @@ pub async fn run(
     let auth = SharedAuth::from(auth);
     let rates = Arc::new(net::stored_rate_gate(&runtime.handle()).await);
     let (http_stop, http_stopping) = tokio::sync::watch::channel(false);
-    let http_addr = settings.http_addr()?;
+    // Bound before joining, so that the member entry names the port bound (port 0 included).
+    let http_listener = match settings.http_addr()? {
+        Some(addr) => Some(crate::http::bind(addr).await?),
+        None => None,
+    };
+    let http_addr = http_listener.as_ref().and_then(|listener| listener.local_addr().ok());
     let joined = match settings.cluster(bound, http_addr)? {
         Some(joining) => Some(joining.join().await?),
         None => None,
     };
     let ownership = joined.as_ref().map(|joined| joined.ownership.clone());
     let gates = net::Gates { rates, ownership };
-    let http = serve_http(&settings, &runtime, (&auth, &gates), http_stopping).await?;
+    let http = serve_http(http_listener, &settings, &runtime, (&auth, &gates), http_stopping)?;
     let listening_tokens = tokens_path;
     on_listening(&Listening {
         listen: bound,
@@ -645,6 +651,19 @@ impl Joining {
     /// first request on), then registers the member entry clients dial.
     async fn join(self) -> Result<Joined, ServerError> {
         let watch = flashstock_cluster_etcd::ClusterWatch::start(self.etcd.clone()).await?;
+        if let Some((other, shards)) =
+            watch.view().other_shard_count(&self.server, self.member.shards)
+        {
+            let detail = format!(
+                "server {:?} of the cluster runs {shards} shards; every server must run the same count (reservation ids name their shard)",
+                other.0
+            );
+            return Err(ServerError::Setting {
+                name: "shards",
+                value: self.member.shards.to_string(),
+                detail,
+            });
+        }
         let ownership = Arc::new(net::Ownership::follow(self.server.clone(), watch.subscribe()));
         tracing::info!(server_id = %self.server.0, prefix = %self.etcd.prefix, quic = %self.member.quic, "joining the cluster");
         let membership =
@@ -654,16 +673,17 @@ impl Joining {
     }
 }
 
-/// The HTTP API, when `http_listen` is set: bound now (a taken port fails the start),
-/// served on a task of its own until `stopping` turns true.
-async fn serve_http(
+/// The HTTP API on `listener` (bound when `http_listen` is set: a taken port fails the
+/// start), served on a task of its own until `stopping` turns true.
+fn serve_http(
+    listener: Option<tokio::net::TcpListener>,
     settings: &Settings,
     runtime: &Runtime,
     (auth, gates): (&SharedAuth, &net::Gates),
     mut stopping: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Option<(SocketAddr, tokio::task::JoinHandle<()>)>, ServerError> {
-    let Some(addr) = settings.http_addr()? else { return Ok(None) };
-    let listener = crate::http::bind(addr).await?;
+    let Some(listener) = listener else { return Ok(None) };
+    let addr = settings.http_addr()?.expect("bound because it is set");
     let bound = listener.local_addr().map_err(|source| ServerError::Bind { addr, source })?;
     let limits = settings.http_limits();
     let api = crate::http::Api::new(runtime.handle(), auth.clone(), gates.clone(), limits)?;

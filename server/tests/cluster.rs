@@ -167,6 +167,35 @@ async fn three_servers_serve_their_slots_and_a_cluster_client_routes_every_call(
         3,
         "every server owns some of the SKUs: {owned_per_server:?}"
     );
+    // Member entries name the bound addresses (port 0 included) and the shard count.
+    let a_entry = &watch.view().members[&ServerId("a".into())];
+    assert_eq!((a_entry.quic, a_entry.http, a_entry.shards), (daemons[0].addr, daemons[0].http, 2));
+    // A server of another shard count is refused at join: reservations could not move to it.
+    let other = tempfile::tempdir().unwrap();
+    let mut joining = std::process::Command::new(env!("CARGO_BIN_EXE_flashstockd"))
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "", "--shards", "1"])
+        .args(["--etcd", ETCD, "--cluster-prefix", &prefix, "--server-id", "d"])
+        .arg("--data-dir")
+        .arg(other.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = joining.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            joining.kill().unwrap();
+            panic!("a server of another shard count joined the cluster");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut joining.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success() && stderr.contains("runs 2 shards"), "{stderr}");
+    assert!(!watch.view().members.contains_key(&ServerId("d".into())), "d never registered");
 
     // Over HTTP too: another server's SKU is answered 421, naming the owner.
     let sku_of_b = skus.iter().find(|&&s| map.owner(slot_of(SkuId(s))).0 == "b").unwrap();
@@ -231,7 +260,8 @@ async fn a_client_with_a_stale_map_follows_moved_to_the_owner() {
     let stale = EtcdConfig::new(vec![ETCD.into()], &stale_prefix);
     let mut etcd_client = stale.connect().await.unwrap();
     for (name, daemon) in ["a", "b", "c"].iter().zip(&daemons) {
-        let member = Member { quic: daemon.addr, server_name: "localhost".into(), http: None };
+        let member =
+            Member { quic: daemon.addr, server_name: "localhost".into(), http: None, shards: 2 };
         etcd_client
             .put(stale.member_key(&ServerId((*name).into())), member.to_json(), None)
             .await

@@ -150,6 +150,7 @@ impl TestServer {
             quic: started.addr,
             server_name: "localhost".into(),
             http: Some(started.http),
+            shards: 2,
         };
         let membership =
             flashstock_cluster_etcd::Membership::register(etcd.clone(), server, member)
