@@ -57,12 +57,9 @@ pub async fn run(cli: &Cli) -> Result<Report, AdminError> {
 
 /// The cluster named by --etcd and --cluster-prefix.
 fn etcd_of(cli: &Cli) -> Result<flashstock_client::EtcdConfig, AdminError> {
-    let urls = cli.server.etcd.as_deref().unwrap_or_default().trim();
-    if urls.is_empty() {
-        return Err(AdminError::Usage("cluster commands need --etcd URL".into()));
-    }
-    let endpoints = urls.split(',').map(|url| url.trim().to_owned()).collect();
-    Ok(flashstock_client::EtcdConfig::new(endpoints, &cli.server.cluster_prefix))
+    let urls = cli.server.etcd.as_deref().unwrap_or_default();
+    flashstock_client::EtcdConfig::from_urls(urls, &cli.server.cluster_prefix)
+        .ok_or_else(|| AdminError::Usage("cluster commands need --etcd URL".into()))
 }
 
 async fn sku(client: &Client, command: &SkuCommand) -> Result<Report, AdminError> {

@@ -27,6 +27,18 @@ impl EtcdConfig {
         EtcdConfig { endpoints, prefix: prefix.trim_end_matches('/').to_owned() }
     }
 
+    /// The cluster named by a setting or flag: `urls` comma-separated (`None` when empty:
+    /// no cluster) and its prefix. The one parser of `--etcd` for every binary.
+    pub fn from_urls(urls: &str, prefix: &str) -> Option<EtcdConfig> {
+        let endpoints: Vec<String> = urls
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .map(str::to_owned)
+            .collect();
+        (!endpoints.is_empty()).then(|| EtcdConfig::new(endpoints, prefix))
+    }
+
     /// The shard map's key.
     pub fn map_key(&self) -> String {
         format!("{}/map", self.prefix)
@@ -60,5 +72,22 @@ impl EtcdConfig {
     /// `source`, naming these endpoints.
     pub(crate) fn error(&self, source: etcd_client::Error) -> EtcdError {
         EtcdError::Etcd { endpoints: self.endpoints.join(","), source }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etcd_urls_are_split_and_trimmed_and_none_means_no_cluster() {
+        let config = EtcdConfig::from_urls(" http://a:2379, http://b:2379 ,", "/x/").unwrap();
+        assert_eq!(config.endpoints, ["http://a:2379", "http://b:2379"]);
+        assert_eq!(
+            (config.map_key(), config.member_key(&ServerId("s".into()))),
+            ("/x/map".into(), "/x/members/s".into())
+        );
+        assert_eq!(EtcdConfig::from_urls("", "/x"), None);
+        assert_eq!(EtcdConfig::from_urls(" , ", "/x"), None);
     }
 }

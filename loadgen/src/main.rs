@@ -316,10 +316,9 @@ impl LoadArgs {
         let Some(addr) = url.strip_prefix("flashstock://") else {
             bail!("unknown target {url:?}: use flashstock://HOST:PORT or redis://HOST:PORT");
         };
-        let cluster = self.etcd.as_deref().map(|urls| {
-            let endpoints = urls.split(',').map(|url| url.trim().to_owned()).collect();
-            Box::new(flashstock_client::EtcdConfig::new(endpoints, &self.cluster_prefix))
-        });
+        let urls = self.etcd.as_deref().unwrap_or_default();
+        let cluster =
+            flashstock_client::EtcdConfig::from_urls(urls, &self.cluster_prefix).map(Box::new);
         let addr: SocketAddr = match (addr, &cluster) {
             ("cluster", Some(_)) => ([0, 0, 0, 0], 0).into(),
             ("cluster", None) => bail!("flashstock://cluster needs --etcd URL"),

@@ -113,10 +113,10 @@ fn main() -> anyhow::Result<()> {
         batch_events_max: args.batch_events_max.max(1),
         linger_ms: args.linger_ms,
         window_events: args.window_events.max(1),
-        cluster: args.etcd.as_deref().map(|urls| {
-            let endpoints = urls.split(',').map(|url| url.trim().to_owned()).collect();
-            flashstock_client::EtcdConfig::new(endpoints, &args.cluster_prefix)
-        }),
+        cluster: flashstock_client::EtcdConfig::from_urls(
+            args.etcd.as_deref().unwrap_or_default(),
+            &args.cluster_prefix,
+        ),
         ..WriterConfig::new(args.server, tls, token, database_urls)
     };
     let stats = Arc::new(WriterStats::default());

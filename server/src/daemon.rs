@@ -367,12 +367,11 @@ impl Settings {
             value: value.to_owned(),
             detail: detail.to_owned(),
         };
-        let urls = self.etcd.as_deref().unwrap_or_default().trim();
-        if urls.is_empty() {
-            return Ok(None);
-        }
-        let endpoints = urls.split(',').map(|url| url.trim().to_owned()).collect();
         let prefix = self.cluster_prefix.as_deref().expect("a default");
+        let urls = self.etcd.as_deref().unwrap_or_default();
+        let Some(etcd) = flashstock_cluster_etcd::EtcdConfig::from_urls(urls, prefix) else {
+            return Ok(None);
+        };
         let advertise = match self.advertise.as_deref().unwrap_or_default().trim() {
             "" if bound.ip().is_unspecified() => {
                 return Err(setting(
@@ -396,11 +395,7 @@ impl Settings {
         let server_name = self.advertise_name.clone().expect("a default");
         let shards = self.shards.expect("a default");
         let member = flashstock_cluster::Member { quic: advertise, server_name, http, shards };
-        Ok(Some(Joining {
-            etcd: flashstock_cluster_etcd::EtcdConfig::new(endpoints, prefix),
-            server: flashstock_cluster::ServerId(id),
-            member,
-        }))
+        Ok(Some(Joining { etcd, server: flashstock_cluster::ServerId(id), member }))
     }
 
     /// The HTTP API's limits from complete settings (defaults applied).
