@@ -164,8 +164,15 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
                 );
             }
         }
+        // Listed once (never as its buckets) as soon as anything of it was acknowledged; kills
+        // during start-up in the first cycles may come before it is stocked at all.
         let listed = skus.iter().filter(|[sku, ..]| *sku == hot::SKU).count();
-        assert!(listed == 1 || cycle == 0, "cycle {cycle}: the hot SKU listed {listed} times");
+        let hot_acked = acked.restocked > 0
+            || acked.reserved.values().any(|lines| lines.iter().any(|&(sku, _)| sku == hot::SKU));
+        assert!(
+            listed == 1 || (listed == 0 && !hot_acked),
+            "cycle {cycle}: the hot SKU listed {listed} times"
+        );
     }
     println!(
         "{} reservations ({} of them carts), {} confirms, {} cancels acknowledged over {CYCLES} \
