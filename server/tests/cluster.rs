@@ -69,6 +69,15 @@ fn reserve(sku: u64, buyer: u64) -> Request {
     }))
 }
 
+/// Waits up to 5 s for `ready`, checking every 20 ms; fails naming `what`.
+async fn eventually(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !ready() {
+        assert!(tokio::time::Instant::now() < deadline, "not within 5 s: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A GET over plain HTTP/1.1, the whole answer as text.
 fn http_get(addr: std::net::SocketAddr, path: &str, token: &str) -> String {
     use std::io::{Read, Write};
@@ -101,13 +110,8 @@ async fn three_servers_serve_their_slots_and_a_cluster_client_routes_every_call(
     let revision = store_map(&etcd, &map, 0).await.unwrap();
     let watch = ClusterWatch::start(etcd.clone()).await.unwrap();
     assert!(watch.wait_for_map(revision, Duration::from_secs(5)).await);
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while client.map_revision() < revision || watch.view().members.len() < 3 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("the client and the watch see the map and three members");
+    let seen = || client.map_revision() >= revision && watch.view().members.len() == 3;
+    eventually("the client and the watch see the map and three members", seen).await;
 
     // 90 SKUs over the three servers: stock, a batch of reserves split by server, confirms
     // and cancels routed by the reservation id's slot.
@@ -231,13 +235,8 @@ async fn three_servers_serve_their_slots_and_a_cluster_client_routes_every_call(
     let [a, b, c]: [Daemon; 3] = daemons.try_into().ok().unwrap();
     terminate(c);
     let sku_c = skus.iter().copied().find(|&s| map.owner(slot_of(SkuId(s))).0 == "c").unwrap();
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while watch.view().members.len() > 2 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("c's member entry is removed when it stops");
+    eventually("c's member entry is removed when it stops", || watch.view().members.len() == 2)
+        .await;
     let err = client.query_sku(SkuId(sku_c)).await.unwrap_err();
     assert!(matches!(&err, ClientError::ServerDown { server, .. } if server == "c"), "{err}");
     assert!(client.query_sku(SkuId(sku_a)).await.unwrap().is_some(), "the others still serve");
@@ -311,13 +310,7 @@ async fn the_order_writer_stores_every_servers_sales_once_and_follows_a_restarte
     let etcd = EtcdConfig::new(vec![ETCD.into()], &prefix);
     let revision = store_map(&etcd, &even_map(), 0).await.unwrap();
     let client = cluster_client(&daemons[0], &prefix).await;
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while client.map_revision() < revision {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .unwrap();
+    eventually("the client sees the map", || client.map_revision() >= revision).await;
     let confirm_all = |skus: std::ops::RangeInclusive<u64>, buyer: u64| {
         let client = client.clone();
         async move {
