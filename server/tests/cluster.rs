@@ -22,9 +22,27 @@ fn prefix(test: &str) -> String {
     format!("/flashstock-test/{test}-{}-{}", std::process::id(), nanos.as_nanos())
 }
 
+/// A cluster of its own for `test`: three servers on fresh data directories (see
+/// [`three_daemons`]) under a prefix no other test or run uses.
+fn three_servers(test: &str) -> Cluster {
+    let prefix = prefix(test);
+    let dirs = [(); 3].map(|()| tempfile::tempdir().unwrap());
+    let daemons = three_daemons(&dirs, &prefix);
+    let etcd = EtcdConfig::new(vec![ETCD.into()], &prefix);
+    Cluster { prefix, dirs, daemons, etcd }
+}
+
+/// A test's cluster: its etcd prefix, the three servers' data directories and processes.
+struct Cluster {
+    prefix: String,
+    dirs: [tempfile::TempDir; 3],
+    daemons: Vec<Daemon>,
+    etcd: EtcdConfig,
+}
+
 /// Three servers `a`, `b`, `c` of the cluster under `prefix`, sharing `a`'s certificate and
 /// tokens (a cluster's clients trust one certificate and hold one token).
-fn three_servers(dirs: &[tempfile::TempDir; 3], prefix: &str) -> Vec<Daemon> {
+fn three_daemons(dirs: &[tempfile::TempDir; 3], prefix: &str) -> Vec<Daemon> {
     let cluster = |id: &'static str| {
         let http = ["--http-listen", "127.0.0.1:0"];
         [&["--etcd", ETCD, "--cluster-prefix", prefix, "--server-id", id][..], &http[..]].concat()
@@ -98,14 +116,10 @@ fn even_map() -> SlotMap {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_servers_serve_their_slots_and_a_cluster_client_routes_every_call() {
-    let prefix = prefix("three");
-    let dirs =
-        [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-    let daemons = three_servers(&dirs, &prefix);
+    let Cluster { prefix, dirs: _dirs, daemons, etcd } = three_servers("three");
     let client = cluster_client(&daemons[0], &prefix).await;
     // No map yet: nobody owns anything, and the client says so.
     assert!(matches!(client.set_stock(SkuId(1), 5).await, Err(ClientError::NoMap)));
-    let etcd = EtcdConfig::new(vec![ETCD.into()], &prefix);
     let map = even_map();
     let revision = store_map(&etcd, &map, 0).await.unwrap();
     let watch = ClusterWatch::start(etcd.clone()).await.unwrap();
@@ -247,11 +261,7 @@ async fn three_servers_serve_their_slots_and_a_cluster_client_routes_every_call(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_with_a_stale_map_follows_moved_to_the_owner() {
-    let prefix = prefix("stale");
-    let dirs =
-        [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-    let daemons = three_servers(&dirs, &prefix);
-    let etcd = EtcdConfig::new(vec![ETCD.into()], &prefix);
+    let Cluster { prefix, dirs: _dirs, daemons, etcd } = three_servers("stale");
     store_map(&etcd, &even_map(), 0).await.unwrap();
     // The client reads another prefix, where every slot is `a`'s and the members are the
     // real ones: a map as stale as a client's can get.
@@ -303,11 +313,7 @@ async fn a_client_with_a_stale_map_follows_moved_to_the_owner() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_order_writer_stores_every_servers_sales_once_and_follows_a_restarted_server() {
     use flashstock_order_writer::{OrderStore, WriterConfig, WriterStats};
-    let prefix = prefix("writer");
-    let dirs =
-        [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-    let mut daemons = three_servers(&dirs, &prefix);
-    let etcd = EtcdConfig::new(vec![ETCD.into()], &prefix);
+    let Cluster { prefix, dirs, mut daemons, etcd } = three_servers("writer");
     let revision = store_map(&etcd, &even_map(), 0).await.unwrap();
     let client = cluster_client(&daemons[0], &prefix).await;
     eventually("the client sees the map", || client.map_revision() >= revision).await;
