@@ -15,7 +15,7 @@
 
 use std::collections::VecDeque;
 
-use crate::ids::RequestId;
+use crate::ids::{RequestId, Slot as ClusterSlot};
 use crate::limits::ShardConfig;
 use crate::outcome::Outcome;
 use crate::probe::{mix, HashKey, ProbeTable, Slot};
@@ -55,7 +55,14 @@ pub(crate) struct Answer {
     pub(crate) request: RequestKey,
     pub(crate) answered_at_ms: u64,
     pub(crate) outcome: Outcome,
+    /// The slot of what the request named, so that a slot move ships the answers of its
+    /// range (docs/cluster.md); [`SLOT_NONE`] for a cart's answers (ranges holding carts do
+    /// not move) and for answers restored from a snapshot older than slots.
+    pub(crate) slot: ClusterSlot,
 }
+
+/// The slot of an answer that no slot move ships.
+pub(crate) const SLOT_NONE: ClusterSlot = ClusterSlot(u16::MAX);
 
 /// An index slot: the request's 31-bit hash and its answer's position in the ring (wrapping;
 /// the ring holds fewer than 2^31 answers, so the low 32 bits of a position name one answer).
@@ -234,12 +241,12 @@ impl Dedup {
     #[must_use]
     pub(crate) fn remember_change(
         &mut self,
-        request: RequestId,
+        (request, slot): (RequestId, ClusterSlot),
         outcome: Outcome,
         now_ms: u64,
         config: &ShardConfig,
     ) -> bool {
-        let answer = Answer { request: request.into(), answered_at_ms: now_ms, outcome };
+        let answer = Answer { request: request.into(), answered_at_ms: now_ms, outcome, slot };
         if let Some(pending) = &mut self.pending {
             pending.push(answer);
             return true;
@@ -342,6 +349,7 @@ mod tests {
             request: RequestId(u128::from(n) << 64 | 7).into(),
             answered_at_ms: n,
             outcome: Outcome::Reserved { reservation, expires_at_ms: n },
+            slot: SLOT_NONE,
         }
     }
 

@@ -170,6 +170,18 @@ pub enum EngineError {
         /// What disagrees.
         detail: &'static str,
     },
+    /// A slot-range step or import that does not fit this shard's state (docs/cluster.md):
+    /// the range is not frozen here, overlaps one that is, holds what cannot move, or an
+    /// imported item does not fit what was imported before it.
+    #[error("slots {first}-{last}: {detail}")]
+    Slots {
+        /// The range's first slot.
+        first: u16,
+        /// Its last slot.
+        last: u16,
+        /// What does not fit.
+        detail: &'static str,
+    },
     /// A snapshot remembers two answers to one request.
     #[error("snapshot remembers request {request:?} twice")]
     DuplicateAnswer {

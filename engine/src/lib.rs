@@ -16,6 +16,8 @@
 //! - [`outcome`]: what a command did ([`Outcome`]), and the read views.
 //! - [`limits`]: every bound the engine enforces, and [`ShardConfig`].
 //! - [`shard`]: [`Shard`], with `apply`, `tick`, `replay` and the queries.
+//! - [`slots`]: a shard's side of moving a slot range between servers: freeze, export,
+//!   import, thaw, release.
 //! - [`record`]: log records, their encoding, and the sinks `apply` writes them to.
 //! - [`event`]: the committed-deduction stream's events, read off records.
 //! - `snapshot` and `invariants`: `Shard::encode_snapshot`, `Shard::restore`, `Shard::digest`
@@ -40,6 +42,7 @@ pub mod message;
 pub mod outcome;
 pub mod record;
 pub mod shard;
+pub mod slots;
 
 mod codec;
 mod dedup;
@@ -71,6 +74,7 @@ pub use record::{
     decode_records, DiscardLog, EncodedLog, Ended, LogSink, Record, SaleReturned, RECORD_BYTES_MAX,
 };
 pub use shard::{Shard, TableEntries};
+pub use slots::{SlotItem, SlotRange, SlotsStep};
 
 /// The body of the `snapshot` fuzz target (and of the test replaying its corpus): arbitrary
 /// bytes as a shard snapshot and as log records must be refused or decoded, never panic, and

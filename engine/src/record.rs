@@ -14,6 +14,7 @@ use crate::command::{Command, Reserve, SaleWindow};
 use crate::error::EngineError;
 use crate::ids::{BuyerId, OrderRef, RequestId, ReservationId, ShardId, SkuId};
 use crate::outcome::{Outcome, ReservationState};
+use crate::slots::{self, SlotItem, SlotRange, SlotsStep};
 
 /// One entry of a shard's log.
 ///
@@ -134,6 +135,22 @@ pub enum Record {
         /// The move's id.
         id: u64,
     },
+    /// A step of a slot range's move between servers (docs/cluster.md).
+    Slots {
+        /// The shard's clock.
+        at_ms: u64,
+        /// The range.
+        range: SlotRange,
+        /// Frozen, thawed or released.
+        step: SlotsStep,
+    },
+    /// One item of a slot range imported from the server it moves from.
+    SlotImported {
+        /// The shard's clock.
+        at_ms: u64,
+        /// The item (boxed: records are as large as their largest variant).
+        item: Box<SlotItem>,
+    },
 }
 
 /// Units of a sale that came back: the detail of a return, for the stream.
@@ -216,6 +233,9 @@ const TAG_MOVED_OUT: u8 = 23;
 const TAG_MOVED_IN: u8 = 24;
 const TAG_MOVE_ACKED: u8 = 25;
 const TAG_SET_BUCKETS: u8 = 26;
+// Slot moves (docs/cluster.md).
+const TAG_SLOTS: u8 = 27;
+const TAG_SLOT_IMPORTED: u8 = 28;
 
 /// How a record's integers are written: at full width (the first tags) or as varints.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -234,7 +254,8 @@ impl Ints {
             | TAG_EXPIRED_COMPACT
             | TAG_LINES_PREPARED..=TAG_CART_ENDED
             | TAG_RETURNED
-            | TAG_MOVED_OUT..=TAG_MOVE_ACKED => Some(Ints::Varint),
+            | TAG_MOVED_OUT..=TAG_MOVE_ACKED
+            | TAG_SLOTS..=TAG_SLOT_IMPORTED => Some(Ints::Varint),
             TAG_RESERVE | TAG_SET_STOCK | TAG_ADJUST_STOCK | TAG_SET_BUYER_LIMIT
             | TAG_SET_SALE_WINDOW | TAG_CONFIRM_ENDED | TAG_CANCEL_ENDED | TAG_EXPIRED
             | TAG_SET_BUCKETS => Some(Ints::Fixed),
@@ -386,7 +407,9 @@ impl Record {
             | Record::Returned { at_ms, .. }
             | Record::MovedOut { at_ms, .. }
             | Record::MovedIn { at_ms, .. }
-            | Record::MoveAcked { at_ms, .. } => at_ms,
+            | Record::MoveAcked { at_ms, .. }
+            | Record::Slots { at_ms, .. }
+            | Record::SlotImported { at_ms, .. } => at_ms,
         }
     }
 
@@ -437,6 +460,16 @@ impl Record {
                 w.u8(TAG_MOVE_ACKED);
                 w.varint(at_ms);
                 w.varint(id);
+            }
+            Record::Slots { at_ms, range, step } => {
+                w.u8(TAG_SLOTS);
+                w.varint(at_ms);
+                slots::encode_step(&mut w, range, step);
+            }
+            Record::SlotImported { at_ms, ref item } => {
+                w.u8(TAG_SLOT_IMPORTED);
+                w.varint(at_ms);
+                slots::encode_item(&mut w, item);
             }
             _ => cart_codec::encode(&mut w, self),
         }
@@ -622,6 +655,12 @@ pub(crate) fn decode_one(r: &mut Reader<'_>) -> Result<Record, EngineError> {
     }
     if (TAG_MOVED_OUT..=TAG_MOVE_ACKED).contains(&tag) {
         return decode_move_record(r, tag, at_ms);
+    }
+    if tag == TAG_SLOTS {
+        return slots::decode_step(r, at_ms);
+    }
+    if tag == TAG_SLOT_IMPORTED {
+        return Ok(Record::SlotImported { at_ms, item: Box::new(slots::decode_item(r)?) });
     }
     if tag == TAG_RETURNED {
         let request = RequestId(r.u128()?);

@@ -173,6 +173,21 @@ impl Returnable {
         self.order.len()
     }
 
+    /// Keeps only the sales `keep` says to (a slot move releasing a range), in their order.
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&Sale) -> bool) {
+        let mut order = std::mem::take(&mut self.order);
+        order.retain(|&key| {
+            let index = self.find(key).expect("every sale in order is stored");
+            let sale = self.get(key).expect("found just above");
+            let kept = keep(&sale);
+            if !kept {
+                self.table.remove(index);
+            }
+            kept
+        });
+        self.order = order;
+    }
+
     /// Sales in the table; equal to `len()` unless the bookkeeping is broken.
     pub(crate) fn stored(&self) -> usize {
         self.table.len()

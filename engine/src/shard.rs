@@ -22,6 +22,7 @@ use crate::outcome::{Outcome, ReservationState, ReservationView, SkuView};
 use crate::probe::HashKey;
 use crate::record::{Ended, LogSink, Record, SaleReturned};
 use crate::returns::{Returnable, Sale, SaleKey};
+use crate::slots::SlotRange;
 use crate::table::ReservationTable;
 use crate::taken::BuyerCounts;
 
@@ -130,6 +131,11 @@ pub struct Shard {
     pub(crate) outbox: Vec<ShardMessage>,
     /// Hot-SKU buckets: the SKUs spread from here, and the moves of stock between buckets.
     pub(crate) moves: Moves,
+    /// Slot ranges being moved between servers (see `slots`): no command of them applies,
+    /// none of their holds expires.
+    pub(crate) frozen: Vec<SlotRange>,
+    /// Held reservations of frozen ranges: they have no expiry entry until thawed.
+    pub(crate) reservations_frozen: usize,
 }
 
 /// Entries in each of a shard's bounded tables (see [`Shard::table_entries`]); the bounds
@@ -198,6 +204,8 @@ impl Shard {
             ),
             outbox: Vec::new(),
             moves: Moves::new(),
+            frozen: Vec::new(),
+            reservations_frozen: 0,
         }
     }
 
@@ -287,6 +295,10 @@ impl Shard {
 
     /// Applies `command` at `now_ms`, emitting a record to `log` when the state changed.
     pub fn apply(&mut self, command: &Command, now_ms: u64, log: &mut impl LogSink) -> Outcome {
+        assert!(
+            !self.frozen_slot(command.route_key().slot()),
+            "{command:?} names a slot being moved: the caller must check `frozen_slot` first"
+        );
         let now_ms = self.advance_clock(now_ms);
         let request = command.request();
         if let Some(first) = self.dedup.lookup(request) {
@@ -310,7 +322,8 @@ impl Shard {
             }
         };
         log.push(&record);
-        let fresh = self.dedup.remember_change(request, outcome, now_ms, &self.config);
+        let answer_of = (request, command.route_key().slot());
+        let fresh = self.dedup.remember_change(answer_of, outcome, now_ms, &self.config);
         assert!(fresh, "request {request:?} was looked up unanswered just above");
         #[cfg(debug_assertions)]
         self.assert_touched(command);
@@ -362,6 +375,7 @@ impl Shard {
                 self.outbox.clear();
                 return replayed;
             }
+            Record::Slots { .. } | Record::SlotImported { .. } => return self.replay_slots(record),
             Record::MovedOut { .. } | Record::MovedIn { .. } | Record::MoveAcked { .. } => {
                 let replayed = self.replay_move(record);
                 self.outbox.clear();
@@ -394,7 +408,8 @@ impl Shard {
             }
             _ => return Err(EngineError::ReplayNoEffect { at_ms, command }),
         };
-        if !self.dedup.remember_change(command.request(), outcome, now_ms, &self.config) {
+        let answer_of = (command.request(), command.route_key().slot());
+        if !self.dedup.remember_change(answer_of, outcome, now_ms, &self.config) {
             return Err(EngineError::ReplayNoEffect { at_ms, command });
         }
         Ok(())
@@ -417,7 +432,8 @@ impl Shard {
         };
         match self.decide(&command, now_ms) {
             Step::Returned(outcome, replayed) if replayed == *logged => {
-                if self.dedup.remember_change(request, outcome, now_ms, &self.config) {
+                let answer_of = (request, command.route_key().slot());
+                if self.dedup.remember_change(answer_of, outcome, now_ms, &self.config) {
                     return Ok(());
                 }
                 Err(EngineError::ReplayNoEffect { at_ms, command })
@@ -718,12 +734,12 @@ impl Shard {
                 .retain(|at_ms, id| self.reservation_due(id, at_ms) || self.cart_due(id, at_ms));
             self.expiries = expiries;
             self.expiries_stale = 0;
-            debug_assert_eq!(self.expiries.len(), live);
+            debug_assert_eq!(self.expiries.len(), live - self.reservations_frozen);
         }
     }
 
     /// Whether `(at_ms, id)` is the live expiry entry of a held reservation.
-    fn reservation_due(&self, id: ReservationId, at_ms: u64) -> bool {
+    pub(crate) fn reservation_due(&self, id: ReservationId, at_ms: u64) -> bool {
         self.reservations
             .get(id)
             .is_some_and(|r| r.state == ReservationState::Held && r.expires_at_ms == at_ms)
@@ -741,7 +757,7 @@ impl Shard {
         let mut held: Vec<(u64, ReservationId)> = self
             .reservations
             .iter()
-            .filter(|(_, r)| r.state == ReservationState::Held)
+            .filter(|(id, r)| r.state == ReservationState::Held && !self.frozen_slot(id.slot()))
             .map(|(id, r)| (r.expires_at_ms, id))
             .collect();
         let carts = self.carts.iter().filter(|(_, c)| c.state == ReservationState::Held);

@@ -7,15 +7,16 @@
 use crate::cart::codec as cart_codec;
 use crate::codec::{Reader, Writer};
 use crate::command::SaleWindow;
-use crate::dedup::Answer;
+use crate::dedup::{Answer, SLOT_NONE};
 use crate::error::EngineError;
-use crate::ids::{slot_of, BuyerId, OrderRef, RequestId, ReservationId, ShardId, SkuId};
+use crate::ids::{slot_of, BuyerId, OrderRef, RequestId, ReservationId, ShardId, SkuId, Slot};
 use crate::limits::ShardConfig;
 use crate::outcome::{LineRefusal, Outcome, ReservationState};
 use crate::probe::HashKey;
 use crate::record::Record;
 use crate::returns::Sale;
 use crate::shard::{Cart, LineGroup, Reservation, Shard, SkuState};
+use crate::slots;
 use crate::table::ReservationTable;
 use crate::taken::BuyerCounts;
 
@@ -23,7 +24,9 @@ const SNAPSHOT_MAGIC: u32 = u32::from_le_bytes(*b"FSSN");
 /// Where the clock sits in a snapshot: after magic, version and shard id.
 const CLOCK_FIELD: std::ops::Range<usize> = 8..16;
 /// The snapshot format this build writes and reads.
-pub const SNAPSHOT_VERSION: u16 = 4;
+pub const SNAPSHOT_VERSION: u16 = 5;
+/// The format before slot moves: answers without their slot, no frozen ranges at the end.
+const SNAPSHOT_VERSION_NO_SLOTS: u16 = 4;
 /// The format before hot-SKU buckets: the same, without the buckets section at the end.
 const SNAPSHOT_VERSION_NO_BUCKETS: u16 = 3;
 /// The format before carts: without the cart sections either.
@@ -93,10 +96,15 @@ impl Shard {
         for answer in self.dedup.answers.iter() {
             w.u128(RequestId::from(answer.request).0);
             w.u64(answer.answered_at_ms);
+            w.u16(answer.slot.0);
             encode_answer(&mut w, answer.outcome);
         }
         self.encode_carts(&mut w);
         self.encode_buckets(&mut w);
+        w.u64(self.frozen.len() as u64);
+        for &range in &self.frozen {
+            slots::encode_range(&mut w, range);
+        }
     }
 
     /// The buckets section: spread SKUs, then moves sent and not acknowledged, then the
@@ -118,6 +126,27 @@ impl Shard {
             w.u16(from.0);
             w.u64(id);
         }
+    }
+
+    /// Reads the frozen slot ranges back (restore only; the invariant check follows).
+    fn restore_frozen(&mut self, r: &mut Reader<'_>) -> Result<(), EngineError> {
+        for _ in 0..r.count(4)? {
+            let range = slots::decode_range(r)?;
+            if self
+                .frozen
+                .iter()
+                .any(|frozen| frozen.first() <= range.last() && range.first() <= frozen.last())
+            {
+                return Err(invalid("frozen slot range", range.first().0.into()));
+            }
+            self.frozen.push(range);
+        }
+        self.reservations_frozen = self
+            .reservations
+            .iter()
+            .filter(|(id, r)| r.state == ReservationState::Held && self.frozen_slot(id.slot()))
+            .count();
+        Ok(())
     }
 
     /// Reads the buckets section back (restore only; the invariant check follows).
@@ -284,7 +313,12 @@ impl Shard {
             return Err(EngineError::NotASnapshot);
         }
         let version = r.u16()?;
-        let known = [SNAPSHOT_VERSION, SNAPSHOT_VERSION_NO_BUCKETS, SNAPSHOT_VERSION_NO_CARTS];
+        let known = [
+            SNAPSHOT_VERSION,
+            SNAPSHOT_VERSION_NO_SLOTS,
+            SNAPSHOT_VERSION_NO_BUCKETS,
+            SNAPSHOT_VERSION_NO_CARTS,
+        ];
         if !known.contains(&version) {
             return Err(EngineError::UnsupportedVersion { version, supported: SNAPSHOT_VERSION });
         }
@@ -309,10 +343,11 @@ impl Shard {
                 qty: r.u32()?,
                 state: decode_state(r.u8()?)?,
             };
-            // In sequence order (the slot bits above it do not order ids by age).
-            let in_order = reservations
-                .last()
-                .is_none_or(|&(last, _): &(ReservationId, _)| last.seq() < id.seq());
+            // In (sequence, id) order: the slot bits above the sequence do not order ids by
+            // age, and an imported id may share its sequence with one issued here.
+            let in_order = reservations.last().is_none_or(|&(last, _): &(ReservationId, _)| {
+                (last.seq(), last.0) < (id.seq(), id.0)
+            });
             // A reservation is never newer than the shard's next sequence number.
             let issued = id.seq() < shard.reservation_seq_next;
             let slot_right = id.slot() == slot_of(reservation.sku);
@@ -349,14 +384,18 @@ impl Shard {
         let mut remembered = Vec::with_capacity(answers);
         for _ in 0..answers {
             let (request, answered_at_ms) = (RequestId(r.u128()?), r.u64()?);
+            let slot = if version >= SNAPSHOT_VERSION { Slot(r.u16()?) } else { SLOT_NONE };
             let outcome = decode_answer(&mut r)?;
-            remembered.push(Answer { request: request.into(), answered_at_ms, outcome });
+            remembered.push(Answer { request: request.into(), answered_at_ms, outcome, slot });
         }
         if version >= SNAPSHOT_VERSION_NO_BUCKETS {
             shard.restore_carts(&mut r)?;
         }
-        if version >= SNAPSHOT_VERSION {
+        if version >= SNAPSHOT_VERSION_NO_SLOTS {
             shard.restore_buckets(&mut r)?;
+        }
+        if version >= SNAPSHOT_VERSION {
+            shard.restore_frozen(&mut r)?;
         }
         if r.remaining() != 0 {
             return Err(EngineError::TrailingBytes { count: r.remaining() });
@@ -441,7 +480,7 @@ fn decode_state(code: u8) -> Result<ReservationState, EngineError> {
 }
 
 /// Only outcomes of state-changing requests are remembered durably, so only those encode.
-fn encode_answer(w: &mut Writer<'_>, outcome: Outcome) {
+pub(crate) fn encode_answer(w: &mut Writer<'_>, outcome: Outcome) {
     let (tag, a, b) = match outcome {
         Outcome::Reserved { reservation, expires_at_ms } => (1, reservation.0, expires_at_ms),
         Outcome::Confirmed => (2, 0, 0),
@@ -463,7 +502,7 @@ fn encode_answer(w: &mut Writer<'_>, outcome: Outcome) {
     w.u64(b);
 }
 
-fn decode_answer(r: &mut Reader<'_>) -> Result<Outcome, EngineError> {
+pub(crate) fn decode_answer(r: &mut Reader<'_>) -> Result<Outcome, EngineError> {
     let (tag, a, b) = (r.u8()?, r.u64()?, r.u64()?);
     Ok(match tag {
         1 => Outcome::Reserved { reservation: ReservationId(a), expires_at_ms: b },

@@ -7,6 +7,11 @@
 //! the ring's front and keep every slot behind it; once empty slots outnumber full ones, the
 //! oldest are moved to an overflow map so the ring can advance. Each entry moves at most once,
 //! so the cost stays O(1) amortised and memory within about twice the entries held.
+//!
+//! Reservations imported from another server by a slot move (docs/cluster.md) keep their ids,
+//! whose sequences were issued by the source's shard: they go to the overflow map, which is
+//! keyed by the whole id, since one sequence may then name two reservations of different
+//! slots.
 
 use std::collections::VecDeque;
 
@@ -26,7 +31,7 @@ pub(crate) struct ReservationTable {
     ring: VecDeque<Option<Reservation>>,
     /// Full slots in `ring`.
     ring_entries: usize,
-    /// Reservations older than `base_seq` that are still remembered.
+    /// By whole id: reservations older than `base_seq` still remembered, and imported ones.
     overflow: FxHashMap<u64, Reservation>,
 }
 
@@ -64,23 +69,31 @@ impl ReservationTable {
     /// The reservation named `id`: its sequence finds it, and its slot must be its SKU's (an
     /// id with another slot is forged or corrupted, and names nothing).
     pub(crate) fn get(&self, id: ReservationId) -> Option<&Reservation> {
-        let seq = self.seq_of(id)?;
-        let found = if seq < self.base_seq {
-            self.overflow.get(&seq)
-        } else {
-            self.ring.get((seq - self.base_seq) as usize)?.as_ref()
-        };
-        found.filter(|r| slot_of(r.sku) == id.slot())
+        match self.ring_index(id)? {
+            Some(index) => self.ring[index].as_ref(),
+            None => self.overflow.get(&id.0),
+        }
     }
 
     pub(crate) fn get_mut(&mut self, id: ReservationId) -> Option<&mut Reservation> {
+        match self.ring_index(id)? {
+            Some(index) => self.ring[index].as_mut(),
+            None => self.overflow.get_mut(&id.0),
+        }
+    }
+
+    /// Where `id` is kept: `Some(index)` in the ring when its slot there holds a reservation
+    /// of the id's slot (an id with another slot is forged, or imported and in the overflow
+    /// map), `None` in the overflow map; no answer for another shard's id.
+    fn ring_index(&self, id: ReservationId) -> Option<Option<usize>> {
         let seq = self.seq_of(id)?;
-        let found = if seq < self.base_seq {
-            self.overflow.get_mut(&seq)
-        } else {
-            self.ring.get_mut((seq - self.base_seq) as usize)?.as_mut()
-        };
-        found.filter(|r| slot_of(r.sku) == id.slot())
+        let index = seq.checked_sub(self.base_seq).map(|i| i as usize);
+        let in_ring = index.filter(|&index| {
+            self.ring
+                .get(index)
+                .is_some_and(|slot| slot.as_ref().is_some_and(|r| slot_of(r.sku) == id.slot()))
+        });
+        Some(in_ring)
     }
 
     /// Stores `reservation` under `id`, which must be new. Issued ids arrive in order and land
@@ -89,27 +102,53 @@ impl ReservationTable {
         assert_eq!(id.shard(), self.shard, "reservation {id} stored in the wrong shard");
         assert_eq!(id.slot(), slot_of(reservation.sku), "reservation {id} names another slot");
         let seq = id.seq();
-        if seq < self.base_seq {
-            let previous = self.overflow.insert(seq, reservation);
-            assert!(previous.is_none(), "reservation {id} stored twice");
+        let index = seq.checked_sub(self.base_seq).map(|i| i as usize);
+        let taken = index.is_some_and(|index| self.ring.get(index).is_some_and(Option::is_some));
+        let Some(index) = index.filter(|_| !taken) else {
+            // Older than the ring, or a sequence the ring holds for another slot's
+            // reservation (an imported id).
+            self.insert_keyed(id, reservation);
             return;
-        }
-        let index = (seq - self.base_seq) as usize;
+        };
         if index >= self.ring.len() {
             self.ring.resize(index + 1, None);
         }
-        assert!(self.ring[index].is_none(), "reservation {id} stored twice");
         self.ring[index] = Some(reservation);
         self.ring_entries += 1;
     }
 
-    pub(crate) fn remove(&mut self, id: ReservationId) -> Option<Reservation> {
-        self.get(id)?;
-        let seq = id.seq();
-        if seq < self.base_seq {
-            return self.overflow.remove(&seq);
+    /// Stores a reservation imported from another server under its whole id. Its sequence
+    /// was issued by another shard's counter, so it has no place in this ring.
+    pub(crate) fn insert_keyed(&mut self, id: ReservationId, reservation: Reservation) {
+        assert_eq!(id.shard(), self.shard, "reservation {id} stored in the wrong shard");
+        assert_eq!(id.slot(), slot_of(reservation.sku), "reservation {id} names another slot");
+        assert!(self.get(id).is_none(), "reservation {id} stored twice");
+        self.overflow.insert(id.0, reservation);
+    }
+
+    /// Restarts the ring at `seq`, the shard's next sequence after it jumped past imported
+    /// ids: what the ring holds moves to the overflow map, so the next issued id does not
+    /// ask for a ring spanning the jump.
+    pub(crate) fn restart_ring_at(&mut self, seq: u64) {
+        if seq <= self.base_seq + self.ring.len() as u64 {
+            return;
         }
-        let removed = self.ring.get_mut((seq - self.base_seq) as usize)?.take();
+        let base_seq = self.base_seq;
+        for (index, slot) in std::mem::take(&mut self.ring).into_iter().enumerate() {
+            if let Some(r) = slot {
+                let id = ReservationId::new(slot_of(r.sku), self.shard, base_seq + index as u64);
+                self.overflow.insert(id.0, r);
+            }
+        }
+        self.ring_entries = 0;
+        self.base_seq = seq;
+    }
+
+    pub(crate) fn remove(&mut self, id: ReservationId) -> Option<Reservation> {
+        let Some(index) = self.ring_index(id)? else {
+            return self.overflow.remove(&id.0);
+        };
+        let removed = self.ring[index].take();
         if removed.is_some() {
             self.ring_entries -= 1;
             self.trim();
@@ -131,7 +170,8 @@ impl ReservationTable {
                 return;
             }
             if let Some(Some(straggler)) = self.ring.pop_front() {
-                self.overflow.insert(self.base_seq, straggler);
+                let id = self.id_of(self.base_seq, &straggler);
+                self.overflow.insert(id.0, straggler);
                 self.ring_entries -= 1;
             }
             self.base_seq += 1;
@@ -143,18 +183,29 @@ impl ReservationTable {
         ReservationId::new(slot_of(reservation.sku), self.shard, seq)
     }
 
-    /// Every reservation held, in id order, without collecting and sorting them all (a busy
-    /// shard holds millions; the snapshot encoder walks them). Overflow entries all precede
-    /// `base_seq`, so they come first, sorted (there are few), then the ring in order.
+    /// Every reservation held, in (sequence, id) order, without collecting and sorting them
+    /// all (a busy shard holds millions; the snapshot encoder walks them): the overflow
+    /// entries, sorted (there are few), merged into the ring's, which are in order.
     pub(crate) fn iter_in_order(&self) -> impl Iterator<Item = (ReservationId, &Reservation)> + '_ {
-        let mut overflow: Vec<_> = self.overflow.iter().collect();
-        overflow.sort_unstable_by_key(|(&seq, _)| seq);
-        let overflow = overflow.into_iter().map(move |(&seq, r)| (self.id_of(seq, r), r));
-        let ring = self.ring.iter().enumerate().filter_map(move |(index, slot)| {
-            let seq = self.base_seq + index as u64;
-            slot.as_ref().map(|r| (self.id_of(seq, r), r))
-        });
-        overflow.chain(ring)
+        let order = |id: ReservationId| (id.seq(), id.0);
+        let mut overflow: Vec<_> =
+            self.overflow.iter().map(|(&id, r)| (ReservationId(id), r)).collect();
+        overflow.sort_unstable_by_key(|&(id, _)| order(id));
+        let mut overflow = overflow.into_iter().peekable();
+        let mut ring = self
+            .ring
+            .iter()
+            .enumerate()
+            .filter_map(move |(index, slot)| {
+                let seq = self.base_seq + index as u64;
+                slot.as_ref().map(|r| (self.id_of(seq, r), r))
+            })
+            .peekable();
+        std::iter::from_fn(move || match (overflow.peek(), ring.peek()) {
+            (Some(&(a, _)), Some(&(b, _))) if order(b) < order(a) => ring.next(),
+            (Some(_), _) => overflow.next(),
+            (None, _) => ring.next(),
+        })
     }
 
     /// Every reservation held, in no particular order.
@@ -163,7 +214,7 @@ impl ReservationTable {
             let seq = self.base_seq + index as u64;
             slot.as_ref().map(|r| (self.id_of(seq, r), r))
         });
-        let overflow = self.overflow.iter().map(move |(&seq, r)| (self.id_of(seq, r), r));
+        let overflow = self.overflow.iter().map(|(&id, r)| (ReservationId(id), r));
         ring.chain(overflow)
     }
 }

@@ -7,6 +7,7 @@
 
 use crate::cart::participant::replay_error;
 use crate::cart::{Ask, CartEnd, CartView, CommitCart, Decide, Fate, Groups, Settle, ShardMessage};
+use crate::dedup::SLOT_NONE;
 use crate::error::EngineError;
 use crate::ids::{slot_of, OrderRef, RequestId, ReservationId};
 use crate::limits::TTL_MS_MAX;
@@ -70,7 +71,7 @@ impl Shard {
         };
         let outcome = self.apply_decision(&record);
         log.push(&record);
-        let fresh = self.dedup.remember_change(request, outcome, now_ms, &self.config);
+        let fresh = self.dedup.remember_change((request, SLOT_NONE), outcome, now_ms, &self.config);
         assert!(fresh, "cart {request:?} was looked up undecided just above");
         outcome
     }
@@ -223,7 +224,7 @@ impl Shard {
         let record = Record::CartAborted { at_ms, request: ask.cart, outcome, groups };
         self.apply_decision(&record);
         log.push(&record);
-        let fresh = self.dedup.remember_change(ask.cart, outcome, at_ms, &self.config);
+        let fresh = self.dedup.remember_change((ask.cart, SLOT_NONE), outcome, at_ms, &self.config);
         assert!(fresh, "cart {:?} was looked up undecided", ask.cart);
     }
 
@@ -290,7 +291,8 @@ impl Shard {
                     return Err(replay_error(at_ms, "cart decided twice"));
                 }
                 let outcome = self.apply_decision(record);
-                if !self.dedup.remember_change(request_of(record), outcome, at_ms, &self.config) {
+                let request = (request_of(record), SLOT_NONE);
+                if !self.dedup.remember_change(request, outcome, at_ms, &self.config) {
                     return Err(replay_error(at_ms, "cart decided twice"));
                 }
                 Ok(())
@@ -299,7 +301,7 @@ impl Shard {
                 match self.decide(&command, at_ms) {
                     Step::CartEnded(outcome, replayed) if replayed == end => {
                         if self.dedup.remember_change(
-                            command.request(),
+                            (command.request(), command.route_key().slot()),
                             outcome,
                             at_ms,
                             &self.config,
