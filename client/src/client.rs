@@ -12,7 +12,7 @@ use flashstock_engine::{
 };
 use flashstock_protocol::{
     keys, AdminReply, AdminRequest, ConsumerInfo, RateLimit, RateLimitEntry, Refusal, Reply,
-    Request, SKU_PAGE_MAX,
+    Request, SlotsAction, SKU_PAGE_MAX,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -504,6 +504,52 @@ impl Client {
         }
     }
 
+    /// Admin, slot moves (docs/cluster.md): freezes, thaws or releases slots
+    /// `first..=last` on every shard of this server, durably.
+    pub async fn slots_action(
+        &self,
+        first: u16,
+        last: u16,
+        action: SlotsAction,
+    ) -> Result<(), ClientError> {
+        match self.admin(AdminRequest::Slots { first, last, action }).await? {
+            AdminReply::SlotsDone => Ok(()),
+            other => Err(invalid_or_unexpected(other, "a slot step")),
+        }
+    }
+
+    /// Admin, slot moves: a page of what `shard` holds of the frozen range, encoded, with
+    /// its item count and the shard's total for the range.
+    pub async fn export_slots(
+        &self,
+        (first, last): (u16, u16),
+        shard: u16,
+        offset: u64,
+        limit: u32,
+    ) -> Result<(Vec<u8>, u32, u64), ClientError> {
+        let request = AdminRequest::ExportSlots { first, last, shard, offset, limit };
+        match self.admin(request).await? {
+            AdminReply::SlotItems { items, count, total } => Ok((items, count, total)),
+            other => Err(invalid_or_unexpected(other, "a slot export")),
+        }
+    }
+
+    /// Admin, slot moves: imports a page of `export_slots` into `shard`, durably.
+    pub async fn import_slots(&self, shard: u16, items: Vec<u8>) -> Result<(), ClientError> {
+        match self.admin(AdminRequest::ImportSlots { shard, items }).await? {
+            AdminReply::SlotsDone => Ok(()),
+            other => Err(invalid_or_unexpected(other, "a slot import")),
+        }
+    }
+
+    /// Admin, slot moves: the ranges frozen on this server, and its shard count.
+    pub async fn slots_status(&self) -> Result<(Vec<(u16, u16)>, u16), ClientError> {
+        match self.admin(AdminRequest::SlotsStatus).await? {
+            AdminReply::SlotsStatus { frozen, shards } => Ok((frozen, shards)),
+            other => Err(invalid_or_unexpected(other, "a slot status")),
+        }
+    }
+
     /// Admin: every SKU, in id order, a page at a time.
     pub async fn list_skus(&self) -> Result<Vec<SkuView>, ClientError> {
         let mut all = Vec::new();
@@ -616,13 +662,20 @@ impl Client {
                     refusal: Refusal::PermissionDenied | Refusal::RateLimited { .. }
                 }
             );
-            if permanent || tries > config.retries_max || Instant::now() >= deadline {
+            // A moving slot answers once its move is done: retried until the deadline.
+            let moving =
+                matches!(failure, ClientError::Refused { refusal: Refusal::SlotMoving { .. } });
+            let out_of_tries = tries > config.retries_max && !moving;
+            if permanent || out_of_tries || Instant::now() >= deadline {
                 return Err(failure);
             }
             tracing::debug!(tries, %failure, "retrying with the same request ids");
             tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now())))
                 .await;
             backoff *= 2;
+            if moving {
+                backoff = backoff.min(crate::cluster::MOVING_BACKOFF);
+            }
         }
     }
 
@@ -790,5 +843,13 @@ async fn batch_calls(
                 }
             }
         });
+    }
+}
+
+/// An admin reply that is not the one wanted: the server's `Invalid` detail, or unexpected.
+fn invalid_or_unexpected(reply: AdminReply, wanted: &str) -> ClientError {
+    match reply {
+        AdminReply::Invalid { detail } => ClientError::Invalid(detail),
+        other => ClientError::Unexpected(format!("{other:?} for {wanted}")),
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use flashstock_cluster::{ClusterView, ServerId};
 use flashstock_cluster_etcd::{ClusterWatch, EtcdConfig};
-use flashstock_protocol::{Moved, Reply, Request};
+use flashstock_protocol::{Moved, Refusal, Reply, Request};
 
 use crate::client::{Client, ClientConfig};
 use crate::error::ClientError;
@@ -20,6 +20,10 @@ pub const MOVED_FOLLOWS_MAX: u32 = 4;
 
 /// The first wait before following a `Moved` again, doubled each time.
 const MOVED_BACKOFF: Duration = Duration::from_millis(5);
+
+/// The wait before sending again requests of a slot that is moving (docs/cluster.md): a
+/// move's freeze lasts about as long as shipping the range, tens of milliseconds to seconds.
+pub(crate) const MOVING_BACKOFF: Duration = Duration::from_millis(20);
 
 /// The cluster's view and a client per server.
 #[derive(Debug)]
@@ -71,13 +75,17 @@ impl ClusterRoute {
 
     /// Sends `requests` split by owner, each server's share as one batch, concurrently;
     /// the replies come back in the requests' order. Requests answered `Moved` are sent
-    /// again (to where the map says, once it is current) up to `MOVED_FOLLOWS_MAX` times.
+    /// again (to where the map says, once it is current) up to `MOVED_FOLLOWS_MAX` times;
+    /// requests of a moving slot are sent again every `MOVING_BACKOFF` until the call's
+    /// timeout, and then answered with their `SlotMoving` refusal.
     pub(crate) async fn call_batch(&self, requests: &[Request]) -> Result<Vec<Reply>, ClientError> {
         let mut replies: Vec<Option<Reply>> = vec![None; requests.len()];
         let mut pending: Vec<usize> = (0..requests.len()).collect();
         // Where a `Moved` answer sent a request, while this client's map is no newer.
         let mut sent_on: HashMap<usize, String> = HashMap::new();
-        for follows in 0..=MOVED_FOLLOWS_MAX {
+        let deadline = tokio::time::Instant::now() + self.template.call_timeout;
+        let mut follows = 0;
+        while !pending.is_empty() {
             let mut by_server: HashMap<String, Vec<usize>> = HashMap::new();
             let view = self.view();
             for &index in &pending {
@@ -94,19 +102,28 @@ impl ClusterRoute {
                 Ok::<_, ClientError>((indexes, client.call_batch(&share).await?))
             });
             let mut moved: Vec<(usize, Box<Moved>)> = Vec::new();
+            let mut moving = Vec::new();
+            let in_time = tokio::time::Instant::now() < deadline;
             for answered in futures_util::future::join_all(calls).await {
                 let (indexes, share) = answered?;
                 for (index, reply) in indexes.into_iter().zip(share) {
                     match reply {
                         Reply::Moved(m) if follows < MOVED_FOLLOWS_MAX => moved.push((index, m)),
                         Reply::Moved(m) => return Err(moved_error(&m)),
+                        Reply::Refused(Refusal::SlotMoving { .. }) if in_time => moving.push(index),
                         reply => replies[index] = Some(reply),
                     }
                 }
             }
-            let Some(newest) = moved.iter().map(|(_, m)| m.as_ref()).max_by_key(|m| m.map_revision)
-            else {
-                break;
+            if !moving.is_empty() {
+                // Moving slots answer again once the move is done: here or, after the map
+                // changed, `Moved` to their new owner.
+                tokio::time::sleep(MOVING_BACKOFF).await;
+            }
+            let newest = moved.iter().map(|(_, m)| m.as_ref()).max_by_key(|m| m.map_revision);
+            let Some(newest) = newest else {
+                pending = moving;
+                continue;
             };
             // Once the map is as new as the newest answer, the batch is routed by it again;
             // otherwise each request goes where its answer said.
@@ -117,7 +134,8 @@ impl ClusterRoute {
                     .map(|(i, m)| (*i, m.server.clone()))
                     .collect();
             }
-            pending = moved.into_iter().map(|(index, _)| index).collect();
+            pending = moved.into_iter().map(|(index, _)| index).chain(moving).collect();
+            follows += 1;
         }
         Ok(replies.into_iter().map(|reply| reply.expect("every request answered")).collect())
     }

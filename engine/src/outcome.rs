@@ -182,6 +182,9 @@ pub enum LineRefusal {
     TooManyReservations,
     /// The cart's request id was used before for other lines (value: 0).
     RequestReused,
+    /// The line's SKU is in a slot range moving to another server (docs/cluster.md): retry
+    /// the cart with a new request id shortly (value: the slot).
+    SlotMoving,
 }
 
 impl LineRefusal {
@@ -196,6 +199,7 @@ impl LineRefusal {
             LineRefusal::InvalidQuantity => "invalid_quantity",
             LineRefusal::TooManyReservations => "too_many_reservations",
             LineRefusal::RequestReused => "request_reused",
+            LineRefusal::SlotMoving => "slot_moving",
         }
     }
 
@@ -206,7 +210,7 @@ impl LineRefusal {
 
     /// The refusal a byte of [`LineRefusal::code`] names.
     pub fn from_code(code: u8) -> Option<LineRefusal> {
-        const ALL: [LineRefusal; 8] = [
+        const ALL: [LineRefusal; 9] = [
             LineRefusal::SoldOut,
             LineRefusal::LimitExceeded,
             LineRefusal::SaleNotOpen,
@@ -215,6 +219,7 @@ impl LineRefusal {
             LineRefusal::InvalidQuantity,
             LineRefusal::TooManyReservations,
             LineRefusal::RequestReused,
+            LineRefusal::SlotMoving,
         ];
         ALL.get(usize::from(code)).copied()
     }

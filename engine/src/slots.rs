@@ -355,6 +355,9 @@ impl Shard {
         if !self.frozen.contains(&range) {
             return Err(range.refused("not frozen here"));
         }
+        // A cart may have been decided here between the freeze and now (its lines were
+        // refused, but the coordinator remembers the aborted cart).
+        self.check_movable(range)?;
         let mut items = Vec::new();
         let mut skus: Vec<_> =
             self.skus.iter().filter(|(&sku, _)| range.contains(slot_of(sku))).collect();

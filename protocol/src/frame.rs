@@ -30,9 +30,10 @@ pub const ALPN: &[u8] = b"flashstock/1";
 /// version 5 the paged SKU listing and rate limits (`ListSkus`, `SetRateLimit`, `RateLimited`);
 /// version 6 carts (`ReserveCart`, `QueryCart`, `Reply::Cart`, the cart outcomes and the
 /// `CartLineEnded` event); version 7 hot-SKU buckets (`SetBuckets` and its outcomes); version 8
-/// clusters (`Reply::Moved`, `Refusal::SpansServers`, and reservation ids carrying their slot).
-/// An older peer is answered `UnsupportedVersion` rather than misread.
-pub const PROTOCOL_VERSION: u8 = 8;
+/// clusters (`Reply::Moved`, `Refusal::SpansServers`, and reservation ids carrying their slot);
+/// version 9 slot moves (`Refusal::SlotMoving`, `LineRefusal::SlotMoving`, the `Slots` admin
+/// messages). An older peer is answered `UnsupportedVersion` rather than misread.
+pub const PROTOCOL_VERSION: u8 = 9;
 /// Every protocol version this build speaks.
 pub const SUPPORTED_VERSIONS: &[u8] = &[PROTOCOL_VERSION];
 /// Bytes of a frame header.

@@ -40,6 +40,6 @@ pub use frame::{
 };
 pub use message::{
     AdminReply, AdminRequest, ConnectionError, ConsumerInfo, ErrorCode, EventBatch, Message, Moved,
-    RateLimit, RateLimitEntry, Refusal, Reply, Request, Role, StartAt, StreamEvent, Subscribe,
-    Subscribed, SKU_PAGE_MAX,
+    RateLimit, RateLimitEntry, Refusal, Reply, Request, Role, SlotsAction, StartAt, StreamEvent,
+    Subscribe, Subscribed, SKU_PAGE_MAX, SLOT_ITEMS_PAGE_MAX,
 };

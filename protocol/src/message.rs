@@ -85,7 +85,54 @@ pub enum AdminRequest {
     },
     /// Lists the rate limits in force.
     ListRateLimits,
+    // Version 9 added the ones below: slot moves between servers (docs/cluster.md).
+    /// Freezes, thaws or releases slots `first..=last` on every shard.
+    Slots {
+        /// The range's first slot.
+        first: u16,
+        /// Its last slot (included).
+        last: u16,
+        /// What to do.
+        action: SlotsAction,
+    },
+    /// One page of what `shard` holds of a frozen range, as encoded slot items.
+    ExportSlots {
+        /// The range's first slot.
+        first: u16,
+        /// Its last slot.
+        last: u16,
+        /// The shard.
+        shard: u16,
+        /// Items to skip (the previous pages').
+        offset: u64,
+        /// The most items wanted (clamped to [`SLOT_ITEMS_PAGE_MAX`]).
+        limit: u32,
+    },
+    /// Imports encoded slot items (a page of `ExportSlots` from the source) into `shard`.
+    ImportSlots {
+        /// The shard (the source's shard of the same index).
+        shard: u16,
+        /// The items, as `ExportSlots` gave them.
+        items: Vec<u8>,
+    },
+    /// The slot ranges frozen here, and the shard count.
+    SlotsStatus,
 }
+
+/// What [`AdminRequest::Slots`] does to a range.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlotsAction {
+    /// No command of the range applies, none of its holds expires (both servers, first).
+    Freeze,
+    /// The range is served again (its owner, after the move).
+    Thaw,
+    /// The range's state is dropped (the server that no longer owns it).
+    Release,
+}
+
+/// The most slot items one [`AdminRequest::ExportSlots`] page carries (~40 bytes each
+/// encoded, so a page stays far below the default 1 MiB frame limit).
+pub const SLOT_ITEMS_PAGE_MAX: u32 = 8_192;
 
 /// Reserve attempts allowed per second, as token buckets holding one second's worth (so a
 /// burst of that many, then that many per second). `None` is no limit.
@@ -135,6 +182,25 @@ pub enum AdminReply {
         skus: Vec<SkuView>,
         /// Where the next page starts (pass it as `after`); `None` when this is the last.
         next_after: Option<SkuId>,
+    },
+    // Version 9 added the ones below.
+    /// The slot operation is done (durably).
+    SlotsDone,
+    /// A page of a range's items.
+    SlotItems {
+        /// The items, encoded back to back.
+        items: Vec<u8>,
+        /// How many.
+        count: u32,
+        /// How many the shard holds of the range in all.
+        total: u64,
+    },
+    /// The ranges frozen here.
+    SlotsStatus {
+        /// Each frozen range's first and last slot.
+        frozen: Vec<(u16, u16)>,
+        /// The server's shard count.
+        shards: u16,
     },
 }
 
@@ -294,6 +360,14 @@ pub enum Refusal {
     /// elsewhere. Not retryable as it is.
     SpansServers {
         /// That line's slot.
+        slot: u16,
+    },
+    // Version 9 added the one below.
+    /// The request's slot is moving between servers of a cluster (docs/cluster.md): retry
+    /// with the same request id shortly; once the move is done, its new owner (or, if the
+    /// move is rolled back, this server) answers.
+    SlotMoving {
+        /// The slot.
         slot: u16,
     },
 }

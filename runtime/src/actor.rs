@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use flashstock_engine::{
-    Ask, Command, Decide, EncodedLog, MoveOut, PrepareLines, Prepared, ReservationId, Settle,
-    Shard, ShardId, ShardMessage, SkuId, SkuView, StockMove,
+    Ask, Command, Decide, EncodedLog, EngineError, MoveOut, PrepareLines, Prepared, ReservationId,
+    Settle, Shard, ShardId, ShardMessage, SkuId, SkuView, SlotsStep, StockMove,
 };
-use flashstock_protocol::{Reply, Request};
+use flashstock_protocol::{Refusal, Reply, Request};
 use tokio::sync::oneshot;
 
 use crate::buckets::BucketTable;
@@ -18,6 +18,7 @@ use crate::config::RuntimeConfig;
 use crate::durability::Commit;
 use crate::error::RuntimeError;
 use crate::metrics::ShardMetrics;
+use crate::slots::{SlotsDone, SlotsJob, SlotsTo};
 use flashstock_wal::BATCH_RECORDS_BYTES_MAX;
 
 /// How many commands of a batch ahead the actor asks the shard to prefetch: the random cache
@@ -99,6 +100,11 @@ pub(crate) enum Job {
         command: Command,
         reply: AnswerTo,
     },
+    /// A slot move's step, export, import or listing (docs/cluster.md).
+    Slots {
+        job: SlotsJob,
+        reply: SlotsTo,
+    },
     /// Finish the current step, snapshot, and exit.
     Stop,
 }
@@ -128,6 +134,7 @@ impl Job {
     fn weight(&self) -> usize {
         match self {
             Job::Batch { items, .. } => items.len(),
+            Job::Slots { job: SlotsJob::Import(items), .. } => items.len(),
             _ => 1,
         }
     }
@@ -144,6 +151,7 @@ pub(crate) enum Delivery {
     Prepared(PreparedTo, Prepared),
     Moved(MovedTo, Option<StockMove>),
     Arrived(oneshot::Sender<()>),
+    Slots(SlotsTo, Result<SlotsDone, EngineError>),
 }
 
 pub(crate) struct Actor {
@@ -263,9 +271,7 @@ impl Actor {
     fn answer(&mut self, job: Job, now_ms: u64, log: &mut EncodedLog) -> Option<Delivery> {
         let one = |reply, answer| Some(Delivery::One(reply, answer));
         match job {
-            Job::Apply { command, reply } => {
-                one(reply, Reply::Outcome(self.shard.apply(&command, now_ms, log)))
-            }
+            Job::Apply { command, reply } => one(reply, self.apply(&command, now_ms, log)),
             Job::QuerySku { sku, reply } => one(reply, self.sku_view(sku)),
             Job::QueryReservation { reservation, reply } => one(
                 reply,
@@ -336,9 +342,11 @@ impl Actor {
                 self.move_waiters.push((from, id, reply));
                 None
             }
-            Job::ApplyAgain { command, reply } => {
-                one(reply, Reply::Outcome(self.shard.apply_again(&command, now_ms, log)))
-            }
+            Job::ApplyAgain { command, reply } => match self.moving(&command) {
+                Some(moving) => one(reply, moving),
+                None => one(reply, Reply::Outcome(self.shard.apply_again(&command, now_ms, log))),
+            },
+            Job::Slots { job, reply } => Some(Delivery::Slots(reply, self.slots(job, now_ms, log))),
             Job::Stop => unreachable!("handled by the caller"),
         }
     }
@@ -364,6 +372,40 @@ impl Actor {
         Reply::Sku(view)
     }
 
+    /// Applies a command, unless its slot is moving to another server.
+    fn apply(&mut self, command: &Command, now_ms: u64, log: &mut EncodedLog) -> Reply {
+        match self.moving(command) {
+            Some(moving) => moving,
+            None => Reply::Outcome(self.shard.apply(command, now_ms, log)),
+        }
+    }
+
+    /// The answer to a command of a slot a move froze here: retry shortly.
+    fn moving(&self, command: &Command) -> Option<Reply> {
+        let slot = command.route_key().slot();
+        self.shard.frozen_slot(slot).then_some(Reply::Refused(Refusal::SlotMoving { slot: slot.0 }))
+    }
+
+    fn slots(
+        &mut self,
+        job: SlotsJob,
+        now_ms: u64,
+        log: &mut EncodedLog,
+    ) -> Result<SlotsDone, EngineError> {
+        let shard = &mut self.shard;
+        match job {
+            SlotsJob::Step(range, SlotsStep::Frozen) => shard.freeze_slots(range, now_ms, log),
+            SlotsJob::Step(range, SlotsStep::Thawed) => shard.thaw_slots(range, now_ms, log),
+            SlotsJob::Step(range, SlotsStep::Released) => shard.release_slots(range, now_ms, log),
+            SlotsJob::Export(range) => return shard.export_slots(range).map(SlotsDone::Items),
+            SlotsJob::Import(items) => {
+                items.iter().try_for_each(|item| shard.import_slot(item, now_ms, log))
+            }
+            SlotsJob::Frozen => return Ok(SlotsDone::Frozen(shard.frozen_ranges().to_vec())),
+        }
+        .map(|()| SlotsDone::Done)
+    }
+
     fn prefetch_item(&self, item: &Request) {
         if let Request::Apply(command) = item {
             self.shard.prefetch(command);
@@ -372,7 +414,7 @@ impl Actor {
 
     fn answer_item(&mut self, item: &Request, now_ms: u64, log: &mut EncodedLog) -> Reply {
         match *item {
-            Request::Apply(ref command) => Reply::Outcome(self.shard.apply(command, now_ms, log)),
+            Request::Apply(ref command) => self.apply(command, now_ms, log),
             Request::QuerySku(sku) => self.sku_view(sku),
             Request::QueryReservation(id) => {
                 Reply::Reservation(self.shard.query_reservation(id).map(Box::new))

@@ -439,10 +439,9 @@ impl Handle {
     async fn apply_again(&self, reserve: Reserve) -> Result<Outcome, RuntimeError> {
         let shard = self.shard_map().shard_of_sku(reserve.sku);
         let command = Command::Reserve(reserve);
-        match self.ask(shard, |reply| Job::ApplyAgain { command, reply }).await? {
-            Reply::Outcome(outcome) => Ok(outcome),
-            other => unreachable!("a reserve answered {other:?}"),
-        }
+        crate::handle::outcome_of(
+            self.ask(shard, |reply| Job::ApplyAgain { command, reply }).await?,
+        )
     }
 
     /// Logs `SetBuckets` on the SKU's bucket 0, then spreads its available units evenly.

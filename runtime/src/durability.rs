@@ -305,6 +305,8 @@ fn deliver(replies: Vec<Delivery>, durable: &Result<(), String>) {
             // channel closes, and the caller sees the runtime stop.
             (Delivery::Arrived(reply), Ok(())) => drop(reply.send(())),
             (Delivery::Arrived(_), Err(_)) => {}
+            (Delivery::Slots(reply, done), Ok(())) => drop(reply.send(Ok(done))),
+            (Delivery::Slots(reply, _), Err(reason)) => drop(reply.send(Err(failed(reason)))),
         }
     }
 }

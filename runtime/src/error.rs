@@ -58,6 +58,17 @@ pub enum RuntimeError {
         source: flashstock_engine::EngineError,
     },
     /// The log could not be opened or its layout read.
+    /// The command's slot is moving to another server (docs/cluster.md): retry shortly with
+    /// the same request id.
+    #[error("slot {slot} is moving to another server; retry shortly with the same request id")]
+    SlotMoving {
+        /// The slot.
+        slot: u16,
+    },
+    /// A slot move's step that does not fit this server's state (docs/cluster.md): the
+    /// range is not frozen here, holds what cannot move, or an item does not fit.
+    #[error("slot move: {0}")]
+    Slots(flashstock_engine::EngineError),
     #[error("the write-ahead log: {0}")]
     Wal(#[from] flashstock_wal::WalError),
     /// The engine's hash seed could not be read from the store or drawn.

@@ -10,13 +10,14 @@ use flashstock_engine::{
 };
 use tokio::sync::oneshot;
 
-use flashstock_protocol::{Reply, Request};
+use flashstock_protocol::{Refusal, Reply, Request};
 
 use crate::actor::{AnswerTo, BatchReply, Job};
 use crate::buckets::{BucketTable, Refill, Rewrite};
 use crate::clock::Clock;
 use crate::durability::Failure;
 use crate::error::RuntimeError;
+use crate::slots::Exports;
 use crate::stream::EventLog;
 
 /// A way in to a running [`crate::Runtime`].
@@ -38,6 +39,8 @@ pub(crate) struct Shared {
     /// The SKUs spread over buckets (docs/hot-skus.md); the shard actors publish their
     /// buckets' stock into it.
     pub(crate) buckets: Arc<BucketTable>,
+    /// Slot ranges' exports kept for paging (see `slots`).
+    pub(crate) exports: Exports,
 }
 
 impl Handle {
@@ -51,6 +54,14 @@ impl Handle {
 
     pub(crate) fn buckets(&self) -> &BucketTable {
         &self.shared.buckets
+    }
+
+    pub(crate) fn exports(&self) -> &Exports {
+        &self.shared.exports
+    }
+
+    pub(crate) fn batch_jobs_max(&self) -> usize {
+        self.shared.batch_jobs_max
     }
 
     /// Which shard owns what.
@@ -76,10 +87,7 @@ impl Handle {
 
     /// Applies any state-changing command; the answer arrives once its effect is durable.
     pub async fn apply(&self, command: Command) -> Result<Outcome, RuntimeError> {
-        match self.submit_command(command)?.await? {
-            Reply::Outcome(outcome) => Ok(outcome),
-            other => unreachable!("apply answered {other:?}"),
-        }
+        outcome_of(self.submit_command(command)?.await?)
     }
 
     /// Holds `qty` units of `sku` for `buyer` for `ttl_ms`.
@@ -485,10 +493,7 @@ impl Handle {
                 None => return Ok(Outcome::UnknownReservation),
             },
         };
-        match self.ask(shard, |reply| Job::Apply { command, reply }).await? {
-            Reply::Outcome(outcome) => Ok(outcome),
-            other => unreachable!("apply answered {other:?}"),
-        }
+        outcome_of(self.ask(shard, |reply| Job::Apply { command, reply }).await?)
     }
 
     /// Hands a job to a shard's inbox at once: a full inbox is `Overloaded`, never a wait.
@@ -650,5 +655,14 @@ impl std::future::Future for Pending {
         std::pin::Pin::new(&mut self.answer)
             .poll(cx)
             .map(|received| received.unwrap_or(Err(RuntimeError::ShuttingDown)))
+    }
+}
+
+/// The outcome of an applied command, or `SlotMoving` for one of a slot a move froze.
+pub(crate) fn outcome_of(reply: Reply) -> Result<Outcome, RuntimeError> {
+    match reply {
+        Reply::Outcome(outcome) => Ok(outcome),
+        Reply::Refused(Refusal::SlotMoving { slot }) => Err(RuntimeError::SlotMoving { slot }),
+        other => unreachable!("a command answered {other:?}"),
     }
 }

@@ -25,6 +25,8 @@
 //!   snapshot plus the log.
 //! - `buckets`: hot-SKU buckets: the table of spread SKUs, how a request naming one is
 //!   rewritten for its buckets, refills from sibling buckets, and reads that add them up.
+//! - `slots`: slot moves between servers (docs/cluster.md): each shard's freeze, export,
+//!   import, thaw and release as jobs, and the exports kept for paging.
 //! - [`stream`]: the committed-deduction stream's log reader ([`stream::EventLog`]) and the
 //!   consumer registry whose acknowledged cursors hold truncation back.
 //! - [`metrics`]: the runtime's metrics (shards, log, snapshots, recovery, consumers).
@@ -43,6 +45,7 @@ mod buckets;
 mod checkpoint;
 mod durability;
 mod recovery;
+mod slots;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::RuntimeConfig;

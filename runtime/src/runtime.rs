@@ -172,6 +172,7 @@ impl Runtime {
             events,
             clock,
             buckets,
+            exports: Default::default(),
         });
         Ok(Runtime {
             handle,

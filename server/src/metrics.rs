@@ -121,6 +121,7 @@ pub fn reply_outcome(reply: &Reply) -> &'static str {
         Reply::Refused(Refusal::Unavailable) => "refused_unavailable",
         Reply::Refused(Refusal::RateLimited { .. }) => "refused_rate_limited",
         Reply::Refused(Refusal::SpansServers { .. }) => "refused_spans_servers",
+        Reply::Refused(Refusal::SlotMoving { .. }) => "refused_slot_moving",
         Reply::Moved(_) => "moved",
     }
 }

@@ -530,3 +530,53 @@ async fn slow_steps_are_counted_against_the_threshold() {
         runtime.shutdown();
     }
 }
+
+/// A slot range moved between two runtimes (docs/cluster.md): frozen on both, exported from
+/// every shard of the source, imported into the target's, thawed there and released at the
+/// source. Commands of the frozen range are answered `SlotMoving`; after a restart of both,
+/// the target holds the range as the source did, and the source none of it.
+#[tokio::test]
+async fn a_slot_range_moves_between_runtimes_and_survives_their_restarts() {
+    use flashstock_engine::{slot_of, Slot, SlotRange, SlotsStep};
+    let range = SlotRange::new(Slot(0), Slot(2047)).unwrap();
+    let moving = |view: &SkuView| range.contains(slot_of(view.sku));
+    let config = RuntimeConfig { snapshot_every_records: 40, ..config(2) };
+    let (source_wal, target_wal) = (MemWal::new(), MemWal::new());
+    let start = |wal: &MemWal| Runtime::start(config.clone(), wal.clone(), Arc::new(SystemClock));
+    let (source, target) = (start(&source_wal).unwrap(), start(&target_wal).unwrap());
+    let (from, to) = (source.handle(), target.handle());
+    let sku = traffic(&from).await.into_iter().find(moving).expect("a SKU of the range").sku;
+    let held = from.reserve(request(), BuyerId(9), sku, 1, 600_000).await.unwrap();
+    let Outcome::Reserved { reservation, .. } = held else { panic!("{held:?}") };
+    let before: Vec<SkuView> = from.list_skus().await.unwrap().into_iter().filter(moving).collect();
+
+    for handle in [&from, &to] {
+        handle.slots_step(range, SlotsStep::Frozen).await.unwrap();
+    }
+    let refused = from.set_stock(request(), sku, 1).await.unwrap_err();
+    assert!(matches!(refused, RuntimeError::SlotMoving { .. }), "{refused:?}");
+    for shard in 0..2 {
+        let (mut offset, mut total) = (0, usize::MAX);
+        while offset < total {
+            let (page, all) = from.export_slots(range, shard, offset, 7).await.unwrap();
+            (offset, total) = (offset + page.len(), all);
+            to.import_slots(shard, page).await.unwrap();
+        }
+    }
+    to.slots_step(range, SlotsStep::Thawed).await.unwrap();
+    from.slots_step(range, SlotsStep::Released).await.unwrap();
+    let after_move = to.query_reservation(reservation).await.unwrap().expect("moved with its SKU");
+    source.shutdown();
+    target.shutdown();
+
+    let (source, target) = (start(&source_wal).unwrap(), start(&target_wal).unwrap());
+    let moved: Vec<SkuView> =
+        target.handle().list_skus().await.unwrap().into_iter().filter(moving).collect();
+    assert_eq!(moved, before);
+    assert!(source.handle().list_skus().await.unwrap().iter().all(|v| !moving(v)));
+    let restarted = target.handle().query_reservation(reservation).await.unwrap();
+    assert_eq!(restarted, Some(after_move));
+    let confirmed = target.handle().confirm(request(), reservation).await.unwrap();
+    assert_eq!(confirmed, Outcome::Confirmed);
+    assert!(target.handle().frozen_ranges().await.unwrap().is_empty());
+}

@@ -13,7 +13,7 @@ use crate::cart::{
     CART_END_GRACE_MS,
 };
 use crate::error::EngineError;
-use crate::ids::RequestId;
+use crate::ids::{slot_of, RequestId};
 use crate::outcome::{LineRefusal, ReservationState};
 use crate::record::{LogSink, Record};
 use crate::shard::{LineGroup, Shard};
@@ -48,6 +48,11 @@ impl Shard {
     fn check_group(&self, prepare: &PrepareLines, now_ms: u64) -> Result<(), Prepared> {
         let lines = prepare.lines.as_slice();
         for line in lines {
+            let slot = slot_of(line.sku);
+            if self.frozen_slot(slot) {
+                let (refusal, value) = (LineRefusal::SlotMoving, u64::from(slot.0));
+                return Err(Prepared::Refused { line: line.index, refusal, value });
+            }
             if let Err(outcome) = self.check_line(line.sku, prepare.buyer, line.qty, now_ms) {
                 let (refusal, value) =
                     LineRefusal::of(outcome).expect("a line's checks refuse with line outcomes");

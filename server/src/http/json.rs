@@ -374,6 +374,12 @@ impl Answer {
                 "the cart's lines are owned by more than one server of the cluster",
                 None,
             ),
+            Refusal::SlotMoving { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "slot_moving",
+                "the SKU's slot is moving to another server: retry with the same Idempotency-Key",
+                Some(OVERLOADED_RETRY_AFTER_MS),
+            ),
         };
         let body = ErrorBody { error: error.to_owned(), detail: detail.to_owned(), retry_after_ms };
         Answer { retry_after_ms, ..Answer::json(status, &body) }

@@ -6,6 +6,7 @@
 //! - [`rate`]: reserve rate limits per buyer and per credential (token buckets).
 //! - [`secrets`]: the data directory's secret files (owner-only) and the stateless-reset key.
 //! - [`session`]: the listener (`serve`), per-connection and per-stream sessions.
+//! - `slots`: the admin side of slot moves: freeze, export, import, thaw, release.
 //! - [`subscription`]: one consumer's committed-deduction stream: windowed, acknowledged.
 //! - [`udp`]: the listener's socket, with kernel buffers sized for bursts.
 
@@ -14,6 +15,7 @@ pub mod gates;
 pub mod rate;
 pub mod secrets;
 pub mod session;
+pub(crate) mod slots;
 pub mod subscription;
 pub mod tls;
 pub mod udp;

@@ -409,6 +409,10 @@ impl Session {
             AdminRequest::ListSkus { .. } => "list_skus",
             AdminRequest::SetRateLimit { .. } => "set_rate_limit",
             AdminRequest::ListRateLimits => "list_rate_limits",
+            AdminRequest::Slots { .. } => "slots",
+            AdminRequest::ExportSlots { .. } => "export_slots",
+            AdminRequest::ImportSlots { .. } => "import_slots",
+            AdminRequest::SlotsStatus => "slots_status",
         };
         metrics::counter!(crate::metrics::ADMIN_OPERATIONS_TOTAL, "operation" => operation)
             .increment(1);
@@ -424,6 +428,12 @@ impl Session {
                 AdminReply::RateLimits(self.shared.gates.rates.entries())
             }
             AdminRequest::SetRateLimit { sku, limit } => self.set_rate_limit(sku, limit).await,
+            request @ (AdminRequest::Slots { .. }
+            | AdminRequest::ExportSlots { .. }
+            | AdminRequest::ImportSlots { .. }
+            | AdminRequest::SlotsStatus) => {
+                crate::net::slots::admin(&self.shared.handle, request).await
+            }
             request => self.admin_consumers(request).await,
         }
     }
@@ -516,6 +526,7 @@ pub(crate) fn refusal_of(err: RuntimeError) -> Refusal {
     match err {
         RuntimeError::Overloaded { .. } => Refusal::Overloaded,
         RuntimeError::ShuttingDown => Refusal::ShuttingDown,
+        RuntimeError::SlotMoving { slot } => Refusal::SlotMoving { slot },
         _ => Refusal::Unavailable,
     }
 }
