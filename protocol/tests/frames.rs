@@ -430,9 +430,10 @@ fn bad_input_gets_typed_errors() {
     assert!(matches!(decode_one(&garbage), Err(FrameError::BadMagic { .. })));
 
     let mut future = good.clone();
-    future[4] = 9;
+    let found = PROTOCOL_VERSION + 1;
+    future[4] = found;
     let err = decode_one(&future).unwrap_err();
-    assert_eq!(err, FrameError::UnsupportedVersion { found: 9, supported: SUPPORTED_VERSIONS });
+    assert_eq!(err, FrameError::UnsupportedVersion { found, supported: SUPPORTED_VERSIONS });
     let supported = format!("supported: [{PROTOCOL_VERSION}]");
     assert!(err.to_string().contains(&supported), "{err}");
 
