@@ -26,6 +26,12 @@ pub enum EtcdError {
         /// The revision stored now.
         found: i64,
     },
+    /// A slot move is in progress already (one at a time): finish or abort it first.
+    #[error("a slot move is in progress: slots {}-{} from {} to {}", .0.first, .0.last, .0.from.0, .0.to.0)]
+    MoveInProgress(Box<flashstock_cluster::SlotMove>),
+    /// The flip found no move in progress (it was aborted meanwhile).
+    #[error("no slot move is in progress (aborted meanwhile?)")]
+    NoMove,
     /// Another live server is registered under this id (or this one's entry from before a
     /// crash did not lapse within its lease): two servers must not share an id.
     #[error("server id {server:?} is registered by a live server")]

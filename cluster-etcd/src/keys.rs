@@ -44,6 +44,11 @@ impl EtcdConfig {
         format!("{}/map", self.prefix)
     }
 
+    /// The key of the slot move in progress (one at a time).
+    pub fn move_key(&self) -> String {
+        format!("{}/move", self.prefix)
+    }
+
     /// The prefix of the members' keys.
     pub fn members_prefix(&self) -> String {
         format!("{}/members/", self.prefix)

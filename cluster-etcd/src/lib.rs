@@ -7,7 +7,8 @@
 //! - [`watch`]: [`ClusterWatch`], the map and the members as etcd has them now, kept current
 //!   by a watch that reconnects on its own.
 //! - [`member`]: [`Membership`], a server's entry under `members/`, kept alive by a lease.
-//! - [`admin`]: reading the map and storing a new one by compare-and-swap.
+//! - [`admin`]: reading the map and storing a new one by compare-and-swap; a slot move's
+//!   start, flip (its commit point) and abort.
 //! - [`error`]: [`EtcdError`], what a call to etcd can fail with.
 
 pub mod admin;
@@ -16,7 +17,7 @@ pub mod keys;
 pub mod member;
 pub mod watch;
 
-pub use admin::{read_map, store_map};
+pub use admin::{abort_move, flip_move, read_map, read_move, start_move, store_map};
 pub use error::EtcdError;
 pub use keys::EtcdConfig;
 pub use member::Membership;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{EventType, GetOptions, KeyValue, WatchOptions};
-use flashstock_cluster::{ClusterView, Member, ServerId, SlotMap};
+use flashstock_cluster::{ClusterView, Member, ServerId, SlotMap, SlotMove};
 use tokio::sync::watch;
 
 use crate::error::EtcdError;
@@ -161,6 +161,11 @@ fn apply_put(config: &EtcdConfig, view: &mut ClusterView, kv: &KeyValue) {
                 tracing::error!(%err, "the stored shard map is bad; keeping the last good one")
             }
         }
+    } else if kv.key() == config.move_key().as_bytes() {
+        match SlotMove::parse(kv.value()) {
+            Ok(moving) => view.moving = Some(moving),
+            Err(err) => tracing::error!(%err, "the stored slot move is bad; ignored"),
+        }
     } else if let Some(server) = member_of(config, kv) {
         match Member::parse(kv.value()) {
             Ok(member) => {
@@ -174,6 +179,8 @@ fn apply_put(config: &EtcdConfig, view: &mut ClusterView, kv: &KeyValue) {
 fn apply_delete(config: &EtcdConfig, view: &mut ClusterView, kv: &KeyValue) {
     if kv.key() == config.map_key().as_bytes() {
         tracing::warn!("the shard map was deleted; keeping the last one");
+    } else if kv.key() == config.move_key().as_bytes() {
+        view.moving = None;
     } else if let Some(server) = member_of(config, kv) {
         view.members.remove(&server);
     }

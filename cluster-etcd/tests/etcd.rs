@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
-use flashstock_cluster::{Member, ServerId, Slot, SlotMap};
+use flashstock_cluster::{Member, ServerId, Slot, SlotMap, SlotMove};
 use flashstock_cluster_etcd::{
-    read_map, store_map, ClusterWatch, EtcdConfig, EtcdError, Membership,
+    abort_move, flip_move, read_map, read_move, start_move, store_map, ClusterWatch, EtcdConfig,
+    EtcdError, Membership,
 };
 
 /// A cluster prefix of this test's own, so tests and runs do not see each other's keys.
@@ -96,4 +97,45 @@ async fn a_bad_stored_map_is_refused_by_name() {
         .unwrap();
     let err = read_map(&config).await.unwrap_err();
     assert!(err.to_string().contains("slot 11 is owned by no server"), "{err}");
+}
+
+/// One move at a time; its flip stores the new map and removes the move in one transaction,
+/// only against the map it started from; an abort removes it; the watch follows both.
+#[tokio::test]
+async fn a_slot_move_starts_once_and_flips_only_against_its_map() {
+    let config = config("move");
+    let two = SlotMap::even(&[id("a"), id("b")]).unwrap();
+    let at = store_map(&config, &two, 0).await.unwrap();
+    let watch = ClusterWatch::start(config.clone()).await.unwrap();
+    let mut views = watch.subscribe();
+    let moving = SlotMove { first: 0, last: 99, from: id("a"), to: id("b"), map_revision: at };
+    start_move(&config, &moving).await.unwrap();
+    let other = SlotMove { first: 200, last: 299, ..moving.clone() };
+    let busy = start_move(&config, &other).await.unwrap_err();
+    assert!(matches!(&busy, EtcdError::MoveInProgress(m) if **m == moving), "{busy}");
+    let seen = views.wait_for(|view| view.moving.as_ref() == Some(&moving));
+    tokio::time::timeout(Duration::from_secs(5), seen).await.unwrap().unwrap();
+    assert_eq!(read_move(&config).await.unwrap(), Some(moving.clone()));
+
+    // A flip against a map changed meanwhile is refused, and changes nothing.
+    let stale = SlotMove { map_revision: at - 1, ..moving.clone() };
+    let moved = two.with_range_moved(Slot(0), Slot(99), id("b")).unwrap();
+    let err = flip_move(&config, &stale, &moved).await.unwrap_err();
+    assert!(matches!(err, EtcdError::Conflict { found, .. } if found == at), "{err}");
+    assert_eq!(read_move(&config).await.unwrap(), Some(moving.clone()));
+
+    let flipped = flip_move(&config, &moving, &moved).await.unwrap();
+    assert!(watch.wait_for_map(flipped, Duration::from_secs(5)).await);
+    assert_eq!(watch.view().owner(Slot(50)), Some(&id("b")));
+    assert_eq!(watch.view().moving, None);
+    assert!(matches!(flip_move(&config, &moving, &moved).await, Err(EtcdError::Conflict { .. })));
+
+    // An abort removes a move without touching the map.
+    let back = SlotMove { from: id("b"), to: id("a"), map_revision: flipped, ..moving };
+    start_move(&config, &back).await.unwrap();
+    assert!(abort_move(&config).await.unwrap());
+    assert!(!abort_move(&config).await.unwrap());
+    let err = flip_move(&config, &back, &two).await.unwrap_err();
+    assert!(matches!(err, EtcdError::NoMove), "{err}");
+    assert_eq!(read_map(&config).await.unwrap().unwrap().revision(), flipped);
 }

@@ -7,14 +7,17 @@
 //!   checks every stored map must pass and the change a slot move makes.
 //! - [`view`]: [`ClusterView`], the map and the live [`Member`]s as read from etcd, and
 //!   [`OwnedSlots`], the per-request check a server makes.
+//! - [`moves`]: [`SlotMove`], the slot move in progress as stored in etcd.
 //! - [`error`]: [`MapError`], what is wrong with a stored map or a change to it.
 
 pub mod error;
 pub mod map;
+pub mod moves;
 pub mod slots;
 pub mod view;
 
 pub use error::MapError;
 pub use map::{ServerId, SlotMap, SlotRange};
+pub use moves::{SlotMove, MOVE_BYTES_MAX};
 pub use slots::{slot_of, Slot, SLOT_COUNT};
 pub use view::{ClusterView, Member, OwnedSlots, MEMBER_BYTES_MAX};

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::MapError;
 use crate::map::{ServerId, SlotMap};
+use crate::moves::SlotMove;
 use crate::slots::{Slot, SLOT_COUNT};
 
 /// The longest member entry read from etcd, in bytes: an address, a TLS name and an HTTP
@@ -57,6 +58,8 @@ pub struct ClusterView {
     pub map: Option<SlotMap>,
     /// The live members, by id.
     pub members: BTreeMap<ServerId, Member>,
+    /// The slot move in progress, if any.
+    pub moving: Option<SlotMove>,
 }
 
 impl ClusterView {
@@ -72,6 +75,14 @@ impl ClusterView {
     /// The server owning `slot`, if a map is stored.
     pub fn owner(&self, slot: Slot) -> Option<&ServerId> {
         self.map.as_ref().map(|map| map.owner(slot))
+    }
+
+    /// The one server owning every slot of `first..=last`, if one does (and a map is stored).
+    pub fn owner_of_range(&self, first: u16, last: u16) -> Option<&ServerId> {
+        let owner = self.owner(Slot(first))?;
+        let map = self.map.as_ref()?;
+        let one = map.ranges().iter().filter(|r| r.first <= last && first <= r.last).count() == 1;
+        one.then_some(owner)
     }
 
     /// The map's revision (0 without a map).
@@ -131,7 +142,7 @@ mod tests {
     fn an_even_map_gives_each_server_its_share_and_owned_sets_agree_with_owner() {
         let servers = [id("a"), id("b"), id("c")];
         let map = SlotMap::even(&servers).unwrap();
-        let view = ClusterView { map: Some(map), members: BTreeMap::new() };
+        let view = ClusterView { map: Some(map), ..ClusterView::default() };
         let owned: Vec<OwnedSlots> = servers.iter().map(|s| view.owned_by(s)).collect();
         let sizes: Vec<usize> = owned.iter().map(OwnedSlots::len).collect();
         assert_eq!(sizes, [1365, 1365, 1366]);
