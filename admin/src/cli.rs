@@ -98,6 +98,41 @@ pub enum ClusterCommand {
         #[arg(required = true)]
         servers: Vec<String>,
     },
+    /// Moves a slot range to another server, live: both freeze it (its requests are
+    /// answered "moving, retry"), the source's state of it is copied to the target, then
+    /// the map gives it to the target in one etcd transaction, the commit point. Progress
+    /// is printed as it goes. One move at a time per cluster; reaches the servers with the
+    /// certificate and admin token of --server-data-dir (or --cert, --token).
+    Move {
+        /// The slots, `FIRST-LAST` (0-4095), all owned by one server now.
+        slots: String,
+        /// The server to give them to (its --server-id).
+        #[arg(long)]
+        to: String,
+        /// Stop after this phase, leaving the move in etcd for `cluster resume` or
+        /// `cluster abort` (a staged cut-over; the tests' crash points).
+        #[arg(long, value_enum)]
+        pause_after: Option<MovePhase>,
+    },
+    /// Finishes the move in progress (after a pause, or a move cut short by a crash of this
+    /// tool or of either server): freezes again, copies again from the start, flips.
+    Resume {
+        /// Stop after this phase again.
+        #[arg(long, value_enum)]
+        pause_after: Option<MovePhase>,
+    },
+    /// Abandons the move in progress before its flip: the source serves the range again
+    /// and the target drops what it copied (each server does so on its own, within seconds).
+    Abort,
+}
+
+/// Where a move may pause.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum MovePhase {
+    /// Both servers froze the range.
+    Frozen,
+    /// The target holds a full copy (not serving it yet).
+    Copied,
 }
 
 /// Rate-limit commands.

@@ -1,16 +1,28 @@
 //! `flashstock cluster ...`: the cluster's map and members, read from and stored in etcd.
 
 use flashstock_cluster::{ServerId, SlotMap};
-use flashstock_cluster_etcd::{read_map, store_map, ClusterWatch, EtcdConfig};
+use flashstock_cluster_etcd::{read_map, read_move, store_map, ClusterWatch, EtcdConfig};
 use serde_json::{json, Value};
 
 use crate::cli::ClusterCommand;
+use crate::moves::{self, Access};
 use crate::report::Report;
 use crate::AdminError;
 
-/// Runs a cluster command against `etcd`.
-pub async fn run(etcd: &EtcdConfig, command: &ClusterCommand) -> Result<Report, AdminError> {
+/// Runs a cluster command against `etcd`; a move reaches the servers with `access`.
+pub async fn run(
+    etcd: &EtcdConfig,
+    command: &ClusterCommand,
+    access: impl FnOnce() -> Result<Access, AdminError>,
+) -> Result<Report, AdminError> {
     match command {
+        ClusterCommand::Move { slots, to, pause_after } => {
+            moves::start(etcd, &access()?, (slots, to), *pause_after).await
+        }
+        ClusterCommand::Resume { pause_after } => {
+            moves::resume(etcd, &access()?, *pause_after).await
+        }
+        ClusterCommand::Abort => moves::abort(etcd).await,
         ClusterCommand::Show => show(etcd).await,
         ClusterCommand::Init { servers } => {
             let ids: Vec<ServerId> = servers.iter().map(|id| ServerId(id.clone())).collect();
@@ -29,7 +41,18 @@ async fn show(etcd: &EtcdConfig) -> Result<Report, AdminError> {
             Report::table(vec!["first", "last", "server", "address"], vec![], json!({"map": null}));
         return Ok(report.failed(format!("no shard map stored under {}", etcd.prefix)));
     };
-    Ok(map_report(&map, Some(&view)))
+    let report = map_report(&map, Some(&view));
+    Ok(match read_move(etcd).await? {
+        Some(m) => report.with_note(format!(
+            "map revision {}; moving slots {}-{} from {} to {} (`cluster resume` or `cluster abort`)",
+            map.revision(),
+            m.first,
+            m.last,
+            m.from.0,
+            m.to.0
+        )),
+        None => report,
+    })
 }
 
 /// The map's ranges, each with its server's address when `view` has the member.

@@ -13,6 +13,7 @@ use crate::cli::{
     Cli, Command, ConsumerCommand, LimitCommand, RateLimitCommand, ReservationCommand, SkuCommand,
     WindowCommand,
 };
+use crate::moves::Access;
 use crate::report::{cell, Report};
 use crate::AdminError;
 
@@ -21,12 +22,16 @@ const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Runs `cli`'s command and says what the server answered.
 pub async fn run(cli: &Cli) -> Result<Report, AdminError> {
+    let access = || {
+        let files = ServerFiles::new(&cli.server.server_data_dir);
+        let tls = files.tls(cli.server.cert.as_deref())?;
+        let token = files.token(cli.server.token.as_deref(), Role::Admin, None)?;
+        Ok::<_, AdminError>(Access { tls, token })
+    };
     if let Command::Cluster(command) = &cli.command {
-        return crate::cluster::run(&etcd_of(cli)?, command).await;
+        return crate::cluster::run(&etcd_of(cli)?, command, access).await;
     }
-    let files = ServerFiles::new(&cli.server.server_data_dir);
-    let tls = files.tls(cli.server.cert.as_deref())?;
-    let token = files.token(cli.server.token.as_deref(), Role::Admin, None)?;
+    let Access { tls, token } = access()?;
     let config = match cli.server.etcd {
         Some(_) => ClientConfig::cluster(etcd_of(cli)?, tls, Some(&token)),
         None => ClientConfig::new(cli.server.server, &cli.server.server_name, tls, Some(&token)),

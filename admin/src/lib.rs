@@ -7,11 +7,13 @@
 //! - [`cli`]: the commands and flags (clap), with the server, certificate and token to use.
 //! - [`commands`]: each command against the server, answered as a [`Report`].
 //! - [`cluster`]: `cluster show` and `cluster init`, against the cluster's etcd.
+//! - [`moves`]: `cluster move`, `resume` and `abort`: driving a slot move between servers.
 //! - [`report`]: [`Report`], rendered as a table or JSON.
 
 pub mod cli;
 pub mod cluster;
 pub mod commands;
+pub mod moves;
 pub mod report;
 
 pub use cli::Cli;

@@ -666,7 +666,9 @@ impl Client {
             let moving =
                 matches!(failure, ClientError::Refused { refusal: Refusal::SlotMoving { .. } });
             let out_of_tries = tries > config.retries_max && !moving;
-            if permanent || out_of_tries || Instant::now() >= deadline {
+            // Still moving with no time for another try: say so, not "timed out".
+            let out_of_time = Instant::now() + if moving { backoff } else { Duration::ZERO };
+            if permanent || out_of_tries || out_of_time >= deadline {
                 return Err(failure);
             }
             tracing::debug!(tries, %failure, "retrying with the same request ids");

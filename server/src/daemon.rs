@@ -571,7 +571,7 @@ pub async fn run(
     };
     let http_addr = http_listener.as_ref().and_then(|listener| listener.local_addr().ok());
     let joined = match settings.cluster(bound, http_addr)? {
-        Some(joining) => Some(joining.join().await?),
+        Some(joining) => Some(joining.join(runtime.handle()).await?),
         None => None,
     };
     let ownership = joined.as_ref().map(|joined| joined.ownership.clone());
@@ -607,6 +607,7 @@ pub async fn run(
         net::serve(endpoint, runtime.handle(), auth, gates, limits, stats, shutdown).await;
     if let Some(joined) = joined {
         // Clients stop dialling this server at once, not when its lease lapses.
+        joined.settling.abort();
         joined.membership.leave().await;
     }
     observing.health.set("shutdown", Err("shutting down".into()));
@@ -639,12 +640,14 @@ struct Joined {
     ownership: Arc<net::Ownership>,
     membership: flashstock_cluster_etcd::Membership,
     _watch: flashstock_cluster_etcd::ClusterWatch,
+    /// Thaws or releases this server's frozen slot ranges once their move is over.
+    settling: tokio::task::JoinHandle<()>,
 }
 
 impl Joining {
     /// Reads the map (this server answers `Moved` for every slot it does not own from its
     /// first request on), then registers the member entry clients dial.
-    async fn join(self) -> Result<Joined, ServerError> {
+    async fn join(self, handle: flashstock_runtime::Handle) -> Result<Joined, ServerError> {
         let watch = flashstock_cluster_etcd::ClusterWatch::start(self.etcd.clone()).await?;
         if let Some((other, shards)) =
             watch.view().other_shard_count(&self.server, self.member.shards)
@@ -660,11 +663,14 @@ impl Joining {
             });
         }
         let ownership = Arc::new(net::Ownership::follow(self.server.clone(), watch.subscribe()));
+        let settle =
+            crate::moves::settle(handle, self.etcd.clone(), self.server.clone(), watch.subscribe());
+        let settling = tokio::spawn(settle);
         tracing::info!(server_id = %self.server.0, prefix = %self.etcd.prefix, quic = %self.member.quic, "joining the cluster");
         let membership =
             flashstock_cluster_etcd::Membership::register(self.etcd, self.server, self.member)
                 .await?;
-        Ok(Joined { ownership, membership, _watch: watch })
+        Ok(Joined { ownership, membership, _watch: watch, settling })
     }
 }
 

@@ -8,6 +8,7 @@
 //!   document.
 //! - [`metrics`]: the metrics the network layer exports, named and described in one place
 //!   (the runtime's are `flashstock_runtime::metrics`).
+//! - `moves`: slot moves that are over: frozen ranges thawed or released by the map.
 //! - [`daemon`]: the `flashstockd` settings (file, environment, flags; defaults; the
 //!   generated reference) and `run`.
 //! - [`error`]: [`ServerError`], what can stop the server from starting or serving.
@@ -16,6 +17,7 @@ pub mod daemon;
 pub mod error;
 pub mod http;
 pub mod metrics;
+mod moves;
 pub mod net;
 
 pub use error::ServerError;

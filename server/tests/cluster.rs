@@ -412,3 +412,200 @@ async fn the_order_writer_stores_every_servers_sales_once_and_follows_a_restarte
         terminate(daemon);
     }
 }
+
+/// Starts server `id` of the cluster under `prefix` on `dir`; `b` and `c` share `a`'s
+/// certificate and tokens (`a` made them in its own directory).
+fn cluster_server(dir: &std::path::Path, prefix: &str, id: &str, a: Option<&Daemon>) -> Daemon {
+    let mut args = vec!["--etcd", ETCD, "--cluster-prefix", prefix, "--server-id", id];
+    let key = a.map(|a| a.cert.with_file_name("key.pem"));
+    if let (Some(a), Some(key)) = (a, key.as_ref()) {
+        let (cert, key, tokens) =
+            (a.cert.to_str().unwrap(), key.to_str().unwrap(), a.tokens.to_str().unwrap());
+        args.extend(["--tls-cert", cert, "--tls-key", key, "--tokens-file", tokens]);
+    }
+    start(dir, &args)
+}
+
+/// What the load asked and what it was told: every reserve and confirm, by request id, with
+/// the answer it got (`None`: no answer in time; asked again at the audit).
+#[derive(Default)]
+struct Ledger {
+    reserves: Vec<(Command, Option<Outcome>)>,
+    confirms: Vec<(Command, Option<Outcome>)>,
+}
+
+/// Reserves and confirms on `skus` through the cluster client until `stop`, one call at a
+/// time per task, as an order service would during the move.
+async fn load(
+    client: Client,
+    skus: Vec<u64>,
+    task: u64,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Ledger {
+    let mut ledger = Ledger::default();
+    let mut n = 0u64;
+    while !*stop.borrow() {
+        n += 1;
+        let sku = SkuId(skus[(n * 7 + task) as usize % skus.len()]);
+        let request = RequestId(u128::from(task) << 96 | u128::from(n) << 1);
+        let buyer = BuyerId(task * 1_000_000 + n);
+        let reserve = Command::Reserve(Reserve {
+            request,
+            buyer,
+            sku,
+            qty: 1,
+            ttl_ms: 600_000,
+            order_ref: None,
+        });
+        let answer = client.apply(reserve).await.ok();
+        ledger.reserves.push((reserve, answer));
+        if answer.is_none() {
+            // A server is down (killed by the test): back off as a service would.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if let (Some(Outcome::Reserved { reservation, .. }), true) = (answer, n % 2 == 0) {
+            let request = RequestId(request.0 | 1);
+            let confirm = Command::Confirm { request, reservation, order_ref: None };
+            ledger.confirms.push((confirm, client.apply(confirm).await.ok()));
+        }
+    }
+    ledger
+}
+
+/// Asks every unanswered request again (same request id, so applied at most once; the
+/// answer is the first one, wherever its slot moved), then checks every SKU of `skus`
+/// against what was acknowledged: units held = reserves answered `Reserved` minus confirms
+/// answered `Confirmed`, units sold = those confirms, nothing lost or made.
+async fn audit(client: &Client, skus: &[u64], total: u64, ledgers: Vec<Ledger>) -> (usize, usize) {
+    let (mut held, mut sold): (BTreeMap<SkuId, u64>, BTreeMap<SkuId, u64>) = Default::default();
+    let (mut reserves, mut confirms) = (0, 0);
+    for ledger in ledgers {
+        for (command, answer) in ledger.reserves {
+            let answer = match answer {
+                Some(answer) => answer,
+                None => client.apply(command).await.expect("a retry is answered after the move"),
+            };
+            if let (Outcome::Reserved { .. }, Command::Reserve(r)) = (answer, command) {
+                *held.entry(r.sku).or_default() += 1;
+                reserves += 1;
+            }
+        }
+        for (command, answer) in ledger.confirms {
+            let answer = match answer {
+                Some(answer) => answer,
+                None => client.apply(command).await.expect("a retry is answered after the move"),
+            };
+            let Command::Confirm { reservation, .. } = command else { unreachable!() };
+            if answer == Outcome::Confirmed {
+                let view = client.query_reservation(reservation).await.unwrap().expect("known");
+                *sold.entry(view.sku).or_default() += 1;
+                *held.get_mut(&view.sku).unwrap() -= 1;
+                confirms += 1;
+            }
+        }
+    }
+    for &sku in skus {
+        let sku = SkuId(sku);
+        let view = client.query_sku(sku).await.unwrap().expect("every SKU still exists");
+        let (h, s) = (held.get(&sku).copied().unwrap_or(0), sold.get(&sku).copied().unwrap_or(0));
+        assert_eq!((view.total, view.reserved, view.sold), (total, h, s), "{sku:?}: {view:?}");
+        assert_eq!(view.available + view.reserved + view.sold, view.total, "{sku:?}");
+    }
+    (reserves, confirms)
+}
+
+/// A slot range moves from `a` to `b` under load through the cluster client, with `a` (the
+/// source) SIGKILLed while the range is frozen and `b` (the target) SIGKILLed once it holds
+/// a copy; each restarts and the move is resumed. Then a move from `c` is rolled back. Every
+/// acknowledged reserve and confirm is found, every unanswered one answered once, and each
+/// SKU's stock adds up to exactly what was acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_range_moves_live_through_sigkills_of_source_and_target() {
+    use flashstock_admin::cli::MovePhase;
+    use flashstock_admin::moves::{self, Access};
+    let prefix = prefix("move");
+    let dirs = [(); 3].map(|()| tempfile::tempdir().unwrap());
+    let a = cluster_server(dirs[0].path(), &prefix, "a", None);
+    let b = cluster_server(dirs[1].path(), &prefix, "b", Some(&a));
+    let c = cluster_server(dirs[2].path(), &prefix, "c", Some(&a));
+    let etcd = EtcdConfig::new(vec![ETCD.into()], &prefix);
+    let revision = store_map(&etcd, &even_map(), 0).await.unwrap();
+    let client = cluster_client(&a, &prefix).await;
+    eventually("the client sees the map", || client.map_revision() >= revision).await;
+    // SKUs of the slots that move (a's first 600) and of c's, 1,000 units each.
+    let of = |slots: std::ops::RangeInclusive<u16>| -> Vec<u64> {
+        (1..20_000).filter(|&s| slots.contains(&slot_of(SkuId(s)).0)).take(24).collect()
+    };
+    let (moving, rolled_back) = (of(0..=599), of(3_000..=3_199));
+    for &sku in moving.iter().chain(&rolled_back) {
+        client.set_stock(SkuId(sku), 1_000).await.unwrap();
+    }
+    let access = Access {
+        tls: ClientTls::trust_pem_file(&a.cert).unwrap(),
+        token: token(&a.tokens, "admin"),
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let tasks: Vec<_> = (0..4)
+        .map(|task| tokio::spawn(load(client.clone(), moving.clone(), task, stopped.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Frozen on both, then the source dies and comes back frozen (its log says so).
+    let paused =
+        moves::start(&etcd, &access, ("0-599", "b"), Some(MovePhase::Frozen)).await.unwrap();
+    assert!(paused.note.unwrap().contains("paused"));
+    let a_addr = a.addr;
+    drop(a); // SIGKILL
+    let a = cluster_server(dirs[0].path(), &prefix, "a", None);
+    assert_eq!(a.addr.ip(), a_addr.ip());
+    let frozen = server_client(&a).await.slots_status().await.unwrap().0;
+    assert_eq!(frozen, vec![(0, 599)], "the restarted source is still frozen");
+
+    // Copied, then the target dies holding its copy; resumed, the copy is made again.
+    moves::resume(&etcd, &access, Some(MovePhase::Copied)).await.unwrap();
+    drop(b); // SIGKILL
+    let b = cluster_server(dirs[1].path(), &prefix, "b", Some(&a));
+    let done = moves::resume(&etcd, &access, None).await.unwrap();
+    assert!(done.ok, "{:?}", done.note);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = stop.send(true);
+    let mut ledgers = Vec::new();
+    for task in tasks {
+        ledgers.push(task.await.unwrap());
+    }
+    let (reserves, confirms) = audit(&client, &moving, 1_000, ledgers).await;
+    assert!(reserves > 50 && confirms > 20, "{reserves} reserves, {confirms} confirms");
+
+    // The range is b's: a answers Moved for it and holds nothing frozen.
+    let direct = server_client(&a).await;
+    let asked = direct.call(Request::QuerySku(SkuId(moving[0]))).await.unwrap();
+    assert!(matches!(&asked, Reply::Moved(m) if m.server == "b"), "{asked:?}");
+    assert!(direct.slots_status().await.unwrap().0.is_empty());
+
+    // A move from c rolled back: c serves its SKUs again, a dropped its copy.
+    moves::start(&etcd, &access, ("3000-3199", "a"), Some(MovePhase::Copied)).await.unwrap();
+    let refused = client.set_stock(SkuId(rolled_back[0]), 1_000).await;
+    assert!(
+        matches!(refused, Err(ClientError::Refused { refusal: Refusal::SlotMoving { .. } })),
+        "{refused:?}"
+    );
+    assert!(moves::abort(&etcd).await.unwrap().ok);
+    let c_client = server_client(&c).await;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !c_client.slots_status().await.unwrap().0.is_empty()
+            || !direct.slots_status().await.unwrap().0.is_empty()
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("both servers settle within 10 s of the abort");
+    let view = client.query_sku(SkuId(rolled_back[0])).await.unwrap().unwrap();
+    assert_eq!(view.total, 1_000);
+    for connected in [client, direct, c_client] {
+        connected.close().await;
+    }
+    for daemon in [a, b, c] {
+        terminate(daemon);
+    }
+}
