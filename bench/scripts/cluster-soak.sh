@@ -32,14 +32,5 @@ for t in $(seq 15 15 $D); do
   done; echo
 done
 wait $L
-tail -14 load.out
-sold=$(grep -o 'confirmed [0-9]*, cancelled [0-9]*, unanswered' load.out | awk '{print $2}' | tr -d ,)
-for i in $(seq 1 600); do
-  rows=$(python3 -c "import sqlite3; print(sqlite3.connect('w/orders.db').execute(\"select count(*) from orders where status='confirmed'\").fetchone()[0])")
-  [ "$rows" -ge "$sold" ] && break; sleep 1
-done
-echo "after the load: $rows order rows for $sold units sold, $i s later"
-sleep 3
-rows=$(python3 -c "import sqlite3; print(sqlite3.connect('w/orders.db').execute(\"select count(*) from orders where status='confirmed'\").fetchone()[0])")
-echo "3 s after that: $rows order rows"
+"$HERE"/cluster-orders.sh load.out w/orders.db
 pkill -f order-writer; pkill -f flashstockd

@@ -203,7 +203,7 @@ async fn bad_input_closes_only_the_offending_connection() {
 
     // An unknown protocol version: answered with the supported ones.
     let (connection, mut send, mut recv) = raw_stream(&server, false).await;
-    send.write_all(&header(9, 0)).await.unwrap();
+    send.write_all(&header(flashstock_protocol::PROTOCOL_VERSION + 1, 0)).await.unwrap();
     let answer = recv.read_to_end(1 << 16).await.unwrap();
     let mut decoder = flashstock_protocol::FrameDecoder::new(1 << 20);
     decoder.push(&answer);
