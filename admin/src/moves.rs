@@ -177,30 +177,44 @@ async fn registered(watch: &ClusterWatch, server: &ServerId) -> Result<Member, A
     member.ok_or_else(|| usage(format!("server {} is not registered in the cluster", server.0)))
 }
 
-/// Copies every shard's items of the range from `source` to `target`, a page at a time;
-/// returns how many.
+/// Copies every shard's items of the range from `source` to `target`, a page at a time, the
+/// shards concurrently (each shard's pages are read and written by its own thread on both
+/// servers); returns how many.
 async fn copy(source: &Client, target: &Client, moving: &SlotMove) -> Result<u64, AdminError> {
     let range = (moving.first, moving.last);
     let (_, shards) = source.slots_status().await?;
-    let mut copied = 0;
+    let mut copies = tokio::task::JoinSet::new();
     for shard in 0..shards {
-        let (mut offset, mut total) = (0u64, u64::MAX);
-        while offset < total {
-            let (items, count, all) =
-                source.export_slots(range, shard, offset, SLOT_ITEMS_PAGE_MAX).await?;
-            total = all;
-            if count == 0 && offset < total {
-                return Err(usage(format!(
-                    "shard {shard}: the export ended at {offset} of {total}"
-                )));
-            }
-            target.import_slots(shard, items).await?;
-            offset += u64::from(count);
-        }
-        copied += total;
-        eprintln!("shard {shard}: {total} items copied");
+        let (source, target) = (source.clone(), target.clone());
+        copies.spawn(async move { copy_shard(&source, &target, range, shard).await });
+    }
+    let mut copied = 0;
+    while let Some(done) = copies.join_next().await {
+        copied += done.map_err(|err| usage(format!("a shard's copy stopped: {err}")))??;
     }
     Ok(copied)
+}
+
+/// Copies one shard's items of `range`; returns how many.
+async fn copy_shard(
+    source: &Client,
+    target: &Client,
+    range: (u16, u16),
+    shard: u16,
+) -> Result<u64, AdminError> {
+    let (mut offset, mut total) = (0u64, u64::MAX);
+    while offset < total {
+        let (items, count, all) =
+            source.export_slots(range, shard, offset, SLOT_ITEMS_PAGE_MAX).await?;
+        total = all;
+        if count == 0 && offset < total {
+            return Err(usage(format!("shard {shard}: the export ended at {offset} of {total}")));
+        }
+        target.import_slots(shard, items).await?;
+        offset += u64::from(count);
+    }
+    eprintln!("shard {shard}: {total} items copied");
+    Ok(total)
 }
 
 /// Whether neither server lists the range as frozen any more, within `SERVER_WAIT`.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # cluster-move.sh: a 3-server cluster under checkout load through the cluster client for
 # DURATION s (default 60), the order writer following the cluster, while slot ranges move:
-# at 15 s a's slots 0-682 go to b; at 30 s a's 683-1365 go to c, with KILL=target|source
+# at 15 s a's slots 0-682 go to b; at 30 s a's 683-1364 go to c, with KILL=target|source
 # SIGKILLing that server after the copy (then restarted and the move resumed). MOVES=0 runs
 # the same load with no move, for comparison. Ends with the load's audit and the order rows.
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -31,13 +31,13 @@ sleep 15
 if [ "${MOVES:-1}" = 1 ]; then
   echo "t=15 move 0-682 a -> b"; $B/flashstock $E --server-data-dir a cluster move 0-682 --to b
   sleep 15
-  echo "t=30 move 683-1365 a -> c${KILL:+, SIGKILL $KILL after the copy}"
+  echo "t=30 move 683-1364 a -> c${KILL:+, SIGKILL $KILL after the copy}"
   if [ -n "$KILL" ]; then
-    $B/flashstock $E --server-data-dir a cluster move 683-1365 --to c --pause-after copied
+    $B/flashstock $E --server-data-dir a cluster move 683-1364 --to c --pause-after copied
     if [ "$KILL" = target ]; then restart c 7403; else restart a 7401; fi
     $B/flashstock $E --server-data-dir a cluster resume
   else
-    $B/flashstock $E --server-data-dir a cluster move 683-1365 --to c
+    $B/flashstock $E --server-data-dir a cluster move 683-1364 --to c
   fi
   $B/flashstock $E cluster show
 fi

@@ -99,10 +99,19 @@ impl Handle {
         Ok((page, cut.len()))
     }
 
-    /// Imports items of a frozen range into `shard`, durably, in chunks a step can take.
+    /// Imports items of a frozen range into `shard`, durably, in chunks a step can take: all
+    /// sent before any is awaited, so that they share the log's syncs (awaited one by one,
+    /// a page of 8,192 items took ~130 ms under load, a sync per chunk).
     pub async fn import_slots(&self, shard: u16, items: Vec<SlotItem>) -> Result<(), RuntimeError> {
+        let mut answers = Vec::new();
         for chunk in items.chunks(self.batch_jobs_max()) {
-            self.slots_job(shard, SlotsJob::Import(chunk.to_vec())).await?;
+            let (reply, answer) = oneshot::channel();
+            let job = SlotsJob::Import(chunk.to_vec());
+            self.send_job(ShardId(shard), Job::Slots { job, reply })?;
+            answers.push(answer);
+        }
+        for answer in answers {
+            answer.await.map_err(|_| RuntimeError::ShuttingDown)??.map_err(RuntimeError::Slots)?;
         }
         Ok(())
     }
