@@ -573,8 +573,7 @@ impl Client {
     ) -> Result<Vec<RateLimitEntry>, ClientError> {
         match self.admin(AdminRequest::SetRateLimit { sku, limit }).await? {
             AdminReply::RateLimits(entries) => Ok(entries),
-            AdminReply::Invalid { detail } => Err(ClientError::Invalid(detail)),
-            other => Err(ClientError::Unexpected(format!("{other:?} for a rate limit"))),
+            other => Err(invalid_or_unexpected(other, "a rate limit")),
         }
     }
 

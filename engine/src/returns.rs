@@ -177,10 +177,10 @@ impl Returnable {
     pub(crate) fn retain(&mut self, mut keep: impl FnMut(&Sale) -> bool) {
         let mut order = std::mem::take(&mut self.order);
         order.retain(|&key| {
-            let index = self.find(key).expect("every sale in order is stored");
-            let sale = self.get(key).expect("found just above");
+            let sale = self.get(key).expect("every sale in order is stored");
             let kept = keep(&sale);
             if !kept {
+                let index = self.find(key).expect("read just above");
                 self.table.remove(index);
             }
             kept

@@ -22,7 +22,7 @@ use crate::command::SaleWindow;
 use crate::error::EngineError;
 use crate::ids::{slot_of, BuyerId, OrderRef, RequestId, ReservationId, SkuId, Slot, SLOT_COUNT};
 use crate::invariants::check_sku;
-use crate::outcome::{Outcome, ReservationState};
+use crate::outcome::{Outcome, ReservationState, SkuView};
 use crate::record::{encode_reservation, Ints, LogSink, Record};
 use crate::returns::{Sale, SaleKey};
 use crate::shard::{remember_ended, Reservation, Shard, SkuState};
@@ -74,23 +74,8 @@ impl fmt::Display for SlotRange {
 /// One piece of a slot range's state, as the source exports it and the target imports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SlotItem {
-    /// A SKU's stock and settings; first, before anything of the SKU.
-    Sku {
-        /// The SKU.
-        sku: SkuId,
-        /// Total units.
-        total: u64,
-        /// Units available.
-        available: u64,
-        /// Units held.
-        reserved: u64,
-        /// Units sold.
-        sold: u64,
-        /// Its per-buyer limit.
-        buyer_limit: Option<u32>,
-        /// Its sale window.
-        window: SaleWindow,
-    },
+    /// A SKU's stock and settings (as read); first, before anything of the SKU.
+    Sku(SkuView),
     /// Units a buyer of the SKU holds plus has bought.
     Taken {
         /// The SKU.
@@ -149,7 +134,7 @@ impl SlotItem {
     /// The slot the item belongs to.
     pub fn slot(&self) -> Slot {
         match *self {
-            SlotItem::Sku { sku, .. }
+            SlotItem::Sku(SkuView { sku, .. })
             | SlotItem::Taken { sku, .. }
             | SlotItem::Reservation { sku, .. }
             | SlotItem::Sale { sku, .. } => slot_of(sku),
@@ -363,7 +348,7 @@ impl Shard {
             self.skus.iter().filter(|(&sku, _)| range.contains(slot_of(sku))).collect();
         skus.sort_unstable_by_key(|(&sku, _)| sku);
         for (&sku, s) in skus {
-            items.push(sku_item(sku, s));
+            items.push(SlotItem::Sku(self.query_sku(sku).expect("listed just above")));
             let mut taken: Vec<_> = s.taken.iter().collect();
             taken.sort_unstable();
             items.extend(taken.into_iter().map(|(buyer, units)| SlotItem::Taken {
@@ -420,7 +405,7 @@ impl Shard {
             return Err(refused("not frozen here"));
         }
         let known = match *item {
-            SlotItem::Sku { sku, .. } => !self.skus.contains_key(&sku),
+            SlotItem::Sku(view) => !self.skus.contains_key(&view.sku),
             SlotItem::Taken { sku, buyer, units } => {
                 units > 0 && self.skus.get(&sku).is_some_and(|s| s.taken.get(buyer) == 0)
             }
@@ -447,17 +432,17 @@ impl Shard {
     /// The state change of an import, live and on replay alike (checked first).
     pub(crate) fn apply_import(&mut self, item: &SlotItem, at_ms: u64) {
         match *item {
-            SlotItem::Sku { sku, total, available, reserved, sold, buyer_limit, window } => {
+            SlotItem::Sku(view) => {
                 let state = SkuState {
-                    total,
-                    available,
-                    reserved,
-                    sold,
-                    buyer_limit,
-                    window,
+                    total: view.total,
+                    available: view.available,
+                    reserved: view.reserved,
+                    sold: view.sold,
+                    buyer_limit: view.buyer_limit,
+                    window: view.window,
                     taken: Default::default(),
                 };
-                self.skus.insert(sku, state);
+                self.skus.insert(view.sku, state);
             }
             SlotItem::Taken { sku, buyer, units } => {
                 let key = self.hash_key;
@@ -524,18 +509,6 @@ impl Shard {
             }
             _ => unreachable!("only slot records are replayed here"),
         }
-    }
-}
-
-fn sku_item(sku: SkuId, s: &SkuState) -> SlotItem {
-    SlotItem::Sku {
-        sku,
-        total: s.total,
-        available: s.available,
-        reserved: s.reserved,
-        sold: s.sold,
-        buyer_limit: s.buyer_limit,
-        window: s.window,
     }
 }
 
@@ -613,14 +586,14 @@ pub(crate) fn decode_step(r: &mut Reader<'_>, at_ms: u64) -> Result<Record, Engi
 /// Encodes a `Record::SlotImported`'s item after its tag and time.
 pub(crate) fn encode_item(w: &mut Writer<'_>, item: &SlotItem) {
     match *item {
-        SlotItem::Sku { sku, total, available, reserved, sold, buyer_limit, window } => {
+        SlotItem::Sku(v) => {
             w.u8(ITEM_SKU);
-            for value in [sku.0, total, available, reserved, sold] {
+            for value in [v.sku.0, v.total, v.available, v.reserved, v.sold] {
                 w.varint(value);
             }
-            w.opt_u32(buyer_limit);
-            w.opt_u64(window.opens_at_ms);
-            w.opt_u64(window.closes_at_ms);
+            w.opt_u32(v.buyer_limit);
+            w.opt_u64(v.window.opens_at_ms);
+            w.opt_u64(v.window.closes_at_ms);
         }
         SlotItem::Taken { sku, buyer, units } => {
             w.u8(ITEM_TAKEN);
@@ -657,7 +630,7 @@ pub(crate) fn encode_item(w: &mut Writer<'_>, item: &SlotItem) {
 pub(crate) fn decode_item(r: &mut Reader<'_>) -> Result<SlotItem, EngineError> {
     let ints = Ints::Varint;
     Ok(match r.u8()? {
-        ITEM_SKU => SlotItem::Sku {
+        ITEM_SKU => SlotItem::Sku(SkuView {
             sku: SkuId(r.varint("sku")?),
             total: r.varint("total")?,
             available: r.varint("available")?,
@@ -668,7 +641,7 @@ pub(crate) fn decode_item(r: &mut Reader<'_>) -> Result<SlotItem, EngineError> {
                 opens_at_ms: r.opt_u64("window open flag")?,
                 closes_at_ms: r.opt_u64("window close flag")?,
             },
-        },
+        }),
         ITEM_TAKEN => SlotItem::Taken {
             sku: SkuId(r.varint("sku")?),
             buyer: BuyerId(r.varint("buyer")?),
