@@ -49,16 +49,44 @@ impl RequestKey {
 /// far enough for ~100 ns of memory latency to pass, near enough to still be cached.
 const EVICT_PREFETCH_AHEAD: usize = 8;
 
-/// One remembered answer.
+/// One remembered answer: 48 bytes, a shard keeping up to `dedup_entries_max` of them.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Answer {
     pub(crate) request: RequestKey,
-    pub(crate) answered_at_ms: u64,
+    /// When it was answered (low 48 bits, ms) and the slot of what the request named (high
+    /// 16 bits), in one word so that the slot costs no memory. The slot lets a slot move ship
+    /// the answers of its range (docs/cluster.md); [`SLOT_NONE`] for a cart's answers (ranges
+    /// holding carts do not move) and for answers restored from a snapshot older than slots.
+    at_ms_and_slot: u64,
     pub(crate) outcome: Outcome,
-    /// The slot of what the request named, so that a slot move ships the answers of its
-    /// range (docs/cluster.md); [`SLOT_NONE`] for a cart's answers (ranges holding carts do
-    /// not move) and for answers restored from a snapshot older than slots.
-    pub(crate) slot: ClusterSlot,
+}
+
+/// The latest answer time an `Answer` holds (2^48 - 1 ms, in the year 10889); later times are
+/// kept as this one, which only makes such an answer look older than it is.
+const ANSWERED_AT_MS_MAX: u64 = (1 << 48) - 1;
+
+const _: () = assert!(std::mem::size_of::<Answer>() == 48);
+
+impl Answer {
+    pub(crate) fn new(
+        request: RequestKey,
+        answered_at_ms: u64,
+        outcome: Outcome,
+        slot: ClusterSlot,
+    ) -> Answer {
+        let at_ms_and_slot = answered_at_ms.min(ANSWERED_AT_MS_MAX) | (u64::from(slot.0) << 48);
+        Answer { request, at_ms_and_slot, outcome }
+    }
+
+    /// When the request was answered, in ms.
+    pub(crate) fn answered_at_ms(&self) -> u64 {
+        self.at_ms_and_slot & ANSWERED_AT_MS_MAX
+    }
+
+    /// The slot of what the request named ([`SLOT_NONE`] for none).
+    pub(crate) fn slot(&self) -> ClusterSlot {
+        ClusterSlot((self.at_ms_and_slot >> 48) as u16)
+    }
 }
 
 /// The slot of an answer that no slot move ships.
@@ -246,7 +274,7 @@ impl Dedup {
         now_ms: u64,
         config: &ShardConfig,
     ) -> bool {
-        let answer = Answer { request: request.into(), answered_at_ms: now_ms, outcome, slot };
+        let answer = Answer::new(request.into(), now_ms, outcome, slot);
         if let Some(pending) = &mut self.pending {
             pending.push(answer);
             return true;
@@ -263,7 +291,8 @@ impl Dedup {
         }
         while let Some(oldest) = self.answers.oldest() {
             let too_many = self.answers.len() > config.dedup_entries_max;
-            let too_old = oldest.answered_at_ms.saturating_add(config.dedup_retention_ms) <= now_ms;
+            let too_old =
+                oldest.answered_at_ms().saturating_add(config.dedup_retention_ms) <= now_ms;
             if !(too_many || too_old) {
                 break;
             }
@@ -287,12 +316,12 @@ impl Dedup {
     pub(crate) fn finish_bulk(&mut self, config: &ShardConfig) -> Result<(), RequestId> {
         let Some(pending) = self.pending.take() else { return Ok(()) };
         let Some(last) = pending.last() else { return Ok(()) };
-        let last_ms = last.answered_at_ms;
+        let last_ms = last.answered_at_ms();
         let old = std::mem::take(&mut self.answers);
         let all: Vec<Answer> = old.ring.into_iter().chain(pending).collect();
         let by_count = all.len().saturating_sub(config.dedup_entries_max);
         let by_age = all.partition_point(|answer| {
-            answer.answered_at_ms.saturating_add(config.dedup_retention_ms) <= last_ms
+            answer.answered_at_ms().saturating_add(config.dedup_retention_ms) <= last_ms
         });
         let kept = &all[by_count.max(by_age)..];
         self.answers = Answers::new(config.dedup_entries_max, kept.len(), self.key);
@@ -345,12 +374,8 @@ mod tests {
 
     fn answer(n: u64) -> Answer {
         let reservation = ReservationId::new(crate::ids::Slot(0), ShardId(0), n + 1);
-        Answer {
-            request: RequestId(u128::from(n) << 64 | 7).into(),
-            answered_at_ms: n,
-            outcome: Outcome::Reserved { reservation, expires_at_ms: n },
-            slot: SLOT_NONE,
-        }
+        let outcome = Outcome::Reserved { reservation, expires_at_ms: n };
+        Answer::new(RequestId(u128::from(n) << 64 | 7).into(), n, outcome, SLOT_NONE)
     }
 
     /// Ring positions are 32-bit and wrap after 2^32 answers: lookups and evictions must work
@@ -368,10 +393,10 @@ mod tests {
         assert_eq!(answers.len(), 10);
         assert_eq!(answers.indexed(), 10);
         for n in 0..40 {
-            let found = answers.find(answer(n).request).map(|a| a.answered_at_ms);
+            let found = answers.find(answer(n).request).map(|a| a.answered_at_ms());
             assert_eq!(found, (n >= 30).then_some(n), "answer {n}");
         }
-        let order: Vec<u64> = answers.iter().map(|a| a.answered_at_ms).collect();
+        let order: Vec<u64> = answers.iter().map(|a| a.answered_at_ms()).collect();
         assert_eq!(order, (30..40).collect::<Vec<_>>());
     }
 }

@@ -370,11 +370,11 @@ impl Shard {
             }
         }
         for answer in self.dedup.answers.iter() {
-            if range.contains(answer.slot) {
+            if range.contains(answer.slot()) {
                 let request = RequestId::from(answer.request);
                 items.push(SlotItem::Answer {
                     request,
-                    slot: answer.slot,
+                    slot: answer.slot(),
                     outcome: answer.outcome,
                 });
             }

@@ -95,8 +95,8 @@ impl Shard {
         w.u64(self.dedup.answers.len() as u64);
         for answer in self.dedup.answers.iter() {
             w.u128(RequestId::from(answer.request).0);
-            w.u64(answer.answered_at_ms);
-            w.u16(answer.slot.0);
+            w.u64(answer.answered_at_ms());
+            w.u16(answer.slot().0);
             encode_answer(&mut w, answer.outcome);
         }
         self.encode_carts(&mut w);
@@ -386,7 +386,7 @@ impl Shard {
             let (request, answered_at_ms) = (RequestId(r.u128()?), r.u64()?);
             let slot = if version >= SNAPSHOT_VERSION { Slot(r.u16()?) } else { SLOT_NONE };
             let outcome = decode_answer(&mut r)?;
-            remembered.push(Answer { request: request.into(), answered_at_ms, outcome, slot });
+            remembered.push(Answer::new(request.into(), answered_at_ms, outcome, slot));
         }
         if version >= SNAPSHOT_VERSION_NO_BUCKETS {
             shard.restore_carts(&mut r)?;
