@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use tokio::net::TcpStream;
 
 use crate::wire::{self, ClientReply, ClientRequest};
 
@@ -35,8 +34,7 @@ struct Shared {
 
 pub async fn run(settings: DriveSettings) -> anyhow::Result<()> {
     let nodes: Vec<String> = settings.nodes.iter().map(|p| crate::client_addr(p)).collect();
-    let mut caller =
-        Caller { nodes: nodes.clone(), target: 0, stream: None, timeout: Duration::from_secs(5) };
+    let mut caller = Caller::new(nodes.clone(), Duration::from_secs(5));
     let stock =
         ClientRequest::Stock { request: u64::MAX >> 1, skus: settings.skus, total: 1 << 40 };
     caller.until_done(&stock, Instant::now() + Duration::from_secs(60)).await?;
@@ -54,12 +52,8 @@ pub async fn run(settings: DriveSettings) -> anyhow::Result<()> {
     let workers: Vec<_> = (0..settings.workers)
         .map(|w| {
             let shared = shared.clone();
-            let mut caller = Caller {
-                nodes: nodes.clone(),
-                target: 0,
-                stream: None,
-                timeout: Duration::from_millis(settings.call_timeout_ms),
-            };
+            let mut caller =
+                Caller::new(nodes.clone(), Duration::from_millis(settings.call_timeout_ms));
             let (group, skus) = (settings.group, settings.skus);
             tokio::spawn(async move { caller.work(w as u64, group, skus, deadline, &shared).await })
         })
@@ -139,10 +133,7 @@ pub async fn leader(nodes: &[String]) {
 }
 
 async fn audit(node: &str) -> anyhow::Result<(u64, u64, u64, bool)> {
-    let mut stream =
-        tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(node)).await??;
-    wire::write(&mut stream, &ClientRequest::Audit).await?;
-    match tokio::time::timeout(Duration::from_secs(5), wire::read(&mut stream)).await?? {
+    match wire::Link::new(node).call(&ClientRequest::Audit, Duration::from_secs(5)).await? {
         ClientReply::Audit { sold, digest, applied, leading } => {
             Ok((sold, digest, applied, leading))
         }
@@ -153,38 +144,26 @@ async fn audit(node: &str) -> anyhow::Result<(u64, u64, u64, bool)> {
 struct Caller {
     nodes: Vec<String>,
     target: usize,
-    stream: Option<TcpStream>,
+    link: wire::Link,
     timeout: Duration,
 }
 
 impl Caller {
+    fn new(nodes: Vec<String>, timeout: Duration) -> Caller {
+        let link = wire::Link::new(nodes[0].clone());
+        Caller { nodes, target: 0, link, timeout }
+    }
+
     async fn call(&mut self, request: &ClientRequest) -> std::io::Result<ClientReply> {
-        let attempt = async {
-            if self.stream.is_none() {
-                let stream = TcpStream::connect(&self.nodes[self.target]).await?;
-                stream.set_nodelay(true)?;
-                self.stream = Some(stream);
-            }
-            let stream = self.stream.as_mut().expect("connected above");
-            wire::write(stream, request).await?;
-            wire::read(stream).await
-        };
-        let reply = match tokio::time::timeout(self.timeout, attempt).await {
-            Ok(reply) => reply,
-            Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "call timed out")),
-        };
-        if reply.is_err() {
-            self.stream = None;
-        }
-        reply
+        self.link.call(request, self.timeout).await
     }
 
     fn switch(&mut self, to: Option<u64>) {
-        self.stream = None;
         self.target = match to {
             Some(leader) => leader as usize,
             None => (self.target + 1) % self.nodes.len(),
         };
+        self.link = wire::Link::new(self.nodes[self.target].clone());
     }
 
     /// Sends `request` until a node answers `Done`, following leaders; false past `deadline`.

@@ -16,7 +16,7 @@ mod wire;
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
 struct Cli {
@@ -24,17 +24,24 @@ struct Cli {
     command: Command,
 }
 
+/// What every node of either prototype is given.
+#[derive(Args)]
+struct NodeArgs {
+    #[arg(long)]
+    id: u64,
+    /// Every node's peer address, comma-separated; client port = peer port + 1.
+    #[arg(long, value_delimiter = ',')]
+    peers: Vec<String>,
+    #[arg(long)]
+    dir: PathBuf,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Runs one node of prototype (a), openraft.
     RaftNode {
-        #[arg(long)]
-        id: u64,
-        /// Every node's peer address, comma-separated; client port = peer port + 1.
-        #[arg(long, value_delimiter = ',')]
-        peers: Vec<String>,
-        #[arg(long)]
-        dir: PathBuf,
+        #[command(flatten)]
+        node: NodeArgs,
         /// The shortest election timeout (the longest is twice it); openraft's default.
         #[arg(long, default_value_t = 150)]
         election_timeout_ms: u64,
@@ -47,12 +54,8 @@ enum Command {
     },
     /// Runs one node of prototype (b), a primary or standby fenced by an etcd lease.
     StandbyNode {
-        #[arg(long)]
-        id: u64,
-        #[arg(long, value_delimiter = ',')]
-        peers: Vec<String>,
-        #[arg(long)]
-        dir: PathBuf,
+        #[command(flatten)]
+        node: NodeArgs,
         #[arg(long, default_value = "http://127.0.0.1:2379")]
         etcd: String,
         /// The etcd key prefix of this group.
@@ -98,14 +101,8 @@ pub fn client_addr(peer: &str) -> String {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::RaftNode {
-            id,
-            peers,
-            dir,
-            election_timeout_ms,
-            heartbeat_ms,
-            proposals_in_flight_max,
-        } => {
+        Command::RaftNode { node, election_timeout_ms, heartbeat_ms, proposals_in_flight_max } => {
+            let NodeArgs { id, peers, dir } = node;
             let settings = raft::NodeSettings {
                 id,
                 peers,
@@ -116,7 +113,8 @@ async fn main() -> anyhow::Result<()> {
             };
             raft::run(settings).await
         }
-        Command::StandbyNode { id, peers, dir, etcd, prefix, lease_ttl_s, standby_timeout_ms } => {
+        Command::StandbyNode { node, etcd, prefix, lease_ttl_s, standby_timeout_ms } => {
+            let NodeArgs { id, peers, dir } = node;
             standby::run(standby::NodeSettings {
                 id,
                 peers,

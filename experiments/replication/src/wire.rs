@@ -36,6 +36,45 @@ pub async fn write<T: Serialize>(
     stream.write_all(&frame).await
 }
 
+/// A connection to `addr` for one call at a time: connected on first use, dropped after any
+/// error or timeout (a call cut short leaves the stream mid-frame), reconnected on the next.
+pub struct Link {
+    addr: String,
+    stream: Option<TcpStream>,
+}
+
+impl Link {
+    pub fn new(addr: impl Into<String>) -> Link {
+        Link { addr: addr.into(), stream: None }
+    }
+
+    /// Sends `request` and reads its answer, all within `ttl` (`TimedOut` past it).
+    pub async fn call<Req: Serialize, Rep: DeserializeOwned>(
+        &mut self,
+        request: &Req,
+        ttl: std::time::Duration,
+    ) -> std::io::Result<Rep> {
+        let attempt = async {
+            if self.stream.is_none() {
+                let stream = TcpStream::connect(&self.addr).await?;
+                stream.set_nodelay(true)?;
+                self.stream = Some(stream);
+            }
+            let stream = self.stream.as_mut().expect("connected above");
+            write(stream, request).await?;
+            read(stream).await
+        };
+        let reply = match tokio::time::timeout(ttl, attempt).await {
+            Ok(reply) => reply,
+            Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "call timed out")),
+        };
+        if reply.is_err() {
+            self.stream = None;
+        }
+        reply
+    }
+}
+
 /// What a load driver asks a node.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ClientRequest {

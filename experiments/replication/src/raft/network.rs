@@ -2,7 +2,6 @@
 //! makes one call at a time per target), reconnected after any error.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -14,7 +13,7 @@ use openraft::raft::{
 };
 use openraft::{BasicNode, Raft};
 use serde::{Deserialize, Serialize};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 use super::Tc;
 use crate::wire;
@@ -60,41 +59,13 @@ impl RaftNetworkFactory<Tc> for Network {
     type Network = Connection;
 
     async fn new_client(&mut self, target: u64, _node: &BasicNode) -> Connection {
-        Connection { target, addr: self.peers[target as usize].clone(), stream: None }
+        Connection { target, link: wire::Link::new(self.peers[target as usize].clone()) }
     }
 }
 
 pub struct Connection {
     target: u64,
-    addr: String,
-    stream: Option<TcpStream>,
-}
-
-impl Connection {
-    async fn call(
-        &mut self,
-        request: PeerRequest,
-        ttl: Duration,
-    ) -> Result<PeerReply, std::io::Error> {
-        let attempt = async {
-            if self.stream.is_none() {
-                let stream = TcpStream::connect(&self.addr).await?;
-                stream.set_nodelay(true)?;
-                self.stream = Some(stream);
-            }
-            let stream = self.stream.as_mut().expect("connected above");
-            wire::write(stream, &request).await?;
-            wire::read::<PeerReply>(stream).await
-        };
-        let result = match tokio::time::timeout(ttl, attempt).await {
-            Ok(result) => result,
-            Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "rpc timed out")),
-        };
-        if result.is_err() {
-            self.stream = None;
-        }
-        result
-    }
+    link: wire::Link,
 }
 
 fn unreachable<E: std::error::Error>(e: std::io::Error) -> RPCError<u64, BasicNode, E> {
@@ -115,7 +86,12 @@ impl RaftNetwork<Tc> for Connection {
         rpc: AppendEntriesRequest<Tc>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        match self.call(PeerRequest::Append(rpc), option.hard_ttl()).await.map_err(unreachable)? {
+        match self
+            .link
+            .call(&PeerRequest::Append(rpc), option.hard_ttl())
+            .await
+            .map_err(unreachable)?
+        {
             PeerReply::Append(r) => {
                 r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
             }
@@ -131,7 +107,12 @@ impl RaftNetwork<Tc> for Connection {
         InstallSnapshotResponse<u64>,
         RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
     > {
-        match self.call(PeerRequest::Snapshot(rpc), option.hard_ttl()).await.map_err(unreachable)? {
+        match self
+            .link
+            .call(&PeerRequest::Snapshot(rpc), option.hard_ttl())
+            .await
+            .map_err(unreachable)?
+        {
             PeerReply::Snapshot(r) => {
                 r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
             }
@@ -144,7 +125,12 @@ impl RaftNetwork<Tc> for Connection {
         rpc: VoteRequest<u64>,
         option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        match self.call(PeerRequest::Vote(rpc), option.hard_ttl()).await.map_err(unreachable)? {
+        match self
+            .link
+            .call(&PeerRequest::Vote(rpc), option.hard_ttl())
+            .await
+            .map_err(unreachable)?
+        {
             PeerReply::Vote(r) => {
                 r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
             }
