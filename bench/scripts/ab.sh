@@ -29,6 +29,8 @@ one() { # label, round, extra load arguments, server command line
   # The server's CPU time (user + system, clock ticks) for the run: steadier than throughput.
   local ticks; ticks=$(awk '{print $14 + $15}' "/proc/$server/stat")
   kill -TERM $server; wait $server || true
+  # The server's data (its WAL: GBs over a few rounds) is not read again; its log and figures are.
+  [[ "${KEEP_DATA:-0}" == 1 ]] || rm -rf "$dir"
   echo "$ticks" > "$dir.ticks"
   # Shard steps at or over the server's --slow-step-ms, and snapshots written, from its log.
   local slow; slow=$(grep -c "slow shard step" "$dir.log" || true)

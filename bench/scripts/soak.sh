@@ -22,7 +22,9 @@ cargo build --release -q -p flashstock-server -p flashstock-loadgen
 target/release/flashstockd --listen 127.0.0.1:0 --data-dir "$work/server" $server_args \
   >"$work/listening" 2>"$work/server.log" &
 server=$!
-trap 'kill $server 2>/dev/null || true' EXIT
+# The server's WAL grows by GBs over a soak; kept only with KEEP_DATA=1 (logs are kept).
+trap 'kill $server 2>/dev/null || true; wait $server 2>/dev/null || true
+  [[ "${KEEP_DATA:-0}" == 1 ]] || rm -rf "$work/server"' EXIT
 for _ in $(seq 1 100); do [[ -s "$work/listening" ]] && break; sleep 0.1; done
 addr=$(awk '{print $4}' "$work/listening")
 echo "flashstockd pid $server on $addr; work dir $work"

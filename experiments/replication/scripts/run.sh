@@ -11,7 +11,8 @@
 # fault lasts: the killed node restarts, the partition heals, the paused process continues;
 # default 8), WORKERS (64), GROUP (checkouts a call, 16), NODE_ARGS (more node flags, e.g.
 # `--election-timeout-ms 150 --heartbeat-ms 50` or `--lease-ttl-s 1`). Prints the driver's summary line and
-# audit. Node logs in $OUT (default /tmp/spike).
+# audit. Node logs in $OUT (default /tmp/spike); the nodes' data (up to 2 GB a node for a 30 s
+# run) is deleted at the end unless KEEP_DATA=1: 24 runs of matrix.sh kept would fill a disk.
 set -euo pipefail
 cd "$(dirname "$0")"
 KIND=${1:?raft|standby|raft1} SCENARIO=${2:?steady|kill|partition|pause}
@@ -32,6 +33,7 @@ cleanup() {
         while kill -0 "$p" 2>/dev/null; do sleep 0.1; done
     done
     for i in 0 1 2; do ./net.sh heal "$i"; done
+    if [ "${KEEP_DATA:-0}" != 1 ]; then rm -rf "$OUT"/n[0-9] "$OUT/etcd"; fi
 }
 trap cleanup EXIT
 
