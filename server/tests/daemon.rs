@@ -13,7 +13,7 @@ use flashstock_engine::{
 use flashstock_protocol::{Reply, Request};
 
 mod common;
-use common::{scrape, series_value, start, start_on, terminate, token, Daemon};
+use common::{scrape, series_value, signal, start, start_on, terminate, token, Daemon};
 
 async fn connect(daemon: &Daemon, role: &str) -> Connection {
     let tls = ClientTls::trust_pem_file(&daemon.cert).unwrap();
@@ -119,13 +119,8 @@ async fn a_client_rides_through_a_sigkill_and_restart_of_the_server() {
     assert_eq!(client.confirm(reservation).await.unwrap(), Outcome::Confirmed);
 
     let mut daemon = daemon;
-    let killed = &mut daemon.child;
-    assert!(Command::new("kill")
-        .args(["-KILL", &killed.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
-    killed.wait().unwrap();
+    signal(&daemon, "KILL");
+    daemon.child.wait().unwrap();
     let daemon = start_on(dir.path(), &addr.to_string(), &[]);
 
     // The same client, untouched: it notices, reconnects, and finds what was acknowledged.
@@ -301,8 +296,7 @@ fn write_tokens(path: &Path, admin: &str, service: &str) {
 }
 
 fn hang_up(daemon: &Daemon) {
-    let pid = daemon.child.id().to_string();
-    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    signal(daemon, "HUP");
 }
 
 async fn connect_with(daemon: &Daemon, cert: &Path, token: &str) -> Result<Connection, String> {

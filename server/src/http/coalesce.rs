@@ -95,3 +95,41 @@ fn submit(handle: &Handle, taken: &mut Vec<Call>) -> Answering {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+
+    use flashstock_engine::SkuId;
+    use flashstock_protocol::{Reply, Request};
+    use flashstock_runtime::{Runtime, RuntimeConfig, SystemClock};
+    use flashstock_wal::MemWal;
+
+    use super::Coalescer;
+
+    /// Calls queued while the coalescing task is not running all go in its next batch. On a
+    /// one-thread runtime that is exact: the 64 callers each queue their call before the task,
+    /// woken by the first, runs again. (Over HTTP, how many calls overlap depends on the
+    /// machine's scheduling; the daemon's test checks the counts, this one the coalescing.)
+    #[tokio::test(flavor = "current_thread")]
+    async fn calls_queued_together_are_submitted_as_one_batch() {
+        let wal = MemWal::new();
+        let runtime = Runtime::start(RuntimeConfig::default(), wal, Arc::new(SystemClock)).unwrap();
+        let coalescer = Coalescer::start(runtime.handle(), 64);
+        let calls: Vec<_> = (0..64)
+            .map(|sku| {
+                let coalescer = coalescer.clone();
+                tokio::spawn(async move { coalescer.call(Request::QuerySku(SkuId(sku))).await })
+            })
+            .collect();
+        for call in calls {
+            assert_eq!(call.await.unwrap().unwrap(), Reply::Sku(None), "an unknown SKU");
+        }
+        let stats = coalescer.stats();
+        assert_eq!(stats.requests.load(Ordering::Relaxed), 64);
+        assert_eq!(stats.batches.load(Ordering::Relaxed), 1, "64 calls queued together");
+        drop(coalescer);
+        runtime.shutdown();
+    }
+}

@@ -65,9 +65,15 @@ pub fn token(tokens: &Path, role: &str) -> String {
     line.split('"').nth(1).unwrap().to_owned()
 }
 
-pub fn terminate(mut daemon: Daemon) {
+/// Sends the signal named `name` (`TERM`, `KILL`, `STOP`, ...) to the daemon.
+pub fn signal(daemon: &Daemon, name: &str) {
     let pid = daemon.child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let sent = Command::new("kill").args([&format!("-{name}"), &pid]).status().unwrap();
+    assert!(sent.success(), "kill -{name} {pid}");
+}
+
+pub fn terminate(mut daemon: Daemon) {
+    signal(&daemon, "TERM");
     let status = daemon.child.wait().unwrap();
     assert!(status.success(), "SIGTERM must end in a clean exit, got {status}");
 }
