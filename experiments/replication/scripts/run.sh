@@ -11,7 +11,7 @@
 # fault lasts: the killed node restarts, the partition heals, the paused process continues;
 # default 8), WORKERS (64), GROUP (checkouts a call, 16), NODE_ARGS (more node flags, e.g.
 # `--election-timeout-ms 150 --heartbeat-ms 50` or `--lease-ttl-s 1`). Prints the driver's summary line and
-# audit. Node logs in $OUT (default /tmp/spike); the nodes' data (up to 2 GB a node for a 30 s
+# audit. Node logs in $OUT (default /tmp/spike); the nodes' data (0.76 GB a node for a 30 s
 # run) is deleted at the end unless KEEP_DATA=1: 24 runs of matrix.sh kept would fill a disk.
 set -euo pipefail
 cd "$(dirname "$0")"
