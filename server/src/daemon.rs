@@ -73,6 +73,11 @@ pub struct Settings {
     /// The data directory: log, TLS material, tokens.
     #[arg(long, env = "FLASHSTOCK_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Bytes of free disk under which the `disk` readiness check fails and a warning is
+    /// logged (the server keeps serving; at a full disk the log fails and it stops); 0 turns
+    /// the check off.
+    #[arg(long, env = "FLASHSTOCK_DISK_FREE_MIN_BYTES")]
+    pub disk_free_min_bytes: Option<u64>,
     /// Shard actors, at most 256 (a reservation id has 8 bits for its shard). Fixed for the life
     /// of a data directory.
     #[arg(long, env = "FLASHSTOCK_SHARDS")]
@@ -193,6 +198,7 @@ impl Settings {
             http_body_bytes_max: Some(http.body_bytes_max),
             http_request_timeout_ms: Some(http.request_timeout_ms),
             data_dir: Some(PathBuf::from(DATA_DIR_DEFAULT)),
+            disk_free_min_bytes: Some(crate::disk::DISK_FREE_MIN_BYTES_DEFAULT),
             shards: Some(runtime.shard_count),
             snapshot_every_records: Some(runtime.snapshot_every_records),
             snapshot_every_ms: Some(runtime.snapshot_every_ms),
@@ -495,8 +501,13 @@ impl Observing {
     }
 
     /// Samples the gauges that are read off state (connections, consumers' positions and
-    /// lag), every second, until the listener stops.
-    fn sample(&self, handle: flashstock_runtime::Handle, stats: Arc<net::NetStats>) {
+    /// lag, free disk), every second, until the listener stops.
+    fn sample(
+        &self,
+        handle: flashstock_runtime::Handle,
+        stats: Arc<net::NetStats>,
+        disk: Arc<crate::disk::DiskWatch>,
+    ) {
         let Some(listening) = &self.listening else { return };
         let events = handle.events().clone();
         let stopped = listening.stopped();
@@ -510,6 +521,8 @@ impl Observing {
                 }
                 crate::metrics::sample_net(&stats);
                 flashstock_runtime::metrics::sample_consumers(&events);
+                // Its verdict is the `disk` check's; here it keeps the gauge and the log current.
+                let _ = disk.check();
             }
         });
     }
@@ -544,6 +557,10 @@ pub async fn run(
             Some(reason) => Err(format!("the write-ahead log failed: {reason}")),
         }),
     );
+    let free_min_bytes = settings.disk_free_min_bytes.expect("a default");
+    let disk = Arc::new(crate::disk::DiskWatch::new(data_dir.clone(), free_min_bytes));
+    let watch = disk.clone();
+    observing.health.probe("disk", Arc::new(move || watch.check()));
     let (tls, auth, tokens_path, client_certs) = credentials(&settings, &data_dir)?;
     let (transport, limits) = net_limits(&settings);
     let listen = settings.listen.expect("a default");
@@ -586,7 +603,7 @@ pub async fn run(
         http: http.as_ref().map(|(addr, _)| *addr),
     });
     let stats = Arc::new(net::NetStats::default());
-    observing.sample(runtime.handle().clone(), stats.clone());
+    observing.sample(runtime.handle().clone(), stats.clone(), disk);
     let reload = Reload {
         auth: auth.clone(),
         endpoint: endpoint.clone(),

@@ -44,6 +44,8 @@ pub const CLUSTER_SLOTS_OWNED: &str = "flashstock_cluster_slots_owned";
 pub const CLUSTER_MAP_REVISION: &str = "flashstock_cluster_map_revision";
 /// HTTP API calls per batch submitted to the shards (coalesced from concurrent calls).
 pub const HTTP_BATCH_REQUESTS: &str = "flashstock_http_batch_requests";
+/// Gauge: bytes an unprivileged writer may still use on the data directory's file system.
+pub const DISK_FREE_BYTES: &str = "flashstock_disk_free_bytes";
 
 /// Describes every metric of the server, the runtime's included (help text and unit), and
 /// starts the counters of rare events at 0: a dashboard then shows "none happened", not "no
@@ -74,6 +76,8 @@ pub fn describe() {
     for (name, help) in gauges {
         describe_gauge!(name, Unit::Count, help);
     }
+    let disk_help = "Bytes still free for the log on the data directory's file system.";
+    describe_gauge!(DISK_FREE_BYTES, Unit::Bytes, disk_help);
     let frame_help = "From a Requests frame read to its Replies frame written.";
     describe_histogram!(FRAME_DURATION_SECONDS, Unit::Seconds, frame_help);
     describe_histogram!(FRAME_REQUESTS, Unit::Count, "Requests per Requests frame.");

@@ -213,7 +213,7 @@ async fn the_metrics_listener_serves_health_and_metrics_that_move() {
     assert_eq!(scrape(&daemon, "/livez").status, 200);
     let ready = scrape(&daemon, "/readyz");
     assert_eq!(ready.status, 200, "{}", ready.body);
-    for check in ["recovery", "wal", "quic", "shutdown"] {
+    for check in ["recovery", "wal", "disk", "quic", "shutdown"] {
         assert!(ready.body.contains(&format!("[+]{check} ok")), "{}", ready.body);
     }
     assert_eq!(scrape(&daemon, "/nope").status, 404);
@@ -247,6 +247,8 @@ async fn the_metrics_listener_serves_health_and_metrics_that_move() {
     assert_eq!(requests("set_stock", "stock_changed"), Some(1.0), "{text}");
     assert_eq!(series_value(text, "flashstock_wal_records_total"), Some(2.0), "{text}");
     assert_eq!(series_value(text, "flashstock_connections_open"), Some(1.0), "{text}");
+    let free = series_value(text, "flashstock_disk_free_bytes").expect("the free disk gauge");
+    assert!(free > 0.0, "{text}");
     let live: f64 = ["0", "1"]
         .iter()
         .filter_map(|shard| {
@@ -370,6 +372,24 @@ async fn sighup_reloads_tokens_and_certificate_without_dropping_connections() {
 
 /// `docs/configuration.md`'s table is generated from the settings struct and its defaults:
 /// it fails here when they differ (regenerate with `UPDATE_DOCS=1`).
+/// A disk under `disk_free_min_bytes` fails readiness, naming both figures, while the
+/// server goes on serving (it stops only when the log itself fails).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_under_its_minimum_fails_readiness_and_the_server_still_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start(dir.path(), &["--disk-free-min-bytes", &u64::MAX.to_string()]);
+    let ready = scrape(&daemon, "/readyz");
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    let line = ready.body.lines().find(|line| line.starts_with("[-]disk failed: ")).unwrap();
+    assert!(line.ends_with("under disk_free_min_bytes (17592186044415 MiB)"), "{line}");
+    assert!(ready.body.contains("[+]wal ok"), "{}", ready.body);
+
+    let admin = connect(&daemon, "admin").await;
+    let stock = Apply::SetStock { request: RequestId(1), sku: SkuId(3), total: 1 };
+    assert!(matches!(outcome(&admin, stock).await, Outcome::StockChanged { .. }));
+    terminate(daemon);
+}
+
 #[test]
 fn the_configuration_reference_is_the_settings_struct() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/configuration.md");
