@@ -32,6 +32,15 @@ pub enum WriterError {
         /// What sqlx reported.
         source: sqlx::migrate::MigrateError,
     },
+    /// Another process held the schema migration lock of a MySQL or MariaDB database for
+    /// longer than the writer waits.
+    #[error("migrating {url}: another process held the migration lock for {waited_s} s")]
+    MigrateLocked {
+        /// The URL (password hidden).
+        url: String,
+        /// How long the writer waited, in seconds.
+        waited_s: u32,
+    },
     /// The flashstock server refused the subscription (credentials, role, cursor).
     #[error("flashstock server: {0}")]
     Server(ClientError),

@@ -31,6 +31,9 @@ use crate::error::WriterError;
 const ROWS_PER_STATEMENT: usize = 1_000;
 /// How long connecting (and taking a pooled connection) may take before it is an error.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a writer waits for another process's schema migration of the same MySQL or
+/// MariaDB database before giving up (`WriterError::MigrateLocked`).
+const MIGRATE_LOCK_WAIT_S: u32 = 60;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
@@ -102,6 +105,31 @@ pub enum Database {
     MySql(MySqlPool),
 }
 
+/// Runs the MySQL migrations under a lock of our own. sqlx takes `GET_LOCK(name, -1)` for
+/// them, which MySQL reads as "wait for ever" but MariaDB answers NULL at once, so two
+/// writers starting together on a fresh database both migrated and one failed ("Duplicate
+/// entry '1' for key 'PRIMARY'"). The lock is the session's: held on one pooled connection
+/// while the migrator uses another, and released with it.
+async fn migrate_mysql(pool: &MySqlPool, url: &str) -> Result<(), WriterError> {
+    let failed = |source: sqlx::Error| WriterError::Database { url: redact(url), source };
+    let mut holder = pool.acquire().await.map_err(failed)?;
+    // Lock names are at most 64 characters: the database's name (up to 64) goes in hashed.
+    let name = "CONCAT('flashstock_migrate_', MD5(DATABASE()))";
+    let got: Option<i64> = sqlx::query_scalar(&format!("SELECT GET_LOCK({name}, ?)"))
+        .bind(MIGRATE_LOCK_WAIT_S)
+        .fetch_one(&mut *holder)
+        .await
+        .map_err(failed)?;
+    if got != Some(1) {
+        return Err(WriterError::MigrateLocked { url: redact(url), waited_s: MIGRATE_LOCK_WAIT_S });
+    }
+    let migrated = MYSQL_MIGRATIONS.run(pool).await;
+    let released = sqlx::query(&format!("SELECT RELEASE_LOCK({name})")).execute(&mut *holder).await;
+    migrated.map_err(|source| WriterError::Migrate { url: redact(url), source })?;
+    released.map_err(failed)?;
+    Ok(())
+}
+
 impl Database {
     /// Connects to `url` (`sqlite:PATH`, `postgres://...`, `mysql://...`) and runs the
     /// migrations. Fails at once, with the URL (password hidden) in the error, when the
@@ -148,7 +176,7 @@ impl Database {
                     .connect(&url)
                     .await
                     .map_err(failed)?;
-                MYSQL_MIGRATIONS.run(&pool).await.map_err(migrate_failed)?;
+                migrate_mysql(&pool, &url).await?;
                 Ok(Database::MySql(pool))
             }
             _ => Err(WriterError::UnknownScheme { url: redact(url) }),

@@ -131,6 +131,34 @@ async fn mysql_gets_exactly_one_row_per_confirm() {
     exactly_one_row_per_confirm(mysql_database().await).await;
 }
 
+/// Writers that start together on a fresh database migrate it once between them: on
+/// PostgreSQL sqlx's advisory lock orders them; on MariaDB its `GET_LOCK(name, -1)` is
+/// answered NULL at once (no wait), so without a lock of our own the second failed with
+/// "Duplicate entry '2' for key 'PRIMARY'" (seen in this file's sharding test).
+async fn writers_starting_together_migrate_once(url: impl std::future::Future<Output = String>) {
+    let url = url.await;
+    let urls = [url.clone()];
+    let (first, second) = tokio::join!(OrderStore::connect(&urls), OrderStore::connect(&urls));
+    let (first, second) = (first.unwrap(), second.unwrap());
+    assert_eq!(first.databases()[0].count("confirmed").await.unwrap(), 0);
+    first.close().await;
+    second.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_writers_starting_together_migrate_once() {
+    for _ in 0..8 {
+        writers_starting_together_migrate_once(mysql_database()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_writers_starting_together_migrate_once() {
+    for _ in 0..8 {
+        writers_starting_together_migrate_once(postgres_database()).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_shard_over_databases_and_cancellations_are_recorded_when_asked() {
     let dir = tempfile::tempdir().unwrap();
