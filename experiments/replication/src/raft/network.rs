@@ -80,23 +80,33 @@ fn wrong_reply<E: std::error::Error>() -> RPCError<u64, BasicNode, E> {
     RPCError::Network(NetworkError::new(&std::io::Error::other("reply of another kind")))
 }
 
+type RemoteResult<R, E> = Result<R, RaftError<u64, E>>;
+
+impl Connection {
+    /// One RPC: `pick` takes its answer out of the reply (None: a reply of another kind).
+    async fn ask<R, E: std::error::Error>(
+        &mut self,
+        request: PeerRequest,
+        option: RPCOption,
+        pick: impl FnOnce(PeerReply) -> Option<RemoteResult<R, E>>,
+    ) -> Result<R, RPCError<u64, BasicNode, RaftError<u64, E>>> {
+        let reply = self.link.call(&request, option.hard_ttl()).await.map_err(unreachable)?;
+        let answer = pick(reply).ok_or_else(wrong_reply)?;
+        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
 impl RaftNetwork<Tc> for Connection {
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<Tc>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        match self
-            .link
-            .call(&PeerRequest::Append(rpc), option.hard_ttl())
-            .await
-            .map_err(unreachable)?
-        {
-            PeerReply::Append(r) => {
-                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
-            }
-            _ => Err(wrong_reply()),
-        }
+        self.ask(PeerRequest::Append(rpc), option, |reply| match reply {
+            PeerReply::Append(answer) => Some(answer),
+            _ => None,
+        })
+        .await
     }
 
     async fn install_snapshot(
@@ -107,17 +117,11 @@ impl RaftNetwork<Tc> for Connection {
         InstallSnapshotResponse<u64>,
         RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
     > {
-        match self
-            .link
-            .call(&PeerRequest::Snapshot(rpc), option.hard_ttl())
-            .await
-            .map_err(unreachable)?
-        {
-            PeerReply::Snapshot(r) => {
-                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
-            }
-            _ => Err(wrong_reply()),
-        }
+        self.ask(PeerRequest::Snapshot(rpc), option, |reply| match reply {
+            PeerReply::Snapshot(answer) => Some(answer),
+            _ => None,
+        })
+        .await
     }
 
     async fn vote(
@@ -125,16 +129,10 @@ impl RaftNetwork<Tc> for Connection {
         rpc: VoteRequest<u64>,
         option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        match self
-            .link
-            .call(&PeerRequest::Vote(rpc), option.hard_ttl())
-            .await
-            .map_err(unreachable)?
-        {
-            PeerReply::Vote(r) => {
-                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
-            }
-            _ => Err(wrong_reply()),
-        }
+        self.ask(PeerRequest::Vote(rpc), option, |reply| match reply {
+            PeerReply::Vote(answer) => Some(answer),
+            _ => None,
+        })
+        .await
     }
 }
